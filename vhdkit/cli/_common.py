@@ -1,0 +1,68 @@
+"""Shared CLI plumbing: error handling to exit codes, --json emission, sizes."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, Optional
+
+import click
+
+from ..errors import VhdkitError
+
+
+class VhdkitGroup(click.Group):
+    """A click group that turns VhdkitError into a one-line message and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VhdkitError as exc:
+            click.echo(f"vhdkit: error: {exc.message}", err=True)
+            ctx.exit(1)
+        except BrokenPipeError:  # e.g. `vhdkit ... | head`
+            sys.stderr.close()
+            ctx.exit(1)
+
+
+def json_option(f: Callable) -> Callable:
+    """The --json flag every command offers."""
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
+
+
+def emit(obj: Any, as_json: bool, human: Optional[Callable[[Any], str]] = None) -> None:
+    """Print ``obj`` as JSON (``--json``) or through ``human`` (default: JSON too)."""
+    if as_json or human is None:
+        click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    else:
+        click.echo(human(obj))
+
+
+_SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'10G' -> bytes; suffixes K, M, G, T (powers of 1024, optional 'iB'/'B'); bytes if none."""
+    t = text.strip().upper()
+    for tail in ("IB", "B"):
+        if len(t) > 1 and t.endswith(tail) and t[-len(tail) - 1].isalpha():
+            t = t[: -len(tail)]
+            break
+    num, suf = (t[:-1], t[-1]) if t and t[-1].isalpha() else (t, "")
+    if suf not in _SUFFIX or not num.isdigit():
+        raise click.BadParameter(f"not a size: {text!r} (use e.g. 512, 64K, 10M, 2G, 1T)")
+    return int(num) * _SUFFIX[suf]
+
+
+class SizeType(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except click.BadParameter as e:
+            self.fail(str(e.message), param, ctx)
+
+
+SIZE = SizeType()

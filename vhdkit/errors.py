@@ -1,0 +1,162 @@
+"""The vhdkit exception hierarchy, and the one place where native error codes
+become exceptions (:func:`from_native`).
+
+Every exception carries a message a user can act on, a stable ``code`` string
+for scripts and task messages, and the HTTP status the API layer answers with.
+"""
+from __future__ import annotations
+
+import errno as _errno
+from typing import Optional
+
+
+class VhdkitError(Exception):
+    """Root of every error vhdkit raises on purpose."""
+
+    code = "error"
+    http_status = 500
+
+    def __init__(self, message: str, *, offset: Optional[int] = None, code: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict:
+        d = {"code": self.code, "message": self.message}
+        if self.offset is not None:
+            d["offset"] = self.offset
+        return d
+
+
+class InvalidInputError(VhdkitError, ValueError):
+    """The caller asked for something malformed (bad argument, bad request)."""
+    code = "invalid"
+    http_status = 400
+
+
+class FormatError(VhdkitError):
+    """An image, archive or manifest is malformed."""
+    code = "format"
+    http_status = 400
+
+
+class ChecksumError(FormatError):
+    """A structure's checksum or a content hash does not verify."""
+    code = "checksum"
+
+
+class OutOfRangeError(FormatError):
+    """An offset or length read from a file points outside it (truncated or corrupt)."""
+    code = "range"
+
+
+class UnsupportedError(FormatError):
+    """Well-formed but not supported (an unknown version, a VHDX, ...)."""
+    code = "unsupported"
+
+
+class ArchiveError(FormatError):
+    """A gzip stream, tar archive or OVA is malformed or unsafe."""
+    code = "archive"
+
+
+class IntegrityError(VhdkitError):
+    """Stored data does not match its manifest (a missing, short or altered segment, ...)."""
+    code = "integrity"
+    http_status = 409
+
+
+class ChainError(VhdkitError):
+    """A differencing chain cannot be assembled: parent missing, mismatched, cycle, too deep."""
+    code = "chain"
+    http_status = 400
+
+
+class NotFoundError(VhdkitError):
+    code = "not_found"
+    http_status = 404
+
+
+class UnauthorizedError(VhdkitError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(VhdkitError):
+    code = "forbidden"
+    http_status = 403
+
+
+class ConflictError(VhdkitError):
+    """The object exists already, or is in a state that forbids the operation."""
+    code = "conflict"
+    http_status = 409
+
+
+class QuotaError(VhdkitError):
+    """A quota or size limit would be exceeded."""
+    code = "quota"
+    http_status = 413
+
+
+class ResourceLimitError(VhdkitError):
+    """A structure would need more memory or work than the sane limits allow."""
+    code = "limit"
+    http_status = 413
+
+
+class ReadOnlyError(VhdkitError):
+    code = "read_only"
+    http_status = 409
+
+
+class OperationInterrupted(VhdkitError):
+    """Stopped on purpose: cancelled, or a test hook fired."""
+    code = "interrupted"
+
+
+class StorageError(VhdkitError, OSError):
+    """A system call failed (I/O error, permission, ...)."""
+    code = "io"
+
+    def __init__(self, message: str, *, offset: Optional[int] = None, sys_errno: int = 0, code=None):
+        VhdkitError.__init__(self, message, offset=offset, code=code)
+        self.errno = sys_errno or None
+        self.strerror = message
+
+
+class NoSpaceError(StorageError):
+    code = "no_space"
+    http_status = 413
+
+
+# ---- native codes (csrc/vhdkit.h vk_code) -> exceptions: the one mapping ----
+NATIVE_CODES = {
+    -1: StorageError,
+    -2: ResourceLimitError,
+    -3: InvalidInputError,
+    -4: FormatError,
+    -5: ChecksumError,
+    -6: UnsupportedError,
+    -7: OutOfRangeError,
+    -8: ChainError,
+    -9: NotFoundError,
+    -10: ConflictError,
+    -11: OperationInterrupted,
+    -12: ReadOnlyError,
+    -13: NoSpaceError,
+}
+
+
+def from_native(code: int, message: str, *, offset: Optional[int] = None, sys_errno: int = 0) -> VhdkitError:
+    """Build the exception for a native ``vk_code`` (negative int)."""
+    if offset is not None and offset >= 2**64 - 1:
+        offset = None
+    cls = NATIVE_CODES.get(code, VhdkitError)
+    if cls is StorageError and sys_errno == _errno.ENOENT:
+        cls = NotFoundError
+    if issubclass(cls, StorageError):
+        return cls(message, offset=offset, sys_errno=sys_errno)
+    return cls(message, offset=offset)
