@@ -38,3 +38,9 @@ typedef struct vk_err {
 /* Compared at import by vhdkit/native.py: a stale build fails loudly. */
 int vk_abi_version(void);
 const char *vk_code_name(int code);
+
+/* ==== reading and checking (vk_image.c, vk_check.c, ...) ================= */
+
+/* ==== writing and converting (vk_write.c, vk_convert.c, ...) ============= */
+
+/* ==== chains: snapshot, coalesce, reparent (vk_chain.c, ...) ============= */

@@ -1,8 +1,8 @@
 """The ``vhdkit`` command line.
 
 One module per command group registers its commands on :data:`main`:
-formats (info, check, map, create, convert, modify, repair, compare, snapshot,
-coalesce, reparent, chain), packaging (compress, decompress, ova, segments,
+inspect (info, check, map), convert (create, convert, modify, repair, compare),
+chains (snapshot, coalesce, reparent, chain), packaging (compress, decompress, ova, segments,
 object), registry (image, member), tasks (task, worker), serve.
 
 Exit status: 0 success, 1 the operation failed (message on stderr), 2 usage
@@ -27,4 +27,4 @@ def main() -> None:
 
 
 # Command modules register themselves on `main` when imported.
-from . import formats, packaging, registry, tasks, serve  # noqa: E402,F401
+from . import inspect, convert, chains, packaging, registry, tasks, serve  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""CLI commands: formats (see vhdkit/cli/__init__.py)."""
+"""CLI commands: chains (see vhdkit/cli/__init__.py)."""
 from __future__ import annotations
 
 import click  # noqa: F401
