@@ -14,7 +14,8 @@ import vhdkit
 from vhdkit import errors
 
 from conftest import require_tool
-from helpers_corrupt import (bat_entries, fix_footers, header_offset, load, set_bat, set_footer_field,
+from helpers_vhd import run_peer
+from helpers_corrupt import (bat_entries, fix_footers, fix_header, header_offset, load, set_bat, set_footer_field,
                              set_header_field)
 from vhdref import VHD_EPOCH, write_vhd
 
@@ -50,8 +51,7 @@ def test_real_samples_pass(sample):
 @pytest.mark.parametrize("opts", ["subformat=dynamic", "subformat=fixed", "subformat=dynamic,force_size=on"])
 def test_qemu_images_pass(tmp_path, opts):
     p = tmp_path / "q.vhd"
-    subprocess.run([require_tool("qemu-img"), "create", "-f", "vpc", "-o", opts, str(p), "5M"], check=True,
-                   capture_output=True)
+    run_peer([require_tool("qemu-img"), "create", "-f", "vpc", "-o", opts, p, "5M"])
     assert vhdkit.check(p).ok, vhdkit.check(p).to_dict()
 
 
@@ -169,8 +169,6 @@ def test_non_differencing_disk_with_parent_fields(dyn):
     h = header_offset(b)
     b[h + 40:h + 56] = b"\x11" * 16
     b[h + 64:h + 66] = "x".encode("utf-16-be")
-    from helpers_corrupt import fix_header
-
     fix_header(b)
     dyn.write_bytes(b)
     assert "PARENT_FIELDS" in _codes(dyn)
@@ -186,8 +184,6 @@ def test_differencing_problems(chain, tmp_path):
     loc1_len = struct.unpack(">I", b[h + 600 + 8:h + 600 + 12])[0]
     txt = b[loc1_off:loc1_off + loc1_len].replace(b"base.vhd", b"othr.vhd")
     b[loc1_off:loc1_off + loc1_len] = txt
-    from helpers_corrupt import fix_header
-
     fix_header(b)
     child.write_bytes(b)
     codes = _codes(child)

@@ -19,7 +19,7 @@ from vhdkit.vhd import read
 
 from conftest import require_tool
 from helpers_vhd import (SAMPLES_README, file_sha256, pyvhdi_read, qemu_info, qemu_raw, random_raw,
-                         random_sectors, sample_table, stream_sha256, vhdiinfo)
+                         random_sectors, run_peer, sample_table, stream_sha256, vhdiinfo)
 from vhdref import RefVhd, write_vhd
 
 SAMPLES = sample_table(SAMPLES_README) if SAMPLES_README.exists() else {}
@@ -63,8 +63,7 @@ def test_sample_info_agrees_with_vhdiinfo_and_qemu(sample, stem):
 @pytest.mark.peer
 def test_sample_map_agrees_with_qemu_img_map(sample):
     path = sample("windows-dynamic-512M")
-    r = subprocess.run([require_tool("qemu-img"), "map", "--output=json", "-f", "vpc", str(path)],
-                       check=True, capture_output=True, text=True)
+    r = run_peer([require_tool("qemu-img"), "map", "--output=json", "-f", "vpc", path], text=True)
     import json
 
     theirs = [(e["start"], e["length"], e.get("offset")) for e in json.loads(r.stdout) if e["data"]]
@@ -95,8 +94,7 @@ def test_qemu_converted_image_reads_like_qemu(tmp_path, subformat, size, force):
     random_raw(raw, size, rng, density=0.4)
     vhd = tmp_path / "disk.vhd"
     opts = f"subformat={subformat}" + (",force_size=on" if force else "")
-    subprocess.run([qemu, "convert", "-f", "raw", "-O", "vpc", "-o", opts, str(raw), str(vhd)],
-                   check=True, capture_output=True)
+    run_peer([qemu, "convert", "-f", "raw", "-O", "vpc", "-o", opts, raw, vhd])
     back = qemu_raw(vhd, tmp_path / "back.raw")
     inf = vhdkit.info(vhd)
     assert inf.virtual_size == back.stat().st_size == qemu_info(vhd)["virtual-size"]
@@ -110,8 +108,7 @@ def test_qemu_converted_image_reads_like_qemu(tmp_path, subformat, size, force):
 @pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
 def test_qemu_created_empty_image_reads_zeros(tmp_path, subformat):
     vhd = tmp_path / "e.vhd"
-    subprocess.run([require_tool("qemu-img"), "create", "-f", "vpc", "-o", f"subformat={subformat}", str(vhd),
-                    "3M"], check=True, capture_output=True)
+    run_peer([require_tool("qemu-img"), "create", "-f", "vpc", "-o", f"subformat={subformat}", vhd, "3M"])
     back = qemu_raw(vhd, tmp_path / "e.raw")
     with vhdkit.open(vhd) as s:
         data = s.read()
