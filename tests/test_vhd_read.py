@@ -431,3 +431,20 @@ def test_dynamic_disk_falls_back_on_footer_copy_at_offset_0(tmp_path):
     with vhdkit.open(p) as s:
         assert s.pread(512, 5 * 512) == b"x" * 512
     assert "FOOTER_COOKIE" in vhdkit.check(p).codes()
+
+
+def test_symlink_inside_root_to_a_parent_outside_is_refused(tmp_path):
+    (tmp_path / "root").mkdir()
+    outside = tmp_path / "base.vhd"
+    write_vhd(outside, 1 * MiB, {}, block_size=4096)
+    link = tmp_path / "root" / "base.vhd"
+    link.symlink_to(outside)
+    child = tmp_path / "root" / "child.vhd"
+    write_vhd(child, 1 * MiB, {}, kind="differencing", block_size=4096, parent=str(link),
+              locators=[("W2ru", ".\\base.vhd")])
+    with vhdkit.open(child) as s:
+        assert s.depth == 2
+    with pytest.raises(errors.ChainError, match="outside"):
+        vhdkit.open(child, allowed_root=tmp_path / "root")
+    assert "PARENT_OUTSIDE_ROOT" in vhdkit.check(child, allowed_root=tmp_path / "root").codes()
+
