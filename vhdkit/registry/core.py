@@ -269,7 +269,7 @@ class Registry(MembersMixin, TasksMixin):
         return schema(name)
 
     # ---- images ----
-    def create_image(self, caller: Caller, data: Optional[Mapping[str, Any]] = None, **fields: Any) -> Image:
+    def create_image(self, caller: Caller, data: Optional[Mapping[str, Any]] = None, /, **fields: Any) -> Image:
         """Create a queued image from a v2 body (``name``, ``visibility``, ``tags``,
         ``disk_format``, ..., extra string properties at top level; ``id`` optional)."""
         body = dict(data or {})
