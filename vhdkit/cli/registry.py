@@ -344,40 +344,21 @@ def image_tag() -> None:
     """
 
 
-@image_tag.command("add")
-@click.argument("image_id")
-@click.argument("tags", nargs=-1, required=True)
-@_registry_options
-@json_option
-def tag_add(reg, caller, image_id, tags, as_json):
-    """Add tags (an existing tag is a no-op).
-
-    \b
-    Example:
-      vhdkit image tag add ID prod
-    """
-    for t in tags:
-        reg.add_tag(caller, image_id, t)
-    emit({"id": image_id, "tags": reg.show_image(caller, image_id).tags}, as_json,
-         lambda o: "tags: " + ", ".join(o["tags"]))
+def _tag_cmd(name: str, method: str, help_text: str) -> None:
+    @image_tag.command(name, help=help_text)
+    @click.argument("image_id")
+    @click.argument("tags", nargs=-1, required=True)
+    @_registry_options
+    @json_option
+    def cmd(reg, caller, image_id, tags, as_json):
+        for t in tags:
+            getattr(reg, method)(caller, image_id, t)
+        emit({"id": image_id, "tags": reg.show_image(caller, image_id).tags}, as_json,
+             lambda o: "tags: " + ", ".join(o["tags"]))
 
 
-@image_tag.command("remove")
-@click.argument("image_id")
-@click.argument("tags", nargs=-1, required=True)
-@_registry_options
-@json_option
-def tag_remove(reg, caller, image_id, tags, as_json):
-    """Remove tags.
-
-    \b
-    Example:
-      vhdkit image tag remove ID prod
-    """
-    for t in tags:
-        reg.delete_tag(caller, image_id, t)
-    emit({"id": image_id, "tags": reg.show_image(caller, image_id).tags}, as_json,
-         lambda o: "tags: " + ", ".join(o["tags"]))
+_tag_cmd("add", "add_tag", "Add tags (an existing tag is a no-op).\n\n\b\nExample:\n  vhdkit image tag add ID prod")
+_tag_cmd("remove", "delete_tag", "Remove tags.\n\n\b\nExample:\n  vhdkit image tag remove ID prod")
 
 
 # ---------------------------------------------------------------- member

@@ -183,17 +183,22 @@ class Upload:
             self.fd = -1
 
 
-def iter_range(path: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """Yield bytes [start, end) of ``path``."""
-    with open(path, "rb", buffering=0) as f:
+def iter_file(f: BinaryIO, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Yield bytes [start, end) of the open file ``f``, closing it at the end."""
+    with f:
         f.seek(start)
         left = end - start
         while left > 0:
             b = f.read(min(chunk, left))
             if not b:
-                raise StorageError(f"blob {path} is shorter than recorded")
+                raise StorageError(f"blob {getattr(f, 'name', '?')} is shorter than recorded")
             left -= len(b)
             yield b
+
+
+def iter_range(path: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Yield bytes [start, end) of ``path``."""
+    return iter_file(open(path, "rb", buffering=0), start, end, chunk)
 
 
 def copy_range(path: str, out: BinaryIO, start: int, end: int,

@@ -603,17 +603,7 @@ class Registry(MembersMixin, TasksMixin):
         except FileNotFoundError:
             raise NotFoundError(f"image {image_id} not found") from None
 
-        def gen() -> Iterator[bytes]:
-            with f:
-                f.seek(start)
-                left = end - start
-                while left > 0:
-                    b = f.read(min(chunk, left))
-                    if not b:
-                        raise StorageError(f"data of image {image_id} is shorter than recorded")
-                    left -= len(b)
-                    yield b
-        return h, gen()
+        return h, _blobs.iter_file(f, start, end, chunk)
 
     def download(self, caller: Caller, image_id: str, out: BinaryIO, *, offset: int = 0,
                  length: Optional[int] = None, progress: Progress = None) -> int:
