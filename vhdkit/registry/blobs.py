@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from ..errors import NoSpaceError, StorageError
+from ..errors import NoSpaceError, QuotaError, StorageError
 
 CHUNK = 4 << 20
 
@@ -106,7 +106,8 @@ class BlobStore:
 
 class Upload:
     """One upload in progress: ``open()`` (creates and locks the part file),
-    ``write_from(stream)``, ``publish()`` (fsync + rename), ``release()``."""
+    ``feed(bytes)``/``write_from(stream)``, ``digest()``, ``publish()`` (fsync +
+    rename), ``release()``."""
 
     def __init__(self, store: BlobStore, image_id: str, token: str):
         self.store = store
@@ -116,6 +117,11 @@ class Upload:
         self.rel = store.final_rel(image_id, token)
         self.fd = -1
         self.published = False
+        self.size = 0
+        self.limit: Optional[int] = None
+        self._buf = bytearray()
+        self._md5: Optional[_Hasher] = None
+        self._sha: Optional[_Hasher] = None
 
     def open(self) -> "Upload":
         try:
@@ -125,40 +131,68 @@ class Upload:
             raise _os_error(exc, f"cannot create {self.part}") from None
         return self
 
-    def write_from(self, stream: BinaryIO, *, progress: Optional[Callable[[int, Optional[int]], None]] = None,
-                   total: Optional[int] = None, limit: Optional[int] = None) -> Digest:
-        """Copy ``stream`` into the part file, hashing md5 and sha512 on the way."""
-        md5 = _Hasher(hashlib.md5())
-        sha = _Hasher(hashlib.sha512())
-        size = 0
-        fd = self.fd
-        read = getattr(stream, "read")
+    def feed(self, b: "bytes | bytearray | memoryview") -> None:
+        """Append ``b``: buffered to CHUNK, then written and handed to the hashers."""
+        if self._md5 is None:
+            self._md5 = _Hasher(hashlib.md5())
+            self._sha = _Hasher(hashlib.sha512())
+        n = len(b)
+        self.size += n
+        if self.limit is not None and self.size > self.limit:
+            raise QuotaError(f"upload exceeds the size limit of {self.limit} bytes")
+        if not self._buf and n >= CHUNK and isinstance(b, bytes):
+            self._emit(b)
+            return
+        self._buf += b
+        if len(self._buf) >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            b = bytes(self._buf)
+            self._buf.clear()
+            self._emit(b)
+
+    def _emit(self, b: bytes) -> None:
+        assert self._md5 is not None and self._sha is not None
+        self._md5.q.put(b)
+        self._sha.q.put(b)
+        mv = memoryview(b)
+        while mv:
+            try:
+                n = os.write(self.fd, mv)
+            except OSError as exc:
+                raise _os_error(exc, f"writing {self.part}") from None
+            mv = mv[n:]
+
+    def digest(self) -> Digest:
+        """Flush and finish the hashes (call once, after the last feed)."""
         try:
-            while True:
-                b = read(CHUNK)
-                if not b:
-                    break
-                if not isinstance(b, bytes):
-                    b = bytes(b)
-                size += len(b)
-                if limit is not None and size > limit:
-                    from ..errors import QuotaError
-                    raise QuotaError(f"upload exceeds the size limit of {limit} bytes")
-                md5.q.put(b)
-                sha.q.put(b)
-                mv = memoryview(b)
-                while mv:
-                    try:
-                        n = os.write(fd, mv)
-                    except OSError as exc:
-                        raise _os_error(exc, f"writing {self.part}") from None
-                    mv = mv[n:]
-                if progress is not None:
-                    progress(size, total)
+            self._flush()
         finally:
-            m = md5.finish()
-            s = sha.finish()
-        return Digest(size, m, s)
+            if self._md5 is None:
+                self._md5 = _Hasher(hashlib.md5())
+                self._sha = _Hasher(hashlib.sha512())
+            m = self._md5.finish()
+            s = self._sha.finish()  # type: ignore[union-attr]
+        return Digest(self.size, m, s)
+
+    def stop_hashers(self) -> None:
+        for h in (self._md5, self._sha):
+            if h is not None and h.is_alive():
+                h.finish()
+
+    def write_from(self, stream: BinaryIO, *, progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                   total: Optional[int] = None) -> None:
+        """Copy ``stream`` into the part file, hashing on the way."""
+        read = stream.read
+        while True:
+            b = read(CHUNK)
+            if not b:
+                return
+            self.feed(b)
+            if progress is not None:
+                progress(self.size, total)
 
     def publish(self) -> str:
         """fsync the data, rename it into place (still locked); returns the blob's relative path."""
@@ -178,6 +212,7 @@ class Upload:
         self.store.unlink(self.store.path(self.rel) if self.published else self.part)
 
     def release(self) -> None:
+        self.stop_hashers()
         if self.fd >= 0:
             os.close(self.fd)   # drops the lock
             self.fd = -1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import io
 import os
 import sqlite3
 import threading
@@ -510,17 +511,15 @@ class Registry(MembersMixin, TasksMixin):
             conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (self._now(), img.id))
 
     # ---- data ----
-    def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
-               virtual_size: Optional[int] = None, progress: Progress = None) -> Image:
-        """Store ``stream`` as the image's data and make it active.
-
-        The image must be ``queued`` (or ``importing``) with disk and container
-        formats set.  Size, md5 and sha512 are computed in one pass; ``size``,
-        when given, must match.  ``virtual_size`` is recorded as given, else
-        read from the data when disk_format is ``vhd``.  On any failure the image
-        returns to ``queued`` and nothing is left behind."""
+    def open_upload(self, caller: Caller, image_id: str) -> "UploadWriter":
+        """Start an upload to a ``queued`` (or ``importing``) image and return a
+        writable file object; ``write()`` to it, then ``commit()`` (the image
+        turns active) or ``abort()`` (it returns to queued).  Used as a context
+        manager it aborts unless committed.  For producers that write (a tar or
+        gzip writer): no second pass over the data."""
         token = uuid.uuid4().hex
         up = _blobs.Upload(self.blobs, str(image_id), token).open()
+        up.limit = self.size_cap
         try:
             with self._write() as conn:
                 img = self._get_for("upload_data", caller, image_id, conn)
@@ -536,36 +535,20 @@ class Registry(MembersMixin, TasksMixin):
             up.discard()
             up.release()
             raise
-        try:
-            digest = up.write_from(stream, progress=progress, total=size, limit=self.size_cap)
-            if size is not None and digest.size != size:
-                raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
-            rel = up.publish()
-            if virtual_size is None and img.disk_format == "vhd":
-                virtual_size = _vhd_virtual_size(self.blobs.path(rel))
-            with self._write() as conn:
-                row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
-                if row is None or row[0] != token:
-                    raise ConflictError(f"image {img.id} was deleted or reset during the upload")
-                conn.execute(
-                    "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
-                    "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, updated_at = ? "
-                    "WHERE id = ?",
-                    (digest.size, digest.md5, digest.sha512, virtual_size, rel, self._now(), img.id))
-                out = self._load(conn, img.id)
-        except BaseException:
-            up.discard()
-            try:
-                with self._write() as conn:
-                    conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
-                                 "WHERE id = ? AND upload_token = ?", (self._now(), img.id, token))
-            except VhdkitError:
-                pass  # cleanup() resets it later
-            raise
-        finally:
-            up.release()
-        assert out is not None
-        return self._present(caller, out)
+        return UploadWriter(self, caller, img, up)
+
+    def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
+               virtual_size: Optional[int] = None, progress: Progress = None) -> Image:
+        """Store ``stream`` as the image's data and make it active.
+
+        The image must be ``queued`` (or ``importing``) with disk and container
+        formats set.  Size, md5 and sha512 are computed in one pass; ``size``,
+        when given, must match.  ``virtual_size`` is recorded as given, else
+        read from the data when disk_format is ``vhd``.  On any failure the image
+        returns to ``queued`` and nothing is left behind."""
+        with self.open_upload(caller, image_id) as w:
+            w._up.write_from(stream, progress=progress, total=size)
+            return w.commit(size=size, virtual_size=virtual_size)
 
     def upload_file(self, caller: Caller, image_id: str, path: str, **kw: Any) -> Image:
         """:meth:`upload` from a file (``size`` checked against the file's size)."""
@@ -706,3 +689,81 @@ def _vhd_virtual_size(path: str) -> Optional[int]:
         return int(info(path).virtual_size)
     except Exception:  # noqa: BLE001 - not a VHD, or reader missing native build
         return None
+
+
+class UploadWriter(io.RawIOBase):
+    """A writable upload in progress (see :meth:`Registry.open_upload`)."""
+
+    def __init__(self, reg: Registry, caller: Caller, img: Image, up: _blobs.Upload):
+        super().__init__()
+        self._reg, self._caller, self._img, self._up = reg, caller, img, up
+        self._done = False
+        self.image_id = img.id
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        if self._done:
+            raise ValueError("upload already committed or aborted")
+        n = len(memoryview(b).cast("B")) if not isinstance(b, (bytes, bytearray)) else len(b)
+        self._up.feed(b if isinstance(b, (bytes, bytearray)) else memoryview(b).cast("B"))
+        return n
+
+    @property
+    def bytes_written(self) -> int:
+        return self._up.size
+
+    def commit(self, *, size: Optional[int] = None, virtual_size: Optional[int] = None) -> Image:
+        """Finish: check ``size`` if given, fsync, rename, record the hashes and
+        make the image active."""
+        if self._done:
+            raise ValueError("upload already committed or aborted")
+        reg, up, img = self._reg, self._up, self._img
+        try:
+            digest = up.digest()
+            if size is not None and digest.size != size:
+                raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
+            rel = up.publish()
+            if virtual_size is None and img.disk_format == "vhd":
+                virtual_size = _vhd_virtual_size(reg.blobs.path(rel))
+            with reg._write() as conn:
+                row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
+                if row is None or row[0] != up.token:
+                    raise ConflictError(f"image {img.id} was deleted or reset during the upload")
+                conn.execute(
+                    "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
+                    "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, updated_at = ? "
+                    "WHERE id = ?",
+                    (digest.size, digest.md5, digest.sha512, virtual_size, rel, reg._now(), img.id))
+                out = reg._load(conn, img.id)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        up.release()
+        assert out is not None
+        return reg._present(self._caller, out)
+
+    def abort(self) -> None:
+        """Drop the data; the image returns to ``queued``."""
+        if self._done:
+            return
+        self._done = True
+        up = self._up
+        up.release()
+        up.discard()
+        try:
+            with self._reg._write() as conn:
+                conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
+                             "WHERE id = ? AND upload_token = ?", (self._reg._now(), self._img.id, up.token))
+        except VhdkitError:
+            pass  # cleanup() resets it later
+
+    def close(self) -> None:
+        if not self._done:
+            self.abort()
+        super().close()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
