@@ -371,3 +371,35 @@ def test_vhd_virtual_size_comes_from_the_reader(reg, sample):
     assert out.virtual_size == vhd.info(path).virtual_size and out.virtual_size > 0
     junk = make_image(reg, disk_format="vhd", container_format="bare")
     assert reg.upload(admin(), junk.id, io.BytesIO(b"not a vhd")).virtual_size is None
+
+
+def test_cleanup_removes_debris_but_not_live_uploads(reg):
+    import fcntl
+    keep = make_image(reg, data=b"keep")
+    tmp = reg.blobs.tmp
+    dead = os.path.join(tmp, "deadbeef.part")
+    open(dead, "wb").close()
+    old_new = os.path.join(tmp, "cafe.new")
+    open(old_new, "wb").close()
+    os.utime(old_new, (0, 0))
+    young_new = os.path.join(tmp, "f00d.new")
+    open(young_new, "wb").close()
+    live = os.path.join(tmp, "live.part")
+    fd = os.open(live, os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    stray_dir = os.path.join(reg.blobs.root, "ab")
+    os.makedirs(stray_dir, exist_ok=True)
+    stray = os.path.join(stray_dir, f"{uuid.uuid4()}.0123")
+    open(stray, "wb").close()
+    try:
+        report = reg.cleanup(deep=True)
+        assert not os.path.exists(dead) and not os.path.exists(old_new) and not os.path.exists(stray)
+        assert os.path.exists(live) and os.path.exists(young_new)
+        assert report["removed_parts"] == 2 and report["removed_blobs"] == 1
+        out = io.BytesIO()
+        reg.download(admin(), keep.id, out)
+        assert out.getvalue() == b"keep"
+    finally:
+        os.close(fd)
+    Registry(reg.home).close()          # the next open removes the no longer locked one
+    assert not os.path.exists(live)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Optional
 
@@ -64,6 +65,13 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def older_than(path: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def is_locked(path: str) -> bool:
@@ -124,10 +132,19 @@ class Upload:
         self._sha: Optional[_Hasher] = None
 
     def open(self) -> "Upload":
+        """Create the part file already locked: it is created as ``.new`` (which
+        cleanup leaves alone while young), locked, then renamed to ``.part``, so
+        cleanup never sees an unlocked live ``.part``."""
+        new = self.part[:-5] + ".new"
         try:
-            self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self.fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
+            os.rename(new, self.part)
         except OSError as exc:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+                self.store.unlink(new)
             raise _os_error(exc, f"cannot create {self.part}") from None
         return self
 

@@ -6,7 +6,6 @@ first; see :mod:`.rbac` for the order of checks (404 before 403)."""
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import io
 import os
 import sqlite3
@@ -154,6 +153,7 @@ class Registry(MembersMixin, TasksMixin):
         self.quotas.update(quotas or {})
         self.size_cap = size_cap
         self._clock = clock
+        self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
         self._local = threading.local()
         self._all_conns: List[sqlite3.Connection] = []
         self._conn()
@@ -248,9 +248,14 @@ class Registry(MembersMixin, TasksMixin):
         require_scope(op, caller, owner=img.owner, member=member)
         return img
 
-    @functools.lru_cache(maxsize=4096)
     def _can(self, roles: frozenset, name: str, op: str) -> bool:
-        return self.protections.allowed(Caller("x", roles), name, op)
+        key = (roles, name, op)
+        hit = self._can_cache.get(key)
+        if hit is None:
+            if len(self._can_cache) > 10000:
+                self._can_cache.clear()
+            hit = self._can_cache[key] = self.protections.allowed(Caller("x", roles), name, op)
+        return hit
 
     def _present(self, caller: Caller, img: Image) -> Image:
         """Hide the properties the caller's roles may not read."""
@@ -644,6 +649,8 @@ class Registry(MembersMixin, TasksMixin):
             p = os.path.join(self.blobs.tmp, name)
             if name.endswith(".part") and name[:-5] in live_tokens:
                 continue
+            if name.endswith(".new") and not _blobs.older_than(p, 60):
+                continue  # being created and locked right now (see Upload.open)
             if not _blobs.is_locked(p):
                 self.blobs.unlink(p)
                 report["removed_parts"] += 1
