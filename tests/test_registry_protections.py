@@ -140,3 +140,19 @@ def test_protections_match_glance_semantics_directly():
 def test_bad_rules_files_are_rejected(text):
     with pytest.raises(InvalidInputError):
         PropertyProtections(text)
+
+
+def test_rules_file_found_in_data_dir_or_env(tmp_path, monkeypatch):
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "property-protections.conf").write_text("[.*]\ncreate = !\nread = @\nupdate = !\ndelete = !\n")
+    r = Registry(str(home))
+    with pytest.raises(ForbiddenError):
+        r.create_image(admin(), os_distro="x")
+    r.close()
+    env_rules = tmp_path / "env.conf"
+    env_rules.write_text("[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n")
+    monkeypatch.setenv("VHDKIT_PROPERTY_PROTECTIONS", str(env_rules))
+    r = Registry(str(home))
+    assert r.create_image(who(OWNER, "cloudImages:creator"), **{"com.rackspace.x": "1"}).properties
+    r.close()

@@ -155,7 +155,7 @@ class Registry(MembersMixin, TasksMixin):
         self._clock = clock
         self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
         self._local = threading.local()
-        self._all_conns: List[sqlite3.Connection] = []
+        self._all_conns: List[Tuple[int, sqlite3.Connection]] = []
         self._conn()
         if cleanup:
             self.cleanup()
@@ -167,11 +167,13 @@ class Registry(MembersMixin, TasksMixin):
         if conn is None or loc.pid != os.getpid():
             conn = _db.connect(self.db_path)
             loc.conn, loc.pid = conn, os.getpid()
-            self._all_conns.append(conn)
+            self._all_conns.append((os.getpid(), conn))
         return conn
 
     def close(self) -> None:
-        for c in self._all_conns:
+        for pid, c in self._all_conns:
+            if pid != os.getpid():
+                continue  # inherited over fork: the parent's to close
             try:
                 c.close()
             except sqlite3.Error:
