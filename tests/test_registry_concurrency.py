@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from vhdkit.registry import Caller, Registry
+from vhdkit.registry import Registry
 
 from helpers_registry import OWNER, admin, make_image
 

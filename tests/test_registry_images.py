@@ -13,7 +13,7 @@ import pytest
 
 from vhdkit.errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError,
                            UnsupportedError)
-from vhdkit.registry import Caller, Registry
+from vhdkit.registry import Registry
 
 from helpers_registry import MEMBER, OWNER, STRANGER, admin, make_image, reg, service, who  # noqa: F401
 

@@ -23,7 +23,7 @@ from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, 
                      VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text)
 from .protections import PropertyProtections
 from .query import Params, build_list_sql, parse_list_params
-from .rbac import SERVICE, Caller, require_role, require_scope
+from .rbac import Caller, require_role, require_scope
 from .sharing import MembersMixin
 from .tasks import TasksMixin
 
