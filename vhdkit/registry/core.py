@@ -175,6 +175,9 @@ class Registry(MembersMixin, TasksMixin):
             if pid != os.getpid():
                 continue  # inherited over fork: the parent's to close
             try:
+                # keep the planner's statistics fresh, bounded work (SQLite's advice)
+                c.execute("PRAGMA analysis_limit = 400")
+                c.execute("PRAGMA optimize")
                 c.close()
             except sqlite3.Error:
                 pass
