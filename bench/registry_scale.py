@@ -144,30 +144,48 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
     reg = Registry(str(d))
     me = Caller("bench", frozenset({"admin"}))
     up, peer, down, cp = [], [], [], []
-    for _ in range(reps):
+
+    def peer_once() -> float:
         subprocess.run(["sync"], check=True)   # same writeback state for each side
-        peer.append(run(["md5sum", str(src)]) + run(["sha512sum", str(src)]))
-        subprocess.run(["sync"], check=True)
-        img = reg.create_image(me, name="big", disk_format="raw", container_format="bare")
-        t0 = time.perf_counter()
-        img = reg.upload_file(me, img.id, str(src))
-        up.append(time.perf_counter() - t0)
-        blob = reg.open_data(me, img.id).path
-        dst = work / "out.bin"
+        return run(["md5sum", str(src)]) + run(["sha512sum", str(src)])
+
+    dst = work / "out.bin"
+
+    def ours_down(img_id: str) -> float:
         dst.unlink(missing_ok=True)
         subprocess.run(["sync"], check=True)
         t0 = time.perf_counter()
         with open(dst, "wb") as f:
-            reg.download(me, img.id, f)
-        down.append(time.perf_counter() - t0)
+            reg.download(me, img_id, f)
+        d = time.perf_counter() - t0
         dst.unlink()
+        return d
+
+    def cp_once(blob: str) -> float:
         subprocess.run(["sync"], check=True)
-        cp.append(run(["cp", blob, str(dst)]))
+        d = run(["cp", blob, str(dst)])
         dst.unlink()
+        return d
+
+    for _ in range(reps):               # ABBA order: drift in machine load hits both sides alike
+        peer.append(peer_once())
+        img = reg.create_image(me, name="big", disk_format="raw", container_format="bare")
+        subprocess.run(["sync"], check=True)
+        t0 = time.perf_counter()
+        img = reg.upload_file(me, img.id, str(src))
+        up.append(time.perf_counter() - t0)
+        peer.append(peer_once())
+        blob = reg.open_data(me, img.id).path
+        for _ in range(3):
+            down.append(ours_down(img.id))
+            cp.append(cp_once(blob))
+            cp.append(cp_once(blob))
+            down.append(ours_down(img.id))
         reg.delete_image(me, img.id)
     reg.close()
     m = statistics.median
-    return {"bytes": size, "upload_s": m(up), "md5sum_then_sha512sum_s": m(peer),
+    return {"bytes": size, "upload_samples_s": up, "peer_samples_s": peer, "download_samples_s": down,
+            "cp_samples_s": cp, "upload_s": m(up), "md5sum_then_sha512sum_s": m(peer),
             "upload_ratio": m(up) / m(peer), "download_s": m(down), "cp_s": m(cp),
             "download_ratio": m(down) / m(cp), "runs": reps}
 
@@ -186,7 +204,12 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="vhdkit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    outdir = Path(__file__).resolve().parent / "results"
+    outdir.mkdir(exist_ok=True)
     results: dict = {}
+    prev = outdir / "registry_scale.json"
+    if prev.exists():   # a partial run (--skip-*) keeps the other section's last figures
+        results = json.loads(prev.read_text())
     if not a.skip_queries:
         results["queries_ms"] = bench_queries(work, a.small, a.large, a.accounts_per, a.reps)
         print(json.dumps(results["queries_ms"], indent=2))
@@ -196,8 +219,6 @@ def main() -> None:
         size = int(s[:-1]) * mult[s[-1]] if s[-1] in mult else int(s)
         results["data"] = bench_data(work, size, a.data_reps)
         print(json.dumps(results["data"], indent=2))
-    outdir = Path(__file__).resolve().parent / "results"
-    outdir.mkdir(exist_ok=True)
     (outdir / "registry_scale.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["| measure | small | large | ratio |", "|---|---|---|---|"]
     q = results.get("queries_ms")
