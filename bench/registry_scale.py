@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -145,9 +146,18 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
     me = Caller("bench", frozenset({"admin"}))
     up, peer, down, cp = [], [], [], []
 
+    up_cpu, peer_cpu = [], []
+
+    def cpu(who: int) -> float:
+        ru = resource.getrusage(who)
+        return ru.ru_utime + ru.ru_stime
+
     def peer_once() -> float:
         subprocess.run(["sync"], check=True)   # same writeback state for each side
-        return run(["md5sum", str(src)]) + run(["sha512sum", str(src)])
+        c0 = cpu(resource.RUSAGE_CHILDREN)
+        d = run(["md5sum", str(src)]) + run(["sha512sum", str(src)])
+        peer_cpu.append(cpu(resource.RUSAGE_CHILDREN) - c0)
+        return d
 
     dst = work / "out.bin"
 
@@ -171,9 +181,10 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
         peer.append(peer_once())
         img = reg.create_image(me, name="big", disk_format="raw", container_format="bare")
         subprocess.run(["sync"], check=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu(resource.RUSAGE_SELF)
         img = reg.upload_file(me, img.id, str(src))
         up.append(time.perf_counter() - t0)
+        up_cpu.append(cpu(resource.RUSAGE_SELF) - c0)
         peer.append(peer_once())
         blob = reg.open_data(me, img.id).path
         for _ in range(3):
@@ -187,7 +198,8 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
     return {"bytes": size, "upload_samples_s": up, "peer_samples_s": peer, "download_samples_s": down,
             "cp_samples_s": cp, "upload_s": m(up), "md5sum_then_sha512sum_s": m(peer),
             "upload_ratio": m(up) / m(peer), "download_s": m(down), "cp_s": m(cp),
-            "download_ratio": m(down) / m(cp), "runs": reps}
+            "download_ratio": m(down) / m(cp), "runs": reps,
+            "upload_cpu_s": m(up_cpu), "peer_cpu_s": m(peer_cpu)}
 
 
 def main() -> None:
@@ -200,7 +212,7 @@ def main() -> None:
     ap.add_argument("--data-reps", type=int, default=3)
     ap.add_argument("--skip-data", action="store_true")
     ap.add_argument("--skip-queries", action="store_true")
-    ap.add_argument("--work", default=None)
+    ap.add_argument("--work", default=None, help="Keep the work files here (default: a temp dir, removed).")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="vhdkit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -230,9 +242,13 @@ def main() -> None:
         lines += ["", "| data path | ours (s) | peer (s) | ratio |", "|---|---|---|---|",
                   f"| upload {dd['bytes']} B vs md5sum+sha512sum | {dd['upload_s']:.2f} | "
                   f"{dd['md5sum_then_sha512sum_s']:.2f} | {dd['upload_ratio']:.2f} |",
-                  f"| download vs cp | {dd['download_s']:.2f} | {dd['cp_s']:.2f} | {dd['download_ratio']:.2f} |"]
+                  f"| download vs cp | {dd['download_s']:.2f} | {dd['cp_s']:.2f} | {dd['download_ratio']:.2f} |",
+                  f"| upload CPU (user+sys) vs peer CPU | {dd['upload_cpu_s']:.2f} | {dd['peer_cpu_s']:.2f} | "
+                  f"{dd['upload_cpu_s'] / dd['peer_cpu_s']:.2f} |"]
     (outdir / "registry_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if a.work is None:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
