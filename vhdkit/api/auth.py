@@ -3,10 +3,10 @@
 There is no password store: as behind Glance's auth middleware, an upstream
 (an authenticating proxy, or the test harness) says who the caller is:
 
+* ``X-Tenant-Id`` (or ``X-Project-Id``) plus ``X-Roles: <role>[,<role>...]``, or
 * ``X-Auth-Token: <account>:<role>[,<role>...]`` (Glance's test authentication
-  style; the first ``:`` separates the account, so roles like
-  ``cloudImages:admin`` keep theirs), or
-* ``X-Tenant-Id`` (or ``X-Project-Id``) plus ``X-Roles: <role>[,<role>...]``.
+  style, percent-encoding allowed; the first ``:`` separates the account, so
+  roles like ``cloudImages:admin`` keep theirs).
 
 No identity at all is 401; a malformed one is 401 too, never passed on.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from typing import Tuple
+from urllib.parse import unquote
 
 from starlette.requests import Request
 
@@ -45,18 +46,25 @@ def _roles(text: str) -> Tuple[str, ...]:
 
 
 def identity(headers) -> Tuple[str, Tuple[str, ...]]:
-    """(account, roles) from request headers, or :class:`ApiError` 401."""
-    token = headers.get("x-auth-token")
-    if token is not None:
-        account, sep, roles = token.strip().partition(":")
-        if not sep:
-            raise _unauthorized("X-Auth-Token must be '<account>:<role>[,<role>...]'")
+    """(account, roles) from request headers, or :class:`ApiError` 401.
+
+    X-Tenant-Id/X-Roles win over X-Auth-Token: that is what an authenticating
+    proxy (keystonemiddleware) sets next to the opaque token it validated, and
+    what a client without a token plugin (openstacksdk ``auth_type: none``,
+    whose token is the literal ``notused``) can send.
+    """
+    account = headers.get("x-tenant-id") or headers.get("x-project-id")
+    if account is not None:
+        account, roles = account.strip(), headers.get("x-roles", "")
     else:
-        account = headers.get("x-tenant-id") or headers.get("x-project-id")
-        if account is None:
+        token = headers.get("x-auth-token")
+        if token is None:
             raise _unauthorized("authentication required: send X-Auth-Token "
                                 "'<account>:<role>[,<role>...]' or X-Tenant-Id and X-Roles")
-        account, roles = account.strip(), headers.get("x-roles", "")
+        # python-glanceclient percent-encodes the token ("acct%3Aadmin").
+        account, sep, roles = unquote(token.strip()).partition(":")
+        if not sep:
+            raise _unauthorized("X-Auth-Token must be '<account>:<role>[,<role>...]'")
     if not ACCOUNT_RE.match(account):
         raise _unauthorized("an account id may hold only letters, digits and _ . @ : + - (at most 255)")
     return account, _roles(roles)

@@ -203,16 +203,29 @@ class UploadStream(io.RawIOBase):
             raise self._fail(ApiError(400, f"Only {self.received} of the {self.declared} declared bytes arrived"))
         return chunk
 
-    def readinto(self, b) -> int:
+    def _fill(self) -> None:
         while not self._buf and not self._eof:
             chunk = self._pull()
             if not chunk:
                 self._eof = True
             self._buf = memoryview(chunk)
+
+    def readinto(self, b) -> int:
+        self._fill()
         n = min(len(b), len(self._buf))
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of what has arrived (at least one byte, or b""
+        at the end), without allocating ``size`` bytes first."""
+        if size is None or size < 0:
+            return b"".join(iter(self))
+        self._fill()
+        out = self._buf[:size]
+        self._buf = self._buf[size:]
+        return bytes(out)
 
     def __iter__(self) -> Iterable[bytes]:  # type: ignore[override]
         """Chunks as they arrive (for consumers that iterate)."""

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .auth import caller
+from ..errors import ConflictError
 from .errors import ApiError
 from .http import (JSON_PATCH, OCTET, UploadStream, call, clean_text, collection_links,
                    json_object, query_pairs, read_json, registry, require_content_type, settings)
@@ -88,7 +89,7 @@ async def list_images(request: Request) -> JSONResponse:
 # ---- one image ----------------------------------------------------------------------
 
 async def show_image(request: Request) -> JSONResponse:
-    image = await call(registry(request).get_image, caller(request), image_id(request))
+    image = await call(registry(request).show_image, caller(request), image_id(request))
     return JSONResponse(image_json(image))
 
 
@@ -170,22 +171,20 @@ def _unsatisfiable(size: int) -> ApiError:
 
 
 async def download(request: Request) -> Response:
-    who = caller(request)
-    iid = image_id(request)
-    reg = registry(request)
-    image = image_json(await call(reg.get_image, who, iid))
-    size = image.get("size")
-    if image.get("status") != "active" and size is None:
-        return Response(status_code=204)
-    rng = parse_range(request.headers.get("range"), size)
-    start, end = rng if rng else (0, size - 1)
-    chunks = await call(reg.download, who, iid, offset=start, length=end - start + 1,
-                        chunk_size=settings(request).chunk_size)
+    try:
+        data = await call(registry(request).open_data, caller(request), image_id(request))
+    except ConflictError as exc:
+        if exc.code == "no_data":  # Glance: 204 No Content for an image without data
+            return Response(status_code=204)
+        raise
+    rng = parse_range(request.headers.get("range"), data.size)
+    start, end = rng if rng else (0, data.size - 1)
     headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes"}
     if rng:
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    elif image.get("checksum"):
-        headers["Content-MD5"] = image["checksum"]
+        headers["Content-Range"] = f"bytes {start}-{end}/{data.size}"
+    elif data.checksum:
+        headers["Content-MD5"] = data.checksum   # hex, as Glance sends it and glanceclient checks it
+    chunks = data.iter(start, end + 1, settings(request).chunk_size)
     return StreamingResponse(_iterate(chunks), status_code=206 if rng else 200,
                              headers=headers, media_type=OCTET)
 
@@ -216,7 +215,7 @@ async def add_tag(request: Request) -> Response:
 
 async def delete_tag(request: Request) -> Response:
     tag = check_tag(request.path_params["tag"], status=404)
-    await call(registry(request).remove_tag, caller(request), image_id(request), tag)
+    await call(registry(request).delete_tag, caller(request), image_id(request), tag)
     return Response(status_code=204)
 
 

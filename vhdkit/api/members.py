@@ -42,7 +42,7 @@ async def list_members(request: Request) -> JSONResponse:
 
 
 async def show_member(request: Request) -> JSONResponse:
-    member = await call(registry(request).get_member, caller(request), image_id(request), _member_path(request))
+    member = await call(registry(request).show_member, caller(request), image_id(request), _member_path(request))
     return JSONResponse(member_json(member))
 
 
@@ -58,7 +58,7 @@ async def update_member(request: Request) -> JSONResponse:
 
 
 async def delete_member(request: Request) -> Response:
-    await call(registry(request).remove_member, caller(request), image_id(request), _member_path(request))
+    await call(registry(request).delete_member, caller(request), image_id(request), _member_path(request))
     return Response(status_code=204)
 
 
