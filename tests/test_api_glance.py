@@ -21,12 +21,17 @@ STRANGER = "acct-stranger:admin"
 
 def table(stdout: str) -> dict:
     """glanceclient's `| Property | Value |` table as a dict."""
-    rows = {}
+    rows, key = {}, None
     for line in stdout.splitlines():
         if line.startswith("|") and not line.startswith("| Property"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) == 2:
-                rows[cells[0]] = cells[1]
+            cells = [c.strip() for c in line.strip()[1:-1].split("|", 1)]
+            if len(cells) != 2:
+                continue
+            if cells[0]:
+                key = cells[0]
+                rows[key] = cells[1]
+            elif key is not None:   # a long value wrapped onto the next line
+                rows[key] += cells[1]
     return rows
 
 
@@ -263,8 +268,11 @@ def test_library_malformed_json_and_bad_patch_paths_are_400(api_server):
     for ops in ([{"op": "add", "path": "/a/b", "value": "x"}],
                 [{"op": "add", "path": "name", "value": "x"}],
                 [{"op": "move", "path": "/name", "from": "/x"}],
-                [{"op": "remove", "path": "/not-there"}],
+                [{"op": "add", "path": "/name"}],
                 {"op": "add"}):
         with pytest.raises(exc.HTTPBadRequest):
             http.patch(f"/v2/images/{img.id}", data=json.dumps(ops), headers=patch)
+    with pytest.raises(exc.HTTPConflict):   # Glance: removing a missing property is 409
+        http.patch(f"/v2/images/{img.id}", data=json.dumps([{"op": "remove", "path": "/not-there"}]),
+                   headers=patch)
     assert gc.images.get(img.id).name == "bad-bodies"

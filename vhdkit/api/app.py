@@ -48,7 +48,7 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
 
 def _open_registry(settings: Settings):
     from ..registry import Registry
-    return Registry(settings.data_dir) if settings.data_dir else Registry()
+    return Registry(settings.data_dir, size_cap=settings.max_image_size)
 
 
 def app_factory() -> Starlette:

@@ -49,7 +49,7 @@ async def show_task(request: Request) -> JSONResponse:
     raw = request.path_params["task_id"]
     if not _UUID.match(raw):
         raise ApiError(404, "No task found with ID " + clean_text(raw, "The task id", status=404, max_len=64))
-    return JSONResponse(task_json(await call(registry(request).get_task, caller(request), raw.lower())))
+    return JSONResponse(task_json(await call(registry(request).show_task, caller(request), raw.lower())))
 
 
 ROUTES = [
