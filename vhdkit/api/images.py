@@ -77,12 +77,30 @@ async def create_image(request: Request) -> JSONResponse:
     return JSONResponse(image, status_code=201, headers={"Location": image["self"]})
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _hidden_filter(pairs) -> Tuple[list, bool]:
+    """Split off ``os_hidden`` (Images v2.7): no image here is hidden, so
+    ``os_hidden=true`` matches nothing and ``false`` everything.  openstacksdk's
+    find_image sends it whatever version the server announces."""
+    only_hidden = False
+    for key, value in pairs:
+        if key == "os_hidden":
+            if value.lower() not in _BOOLS:
+                raise ApiError(400, f"os_hidden must be true or false, not {value!r}")
+            only_hidden = only_hidden or _BOOLS[value.lower()]
+    return [(k, v) for k, v in pairs if k != "os_hidden"], only_hidden
+
+
 async def list_images(request: Request) -> JSONResponse:
     who = caller(request)
     pairs = query_pairs(request)
-    page = await call(registry(request).list_images, who, pairs)
-    body = {"images": [image_json(i) for i in page.images], "schema": "/v2/schemas/images"}
-    body.update(collection_links("/v2/images", pairs, page.next_marker))
+    filters, only_hidden = _hidden_filter(pairs)
+    page = await call(registry(request).list_images, who, filters)
+    images, next_marker = ([], None) if only_hidden else (page.images, page.next_marker)
+    body = {"images": [image_json(i) for i in images], "schema": "/v2/schemas/images"}
+    body.update(collection_links("/v2/images", pairs, next_marker))
     return JSONResponse(body)
 
 

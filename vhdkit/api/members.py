@@ -13,6 +13,10 @@ from .images import image_id
 from .schemas import MEMBER_STATUSES
 
 
+# Like Glance, the member bodies need only their one key; others (openstacksdk
+# sends the whole member resource back) are ignored.
+
+
 def member_json(member) -> dict:
     d = member.to_dict() if hasattr(member, "to_dict") else dict(member)
     d.setdefault("schema", "/v2/schemas/member")
@@ -31,7 +35,7 @@ async def create_member(request: Request) -> JSONResponse:
     iid = image_id(request)
     body = json_object(await read_json(request))
     member = body.get("member")
-    if set(body) != {"member"} or not isinstance(member, str) or not ACCOUNT_RE.match(member):
+    if not isinstance(member, str) or not ACCOUNT_RE.match(member):
         raise ApiError(400, 'The body must be {"member": "<account id>"} with a valid account id')
     return JSONResponse(member_json(await call(registry(request).add_member, who, iid, member)))
 
@@ -52,7 +56,7 @@ async def update_member(request: Request) -> JSONResponse:
     member = _member_path(request)
     body = json_object(await read_json(request))
     status = body.get("status")
-    if set(body) != {"status"} or status not in MEMBER_STATUSES:
+    if status not in MEMBER_STATUSES:
         raise ApiError(400, 'The body must be {"status": "pending"|"accepted"|"rejected"}')
     return JSONResponse(member_json(await call(registry(request).update_member, who, iid, member, status)))
 
