@@ -50,6 +50,7 @@ def test_sdk_list_with_filters_update_and_tag(owner):
     names = [i.name for i in owner.image.images(sort="name:desc", name="in:sdk-list-a,sdk-list-b")]
     assert names == ["sdk-list-b", "sdk-list-a"]
 
+    a = owner.image.get_image(a)   # fresh: the sdk diffs the object it is given into a patch
     updated = owner.image.update_image(a, name="sdk-list-a2", flavour="bitter", min_ram=256)
     assert updated.name == "sdk-list-a2" and updated.min_ram == 256
     assert owner.image.get_image(a).properties["flavour"] == "bitter"
