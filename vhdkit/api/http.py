@@ -253,6 +253,9 @@ async def call(fn, *args, limiter: Optional[anyio.CapacityLimiter] = None, **kw)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_QUERY_PAIRS = 64
+#: Names a list filter may have: base fields and property names as clients use
+#: them (os_distro, com.rackspace__1__options, owner_specified.openstack.md5).
+_QUERY_KEY = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,254}\Z")
 MAX_QUERY_VALUE = 1024
 
 
@@ -271,7 +274,9 @@ def query_pairs(request: Request) -> List[Tuple[str, str]]:
     if len(pairs) > MAX_QUERY_PAIRS:
         raise ApiError(400, f"Too many query parameters (at most {MAX_QUERY_PAIRS})")
     for key, value in pairs:
-        clean_text(key, "A query parameter name", max_len=255)
+        if not _QUERY_KEY.match(key):
+            raise ApiError(400, f"{clean_text(key, 'A query parameter name', max_len=255)!r} is not a valid "
+                                "filter name (letters, digits and _ . : - only, not starting with '.')")
         clean_text(value, f"The query parameter {key!r}")
     return pairs
 
