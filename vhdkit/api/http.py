@@ -251,6 +251,23 @@ async def call(fn, *args, limiter: Optional[anyio.CapacityLimiter] = None, **kw)
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=limiter)
 
 
+_write_limiter: Optional[anyio.CapacityLimiter] = None
+
+
+async def write_call(fn, *args, **kw):
+    """:func:`call` for a short registry write: one at a time per process.
+
+    SQLite admits one writer; threads of one process that race for its lock
+    fall into its busy handler's sleeps (up to 100 ms each), which under 32
+    concurrent writers cost far more than waiting in line here.  Other
+    processes (workers, CLI) still meet at SQLite's lock.
+    """
+    global _write_limiter
+    if _write_limiter is None:
+        _write_limiter = anyio.CapacityLimiter(1)
+    return await call(fn, *args, limiter=_write_limiter, **kw)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_QUERY_PAIRS = 64
 #: Names a list filter may have: base fields and property names as clients use

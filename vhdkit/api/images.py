@@ -13,7 +13,7 @@ from starlette.routing import Route
 from .auth import caller
 from ..errors import ConflictError
 from .errors import ApiError
-from .http import (JSON_PATCH, OCTET, UploadStream, call, clean_text, collection_links,
+from .http import (write_call, JSON_PATCH, OCTET, UploadStream, call, clean_text, collection_links,
                    json_object, query_pairs, read_json, registry, require_content_type, settings)
 from .schemas import MAX_TAG_LENGTH, UUID_PATTERN
 
@@ -73,7 +73,7 @@ async def create_image(request: Request) -> JSONResponse:
     if isinstance(tags, list):
         for tag in tags:
             check_tag(tag)
-    image = image_json(await call(registry(request).create_image, who, body))
+    image = image_json(await write_call(registry(request).create_image, who, body))
     return JSONResponse(image, status_code=201, headers={"Location": image["self"]})
 
 
@@ -122,22 +122,22 @@ async def update_image(request: Request) -> JSONResponse:
         if op.get("path") == "/tags" and isinstance(op.get("value"), list):
             for tag in op["value"]:
                 check_tag(tag)
-    image = await call(registry(request).update_image, who, iid, ops)
+    image = await write_call(registry(request).update_image, who, iid, ops)
     return JSONResponse(image_json(image))
 
 
 async def delete_image(request: Request) -> Response:
-    await call(registry(request).delete_image, caller(request), image_id(request))
+    await write_call(registry(request).delete_image, caller(request), image_id(request))
     return Response(status_code=204)
 
 
 async def deactivate(request: Request) -> Response:
-    await call(registry(request).deactivate_image, caller(request), image_id(request))
+    await write_call(registry(request).deactivate_image, caller(request), image_id(request))
     return Response(status_code=204)
 
 
 async def reactivate(request: Request) -> Response:
-    await call(registry(request).reactivate_image, caller(request), image_id(request))
+    await write_call(registry(request).reactivate_image, caller(request), image_id(request))
     return Response(status_code=204)
 
 
@@ -227,13 +227,13 @@ async def _iterate(chunks):
 
 async def add_tag(request: Request) -> Response:
     tag = check_tag(request.path_params["tag"])
-    await call(registry(request).add_tag, caller(request), image_id(request), tag)
+    await write_call(registry(request).add_tag, caller(request), image_id(request), tag)
     return Response(status_code=204)
 
 
 async def delete_tag(request: Request) -> Response:
     tag = check_tag(request.path_params["tag"], status=404)
-    await call(registry(request).delete_tag, caller(request), image_id(request), tag)
+    await write_call(registry(request).delete_tag, caller(request), image_id(request), tag)
     return Response(status_code=204)
 
 

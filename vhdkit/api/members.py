@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from .auth import ACCOUNT_RE, caller
 from .errors import ApiError
-from .http import call, json_object, read_json, registry
+from .http import call, write_call, json_object, read_json, registry
 from .images import image_id
 from .schemas import MEMBER_STATUSES
 
@@ -37,7 +37,7 @@ async def create_member(request: Request) -> JSONResponse:
     member = body.get("member")
     if not isinstance(member, str) or not ACCOUNT_RE.match(member):
         raise ApiError(400, 'The body must be {"member": "<account id>"} with a valid account id')
-    return JSONResponse(member_json(await call(registry(request).add_member, who, iid, member)))
+    return JSONResponse(member_json(await write_call(registry(request).add_member, who, iid, member)))
 
 
 async def list_members(request: Request) -> JSONResponse:
@@ -58,11 +58,11 @@ async def update_member(request: Request) -> JSONResponse:
     status = body.get("status")
     if status not in MEMBER_STATUSES:
         raise ApiError(400, 'The body must be {"status": "pending"|"accepted"|"rejected"}')
-    return JSONResponse(member_json(await call(registry(request).update_member, who, iid, member, status)))
+    return JSONResponse(member_json(await write_call(registry(request).update_member, who, iid, member, status)))
 
 
 async def delete_member(request: Request) -> Response:
-    await call(registry(request).delete_member, caller(request), image_id(request), _member_path(request))
+    await write_call(registry(request).delete_member, caller(request), image_id(request), _member_path(request))
     return Response(status_code=204)
 
 

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from .auth import caller
 from .errors import ApiError
-from .http import call, clean_text, collection_links, json_object, query_pairs, read_json, registry
+from .http import call, write_call, clean_text, collection_links, json_object, query_pairs, read_json, registry
 from .schemas import TASK_TYPES, UUID_PATTERN
 
 _UUID = re.compile(UUID_PATTERN)
@@ -32,7 +32,7 @@ async def create_task(request: Request) -> JSONResponse:
     kind, task_input = body.get("type"), body.get("input")
     if kind not in TASK_TYPES or not isinstance(task_input, dict) or set(body) - {"type", "input"}:
         raise ApiError(400, f'The body must be {{"type": {"|".join(TASK_TYPES)}, "input": {{...}}}}')
-    task = task_json(await call(registry(request).create_task, who, kind, task_input))
+    task = task_json(await write_call(registry(request).create_task, who, kind, task_input))
     return JSONResponse(task, status_code=201, headers={"Location": task["self"]})
 
 
