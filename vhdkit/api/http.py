@@ -251,10 +251,7 @@ async def call(fn, *args, limiter: Optional[anyio.CapacityLimiter] = None, **kw)
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=limiter)
 
 
-_write_limiter: Optional[anyio.CapacityLimiter] = None
-
-
-async def write_call(fn, *args, **kw):
+async def write_call(request: Request, fn, *args, **kw):
     """:func:`call` for a short registry write: one at a time per process.
 
     SQLite admits one writer; threads of one process that race for its lock
@@ -262,10 +259,7 @@ async def write_call(fn, *args, **kw):
     concurrent writers cost far more than waiting in line here.  Other
     processes (workers, CLI) still meet at SQLite's lock.
     """
-    global _write_limiter
-    if _write_limiter is None:
-        _write_limiter = anyio.CapacityLimiter(1)
-    return await call(fn, *args, limiter=_write_limiter, **kw)
+    return await call(fn, *args, limiter=request.app.state.write_limiter, **kw)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
