@@ -211,6 +211,17 @@ def test_endless_slow_upload_times_out_and_image_stays_inactive(server, pause):
     assert blob_files(server) == before
 
 
+def test_trickled_json_body_times_out(server):
+    sock = socket.create_connection((LOOPBACK, server.port), timeout=30)
+    try:
+        sock.sendall((f"POST /v2/images HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {ADMIN}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{").encode())
+        status, headers, body = read_response(sock)
+    finally:
+        sock.close()
+    assert_clean_4xx(status, headers, body, allowed=(408,))
+
+
 def test_database_passes_integrity_check_after_the_abuse(server, image):
     # run last in this module (pytest keeps file order)
     conn = sqlite3.connect(f"file:{server.data / 'registry.db'}?mode=ro", uri=True)

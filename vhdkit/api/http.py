@@ -72,11 +72,16 @@ async def read_json(request: Request, *, content_types: Tuple[str, ...] = (JSON,
     if length is not None and length > limit:
         raise ApiError(413, f"The request body is {length} bytes; at most {limit} are accepted")
     chunks, got = [], 0
-    async for chunk in request.stream():
-        got += len(chunk)
-        if got > limit:
-            raise ApiError(413, f"The request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    timeout = settings(request).upload_idle_timeout
+    try:
+        with anyio.fail_after(timeout):   # a small body has no reason to trickle
+            async for chunk in request.stream():
+                got += len(chunk)
+                if got > limit:
+                    raise ApiError(413, f"The request body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"The request body did not arrive within {timeout:g} s") from None
     body = b"".join(chunks)
     depth = settings(request).max_json_depth
     if json_depth(body) > depth:
