@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import json
 import os
 import random
@@ -201,6 +202,75 @@ def _in_process(data_dir: Path, path: str, account: str, repeat: int = 50) -> Op
     return round(statistics.median(times) * 1000, 2)
 
 
+class _Blocks(io.RawIOBase):
+    """``count`` times the same 1 MiB block, as a readable stream."""
+
+    def __init__(self, block: bytes, count: int):
+        super().__init__()
+        self.block, self.left = block, count
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left == 0:
+            return b""
+        self.left -= 1
+        return self.block
+
+
+def _data_throughput(srv, data_dir: Path, token: str, account: str, mib: int, repeat: int = 3) -> dict:
+    """MB/s of an upload and a download of ``mib`` MiB through HTTP and, side
+    by side on the same data directory, through the registry in-process;
+    plus the server's peak RSS growth during the HTTP transfers."""
+    import statistics
+    import threading
+    from vhdkit.registry import Caller, Registry
+    block = os.urandom(1 << 20)
+    me = Caller.parse(account, "admin")
+    res: Dict[str, list] = {"http_upload": [], "http_download": [], "registry_upload": [], "registry_download": []}
+    base = srv.rss()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], srv.rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with srv.http(token, timeout=600.0) as c, Registry(str(data_dir), cleanup=False) as reg:
+            for _ in range(repeat):
+                img = c.post("/v2/images", json={"name": "data", "disk_format": "raw",
+                                                 "container_format": "bare"}).json()
+                t0 = time.perf_counter()
+                r = c.put(img["file"], content=(block for _ in range(mib)),
+                          headers={"Content-Type": "application/octet-stream"})
+                assert r.status_code == 204, r.text
+                res["http_upload"].append(mib / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                with c.stream("GET", img["file"]) as resp:
+                    n = sum(len(b) for b in resp.iter_raw())
+                assert n == mib << 20
+                res["http_download"].append(mib / (time.perf_counter() - t0))
+                img2 = reg.create_image(me, name="data", disk_format="raw", container_format="bare")
+                t0 = time.perf_counter()
+                reg.upload(me, img2.id, _Blocks(block, mib))
+                res["registry_upload"].append(mib / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                _, it = reg.iter_data(me, img2.id)
+                n = sum(len(b) for b in it)
+                res["registry_download"].append(mib / (time.perf_counter() - t0))
+    finally:
+        done.set()
+        sampler.join()
+    out = {k: round(statistics.median(v), 1) for k, v in res.items()}
+    out["mib"] = mib
+    out["server_rss_growth_mib"] = round((peak[0] - base) / 2**20, 1)
+    return out
+
+
 def _wrk(url: str, token: str, seconds: int, connections: int, threads: int) -> dict:
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -221,6 +291,7 @@ def main(argv=None) -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--mix-seconds", type=float, default=15.0)
+    ap.add_argument("--data-mib", type=int, default=256, help="size of the data transfer runs")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
 
@@ -267,11 +338,13 @@ def main(argv=None) -> int:
                                "rss_mib_max": round(max(mix.rss_samples) / 2**20, 1),
                                "rss_mib_last": round(mix.rss_samples[-1] / 2**20, 1)}
                     print(f"mix: {mix_row}", file=sys.stderr)
+                    data_row = _data_throughput(srv, data, token, "bench-acct", args.data_mib)
+                    print(f"data: {data_row}", file=sys.stderr)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "images": args.images,
-              "connections": args.connections, "seconds": args.seconds, "wrk": rows, "mix": mix_row}
+              "connections": args.connections, "seconds": args.seconds, "wrk": rows, "mix": mix_row, "data": data_row}
     (out / "api_load.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"wrk -t2 -c{args.connections} -d{args.seconds}s over loopback; {args.images} images in the registry; "
              "registry ms = the same call in-process without HTTP (median of 50).", "",
@@ -282,6 +355,10 @@ def main(argv=None) -> int:
                   f"({mix_row['rps']} req/s), 5xx: {mix_row['server_errors']}, lost updates: {mix_row['lost_updates']}, "
                   f"uploads verified: {mix_row['uploads_verified']}, server RSS MiB first/max/last: "
                   f"{mix_row['rss_mib_first']}/{mix_row['rss_mib_max']}/{mix_row['rss_mib_last']}"]
+    d = data_row
+    lines += ["", f"Data, {d['mib']} MiB, MB/s (median of 3), HTTP vs the registry in-process in the same run: "
+                  f"upload {d['http_upload']} vs {d['registry_upload']}, download {d['http_download']} vs "
+                  f"{d['registry_download']}; server RSS growth during the HTTP transfers: {d['server_rss_growth_mib']} MiB"]
     (out / "api_load.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -149,12 +149,17 @@ class UploadStream(io.RawIOBase):
     consume in a worker thread while the event loop receives the body.
 
     Enforces the limits of a data upload: at most ``max_size`` bytes (413),
-    the declared Content-Length exactly (400 when short), no gap longer than
-    the idle timeout and, after the grace period, at least the minimum average
-    rate (408: an endless trickle is cut off).  Errors surface both from
-    :meth:`readinto` (so the registry aborts and keeps the image inactive) and
-    as :attr:`error` for the handler to answer with.
+    the declared Content-Length exactly (400), no gap longer than the idle
+    timeout and, after the grace period, at least the minimum average rate
+    (408: an endless trickle is cut off).  Errors surface both from
+    :meth:`read` (so the registry aborts and keeps the image inactive) and as
+    :attr:`error` for the handler to answer with.
     """
+
+    #: bytes gathered on the event loop per hop into the worker thread (the
+    #: server hands the body over ~64 KiB at a time; a hop for each would
+    #: dominate the cost of an upload)
+    BATCH = 1 << 20
 
     def __init__(self, request: Request, cfg: Settings):
         super().__init__()
@@ -173,46 +178,56 @@ class UploadStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    async def _next(self) -> bytes:
-        with anyio.fail_after(self._cfg.upload_idle_timeout):
-            try:
-                return await self._iter.__anext__()
-            except StopAsyncIteration:
-                return b""
+    def _account(self, chunk: bytes) -> None:
+        """Check the limits after ``chunk`` arrived (b"": the end)."""
+        cfg = self._cfg
+        self.received += len(chunk)
+        if self.received > cfg.max_image_size:
+            raise ApiError(413, f"The image data exceeds {cfg.max_image_size} bytes")
+        if self.declared is not None and self.received > self.declared:
+            raise ApiError(400, "More data arrived than Content-Length declared")
+        if not chunk:
+            if self.declared is not None and self.received != self.declared:
+                raise ApiError(400, f"Only {self.received} of the {self.declared} declared bytes arrived")
+            return
+        elapsed = time.monotonic() - self._started
+        if elapsed > cfg.upload_rate_grace and self.received < cfg.upload_min_rate * elapsed:
+            raise ApiError(408, f"The upload is slower than {cfg.upload_min_rate} bytes/s; it was abandoned")
 
-    def _fail(self, err: ApiError) -> ApiError:
-        self.error = self.error or err
-        return self.error
+    async def _next(self) -> bytes:
+        """Up to BATCH bytes of body (b"" at the end), checked as they arrive."""
+        parts, got = [], 0
+        while got < self.BATCH:
+            try:
+                with anyio.fail_after(self._cfg.upload_idle_timeout):
+                    chunk = await self._iter.__anext__()
+            except StopAsyncIteration:
+                chunk = b""
+            self._account(chunk)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _pull(self) -> bytes:
         if self.error is not None:
             raise self.error
         try:
-            chunk = anyio.from_thread.run(self._next)
+            return anyio.from_thread.run(self._next)
+        except ApiError as exc:
+            self.error = exc
         except TimeoutError:
-            raise self._fail(ApiError(408, f"No image data arrived for {self._cfg.upload_idle_timeout:g} s; "
-                                           "the upload was abandoned")) from None
+            self.error = ApiError(408, f"No image data arrived for {self._cfg.upload_idle_timeout:g} s; "
+                                       "the upload was abandoned")
         except ClientDisconnect:
-            raise self._fail(ApiError(400, "The client went away before the upload finished")) from None
-        self.received += len(chunk)
-        cfg = self._cfg
-        if self.received > cfg.max_image_size:
-            raise self._fail(ApiError(413, f"The image data exceeds {cfg.max_image_size} bytes"))
-        if self.declared is not None and self.received > self.declared:
-            raise self._fail(ApiError(400, "More data arrived than Content-Length declared"))
-        elapsed = time.monotonic() - self._started
-        if chunk and elapsed > cfg.upload_rate_grace and self.received < cfg.upload_min_rate * elapsed:
-            raise self._fail(ApiError(408, f"The upload is slower than {cfg.upload_min_rate} bytes/s; "
-                                           "it was abandoned"))
-        if not chunk and self.declared is not None and self.received != self.declared:
-            raise self._fail(ApiError(400, f"Only {self.received} of the {self.declared} declared bytes arrived"))
-        return chunk
+            self.error = ApiError(400, "The client went away before the upload finished")
+        raise self.error
 
     def _fill(self) -> None:
-        while not self._buf and not self._eof:
+        if not self._buf and not self._eof:
             chunk = self._pull()
-            if not chunk:
-                self._eof = True
+            self._eof = not chunk
             self._buf = memoryview(chunk)
 
     def readinto(self, b) -> int:
@@ -223,26 +238,14 @@ class UploadStream(io.RawIOBase):
         return n
 
     def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes of what has arrived (at least one byte, or b""
-        at the end), without allocating ``size`` bytes first."""
+        """Up to ``size`` bytes of what has arrived (b"" only at the end),
+        without allocating ``size`` bytes first."""
         if size is None or size < 0:
-            return b"".join(iter(self))
+            return b"".join(iter(lambda: self.read(self.BATCH), b""))
         self._fill()
         out = self._buf[:size]
         self._buf = self._buf[size:]
-        return bytes(out)
-
-    def __iter__(self) -> Iterable[bytes]:  # type: ignore[override]
-        """Chunks as they arrive (for consumers that iterate)."""
-        if self._buf:
-            yield bytes(self._buf)
-            self._buf = memoryview(b"")
-        while not self._eof:
-            chunk = self._pull()
-            if not chunk:
-                self._eof = True
-                return
-            yield chunk
+        return out.obj if len(out) == len(out.obj) else bytes(out)
 
 
 # ---- registry calls and query strings -----------------------------------------------
