@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,6 @@ class MixResult:
     latency: Dict[str, List[float]] = field(default_factory=dict)  # operation -> seconds
 
     def median_ms(self) -> Dict[str, float]:
-        import statistics
         return {op: round(statistics.median(v) * 1000, 1) for op, v in sorted(self.latency.items())}
 
     @property
@@ -182,7 +182,6 @@ def _fill(data_dir: Path, count: int, account: str) -> None:
 
 def _in_process(data_dir: Path, path: str, account: str, repeat: int = 50) -> Optional[float]:
     """Median ms of the registry call behind ``path``, in this process (no HTTP)."""
-    import statistics
     from urllib.parse import parse_qsl, urlsplit
     from vhdkit.registry import Caller, Registry
     parts = urlsplit(path)
@@ -223,7 +222,6 @@ def _data_throughput(srv, data_dir: Path, token: str, account: str, mib: int, re
     """MB/s of an upload and a download of ``mib`` MiB through HTTP and, side
     by side on the same data directory, through the registry in-process;
     plus the server's peak RSS growth during the HTTP transfers."""
-    import statistics
     import threading
     from vhdkit.registry import Caller, Registry
     block = os.urandom(1 << 20)

@@ -7,7 +7,7 @@ import io
 import json
 import re
 import time
-from typing import Iterable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 from urllib.parse import urlencode
 
 import anyio
