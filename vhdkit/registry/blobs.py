@@ -266,10 +266,14 @@ def copy_range(path: str, out: BinaryIO, start: int, end: int,
         out.flush()
         with open(path, "rb", buffering=0) as f:
             in_fd = f.fileno()
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(in_fd, start, total, os.POSIX_FADV_SEQUENTIAL)
             off = start
             use_cfr = hasattr(os, "copy_file_range")
+            # one call for everything (as cp does) unless progress wants news
+            step = (256 << 20) if progress is not None else (1 << 62)
             while done < total:
-                n = min(256 << 20, total - done)  # big calls: fewer writeback stalls
+                n = min(step, total - done)
                 try:
                     if use_cfr:
                         w = os.copy_file_range(in_fd, out_fd, n, off)
