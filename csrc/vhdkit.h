@@ -48,7 +48,7 @@ const char *vk_code_name(int code);
  * represents exactly (classic Virtual PC); VK_RULE_AZURE rounds up to a whole
  * MiB (fixed images only).  Sizes over 2040 GiB are refused (VK_E_RANGE).
  */
-typedef enum { VK_RULE_EXACT = 0, VK_RULE_CHS = 1, VK_RULE_AZURE = 2 } vk_size_rule;
+typedef enum { VK_RULE_EXACT = 0, VK_RULE_CHS = 1, VK_RULE_AZURE = 2 } vk_write_rule;
 /* Output kinds of vk_create / vk_convert_*: a raw file or a VHD type. */
 typedef enum { VK_OUT_RAW = 0, VK_OUT_FIXED = 2, VK_OUT_DYNAMIC = 3 } vk_out_kind;
 
@@ -66,7 +66,7 @@ int vk_size_plan_make(uint64_t requested, int rule, vk_size_plan *out, vk_err *e
 typedef struct vk_write_opts {
     int       kind;            /* vk_out_kind                                 */
     uint32_t  block_size;      /* dynamic: power of two, 512 KiB..256 MiB; 0 = 2 MiB */
-    int       size_rule;       /* vk_size_rule                                */
+    int       size_rule;       /* vk_write_rule                                */
     int       has_uuid;        /* 1: use uuid below, else a random v4 one     */
     uint8_t   uuid[16];
     int       has_timestamp;   /* 1: use timestamp (VHD epoch), else now      */
