@@ -41,6 +41,121 @@ const char *vk_code_name(int code);
 
 /* ==== reading and checking (vk_image.c, vk_check.c, ...) ================= */
 
+/* How the virtual size is chosen (vk_open_opts.size_rule, vk_info.size_rule).
+ * AUTO follows qemu: creators "vpc " and "qemu" use the CHS-derived size
+ * unless the geometry is at its maximum (65535/16/255); all others use the
+ * footer's current size. */
+typedef enum {
+    VK_SIZE_AUTO     = 0,
+    VK_SIZE_CURRENT  = 1,
+    VK_SIZE_CHS      = 2,
+    VK_SIZE_ORIGINAL = 3
+} vk_size_rule;
+
+typedef struct vk_open_opts {
+    const char *const *parents;  /* explicit parent paths: parents[0] is the
+                                    leaf's parent, parents[1] its parent...;
+                                    used before the locators               */
+    int         n_parents;
+    const char *allowed_root;    /* NULL, or a directory every resolved
+                                    parent must lie inside                 */
+    int         size_rule;       /* a vk_size_rule                           */
+    int         top_only;        /* 1: do not open parents (info, probe)     */
+} vk_open_opts;
+
+typedef struct vk_image vk_image;   /* an opened VHD with its parent chain */
+
+/* Decoded, validated facts about one layer of an opened image. */
+typedef struct vk_info {
+    uint32_t disk_type;          /* 2 fixed, 3 dynamic, 4 differencing       */
+    uint64_t virtual_size;       /* chosen by size_rule                      */
+    int      size_rule;          /* the rule that was applied (not AUTO)     */
+    uint64_t current_size;
+    uint64_t original_size;
+    uint64_t chs_size;           /* cylinders*heads*sectors*512              */
+    uint16_t cylinders;
+    uint8_t  heads;
+    uint8_t  sectors_per_track;
+    char     creator_app[5];     /* NUL-terminated, raw 4 bytes              */
+    uint32_t creator_version;
+    char     creator_os[5];
+    uint8_t  uuid[16];
+    uint32_t timestamp;          /* seconds since 2000-01-01 UTC             */
+    uint8_t  saved_state;
+    uint32_t features;
+    uint32_t version;
+    uint64_t data_offset;
+    int      footer_size;        /* 512, or 511 for very old images         */
+    int      footer_source;      /* 0 end of file, 1 the copy at offset 0    */
+    uint64_t file_size;
+    /* dynamic and differencing only (0 otherwise) */
+    uint64_t table_offset;
+    uint32_t block_size;
+    uint32_t max_table_entries;
+    uint32_t bat_entries_used;   /* allocated BAT entries                    */
+    uint64_t allocated_bytes;    /* data bytes in allocated blocks (fixed:
+                                    the virtual size)                        */
+    uint8_t  parent_uuid[16];
+    uint32_t parent_timestamp;
+    char     parent_name[1024];  /* UTF-8 of the header's UTF-16BE name     */
+    int      parent_name_valid;  /* 0 if the name is not valid UTF-16        */
+    int      n_locators;         /* locator entries with a non-zero code     */
+} vk_info;
+
+typedef struct vk_locator_info {
+    char     code[5];            /* "W2ru", "W2ku", "MacX", ...              */
+    uint32_t data_space;         /* as stored (bytes or sectors)             */
+    uint32_t data_length;
+    uint64_t data_offset;
+    int      valid;              /* 1 if in the file and decodable           */
+    char     path[1024];         /* decoded UTF-8 path (MacX: the URL)       */
+} vk_locator_info;
+
+/* One run of the virtual disk: [offset, offset+length) is allocated in layer
+ * `layer` (0 = the leaf) at file offset `file_offset`, or unallocated
+ * (allocated = 0, layer = -1: reads as zeros). */
+typedef struct vk_extent {
+    uint64_t offset;
+    uint64_t length;
+    int      allocated;
+    int      layer;
+    uint64_t file_offset;
+} vk_extent;
+
+/* One problem found by vk_check: a stable code ("FOOTER_CHECKSUM", ...). */
+typedef struct vk_problem {
+    char     code[32];
+    uint64_t offset;             /* file offset involved, UINT64_MAX if none */
+    int      layer;              /* 0 the image itself, 1 its parent, ...    */
+    char     msg[256];
+} vk_problem;
+
+/* Is this file a VHD?  *disk_type = 2/3/4, or 0 if not (returns 0 then). */
+int vk_probe(const char *path, uint32_t *disk_type, vk_err *err);
+
+/* Open read-only, with its parent chain (unless opts->top_only).  opts may
+ * be NULL (auto size rule, parents from the locators, no root limit). */
+int vk_image_open(const char *path, const vk_open_opts *opts, vk_image **out, vk_err *err);
+void vk_image_close(vk_image *img);
+uint64_t vk_image_size(const vk_image *img);       /* virtual size of the leaf */
+int vk_image_depth(const vk_image *img);           /* number of layers, >= 1   */
+int vk_image_info(const vk_image *img, int layer, vk_info *out, vk_err *err);
+int vk_image_locator(const vk_image *img, int layer, int index, vk_locator_info *out, vk_err *err);
+/* The resolved absolute path of a layer (NUL-terminated into buf). */
+int vk_image_path(const vk_image *img, int layer, char *buf, size_t cap, vk_err *err);
+/* Read exactly len bytes of the virtual disk at off (off+len <= size). */
+int vk_image_pread(vk_image *img, void *buf, size_t len, uint64_t off, vk_err *err);
+/* Fill up to cap extents describing [start, size) in order, merging equal
+ * neighbours; *n_out = number filled.  Continue from the end of the last. */
+int vk_image_map(vk_image *img, uint64_t start, vk_extent *out, size_t cap, size_t *n_out, vk_err *err);
+
+/* Validate a file as `vhd-util check` does (and more).  Problems go into
+ * out[0..cap); *n_found is the total found (may exceed cap).  Returns 0 even
+ * when problems are found; a negative code only for an internal failure.
+ * check_parents: also resolve and check the parent chain (opts as for open). */
+int vk_check(const char *path, const vk_open_opts *opts, int check_parents,
+             vk_problem *out, size_t cap, size_t *n_found, vk_err *err);
+
 /* ==== writing and converting (vk_write.c, vk_convert.c, ...) ============= */
 /*
  * Sizes: VK_RULE_EXACT keeps the requested size (rounded up to a whole
