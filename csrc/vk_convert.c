@@ -493,21 +493,29 @@ static int vk_none_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_
     return VK_OK;
 }
 
-int vk_convert_raw(int in_fd, uint64_t in_size, int out_fd, const vk_write_opts *opts,
-                   vk_write_result *res, vk_err *err)
+int vk_src_raw_init(vk_src *src, int in_fd, uint64_t in_size, vk_err *err)
 {
-    vk_src src = { .size = in_size, .fd = in_fd, .read = vk_raw_read };
+    memset(src, 0, sizeof *src);
+    src->size = in_size;
+    src->fd = in_fd;
+    src->read = vk_raw_read;
     struct stat st;
     if (fstat(in_fd, &st) != 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot stat the input");
     if (S_ISREG(st.st_mode)) {
-        if (in_size == UINT64_MAX) src.size = (uint64_t)st.st_size;
-        /* Skip holes only when the input is a regular file we pread. */
-        src.next_data = vk_raw_next_data;
-    } else if (in_size == UINT64_MAX) {
-        src.stream = 1;
+        if (in_size == UINT64_MAX) src->size = (uint64_t)st.st_size;
+        src->next_data = vk_raw_next_data;   /* skip holes */
     } else {
-        src.stream = 1;   /* a pipe of a known length: still read sequentially */
+        src->stream = 1;                     /* a pipe: read sequentially */
     }
+    return VK_OK;
+}
+
+int vk_convert_raw(int in_fd, uint64_t in_size, int out_fd, const vk_write_opts *opts,
+                   vk_write_result *res, vk_err *err)
+{
+    vk_src src;
+    int rc = vk_src_raw_init(&src, in_fd, in_size, err);
+    if (rc) return rc;
     return vk_convert_src(&src, out_fd, opts, res, err);
 }
 
@@ -516,4 +524,77 @@ int vk_create(int out_fd, uint64_t size, const vk_write_opts *opts, vk_write_res
     vk_src src = { .size = size, .fd = -1, .read = vk_none_read, .next_data = vk_none_next_data };
     if (size == 0) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "size must be greater than 0");
     return vk_convert_src(&src, out_fd, opts, res, err);
+}
+
+/* ---- a VHD (chain) as the source ------------------------------------------ */
+#define VK_MAP_CACHE 256
+typedef struct vk_img_src {
+    vk_image  *img;
+    vk_extent  ext[VK_MAP_CACHE];
+    size_t     n;          /* extents cached, covering [ext[0].offset, end) */
+    uint64_t   end;
+    int        failed;     /* map failed: fall back to reading everything  */
+} vk_img_src;
+
+static int vk_img_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err)
+{
+    vk_img_src *c = s->ctx;
+    if (off >= s->size) { *got = 0; return VK_OK; }
+    if (len > s->size - off) len = (size_t)(s->size - off);
+    int rc = vk_image_pread(c->img, buf, len, off, err);
+    *got = rc ? 0 : len;
+    return rc;
+}
+
+static uint64_t vk_img_next_data(vk_src *s, uint64_t off)
+{
+    vk_img_src *c = s->ctx;
+    while (!c->failed && off < s->size) {
+        if (c->n == 0 || off < c->ext[0].offset || off >= c->end) {
+            vk_err e;
+            size_t n = 0;
+            if (vk_image_map(c->img, off, c->ext, VK_MAP_CACHE, &n, &e) != 0 || n == 0) { c->failed = 1; break; }
+            c->n = n;
+            c->end = c->ext[n - 1].offset + c->ext[n - 1].length;
+            if (c->end <= off) { c->failed = 1; break; }
+        }
+        for (size_t i = 0; i < c->n; i++) {
+            const vk_extent *x = &c->ext[i];
+            if (x->offset + x->length <= off) continue;
+            if (x->allocated) return x->offset > off ? x->offset : off;
+        }
+        off = c->end;   /* nothing allocated in the cached run: look further */
+    }
+    return c->failed ? off : s->size;
+}
+
+int vk_src_image_init(vk_src *src, vk_image *img, vk_err *err)
+{
+    memset(src, 0, sizeof *src);
+    if (!img) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "no image");
+    vk_img_src *c = calloc(1, sizeof *c);
+    if (!c) return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "out of memory");
+    c->img = img;
+    src->size = vk_image_size(img);
+    src->fd = -1;
+    src->read = vk_img_read;
+    src->next_data = vk_img_next_data;
+    src->ctx = c;
+    return VK_OK;
+}
+
+void vk_src_fini(vk_src *src)
+{
+    if (src->read == vk_img_read) free(src->ctx);
+    src->ctx = NULL;
+}
+
+int vk_convert_image(vk_image *img, int out_fd, const vk_write_opts *opts, vk_write_result *res, vk_err *err)
+{
+    vk_src src;
+    int rc = vk_src_image_init(&src, img, err);
+    if (rc) return rc;
+    rc = vk_convert_src(&src, out_fd, opts, res, err);
+    vk_src_fini(&src);
+    return rc;
 }
