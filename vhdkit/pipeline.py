@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -102,11 +103,14 @@ class PipelineConfig:
     @classmethod
     def from_env(cls, home: Optional[os.PathLike | str] = None, **kw: Any) -> "PipelineConfig":
         h = Path(home if home is not None else os.environ.get("VHDKIT_HOME", ".vhdkit"))
-        env = {"max_virtual_size": "VHDKIT_MAX_VIRTUAL_SIZE", "max_file_size": "VHDKIT_MAX_FILE_SIZE",
-               "segment_size": "VHDKIT_SEGMENT_SIZE"}
-        for key, var in env.items():
+        env = {"max_virtual_size": ("VHDKIT_MAX_VIRTUAL_SIZE", int),
+               "max_file_size": ("VHDKIT_MAX_FILE_SIZE", int),
+               "segment_size": ("VHDKIT_SEGMENT_SIZE", int),
+               "lease_seconds": ("VHDKIT_LEASE_SECONDS", float),
+               "heartbeat_seconds": ("VHDKIT_HEARTBEAT_SECONDS", float)}
+        for key, (var, conv) in env.items():
             if var in os.environ and key not in kw:
-                kw[key] = int(os.environ[var])
+                kw[key] = conv(os.environ[var])
         return cls(home=h, **kw)
 
     @property
@@ -122,6 +126,12 @@ class PipelineConfig:
 
 
 # ------------------------------------------------------------------ helpers
+#: Test hook for the crash tests: a worker whose environment names a stage in
+#: VHDKIT_TEST_KILL_AT_STAGE kills itself (SIGKILL) at the first progress
+#: report inside that stage, i.e. with that stage's output half written.
+_KILL_AT = os.environ.get("VHDKIT_TEST_KILL_AT_STAGE") or None
+
+
 class _Context:
     """What a running task may touch: its directory, its progress, its lease."""
 
@@ -142,6 +152,8 @@ class _Context:
         self.timings[stage] = time.monotonic()
 
     def progress(self, done: int, total: Optional[int] = None) -> None:
+        if _KILL_AT is not None and _KILL_AT == self.stage:  # crash-test hook, see _KILL_AT
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.lost.is_set():
             raise ConflictError(f"task {self.task.id}: lease lost, stopping")
         self.done = done
