@@ -157,5 +157,118 @@ int vk_check(const char *path, const vk_open_opts *opts, int check_parents,
              vk_problem *out, size_t cap, size_t *n_found, vk_err *err);
 
 /* ==== writing and converting (vk_write.c, vk_convert.c, ...) ============= */
+/*
+ * Sizes: VK_RULE_EXACT keeps the requested size (rounded up to a whole
+ * sector); VK_RULE_CHS rounds up to the next size the spec's CHS algorithm
+ * represents exactly (classic Virtual PC); VK_RULE_AZURE rounds up to a whole
+ * MiB (fixed images only).  Sizes over 2040 GiB are refused (VK_E_RANGE).
+ */
+typedef enum { VK_RULE_EXACT = 0, VK_RULE_CHS = 1, VK_RULE_AZURE = 2 } vk_write_rule;
+/* Output kinds of vk_create / vk_convert_*: a raw file or a VHD type. */
+typedef enum { VK_OUT_RAW = 0, VK_OUT_FIXED = 2, VK_OUT_DYNAMIC = 3 } vk_out_kind;
+
+typedef struct vk_size_plan {
+    uint64_t requested;    /* bytes asked for                                */
+    uint64_t size;         /* the virtual (current) size that will be written */
+    uint16_t cylinders;    /* geometry by the spec's algorithm for `size`    */
+    uint8_t  heads;
+    uint8_t  sectors;
+    int      adjusted;     /* 1 if size != requested                         */
+} vk_size_plan;
+
+int vk_size_plan_make(uint64_t requested, int rule, vk_size_plan *out, vk_err *err);
+
+typedef struct vk_write_opts {
+    int       kind;            /* vk_out_kind                                 */
+    uint32_t  block_size;      /* dynamic: power of two, 512 KiB..256 MiB; 0 = 2 MiB */
+    int       size_rule;       /* vk_write_rule                                */
+    int       has_uuid;        /* 1: use uuid below, else a random v4 one     */
+    uint8_t   uuid[16];
+    int       has_timestamp;   /* 1: use timestamp (VHD epoch), else now      */
+    uint32_t  timestamp;
+    uint8_t   creator_app[4];  /* all zero = "vhdk"                           */
+    int       stream_out;      /* output is a pipe: strictly sequential, zeros written */
+    uint64_t  size_hint;       /* stream input of unknown length: expected size, or 0 */
+    uint64_t *progress;        /* optional: bytes of input processed so far   */
+    int      *cancel;          /* optional: set non-zero to stop (VK_E_INTERRUPTED) */
+} vk_write_opts;
+
+typedef struct vk_write_result {
+    vk_size_plan plan;           /* requested/virtual size and geometry      */
+    int      kind;
+    uint32_t block_size;         /* dynamic only                             */
+    uint32_t max_table_entries;  /* dynamic only                             */
+    uint32_t blocks_allocated;   /* dynamic only                             */
+    uint8_t  uuid[16];
+    uint32_t timestamp;
+    uint64_t input_bytes;        /* bytes of input content read              */
+    uint64_t data_bytes;         /* non-zero data bytes written              */
+    uint64_t file_size;          /* size of the output file                  */
+} vk_write_result;
+
+/* An empty image (or a raw file of zeros) of opts->kind into out_fd, which
+ * must be an empty regular file (or a pipe with stream_out for fixed/raw). */
+int vk_create(int out_fd, uint64_t size, const vk_write_opts *opts,
+              vk_write_result *res, vk_err *err);
+/* Raw bytes from in_fd (a regular file, or a pipe read to EOF) into out_fd.
+ * in_size is the input's length, or UINT64_MAX for a stream read to EOF. */
+int vk_convert_raw(int in_fd, uint64_t in_size, int out_fd, const vk_write_opts *opts,
+                   vk_write_result *res, vk_err *err);
+
+/* Any VHD vhdkit reads (a differencing leaf is flattened through its chain)
+ * into opts->kind on out_fd.  Unallocated and all-zero ranges are skipped. */
+int vk_convert_image(vk_image *img, int out_fd, const vk_write_opts *opts,
+                     vk_write_result *res, vk_err *err);
+
+/* compare: each side is an opened image, or (img NULL) a raw file's fd. */
+typedef struct vk_compare_result {
+    int      identical;         /* 1 same content                           */
+    uint64_t size_a;
+    uint64_t size_b;
+    uint64_t first_difference;  /* byte offset, UINT64_MAX if identical     */
+} vk_compare_result;
+
+/* Like qemu-img compare: where the sizes differ, the longer side must be
+ * all zeros past the shorter one for the images to count as identical. */
+int vk_compare(vk_image *a, int a_fd, vk_image *b, int b_fd, vk_compare_result *res, vk_err *err);
+
+/* modify: fields to change in place (footer copies + dynamic header). */
+typedef struct vk_modify_opts {
+    int      set_uuid;      uint8_t uuid[16];
+    int      set_timestamp; uint32_t timestamp;
+    int      set_creator;   uint8_t creator_app[4];
+    int      set_size;      uint64_t size;
+    int      size_rule;     /* vk_write_rule for set_size                    */
+    int      force;         /* allow shrinking below allocated data         */
+} vk_modify_opts;
+
+typedef struct vk_modify_result {
+    uint32_t disk_type;
+    uint64_t old_size;
+    uint64_t new_size;
+    int      bat_relocated;
+    uint32_t writes;         /* number of separate writes done              */
+    uint8_t  uuid[16];
+    uint32_t timestamp;
+} vk_modify_result;
+
+/* Rewrite footer (both copies), header and BAT as needed.  Every step leaves
+ * an image that vk_repair (or check) can bring back: the end footer is
+ * written last for dynamic images.  The test hook
+ * VHDKIT_TEST_ABORT_AFTER_WRITES=N stops with VK_E_INTERRUPTED after N writes. */
+int vk_modify(const char *path, const vk_modify_opts *opts, vk_modify_result *res, vk_err *err);
+
+typedef struct vk_repair_result {
+    int action;             /* 0 nothing to do, 1 end footer rewritten from copy at 0,
+                               2 copy at 0 rewritten from end footer,
+                               3 footer appended (end footer was missing/truncated) */
+    uint32_t disk_type;
+    uint64_t footer_offset; /* where the end footer now is                  */
+} vk_repair_result;
+
+int vk_repair(const char *path, int dry_run, vk_repair_result *res, vk_err *err);
+
+/* Zero detection (word-wise): 1 if len bytes at p are all zero. */
+int vk_is_zero(const uint8_t *p, size_t len);
 
 /* ==== chains: snapshot, coalesce, reparent (vk_chain.c, ...) ============= */
