@@ -46,7 +46,7 @@ from . import ova, segments
 from .errors import ConflictError, NotFoundError, VhdkitError
 from .registry import Caller, Registry
 from .registry.models import Task
-from .store import LocalStore, ObjectStore, validate_container_name
+from .store import ObjectStore, validate_container_name
 
 __all__ = ["PipelineConfig", "TaskFailed", "Worker", "run_task", "EXPORT_OPTIONS_PROPERTY", "CODES"]
 
@@ -114,15 +114,14 @@ class PipelineConfig:
         return cls(home=h, **kw)
 
     @property
-    def store_root(self) -> Path:
-        return self.home / "objects"
-
-    @property
     def work_root(self) -> Path:
         return self.home / "work"
 
     def store(self, account: str) -> ObjectStore:
-        return LocalStore(self.store_root, account)
+        """The account's object store: Swift when ``VHDKIT_STORE`` names one, else ``home/objects``."""
+        from .swiftstore import open_configured_store
+
+        return open_configured_store(account, self.home)
 
 
 # ------------------------------------------------------------------ helpers
