@@ -359,3 +359,10 @@ def test_descriptor_padding_keeps_it_valid_xml(tmp_path, chain):
     ovf = dict(_members(tmp_path / "c.ova"))["c.ovf"]
     assert ovf.endswith(b">" + b" " * (len(ovf) - len(ovf.rstrip()) - 1) + b"\n")
     ET.fromstring(ovf)
+
+
+def test_member_path_conflicts_refused(tmp_path):
+    path = _ovf_plus(tmp_path, [("a/b.vhd", b"x"), ("a", b"y")])
+    with pytest.raises(ArchiveError, match="conflicts"):
+        ova.unpack(path, tmp_path / "u")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ova"]

@@ -669,17 +669,23 @@ def _disk_bound(desc: Optional[Descriptor], f: Optional[OvfFile], max_output: Op
     return MAX_DISK_BYTES
 
 
-def _write_small(dest: Path, name: str, data: bytes) -> None:
+def _create(dest: Path, name: str) -> BinaryIO:
+    """A new file for member ``name`` under ``dest`` (names are already safe)."""
     target = dest / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "xb") as f:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return open(target, "xb")
+    except (FileExistsError, IsADirectoryError, NotADirectoryError):
+        raise ArchiveError(f"member {name!r} conflicts with another member's path; refused") from None
+
+
+def _write_small(dest: Path, name: str, data: bytes) -> None:
+    with _create(dest, name) as f:
         f.write(data)
 
 
 def _extract(dest: Path, name: str, reader: BinaryIO, gz: bool, bound: int, p: Path) -> int:
-    target = dest / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "xb") as out:
+    with _create(dest, name) as out:
         if gz:
             st = streams.decompress(reader, out, format="gzip", max_output=bound, name=f"{p}:{name}")
             return st.bytes_out
