@@ -36,42 +36,47 @@ gen "$W/like1.raw" $GIB1
 gen "$W/like2.raw" $GIB2
 [[ -f "$W/dyn2.vhd" ]] || qemu-img convert -f raw -O vpc "$W/like2.raw" "$W/dyn2.vhd"
 
-echo "== gzip compression, fastest level, ${GIB1} MiB"
+echo "== gzip compression, fastest level, ${GIB1} MiB (stdout to /dev/null: pure throughput)"
 hf compress --runs $RUNS \
-  -n "vhdkit compress --level 1" "$VK compress $W/like1.raw -o $W/ours.gz --level 1" \
-  -n "pigz -p 2 -1" "sh -c 'pigz -p 2 -1 -c $W/like1.raw > $W/pigz.gz'"
+  -n "vhdkit compress --level 1" "$VK compress $W/like1.raw -o - --level 1" \
+  -n "pigz -p 2 -1" "pigz -p 2 -1 -c $W/like1.raw"
+echo "== the same into a file (ours: temp + fsync + rename; peer: + sync FILE)"
+hf compress-file --runs $RUNS \
+  -n "vhdkit compress -o FILE" "$VK compress $W/like1.raw -o $W/ours.gz --level 1" \
+  -n "pigz -p 2 -1 > FILE; sync FILE" "sh -c 'pigz -p 2 -1 -c $W/like1.raw > $W/pigz.gz && sync $W/pigz.gz'"
 python -m vhdkit compress "$W/like1.raw" -o "$W/ours.gz" --level 1
 pigz -p 2 -1 -c "$W/like1.raw" > "$W/pigz.gz"
 gzip -t "$W/ours.gz"
 echo "sizes: ours $(stat -c %s "$W/ours.gz")  pigz $(stat -c %s "$W/pigz.gz")  input $(stat -c %s "$W/like1.raw")" \
   | tee "$OUT/packaging-sizes.txt"
 
-echo "== gzip decompression"
+echo "== gzip decompression (stdout to /dev/null)"
 hf decompress --runs $RUNS \
-  -n "vhdkit decompress" "$VK decompress $W/ours.gz -o $W/d.raw" \
-  -n "gzip -dc" "sh -c 'gzip -dc $W/ours.gz > $W/d.raw'" \
-  -n "pigz -dc" "sh -c 'pigz -dc $W/ours.gz > $W/d.raw'"
-cmp "$W/d.raw" "$W/like1.raw"
+  -n "vhdkit decompress" "$VK decompress $W/ours.gz -o -" \
+  -n "gzip -dc" "gzip -dc $W/ours.gz" \
+  -n "pigz -dc" "pigz -dc $W/ours.gz"
+$VK decompress "$W/ours.gz" -o "$W/d.raw"; cmp "$W/d.raw" "$W/like1.raw"
 
-echo "== ova pack of a ${GIB2} MiB dynamic VHD vs compressing it alone"
+echo "== ova pack of a ${GIB2} MiB dynamic VHD vs compressing it alone (both fsync)"
 hf ova --runs $BIG_RUNS \
   -n "vhdkit ova pack" "$VK ova pack $W/dyn2.vhd -o $W/dyn2.ova" \
   -n "vhdkit compress" "$VK compress $W/dyn2.vhd -o $W/dyn2.vhd.gz" \
-  -n "pigz -p 2 -1" "sh -c 'pigz -p 2 -1 -c $W/dyn2.vhd > $W/dyn2.pigz.gz'"
+  -n "pigz -p 2 -1; sync" "sh -c 'pigz -p 2 -1 -c $W/dyn2.vhd > $W/dyn2.pigz.gz && sync $W/dyn2.pigz.gz'"
 
-echo "== segments split / join of ${GIB2} MiB, 200M segments (checksums computed on both sides)"
+echo "== segments split / join of ${GIB2} MiB, 200M segments"
+echo "   ours: md5 per segment + sha256 of the whole, each object fsynced; peers with and without that work"
 export VHDKIT_HOME="$W/home"
 rm -rf "$W/split" && mkdir -p "$W/split"
-hf split --runs $BIG_RUNS --prepare "rm -rf $W/home $W/split/seg-*" \
+hf split --runs $BIG_RUNS --prepare "rm -rf $W/home $W/split" \
   -n "vhdkit segments split" "$VK segments split $W/like2.raw --name big --segment-size 200M --container c" \
-  -n "split -b 200M" "split -b 200M $W/like2.raw $W/split/seg-" \
-  -n "split + md5sum + sha256sum" "sh -c 'split -b 200M $W/like2.raw $W/split/seg- && md5sum $W/split/seg-* >/dev/null && sha256sum $W/like2.raw >/dev/null'"
+  -n "split -b 200M" "sh -c 'mkdir -p $W/split && split -b 200M $W/like2.raw $W/split/seg-'" \
+  -n "split + md5sum + sha256sum + sync" "sh -c 'mkdir -p $W/split && split -b 200M $W/like2.raw $W/split/seg- && md5sum $W/split/seg-* >/dev/null && sha256sum $W/like2.raw >/dev/null && sync $W/split/seg-*'"
 $VK segments split "$W/like2.raw" --name big --segment-size 200M --container c >/dev/null
-split -b 200M "$W/like2.raw" "$W/split/seg-"
+mkdir -p "$W/split" && split -b 200M "$W/like2.raw" "$W/split/seg-"
 hf join --runs $BIG_RUNS \
   -n "vhdkit segments join" "$VK segments join c big -o $W/joined.raw" \
   -n "cat" "sh -c 'cat $W/split/seg-* > $W/joined2.raw'" \
-  -n "cat + md5sum + sha256sum" "sh -c 'cat $W/split/seg-* > $W/joined2.raw && md5sum $W/split/seg-* >/dev/null && sha256sum $W/joined2.raw >/dev/null'"
+  -n "cat + md5sum + sha256sum + sync" "sh -c 'cat $W/split/seg-* > $W/joined2.raw && md5sum $W/split/seg-* >/dev/null && sha256sum $W/joined2.raw >/dev/null && sync $W/joined2.raw'"
 cmp "$W/joined.raw" "$W/like2.raw"
 
 echo "== peak RSS on a $SPARSE sparse fixed VHD"

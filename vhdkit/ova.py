@@ -381,6 +381,8 @@ def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] =
     now = int(time.time())
     total_in = sum(p.stat().st_size for p in paths)
     parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise NotFoundError(f"{parent}: output directory does not exist")
     fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
     try:
         with open(fd, "w+b") as f:
