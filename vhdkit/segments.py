@@ -195,7 +195,7 @@ def split(store: ObjectStore, container: str, name: str, stream: BinaryIO, *, se
                                              f"{segment_size} bytes; use a larger --segment-size")
                 seg = segment_name(name, len(segs) + 1, digits)
                 src = _SegmentSource(stream, first, segment_size, sha)
-                info = store.put(container, seg, src)  # type: ignore[arg-type]
+                info = store.put(container, seg, src, durable=False)  # type: ignore[arg-type]
                 segs.append(Segment(seg, info.size, info.etag))
                 done += info.size
                 if progress is not None:
@@ -208,6 +208,9 @@ def split(store: ObjectStore, container: str, name: str, stream: BinaryIO, *, se
                     pass
             raise
         digest = sha.hexdigest()
+    # segments are written without waiting for the disk (writeback overlaps the
+    # next segment); they are made durable here, before anything points at them
+    store.sync(container, [s.name for s in segs])
     man = SegmentManifest(container=container, name=name, segment_size=segment_size, digits=digits,
                           size=done, sha256=digest, etag=dlo_etag([s.md5 for s in segs]), segments=segs)
     keep = {s.name for s in segs}
