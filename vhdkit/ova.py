@@ -56,6 +56,7 @@ __all__ = [
     "OVF_NS",
     "VHD_FORMAT_URI",
     "VHD_FORMAT_URIS",
+    "is_vhd_format_uri",
     "OvfFile",
     "OvfDisk",
     "Descriptor",
