@@ -267,7 +267,7 @@ def _run_import(ctx: _Context) -> Dict[str, Any]:
     ctx.enter("package", head.size)
     ova_path = ctx.dir / f"{image_id}.ova"
     ova.pack([disk], ova_path, compress="gzip", name=image_id, level=cfg.gzip_level,
-             threads=cfg.threads, spool_dir=ctx.dir, progress=ctx.progress)
+             threads=cfg.threads, progress=ctx.progress)
     disk.unlink()
 
     ctx.enter("store", ova_path.stat().st_size)
