@@ -60,3 +60,28 @@ def swift_cli(env: dict, *args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "swiftclient.shell", "--os-storage-url", url,
                            "--os-auth-token", token, *args[1:]], capture_output=True, text=True, cwd=cwd,
                           timeout=120)
+
+
+@pytest.fixture(params=["local", "swift"])
+def store_factory(request, tmp_path):
+    """``make(account="acct") -> ObjectStore`` on the directory backend or on the
+    real Swift (a fresh Swift account per test, so tests never see each other)."""
+    import uuid
+
+    from vhdkit.store import LocalStore
+    from vhdkit.swiftstore import SwiftConfig, SwiftStore
+
+    if request.param == "local":
+        return lambda account="acct": LocalStore(tmp_path / "objects", account)
+    env = request.getfixturevalue("swift_env")
+    tag = uuid.uuid4().hex[:10]
+    return lambda account="acct": SwiftStore(SwiftConfig.from_env(env), f"{account}-{tag}")
+
+
+@pytest.fixture
+def backend_env(store_factory, request, tmp_path):
+    """Environment for CLI children that selects this test's backend (and its account prefix)."""
+    env = {"VHDKIT_HOME": str(tmp_path / "home")}
+    if request.node.callspec.params.get("store_factory") == "swift":
+        env.update(request.getfixturevalue("swift_env"))
+    return env

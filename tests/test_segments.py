@@ -1,4 +1,5 @@
-"""Segments: split into NAME-00001..., join verifying everything."""
+"""Segments: split into NAME-00001..., join verifying everything; on both
+backends (the directory store and a real Swift)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,15 +11,16 @@ import pytest
 
 import vhdkit.segments as seg
 from vhdkit.errors import IntegrityError, InvalidInputError, NotFoundError, ResourceLimitError
-from vhdkit.store import LocalStore
+from vhdkit.store import ObjectStore
 from helpers_packaging import run_cli
+from helpers_swift import backend_env, store_factory, swift_env  # noqa: F401 - fixtures
 
 SEG = 1000
 
 
 @pytest.fixture
-def st(tmp_path) -> LocalStore:
-    return LocalStore(tmp_path / "objects", "acct")
+def st(store_factory) -> ObjectStore:
+    return store_factory("acct")
 
 
 def _split(st, data: bytes, name="img.vhd", size=SEG, **kw):
@@ -195,18 +197,21 @@ def test_bad_arguments(st):
         _split(st, b"x", name="../x")
 
 
-def test_cli_split_and_join(tmp_path):
-    env = {"VHDKIT_HOME": str(tmp_path / "home")}
+def test_cli_split_and_join(tmp_path, backend_env):
+    import uuid
+
+    env = backend_env
+    a = ("--account", "cli" + uuid.uuid4().hex[:10])
     f = tmp_path / "disk.vhd"
     data = os.urandom(5000)
     f.write_bytes(data)
     p = run_cli("segments", "split", str(f), "--name", "disk.vhd", "--segment-size", "2K",
-                "--container", "imgs", "--json", env=env, check=True)
+                "--container", "imgs", "--json", *a, env=env, check=True)
     assert len(json.loads(p.stdout)["segments"]) == 3
-    assert run_cli("segments", "join", "imgs", "disk.vhd", "-o", "-", env=env, check=True).stdout == data
-    run_cli("segments", "join", "imgs", "disk.vhd", "-o", str(tmp_path / "back"), env=env, check=True)
+    assert run_cli("segments", "join", "imgs", "disk.vhd", "-o", "-", *a, env=env, check=True).stdout == data
+    run_cli("segments", "join", "imgs", "disk.vhd", "-o", str(tmp_path / "back"), *a, env=env, check=True)
     assert (tmp_path / "back").read_bytes() == data
-    run_cli("object", "delete", "imgs", "disk.vhd-00003", env=env, check=True)
-    bad = run_cli("segments", "join", "imgs", "disk.vhd", "-o", str(tmp_path / "again"), env=env)
+    run_cli("object", "delete", "imgs", "disk.vhd-00003", *a, env=env, check=True)
+    bad = run_cli("segments", "join", "imgs", "disk.vhd", "-o", str(tmp_path / "again"), *a, env=env)
     assert bad.returncode == 1 and b"disk.vhd-00003 is missing" in bad.stderr
     assert not (tmp_path / "again").exists()

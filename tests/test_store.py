@@ -1,4 +1,9 @@
-"""The local object store: names, atomic puts, listing, metadata, CLI."""
+"""The object store on both backends (the directory store and a real Swift):
+names, atomic puts, listing, metadata, CLI.
+
+Tests that take ``local_st`` instead of ``st`` are about the directory layout
+itself (file names on disk, temp files, VHDKIT_HOME) and run on the directory
+backend only; each says why."""
 from __future__ import annotations
 
 import hashlib
@@ -11,16 +16,24 @@ import pytest
 from vhdkit.errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from vhdkit.store import LocalStore, ObjectStore, open_store
 from helpers_packaging import run_cli
+from helpers_swift import backend_env, store_factory, swift_env  # noqa: F401 - fixtures
 
 
 @pytest.fixture
-def st(tmp_path) -> LocalStore:
+def st(store_factory) -> ObjectStore:
+    s = store_factory("acct")
+    s.create_container("c")
+    return s
+
+
+@pytest.fixture
+def local_st(tmp_path) -> LocalStore:
     s = LocalStore(tmp_path / "objects", "acct")
     s.create_container("c")
     return s
 
 
-def test_local_store_implements_the_interface(st):
+def test_store_implements_the_interface(st):
     assert isinstance(st, ObjectStore)
 
 
@@ -40,13 +53,15 @@ def test_overwrite_replaces(st):
     assert st.get_bytes("c", "o") == b"newer"
 
 
-def test_objects_are_plain_files_in_account_and_container_dirs(st, tmp_path):
+def test_objects_are_plain_files_in_account_and_container_dirs(local_st, tmp_path):
+    """Directory backend only: checks its on-disk layout."""
+    st = local_st
     st.put_bytes("c", "a/b c", b"xyz")
     assert (tmp_path / "objects" / "acct" / "c" / "objects" / "a%2Fb%20c").read_bytes() == b"xyz"
 
 
-def test_accounts_are_separate(tmp_path):
-    a, b = LocalStore(tmp_path, "a"), LocalStore(tmp_path, "b")
+def test_accounts_are_separate(store_factory):
+    a, b = store_factory("a"), store_factory("b")
     a.create_container("c")
     a.put_bytes("c", "o", b"1")
     with pytest.raises(NotFoundError):
@@ -104,16 +119,30 @@ class _Boom(io.RawIOBase):
         return 10
 
 
-def test_failed_put_is_atomic(st, tmp_path):
+def test_failed_put_is_atomic(st):
     st.put_bytes("c", "o", b"original")
     with pytest.raises(OSError):
         st.put("c", "o", _Boom())
     assert st.get_bytes("c", "o") == b"original"
+    assert [o.name for o in st.list("c")] == ["o"]
+
+
+def test_failed_put_leaves_no_temp_files(local_st, tmp_path):
+    """Directory backend only: its temp files are a layout detail."""
+    st = local_st
+    with pytest.raises(OSError):
+        st.put("c", "o", _Boom())
     leftovers = [p for p in (tmp_path / "objects").rglob(".tmp-*")]
     assert leftovers == []
 
 
 def test_put_verifies_etag_and_size(st):
+    st.put_bytes("c", "kept", b"old")
+    with pytest.raises(IntegrityError):
+        st.put_bytes("c", "kept", b"abcd", size=3)  # too long: refused, the old object stays
+    with pytest.raises(IntegrityError):
+        st.put_bytes("c", "kept", b"ab", size=3)  # too short
+    assert st.get_bytes("c", "kept") == b"old"
     with pytest.raises(IntegrityError):
         st.put_bytes("c", "o", b"abc", etag="0" * 32)
     with pytest.raises(IntegrityError):
@@ -140,7 +169,10 @@ def test_delete_and_container_lifecycle(st):
     assert st.list_containers() == []
 
 
-def test_get_detects_data_shorter_than_metadata(st, tmp_path):
+def test_get_detects_data_shorter_than_metadata(local_st, tmp_path):
+    """Directory backend only: truncates a data file behind the store's back
+    (the Swift counterpart, a body cut short, is in test_swift.py)."""
+    st = local_st
     st.put_bytes("c", "o", b"0123456789")
     data_file = tmp_path / "objects" / "acct" / "c" / "objects" / "o"
     data_file.write_bytes(b"01234")
@@ -149,26 +181,31 @@ def test_get_detects_data_shorter_than_metadata(st, tmp_path):
 
 
 def test_open_store_uses_vhdkit_home(tmp_path, monkeypatch):
+    """Directory backend only: where the directory store lives."""
     monkeypatch.setenv("VHDKIT_HOME", str(tmp_path / "home"))
     s = open_store(account="t1")
     assert s.base == tmp_path / "home" / "objects" / "t1"
 
 
-def test_cli_object_commands(tmp_path):
-    env = {"VHDKIT_HOME": str(tmp_path / "home")}
+def test_cli_object_commands(tmp_path, backend_env):
+    import uuid
+
+    env = backend_env
+    a = ("--account", "cli" + uuid.uuid4().hex[:10])
     f = tmp_path / "f"
     f.write_bytes(b"payload" * 1000)
-    put = run_cli("object", "put", "imgs", "f.bin", str(f), "--meta", "os=linux", "--json", env=env, check=True)
+    put = run_cli("object", "put", "imgs", "f.bin", str(f), "--meta", "os=linux", "--json", *a, env=env,
+                  check=True)
     assert json.loads(put.stdout)["etag"] == hashlib.md5(f.read_bytes()).hexdigest()
-    assert run_cli("object", "get", "imgs", "f.bin", env=env, check=True).stdout == f.read_bytes()
-    lst = json.loads(run_cli("object", "list", "imgs", "--json", env=env, check=True).stdout)
+    assert run_cli("object", "get", "imgs", "f.bin", *a, env=env, check=True).stdout == f.read_bytes()
+    lst = json.loads(run_cli("object", "list", "imgs", "--json", *a, env=env, check=True).stdout)
     assert [o["name"] for o in lst] == ["f.bin"] and lst[0]["metadata"] == {"os": "linux"}
-    other = run_cli("object", "list", "imgs", "--account", "other", "--json", env=env)
+    other = run_cli("object", "list", "imgs", "--account", "other" + uuid.uuid4().hex[:10], "--json", env=env)
     assert other.returncode == 1
-    run_cli("object", "delete", "imgs", "f.bin", env=env, check=True)
-    p = run_cli("object", "get", "imgs", "f.bin", env=env)
+    run_cli("object", "delete", "imgs", "f.bin", *a, env=env, check=True)
+    p = run_cli("object", "get", "imgs", "f.bin", *a, env=env)
     assert p.returncode == 1 and b"not found" in p.stderr
-    bad = run_cli("object", "put", "imgs", "../x", str(f), env=env)
+    bad = run_cli("object", "put", "imgs", "../x", str(f), *a, env=env)
     assert bad.returncode == 1
 
 

@@ -134,27 +134,68 @@ class _Pipelined:
 
 class _SegmentSource:
     """Reads at most ``limit`` bytes of ``src`` (after a first chunk already read),
-    feeding the whole-stream hash; ``put`` computes the md5."""
+    feeding the whole-stream hash; ``put`` computes the md5.
+
+    When ``src`` can seek, so can this view (positions are relative to the
+    segment's start): a store may then retry a failed put from the segment's
+    start.  Bytes read again after a seek back are not fed to the whole-stream
+    hash a second time (it only sees each byte of the segment once, in order).
+    Memory stays bounded: only the first chunk is kept."""
 
     def __init__(self, src: BinaryIO, first: bytes, limit: int, sha: _Pipelined):
         self.src = src
-        self.pending = first
-        self.left = limit
+        self.first = first
+        self.limit = limit
         self.sha = sha
-        self.n = 0
+        self.pos = 0  # position inside the segment
+        self.hashed = 0  # bytes of the segment fed to ``sha`` so far
+        self.n = 0  # high-water mark: the segment's length as far as read
+        self._start: Optional[int] = None
+        self._reposition = False
+        try:
+            if src.seekable():
+                self._start = src.tell() - len(first)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            self._start = None
+
+    def seekable(self) -> bool:
+        return self._start is not None
+
+    def tell(self) -> int:
+        if self._start is None:
+            raise io.UnsupportedOperation("the input stream cannot seek")
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if self._start is None:
+            raise io.UnsupportedOperation("the input stream cannot seek")
+        base = {0: 0, 1: self.pos}.get(whence)
+        if base is None or not 0 <= base + offset <= self.limit:
+            raise io.UnsupportedOperation("a segment view seeks only inside the segment (whence 0 or 1)")
+        self.pos = base + offset
+        self._reposition = True
+        return self.pos
 
     def read(self, n: int = -1) -> bytes:
-        if self.left <= 0:
+        left = self.limit - self.pos
+        if left <= 0:
             return b""
-        want = self.left if n is None or n < 0 else min(n, self.left)
-        if self.pending:
-            data, self.pending = self.pending[:want], self.pending[want:]
+        want = left if n is None or n < 0 else min(n, left)
+        if self.pos < len(self.first):
+            data = self.first[self.pos:self.pos + want]
         else:
+            if self._reposition:
+                self.src.seek(self._start + self.pos)  # type: ignore[operator]
+                self._reposition = False
             data = self.src.read(min(want, _CHUNK))
         if data:
-            self.left -= len(data)
-            self.n += len(data)
-            self.sha.update(data)
+            end = self.pos + len(data)
+            if end > self.hashed:
+                fresh = data[self.hashed - self.pos:] if self.hashed > self.pos else data
+                self.sha.update(fresh)
+                self.hashed = end
+            self.pos = end
+            self.n = max(self.n, end)
         return data
 
 
@@ -197,6 +238,12 @@ def split(store: ObjectStore, container: str, name: str, stream: BinaryIO, *, se
                 seg = segment_name(name, len(segs) + 1, digits)
                 src = _SegmentSource(stream, first, segment_size, sha)
                 info = store.put(container, seg, src, durable=False)  # type: ignore[arg-type]
+                if info.size != src.hashed:  # a retried put that did not re-send the whole segment
+                    raise IntegrityError(f"segment {container}/{seg}: stored {info.size} bytes, "
+                                         f"read {src.hashed}")
+                if src.seekable() and src.pos != src.hashed:
+                    src.seek(src.hashed)  # leave the input just after this segment
+                    src.read(0)
                 segs.append(Segment(seg, info.size, info.etag))
                 done += info.size
                 if progress is not None:

@@ -32,7 +32,7 @@ import io
 import os
 import time
 from pathlib import Path
-from typing import BinaryIO, Dict, List, Optional
+from typing import BinaryIO, Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
@@ -241,12 +241,16 @@ class SwiftStore(ObjectStore):
             start = None
         attempts = self.config.retries + 1 if start is not None else 1
         for attempt in range(attempts):
-            counter = _Counting(stream)
+            counter = _Counting(stream, size)
             try:
                 got = self._connection().put_object(
                     container, name, contents=counter, chunk_size=_CHUNK, content_type=content_type,
                     headers=headers, etag=etag.strip('"') if etag else None)
+            except _SizeMismatch as e:  # the upload was aborted: Swift stored nothing
+                raise IntegrityError(f"put {container}/{name}: {e}") from None
             except Exception as e:  # noqa: BLE001
+                if isinstance(e.__context__, _SizeMismatch):  # swiftclient wrapped it
+                    raise IntegrityError(f"put {container}/{name}: {e.__context__}") from None
                 if attempt + 1 < attempts and _transient(e):
                     stream.seek(start)  # type: ignore[arg-type,union-attr]
                     time.sleep(0.2 * (attempt + 1))
@@ -256,11 +260,15 @@ class SwiftStore(ObjectStore):
         digest = counter.md5.hexdigest()
         if (got or "").strip('"') != digest:
             raise IntegrityError(f"put {container}/{name}: Swift stored ETag {got}, we sent md5 {digest}")
-        if size is not None and counter.n != size:
-            self.delete(container, name)
-            raise IntegrityError(f"put {container}/{name}: got {counter.n} bytes, expected {size}")
         return ObjectInfo(container, name, counter.n, digest, time.time(),
                           content_type or "application/octet-stream", meta)
+
+    def sync(self, container: str, names: Sequence[str]) -> None:
+        """Swift acknowledges a put only once it is stored: nothing to flush.
+        Like the directory store, a name that is not there is NotFoundError
+        (one HEAD each: the objects are really there before anything points at them)."""
+        for name in names:
+            self.head(container, name)
 
     def delete(self, container: str, name: str) -> None:
         validate_container_name(container)
@@ -289,13 +297,20 @@ class SwiftStore(ObjectStore):
         return out
 
 
+class _SizeMismatch(Exception):
+    pass
+
+
 class _Counting:
     """Reads through ``stream``, counting bytes and hashing them (what we sent).
     Deliberately not seekable: retries are ours (see SwiftStore.put), so
-    swiftclient never re-sends a half-consumed stream."""
+    swiftclient never re-sends a half-consumed stream.  With ``expect`` set, a
+    stream that turns out longer or shorter raises before the chunked body is
+    finished, so Swift aborts the upload and keeps any older object."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: BinaryIO, expect: Optional[int] = None):
         self._s = stream
+        self._expect = expect
         self.n = 0
         self.md5 = hashlib.md5()
 
@@ -304,6 +319,8 @@ class _Counting:
         if data:
             self.n += len(data)
             self.md5.update(data)
+        if self._expect is not None and (self.n > self._expect or (not data and self.n != self._expect)):
+            raise _SizeMismatch(f"got {'more than ' if data else ''}{self.n} bytes, expected {self._expect}")
         return data
 
 

@@ -265,8 +265,9 @@ def ova_unpack(ova_path, dest, no_decompress, max_size, no_verify, as_json) -> N
 
 # ---------------------------------------------------------- object store
 def _store_options(f):
-    f = click.option("--store", "store_dir", envvar="VHDKIT_STORE", type=click.Path(file_okay=False),
-                     help="Store directory (default $VHDKIT_HOME/objects).")(f)
+    f = click.option("--store", "store_dir", envvar="VHDKIT_STORE",
+                     help="Store directory (default $VHDKIT_HOME/objects), or swift+http(s)://PROXY "
+                          "with VHDKIT_SWIFT_AUTH_URL/USER/KEY set.")(f)
     f = click.option("--account", default="default", show_default=True, help="Account (tenant) name.")(f)
     return f
 
@@ -274,6 +275,10 @@ def _store_options(f):
 def _open_store(store_dir: Optional[str], account: str):
     from ..store import open_store
 
+    if store_dir and store_dir.startswith(("swift+", "dir:")):
+        from ..swiftstore import open_configured_store
+
+        return open_configured_store(account, env={**os.environ, "VHDKIT_STORE": store_dir})
     return open_store(store_dir, account)
 
 
