@@ -48,3 +48,9 @@ def sample(samples_dir, tmp_path_factory):
         return cache[stem]
 
     return get
+
+
+# The Swift all-in-one fixtures (tests/helpers_swift.py) are registered once for
+# the whole session here: imported into several test modules instead, each
+# module would get its own "session" fixture and start another Swift.
+pytest_plugins = ["helpers_swift"]

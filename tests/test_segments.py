@@ -13,7 +13,7 @@ import vhdkit.segments as seg
 from vhdkit.errors import IntegrityError, InvalidInputError, NotFoundError, ResourceLimitError
 from vhdkit.store import ObjectStore
 from helpers_packaging import run_cli
-from helpers_swift import backend_env, store_factory, swift_env  # noqa: F401 - fixtures
+
 
 SEG = 1000
 

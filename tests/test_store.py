@@ -16,7 +16,6 @@ import pytest
 from vhdkit.errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from vhdkit.store import LocalStore, ObjectStore, open_store
 from helpers_packaging import run_cli
-from helpers_swift import backend_env, store_factory, swift_env  # noqa: F401 - fixtures
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from helpers_swift import swift_cli, swift_env, swift_store_env  # noqa: F401 - fixtures
+from helpers_swift import swift_cli
 from vhdkit import segments
 from vhdkit.errors import IntegrityError, NotFoundError
 from vhdkit.pipeline import PipelineConfig, Worker

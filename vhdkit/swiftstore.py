@@ -93,6 +93,8 @@ def _err(e: Exception, what: str):
             return UnauthorizedError(f"{what}: Swift refused the credentials ({st})")
         if st == 422:
             return IntegrityError(f"{what}: Swift says the data does not match its ETag")
+        if st is None:
+            return StorageError(f"{what}: {e.msg}")
         return StorageError(f"{what}: Swift answered {st} {e.http_reason or ''}".strip())
     return StorageError(f"{what}: {type(e).__name__}: {e}")
 
@@ -242,10 +244,11 @@ class SwiftStore(ObjectStore):
         attempts = self.config.retries + 1 if start is not None else 1
         for attempt in range(attempts):
             counter = _Counting(stream, size)
+            resp: Dict[str, object] = {}
             try:
                 got = self._connection().put_object(
                     container, name, contents=counter, chunk_size=_CHUNK, content_type=content_type,
-                    headers=headers, etag=etag.strip('"') if etag else None)
+                    headers=headers, etag=etag.strip('"') if etag else None, response_dict=resp)
             except _SizeMismatch as e:  # the upload was aborted: Swift stored nothing
                 raise IntegrityError(f"put {container}/{name}: {e}") from None
             except Exception as e:  # noqa: BLE001
@@ -255,7 +258,7 @@ class SwiftStore(ObjectStore):
                     stream.seek(start)  # type: ignore[arg-type,union-attr]
                     time.sleep(0.2 * (attempt + 1))
                     continue
-                raise _err(e, f"put {container}/{name}") from None
+                raise _err(_real_cause(e, resp), f"put {container}/{name}") from None
             break
         digest = counter.md5.hexdigest()
         if (got or "").strip('"') != digest:
@@ -295,6 +298,15 @@ class SwiftStore(ObjectStore):
             except NotFoundError:  # deleted while listing
                 continue
         return out
+
+
+def _real_cause(e: Exception, resp: Dict[str, object]) -> Exception:
+    """swiftclient answers a failed put of a stream it cannot rewind with its own
+    "no ability to reset contents" error; the response it saw says what really failed."""
+    sc = _client()
+    if isinstance(e, sc.ClientException) and e.http_status is None and isinstance(resp.get("status"), int):
+        return sc.ClientException(str(e), http_status=resp["status"], http_reason=str(resp.get("reason") or ""))
+    return e
 
 
 class _SizeMismatch(Exception):

@@ -1,0 +1,186 @@
+"""Uploads to a real Swift under faults: transient errors are retried from the
+segment's start (no duplicate, no missing segment), permanent ones leave no
+segment behind, and a worker SIGKILLed mid-split leaves no orphan after its
+task is retried."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import swiftclient.client as swc
+
+import vhdref
+from conftest import ROOT
+from helpers_swift import swift_cli
+from vhdkit import segments
+from vhdkit.errors import StorageError
+from vhdkit.pipeline import PipelineConfig, Worker
+from vhdkit.registry import Caller, Registry
+from vhdkit.swiftstore import SwiftStore, open_configured_store
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def st(swift_store_env):
+    s = open_configured_store("f" + uuid.uuid4().hex[:12])
+    assert isinstance(s, SwiftStore)
+    return s
+
+
+class _Flaky:
+    """Stands in for swiftclient's module-level ``put_object`` (what
+    ``Connection.put_object`` retries): fails the puts that ``plan`` names,
+    after consuming part of (or the whole) body, as a dropped connection or a
+    proxy's 503 would."""
+
+    def __init__(self, plan):
+        self.real = swc.put_object
+        self.plan = dict(plan)  # object name -> list of failures still to inject
+        self.calls: list = []
+
+    def __call__(self, url, token, container, name, contents=None, **kw):
+        self.calls.append(name)
+        todo = self.plan.get(name)
+        if todo:
+            kind = todo.pop(0)
+            if kind == "reset":
+                contents.read(300 * 1024)  # part of the body went out, then the peer reset
+                raise ConnectionResetError(104, "Connection reset by peer")
+            while contents.read(MiB):  # the whole body went out; the proxy answers 503
+                pass
+            if kw.get("response_dict") is not None:  # as the real put_object records the response
+                kw["response_dict"].update(status=503, reason="Service Unavailable", headers={})
+            raise swc.ClientException("injected", http_status=503, http_reason="Service Unavailable")
+        return self.real(url, token, container, name, contents, **kw)
+
+
+class _OneWay(io.RawIOBase):
+    """A seekable file that counts how far back it is ever asked to seek."""
+
+    def __init__(self, data: bytes):
+        self.f = io.BytesIO(data)
+        self.seeks: list = []
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, b):
+        return self.f.readinto(b)
+
+    def tell(self):
+        return self.f.tell()
+
+    def seek(self, off, whence=0):
+        self.seeks.append(off)
+        return self.f.seek(off, whence)
+
+
+@pytest.mark.parametrize("faults", [["reset"], ["503"], ["reset", "503"]])
+def test_transient_put_failures_are_retried_from_the_segment_start(st, swift_store_env, monkeypatch, tmp_path,
+                                                                   faults):
+    data = os.urandom(7 * MiB + 77)
+    flaky = _Flaky({"img.vhd-00002": list(faults)})
+    monkeypatch.setattr(swc, "put_object", flaky)
+    src = _OneWay(data)
+    man = segments.split(st, "exports", "img.vhd", src, segment_size=2 * MiB)
+    assert flaky.calls.count("img.vhd-00002") == 1 + len(faults)  # really retried
+    assert all(flaky.calls.count(s.name) == 1 for s in man.segments if s.name != "img.vhd-00002")
+    # split keeps a segment's first MiB in memory and re-reads the rest of
+    # segment 2 (which starts at 2 MiB) from the input: one seek per retry, to 3 MiB
+    assert src.seeks == [3 * MiB] * len(faults)
+    assert man.sha256 == hashlib.sha256(data).hexdigest()  # no byte hashed twice
+    listed = [o.name for o in st.list("exports", "img.vhd-")]
+    assert listed == [f"img.vhd-{i:05d}" for i in range(1, 5)] == [s.name for s in man.segments]
+    out = io.BytesIO()
+    segments.join(st, "exports", "img.vhd", out)
+    assert out.getvalue() == data
+    r = swift_cli(swift_store_env, st.account, "download", "exports", "img.vhd", "-o", str(tmp_path / "dl"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "dl").read_bytes() == data
+
+
+def test_unseekable_input_is_not_retried_and_leaves_nothing(st, monkeypatch):
+    class Pipe(io.RawIOBase):  # e.g. stdin: no way to re-read a segment
+        def __init__(self, data):
+            self.f = io.BytesIO(data)
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            return self.f.readinto(b)
+
+    flaky = _Flaky({"img.vhd-00002": ["reset"]})
+    monkeypatch.setattr(swc, "put_object", flaky)
+    with pytest.raises(StorageError):
+        segments.split(st, "exports", "img.vhd", Pipe(os.urandom(3 * MiB)), segment_size=1 * MiB)
+    assert flaky.calls.count("img.vhd-00002") == 1
+    assert st.list("exports") == []  # segment 1 was removed again
+
+
+def test_persistent_failure_gives_up_and_removes_the_segments(st, monkeypatch):
+    flaky = _Flaky({"img.vhd-00003": ["503"] * 10})
+    monkeypatch.setattr(swc, "put_object", flaky)
+    with pytest.raises(StorageError, match="503"):
+        segments.split(st, "exports", "img.vhd", io.BytesIO(os.urandom(4 * MiB)), segment_size=1 * MiB)
+    assert flaky.calls.count("img.vhd-00003") == st.config.retries + 1  # bounded
+    assert st.list("exports") == []
+
+
+def _make_vhd(path, size=12 * MiB):
+    data = bytearray(size)
+    for blk in range(0, size // (2 * MiB)):
+        data[blk * 2 * MiB: blk * 2 * MiB + 256 * 1024] = hashlib.shake_256(bytes([7, blk])).digest(256 * 1024)
+    vhdref.write_vhd(path, size, vhdref.sectors_of(bytes(data)), kind="dynamic")
+
+
+def _worker(home, *extra, env_extra=None):
+    env = dict(os.environ, VHDKIT_LEASE_SECONDS="1", VHDKIT_HEARTBEAT_SECONDS="0.2", **(env_extra or {}))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "vhdkit", "worker", "--data", str(home), *extra, "--json"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_worker_killed_mid_split_on_swift_leaves_no_orphan_segments(swift_store_env, tmp_path):
+    home = tmp_path / "home"
+    reg, cfg = Registry(home), PipelineConfig(home=home, segment_size=1 * MiB)
+    a = Caller.parse("k" + uuid.uuid4().hex[:12], "cloudImages:admin")
+    st = cfg.store(a.account)
+    assert isinstance(st, SwiftStore)
+    st.create_container("images")
+    st.create_container("exports")
+    _make_vhd(tmp_path / "d.vhd")
+    with open(tmp_path / "d.vhd", "rb") as f:
+        st.put("images", "d.vhd", f)
+    reg.create_task(a, "import", {"import_from": "images/d.vhd", "image_properties": {"name": "d"}})
+    t = Worker(reg, cfg).run_once()
+    assert t.status == "success", t.message
+    image_id = t.result["image_id"]
+    t = reg.create_task(a, "export", {"image_uuid": image_id, "receiving_swift_container": "exports"})
+    seg_env = {"VHDKIT_SEGMENT_SIZE": str(1 * MiB)}
+    r = _worker(home, "--once", env_extra={"VHDKIT_TEST_KILL_AT_STAGE": "split", **seg_env})
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
+    debris = [o.name for o in st.list("exports")]
+    assert debris and f"{image_id}.vhd" not in debris  # half an upload, no manifest yet
+    time.sleep(1.2)  # the dead worker's lease runs out
+    r = _worker(home, "--until-idle", env_extra=seg_env)
+    assert r.returncode == 0, r.stderr
+    done = reg.show_task(a, t.id)
+    assert done.status == "success" and done.attempts == 2, done.message
+    man = segments.join(st, "exports", f"{image_id}.vhd", tmp_path / "j.vhd")
+    listed = [o.name for o in st.list("exports")]
+    assert listed == sorted([f"{image_id}.vhd", f"{image_id}.vhd.segments.json"] + [s.name for s in man.segments])
+    r = swift_cli(swift_store_env, a.account, "download", "exports", f"{image_id}.vhd", "-o", str(tmp_path / "dl"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "dl").read_bytes() == (tmp_path / "j.vhd").read_bytes()
