@@ -159,6 +159,16 @@ def stop(d: Path) -> None:
     state.unlink()
 
 
+#: What the Swift servers must not inherit: the sanitizer pass of scripts/test
+#: preloads libasan into every process it starts, and Swift is not ours to check.
+_SCRUB = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "PYTHONPATH", "PYTHONHOME")
+
+
+def server_env() -> dict:
+    """The environment for Swift's servers, memcached and the ring builder."""
+    return {k: v for k, v in os.environ.items() if k not in _SCRUB}
+
+
 def start(d: Path) -> Path:
     for tool in (SYS_PY, "/usr/bin/swift-proxy-server", "/usr/bin/memcached"):
         if not os.path.exists(tool):
@@ -180,13 +190,13 @@ def start(d: Path) -> Path:
     (etc / "proxy-server.conf").write_text(_PROXY_CONF.format(port=ports["proxy"], dir=d, user=user,
                                                               memcached=ports["memcached"]))
     subprocess.run([SYS_PY, "-c", _RINGS, str(etc), str(ports["account"]), str(ports["container"]),
-                    str(ports["object"])], check=True)
+                    str(ports["object"])], check=True, env=server_env())
     pids = []
 
     def spawn(name, argv):
         log = open(d / "log" / f"{name}.log", "wb")
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, cwd="/")
+                             start_new_session=True, cwd="/", env=server_env())
         pids.append(p.pid)
 
     spawn("memcached", ["/usr/bin/memcached", "-l", "127.0.0.1", "-p", str(ports["memcached"]), "-U", "0",
