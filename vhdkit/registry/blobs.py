@@ -1,4 +1,24 @@
-"""The blob store: image data files under ``<data>/blobs``.
+"""The blob store: image data files under ``<data>/blobs``, or in Swift.
+
+Backends, chosen by ``VHDKIT_BLOB_STORE`` when the registry opens:
+
+- unset or ``local``: files under ``<data>/blobs`` (below);
+- ``swift`` (or ``swift+http(s)://PROXY``): objects in the container
+  ``VHDKIT_BLOB_CONTAINER`` (default ``images``) of the Swift account
+  ``VHDKIT_BLOB_ACCOUNT`` (default ``vhdkit-service``), with the Swift
+  credentials of :mod:`vhdkit.swiftstore` (``VHDKIT_SWIFT_AUTH_URL/USER/KEY``).
+  An image's data is a large object written by :func:`vhdkit.segments.split`:
+  segments ``<id>.<token>-00001`` … of ``VHDKIT_BLOB_SEGMENT_SIZE`` bytes
+  (default 200 MiB), the sidecar of checksums and the zero-byte DLO manifest
+  ``<id>.<token>``; the registry records it as ``swift/<id>.<token>``.  The
+  upload streams (bounded memory: a few chunks queued to the uploading
+  thread), is hashed in the same single pass, and the image turns active only
+  after the manifest is stored.  The upload still creates and locks its
+  ``tmp/<token>.part`` file (empty) on the registry's host: that lock is how
+  a cleanup run tells a live upload from one whose process was killed; the
+  segments of a dead upload are then deleted from Swift.  A process that needs
+  a local file (an export) gets a verified copy under ``<data>/blobs/swift/``
+  (:meth:`BlobStore.local_path`), removed with the image.
 
 An upload writes ``tmp/<token>.part`` while holding an exclusive ``flock`` on
 it, hashes on the way in (md5 and sha512 in two threads beside the writer),
@@ -18,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from ..errors import NoSpaceError, QuotaError, StorageError
+from ..errors import IntegrityError, InvalidInputError, NoSpaceError, QuotaError, StorageError
 
 CHUNK = 4 << 20
 
@@ -89,14 +109,139 @@ def is_locked(path: str) -> bool:
     return False
 
 
+SWIFT_REL = "swift/"
+
+
+class SwiftBlobs:
+    """Image data as segmented large objects in one Swift container (see module doc)."""
+
+    def __init__(self, store, container: str, segment_size: int):
+        self.store, self.container, self.segment_size = store, container, segment_size
+        self._made = False
+
+    @classmethod
+    def from_env(cls, spec: str, env=None) -> "SwiftBlobs":
+        from ..swiftstore import SwiftConfig, SwiftStore
+
+        e = dict(os.environ if env is None else env)
+        if spec.startswith("swift+"):
+            e["VHDKIT_STORE"] = spec
+        try:
+            seg = int(e.get("VHDKIT_BLOB_SEGMENT_SIZE", str(200 << 20)))
+        except ValueError:
+            raise InvalidInputError("VHDKIT_BLOB_SEGMENT_SIZE must be a number of bytes") from None
+        store = SwiftStore(SwiftConfig.from_env(e), e.get("VHDKIT_BLOB_ACCOUNT", "vhdkit-service"))
+        return cls(store, e.get("VHDKIT_BLOB_CONTAINER", "images"), seg)
+
+    def ensure_container(self) -> None:
+        if not self._made:
+            self.store.create_container(self.container)
+            self._made = True
+
+    @staticmethod
+    def name(rel: str) -> str:
+        return rel[len(SWIFT_REL):]
+
+    def remove(self, rel: str) -> int:
+        """Delete the manifest, sidecar and every segment of ``rel`` (also a half-written one)."""
+        from ..errors import NotFoundError
+
+        n = 0
+        try:
+            objs = self.store.list(self.container, self.name(rel))
+        except NotFoundError:
+            return 0
+        for o in objs:
+            try:
+                self.store.delete(self.container, o.name)
+                n += 1
+            except NotFoundError:
+                pass
+        return n
+
+    def iter_range(self, rel: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Bytes [start, end) of the large object, fetched segment by segment with
+        Range requests; a segment answering short is an IntegrityError."""
+        from .. import segments
+
+        man = segments.load_manifest(self.store, self.container, self.name(rel))
+        conn = self.store._connection()
+        off = 0
+        for seg in man.segments:
+            a, b = max(start, off), min(end, off + seg.size)
+            if a < b:
+                try:
+                    _, body = conn.get_object(self.container, seg.name, resp_chunk_size=chunk,
+                                              headers={"Range": f"bytes={a - off}-{b - off - 1}"})
+                except Exception as e:  # noqa: BLE001
+                    from ..swiftstore import _err
+
+                    raise _err(e, f"image data segment {seg.name}") from None
+                got = 0
+                for piece in body:
+                    got += len(piece)
+                    if got > b - a:
+                        raise IntegrityError(f"image data segment {seg.name}: Swift sent more than asked")
+                    yield piece
+                if got != b - a:
+                    raise IntegrityError(f"image data segment {seg.name}: Swift sent {got} of {b - a} bytes")
+            off += seg.size
+            if off >= end:
+                return
+
+    def fetch(self, rel: str, path: str) -> None:
+        """A verified local copy (every segment's md5 and the whole sha256), written atomically."""
+        from .. import segments
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        segments.join(self.store, self.container, self.name(rel), path)
+
+
+def _remote_from_env() -> Optional[SwiftBlobs]:
+    spec = os.environ.get("VHDKIT_BLOB_STORE", "")
+    if spec in ("", "local", "dir"):
+        return None
+    if spec == "swift" or spec.startswith("swift+"):
+        return SwiftBlobs.from_env(spec)
+    raise InvalidInputError(f"VHDKIT_BLOB_STORE {spec!r}: expected 'local', 'swift' or swift+http(s)://PROXY")
+
+
 class BlobStore:
     def __init__(self, root: str):
         self.root = root
         self.tmp = os.path.join(root, "tmp")
         os.makedirs(self.tmp, exist_ok=True)
+        self.remote = _remote_from_env()
 
     def final_rel(self, image_id: str, token: str) -> str:
+        if self.remote is not None:
+            return f"{SWIFT_REL}{image_id}.{token}"
         return os.path.join(image_id[:2], f"{image_id}.{token}")
+
+    def is_remote(self, rel: str) -> bool:
+        return rel.startswith(SWIFT_REL)
+
+    def new_upload(self, image_id: str, token: str) -> "Upload":
+        if self.remote is not None:
+            return SwiftUpload(self, image_id, token)
+        return Upload(self, image_id, token)
+
+    def local_path(self, rel: str) -> str:
+        """A local file holding the blob: the blob itself, or for a Swift blob a
+        verified copy kept under ``swift/`` (fetched on first use)."""
+        p = self.path(rel)
+        if self.is_remote(rel) and not os.path.exists(p):
+            if self.remote is None:
+                raise StorageError(f"blob {rel} is in Swift but VHDKIT_BLOB_STORE does not name Swift")
+            self.remote.fetch(rel, p)
+        return p
+
+    def iter_range(self, rel: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        if self.is_remote(rel):
+            if self.remote is None:
+                raise StorageError(f"blob {rel} is in Swift but VHDKIT_BLOB_STORE does not name Swift")
+            return self.remote.iter_range(rel, start, end, chunk)
+        return iter_file(open(self.path(rel), "rb", buffering=0), start, end, chunk)
 
     def part_path(self, token: str) -> str:
         return os.path.join(self.tmp, f"{token}.part")
@@ -106,6 +251,9 @@ class BlobStore:
 
     def unlink(self, rel_or_abs: str) -> None:
         p = rel_or_abs if os.path.isabs(rel_or_abs) else self.path(rel_or_abs)
+        rel = os.path.relpath(p, self.root)
+        if self.is_remote(rel) and self.remote is not None:
+            self.remote.remove(rel)  # the objects in Swift; then the local copy, if any
         try:
             os.unlink(p)
         except FileNotFoundError:
@@ -233,6 +381,128 @@ class Upload:
         if self.fd >= 0:
             os.close(self.fd)   # drops the lock
             self.fd = -1
+
+
+class _Abort(Exception):
+    pass
+
+
+_ABORT = object()
+
+
+class _QueueReader:
+    """The read side of an upload to Swift: chunks handed over by ``feed``."""
+
+    def __init__(self, q: "queue.Queue") -> None:
+        self.q = q
+        self.buf = memoryview(b"")
+        self.eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self.buf:
+            if self.eof:
+                return b""
+            item = self.q.get()
+            if item is None:
+                self.eof = True
+                return b""
+            if item is _ABORT:
+                raise _Abort("upload aborted")
+            self.buf = memoryview(item)
+        k = len(self.buf) if n is None or n < 0 else min(n, len(self.buf))
+        out, self.buf = bytes(self.buf[:k]), self.buf[k:]
+        return out
+
+
+class SwiftUpload(Upload):
+    """An upload into Swift: ``feed`` hashes as the local upload does and hands the
+    chunks to a thread that streams them with :func:`vhdkit.segments.split`;
+    ``publish`` waits for the manifest.  The empty ``tmp/<token>.part`` stays
+    locked meanwhile (liveness for cleanup)."""
+
+    def __init__(self, store: BlobStore, image_id: str, token: str):
+        super().__init__(store, image_id, token)
+        assert store.remote is not None
+        self.remote = store.remote
+        self.tail = b""
+        self._q: "queue.Queue" = queue.Queue(maxsize=4)
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+        self._man = None
+
+    def _run(self) -> None:
+        from .. import segments
+
+        try:
+            self.remote.ensure_container()
+            self._man = segments.split(self.remote.store, self.remote.container, self.remote.name(self.rel),
+                                       _QueueReader(self._q), segment_size=self.remote.segment_size)  # type: ignore
+        except BaseException as e:  # noqa: BLE001 - reported by _emit / publish
+            self._error = e
+            while True:  # unblock a producer waiting on a full queue
+                try:
+                    self._q.get_nowait()
+                except queue.Empty:
+                    break
+
+    def _hand_over(self, item) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        while True:
+            if self._error is not None:
+                raise StorageError(f"storing image data in Swift: {self._error}")
+            try:
+                self._q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise StorageError(f"storing image data in Swift: uploader stopped ({self._error})")
+
+    def _emit(self, b: bytes) -> None:
+        assert self._md5 is not None and self._sha is not None
+        self._md5.q.put(b)
+        self._sha.q.put(b)
+        self.tail = (self.tail + b[-512:])[-512:]
+        self._hand_over(b)
+
+    def publish(self) -> str:
+        self._hand_over(None)
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise StorageError(f"storing image data in Swift: {self._error}")
+        if self._man is None or self._man.size != self.size:
+            raise IntegrityError(f"blob {self.rel}: Swift holds {getattr(self._man, 'size', None)} bytes, "
+                                 f"{self.size} were written")
+        self.published = True
+        return self.rel
+
+    def discard(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            try:
+                self._q.put(_ABORT, timeout=5)
+            except queue.Full:
+                pass
+            self._thread.join(timeout=60)
+        self.remote.remove(self.rel)
+        self.store.unlink(self.part)
+
+    def release(self) -> None:
+        super().release()
+        if self.published:
+            self.store.unlink(self.part)  # the lock file is no longer needed
+
+
+def footer_virtual_size(tail: bytes) -> Optional[int]:
+    """``current_size`` of a VHD footer in the last 512 bytes (None if they are no
+    valid footer: cookie and one's-complement checksum are checked)."""
+    if len(tail) != 512 or tail[:8] != b"conectix":
+        return None
+    stored = int.from_bytes(tail[64:68], "big")
+    if (~(sum(tail[:64]) + sum(tail[68:])) & 0xFFFFFFFF) != stored:
+        return None
+    return int.from_bytes(tail[48:56], "big")
 
 
 def iter_file(f: BinaryIO, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:

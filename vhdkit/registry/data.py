@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, Optional, Tuple
 
 from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, VhdkitError
@@ -20,16 +19,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Progress = Optional[Callable[[int, Optional[int]], None]]
 
-@dataclass
 class ImageData:
-    """An open handle on an active image's data (see :meth:`Registry.open_data`)."""
-    image: Image
-    path: str
-    size: int
-    checksum: Optional[str]
+    """An open handle on an active image's data (see :meth:`Registry.open_data`).
+    ``path`` is a local file with the data: the blob itself, or a verified copy
+    of a blob kept in Swift (fetched on first use of ``path``)."""
+
+    def __init__(self, image: Image, rel: str, size: int, checksum: Optional[str], blobs: _blobs.BlobStore):
+        self.image, self.rel, self.size, self.checksum = image, rel, size, checksum
+        self._blobs = blobs
+
+    @property
+    def path(self) -> str:
+        return self._blobs.local_path(self.rel)
 
     def iter(self, start: int = 0, end: Optional[int] = None, chunk: int = 1 << 20) -> Iterator[bytes]:
-        return _blobs.iter_range(self.path, start, self.size if end is None else end, chunk)
+        return self._blobs.iter_range(self.rel, start, self.size if end is None else end, chunk)
 
 
 class DataMixin:
@@ -40,7 +44,7 @@ class DataMixin:
         manager it aborts unless committed.  For producers that write (a tar or
         gzip writer): no second pass over the data."""
         token = uuid.uuid4().hex
-        up = _blobs.Upload(self.blobs, str(image_id), token).open()
+        up = self.blobs.new_upload(str(image_id), token).open()
         up.limit = self.size_cap
         try:
             with self._write() as conn:
@@ -88,7 +92,7 @@ class DataMixin:
             row = conn.execute("SELECT blob FROM images WHERE id = ?", (img.id,)).fetchone()
             if img.status != "active" or not row["blob"]:
                 raise ConflictError(f"image {img.id} has no data (status '{img.status}')", code="no_data")
-        return ImageData(self._present(caller, img), self.blobs.path(row["blob"]), img.size or 0, img.checksum)
+        return ImageData(self._present(caller, img), row["blob"], img.size or 0, img.checksum, self.blobs)
 
     def _range(self: "Registry", size: int, offset: int, length: Optional[int]) -> Tuple[int, int]:
         if offset < 0 or (length is not None and length < 0) or (offset >= size and size > 0) \
@@ -104,17 +108,23 @@ class DataMixin:
         h = self.open_data(caller, image_id)
         start, end = self._range(h.size, offset, length)
         try:
-            f = open(h.path, "rb", buffering=0)
+            return h, h.iter(start, end, chunk)
         except FileNotFoundError:
             raise NotFoundError(f"image {image_id} not found") from None
-
-        return h, _blobs.iter_file(f, start, end, chunk)
 
     def download(self: "Registry", caller: Caller, image_id: str, out: BinaryIO, *, offset: int = 0,
                  length: Optional[int] = None, progress: Progress = None) -> int:
         """Copy the data (or a byte range) into ``out``; returns bytes written."""
         h = self.open_data(caller, image_id)
         start, end = self._range(h.size, offset, length)
+        if self.blobs.is_remote(h.rel):
+            done = 0
+            for b in h.iter(start, end):
+                out.write(b)
+                done += len(b)
+                if progress is not None:
+                    progress(done, end - start)
+            return done
         try:
             return _blobs.copy_range(h.path, out, start, end, progress)
         except FileNotFoundError:
@@ -250,7 +260,10 @@ class UploadWriter(io.RawIOBase):
                 raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
             rel = up.publish()
             if virtual_size is None and img.disk_format == "vhd":
-                virtual_size = _vhd_virtual_size(reg.blobs.path(rel))
+                if reg.blobs.is_remote(rel):  # the footer, kept from the stream (no read back)
+                    virtual_size = _blobs.footer_virtual_size(getattr(up, "tail", b""))
+                else:
+                    virtual_size = _vhd_virtual_size(reg.blobs.path(rel))
             with reg._write() as conn:
                 row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
                 if row is None or row[0] != up.token:
