@@ -25,7 +25,7 @@
  * for it, so the threads run in bursts instead of ping-ponging per chunk
  * (which costs a scheduler round trip each on a busy machine). */
 #define VK_RING_WAKE    3
-#define VK_WORKERS      4
+#define VK_WORKERS      8
 #define VK_SEGS         32
 
 typedef uint64_t __attribute__((may_alias)) vk_u64a;
@@ -423,7 +423,8 @@ typedef struct vk_worker {
     int       started;
 } vk_worker;
 
-/* Parallel path (seekable input and output): each worker reads a chunk,
+/* Parallel path (seekable input and output): each worker (one per CPU, 2..4;
+ * VHDKIT_WORKERS=N overrides, 1..8) reads a chunk,
  * maps its zeros and writes it at its own offset, so reads and writes of
  * different chunks overlap without a hand-off between threads. */
 static void *vk_worker_main(void *arg)
@@ -661,7 +662,11 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
     pthread_mutex_init(&dyn.mu, NULL);
     uint64_t vend = 0;
     if (!src->stream && !out.stream) {
-        rc = vk_run_parallel(&job, VK_WORKERS, err);
+        const char *w = getenv("VHDKIT_WORKERS");
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        int nw = w && *w ? atoi(w) : (int)(cpus < 2 ? 2 : cpus > 4 ? 4 : cpus);
+        if (nw < 1 || nw > VK_WORKERS) nw = VK_WORKERS;
+        rc = vk_run_parallel(&job, nw, err);
         vend = src->size;
     } else {
         rc = vk_run_ring(&job, &vend, err);
