@@ -143,7 +143,21 @@ static int write_block(vk_image *img, uint32_t blk, const uint8_t *buf, uint64_t
         if (base / VK_SECTOR >= VK_BAT_UNUSED)
             return vk_fail(err, VK_E_NOSPACE, base, "%s: no room for another block (sector numbers are 32-bit)",
                            L->path);
+        uint64_t old_end = L->file_size;
         if ((rc = vk_rw_grow(img, base + L->bitmap_size + bs, err))) return rc;
+        /* The new block may cover the old footer or space an interrupted run
+         * left unreferenced: zero its data area there, so that readers that
+         * ignore bitmaps (qemu does for dynamic disks) see zeros too. */
+        if (d < old_end) {
+            static const uint8_t zeros[65536];
+            uint64_t stop = old_end < d + bs ? old_end : d + bs;
+            for (uint64_t p = d; p < stop && !rc;) {
+                size_t k = stop - p < sizeof zeros ? (size_t)(stop - p) : sizeof zeros;
+                rc = vk_rw_pwrite(img, zeros, k, p, err);
+                p += k;
+            }
+            if (rc) return rc;
+        }
     } else {
         base = (uint64_t)L->bat[blk] * VK_SECTOR;
     }
