@@ -186,11 +186,18 @@ static int journal_begin(const char *jpath, const vk_layer *child, const vk_laye
                        "if that merge is abandoned)", jpath);
     }
     if (errno != ENOENT) return vk_fail_errno(err, errno, UINT64_MAX, "cannot read journal %s", jpath);
-    fd = open(jpath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot create journal %s", jpath);
+    /* Written under a temporary name and renamed, so a journal is never
+     * seen half-written (a kill during its creation leaves only the .tmp). */
+    char tmp[VK_PATH_MAX];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", jpath) >= sizeof tmp)
+        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "journal path too long");
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot create journal %s", tmp);
     int rc = vk_pwrite_full(fd, text, (size_t)n, 0, err);
-    if (!rc && fsync(fd) != 0) rc = vk_fail_errno(err, errno, UINT64_MAX, "cannot fsync journal %s", jpath);
+    if (!rc && fsync(fd) != 0) rc = vk_fail_errno(err, errno, UINT64_MAX, "cannot fsync journal %s", tmp);
     close(fd);
+    if (!rc && rename(tmp, jpath) != 0) rc = vk_fail_errno(err, errno, UINT64_MAX, "cannot create journal %s", jpath);
+    if (rc) unlink(tmp);
     if (!rc) rc = fsync_dir_of(jpath, err);
     return rc;
 }
