@@ -8,7 +8,10 @@ import random
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import pytest
+
 import vhdkit
+from vhdkit import errors
 from vhdkit.vhd import chain, write
 
 MiB = 1 << 20
@@ -28,6 +31,8 @@ class ChainModel:
         write.create(self.paths[0], size, type=kind, block_size=None if kind == "fixed" else block_size)
         self.model = bytearray(size)
         self.size = size
+        self.sizes = [size]          # virtual size of each layer
+        self.data_end = [0]          # end of the data written into each layer
 
     @property
     def leaf(self) -> Path:
@@ -40,18 +45,33 @@ class ChainModel:
             self.model.extend(bytes(r.virtual_size - self.size))
             self.size = r.virtual_size
         self.paths.append(p)
+        self.sizes.append(r.virtual_size)
+        self.data_end.append(0)
         return p
 
     def write(self, offset: int, data: bytes) -> None:
         with vhdkit.open(self.leaf, "r+") as f:
             assert f.pwrite(data, offset) == len(data)
         self.model[offset:offset + len(data)] = data
+        self.data_end[-1] = max(self.data_end[-1], offset + len(data))
 
-    def merge_leaf(self) -> None:
-        """Coalesce the leaf into its parent; the parent becomes the leaf."""
+    def merge_leaf(self, *, remove: bool = True) -> bool:
+        """Coalesce the leaf into its parent; the parent becomes the leaf.
+        A leaf holding data past its parent's size must be refused (False)."""
+        if self.data_end[-1] > self.sizes[-2]:
+            with pytest.raises(errors.OutOfRangeError):
+                chain.coalesce_into_parent(self.leaf)
+            return False
         chain.coalesce_into_parent(self.leaf)
-        os.unlink(self.leaf)
+        if remove:
+            os.unlink(self.leaf)
         self.paths.pop()
+        self.sizes.pop()
+        end = self.data_end.pop()
+        self.data_end[-1] = max(self.data_end[-1], end)
+        self.size = self.sizes[-1]
+        del self.model[self.size:]
+        return True
 
     def read(self) -> bytes:
         with vhdkit.open(self.leaf) as f:
