@@ -360,3 +360,22 @@ def test_chain_json_lists_layers_leaf_first(tmp_path):
     assert d[1]["parent_found_by"] is None and d[0]["allocated_bytes"] == 512 << 10
     human = cli("chain", m.leaf).stdout
     assert "parent found by W2ru" in human
+
+
+def test_snapshot_of_fixed_parent_then_coalesce_to_fixed(tmp_path):
+    base = tmp_path / "fixed.vhd"
+    data = random.Random(21).randbytes(MiB)
+    write_vhd(base, MiB, {s: data[s * 512:(s + 1) * 512] for s in range(2048)}, kind="fixed")
+    child = tmp_path / "c.vhd"
+    r = chain.snapshot(base, child)
+    assert r.block_size == 2 * MiB
+    want = bytearray(data)
+    with vhdkit.open(child, "r+") as f:
+        f.pwrite(b"w" * 3, 12345)
+    want[12345:12348] = b"www"
+    out = tmp_path / "flat.vhd"
+    chain.coalesce(child, out, type="fixed")
+    assert qemu_raw(out, tmp_path / "q.raw").read_bytes() == bytes(want)
+    assert vhdiinfo(out)["type"] == "fixed" and read.check(out).ok
+    chain.coalesce_into_parent(child)          # into a fixed parent: plain writes
+    assert RefVhd(base).read() == bytes(want) and read.check(base).ok
