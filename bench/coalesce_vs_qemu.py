@@ -11,6 +11,7 @@ Jobs (alternating order per round; medians of --rounds):
   vhdkit coalesce LEAF -o out.vhd            (flatten the chain, dynamic)
   qemu-img convert -f raw -O vpc -o subformat=dynamic RAW out.vhd
                                              (the same output from a raw file)
+  qemu-img convert ... && sync OUT           (the same, made durable as vhdkit's is)
   pyvhdi read loop over the chain            (libvhdi reading the chain)
   vhdkit read loop over the chain            (vhdkit.open(leaf).readinto)
 
@@ -18,7 +19,7 @@ Reports wall time, ratio to qemu-img, peak RSS (ru_maxrss of the child), and
 vhdkit's bytes read from the layers / bytes the output needs.  Outputs are
 verified with `qemu-img compare` against the raw reference once (warm-up).
 
-Usage: bench/coalesce_vs_qemu.sh [--dir DIR] [--size 2G] [--rounds 5]
+Usage: bench/coalesce_vs_qemu.sh [--dir DIR] [--size 2G] [--rounds 5] [--out NAME.json]
 """
 from __future__ import annotations
 
@@ -110,6 +111,7 @@ def main() -> None:
     ap.add_argument("--size", default="2G")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--out", default="coalesce_vs_qemu.json", help="results file name under bench/results/")
     a = ap.parse_args()
     size = int(a.size[:-1]) << {"M": 20, "G": 30}[a.size[-1].upper()]
     d = Path(a.dir or "/var/tmp") / f"vk-coalesce-bench-{os.getpid()}"
@@ -126,6 +128,9 @@ def main() -> None:
             "vhdkit coalesce -o": [py, "-m", "vhdkit", "coalesce", str(leaf), "-o", str(ours), "--json"],
             "qemu-img convert raw->vpc dynamic": ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
                                                   "subformat=dynamic", str(raw), str(theirs)],
+            # vhdkit fsyncs its output before the atomic rename; qemu-img does not
+            "qemu-img convert + sync OUT": ["sh", "-c", f"qemu-img convert -f raw -O vpc -o subformat=dynamic "
+                                                         f"'{raw}' '{theirs}' && sync '{theirs}'"],
             "pyvhdi read loop (chain)": [py, "-c", PYVHDI_LOOP, str(leaf), str(mid), str(base)],
             "vhdkit read loop (chain)": [py, "-c", VHDKIT_LOOP, str(leaf)],
         }
@@ -176,7 +181,8 @@ def main() -> None:
               f"= {res['read_ratio']:.5f}")
         outdir = HERE / "results"
         outdir.mkdir(exist_ok=True)
-        (outdir / "coalesce_vs_qemu.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary["dir"] = str(Path(a.dir or "/var/tmp"))
+        (outdir / a.out).write_text(json.dumps(summary, indent=2) + "\n")
     finally:
         if not a.keep:
             shutil.rmtree(d, ignore_errors=True)

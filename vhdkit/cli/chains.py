@@ -67,7 +67,8 @@ def coalesce_cmd(leaf, out, out_format, disk_type, block_size, into_parent, pare
     if into_parent == (out is not None):
         raise click.UsageError("give either -o OUT or --into-parent")
     if into_parent:
-        r = chain.coalesce_into_parent(leaf, parents=list(parents) or None)
+        with Progress(f"merge {leaf}") as prog:
+            r = chain.coalesce_into_parent(leaf, parents=list(parents) or None, progress=prog)
         emit(r.to_dict(), as_json,
              lambda d: f"merged {d['bytes_merged']} bytes of {d['child']} into {d['parent']} "
                        f"({d['blocks_allocated']} new blocks{', resumed' if d['resumed'] else ''})")

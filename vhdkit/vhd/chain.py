@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import threading
 import urllib.parse
 import uuid as _uuid
 from dataclasses import asdict, dataclass, field
@@ -292,8 +293,25 @@ def journal_path(parent: PathLike) -> str:
     return os.path.join(os.path.dirname(p), "." + os.path.basename(p) + ".coalesce-journal")
 
 
+def _poll(fn, done, total, progress):
+    """Run a native call on a worker thread (cffi releases the GIL) and
+    report ``done()`` to ``progress`` meanwhile.  An interruption of the
+    caller leaves the merge to finish or be killed: both are safe."""
+    if progress is None:
+        return fn()
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("rc", fn()), name="vhdkit-merge", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.1)
+        progress(done(), total)
+    progress(done(), total)
+    return box["rc"]
+
+
 def coalesce_into_parent(child: PathLike, *, parents: Optional[Sequence[PathLike]] = None,
-                         allowed_root: Optional[PathLike] = None) -> MergeResult:
+                         allowed_root: Optional[PathLike] = None,
+                         progress: Optional[Progress] = None) -> MergeResult:
     """Merge ``child`` into its parent in place (what ``vhd-util coalesce``
     does): every sector the child holds is written into the parent.
     Crash-safe and resumable: see docs/coalesce.md.  The child is left as it
@@ -310,7 +328,10 @@ def coalesce_into_parent(child: PathLike, *, parents: Optional[Sequence[PathLike
         ppath = ffi.string(buf).decode()
         res = ffi.new("vk_merge_result *")
         jp = journal_path(ppath)
-        check(lib.vk_coalesce_into_parent(img, _b(jp), res, err), err)
+        total = _read._layer_info(img, 0).allocated_bytes if progress is not None else None
+        rc = _poll(lambda: lib.vk_coalesce_into_parent(img, _b(jp), res, err),
+                   (lambda: int(res.bytes_merged)), total, progress)
+        check(rc, err)
     finally:
         ffi.release(img)
     return MergeResult(child=os.path.realpath(c), parent=ppath, bytes_merged=int(res.bytes_merged),
