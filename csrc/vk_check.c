@@ -90,7 +90,9 @@ static void check_footer(probs *P, const uint8_t *raw, const vk_footer *f, uint6
     if (f->cylinders == 0 || f->heads == 0 || f->sectors == 0)
         add(P, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u has a zero field", f->cylinders, f->heads,
             f->sectors);
-    else if (chs > f->current_size)
+    /* 65535/16/255 is the marker qemu (force_size) and others use for
+     * "size is not CHS-derived": not a problem. */
+    else if (chs > f->current_size && !(f->cylinders == 65535 && f->heads == 16 && f->sectors == 255))
         add(P, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u (%llu bytes) exceeds the current size %llu",
             f->cylinders, f->heads, f->sectors, (unsigned long long)chs, (unsigned long long)f->current_size);
     switch (f->disk_type) {
@@ -183,16 +185,28 @@ static void check_bat_and_locators(probs *P, int fd, uint64_t file_size, const v
     uint64_t n = h->max_table_entries;
     uint64_t bat_bytes = n * 4;
     uint64_t footer_at = file_size - (uint64_t)fsize;
-    uint8_t *bat = malloc(bat_bytes ? bat_bytes : 1);   /* bounded: inside the file */
-    region *r = malloc((n + 12) * sizeof *r);
-    size_t nr = 0;
+    uint8_t *bat = NULL;
+    region *r = NULL;
+    size_t nr = 0, n_alloc = 0;
     vk_err e;
 
-    if (!bat || !r) { add(P, "INTERNAL", UINT64_MAX, "out of memory checking the BAT"); goto out; }
+    if (n > VK_MAX_BAT_ENTRIES) {
+        add(P, "BAT_TOO_LARGE", h->table_offset + 0, "%llu BAT entries exceed the limit of %u; blocks not checked",
+            (unsigned long long)n, VK_MAX_BAT_ENTRIES);
+        return;
+    }
+    bat = malloc(bat_bytes ? bat_bytes : 1);   /* bounded: inside the file, and by the limit */
+    if (!bat) { add(P, "INTERNAL", UINT64_MAX, "out of memory checking the BAT"); goto out; }
     if (bat_bytes && vk_pread_full(fd, bat, bat_bytes, h->table_offset, &e)) {
         add(P, "BAT_READ", h->table_offset, "%s", e.msg);
         goto out;
     }
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t v = vk_be32(bat + 4 * i);
+        if (v != VK_BAT_UNUSED && (uint64_t)v * 512 < file_size) n_alloc++;
+    }
+    r = malloc((n_alloc + 12) * sizeof *r);
+    if (!r) { add(P, "INTERNAL", UINT64_MAX, "out of memory checking the BAT"); goto out; }
     r[nr++] = (region){0, 512, "footer copy", 0};
     r[nr++] = (region){f->data_offset, f->data_offset + 1024, "dynamic header", 0};
     r[nr++] = (region){h->table_offset, h->table_offset + (bat_bytes + 511) / 512 * 512, "BAT", 0};

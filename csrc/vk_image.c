@@ -133,6 +133,10 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
         return vk_fail(err, VK_E_RANGE, h->table_offset,
                        "block allocation table (%llu entries at offset %llu) extends past the end of the file",
                        (unsigned long long)n, (unsigned long long)h->table_offset);
+    if (n > VK_MAX_BAT_ENTRIES)
+        return vk_fail(err, VK_E_NOMEM, h->table_offset,
+                       "block allocation table of %llu entries exceeds the limit of %u",
+                       (unsigned long long)n, VK_MAX_BAT_ENTRIES);
     L->n_bat = (uint32_t)n;
     L->bat = malloc(bytes ? bytes : 4);
     L->bm = malloc(L->bitmap_size);

@@ -12,6 +12,8 @@
 #define VK_MIN_BLOCK_SIZE   512u
 #define VK_MAX_BLOCK_SIZE   (1u << 30)
 #define VK_PATH_MAX         4096
+/* BAT entries we hold in memory: 2040 GiB in 64 KiB blocks (128 MiB). */
+#define VK_MAX_BAT_ENTRIES  (1u << 25)
 
 /* One opened file of a chain. */
 typedef struct vk_layer {

@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from conftest import require_tool
+from conftest import SAMPLES as SAMPLES_DIR, require_tool
 
-SAMPLES_README = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "README.md"
+SAMPLES_README = SAMPLES_DIR / "README.md"
 
 
 def sample_table(readme: Path) -> Dict[str, dict]:
@@ -25,6 +25,22 @@ def sample_table(readme: Path) -> Dict[str, dict]:
         if m:
             out[m.group(1)] = {"type": m.group(2), "size": int(m.group(3)), "sha256": m.group(4)}
     return out
+
+
+def peer_env() -> dict:
+    """The environment for peer tools: without the sanitizer runtime that the
+    ASan pass preloads (qemu-img hangs under it)."""
+    env = dict(os.environ)
+    for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        env.pop(k, None)
+    return env
+
+
+def run_peer(args, **kw):
+    """subprocess.run for a peer tool (check=True, output captured)."""
+    kw.setdefault("check", True)
+    kw.setdefault("capture_output", True)
+    return subprocess.run([str(a) for a in args], env=peer_env(), **kw)
 
 
 def stream_sha256(stream, bufsize: int = 8 << 20) -> str:
@@ -49,20 +65,18 @@ def file_sha256(path) -> str:
 
 def qemu_raw(path, out, fmt: str = "vpc") -> Path:
     """`qemu-img convert -f vpc -O raw`: the peer's reading of the disk."""
-    subprocess.run([require_tool("qemu-img"), "convert", "-f", fmt, "-O", "raw", str(path), str(out)],
-                   check=True, capture_output=True)
+    run_peer([require_tool("qemu-img"), "convert", "-f", fmt, "-O", "raw", path, out])
     return Path(out)
 
 
 def qemu_info(path) -> dict:
-    r = subprocess.run([require_tool("qemu-img"), "info", "--output=json", "-f", "vpc", str(path)],
-                       check=True, capture_output=True, text=True)
+    r = run_peer([require_tool("qemu-img"), "info", "--output=json", "-f", "vpc", path], text=True)
     return json.loads(r.stdout)
 
 
 def vhdiinfo(path) -> dict:
     """Parse `vhdiinfo` output into {"type", "size", "uuid", "parent_uuid"}."""
-    r = subprocess.run([require_tool("vhdiinfo"), str(path)], check=True, capture_output=True, text=True)
+    r = run_peer([require_tool("vhdiinfo"), path], text=True)
     d = {}
     for line in r.stdout.splitlines():
         if ":" not in line:

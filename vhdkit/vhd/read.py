@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import os
+import threading
 import uuid as _uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -238,7 +239,12 @@ def _open_native(path: PathLike, opts: _Opts):
 # ---- the stream --------------------------------------------------------------
 
 class VhdStream(io.RawIOBase):
-    """A read-only, seekable raw stream over the virtual disk of a VHD chain."""
+    """A read-only, seekable raw stream over the virtual disk of a VHD chain.
+
+    Native reads run without the GIL; a lock serialises calls on one stream
+    (the native handle caches a sector bitmap per layer).  For parallel
+    reads, open the image once per thread.
+    """
 
     def __init__(self, path: PathLike, *, parents: Optional[Sequence[PathLike]] = None,
                  allowed_root: Optional[PathLike] = None, size_rule: str = "auto"):
@@ -248,6 +254,7 @@ class VhdStream(io.RawIOBase):
         self._size = int(native.lib.vk_image_size(self._img))
         self._pos = 0
         self._chain: Optional[List[VhdInfo]] = None
+        self._lock = threading.Lock()
 
     # -- io.RawIOBase
     def readable(self) -> bool:
@@ -274,10 +281,11 @@ class VhdStream(io.RawIOBase):
         buf = ffi.from_buffer(mv, require_writable=True)
         err = native.new_err()
         done = 0
-        while done < n:
-            step = min(n - done, _MAX_READ)
-            native.check(lib.vk_image_pread(img, buf + done, step, self._pos + done, err), err)
-            done += step
+        with self._lock:
+            while done < n:
+                step = min(n - done, _MAX_READ)
+                native.check(lib.vk_image_pread(img, buf + done, step, self._pos + done, err), err)
+                done += step
         self._pos += n
         return n
 
@@ -301,7 +309,8 @@ class VhdStream(io.RawIOBase):
         buf = bytearray(n)
         if n:
             err = native.new_err()
-            native.check(native.lib.vk_image_pread(img, native.ffi.from_buffer(buf), n, offset, err), err)
+            with self._lock:
+                native.check(native.lib.vk_image_pread(img, native.ffi.from_buffer(buf), n, offset, err), err)
         return bytes(buf)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
@@ -323,9 +332,11 @@ class VhdStream(io.RawIOBase):
         return self._pos
 
     def close(self) -> None:
-        if not self.closed and self._img is not None:
-            img, self._img = self._img, None
-            native.ffi.release(img)
+        img = getattr(self, "_img", None)
+        if img is not None:
+            with self._lock:
+                self._img = None
+                native.ffi.release(img)
         super().close()
 
     # -- VHD specifics
@@ -353,7 +364,7 @@ class VhdStream(io.RawIOBase):
         """Extents of the whole disk: allocated (in which layer) or zeros."""
         img = self._live()
         ffi, lib = native.ffi, native.lib
-        cap = 4096
+        cap = 256
         arr = ffi.new("vk_extent[]", cap)
         n_out = ffi.new("size_t *")
         err = native.new_err()
@@ -361,7 +372,8 @@ class VhdStream(io.RawIOBase):
         out: List[Extent] = []
         pos = 0
         while pos < self._size:
-            native.check(lib.vk_image_map(img, pos, arr, cap, n_out, err), err)
+            with self._lock:
+                native.check(lib.vk_image_map(img, pos, arr, cap, n_out, err), err)
             n = int(n_out[0])
             if n == 0:
                 break
@@ -377,6 +389,9 @@ class VhdStream(io.RawIOBase):
                 else:
                     out.append(x)
             pos = arr[n - 1].offset + arr[n - 1].length
+            if n == cap and cap < 65536:
+                cap *= 4
+                arr = ffi.new("vk_extent[]", cap)
         return out
 
     def __repr__(self) -> str:
