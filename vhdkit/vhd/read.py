@@ -406,6 +406,7 @@ def open(path: PathLike, mode: str = "r", *, parents: Optional[Sequence[PathLike
 
     ``parents``: explicit parent paths, the leaf's parent first (used before
     the locators).  ``allowed_root``: refuse parents outside this directory.
+    Mode ``"r+"`` also allows writing (:class:`vhdkit.vhd.chain.VhdWriteStream`).
     """
     if mode in ("r+", "r+b", "rb+"):   # writing: vhdkit.vhd.chain (chains helper)
         from .chain import VhdWriteStream
