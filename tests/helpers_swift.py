@@ -85,3 +85,16 @@ def backend_env(store_factory, request, tmp_path):
     if request.node.callspec.params.get("store_factory") == "swift":
         env.update(request.getfixturevalue("swift_env"))
     return env
+
+
+def make_test_vhd(path, size=12 * (1 << 20)):
+    """A dynamic VHD (written by the independent fixture writer) with data in every 2 MiB block."""
+    import hashlib
+
+    import vhdref
+
+    MiB = 1 << 20
+    data = bytearray(size)
+    for blk in range(0, size // (2 * MiB)):
+        data[blk * 2 * MiB: blk * 2 * MiB + 256 * 1024] = hashlib.shake_256(bytes([7, blk])).digest(256 * 1024)
+    vhdref.write_vhd(path, size, vhdref.sectors_of(bytes(data)), kind="dynamic")

@@ -16,9 +16,8 @@ import uuid
 import pytest
 import swiftclient.client as swc
 
-import vhdref
 from conftest import ROOT
-from helpers_swift import swift_cli
+from helpers_swift import make_test_vhd, swift_cli
 from vhdkit import segments
 from vhdkit.errors import StorageError
 from vhdkit.pipeline import PipelineConfig, Worker
@@ -138,13 +137,6 @@ def test_persistent_failure_gives_up_and_removes_the_segments(st, monkeypatch):
     assert st.list("exports") == []
 
 
-def _make_vhd(path, size=12 * MiB):
-    data = bytearray(size)
-    for blk in range(0, size // (2 * MiB)):
-        data[blk * 2 * MiB: blk * 2 * MiB + 256 * 1024] = hashlib.shake_256(bytes([7, blk])).digest(256 * 1024)
-    vhdref.write_vhd(path, size, vhdref.sectors_of(bytes(data)), kind="dynamic")
-
-
 def _worker(home, *extra, env_extra=None):
     env = dict(os.environ, VHDKIT_LEASE_SECONDS="1", VHDKIT_HEARTBEAT_SECONDS="0.2", **(env_extra or {}))
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -160,7 +152,7 @@ def test_worker_killed_mid_split_on_swift_leaves_no_orphan_segments(swift_store_
     assert isinstance(st, SwiftStore)
     st.create_container("images")
     st.create_container("exports")
-    _make_vhd(tmp_path / "d.vhd")
+    make_test_vhd(tmp_path / "d.vhd")
     with open(tmp_path / "d.vhd", "rb") as f:
         st.put("images", "d.vhd", f)
     reg.create_task(a, "import", {"import_from": "images/d.vhd", "image_properties": {"name": "d"}})
