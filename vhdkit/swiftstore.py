@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Dict, List, Optional, Sequence
@@ -148,11 +149,11 @@ class SwiftStore(ObjectStore):
     def __init__(self, config: SwiftConfig, account: str = "default"):
         self.config = config
         self.account = validate_container_name(account, "account name")
-        self._conn = None
+        self._local = threading.local()  # a swiftclient Connection is not thread-safe: one per thread
 
     # -- connection
     def _connection(self):
-        if self._conn is None:
+        if getattr(self._local, "conn", None) is None:
             sc = _client()
             key = (self.config.auth_url, self.config.user)
             cached = _token_cache.get(key)
@@ -166,9 +167,9 @@ class SwiftStore(ObjectStore):
                 cached = (url, token, time.monotonic() + 3000)
                 _token_cache[key] = cached
             base = cached[0].rsplit("/", 1)[0]
-            self._conn = sc.Connection(preauthurl=f"{base}/AUTH_{self.account}", preauthtoken=cached[1],
-                                       retries=self.config.retries, timeout=self.config.timeout)
-        return self._conn
+            self._local.conn = sc.Connection(preauthurl=f"{base}/AUTH_{self.account}", preauthtoken=cached[1],
+                                             retries=self.config.retries, timeout=self.config.timeout)
+        return self._local.conn
 
     @property
     def storage_url(self) -> str:
