@@ -16,6 +16,14 @@ and md5 checked, then the whole stream's sha256.  A missing, short, long,
 extra, reordered or altered segment raises IntegrityError naming it.  With an
 output path, nothing is left behind on failure (temp file + rename).
 
+Each segment is handed to ``store.put`` as a stream of exactly its bytes;
+when the input can seek, so can that stream (positions relative to the
+segment's start), so a store may retry a failed put from the segment's first
+byte (:class:`vhdkit.swiftstore.SwiftStore` does on transient errors).
+Segment names are fixed by position: a retried or re-run upload overwrites,
+it never duplicates, and a re-run that ends with fewer segments deletes the
+stale ones.  If ``split`` fails it deletes the segments it wrote.
+
 More than 99,999 segments are refused unless ``digits`` is widened explicitly
 (the width is recorded in the sidecar).
 """

@@ -21,9 +21,12 @@ Content-Length (Swift's answer when a segment's data is gone) is an
 IntegrityError, never a silently short stream.
 
 Puts stream in bounded memory (chunked transfer).  A put whose stream can seek
-is retried on transient errors (connection errors, 5xx) from its start
-position; a put that fails for good leaves no object behind (Swift writes an
-object atomically).
+is retried on transient errors (connection errors, 5xx, 408) from its start
+position, at most ``retries`` times; a put that fails for good leaves no
+object behind (Swift writes an object atomically).  With ``size`` given, a
+stream that turns out longer or shorter aborts the transfer, so Swift keeps
+the older object.  ``sync`` HEADs the objects (a Swift put is durable once
+acknowledged).  Connections are per thread.
 """
 from __future__ import annotations
 
