@@ -1,6 +1,49 @@
 """CLI commands: serve (see vhdkit/cli/__init__.py)."""
 from __future__ import annotations
 
-import click  # noqa: F401
+import os
 
-from . import main  # noqa: F401
+import click
+
+from . import main
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=9292, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Registry data directory (default: $VHDKIT_HOME or ./.vhdkit).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (they share the registry's data directory).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str, port: int, data_dir, workers: int, log_level: str) -> None:
+    """Serve the registry over HTTP as an OpenStack Images v2 API.
+
+    Callers identify themselves with `X-Auth-Token: ACCOUNT:ROLE[,ROLE...]`
+    (or X-Tenant-Id plus X-Roles); put an authenticating proxy in front for
+    anything but a trusted network.  Limits and timeouts come from the
+    VHDKIT_API_* environment variables (see vhdkit/api/config.py).
+
+    \b
+    Example:
+      vhdkit serve --port 9292 --data /srv/images
+      glance --os-image-url http://127.0.0.1:9292 --os-auth-token acct:admin image-list
+    """
+    import uvicorn
+
+    if data_dir is not None:
+        os.environ["VHDKIT_HOME"] = os.path.abspath(data_dir)
+    uvicorn.run(
+        "vhdkit.api.app:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=log_level in ("info", "debug"),
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+        proxy_headers=False,
+    )

@@ -1,0 +1,56 @@
+"""The ASGI application: routes of every resource, error handlers, negotiation.
+
+Handlers are thin: they turn HTTP into registry calls (run in worker threads,
+since the registry is blocking SQLite and file I/O) and registry results into
+the Images v2 JSON shapes.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from . import images, members, schemas, tasks, versions
+from .config import Settings
+from .errors import EXCEPTION_HANDLERS
+from .http import NegotiationMiddleware
+
+
+def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
+    """The app over ``registry`` (default: a Registry opened on ``settings.data_dir``)."""
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        own = registry is None
+        app.state.registry = _open_registry(settings) if own else registry
+        try:
+            yield
+        finally:
+            if own:
+                close = getattr(app.state.registry, "close", None)
+                if close is not None:
+                    close()
+
+    app = Starlette(
+        routes=versions.ROUTES + schemas.ROUTES + images.ROUTES + members.ROUTES + tasks.ROUTES,
+        middleware=[Middleware(NegotiationMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    if registry is not None:
+        app.state.registry = registry
+    return app
+
+
+def _open_registry(settings: Settings):
+    from ..registry import Registry
+    return Registry(settings.data_dir) if settings.data_dir else Registry()
+
+
+def app_factory() -> Starlette:
+    """Entry point for ``uvicorn --factory`` (each worker process builds its own)."""
+    return create_app(Settings.from_env())

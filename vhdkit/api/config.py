@@ -1,0 +1,45 @@
+"""Server settings: limits and timeouts, from the environment so that every
+uvicorn worker process sees the same values (``vhdkit serve`` sets them)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping, Optional
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Optional[str] = None       # VHDKIT_HOME (the registry's default when None)
+    max_json_body: int = 64 * 1024        # bytes of a JSON request body
+    max_json_depth: int = 16              # nesting of arrays/objects in a JSON body
+    max_image_size: int = 1 << 40         # bytes of uploaded image data (Glance's image_size_cap)
+    upload_idle_timeout: float = 60.0     # seconds without a byte of upload data -> give up
+    upload_min_rate: int = 1024           # bytes/s an upload must average ...
+    upload_rate_grace: float = 60.0       # ... once it has run this many seconds
+    chunk_size: int = 1 << 20             # bytes per streamed download chunk
+
+    ENV = {
+        "data_dir": "VHDKIT_HOME",
+        "max_json_body": "VHDKIT_API_MAX_JSON_BODY",
+        "max_json_depth": "VHDKIT_API_MAX_JSON_DEPTH",
+        "max_image_size": "VHDKIT_API_MAX_IMAGE_SIZE",
+        "upload_idle_timeout": "VHDKIT_API_UPLOAD_IDLE_TIMEOUT",
+        "upload_min_rate": "VHDKIT_API_UPLOAD_MIN_RATE",
+        "upload_rate_grace": "VHDKIT_API_UPLOAD_RATE_GRACE",
+        "chunk_size": "VHDKIT_API_CHUNK_SIZE",
+    }
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
+        env = os.environ if env is None else env
+        kw = {}
+        for f in fields(cls):
+            raw = env.get(cls.ENV[f.name])
+            if raw is None or raw == "":
+                continue
+            kw[f.name] = raw if f.name == "data_dir" else type(f.default)(raw)
+        return cls(**kw)
+
+    def to_env(self) -> dict:
+        return {self.ENV[f.name]: str(getattr(self, f.name))
+                for f in fields(self) if getattr(self, f.name) is not None}

@@ -1,0 +1,81 @@
+"""JSON error bodies with the status codes Glance uses.
+
+Every error the API answers with has the shape OpenStack clients parse::
+
+    {"error": {"code": 404, "title": "Not Found", "message": "..."}}
+
+python-glanceclient joins the ``message`` of every top-level object; openstacksdk
+reads the first object's ``message``.  A :class:`~vhdkit.errors.VhdkitError`
+raised by the registry becomes its ``http_status``; anything else is a 500 whose
+body does not leak internals.
+"""
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Mapping, Optional
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..errors import VhdkitError
+
+log = logging.getLogger("vhdkit.api")
+
+
+class ApiError(Exception):
+    """An HTTP error answered as a JSON body."""
+
+    def __init__(self, status: int, message: str, headers: Optional[Mapping[str, str]] = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_response(status: int, message: str, headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body = {"error": {"code": status, "title": title, "message": message}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def status_of(exc: VhdkitError) -> int:
+    status = getattr(exc, "http_status", 500) or 500
+    return status if 400 <= status < 600 else 500
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+async def _vhdkit_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, VhdkitError)
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+    return error_response(status, exc.message)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404:
+        detail = f"The resource could not be found: {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"Method {request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, detail, exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "The server failed to complete the request; see its log.")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    VhdkitError: _vhdkit_error,
+    StarletteHTTPException: _starlette_error,
+    Exception: _unexpected,
+}

@@ -1,0 +1,234 @@
+"""Images: create, list, show, update (JSON patch), delete, deactivate,
+reactivate, data upload/download, tags."""
+from __future__ import annotations
+
+import re
+from typing import Optional, Tuple
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .auth import caller
+from ..errors import ConflictError
+from .errors import ApiError
+from .http import (JSON_PATCH, OCTET, UploadStream, call, clean_text, collection_links,
+                   json_object, query_pairs, read_json, registry, require_content_type, settings)
+from .schemas import MAX_TAG_LENGTH, UUID_PATTERN
+
+#: Uploads hold a worker thread each for as long as the data flows; a limiter
+#: of their own keeps slow uploads from starving every other request.
+UPLOAD_SLOTS = 16
+_upload_limiter: Optional[anyio.CapacityLimiter] = None
+
+
+def _uploads() -> anyio.CapacityLimiter:
+    global _upload_limiter
+    if _upload_limiter is None:
+        _upload_limiter = anyio.CapacityLimiter(UPLOAD_SLOTS)
+    return _upload_limiter
+
+
+_UUID = re.compile(UUID_PATTERN)
+
+
+def image_id(request: Request) -> str:
+    """The {image_id} path parameter; anything but a UUID is not found (as Glance)."""
+    raw = request.path_params["image_id"]
+    if not _UUID.match(raw):
+        raise ApiError(404, "No image found with ID " + clean_text(raw, "The image id", status=404, max_len=64))
+    return raw.lower()
+
+
+_TAG_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
+
+
+def check_tag(tag, status: int = 400) -> str:
+    """A tag: 1..255 characters, no control characters or '/', not '.' or '..'."""
+    if not isinstance(tag, str) or not tag:
+        raise ApiError(status, "A tag must be a non-empty string")
+    if len(tag) > MAX_TAG_LENGTH:
+        raise ApiError(status, f"A tag may be at most {MAX_TAG_LENGTH} characters long (got {len(tag)})")
+    if _TAG_FORBIDDEN.search(tag) or tag in (".", ".."):
+        raise ApiError(status, "A tag may not contain control characters or '/', nor be '.' or '..'")
+    return tag
+
+
+def image_json(image) -> dict:
+    d = image.to_dict() if hasattr(image, "to_dict") else dict(image)
+    iid = d["id"]
+    d.setdefault("self", f"/v2/images/{iid}")
+    d.setdefault("file", f"/v2/images/{iid}/file")
+    d.setdefault("schema", "/v2/schemas/image")
+    return d
+
+
+# ---- collection ----------------------------------------------------------------------
+
+async def create_image(request: Request) -> JSONResponse:
+    who = caller(request)
+    body = json_object(await read_json(request))
+    tags = body.get("tags")
+    if isinstance(tags, list):
+        for tag in tags:
+            check_tag(tag)
+    image = image_json(await call(registry(request).create_image, who, body))
+    return JSONResponse(image, status_code=201, headers={"Location": image["self"]})
+
+
+async def list_images(request: Request) -> JSONResponse:
+    who = caller(request)
+    pairs = query_pairs(request)
+    page = await call(registry(request).list_images, who, pairs)
+    body = {"images": [image_json(i) for i in page.images], "schema": "/v2/schemas/images"}
+    body.update(collection_links("/v2/images", pairs, page.next_marker))
+    return JSONResponse(body)
+
+
+# ---- one image ----------------------------------------------------------------------
+
+async def show_image(request: Request) -> JSONResponse:
+    image = await call(registry(request).show_image, caller(request), image_id(request))
+    return JSONResponse(image_json(image))
+
+
+async def update_image(request: Request) -> JSONResponse:
+    who = caller(request)
+    iid = image_id(request)
+    ops = await read_json(request, content_types=(JSON_PATCH,))
+    if not isinstance(ops, list):
+        raise ApiError(400, "A JSON-patch body must be a list of operations")
+    for op in ops:
+        json_object(op, "Each patch operation")
+        if op.get("path") == "/tags" and isinstance(op.get("value"), list):
+            for tag in op["value"]:
+                check_tag(tag)
+    image = await call(registry(request).update_image, who, iid, ops)
+    return JSONResponse(image_json(image))
+
+
+async def delete_image(request: Request) -> Response:
+    await call(registry(request).delete_image, caller(request), image_id(request))
+    return Response(status_code=204)
+
+
+async def deactivate(request: Request) -> Response:
+    await call(registry(request).deactivate_image, caller(request), image_id(request))
+    return Response(status_code=204)
+
+
+async def reactivate(request: Request) -> Response:
+    await call(registry(request).reactivate_image, caller(request), image_id(request))
+    return Response(status_code=204)
+
+
+# ---- data ---------------------------------------------------------------------------
+
+async def upload(request: Request) -> Response:
+    who = caller(request)
+    iid = image_id(request)
+    require_content_type(request, OCTET)
+    stream = UploadStream(request, settings(request))
+    if stream.error is not None:
+        raise stream.error
+    try:
+        await call(registry(request).upload, who, iid, stream, size=stream.declared, limiter=_uploads())
+    except Exception:
+        if stream.error is not None:  # our limit or timeout made the registry give up
+            raise stream.error from None
+        raise
+    return Response(status_code=204)
+
+
+def parse_range(header: Optional[str], size: int) -> Optional[Tuple[int, int]]:
+    """(start, end inclusive) for a single ``bytes=`` range, None for the
+    whole body; :class:`ApiError` 416 when it cannot be satisfied."""
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # an unknown unit or several ranges: answer the whole body (RFC 9110)
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()) \
+            or (first and not first.isdigit()) or (last and not last.isdigit()):
+        return None
+    if first == "":
+        n = int(last)
+        if n == 0 or size == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def _unsatisfiable(size: int) -> ApiError:
+    return ApiError(416, f"The requested range is not satisfiable (the image has {size} bytes)",
+                    {"Content-Range": f"bytes */{size}"})
+
+
+async def download(request: Request) -> Response:
+    try:
+        data = await call(registry(request).open_data, caller(request), image_id(request))
+    except ConflictError as exc:
+        if exc.code == "no_data":  # Glance: 204 No Content for an image without data
+            return Response(status_code=204)
+        raise
+    rng = parse_range(request.headers.get("range"), data.size)
+    start, end = rng if rng else (0, data.size - 1)
+    headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes"}
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end}/{data.size}"
+    elif data.checksum:
+        headers["Content-MD5"] = data.checksum   # hex, as Glance sends it and glanceclient checks it
+    chunks = data.iter(start, end + 1, settings(request).chunk_size)
+    return StreamingResponse(_iterate(chunks), status_code=206 if rng else 200,
+                             headers=headers, media_type=OCTET)
+
+
+async def _iterate(chunks):
+    """Pull a blocking chunk iterator in worker threads, closing it at the end."""
+    it = iter(chunks)
+    sentinel = object()
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, it, sentinel)
+            if chunk is sentinel:
+                return
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await anyio.to_thread.run_sync(close)
+
+
+# ---- tags ---------------------------------------------------------------------------
+
+async def add_tag(request: Request) -> Response:
+    tag = check_tag(request.path_params["tag"])
+    await call(registry(request).add_tag, caller(request), image_id(request), tag)
+    return Response(status_code=204)
+
+
+async def delete_tag(request: Request) -> Response:
+    tag = check_tag(request.path_params["tag"], status=404)
+    await call(registry(request).delete_tag, caller(request), image_id(request), tag)
+    return Response(status_code=204)
+
+
+ROUTES = [
+    Route("/v2/images", create_image, methods=["POST"]),
+    Route("/v2/images", list_images, methods=["GET"]),
+    Route("/v2/images/{image_id}", show_image, methods=["GET"]),
+    Route("/v2/images/{image_id}", update_image, methods=["PATCH"]),
+    Route("/v2/images/{image_id}", delete_image, methods=["DELETE"]),
+    Route("/v2/images/{image_id}/actions/deactivate", deactivate, methods=["POST"]),
+    Route("/v2/images/{image_id}/actions/reactivate", reactivate, methods=["POST"]),
+    Route("/v2/images/{image_id}/file", upload, methods=["PUT"]),
+    Route("/v2/images/{image_id}/file", download, methods=["GET"]),
+    Route("/v2/images/{image_id}/tags/{tag}", add_tag, methods=["PUT"]),
+    Route("/v2/images/{image_id}/tags/{tag}", delete_tag, methods=["DELETE"]),
+]

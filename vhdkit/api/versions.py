@@ -1,0 +1,35 @@
+"""Version discovery at ``/`` (300 Multiple Choices, as Glance) and ``/versions``."""
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+# Versions whose behaviour this server implements: 2.1 members, 2.2 tags, 2.3
+# deactivate/reactivate, 2.4 tasks, 2.5 community visibility.  Interoperable
+# import (2.6+), multiple stores and hidden images are not offered.
+CURRENT = "v2.5"
+SUPPORTED = ["v2.4", "v2.3", "v2.2", "v2.1", "v2.0"]
+
+
+def _document(request: Request) -> dict:
+    base = str(request.base_url).rstrip("/")
+    return {"versions": [
+        {"id": vid, "status": "CURRENT" if vid == CURRENT else "SUPPORTED",
+         "links": [{"rel": "self", "href": f"{base}/v2/"}]}
+        for vid in [CURRENT] + SUPPORTED
+    ]}
+
+
+async def root(request: Request) -> JSONResponse:
+    return JSONResponse(_document(request), status_code=300)
+
+
+async def versions(request: Request) -> JSONResponse:
+    return JSONResponse(_document(request))
+
+
+ROUTES = [
+    Route("/", root, methods=["GET"]),
+    Route("/versions", versions, methods=["GET"]),
+]
