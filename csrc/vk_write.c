@@ -199,7 +199,7 @@ static void vk_rw_close(vk_rw *rw)
 static int vk_rw_open(vk_rw *rw, const char *path, int writable, vk_err *err)
 {
     memset(rw, 0, sizeof *rw);
-    rw->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    rw->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block */
     if (rw->fd < 0) {
         int e = errno;
         if (e == ENOENT) return vk_fail(err, VK_E_NOTFOUND, UINT64_MAX, "no such file: %s", path);

@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             vk_convert_image(img, out, &w, &res, &err);
         }
         vk_compare_result cr;
-        vk_compare(img, -1, img, -1, &cr, &err);
+        if (vsize <= (64u << 20)) vk_compare(img, -1, img, -1, &cr, &err);   /* reads every byte */
         vk_image_close(img);
     }
     /* raw input side: the same bytes as a raw disk (every 4th input) */
