@@ -105,8 +105,9 @@ def bat(path, n: int):
 
 
 def tree_state(root) -> Dict[str, Tuple[int, float]]:
-    """Every path under ``root`` with (size, mtime): compare before/after to
-    prove an operation wrote nothing outside its target."""
+    """Every path under ``root`` with (size, mtime) for files and links:
+    compare before/after to prove an operation wrote nothing outside its
+    target."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -115,5 +116,7 @@ def tree_state(root) -> Dict[str, Tuple[int, float]]:
                 st = p.lstat()
             except FileNotFoundError:
                 continue
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+            # directories: only their existence (a temp entry made and removed
+            # inside one changes its mtime, which is not a write of data)
+            out[str(p.relative_to(root))] = ("dir", 0) if name in dirnames else (st.st_size, st.st_mtime_ns)
     return out
