@@ -93,14 +93,14 @@ def test_upload_killed_before_every_event(tmp_path, pristine):
     record("registry:upload:events", total + 1)
 
 
-def test_upload_killed_at_random_times(tmp_path, pristine):
+@pytest.mark.parametrize("points", [6, pytest.param(60, marks=pytest.mark.slow)])
+def test_upload_killed_at_random_times(tmp_path, pristine, points):
     src, image_id, data_path = pristine
     data = data_path.read_bytes()
     probe = tmp_path / "probe"
     shutil.copytree(src, probe)
     full = timed_run(_upload_code(probe, image_id, data_path))
-    rng = random.Random(9)
-    points = 6
+    rng = random.Random(9 + points)
     for i in range(points):
         home = tmp_path / f"r{i}"
         shutil.copytree(src, home)

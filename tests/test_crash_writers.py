@@ -185,14 +185,15 @@ def test_convert_killed_at_every_event(tmp_path, raw_src, overwrite):
     record(f"convert:events:{'overwrite' if overwrite else 'new'}", total + 1)
 
 
-@pytest.mark.parametrize("type_", ["dynamic", "fixed"])
-def test_convert_killed_at_random_times(tmp_path, raw_src, type_):
+@pytest.mark.parametrize("type_,points", [("dynamic", 8), ("fixed", 8),
+                                          pytest.param("dynamic", 60, marks=pytest.mark.slow),
+                                          pytest.param("fixed", 60, marks=pytest.mark.slow)])
+def test_convert_killed_at_random_times(tmp_path, raw_src, type_, points):
     dst = tmp_path / "out.vhd"
     code = _convert_code(raw_src, dst, type=type_)
     full = timed_run(code)
     src_bytes = raw_src.read_bytes()
-    rng = random.Random(11)
-    points = 8
+    rng = random.Random(11 + points)
     for i in range(points):
         if dst.exists():
             dst.unlink()
