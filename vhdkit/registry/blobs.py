@@ -212,7 +212,7 @@ def copy_range(path: str, out: BinaryIO, start: int, end: int,
             off = start
             use_cfr = hasattr(os, "copy_file_range")
             while done < total:
-                n = min(64 << 20, total - done)
+                n = min(256 << 20, total - done)  # big calls: fewer writeback stalls
                 try:
                     if use_cfr:
                         w = os.copy_file_range(in_fd, out_fd, n, off)

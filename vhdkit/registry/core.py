@@ -262,6 +262,12 @@ class Registry(MembersMixin, TasksMixin):
         if not self._can(caller.roles, name, op):
             raise ForbiddenError(f"property '{name}' is protected: your roles may not {op} it")
 
+    def get_schema(self, caller: Caller, name: str) -> Dict[str, Any]:
+        """``GET /v2/schemas/{name}``: image, images, member, members, task, tasks."""
+        require_role("schemas", caller)
+        from .schemas import schema
+        return schema(name)
+
     # ---- images ----
     def create_image(self, caller: Caller, data: Optional[Mapping[str, Any]] = None, **fields: Any) -> Image:
         """Create a queued image from a v2 body (``name``, ``visibility``, ``tags``,
