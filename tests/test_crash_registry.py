@@ -93,7 +93,7 @@ def test_upload_killed_before_every_event(tmp_path, pristine):
     record("registry:upload:events", total + 1)
 
 
-@pytest.mark.parametrize("points", [6, pytest.param(60, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("points", [4, pytest.param(60, marks=pytest.mark.slow)])
 def test_upload_killed_at_random_times(tmp_path, pristine, points):
     src, image_id, data_path = pristine
     data = data_path.read_bytes()

@@ -185,7 +185,7 @@ def test_convert_killed_at_every_event(tmp_path, raw_src, overwrite):
     record(f"convert:events:{'overwrite' if overwrite else 'new'}", total + 1)
 
 
-@pytest.mark.parametrize("type_,points", [("dynamic", 8), ("fixed", 8),
+@pytest.mark.parametrize("type_,points", [("dynamic", 5), ("fixed", 5),
                                           pytest.param("dynamic", 60, marks=pytest.mark.slow),
                                           pytest.param("fixed", 60, marks=pytest.mark.slow)])
 def test_convert_killed_at_random_times(tmp_path, raw_src, type_, points):
