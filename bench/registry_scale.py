@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -144,32 +145,61 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
     reg = Registry(str(d))
     me = Caller("bench", frozenset({"admin"}))
     up, peer, down, cp = [], [], [], []
-    for _ in range(reps):
+
+    up_cpu, peer_cpu = [], []
+
+    def cpu(who: int) -> float:
+        ru = resource.getrusage(who)
+        return ru.ru_utime + ru.ru_stime
+
+    def peer_once() -> float:
         subprocess.run(["sync"], check=True)   # same writeback state for each side
-        peer.append(run(["md5sum", str(src)]) + run(["sha512sum", str(src)]))
-        subprocess.run(["sync"], check=True)
-        img = reg.create_image(me, name="big", disk_format="raw", container_format="bare")
-        t0 = time.perf_counter()
-        img = reg.upload_file(me, img.id, str(src))
-        up.append(time.perf_counter() - t0)
-        blob = reg.open_data(me, img.id).path
-        dst = work / "out.bin"
+        c0 = cpu(resource.RUSAGE_CHILDREN)
+        d = run(["md5sum", str(src)]) + run(["sha512sum", str(src)])
+        peer_cpu.append(cpu(resource.RUSAGE_CHILDREN) - c0)
+        return d
+
+    dst = work / "out.bin"
+
+    def ours_down(img_id: str) -> float:
         dst.unlink(missing_ok=True)
         subprocess.run(["sync"], check=True)
         t0 = time.perf_counter()
         with open(dst, "wb") as f:
-            reg.download(me, img.id, f)
-        down.append(time.perf_counter() - t0)
+            reg.download(me, img_id, f)
+        d = time.perf_counter() - t0
         dst.unlink()
+        return d
+
+    def cp_once(blob: str) -> float:
         subprocess.run(["sync"], check=True)
-        cp.append(run(["cp", blob, str(dst)]))
+        d = run(["cp", blob, str(dst)])
         dst.unlink()
+        return d
+
+    for _ in range(reps):               # ABBA order: drift in machine load hits both sides alike
+        peer.append(peer_once())
+        img = reg.create_image(me, name="big", disk_format="raw", container_format="bare")
+        subprocess.run(["sync"], check=True)
+        t0, c0 = time.perf_counter(), cpu(resource.RUSAGE_SELF)
+        img = reg.upload_file(me, img.id, str(src))
+        up.append(time.perf_counter() - t0)
+        up_cpu.append(cpu(resource.RUSAGE_SELF) - c0)
+        peer.append(peer_once())
+        blob = reg.open_data(me, img.id).path
+        for _ in range(3):
+            down.append(ours_down(img.id))
+            cp.append(cp_once(blob))
+            cp.append(cp_once(blob))
+            down.append(ours_down(img.id))
         reg.delete_image(me, img.id)
     reg.close()
     m = statistics.median
-    return {"bytes": size, "upload_s": m(up), "md5sum_then_sha512sum_s": m(peer),
+    return {"bytes": size, "upload_samples_s": up, "peer_samples_s": peer, "download_samples_s": down,
+            "cp_samples_s": cp, "upload_s": m(up), "md5sum_then_sha512sum_s": m(peer),
             "upload_ratio": m(up) / m(peer), "download_s": m(down), "cp_s": m(cp),
-            "download_ratio": m(down) / m(cp), "runs": reps}
+            "download_ratio": m(down) / m(cp), "runs": reps,
+            "upload_cpu_s": m(up_cpu), "peer_cpu_s": m(peer_cpu)}
 
 
 def main() -> None:
@@ -182,11 +212,16 @@ def main() -> None:
     ap.add_argument("--data-reps", type=int, default=3)
     ap.add_argument("--skip-data", action="store_true")
     ap.add_argument("--skip-queries", action="store_true")
-    ap.add_argument("--work", default=None)
+    ap.add_argument("--work", default=None, help="Keep the work files here (default: a temp dir, removed).")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="vhdkit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    outdir = Path(__file__).resolve().parent / "results"
+    outdir.mkdir(exist_ok=True)
     results: dict = {}
+    prev = outdir / "registry_scale.json"
+    if prev.exists():   # a partial run (--skip-*) keeps the other section's last figures
+        results = json.loads(prev.read_text())
     if not a.skip_queries:
         results["queries_ms"] = bench_queries(work, a.small, a.large, a.accounts_per, a.reps)
         print(json.dumps(results["queries_ms"], indent=2))
@@ -196,8 +231,6 @@ def main() -> None:
         size = int(s[:-1]) * mult[s[-1]] if s[-1] in mult else int(s)
         results["data"] = bench_data(work, size, a.data_reps)
         print(json.dumps(results["data"], indent=2))
-    outdir = Path(__file__).resolve().parent / "results"
-    outdir.mkdir(exist_ok=True)
     (outdir / "registry_scale.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["| measure | small | large | ratio |", "|---|---|---|---|"]
     q = results.get("queries_ms")
@@ -209,9 +242,13 @@ def main() -> None:
         lines += ["", "| data path | ours (s) | peer (s) | ratio |", "|---|---|---|---|",
                   f"| upload {dd['bytes']} B vs md5sum+sha512sum | {dd['upload_s']:.2f} | "
                   f"{dd['md5sum_then_sha512sum_s']:.2f} | {dd['upload_ratio']:.2f} |",
-                  f"| download vs cp | {dd['download_s']:.2f} | {dd['cp_s']:.2f} | {dd['download_ratio']:.2f} |"]
+                  f"| download vs cp | {dd['download_s']:.2f} | {dd['cp_s']:.2f} | {dd['download_ratio']:.2f} |",
+                  f"| upload CPU (user+sys) vs peer CPU | {dd['upload_cpu_s']:.2f} | {dd['peer_cpu_s']:.2f} | "
+                  f"{dd['upload_cpu_s'] / dd['peer_cpu_s']:.2f} |"]
     (outdir / "registry_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if a.work is None:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

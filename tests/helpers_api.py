@@ -159,3 +159,31 @@ def api_server(tmp_path_factory):
     """One server per test module, on its own data directory."""
     with ApiServer(tmp_path_factory.mktemp("api")) as server:
         yield server
+
+
+def raw_request(server: ApiServer, head: str, body: bytes = b"", timeout: float = 10.0):
+    """Send bytes exactly as given (no client-side URL normalisation) and
+    return (status, headers dict, body) of the answer."""
+    with socket.create_connection((LOOPBACK, server.port), timeout=timeout) as s:
+        s.sendall(head.encode("latin-1") + body)
+        return read_response(s)
+
+
+def read_response(sock: socket.socket):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return status, headers, rest[:length]

@@ -58,6 +58,11 @@ def test_image_schema_says_extra_properties_are_strings_and_lists_formats(api_se
     assert props["checksum"]["readOnly"] and props["tags"]["items"]["maxLength"] == 255
 
 
+def test_schemas_need_a_role_of_the_matrix(api_server):
+    with api_server.http("acct-a:nobody") as c:
+        assert "may not" in assert_json_error(c.get("/v2/schemas/image"), 403)
+
+
 def test_unknown_schema_is_404_json(api_server):
     with api_server.http(ADMIN) as c:
         assert_json_error(c.get("/v2/schemas/nope"), 404)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
+import anyio
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -16,6 +18,9 @@ from . import images, members, schemas, tasks, versions
 from .config import Settings
 from .errors import EXCEPTION_HANDLERS
 from .http import NegotiationMiddleware
+
+#: uploads that may stream at once per process
+UPLOAD_SLOTS = 16
 
 
 def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
@@ -26,6 +31,11 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
     async def lifespan(app: Starlette):
         own = registry is None
         app.state.registry = _open_registry(settings) if own else registry
+        # Short writes queue one at a time (see http.write_call); uploads hold a
+        # worker thread each while their data flows, so they get a pool of their
+        # own and slow uploads cannot starve every other request.
+        app.state.write_limiter = anyio.CapacityLimiter(1)
+        app.state.upload_limiter = anyio.CapacityLimiter(UPLOAD_SLOTS)
         try:
             yield
         finally:
@@ -48,7 +58,7 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
 
 def _open_registry(settings: Settings):
     from ..registry import Registry
-    return Registry(settings.data_dir) if settings.data_dir else Registry()
+    return Registry(settings.data_dir, size_cap=settings.max_image_size)
 
 
 def app_factory() -> Starlette:

@@ -2,10 +2,12 @@
 
 Every error the API answers with has the shape OpenStack clients parse::
 
-    {"error": {"code": 404, "title": "Not Found", "message": "..."}}
+    {"error": {"code": 404, "title": "Not Found", "message": "404 Not Found: ..."}}
 
 python-glanceclient joins the ``message`` of every top-level object; openstacksdk
-reads the first object's ``message``.  A :class:`~vhdkit.errors.VhdkitError`
+reads the first object's ``message``.  The message starts with the status line,
+as the text of Glance's own error pages does, so ``glance`` prints the same
+``HTTP 404 Not Found: ...`` for us as for Glance.  A :class:`~vhdkit.errors.VhdkitError`
 raised by the registry becomes its ``http_status``; anything else is a 500 whose
 body does not leak internals.
 """
@@ -36,7 +38,7 @@ class ApiError(Exception):
 
 def error_response(status: int, message: str, headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
     title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    body = {"error": {"code": status, "title": title, "message": message}}
+    body = {"error": {"code": status, "title": title, "message": f"{status} {title}: {message}"}}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 

@@ -7,7 +7,7 @@ import io
 import json
 import re
 import time
-from typing import Iterable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 from urllib.parse import urlencode
 
 import anyio
@@ -72,11 +72,16 @@ async def read_json(request: Request, *, content_types: Tuple[str, ...] = (JSON,
     if length is not None and length > limit:
         raise ApiError(413, f"The request body is {length} bytes; at most {limit} are accepted")
     chunks, got = [], 0
-    async for chunk in request.stream():
-        got += len(chunk)
-        if got > limit:
-            raise ApiError(413, f"The request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    timeout = settings(request).upload_idle_timeout
+    try:
+        with anyio.fail_after(timeout):   # a small body has no reason to trickle
+            async for chunk in request.stream():
+                got += len(chunk)
+                if got > limit:
+                    raise ApiError(413, f"The request body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"The request body did not arrive within {timeout:g} s") from None
     body = b"".join(chunks)
     depth = settings(request).max_json_depth
     if json_depth(body) > depth:
@@ -148,12 +153,17 @@ class UploadStream(io.RawIOBase):
     consume in a worker thread while the event loop receives the body.
 
     Enforces the limits of a data upload: at most ``max_size`` bytes (413),
-    the declared Content-Length exactly (400 when short), no gap longer than
-    the idle timeout and, after the grace period, at least the minimum average
-    rate (408: an endless trickle is cut off).  Errors surface both from
-    :meth:`readinto` (so the registry aborts and keeps the image inactive) and
-    as :attr:`error` for the handler to answer with.
+    the declared Content-Length exactly (400), no gap longer than the idle
+    timeout and, after the grace period, at least the minimum average rate
+    (408: an endless trickle is cut off).  Errors surface both from
+    :meth:`read` (so the registry aborts and keeps the image inactive) and as
+    :attr:`error` for the handler to answer with.
     """
+
+    #: bytes gathered on the event loop per hop into the worker thread (the
+    #: server hands the body over ~64 KiB at a time; a hop for each would
+    #: dominate the cost of an upload)
+    BATCH = 1 << 20
 
     def __init__(self, request: Request, cfg: Settings):
         super().__init__()
@@ -172,46 +182,56 @@ class UploadStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    async def _next(self) -> bytes:
-        with anyio.fail_after(self._cfg.upload_idle_timeout):
-            try:
-                return await self._iter.__anext__()
-            except StopAsyncIteration:
-                return b""
+    def _account(self, chunk: bytes) -> None:
+        """Check the limits after ``chunk`` arrived (b"": the end)."""
+        cfg = self._cfg
+        self.received += len(chunk)
+        if self.received > cfg.max_image_size:
+            raise ApiError(413, f"The image data exceeds {cfg.max_image_size} bytes")
+        if self.declared is not None and self.received > self.declared:
+            raise ApiError(400, "More data arrived than Content-Length declared")
+        if not chunk:
+            if self.declared is not None and self.received != self.declared:
+                raise ApiError(400, f"Only {self.received} of the {self.declared} declared bytes arrived")
+            return
+        elapsed = time.monotonic() - self._started
+        if elapsed > cfg.upload_rate_grace and self.received < cfg.upload_min_rate * elapsed:
+            raise ApiError(408, f"The upload is slower than {cfg.upload_min_rate} bytes/s; it was abandoned")
 
-    def _fail(self, err: ApiError) -> ApiError:
-        self.error = self.error or err
-        return self.error
+    async def _next(self) -> bytes:
+        """Up to BATCH bytes of body (b"" at the end), checked as they arrive."""
+        parts, got = [], 0
+        while got < self.BATCH:
+            try:
+                with anyio.fail_after(self._cfg.upload_idle_timeout):
+                    chunk = await self._iter.__anext__()
+            except StopAsyncIteration:
+                chunk = b""
+            self._account(chunk)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _pull(self) -> bytes:
         if self.error is not None:
             raise self.error
         try:
-            chunk = anyio.from_thread.run(self._next)
+            return anyio.from_thread.run(self._next)
+        except ApiError as exc:
+            self.error = exc
         except TimeoutError:
-            raise self._fail(ApiError(408, f"No image data arrived for {self._cfg.upload_idle_timeout:g} s; "
-                                           "the upload was abandoned")) from None
+            self.error = ApiError(408, f"No image data arrived for {self._cfg.upload_idle_timeout:g} s; "
+                                       "the upload was abandoned")
         except ClientDisconnect:
-            raise self._fail(ApiError(400, "The client went away before the upload finished")) from None
-        self.received += len(chunk)
-        cfg = self._cfg
-        if self.received > cfg.max_image_size:
-            raise self._fail(ApiError(413, f"The image data exceeds {cfg.max_image_size} bytes"))
-        if self.declared is not None and self.received > self.declared:
-            raise self._fail(ApiError(400, "More data arrived than Content-Length declared"))
-        elapsed = time.monotonic() - self._started
-        if chunk and elapsed > cfg.upload_rate_grace and self.received < cfg.upload_min_rate * elapsed:
-            raise self._fail(ApiError(408, f"The upload is slower than {cfg.upload_min_rate} bytes/s; "
-                                           "it was abandoned"))
-        if not chunk and self.declared is not None and self.received != self.declared:
-            raise self._fail(ApiError(400, f"Only {self.received} of the {self.declared} declared bytes arrived"))
-        return chunk
+            self.error = ApiError(400, "The client went away before the upload finished")
+        raise self.error
 
     def _fill(self) -> None:
-        while not self._buf and not self._eof:
+        if not self._buf and not self._eof:
             chunk = self._pull()
-            if not chunk:
-                self._eof = True
+            self._eof = not chunk
             self._buf = memoryview(chunk)
 
     def readinto(self, b) -> int:
@@ -222,26 +242,14 @@ class UploadStream(io.RawIOBase):
         return n
 
     def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes of what has arrived (at least one byte, or b""
-        at the end), without allocating ``size`` bytes first."""
+        """Up to ``size`` bytes of what has arrived (b"" only at the end),
+        without allocating ``size`` bytes first."""
         if size is None or size < 0:
-            return b"".join(iter(self))
+            return b"".join(iter(lambda: self.read(self.BATCH), b""))
         self._fill()
         out = self._buf[:size]
         self._buf = self._buf[size:]
-        return bytes(out)
-
-    def __iter__(self) -> Iterable[bytes]:  # type: ignore[override]
-        """Chunks as they arrive (for consumers that iterate)."""
-        if self._buf:
-            yield bytes(self._buf)
-            self._buf = memoryview(b"")
-        while not self._eof:
-            chunk = self._pull()
-            if not chunk:
-                self._eof = True
-                return
-            yield chunk
+        return out.obj if len(out) == len(out.obj) else bytes(out)
 
 
 # ---- registry calls and query strings -----------------------------------------------
@@ -255,8 +263,22 @@ async def call(fn, *args, limiter: Optional[anyio.CapacityLimiter] = None, **kw)
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=limiter)
 
 
+async def write_call(request: Request, fn, *args, **kw):
+    """:func:`call` for a short registry write: one at a time per process.
+
+    SQLite admits one writer; threads of one process that race for its lock
+    fall into its busy handler's sleeps (up to 100 ms each), which under 32
+    concurrent writers cost far more than waiting in line here.  Other
+    processes (workers, CLI) still meet at SQLite's lock.
+    """
+    return await call(fn, *args, limiter=request.app.state.write_limiter, **kw)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_QUERY_PAIRS = 64
+#: Names a list filter may have: base fields and property names as clients use
+#: them (os_distro, com.rackspace__1__options, owner_specified.openstack.md5).
+_QUERY_KEY = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,254}\Z")
 MAX_QUERY_VALUE = 1024
 
 
@@ -275,7 +297,9 @@ def query_pairs(request: Request) -> List[Tuple[str, str]]:
     if len(pairs) > MAX_QUERY_PAIRS:
         raise ApiError(400, f"Too many query parameters (at most {MAX_QUERY_PAIRS})")
     for key, value in pairs:
-        clean_text(key, "A query parameter name", max_len=255)
+        if not _QUERY_KEY.match(key):
+            raise ApiError(400, f"{clean_text(key, 'A query parameter name', max_len=255)!r} is not a valid "
+                                "filter name (letters, digits and _ . : - only, not starting with '.')")
         clean_text(value, f"The query parameter {key!r}")
     return pairs
 

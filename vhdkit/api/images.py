@@ -13,22 +13,9 @@ from starlette.routing import Route
 from .auth import caller
 from ..errors import ConflictError
 from .errors import ApiError
-from .http import (JSON_PATCH, OCTET, UploadStream, call, clean_text, collection_links,
-                   json_object, query_pairs, read_json, registry, require_content_type, settings)
+from .http import (JSON_PATCH, OCTET, UploadStream, call, clean_text, collection_links, json_object,
+                   query_pairs, read_json, registry, require_content_type, settings, write_call)
 from .schemas import MAX_TAG_LENGTH, UUID_PATTERN
-
-#: Uploads hold a worker thread each for as long as the data flows; a limiter
-#: of their own keeps slow uploads from starving every other request.
-UPLOAD_SLOTS = 16
-_upload_limiter: Optional[anyio.CapacityLimiter] = None
-
-
-def _uploads() -> anyio.CapacityLimiter:
-    global _upload_limiter
-    if _upload_limiter is None:
-        _upload_limiter = anyio.CapacityLimiter(UPLOAD_SLOTS)
-    return _upload_limiter
-
 
 _UUID = re.compile(UUID_PATTERN)
 
@@ -55,15 +42,6 @@ def check_tag(tag, status: int = 400) -> str:
     return tag
 
 
-def image_json(image) -> dict:
-    d = image.to_dict() if hasattr(image, "to_dict") else dict(image)
-    iid = d["id"]
-    d.setdefault("self", f"/v2/images/{iid}")
-    d.setdefault("file", f"/v2/images/{iid}/file")
-    d.setdefault("schema", "/v2/schemas/image")
-    return d
-
-
 # ---- collection ----------------------------------------------------------------------
 
 async def create_image(request: Request) -> JSONResponse:
@@ -73,16 +51,34 @@ async def create_image(request: Request) -> JSONResponse:
     if isinstance(tags, list):
         for tag in tags:
             check_tag(tag)
-    image = image_json(await call(registry(request).create_image, who, body))
+    image = (await write_call(request, registry(request).create_image, who, body)).to_dict()
     return JSONResponse(image, status_code=201, headers={"Location": image["self"]})
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _hidden_filter(pairs) -> Tuple[list, bool]:
+    """Split off ``os_hidden`` (Images v2.7): no image here is hidden, so
+    ``os_hidden=true`` matches nothing and ``false`` everything.  openstacksdk's
+    find_image sends it whatever version the server announces."""
+    only_hidden = False
+    for key, value in pairs:
+        if key == "os_hidden":
+            if value.lower() not in _BOOLS:
+                raise ApiError(400, f"os_hidden must be true or false, not {value!r}")
+            only_hidden = only_hidden or _BOOLS[value.lower()]
+    return [(k, v) for k, v in pairs if k != "os_hidden"], only_hidden
 
 
 async def list_images(request: Request) -> JSONResponse:
     who = caller(request)
     pairs = query_pairs(request)
-    page = await call(registry(request).list_images, who, pairs)
-    body = {"images": [image_json(i) for i in page.images], "schema": "/v2/schemas/images"}
-    body.update(collection_links("/v2/images", pairs, page.next_marker))
+    filters, only_hidden = _hidden_filter(pairs)
+    page = await call(registry(request).list_images, who, filters)
+    images, next_marker = ([], None) if only_hidden else (page.images, page.next_marker)
+    body = {"images": [i.to_dict() for i in images], "schema": "/v2/schemas/images"}
+    body.update(collection_links("/v2/images", pairs, next_marker))
     return JSONResponse(body)
 
 
@@ -90,7 +86,7 @@ async def list_images(request: Request) -> JSONResponse:
 
 async def show_image(request: Request) -> JSONResponse:
     image = await call(registry(request).show_image, caller(request), image_id(request))
-    return JSONResponse(image_json(image))
+    return JSONResponse(image.to_dict())
 
 
 async def update_image(request: Request) -> JSONResponse:
@@ -104,22 +100,22 @@ async def update_image(request: Request) -> JSONResponse:
         if op.get("path") == "/tags" and isinstance(op.get("value"), list):
             for tag in op["value"]:
                 check_tag(tag)
-    image = await call(registry(request).update_image, who, iid, ops)
-    return JSONResponse(image_json(image))
+    image = await write_call(request, registry(request).update_image, who, iid, ops)
+    return JSONResponse(image.to_dict())
 
 
 async def delete_image(request: Request) -> Response:
-    await call(registry(request).delete_image, caller(request), image_id(request))
+    await write_call(request, registry(request).delete_image, caller(request), image_id(request))
     return Response(status_code=204)
 
 
 async def deactivate(request: Request) -> Response:
-    await call(registry(request).deactivate_image, caller(request), image_id(request))
+    await write_call(request, registry(request).deactivate_image, caller(request), image_id(request))
     return Response(status_code=204)
 
 
 async def reactivate(request: Request) -> Response:
-    await call(registry(request).reactivate_image, caller(request), image_id(request))
+    await write_call(request, registry(request).reactivate_image, caller(request), image_id(request))
     return Response(status_code=204)
 
 
@@ -133,7 +129,8 @@ async def upload(request: Request) -> Response:
     if stream.error is not None:
         raise stream.error
     try:
-        await call(registry(request).upload, who, iid, stream, size=stream.declared, limiter=_uploads())
+        await call(registry(request).upload, who, iid, stream, size=stream.declared,
+                   limiter=request.app.state.upload_limiter)
     except Exception:
         if stream.error is not None:  # our limit or timeout made the registry give up
             raise stream.error from None
@@ -209,13 +206,13 @@ async def _iterate(chunks):
 
 async def add_tag(request: Request) -> Response:
     tag = check_tag(request.path_params["tag"])
-    await call(registry(request).add_tag, caller(request), image_id(request), tag)
+    await write_call(request, registry(request).add_tag, caller(request), image_id(request), tag)
     return Response(status_code=204)
 
 
 async def delete_tag(request: Request) -> Response:
     tag = check_tag(request.path_params["tag"], status=404)
-    await call(registry(request).delete_tag, caller(request), image_id(request), tag)
+    await write_call(request, registry(request).delete_tag, caller(request), image_id(request), tag)
     return Response(status_code=204)
 
 

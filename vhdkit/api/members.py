@@ -8,16 +8,13 @@ from starlette.routing import Route
 
 from .auth import ACCOUNT_RE, caller
 from .errors import ApiError
-from .http import call, json_object, read_json, registry
+from .http import call, json_object, read_json, registry, write_call
 from .images import image_id
 from .schemas import MEMBER_STATUSES
 
 
-def member_json(member) -> dict:
-    d = member.to_dict() if hasattr(member, "to_dict") else dict(member)
-    d.setdefault("schema", "/v2/schemas/member")
-    return d
-
+# Like Glance, the member bodies need only their one key; others (openstacksdk
+# sends the whole member resource back) are ignored.
 
 def _member_path(request: Request) -> str:
     member = request.path_params["member_id"]
@@ -31,19 +28,20 @@ async def create_member(request: Request) -> JSONResponse:
     iid = image_id(request)
     body = json_object(await read_json(request))
     member = body.get("member")
-    if set(body) != {"member"} or not isinstance(member, str) or not ACCOUNT_RE.match(member):
+    if not isinstance(member, str) or not ACCOUNT_RE.match(member):
         raise ApiError(400, 'The body must be {"member": "<account id>"} with a valid account id')
-    return JSONResponse(member_json(await call(registry(request).add_member, who, iid, member)))
+    member = await write_call(request, registry(request).add_member, who, iid, member)
+    return JSONResponse(member.to_dict())
 
 
 async def list_members(request: Request) -> JSONResponse:
     members = await call(registry(request).list_members, caller(request), image_id(request))
-    return JSONResponse({"members": [member_json(m) for m in members], "schema": "/v2/schemas/members"})
+    return JSONResponse({"members": [m.to_dict() for m in members], "schema": "/v2/schemas/members"})
 
 
 async def show_member(request: Request) -> JSONResponse:
     member = await call(registry(request).show_member, caller(request), image_id(request), _member_path(request))
-    return JSONResponse(member_json(member))
+    return JSONResponse(member.to_dict())
 
 
 async def update_member(request: Request) -> JSONResponse:
@@ -52,13 +50,14 @@ async def update_member(request: Request) -> JSONResponse:
     member = _member_path(request)
     body = json_object(await read_json(request))
     status = body.get("status")
-    if set(body) != {"status"} or status not in MEMBER_STATUSES:
+    if status not in MEMBER_STATUSES:
         raise ApiError(400, 'The body must be {"status": "pending"|"accepted"|"rejected"}')
-    return JSONResponse(member_json(await call(registry(request).update_member, who, iid, member, status)))
+    updated = await write_call(request, registry(request).update_member, who, iid, member, status)
+    return JSONResponse(updated.to_dict())
 
 
 async def delete_member(request: Request) -> Response:
-    await call(registry(request).delete_member, caller(request), image_id(request), _member_path(request))
+    await write_call(request, registry(request).delete_member, caller(request), image_id(request), _member_path(request))
     return Response(status_code=204)
 
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .auth import identity
+from .auth import caller
 from .errors import ApiError
 
 UUID_PATTERN = ("^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
@@ -158,7 +158,8 @@ def read_only_image_fields() -> frozenset:
 
 
 async def show_schema(request: Request) -> JSONResponse:
-    identity(request.headers)  # schemas need an identity too
+    from ..registry.rbac import require_role
+    require_role("schemas", caller(request))   # RBAC.md: Observer, Creator or Admin
     name = request.path_params["name"]
     if name not in SCHEMAS:
         raise ApiError(404, f"No schema named {name!r}; there are {', '.join(sorted(SCHEMAS))}")

@@ -10,19 +10,18 @@ from starlette.routing import Route
 
 from .auth import caller
 from .errors import ApiError
-from .http import call, clean_text, collection_links, json_object, query_pairs, read_json, registry
+from .http import (call, clean_text, collection_links, json_object, query_pairs, read_json, registry,
+                   write_call)
 from .schemas import TASK_TYPES, UUID_PATTERN
 
 _UUID = re.compile(UUID_PATTERN)
 
 
-def task_json(task, summary: bool = False) -> dict:
-    d = task.to_dict() if hasattr(task, "to_dict") else dict(task)
-    d.setdefault("self", f"/v2/tasks/{d['id']}")
-    d.setdefault("schema", "/v2/schemas/task")
-    if summary:
-        d.pop("input", None)
-        d.pop("result", None)
+def task_summary(task) -> dict:
+    """A task in a list: without input and result, as Glance lists them."""
+    d = task.to_dict()
+    d.pop("input", None)
+    d.pop("result", None)
     return d
 
 
@@ -32,7 +31,7 @@ async def create_task(request: Request) -> JSONResponse:
     kind, task_input = body.get("type"), body.get("input")
     if kind not in TASK_TYPES or not isinstance(task_input, dict) or set(body) - {"type", "input"}:
         raise ApiError(400, f'The body must be {{"type": {"|".join(TASK_TYPES)}, "input": {{...}}}}')
-    task = task_json(await call(registry(request).create_task, who, kind, task_input))
+    task = (await write_call(request, registry(request).create_task, who, kind, task_input)).to_dict()
     return JSONResponse(task, status_code=201, headers={"Location": task["self"]})
 
 
@@ -40,7 +39,7 @@ async def list_tasks(request: Request) -> JSONResponse:
     who = caller(request)
     pairs = query_pairs(request)
     page = await call(registry(request).list_tasks, who, pairs)
-    body = {"tasks": [task_json(t, summary=True) for t in page.tasks], "schema": "/v2/schemas/tasks"}
+    body = {"tasks": [task_summary(t) for t in page.tasks], "schema": "/v2/schemas/tasks"}
     body.update(collection_links("/v2/tasks", pairs, page.next_marker))
     return JSONResponse(body)
 
@@ -49,7 +48,8 @@ async def show_task(request: Request) -> JSONResponse:
     raw = request.path_params["task_id"]
     if not _UUID.match(raw):
         raise ApiError(404, "No task found with ID " + clean_text(raw, "The task id", status=404, max_len=64))
-    return JSONResponse(task_json(await call(registry(request).get_task, caller(request), raw.lower())))
+    task = await call(registry(request).show_task, caller(request), raw.lower())
+    return JSONResponse(task.to_dict())
 
 
 ROUTES = [

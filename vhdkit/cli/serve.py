@@ -6,6 +6,7 @@ import os
 import click
 
 from . import main
+from ._common import emit, json_option
 
 
 @main.command("serve")
@@ -17,7 +18,8 @@ from . import main
               help="Worker processes (they share the registry's data directory).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host: str, port: int, data_dir, workers: int, log_level: str) -> None:
+@json_option
+def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json: bool) -> None:
     """Serve the registry over HTTP as an OpenStack Images v2 API.
 
     Callers identify themselves with `X-Auth-Token: ACCOUNT:ROLE[,ROLE...]`
@@ -34,6 +36,9 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str) -> None:
 
     if data_dir is not None:
         os.environ["VHDKIT_HOME"] = os.path.abspath(data_dir)
+    where = {"url": f"http://{host}:{port}", "data": os.environ.get("VHDKIT_HOME") or os.path.abspath(".vhdkit"),
+             "workers": workers}
+    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))")
     uvicorn.run(
         "vhdkit.api.app:app_factory",
         factory=True,
