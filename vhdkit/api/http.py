@@ -87,8 +87,12 @@ async def read_json(request: Request, *, content_types: Tuple[str, ...] = (JSON,
     if json_depth(body) > depth:
         raise ApiError(400, f"The JSON body nests deeper than {depth} levels")
     try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        value = json.loads(body.decode("utf-8"))
+        # "\ud800" escapes decode to lone surrogates that no UTF-8 store can
+        # hold: refuse them here (they raised UnicodeEncodeError -> 500 in the DB)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
+    except (UnicodeError, ValueError) as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}") from None
 
 
