@@ -41,6 +41,217 @@ const char *vk_code_name(int code);
 
 /* ==== reading and checking (vk_image.c, vk_check.c, ...) ================= */
 
+/* How the virtual size is chosen (vk_open_opts.size_rule, vk_info.size_rule).
+ * AUTO follows qemu: creators "vpc " and "qemu" use the CHS-derived size
+ * unless the geometry is at its maximum (65535/16/255); all others use the
+ * footer's current size. */
+typedef enum {
+    VK_SIZE_AUTO     = 0,
+    VK_SIZE_CURRENT  = 1,
+    VK_SIZE_CHS      = 2,
+    VK_SIZE_ORIGINAL = 3
+} vk_size_rule;
+
+typedef struct vk_open_opts {
+    const char *const *parents;  /* explicit parent paths: parents[0] is the
+                                    leaf's parent, parents[1] its parent...;
+                                    used before the locators               */
+    int         n_parents;
+    const char *allowed_root;    /* NULL, or a directory every resolved
+                                    parent must lie inside                 */
+    int         size_rule;       /* a vk_size_rule                           */
+    int         top_only;        /* 1: do not open parents (info, probe)     */
+} vk_open_opts;
+
+typedef struct vk_image vk_image;   /* an opened VHD with its parent chain */
+
+/* Decoded, validated facts about one layer of an opened image. */
+typedef struct vk_info {
+    uint32_t disk_type;          /* 2 fixed, 3 dynamic, 4 differencing       */
+    uint64_t virtual_size;       /* chosen by size_rule                      */
+    int      size_rule;          /* the rule that was applied (not AUTO)     */
+    uint64_t current_size;
+    uint64_t original_size;
+    uint64_t chs_size;           /* cylinders*heads*sectors*512              */
+    uint16_t cylinders;
+    uint8_t  heads;
+    uint8_t  sectors_per_track;
+    char     creator_app[5];     /* NUL-terminated, raw 4 bytes              */
+    uint32_t creator_version;
+    char     creator_os[5];
+    uint8_t  uuid[16];
+    uint32_t timestamp;          /* seconds since 2000-01-01 UTC             */
+    uint8_t  saved_state;
+    uint32_t features;
+    uint32_t version;
+    uint64_t data_offset;
+    int      footer_size;        /* 512, or 511 for very old images         */
+    int      footer_source;      /* 0 end of file, 1 the copy at offset 0    */
+    uint64_t file_size;
+    /* dynamic and differencing only (0 otherwise) */
+    uint64_t table_offset;
+    uint32_t block_size;
+    uint32_t max_table_entries;
+    uint32_t bat_entries_used;   /* allocated BAT entries                    */
+    uint64_t allocated_bytes;    /* data bytes in allocated blocks (fixed:
+                                    the virtual size)                        */
+    uint8_t  parent_uuid[16];
+    uint32_t parent_timestamp;
+    char     parent_name[1024];  /* UTF-8 of the header's UTF-16BE name     */
+    int      parent_name_valid;  /* 0 if the name is not valid UTF-16        */
+    int      n_locators;         /* locator entries with a non-zero code     */
+} vk_info;
+
+typedef struct vk_locator_info {
+    char     code[5];            /* "W2ru", "W2ku", "MacX", ...              */
+    uint32_t data_space;         /* as stored (bytes or sectors)             */
+    uint32_t data_length;
+    uint64_t data_offset;
+    int      valid;              /* 1 if in the file and decodable           */
+    char     path[1024];         /* decoded UTF-8 path (MacX: the URL)       */
+} vk_locator_info;
+
+/* One run of the virtual disk: [offset, offset+length) is allocated in layer
+ * `layer` (0 = the leaf) at file offset `file_offset`, or unallocated
+ * (allocated = 0, layer = -1: reads as zeros). */
+typedef struct vk_extent {
+    uint64_t offset;
+    uint64_t length;
+    int      allocated;
+    int      layer;
+    uint64_t file_offset;
+} vk_extent;
+
+/* One problem found by vk_check: a stable code ("FOOTER_CHECKSUM", ...). */
+typedef struct vk_problem {
+    char     code[32];
+    uint64_t offset;             /* file offset involved, UINT64_MAX if none */
+    int      layer;              /* 0 the image itself, 1 its parent, ...    */
+    char     msg[256];
+} vk_problem;
+
+/* Is this file a VHD?  *disk_type = 2/3/4, or 0 if not (returns 0 then). */
+int vk_probe(const char *path, uint32_t *disk_type, vk_err *err);
+
+/* Open read-only, with its parent chain (unless opts->top_only).  opts may
+ * be NULL (auto size rule, parents from the locators, no root limit). */
+int vk_image_open(const char *path, const vk_open_opts *opts, vk_image **out, vk_err *err);
+void vk_image_close(vk_image *img);
+uint64_t vk_image_size(const vk_image *img);       /* virtual size of the leaf */
+int vk_image_depth(const vk_image *img);           /* number of layers, >= 1   */
+int vk_image_info(const vk_image *img, int layer, vk_info *out, vk_err *err);
+int vk_image_locator(const vk_image *img, int layer, int index, vk_locator_info *out, vk_err *err);
+/* The resolved absolute path of a layer (NUL-terminated into buf). */
+int vk_image_path(const vk_image *img, int layer, char *buf, size_t cap, vk_err *err);
+/* Read exactly len bytes of the virtual disk at off (off+len <= size). */
+int vk_image_pread(vk_image *img, void *buf, size_t len, uint64_t off, vk_err *err);
+/* Fill up to cap extents describing [start, size) in order, merging equal
+ * neighbours; *n_out = number filled.  Continue from the end of the last. */
+int vk_image_map(vk_image *img, uint64_t start, vk_extent *out, size_t cap, size_t *n_out, vk_err *err);
+
+/* Validate a file as `vhd-util check` does (and more).  Problems go into
+ * out[0..cap); *n_found is the total found (may exceed cap).  Returns 0 even
+ * when problems are found; a negative code only for an internal failure.
+ * check_parents: also resolve and check the parent chain (opts as for open). */
+int vk_check(const char *path, const vk_open_opts *opts, int check_parents,
+             vk_problem *out, size_t cap, size_t *n_found, vk_err *err);
+
 /* ==== writing and converting (vk_write.c, vk_convert.c, ...) ============= */
+/*
+ * Sizes: VK_RULE_EXACT keeps the requested size (rounded up to a whole
+ * sector); VK_RULE_CHS rounds up to the next size the spec's CHS algorithm
+ * represents exactly (classic Virtual PC); VK_RULE_AZURE rounds up to a whole
+ * MiB (fixed images only).  Sizes over 2040 GiB are refused (VK_E_RANGE).
+ */
+typedef enum { VK_RULE_EXACT = 0, VK_RULE_CHS = 1, VK_RULE_AZURE = 2 } vk_write_rule;
+/* Output kinds of vk_create / vk_convert_*: a raw file or a VHD type. */
+typedef enum { VK_OUT_RAW = 0, VK_OUT_FIXED = 2, VK_OUT_DYNAMIC = 3 } vk_out_kind;
+
+typedef struct vk_size_plan {
+    uint64_t requested;    /* bytes asked for                                */
+    uint64_t size;         /* the virtual (current) size that will be written */
+    uint16_t cylinders;    /* geometry by the spec's algorithm for `size`    */
+    uint8_t  heads;
+    uint8_t  sectors;
+    int      adjusted;     /* 1 if size != requested                         */
+} vk_size_plan;
+
+int vk_size_plan_make(uint64_t requested, int rule, vk_size_plan *out, vk_err *err);
+
+typedef struct vk_write_opts {
+    int       kind;            /* vk_out_kind                                 */
+    uint32_t  block_size;      /* dynamic: power of two, 512 KiB..256 MiB; 0 = 2 MiB */
+    int       size_rule;       /* vk_write_rule                                */
+    int       has_uuid;        /* 1: use uuid below, else a random v4 one     */
+    uint8_t   uuid[16];
+    int       has_timestamp;   /* 1: use timestamp (VHD epoch), else now      */
+    uint32_t  timestamp;
+    uint8_t   creator_app[4];  /* all zero = "vhdk"                           */
+    int       stream_out;      /* output is a pipe: strictly sequential, zeros written */
+    uint64_t  size_hint;       /* stream input of unknown length: expected size, or 0 */
+    uint64_t *progress;        /* optional: bytes of input processed so far   */
+    int      *cancel;          /* optional: set non-zero to stop (VK_E_INTERRUPTED) */
+} vk_write_opts;
+
+typedef struct vk_write_result {
+    vk_size_plan plan;           /* requested/virtual size and geometry      */
+    int      kind;
+    uint32_t block_size;         /* dynamic only                             */
+    uint32_t max_table_entries;  /* dynamic only                             */
+    uint32_t blocks_allocated;   /* dynamic only                             */
+    uint8_t  uuid[16];
+    uint32_t timestamp;
+    uint64_t input_bytes;        /* bytes of input content read              */
+    uint64_t data_bytes;         /* non-zero data bytes written              */
+    uint64_t file_size;          /* size of the output file                  */
+} vk_write_result;
+
+/* An empty image (or a raw file of zeros) of opts->kind into out_fd, which
+ * must be an empty regular file (or a pipe with stream_out for fixed/raw). */
+int vk_create(int out_fd, uint64_t size, const vk_write_opts *opts,
+              vk_write_result *res, vk_err *err);
+/* Raw bytes from in_fd (a regular file, or a pipe read to EOF) into out_fd.
+ * in_size is the input's length, or UINT64_MAX for a stream read to EOF. */
+int vk_convert_raw(int in_fd, uint64_t in_size, int out_fd, const vk_write_opts *opts,
+                   vk_write_result *res, vk_err *err);
+
+/* modify: fields to change in place (footer copies + dynamic header). */
+typedef struct vk_modify_opts {
+    int      set_uuid;      uint8_t uuid[16];
+    int      set_timestamp; uint32_t timestamp;
+    int      set_creator;   uint8_t creator_app[4];
+    int      set_size;      uint64_t size;
+    int      size_rule;     /* vk_size_rule for set_size                    */
+    int      force;         /* allow shrinking below allocated data         */
+} vk_modify_opts;
+
+typedef struct vk_modify_result {
+    uint32_t disk_type;
+    uint64_t old_size;
+    uint64_t new_size;
+    int      bat_relocated;
+    uint32_t writes;         /* number of separate writes done              */
+    uint8_t  uuid[16];
+    uint32_t timestamp;
+} vk_modify_result;
+
+/* Rewrite footer (both copies), header and BAT as needed.  Every step leaves
+ * an image that vk_repair (or check) can bring back: the end footer is
+ * written last for dynamic images.  The test hook
+ * VHDKIT_TEST_ABORT_AFTER_WRITES=N stops with VK_E_INTERRUPTED after N writes. */
+int vk_modify(const char *path, const vk_modify_opts *opts, vk_modify_result *res, vk_err *err);
+
+typedef struct vk_repair_result {
+    int action;             /* 0 nothing to do, 1 end footer rewritten from copy at 0,
+                               2 copy at 0 rewritten from end footer,
+                               3 footer appended (end footer was missing/truncated) */
+    uint32_t disk_type;
+    uint64_t footer_offset; /* where the end footer now is                  */
+} vk_repair_result;
+
+int vk_repair(const char *path, int dry_run, vk_repair_result *res, vk_err *err);
+
+/* Zero detection (word-wise): 1 if len bytes at p are all zero. */
+int vk_is_zero(const uint8_t *p, size_t len);
 
 /* ==== chains: snapshot, coalesce, reparent (vk_chain.c, ...) ============= */

@@ -15,8 +15,11 @@ from .errors import VhdkitError  # noqa: F401
 def __getattr__(name):
     # The format API is re-exported lazily so that importing vhdkit (e.g. for
     # the registry alone) does not require the native build.
-    from . import vhd
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import importlib
 
+    vhd = importlib.import_module(".vhd", __name__)
     try:
         return getattr(vhd, name)
     except AttributeError:

@@ -1,6 +1,151 @@
-"""CLI commands: convert (see vhdkit/cli/__init__.py)."""
+"""CLI commands: create, convert, modify, repair, compare (see vhdkit/cli/__init__.py).
+
+Thin layer over :mod:`vhdkit.vhd.write`: parse options, call, print.
+"""
 from __future__ import annotations
 
-import click  # noqa: F401
+import sys
+import click
 
-from . import main  # noqa: F401
+from . import main
+from ._common import SIZE, emit, json_option
+from ..progress import Progress
+
+
+def _size_note(r) -> None:
+    if r.size_adjusted:
+        click.echo(f"vhdkit: note: size rounded up from {r.requested_size} to {r.virtual_size} bytes "
+                   f"({r.size_rule} rule)", err=True)
+
+
+def _describe(r) -> str:
+    if r.format == "raw":
+        return f"{r.path}: raw, {r.virtual_size} bytes ({r.data_bytes} bytes of data written)"
+    s = f"{r.path}: {r.disk_type} VHD, {r.virtual_size} bytes, CHS {'/'.join(map(str, r.geometry))}, uuid {r.uuid}"
+    if r.disk_type == "dynamic":
+        s += f", {r.blocks_allocated}/{r.max_table_entries} blocks of {r.block_size} bytes allocated"
+    return s
+
+
+@main.command("create")
+@click.argument("out")
+@click.argument("size", type=SIZE)
+@click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default="dynamic", show_default=True)
+@click.option("--block-size", type=SIZE, default=None, help="Dynamic block size (512K..256M, default 2M).")
+@click.option("--size-rule", type=click.Choice(["exact", "chs"]), default="exact", show_default=True,
+              help="exact: keep SIZE; chs: round up to a CHS-representable size like Virtual PC.")
+@click.option("--azure", is_flag=True, help="Fixed VHD whose size is a whole number of MiB (rounded up).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@json_option
+def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, as_json):
+    """Create an empty VHD of SIZE bytes (suffixes K, M, G, T).
+
+    \b
+    Example:
+      vhdkit create disk.vhd 10G --type dynamic
+    """
+    from ..vhd.write import create
+    r = create(out, size, type=disk_type, block_size=block_size, size_rule=size_rule, azure=azure,
+               overwrite=force)
+    _size_note(r)
+    if out != "-":
+        emit(r.to_dict(), as_json, _describe)
+
+
+@main.command("convert")
+@click.argument("src")
+@click.argument("dst")
+@click.option("-f", "src_format", type=click.Choice(["raw", "vhd"]), default=None,
+              help="Input format (default: detected from the footer).")
+@click.option("-O", "out_format", type=click.Choice(["raw", "vhd"]), default="vhd", show_default=True)
+@click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default="dynamic", show_default=True)
+@click.option("--block-size", type=SIZE, default=None, help="Dynamic block size (512K..256M, default 2M).")
+@click.option("--size-rule", type=click.Choice(["exact", "chs"]), default="exact", show_default=True)
+@click.option("--azure", is_flag=True, help="Fixed VHD whose size is a whole number of MiB (rounded up).")
+@click.option("--parents", default=None, help="Directory to look for a differencing chain's parents in.")
+@json_option
+def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_rule, azure, parents, as_json):
+    """Convert SRC (raw or VHD: fixed, dynamic, differencing flattened) to DST.
+
+    "-" as SRC reads raw data from stdin; "-" as DST writes raw or fixed
+    output to stdout (a dynamic VHD needs a file: its BAT is written last).
+
+    \b
+    Example:
+      vhdkit convert disk.raw disk.vhd --type dynamic
+    """
+    from ..vhd.write import convert
+    if dst == "-" and out_format == "vhd" and disk_type == "dynamic" and not azure:
+        raise click.UsageError("a dynamic VHD cannot be streamed to stdout; use --type fixed, -O raw or a file")
+    with Progress(f"convert {src}") as prog:
+        r = convert(src, dst, src_format=src_format, out_format=out_format, type=disk_type,
+                    block_size=block_size, size_rule=size_rule, azure=azure, parents=parents, progress=prog)
+    _size_note(r)
+    if dst != "-":
+        emit(r.to_dict(), as_json, _describe)
+
+
+@main.command("modify")
+@click.argument("image")
+@click.option("--new-uuid", is_flag=True, help="Give the image a new random UUID.")
+@click.option("--uuid", default=None, help="Set this UUID.")
+@click.option("--timestamp", default=None, help="'now' or an ISO 8601 time.")
+@click.option("--creator", default=None, help="Creator application (up to 4 characters).")
+@click.option("--size", type=SIZE, default=None, help="New virtual size.")
+@click.option("--size-rule", type=click.Choice(["exact", "chs"]), default="exact", show_default=True)
+@click.option("--force", is_flag=True, help="Allow shrinking below allocated data (it is discarded).")
+@json_option
+def modify_cmd(image, new_uuid, uuid, timestamp, creator, size, size_rule, force, as_json):
+    """Rewrite footer/header fields of IMAGE in place (both footer copies).
+
+    \b
+    Example:
+      vhdkit modify disk.vhd --new-uuid --size 20G
+    """
+    from ..vhd.write import modify
+    r = modify(image, new_uuid=new_uuid, uuid=uuid, timestamp=timestamp, creator=creator, size=size,
+               size_rule=size_rule, force=force)
+    emit(r.to_dict(), as_json,
+         lambda d: f"{d['path']}: {d['disk_type']}, size {d['old_size']} -> {d['new_size']}, uuid {d['uuid']}"
+                   + (", BAT relocated" if d["bat_relocated"] else ""))
+
+
+@main.command("repair")
+@click.argument("image")
+@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be done.")
+@json_option
+def repair_cmd(image, dry_run, as_json):
+    """Restore IMAGE's end footer from the copy at offset 0, or the reverse.
+
+    \b
+    Example:
+      vhdkit repair disk.vhd
+    """
+    from ..vhd.write import repair
+    r = repair(image, dry_run=dry_run)
+    emit(r.to_dict(), as_json,
+         lambda d: f"{d['path']}: {d['action']}" + (" (dry run)" if d["dry_run"] else ""))
+
+
+@main.command("compare")
+@click.argument("a")
+@click.argument("b")
+@click.option("-f", "a_format", type=click.Choice(["raw", "vhd"]), default=None, help="Format of A.")
+@click.option("-F", "b_format", type=click.Choice(["raw", "vhd"]), default=None, help="Format of B.")
+@json_option
+def compare_cmd(a, b, a_format, b_format, as_json):
+    """Compare the contents of two images (exit 0 identical, 1 different, 2 error).
+
+    \b
+    Example:
+      vhdkit compare disk.vhd disk.raw
+    """
+    from ..errors import VhdkitError
+    from ..vhd.write import compare
+    try:
+        r = compare(a, b, a_format=a_format, b_format=b_format)
+    except VhdkitError as exc:
+        click.echo(f"vhdkit: error: {exc.message}", err=True)
+        sys.exit(2)
+    emit(r.to_dict(), as_json, lambda d: d["message"])
+    sys.exit(0 if r.identical else 1)

@@ -1,6 +1,465 @@
-"""CLI commands: packaging (see vhdkit/cli/__init__.py)."""
+"""CLI commands: packaging — compress, decompress, ova, segments, object.
+
+Kept thin: every command parses its arguments, calls vhdkit.streams / ova /
+store / segments, and prints a result (``--json`` for scripts).  When the
+payload itself goes to stdout (``-o -``), the ``--json`` summary goes to stderr.
+"""
 from __future__ import annotations
 
-import click  # noqa: F401
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
 
-from . import main  # noqa: F401
+import click
+
+from . import main
+from ._common import SIZE, emit, json_option
+from ..errors import InvalidInputError
+from ..progress import Progress
+
+_SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
+
+
+@contextmanager
+def _atomic_out(path: Path) -> Iterator:
+    """A file written at a temp name next to ``path`` and renamed on success."""
+    parent = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with open(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def _in(path: str) -> Iterator:
+    if path == "-":
+        yield sys.stdin.buffer
+    else:
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            from ..errors import NotFoundError
+
+            raise NotFoundError(f"{path}: no such file") from None
+        with f:
+            yield f
+
+
+def _emit_summary(obj: dict, as_json: bool, to_stdout: bool, human: str) -> None:
+    if as_json:
+        text = json.dumps(obj, indent=2, default=str)
+        click.echo(text, err=not to_stdout)
+    elif to_stdout:
+        click.echo(human)
+
+
+def _progress(label: str, total: Optional[int]) -> Progress:
+    return Progress(label, total)
+
+
+def _size_of(path: str) -> Optional[int]:
+    if path == "-":
+        return None
+    try:
+        st = os.stat(path)
+        return st.st_size if os.path.isfile(path) else None
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------ compress/decompress
+@main.command("compress")
+@click.argument("input", default="-", metavar="[IN]")
+@click.option("-o", "--output", help="Output file, or - for stdout (default IN.gz / IN.zst; stdout for stdin).")
+@click.option("--format", "fmt", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True)
+@click.option("--level", type=int, help="gzip 0-9 (default 1, mapped onto ISA-L 0-3); zstd 1-22 (default 3).")
+@click.option("--threads", type=int, default=0, help="Worker threads (default: all cores).")
+@json_option
+def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[int], threads: int,
+                 as_json: bool) -> None:
+    """Compress IN (a file or - for stdin) with parallel gzip or zstd.
+
+    \b
+    Example:
+      vhdkit compress disk.vhd -o disk.vhd.gz --level 1
+    """
+    from .. import streams
+
+    out = output or ("-" if input == "-" else input + _SUFFIX[fmt])
+    if out == "-" and sys.stdout.isatty():
+        raise click.UsageError("refusing to write compressed data to a terminal; use -o FILE")
+    total = _size_of(input)
+    with _in(input) as src, _progress("compress", total) as prog:
+        if out == "-":
+            st = streams.compress(src, sys.stdout.buffer, format=fmt, level=level, threads=threads or None,
+                                  progress=prog, total=total)
+            sys.stdout.buffer.flush()
+        else:
+            with _atomic_out(Path(out)) as f:
+                st = streams.compress(src, f, format=fmt, level=level, threads=threads or None,
+                                      progress=prog, total=total)
+    d = dict(st.to_dict(), input=input, output=out)
+    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {st.bytes_in} -> {st.bytes_out} bytes "
+                                          f"({100 * st.ratio:.1f}%)")
+
+
+@main.command("decompress")
+@click.argument("input", default="-", metavar="[IN]")
+@click.option("-o", "--output", help="Output file, or - for stdout (default: IN without .gz/.zst; stdout for stdin).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "gzip", "zstd"]), default="auto", show_default=True)
+@click.option("--max-size", type=SIZE, help="Refuse output larger than this (gzip-bomb guard), e.g. 100G.")
+@json_option
+def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Optional[int], as_json: bool) -> None:
+    """Decompress a gzip (any members) or zstd stream, verifying its checksums.
+
+    \b
+    Example:
+      vhdkit decompress disk.vhd.gz -o disk.vhd --max-size 100G
+    """
+    from .. import streams
+
+    out = output
+    if out is None:
+        if input == "-":
+            out = "-"
+        else:
+            for suf in (".gz", ".zst", ".gzip"):
+                if input.endswith(suf) and len(input) > len(suf):
+                    out = input[: -len(suf)]
+                    break
+            else:
+                raise click.UsageError("cannot derive the output name from IN; use -o")
+    with _in(input) as src, _progress("decompress", _size_of(input)) as prog:
+        if out == "-":
+            st = streams.decompress(src, sys.stdout.buffer, format=fmt, max_output=max_size,
+                                    progress=prog, name=input)
+            sys.stdout.buffer.flush()
+        else:
+            with _atomic_out(Path(out)) as f:
+                st = streams.decompress(src, f, format=fmt, max_output=max_size, progress=prog, name=input)
+    d = dict(st.to_dict(), input=input, output=out)
+    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {st.bytes_in} -> {st.bytes_out} bytes")
+
+
+# -------------------------------------------------------------------- ova
+@main.group("ova")
+def ova_group() -> None:
+    """OVA packages of one VHD or a snapshot chain (0.vhd leaf ... N.vhd base).
+
+    \b
+    Example:
+      vhdkit ova pack disk.vhd -o disk.ova
+    """
+
+
+def _ova_human(rep) -> str:
+    lines = [f"{rep.path}: {rep.layout} layout, descriptor {rep.descriptor}, manifest {rep.manifest or '-'}"
+             + (f" ({rep.manifest_algorithm})" if rep.manifest_algorithm else "")]
+    for m in rep.members:
+        extra = ""
+        if m.kind == "disk":
+            extra = f" capacity={m.capacity} compression={m.compression or 'none'}"
+        lines.append(f"  {m.kind:11} {m.size:>14}  {m.name}{extra}")
+    if rep.hashed:
+        lines.append("OK" if rep.ok else "PROBLEMS:")
+    for p in rep.problems:
+        lines.append(f"  - {p}")
+    return "\n".join(lines)
+
+
+@ova_group.command("pack")
+@click.argument("disks", nargs=-1, required=True, metavar="DISK.vhd [PARENT.vhd ...]")
+@click.option("-o", "--output", required=True, help="The .ova to write.")
+@click.option("--compress", "compression", type=click.Choice(["gzip", "none"]), default="gzip", show_default=True)
+@click.option("--name", help="Package name (descriptor NAME.ovf; default from the disk or output).")
+@click.option("--level", type=int, help="gzip level 0-9 (default 1).")
+@click.option("--threads", type=int, default=0, help="Compression threads (default: all cores).")
+@click.option("--spool-dir", type=click.Path(file_okay=False), help="Where compressed disks are spooled "
+              "(default: the output's directory).")
+@json_option
+def ova_pack(disks, output, compression, name, level, threads, spool_dir, as_json) -> None:
+    """Pack a VHD (or a chain, leaf first) into an OVA.
+
+    Compressed disks are spooled once to a temporary file in the output's
+    directory, because the manifest and tar header need their size and hash.
+
+    \b
+    Example:
+      vhdkit ova pack leaf.vhd base.vhd -o snapshot.ova --name snap
+    """
+    from .. import ova
+
+    with _progress("pack", None) as prog:
+        res = ova.pack(list(disks), output, compress=compression, name=name, level=level,
+                       threads=threads or None, spool_dir=spool_dir, progress=prog)
+    emit(res, as_json, lambda r: f"{r['output']}: {len(r['disks'])} disk(s), {r['size']} bytes, "
+                                 f"compression {r['compression']}")
+
+
+@ova_group.command("info")
+@click.argument("ova_path", metavar="OVA")
+@json_option
+def ova_info(ova_path, as_json) -> None:
+    """List an OVA's members and disks (no hashing; see verify).
+
+    \b
+    Example:
+      vhdkit ova info disk.ova --json
+    """
+    from .. import ova
+
+    rep = ova.info(ova_path)
+    emit(rep.to_dict(), as_json, lambda _d: _ova_human(rep))
+
+
+@ova_group.command("verify")
+@click.argument("ova_path", metavar="OVA")
+@json_option
+def ova_verify(ova_path, as_json) -> None:
+    """Check the manifest both ways, the hashes and the descriptor; exit 1 on problems.
+
+    \b
+    Example:
+      vhdkit ova verify disk.ova
+    """
+    from .. import ova
+
+    with _progress("verify", None) as prog:
+        rep = ova.verify(ova_path, progress=prog)
+    emit(rep.to_dict(), as_json, lambda _d: _ova_human(rep))
+    if not rep.ok:
+        sys.exit(1)
+
+
+@ova_group.command("unpack")
+@click.argument("ova_path", metavar="OVA")
+@click.option("-d", "--dest", required=True, help="Directory to create with the extracted files.")
+@click.option("--no-decompress", is_flag=True, help="Keep gzip-compressed disks compressed.")
+@click.option("--max-size", type=SIZE, help="Cap on each decompressed disk (default: its capacity + metadata).")
+@click.option("--no-verify", is_flag=True, help="Extract even if the manifest does not verify.")
+@json_option
+def ova_unpack(ova_path, dest, no_decompress, max_size, no_verify, as_json) -> None:
+    """Unpack an OVA safely into a new directory (nothing left behind on failure).
+
+    \b
+    Example:
+      vhdkit ova unpack disk.ova -d ./disk
+    """
+    from .. import ova
+
+    with _progress("unpack", None) as prog:
+        rep = ova.unpack(ova_path, dest, decompress=not no_decompress, max_output=max_size,
+                         require_valid=not no_verify, progress=prog)
+    emit(rep.to_dict(), as_json, lambda _d: "\n".join(
+        f"{m.extracted_to} ({m.extracted_size} bytes)" for m in rep.members if m.extracted_to))
+
+
+# ---------------------------------------------------------- object store
+def _store_options(f):
+    f = click.option("--store", "store_dir", envvar="VHDKIT_STORE", type=click.Path(file_okay=False),
+                     help="Store directory (default $VHDKIT_HOME/objects).")(f)
+    f = click.option("--account", default="default", show_default=True, help="Account (tenant) name.")(f)
+    return f
+
+
+def _open_store(store_dir: Optional[str], account: str):
+    from ..store import open_store
+
+    return open_store(store_dir, account)
+
+
+@main.group("object")
+def object_group() -> None:
+    """Objects in the local object store (containers of named objects).
+
+    \b
+    Example:
+      vhdkit object put images disk.vhd ./disk.vhd
+    """
+
+
+def _parse_meta(items) -> dict:
+    meta = {}
+    for it in items:
+        if "=" not in it:
+            raise InvalidInputError(f"metadata {it!r} is not KEY=VALUE")
+        k, v = it.split("=", 1)
+        meta[k] = v
+    return meta
+
+
+@object_group.command("put")
+@click.argument("container")
+@click.argument("name")
+@click.argument("source", default="-", metavar="[FILE|-]")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Object metadata (repeatable).")
+@_store_options
+@json_option
+def object_put(container, name, source, meta, store_dir, account, as_json) -> None:
+    """Store FILE (or stdin) as CONTAINER/NAME, atomically (container created if needed).
+
+    \b
+    Example:
+      vhdkit object put images disk.vhd disk.vhd --meta os=linux
+    """
+    st = _open_store(store_dir, account)
+    st.create_container(container)
+    with _in(source) as f:
+        info = st.put(container, name, f, metadata=_parse_meta(meta))
+    emit(info.to_dict(), as_json, lambda d: f"{container}/{name}: {d['size']} bytes, etag {d['etag']}")
+
+
+@object_group.command("get")
+@click.argument("container")
+@click.argument("name")
+@click.option("-o", "--output", default="-", show_default=True, help="Output file or - for stdout.")
+@_store_options
+@json_option
+def object_get(container, name, output, store_dir, account, as_json) -> None:
+    """Write CONTAINER/NAME to a file (atomically) or stdout.
+
+    \b
+    Example:
+      vhdkit object get images disk.vhd -o disk.vhd
+    """
+    from ..streams import copy_stream
+
+    st = _open_store(store_dir, account)
+    with st.get(container, name) as r:
+        if output == "-":
+            copy_stream(r, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            with _atomic_out(Path(output)) as f:
+                copy_stream(r, f)
+        info = r.info
+    _emit_summary(info.to_dict(), as_json, output != "-", f"{container}/{name} -> {output}: {info.size} bytes")
+
+
+@object_group.command("stat")
+@click.argument("container")
+@click.argument("name")
+@_store_options
+@json_option
+def object_stat(container, name, store_dir, account, as_json) -> None:
+    """Show an object's size, etag and metadata.
+
+    \b
+    Example:
+      vhdkit object stat images disk.vhd --json
+    """
+    info = _open_store(store_dir, account).head(container, name)
+    emit(info.to_dict(), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+
+
+@object_group.command("list")
+@click.argument("container", required=False)
+@click.option("--prefix", default="", help="Only names starting with this.")
+@_store_options
+@json_option
+def object_list(container, prefix, store_dir, account, as_json) -> None:
+    """List containers, or the objects of CONTAINER.
+
+    \b
+    Example:
+      vhdkit object list images --prefix disk.vhd-
+    """
+    st = _open_store(store_dir, account)
+    if container is None:
+        names = st.list_containers()
+        emit(names, as_json, lambda d: "\n".join(d))
+        return
+    objs = [o.to_dict() for o in st.list(container, prefix)]
+    emit(objs, as_json, lambda d: "\n".join(f"{o['size']:>14} {o['etag']} {o['name']}" for o in d))
+
+
+@object_group.command("delete")
+@click.argument("container")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@_store_options
+@json_option
+def object_delete(container, names, store_dir, account, as_json) -> None:
+    """Delete objects.
+
+    \b
+    Example:
+      vhdkit object delete images disk.vhd
+    """
+    st = _open_store(store_dir, account)
+    for n in names:
+        st.delete(container, n)
+    emit({"deleted": list(names)}, as_json, lambda d: "\n".join(f"deleted {container}/{n}" for n in d["deleted"]))
+
+
+# -------------------------------------------------------------- segments
+@main.group("segments")
+def segments_group() -> None:
+    """Large objects as verified segments (NAME-00001 ... + manifest + sidecar).
+
+    \b
+    Example:
+      vhdkit segments split disk.vhd --name disk.vhd --segment-size 200M --container images
+    """
+
+
+@segments_group.command("split")
+@click.argument("input", metavar="IN|-")
+@click.option("--name", required=True, help="Large-object name (segments are NAME-00001 ...).")
+@click.option("--container", required=True)
+@click.option("--segment-size", type=SIZE, default="200M", show_default=True)
+@click.option("--digits", type=int, default=5, show_default=True, help="Segment number width.")
+@_store_options
+@json_option
+def segments_split(input, name, container, segment_size, digits, store_dir, account, as_json) -> None:
+    """Upload IN as segments with a zero-byte manifest and a JSON sidecar.
+
+    \b
+    Example:
+      vhdkit segments split disk.vhd --name disk.vhd --segment-size 200M --container images
+    """
+    from .. import segments
+
+    st = _open_store(store_dir, account)
+    total = _size_of(input)
+    with _in(input) as f, _progress("split", total) as prog:
+        man = segments.split(st, container, name, f, segment_size=segment_size, digits=digits,
+                             total=total, progress=prog)
+    emit(man.to_dict(), as_json, lambda d: f"{container}/{name}: {len(d['segments'])} segment(s), "
+                                           f"{d['size']} bytes, sha256 {d['sha256']}")
+
+
+@segments_group.command("join")
+@click.argument("container")
+@click.argument("name")
+@click.option("-o", "--output", required=True, help="Output file (written atomically) or - for stdout.")
+@_store_options
+@json_option
+def segments_join(container, name, output, store_dir, account, as_json) -> None:
+    """Join and verify the segments of CONTAINER/NAME.
+
+    \b
+    Example:
+      vhdkit segments join images disk.vhd -o disk.vhd
+    """
+    from .. import segments
+
+    st = _open_store(store_dir, account)
+    with _progress("join", None) as prog:
+        if output == "-":
+            man = segments.join(st, container, name, sys.stdout.buffer, progress=prog)
+            sys.stdout.buffer.flush()
+        else:
+            man = segments.join(st, container, name, output, progress=prog)
+    _emit_summary(man.to_dict(), as_json, output != "-",
+                  f"{container}/{name} -> {output}: {man.size} bytes verified (sha256 {man.sha256})")

@@ -1,4 +1,450 @@
-"""vhdkit.vhd.read (see vhdkit/vhd/__init__.py)."""
+"""Reading and checking VHDs: the Python face of the native reader.
+
+- :func:`open` returns a :class:`VhdStream`, an :class:`io.RawIOBase` over
+  the virtual disk (fixed, dynamic, or differencing through its whole chain),
+  so ``shutil.copyfileobj``, hashing and tarfile just work.
+- :func:`info` describes the top layer (:class:`VhdInfo`), :func:`check`
+  validates structure (:class:`CheckReport` of :class:`Problem`), :func:`probe`
+  says cheaply whether a file is a VHD at all, :func:`map` lists extents.
+
+Size rules (``size_rule``): ``"auto"`` follows qemu -- images whose creator is
+``vpc `` or ``qemu`` use the CHS-derived size unless the geometry is at its
+maximum, all others the footer's current size; ``"current"``, ``"chs"`` and
+``"original"`` force one.  Errors are exceptions of :mod:`vhdkit.errors`.
+"""
 from __future__ import annotations
 
-__all__: list = []
+import datetime as _dt
+import io
+import os
+import uuid as _uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from .. import native
+from ..errors import InvalidInputError
+
+__all__ = [
+    "open", "info", "check", "probe", "map",
+    "VhdStream", "VhdInfo", "CheckReport", "Problem", "Extent", "Locator",
+    "SIZE_RULES", "DISK_TYPES",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: size_rule names -> vk_size_rule
+SIZE_RULES = {"auto": 0, "current": 1, "chs": 2, "original": 3}
+_RULE_NAMES = {v: k for k, v in SIZE_RULES.items()}
+#: footer disk type -> name
+DISK_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
+_VHD_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+_MAX_READ = 1 << 30     # one native call reads at most this much
+
+
+@dataclass
+class Locator:
+    """A parent locator entry of a differencing disk."""
+    code: str            # "W2ru", "W2ku", "MacX", ...
+    data_space: int      # as stored: bytes (Microsoft) or sectors (spec)
+    data_length: int
+    data_offset: int
+    path: Optional[str]  # decoded text, None if not decodable
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VhdInfo:
+    """Facts about one VHD file (one layer of a chain)."""
+    path: str
+    disk_type: str                     # "fixed" | "dynamic" | "differencing"
+    virtual_size: int
+    size_rule: str                     # the rule applied: "current" | "chs" | "original"
+    current_size: int
+    original_size: int
+    chs_size: int
+    geometry: tuple                    # (cylinders, heads, sectors per track)
+    creator_app: str
+    creator_version: str               # "major.minor"
+    creator_os: str
+    uuid: _uuid.UUID
+    timestamp: _dt.datetime
+    saved_state: bool
+    features: int
+    file_size: int
+    footer_size: int                   # 512, or 511 in very old images
+    footer_source: str                 # "end" | "copy at offset 0"
+    block_size: Optional[int] = None
+    max_table_entries: Optional[int] = None
+    bat_entries_used: Optional[int] = None
+    allocated_bytes: int = 0
+    parent_uuid: Optional[_uuid.UUID] = None
+    parent_timestamp: Optional[_dt.datetime] = None
+    parent_name: Optional[str] = None
+    locators: List[Locator] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["uuid"] = str(self.uuid)
+        d["timestamp"] = self.timestamp.isoformat()
+        d["geometry"] = list(self.geometry)
+        d["parent_uuid"] = str(self.parent_uuid) if self.parent_uuid else None
+        d["parent_timestamp"] = self.parent_timestamp.isoformat() if self.parent_timestamp else None
+        d["locators"] = [loc.to_dict() for loc in self.locators]
+        return d
+
+
+@dataclass
+class Problem:
+    """One finding of :func:`check`: a stable code, the file offset, a message."""
+    code: str
+    offset: Optional[int]
+    message: str
+    layer: int = 0        # 0 the image itself, 1 its parent, ...
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CheckReport:
+    path: str
+    problems: List[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def codes(self) -> List[str]:
+        return [p.code for p in self.problems]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "problems": [p.to_dict() for p in self.problems]}
+
+
+@dataclass
+class Extent:
+    """A run of the virtual disk, like a line of ``qemu-img map``."""
+    offset: int
+    length: int
+    allocated: bool
+    layer: Optional[int]          # 0 = leaf, 1 = its parent, ...; None when zeros
+    file_offset: Optional[int]    # where the data lies in that layer's file
+    path: Optional[str] = None    # that layer's file
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+# ---- native glue -----------------------------------------------------------
+
+def _fspath(p: PathLike) -> bytes:
+    return os.fsencode(os.fspath(p))
+
+
+def _rule(size_rule: str) -> int:
+    try:
+        return SIZE_RULES[size_rule]
+    except KeyError:
+        raise InvalidInputError(f"unknown size rule {size_rule!r} (use one of {', '.join(SIZE_RULES)})") from None
+
+
+class _Opts:
+    """A vk_open_opts and the cdata it points to (kept alive together)."""
+
+    def __init__(self, parents: Optional[Sequence[PathLike]], allowed_root: Optional[PathLike],
+                 size_rule: str, top_only: bool = False):
+        ffi = native.ffi
+        self.c = ffi.new("vk_open_opts *")
+        self._keep: list = []
+        if parents:
+            strs = [ffi.new("char[]", _fspath(p)) for p in parents]
+            arr = ffi.new("const char *[]", strs)
+            self._keep += [strs, arr]
+            self.c.parents = arr
+            self.c.n_parents = len(strs)
+        if allowed_root is not None:
+            root = ffi.new("char[]", _fspath(allowed_root))
+            self._keep.append(root)
+            self.c.allowed_root = root
+        self.c.size_rule = _rule(size_rule)
+        self.c.top_only = 1 if top_only else 0
+
+
+def _str(cbuf) -> str:
+    return native.ffi.string(cbuf).decode("utf-8", "replace")
+
+
+def _time(ts: int) -> _dt.datetime:
+    return _VHD_EPOCH + _dt.timedelta(seconds=int(ts))
+
+
+def _layer_info(img, layer: int) -> VhdInfo:
+    ffi, lib = native.ffi, native.lib
+    err = native.new_err()
+    ci = ffi.new("vk_info *")
+    native.check(lib.vk_image_info(img, layer, ci, err), err)
+    pbuf = ffi.new("char[]", 4096)
+    native.check(lib.vk_image_path(img, layer, pbuf, 4096, err), err)
+    dynamic = ci.disk_type in (3, 4)
+    diff = ci.disk_type == 4
+    locs: List[Locator] = []
+    if dynamic:
+        cl = ffi.new("vk_locator_info *")
+        for i in range(ci.n_locators):
+            native.check(lib.vk_image_locator(img, layer, i, cl, err), err)
+            locs.append(Locator(_str(cl.code), cl.data_space, cl.data_length, cl.data_offset,
+                                _str(cl.path) if cl.valid else None))
+    ver = ci.creator_version
+    return VhdInfo(
+        path=os.fsdecode(ffi.string(pbuf)),
+        disk_type=DISK_TYPES.get(ci.disk_type, str(ci.disk_type)),
+        virtual_size=ci.virtual_size,
+        size_rule=_RULE_NAMES[ci.size_rule],
+        current_size=ci.current_size,
+        original_size=ci.original_size,
+        chs_size=ci.chs_size,
+        geometry=(ci.cylinders, ci.heads, ci.sectors_per_track),
+        creator_app=ffi.string(ci.creator_app).decode("latin-1"),
+        creator_version=f"{ver >> 16}.{ver & 0xFFFF}",
+        creator_os=ffi.string(ci.creator_os).decode("latin-1"),
+        uuid=_uuid.UUID(bytes=bytes(ci.uuid)),
+        timestamp=_time(ci.timestamp),
+        saved_state=bool(ci.saved_state),
+        features=ci.features,
+        file_size=ci.file_size,
+        footer_size=ci.footer_size,
+        footer_source="end" if ci.footer_source == 0 else "copy at offset 0",
+        block_size=ci.block_size if dynamic else None,
+        max_table_entries=ci.max_table_entries if dynamic else None,
+        bat_entries_used=ci.bat_entries_used if dynamic else None,
+        allocated_bytes=ci.allocated_bytes,
+        parent_uuid=_uuid.UUID(bytes=bytes(ci.parent_uuid)) if diff else None,
+        parent_timestamp=_time(ci.parent_timestamp) if diff else None,
+        parent_name=(_str(ci.parent_name) if ci.parent_name_valid else None) if diff else None,
+        locators=locs,
+    )
+
+
+def _open_native(path: PathLike, opts: _Opts):
+    ffi, lib = native.ffi, native.lib
+    err = native.new_err()
+    out = ffi.new("vk_image **")
+    native.check(lib.vk_image_open(_fspath(path), opts.c, out, err), err)
+    return ffi.gc(out[0], lib.vk_image_close)
+
+
+# ---- the stream --------------------------------------------------------------
+
+class VhdStream(io.RawIOBase):
+    """A read-only, seekable raw stream over the virtual disk of a VHD chain."""
+
+    def __init__(self, path: PathLike, *, parents: Optional[Sequence[PathLike]] = None,
+                 allowed_root: Optional[PathLike] = None, size_rule: str = "auto"):
+        super().__init__()
+        self.name = os.fspath(path)
+        self._img = _open_native(path, _Opts(parents, allowed_root, size_rule))
+        self._size = int(native.lib.vk_image_size(self._img))
+        self._pos = 0
+        self._chain: Optional[List[VhdInfo]] = None
+
+    # -- io.RawIOBase
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def _live(self):
+        if self.closed:
+            raise ValueError("I/O operation on closed VHD stream")
+        return self._img
+
+    def readinto(self, b) -> int:
+        img = self._live()
+        mv = memoryview(b).cast("B")
+        n = min(len(mv), max(0, self._size - self._pos))
+        if n <= 0:
+            return 0
+        ffi, lib = native.ffi, native.lib
+        buf = ffi.from_buffer(mv, require_writable=True)
+        err = native.new_err()
+        done = 0
+        while done < n:
+            step = min(n - done, _MAX_READ)
+            native.check(lib.vk_image_pread(img, buf + done, step, self._pos + done, err), err)
+            done += step
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        return self.read(max(0, self._size - self._pos))
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        n = min(size, max(0, self._size - self._pos))
+        buf = bytearray(n)
+        got = self.readinto(buf)
+        return bytes(buf[:got]) if got != n else bytes(buf)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Read ``size`` bytes at ``offset`` without moving the position."""
+        img = self._live()
+        if offset < 0 or size < 0:
+            raise InvalidInputError("negative offset or size")
+        n = min(size, max(0, self._size - offset))
+        buf = bytearray(n)
+        if n:
+            err = native.new_err()
+            native.check(native.lib.vk_image_pread(img, native.ffi.from_buffer(buf), n, offset, err), err)
+        return bytes(buf)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._live()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed and self._img is not None:
+            img, self._img = self._img, None
+            native.ffi.release(img)
+        super().close()
+
+    # -- VHD specifics
+    @property
+    def virtual_size(self) -> int:
+        return self._size
+
+    @property
+    def depth(self) -> int:
+        return int(native.lib.vk_image_depth(self._live()))
+
+    @property
+    def chain(self) -> List[VhdInfo]:
+        """Info of every layer, leaf first."""
+        if self._chain is None:
+            img = self._live()
+            self._chain = [_layer_info(img, i) for i in range(self.depth)]
+        return list(self._chain)
+
+    @property
+    def info(self) -> VhdInfo:
+        return self.chain[0]
+
+    def map(self) -> List[Extent]:
+        """Extents of the whole disk: allocated (in which layer) or zeros."""
+        img = self._live()
+        ffi, lib = native.ffi, native.lib
+        cap = 4096
+        arr = ffi.new("vk_extent[]", cap)
+        n_out = ffi.new("size_t *")
+        err = native.new_err()
+        paths = [c.path for c in self.chain]
+        out: List[Extent] = []
+        pos = 0
+        while pos < self._size:
+            native.check(lib.vk_image_map(img, pos, arr, cap, n_out, err), err)
+            n = int(n_out[0])
+            if n == 0:
+                break
+            for i in range(n):
+                e = arr[i]
+                layer = e.layer if e.allocated else None
+                x = Extent(e.offset, e.length, bool(e.allocated), layer,
+                           e.file_offset if e.allocated else None,
+                           paths[layer] if layer is not None else None)
+                if out and out[-1].allocated == x.allocated and out[-1].layer == x.layer and (
+                        not x.allocated or out[-1].file_offset + out[-1].length == x.file_offset):
+                    out[-1].length += x.length
+                else:
+                    out.append(x)
+            pos = arr[n - 1].offset + arr[n - 1].length
+        return out
+
+    def __repr__(self) -> str:
+        return f"<VhdStream {self.name!r} size={self._size} pos={self._pos}>"
+
+
+# ---- module API --------------------------------------------------------------
+
+def open(path: PathLike, mode: str = "r", *, parents: Optional[Sequence[PathLike]] = None,
+         allowed_root: Optional[PathLike] = None, size_rule: str = "auto") -> VhdStream:
+    """Open a VHD (with its parent chain) for reading.
+
+    ``parents``: explicit parent paths, the leaf's parent first (used before
+    the locators).  ``allowed_root``: refuse parents outside this directory.
+    """
+    if mode not in ("r", "rb"):
+        raise InvalidInputError(f"vhdkit.open supports only mode 'r', not {mode!r}")
+    return VhdStream(path, parents=parents, allowed_root=allowed_root, size_rule=size_rule)
+
+
+def info(path: PathLike, *, size_rule: str = "auto", parents: Optional[Sequence[PathLike]] = None,
+         allowed_root: Optional[PathLike] = None) -> VhdInfo:
+    """Describe the VHD at ``path`` (its own layer; parents are not opened)."""
+    img = _open_native(path, _Opts(parents, allowed_root, size_rule, top_only=True))
+    try:
+        return _layer_info(img, 0)
+    finally:
+        native.ffi.release(img)
+
+
+def check(path: PathLike, *, parents: Union[bool, Sequence[PathLike]] = True,
+          allowed_root: Optional[PathLike] = None, size_rule: str = "auto",
+          max_problems: int = 1000) -> CheckReport:
+    """Validate a VHD's structure (and, with ``parents``, its chain).
+
+    Problems are reported, not raised; an unreadable file gives one problem.
+    ``parents`` may also be a list of explicit parent paths.
+    """
+    ffi, lib = native.ffi, native.lib
+    explicit = None if isinstance(parents, bool) else list(parents)
+    opts = _Opts(explicit, allowed_root, size_rule)
+    cap = max(1, int(max_problems))
+    arr = ffi.new("vk_problem[]", cap)
+    n = ffi.new("size_t *")
+    err = native.new_err()
+    native.check(lib.vk_check(_fspath(path), opts.c, 1 if parents is not False else 0, arr, cap, n, err), err)
+    total = int(n[0])
+    probs = []
+    for i in range(min(total, cap)):
+        p = arr[i]
+        off = int(p.offset)
+        probs.append(Problem(_str(p.code), None if off >= 2**64 - 1 else off, _str(p.msg), int(p.layer)))
+    if total > cap:
+        probs.append(Problem("TOO_MANY_PROBLEMS", None, f"{total - cap} more problems not listed"))
+    return CheckReport(os.fspath(path), probs)
+
+
+def probe(path: PathLike) -> Optional[str]:
+    """"fixed" | "dynamic" | "differencing" if ``path`` looks like a VHD, else None."""
+    err = native.new_err()
+    t = native.ffi.new("uint32_t *")
+    native.check(native.lib.vk_probe(_fspath(path), t, err), err)
+    return DISK_TYPES.get(int(t[0]))
+
+
+def map(path: PathLike, **kw: Any) -> List[Extent]:  # noqa: A001 - mirrors `qemu-img map`
+    """Allocation map of the virtual disk (see :meth:`VhdStream.map`)."""
+    with open(path, **kw) as s:
+        return s.map()
+
+

@@ -1,4 +1,480 @@
-"""vhdkit.vhd.write (see vhdkit/vhd/__init__.py)."""
+"""vhdkit.vhd.write: create, convert, modify, repair and compare images.
+
+Every function is a thin layer over the native core (csrc/vk_write.c,
+csrc/vk_convert.c): Python opens files, makes writes atomic (a temporary file
+in the output's directory, fsync, rename) and turns results into dataclasses
+with ``to_dict()``.
+
+Example::
+
+    import vhdkit
+    r = vhdkit.convert("disk.raw", "disk.vhd", type="dynamic")
+    print(r.virtual_size, r.blocks_allocated)
+"""
 from __future__ import annotations
 
-__all__: list = []
+import datetime as _dt
+import os
+import stat
+import sys
+import tempfile
+import threading
+import uuid as _uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Optional, Tuple, Union
+
+from .. import errors
+from ..native import check, ffi, lib, new_err
+
+__all__ = [
+    "create", "convert", "modify", "repair", "compare", "size_plan",
+    "WriteResult", "ModifyResult", "RepairResult", "CompareResult", "SizePlan",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Progress = Callable[[int, Optional[int]], None]
+
+_VHD_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+_RULES = {"exact": 0, "chs": 1, "azure": 2}
+_KINDS = {"raw": 0, "fixed": 2, "dynamic": 3}
+_KIND_NAMES = {v: k for k, v in _KINDS.items()}
+_DISK_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
+_MAX_SIZE = 2040 << 30
+
+
+# ---- result objects -------------------------------------------------------
+class _Dict:
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, (_uuid.UUID, _dt.datetime)):
+                d[k] = str(v) if isinstance(v, _uuid.UUID) else v.isoformat()
+        return d
+
+
+@dataclass
+class SizePlan(_Dict):
+    """How a requested size becomes a VHD's current size and geometry."""
+    requested: int
+    size: int
+    rule: str
+    geometry: Tuple[int, int, int]
+    adjusted: bool
+
+
+@dataclass
+class WriteResult(_Dict):
+    """What :func:`create` and :func:`convert` wrote."""
+    path: str
+    format: str                   # "raw" | "vhd"
+    disk_type: Optional[str]      # "fixed" | "dynamic" | None for raw
+    virtual_size: int
+    requested_size: int
+    size_rule: str
+    size_adjusted: bool
+    geometry: Optional[Tuple[int, int, int]]
+    uuid: Optional[_uuid.UUID]
+    timestamp: Optional[_dt.datetime]
+    block_size: Optional[int]
+    max_table_entries: Optional[int]
+    blocks_allocated: Optional[int]
+    input_bytes: int
+    data_bytes: int
+    file_size: int
+    source: Optional[str] = None
+    source_format: Optional[str] = None
+
+
+@dataclass
+class ModifyResult(_Dict):
+    path: str
+    disk_type: str
+    old_size: int
+    new_size: int
+    uuid: _uuid.UUID
+    timestamp: _dt.datetime
+    bat_relocated: bool
+    writes: int
+
+
+@dataclass
+class RepairResult(_Dict):
+    path: str
+    disk_type: str
+    action: str          # "none" | "end-footer-restored" | "backup-footer-restored" | "end-footer-appended"
+    footer_offset: int
+    dry_run: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "none"
+
+
+@dataclass
+class CompareResult(_Dict):
+    a: str
+    b: str
+    identical: bool
+    size_a: int
+    size_b: int
+    first_difference: Optional[int] = None   # byte offset, or None
+    message: str = field(default="")
+
+
+# ---- helpers ----------------------------------------------------------------
+def _ts_to_vhd(ts: Union[None, str, int, float, _dt.datetime]) -> Optional[int]:
+    if ts is None:
+        return None
+    if isinstance(ts, str):
+        if ts == "now":
+            ts = _dt.datetime.now(_dt.timezone.utc)
+        else:
+            try:
+                ts = _dt.datetime.fromisoformat(ts)
+            except ValueError:
+                raise errors.InvalidInputError(f"not a timestamp: {ts!r} (use 'now' or ISO 8601)") from None
+    if isinstance(ts, (int, float)):
+        ts = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=_dt.timezone.utc)
+    secs = int((ts - _VHD_EPOCH).total_seconds())
+    if not 0 <= secs <= 0xFFFFFFFF:
+        raise errors.InvalidInputError(f"timestamp {ts.isoformat()} is outside what a VHD stores (2000..2136)")
+    return secs
+
+
+def _vhd_to_ts(secs: int) -> _dt.datetime:
+    return _VHD_EPOCH + _dt.timedelta(seconds=int(secs))
+
+
+def _creator_bytes(creator: Optional[str]) -> Optional[bytes]:
+    if creator is None:
+        return None
+    raw = creator.encode("latin-1", "strict") if isinstance(creator, str) else bytes(creator)
+    if not 1 <= len(raw) <= 4:
+        raise errors.InvalidInputError(f"creator application must be 1..4 characters, got {creator!r}")
+    return raw.ljust(4, b" ") if len(raw) < 4 and raw != b"tap" else raw.ljust(4, b"\0")
+
+
+def _as_uuid(u: Union[None, str, _uuid.UUID]) -> Optional[_uuid.UUID]:
+    if u is None or isinstance(u, _uuid.UUID):
+        return u
+    try:
+        return _uuid.UUID(str(u))
+    except ValueError:
+        raise errors.InvalidInputError(f"not a UUID: {u!r}") from None
+
+
+def _rule(size_rule: str, azure: bool) -> int:
+    if azure:
+        return _RULES["azure"]
+    if size_rule not in ("exact", "chs"):
+        raise errors.InvalidInputError(f"size rule must be 'exact' or 'chs', got {size_rule!r}")
+    return _RULES[size_rule]
+
+
+def size_plan(size: int, size_rule: str = "exact") -> SizePlan:
+    """The virtual size and CHS geometry a VHD of ``size`` bytes gets."""
+    p = ffi.new("vk_size_plan *")
+    err = new_err()
+    check(lib.vk_size_plan_make(int(size), _RULES.get(size_rule, -1), p, err), err)
+    return SizePlan(int(p.requested), int(p.size), size_rule, (p.cylinders, p.heads, p.sectors), bool(p.adjusted))
+
+
+def _fill_opts(kind: str, block_size: Optional[int], rule: int, uuid, timestamp, creator) -> "ffi.CData":
+    o = ffi.new("vk_write_opts *")
+    if kind not in _KINDS:
+        raise errors.InvalidInputError(f"unknown output type {kind!r} (raw, fixed or dynamic)")
+    o.kind = _KINDS[kind]
+    o.block_size = int(block_size or 0)
+    o.size_rule = rule
+    u = _as_uuid(uuid)
+    if u is not None:
+        o.has_uuid = 1
+        ffi.memmove(o.uuid, u.bytes, 16)
+    t = _ts_to_vhd(timestamp)
+    if t is not None:
+        o.has_timestamp = 1
+        o.timestamp = t
+    c = _creator_bytes(creator)
+    if c is not None:
+        ffi.memmove(o.creator_app, c, 4)
+    return o
+
+
+def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[Progress]) -> int:
+    """Run a native call on a worker thread (cffi releases the GIL) so that the
+    caller's thread can report progress and turn Ctrl-C into a clean cancel."""
+    counter = ffi.new("uint64_t *")
+    cancel = ffi.new("int *")
+    opts.progress = counter
+    opts.cancel = cancel
+    box: dict = {}
+
+    def work() -> None:
+        box["rc"] = fn()
+
+    t = threading.Thread(target=work, name="vhdkit-native", daemon=True)
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(0.1)
+            if progress is not None:
+                progress(int(counter[0]), total)
+    except BaseException:
+        cancel[0] = 1
+        t.join()
+        raise
+    if progress is not None:
+        progress(int(counter[0]), total)
+    return box["rc"]
+
+
+@contextmanager
+def _atomic_output(dst: PathLike, overwrite: bool) -> Iterator[Tuple[int, bool]]:
+    """Yield (fd, is_stream).  A named output is written to a temporary file
+    in its directory, fsynced and renamed into place only on success."""
+    if str(dst) == "-":
+        sys.stdout.flush()
+        yield sys.stdout.fileno(), True
+        return
+    dst = os.fspath(dst)
+    if not overwrite and os.path.lexists(dst):
+        raise errors.ConflictError(f"{dst} exists (pass overwrite=True to replace it)")
+    if os.path.isdir(dst):
+        raise errors.InvalidInputError(f"{dst} is a directory")
+    d = os.path.dirname(os.path.abspath(dst))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".part", dir=d)
+    except FileNotFoundError:
+        raise errors.NotFoundError(f"directory {d} does not exist") from None
+    except OSError as e:
+        raise errors.StorageError(f"cannot create a file in {d}: {e.strerror}", sys_errno=e.errno or 0) from None
+    ok = False
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        yield fd, False
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, dst)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        ok = True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not ok:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _result(res, path: str, rule_name: str) -> WriteResult:
+    kind = _KIND_NAMES.get(int(res.kind), "raw")
+    is_vhd = kind != "raw"
+    return WriteResult(
+        path=path,
+        format="vhd" if is_vhd else "raw",
+        disk_type=kind if is_vhd else None,
+        virtual_size=int(res.plan.size),
+        requested_size=int(res.plan.requested),
+        size_rule=rule_name if is_vhd else "exact",
+        size_adjusted=bool(res.plan.adjusted) if is_vhd else False,
+        geometry=(res.plan.cylinders, res.plan.heads, res.plan.sectors) if is_vhd else None,
+        uuid=_uuid.UUID(bytes=bytes(ffi.buffer(res.uuid, 16))) if is_vhd else None,
+        timestamp=_vhd_to_ts(res.timestamp) if is_vhd else None,
+        block_size=int(res.block_size) if kind == "dynamic" else None,
+        max_table_entries=int(res.max_table_entries) if kind == "dynamic" else None,
+        blocks_allocated=int(res.blocks_allocated) if kind == "dynamic" else None,
+        input_bytes=int(res.input_bytes),
+        data_bytes=int(res.data_bytes),
+        file_size=int(res.file_size),
+    )
+
+
+# ---- create -------------------------------------------------------------------
+def create(path: PathLike, size: int, *, type: str = "dynamic", block_size: Optional[int] = None,
+           size_rule: str = "exact", azure: bool = False, uuid=None, timestamp=None,
+           creator: Optional[str] = None, overwrite: bool = False) -> WriteResult:
+    """Create an empty VHD of ``size`` bytes (``type`` "fixed" or "dynamic").
+
+    ``size_rule="exact"`` keeps the size (rounded up to a sector), ``"chs"``
+    rounds up to a CHS-representable size like Virtual PC; ``azure=True``
+    makes a fixed VHD rounded up to a whole MiB.  ``path`` may be "-" for a
+    fixed VHD written to stdout.
+    """
+    if azure:
+        type = "fixed"
+    if type not in ("fixed", "dynamic"):
+        raise errors.InvalidInputError(f"type must be 'fixed' or 'dynamic', got {type!r}")
+    if size > _MAX_SIZE:
+        raise errors.OutOfRangeError(f"size {size} bytes is over the VHD limit of 2040 GiB")
+    rule = _rule(size_rule, azure)
+    opts = _fill_opts(type, block_size, rule, uuid, timestamp, creator)
+    res = ffi.new("vk_write_result *")
+    err = new_err()
+    with _atomic_output(path, overwrite) as (fd, stream):
+        opts.stream_out = int(stream)
+        check(lib.vk_create(fd, int(size), opts, res, err), err)
+    return _result(res, os.fspath(path), "azure" if azure else size_rule)
+
+
+# ---- convert ------------------------------------------------------------------
+def _detect_format(path: str) -> str:
+    """'vhd' if the file ends (or, for a dynamic image, starts) with a VHD
+    footer whose checksum verifies, else 'raw'.  A fixed VHD, which is raw
+    data plus a footer, is detected as VHD."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        n = f.tell()
+        heads = []
+        if n >= 512:
+            f.seek(n - 512)
+            heads.append(f.read(512))
+            f.seek(0)
+            heads.append(f.read(512))
+    for b in heads:
+        if b[:8] == b"conectix":
+            stored = int.from_bytes(b[64:68], "big")
+            s = (~(sum(b[:64]) + sum(b[68:]))) & 0xFFFFFFFF
+            if s == stored:
+                return "vhd"
+    return "raw"
+
+
+def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, out_format: str = "vhd",
+            type: str = "dynamic", block_size: Optional[int] = None, size_rule: str = "exact",
+            azure: bool = False, uuid=None, timestamp=None, creator: Optional[str] = None,
+            parents=None, allowed_root=None, overwrite: bool = True,
+            progress: Optional[Progress] = None) -> WriteResult:
+    """Convert ``src`` (raw, or any VHD vhdkit reads: fixed, dynamic, or a
+    differencing leaf whose chain is flattened) into ``dst``.
+
+    ``out_format`` "raw" writes a sparse raw file; "vhd" writes ``type``
+    "fixed" or "dynamic" (all-zero blocks are not allocated).  ``src`` "-" is
+    raw data on stdin; ``dst`` "-" streams raw or fixed output to stdout.
+    ``src_format`` None detects the format from the footer.
+    """
+    srcs, dsts = os.fspath(src), os.fspath(dst)
+    if out_format not in ("raw", "vhd"):
+        raise errors.InvalidInputError(f"output format must be 'raw' or 'vhd', got {out_format!r}")
+    if azure:
+        type = "fixed"
+    if out_format == "vhd" and type not in ("fixed", "dynamic"):
+        raise errors.InvalidInputError(f"type must be 'fixed' or 'dynamic', got {type!r}")
+    kind = "raw" if out_format == "raw" else type
+    if dsts == "-" and kind == "dynamic":
+        raise errors.UnsupportedError("a dynamic VHD cannot be streamed to stdout (its BAT is written last); "
+                                      "write it to a file, or use --type fixed or -O raw")
+    if src_format not in (None, "raw", "vhd"):
+        raise errors.InvalidInputError(f"input format must be 'raw' or 'vhd', got {src_format!r}")
+    if srcs == "-":
+        if src_format == "vhd":
+            raise errors.UnsupportedError("a VHD cannot be read from stdin (its footer is at the end); "
+                                          "give a file name")
+        src_format = "raw"
+    elif not os.path.exists(srcs):
+        raise errors.NotFoundError(f"no such file: {srcs}")
+    elif src_format is None:
+        src_format = _detect_format(srcs)
+    if srcs != "-" and dsts != "-" and os.path.exists(dsts) and os.path.samefile(srcs, dsts):
+        raise errors.InvalidInputError("source and destination are the same file")
+    rule = _rule(size_rule, azure and kind == "fixed")
+    opts = _fill_opts(kind, block_size, rule, uuid, timestamp, creator)
+    res = ffi.new("vk_write_result *")
+    err = new_err()
+    rule_name = "azure" if azure else size_rule
+    if src_format == "raw":
+        in_fd = sys.stdin.fileno() if srcs == "-" else os.open(srcs, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(in_fd)
+            total = st.st_size if srcs != "-" or stat.S_ISREG(st.st_mode) else None
+            with _atomic_output(dst, overwrite) as (fd, stream):
+                opts.stream_out = int(stream)
+                rc = _run(lambda: lib.vk_convert_raw(in_fd, 0xFFFFFFFFFFFFFFFF, fd, opts, res, err),
+                          opts, total, progress)
+                check(rc, err)
+        finally:
+            if srcs != "-":
+                os.close(in_fd)
+    else:
+        from ._convert_image import convert_image
+        with _atomic_output(dst, overwrite) as (fd, stream):
+            opts.stream_out = int(stream)
+            convert_image(srcs, fd, opts, res, err, parents=parents, allowed_root=allowed_root,
+                          run=lambda fn, total: _run(fn, opts, total, progress))
+    r = _result(res, dsts, rule_name)
+    r.source, r.source_format = srcs, src_format
+    return r
+
+
+# ---- modify / repair ---------------------------------------------------------
+def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None, creator: Optional[str] = None,
+           size: Optional[int] = None, size_rule: str = "exact", force: bool = False) -> ModifyResult:
+    """Rewrite footer fields (both copies) and, for ``size``, the BAT in place.
+
+    Growing a dynamic image uses spare BAT entries or relocates the BAT;
+    fixed images grow or shrink.  Shrinking below allocated (non-zero) data
+    needs ``force``.  Writes are ordered so that an interrupted run leaves an
+    image :func:`repair` restores.
+    """
+    if new_uuid and uuid is not None:
+        raise errors.InvalidInputError("give either new_uuid or uuid, not both")
+    o = ffi.new("vk_modify_opts *")
+    u = _uuid.uuid4() if new_uuid else _as_uuid(uuid)
+    if u is not None:
+        o.set_uuid = 1
+        ffi.memmove(o.uuid, u.bytes, 16)
+    t = _ts_to_vhd(timestamp)
+    if t is not None:
+        o.set_timestamp, o.timestamp = 1, t
+    c = _creator_bytes(creator)
+    if c is not None:
+        o.set_creator = 1
+        ffi.memmove(o.creator_app, c, 4)
+    if size is not None:
+        o.set_size, o.size = 1, int(size)
+        o.size_rule = _rule(size_rule, False)
+    o.force = int(bool(force))
+    res = ffi.new("vk_modify_result *")
+    err = new_err()
+    check(lib.vk_modify(os.fsencode(path), o, res, err), err)
+    return ModifyResult(
+        path=os.fspath(path), disk_type=_DISK_TYPES.get(int(res.disk_type), "unknown"),
+        old_size=int(res.old_size), new_size=int(res.new_size),
+        uuid=_uuid.UUID(bytes=bytes(ffi.buffer(res.uuid, 16))), timestamp=_vhd_to_ts(res.timestamp),
+        bat_relocated=bool(res.bat_relocated), writes=int(res.writes))
+
+
+_ACTIONS = {0: "none", 1: "end-footer-restored", 2: "backup-footer-restored", 3: "end-footer-appended"}
+
+
+def repair(path: PathLike, *, dry_run: bool = False) -> RepairResult:
+    """Restore a damaged end footer from the copy at offset 0, or the copy at
+    0 from the end footer (like ``vhd-util repair``).  Refuses when both are
+    damaged or when they disagree in a way that cannot be decided."""
+    res = ffi.new("vk_repair_result *")
+    err = new_err()
+    check(lib.vk_repair(os.fsencode(path), int(bool(dry_run)), res, err), err)
+    return RepairResult(path=os.fspath(path), disk_type=_DISK_TYPES.get(int(res.disk_type), "unknown"),
+                        action=_ACTIONS.get(int(res.action), "unknown"),
+                        footer_offset=int(res.footer_offset), dry_run=bool(dry_run))
+
+
+# ---- compare ------------------------------------------------------------------
+def compare(a: PathLike, b: PathLike, *, a_format: Optional[str] = None, b_format: Optional[str] = None,
+            parents=None, allowed_root=None) -> CompareResult:
+    """Compare the virtual-disk contents of two images of any supported format
+    (raw, fixed, dynamic, differencing).  Like ``qemu-img compare``, a size
+    difference counts only if the longer image holds non-zero data there."""
+    from ._convert_image import compare_images
+    return compare_images(os.fspath(a), os.fspath(b), a_format, b_format, parents=parents,
+                          allowed_root=allowed_root, detect=_detect_format, result=CompareResult)

@@ -1,0 +1,433 @@
+/* vk_check.c -- structural validation, at least what blktap's `vhd-util
+ * check` validates.  Unlike the opener, the checker keeps going after a
+ * problem wherever the rest can still be examined, and reports each problem
+ * with a stable code, the file offset involved and a message. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vk_image.h"
+
+typedef struct {
+    vk_problem *out;
+    size_t cap;
+    size_t n;
+    int layer;
+} probs;
+
+__attribute__((format(printf, 4, 5)))
+static void add(probs *P, const char *code, uint64_t off, const char *fmt, ...)
+{
+    if (P->n < P->cap) {
+        vk_problem *p = &P->out[P->n];
+        va_list ap;
+        snprintf(p->code, sizeof p->code, "%s", code);
+        p->offset = off;
+        p->layer = P->layer;
+        va_start(ap, fmt);
+        vsnprintf(p->msg, sizeof p->msg, fmt, ap);
+        va_end(ap);
+    }
+    P->n++;
+}
+
+typedef struct { uint64_t start, end; const char *what; uint32_t idx; } region;
+
+static int cmp_region(const void *a, const void *b)
+{
+    const region *x = a, *y = b;
+    if (x->start != y->start) return x->start < y->start ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+static int is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
+
+static const char *name_base(const char *p)
+{
+    const char *a = strrchr(p, '/'), *b = strrchr(p, '\\');
+    const char *s = a > b ? a : b;
+    return s ? s + 1 : p;
+}
+
+static int same_name(const char *a, const char *b)
+{
+    for (; *a && *b; a++, b++) {
+        char x = *a, y = *b;
+        if (x >= 'A' && x <= 'Z') x = (char)(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z') y = (char)(y - 'A' + 'a');
+        if (x != y) return 0;
+    }
+    return *a == *b;
+}
+
+static void check_footer(probs *P, const uint8_t *raw, const vk_footer *f, uint64_t foff, uint64_t file_size)
+{
+    uint32_t now = vk_time_now();
+    if (vk_footer_checksum_of(raw) != f->checksum)
+        add(P, "FOOTER_CHECKSUM", foff + 64, "footer checksum 0x%08x, computed 0x%08x", f->checksum,
+            vk_footer_checksum_of(raw));
+    if (!(f->features & VK_FEATURE_RESERVED))
+        add(P, "FOOTER_FEATURES", foff + 8, "footer features 0x%08x lack the always-set bit 0x2", f->features);
+    if (f->features & ~(VK_FEATURE_RESERVED | VK_FEATURE_TEMPORARY))
+        add(P, "FOOTER_FEATURES", foff + 8, "footer features 0x%08x have unknown bits", f->features);
+    if (f->version != VK_VERSION_1_0)
+        add(P, "FOOTER_VERSION", foff + 12, "footer file format version 0x%08x, expected 0x00010000", f->version);
+    if (f->timestamp > now + 24u * 3600u)
+        add(P, "FOOTER_TIMESTAMP", foff + 24, "footer timestamp %u lies in the future", f->timestamp);
+    if (f->saved_state != 0 && f->saved_state != 1)
+        add(P, "FOOTER_SAVED_STATE", foff + 84, "saved state byte is %u (must be 0 or 1)", f->saved_state);
+    else if (f->saved_state)
+        add(P, "FOOTER_SAVED_STATE", foff + 84, "the disk is in a saved state (a suspended VM owns it)");
+    if (f->current_size % VK_SECTOR)
+        add(P, "FOOTER_SIZE", foff + 48, "current size %llu is not a multiple of 512",
+            (unsigned long long)f->current_size);
+    uint64_t chs = vk_chs_size(f->cylinders, f->heads, f->sectors);
+    if (f->cylinders == 0 || f->heads == 0 || f->sectors == 0)
+        add(P, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u has a zero field", f->cylinders, f->heads,
+            f->sectors);
+    else if (chs > f->current_size)
+        add(P, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u (%llu bytes) exceeds the current size %llu",
+            f->cylinders, f->heads, f->sectors, (unsigned long long)chs, (unsigned long long)f->current_size);
+    switch (f->disk_type) {
+    case VK_DISK_FIXED:
+        if (f->data_offset != UINT64_MAX)
+            add(P, "FOOTER_DATA_OFFSET", foff + 16, "fixed disk with data offset %llu (must be all ones)",
+                (unsigned long long)f->data_offset);
+        break;
+    case VK_DISK_DYNAMIC:
+    case VK_DISK_DIFF:
+        if (f->data_offset == UINT64_MAX || f->data_offset % VK_SECTOR || f->data_offset > file_size ||
+            file_size - f->data_offset < 1024)
+            add(P, "FOOTER_DATA_OFFSET", foff + 16, "dynamic header offset %llu is invalid or outside the file",
+                (unsigned long long)f->data_offset);
+        if (f->current_size > VK_MAX_VIRTUAL_SIZE)
+            add(P, "FOOTER_SIZE", foff + 48, "virtual size %llu exceeds 2040 GiB",
+                (unsigned long long)f->current_size);
+        break;
+    default:
+        add(P, "FOOTER_DISK_TYPE", foff + 60, "unknown disk type %u", f->disk_type);
+    }
+}
+
+/* The checks of one file.  Returns 0; fills *opened with an open layer when
+ * the file is a differencing disk that the opener accepts (for parents). */
+static void check_file(probs *P, const char *path, const vk_open_opts *opts, int check_parents,
+                       dev_t *seen_dev, ino_t *seen_ino, int depth);
+
+static void check_dynamic(probs *P, int fd, uint64_t file_size, const vk_footer *f, int fsize,
+                          const uint8_t *raw, vk_dynhdr *h, int *hdr_ok)
+{
+    uint8_t hb[1024], copy[512];
+    int rc;
+    vk_err e;
+
+    *hdr_ok = 0;
+    /* the footer copy at offset 0 must equal the end footer */
+    if (file_size >= 512 && vk_pread_full(fd, copy, 512, 0, &e) == 0) {
+        if (memcmp(copy, raw, (size_t)fsize) != 0)
+            add(P, "FOOTER_COPY_MISMATCH", 0, "the footer copy at offset 0 differs from the footer at the end");
+    }
+    if (f->data_offset == UINT64_MAX || f->data_offset > file_size || file_size - f->data_offset < 1024) return;
+    if ((rc = vk_pread_full(fd, hb, 1024, f->data_offset, &e))) {
+        add(P, "HEADER_READ", f->data_offset, "%s", e.msg);
+        return;
+    }
+    uint64_t ho = f->data_offset;
+    if (memcmp(hb, "cxsparse", 8) != 0) {
+        add(P, "HEADER_COOKIE", ho, "no 'cxsparse' cookie in the dynamic header");
+        return;
+    }
+    vk_dynhdr_decode(hb, h);
+    if (vk_checksum(hb, 1024, 36) != h->checksum)
+        add(P, "HEADER_CHECKSUM", ho + 36, "dynamic header checksum 0x%08x, computed 0x%08x", h->checksum,
+            vk_checksum(hb, 1024, 36));
+    if (h->version != VK_VERSION_1_0)
+        add(P, "HEADER_VERSION", ho + 24, "dynamic header version 0x%08x, expected 0x00010000", h->version);
+    if (h->data_offset != UINT64_MAX)
+        add(P, "HEADER_DATA_OFFSET", ho + 8, "dynamic header data offset is not all ones");
+    if (h->table_offset % VK_SECTOR)
+        add(P, "HEADER_TABLE_OFFSET", ho + 16, "BAT offset %llu is not sector-aligned",
+            (unsigned long long)h->table_offset);
+    if (h->table_offset >= file_size) {
+        add(P, "HEADER_TABLE_OFFSET", ho + 16, "BAT offset %llu is past the end of the file",
+            (unsigned long long)h->table_offset);
+        return;
+    }
+    if (!is_pow2(h->block_size) || h->block_size < VK_MIN_BLOCK_SIZE || h->block_size > VK_MAX_BLOCK_SIZE) {
+        add(P, "HEADER_BLOCK_SIZE", ho + 32, "block size %u is not a power of two from 512 bytes to 1 GiB",
+            h->block_size);
+        return;
+    }
+    uint64_t need = f->current_size / h->block_size + (f->current_size % h->block_size ? 1 : 0);
+    if (h->max_table_entries < need)
+        add(P, "HEADER_MAX_ENTRIES", ho + 28, "%u BAT entries cannot cover %llu bytes in %u-byte blocks",
+            h->max_table_entries, (unsigned long long)f->current_size, h->block_size);
+    uint64_t bat_bytes = (uint64_t)h->max_table_entries * 4;
+    if (h->table_offset + bat_bytes > file_size) {
+        add(P, "BAT_PAST_EOF", h->table_offset, "the BAT (%u entries) extends past the end of the file",
+            h->max_table_entries);
+        return;
+    }
+    *hdr_ok = 1;
+}
+
+static void check_bat_and_locators(probs *P, int fd, uint64_t file_size, const vk_footer *f, int fsize,
+                                   const vk_dynhdr *h)
+{
+    uint32_t bitmap = (uint32_t)(((h->block_size / VK_SECTOR + 7) / 8 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR);
+    uint64_t n = h->max_table_entries;
+    uint64_t bat_bytes = n * 4;
+    uint64_t footer_at = file_size - (uint64_t)fsize;
+    uint8_t *bat = malloc(bat_bytes ? bat_bytes : 1);   /* bounded: inside the file */
+    region *r = malloc((n + 12) * sizeof *r);
+    size_t nr = 0;
+    vk_err e;
+
+    if (!bat || !r) { add(P, "INTERNAL", UINT64_MAX, "out of memory checking the BAT"); goto out; }
+    if (bat_bytes && vk_pread_full(fd, bat, bat_bytes, h->table_offset, &e)) {
+        add(P, "BAT_READ", h->table_offset, "%s", e.msg);
+        goto out;
+    }
+    r[nr++] = (region){0, 512, "footer copy", 0};
+    r[nr++] = (region){f->data_offset, f->data_offset + 1024, "dynamic header", 0};
+    r[nr++] = (region){h->table_offset, h->table_offset + (bat_bytes + 511) / 512 * 512, "BAT", 0};
+    r[nr++] = (region){footer_at, file_size, "footer", 0};
+    for (int i = 0; i < 8; i++) {
+        const vk_locator *l = &h->loc[i];
+        if (!l->code) continue;
+        uint64_t space = l->data_space < l->data_length ? (uint64_t)l->data_space * 512 : l->data_space;
+        if (l->data_offset < file_size && l->data_offset + l->data_length <= file_size && l->data_length)
+            r[nr++] = (region){l->data_offset, l->data_offset + (space > l->data_length ? l->data_length : space),
+                               "parent locator", (uint32_t)i};
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t v = vk_be32(bat + 4 * i);
+        if (v == VK_BAT_UNUSED) continue;
+        uint64_t start = (uint64_t)v * 512, end = start + bitmap + h->block_size;
+        if (start >= file_size) {
+            add(P, "BAT_PAST_EOF", h->table_offset + 4 * i, "BAT entry %llu points to sector %u, past the end of the file",
+                (unsigned long long)i, v);
+            continue;
+        }
+        if (i * (uint64_t)h->block_size >= f->current_size)
+            add(P, "BAT_BEYOND_DISK", h->table_offset + 4 * i, "BAT entry %llu is allocated beyond the disk size",
+                (unsigned long long)i);
+        if (end > footer_at && start < footer_at && end > file_size)
+            add(P, "BAT_PAST_EOF", h->table_offset + 4 * i, "block %llu at %llu runs past the end of the file",
+                (unsigned long long)i, (unsigned long long)start);
+        r[nr++] = (region){start, end, "block", (uint32_t)i};
+    }
+    qsort(r, nr, sizeof *r, cmp_region);
+    for (size_t i = 1, last = 0; i < nr; i++) {
+        if (r[i].start < r[last].end) {
+            const region *a = &r[last], *b = &r[i];
+            const char *code = (!strcmp(a->what, "block") || !strcmp(b->what, "block")) ? "BAT_OVERLAP" : "LAYOUT_OVERLAP";
+            if (!strcmp(a->what, "parent locator") && !strcmp(b->what, "parent locator")) code = "LOCATOR_OVERLAP";
+            add(P, code, b->start, "%s %u [%llu, %llu) overlaps %s %u [%llu, %llu)", b->what, b->idx,
+                (unsigned long long)b->start, (unsigned long long)b->end, a->what, a->idx,
+                (unsigned long long)a->start, (unsigned long long)a->end);
+        }
+        if (r[i].end > r[last].end) last = i;
+    }
+out:
+    free(bat);
+    free(r);
+}
+
+static void check_locators(probs *P, int fd, uint64_t file_size, const vk_footer *f, uint64_t ho, const vk_dynhdr *h)
+{
+    char name[1024], dec[1024];
+    int name_ok = vk_utf16_to_utf8(h->parent_name, sizeof h->parent_name, 1, name, sizeof name) >= 0;
+    static const uint8_t zero[16];
+    int any = 0;
+
+    if (f->disk_type != VK_DISK_DIFF) {
+        if (memcmp(h->parent_uuid, zero, 16) != 0 || h->parent_name[0] || h->parent_name[1])
+            add(P, "PARENT_FIELDS", ho + 40, "a disk that is not differencing has parent fields set");
+        for (int i = 0; i < 8; i++)
+            if (h->loc[i].code) {
+                add(P, "PARENT_FIELDS", ho + 576 + 24 * i, "a disk that is not differencing has parent locator %d", i);
+                break;
+            }
+        return;
+    }
+    if (!name_ok) add(P, "PARENT_NAME", ho + 64, "the parent name is not valid UTF-16");
+    else if (!name[0]) add(P, "PARENT_NAME", ho + 64, "the parent name is empty");
+    if (memcmp(h->parent_uuid, zero, 16) == 0) add(P, "PARENT_UUID", ho + 40, "the parent UUID is all zeros");
+    for (int i = 0; i < 8; i++) {
+        const vk_locator *l = &h->loc[i];
+        uint64_t eo = ho + 576 + 24 * i;
+        vk_err e;
+        if (!l->code) continue;
+        any = 1;
+        if (l->code != VK_LOC_W2RU && l->code != VK_LOC_W2KU && l->code != VK_LOC_MACX &&
+            l->code != VK_LOC_WI2R && l->code != VK_LOC_WI2K) {
+            add(P, "LOCATOR_CODE", eo, "locator %d has unknown code 0x%08x", i, l->code);
+            continue;
+        }
+        if (l->data_offset % VK_SECTOR)
+            add(P, "LOCATOR_OFFSET", eo + 16, "locator %d data offset %llu is not sector-aligned", i,
+                (unsigned long long)l->data_offset);
+        if (l->data_offset >= file_size || l->data_length > file_size - l->data_offset) {
+            add(P, "LOCATOR_RANGE", eo + 16, "locator %d data [%llu, +%u) is past the end of the file", i,
+                (unsigned long long)l->data_offset, l->data_length);
+            continue;
+        }
+        uint64_t space = l->data_space < l->data_length ? (uint64_t)l->data_space * 512 : l->data_space;
+        if (l->data_length > space)
+            add(P, "LOCATOR_SPACE", eo + 4, "locator %d data length %u exceeds its data space %u", i,
+                l->data_length, l->data_space);
+        if (l->code == VK_LOC_WI2R || l->code == VK_LOC_WI2K) continue;   /* deprecated, not decoded */
+        if (vk_locator_decode(fd, file_size, l, dec, sizeof dec, &e)) {
+            add(P, "LOCATOR_DECODE", l->data_offset, "locator %d: %s", i, e.msg);
+            continue;
+        }
+        if (name_ok && name[0] && !same_name(name_base(dec), name_base(name)))
+            add(P, "LOCATOR_NAME_MISMATCH", l->data_offset, "locator %d names %s but the parent name is %s", i,
+                dec, name);
+    }
+    if (!any) add(P, "LOCATOR_MISSING", ho + 576, "a differencing disk without parent locators");
+}
+
+static void check_file(probs *P, const char *path, const vk_open_opts *opts, int check_parents,
+                       dev_t *seen_dev, ino_t *seen_ino, int depth)
+{
+    struct stat st;
+    uint8_t raw[512], copy[512];
+    vk_footer f;
+    vk_dynhdr h;
+    vk_err e;
+    int fd, fsize = 512, hdr_ok = 0;
+    uint64_t file_size, foff;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        add(P, errno == ENOENT ? "NOT_FOUND" : "OPEN_FAILED", UINT64_MAX, "cannot open %s: %s", path, strerror(errno));
+        return;
+    }
+    if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
+        add(P, "OPEN_FAILED", UINT64_MAX, "%s is not a file", path);
+        goto out;
+    }
+    if (S_ISREG(st.st_mode)) file_size = (uint64_t)st.st_size;
+    else {
+        off_t end = lseek(fd, 0, SEEK_END);
+        file_size = end < 0 ? 0 : (uint64_t)end;
+    }
+    seen_dev[depth] = st.st_dev;
+    seen_ino[depth] = st.st_ino;
+    if (file_size < 511) {
+        add(P, "FILE_TOO_SMALL", 0, "file is %llu bytes, smaller than a VHD footer", (unsigned long long)file_size);
+        goto out;
+    }
+    memset(raw, 0, sizeof raw);
+    foff = file_size >= 512 ? file_size - 512 : 0;
+    if (file_size >= 512 && vk_pread_full(fd, raw, 512, foff, &e) == 0 && memcmp(raw, "conectix", 8) == 0) {
+        fsize = 512;
+    } else {
+        memset(raw, 0, sizeof raw);
+        foff = file_size - 511;
+        if (vk_pread_full(fd, raw, 511, foff, &e) == 0 && memcmp(raw, "conectix", 8) == 0) {
+            fsize = 511;
+        } else {
+            foff = file_size >= 512 ? file_size - 512 : 0;
+            add(P, "FOOTER_COOKIE", foff, "no 'conectix' footer at the end of the file");
+            /* fall back on the copy at offset 0, as the opener does */
+            if (file_size >= 1536 && vk_pread_full(fd, copy, 512, 0, &e) == 0 && memcmp(copy, "conectix", 8) == 0) {
+                memcpy(raw, copy, 512);
+                foff = 0;
+            } else {
+                goto out;
+            }
+        }
+    }
+    vk_footer_decode(raw, &f);
+    check_footer(P, raw, &f, foff, file_size);
+    if (f.disk_type == VK_DISK_FIXED) {
+        if (file_size - (uint64_t)fsize < f.current_size)
+            add(P, "FILE_TRUNCATED", foff, "fixed disk of %llu bytes but the file holds %llu bytes of data",
+                (unsigned long long)f.current_size, (unsigned long long)(file_size - (uint64_t)fsize));
+        else if (file_size - (uint64_t)fsize > f.current_size)
+            add(P, "FILE_SIZE", foff, "fixed disk file has %llu bytes more than its size",
+                (unsigned long long)(file_size - (uint64_t)fsize - f.current_size));
+        goto out;
+    }
+    if (f.disk_type != VK_DISK_DYNAMIC && f.disk_type != VK_DISK_DIFF) goto out;
+    check_dynamic(P, fd, file_size, &f, fsize, raw, &h, &hdr_ok);
+    if (!hdr_ok) goto out;
+    check_bat_and_locators(P, fd, file_size, &f, fsize, &h);
+    check_locators(P, fd, file_size, &f, f.data_offset, &h);
+
+    if (f.disk_type == VK_DISK_DIFF && check_parents) {
+        vk_layer child, parent;
+        int reason;
+        memset(&child, 0, sizeof child);
+        child.fd = fd;
+        child.file_size = file_size;
+        child.hdr = h;
+        child.path = realpath(path, NULL);
+        if (!child.path) { add(P, "INTERNAL", UINT64_MAX, "cannot resolve %s", path); goto out; }
+        const char *explicit_path = depth < opts->n_parents ? opts->parents[depth] : NULL;
+        int rc = vk_parent_open(&child, explicit_path, opts->allowed_root, &reason, opts->size_rule, &parent, &e);
+        free(child.path);
+        if (rc) {
+            static const char *codes[] = {"PARENT_MISSING", "PARENT_MISSING", "PARENT_UUID", "PARENT_OUTSIDE_ROOT",
+                                          "PARENT_INVALID"};
+            add(P, codes[reason >= 0 && reason <= 4 ? reason : 1], UINT64_MAX, "%s", e.msg);
+            vk_layer_close(&parent);
+            goto out;
+        }
+        if (parent.footer.timestamp != h.parent_timestamp)
+            add(P, "PARENT_TIMESTAMP", f.data_offset + 56,
+                "parent timestamp %u differs from the one recorded in the child (%u)", parent.footer.timestamp,
+                h.parent_timestamp);
+        char *ppath = strdup(parent.path);
+        for (int i = 0; i <= depth; i++)
+            if (seen_dev[i] == parent.dev && seen_ino[i] == parent.ino) {
+                add(P, "CHAIN_CYCLE", UINT64_MAX, "parent chain has a cycle: %s appears twice", parent.path);
+                vk_layer_close(&parent);
+                free(ppath);
+                goto out;
+            }
+        vk_layer_close(&parent);
+        if (!ppath) { add(P, "INTERNAL", UINT64_MAX, "out of memory"); goto out; }
+        if (depth + 1 >= VK_MAX_CHAIN_DEPTH) {
+            add(P, "CHAIN_DEPTH", UINT64_MAX, "differencing chain is deeper than %d layers", VK_MAX_CHAIN_DEPTH);
+            free(ppath);
+            goto out;
+        }
+        close(fd);
+        fd = -1;
+        int saved = P->layer;
+        P->layer = depth + 1;
+        check_file(P, ppath, opts, check_parents, seen_dev, seen_ino, depth + 1);
+        P->layer = saved;
+        free(ppath);
+    }
+out:
+    if (fd >= 0) close(fd);
+}
+
+int vk_check(const char *path, const vk_open_opts *opts, int check_parents, vk_problem *out, size_t cap,
+             size_t *n_found, vk_err *err)
+{
+    vk_open_opts none;
+    dev_t devs[VK_MAX_CHAIN_DEPTH];
+    ino_t inos[VK_MAX_CHAIN_DEPTH];
+    probs P = {out, cap, 0, 0};
+
+    vk_err_clear(err);
+    *n_found = 0;
+    if (!path || (!out && cap)) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "invalid arguments");
+    if (!opts) { memset(&none, 0, sizeof none); opts = &none; }
+    if (opts->n_parents < 0 || (opts->n_parents > 0 && !opts->parents))
+        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "invalid parents list");
+    check_file(&P, path, opts, check_parents, devs, inos, 0);
+    *n_found = P.n;
+    return VK_OK;
+}

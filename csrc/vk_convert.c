@@ -1,0 +1,519 @@
+/* vk_convert.c -- the conversion engine: any source of virtual-disk bytes to
+ * a raw file, a fixed VHD or a dynamic VHD.
+ *
+ * A reader thread fills a ring of chunk buffers (read + zero map), the
+ * calling thread writes them, so reading and writing overlap.  All-zero
+ * granules are never written to a seekable output (holes in raw and fixed
+ * output; unallocated blocks in dynamic output).  Memory is bounded by the
+ * ring (VK_RING_SLOTS chunks) and, for dynamic output, the BAT.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vk_write.h"
+
+#define VK_CHUNK        (4u * 1024u * 1024u)
+#define VK_GRANULE      4096u
+#define VK_RING_SLOTS   4
+
+typedef uint64_t __attribute__((may_alias)) vk_u64a;
+
+int vk_is_zero(const uint8_t *p, size_t len)
+{
+    size_t i = 0;
+    /* Unaligned head, then 64 bytes per step (the compiler vectorises the
+     * OR-reduction), then the tail. */
+    while (i < len && ((uintptr_t)(p + i) & 7u)) if (p[i++]) return 0;
+    if (len - i >= 8 && *(const vk_u64a *)(p + i)) return 0;   /* data exits here */
+    for (; i + 64 <= len; i += 64) {
+        const vk_u64a *w = (const vk_u64a *)(p + i);
+        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) return 0;
+    }
+    for (; i < len; i++) if (p[i]) return 0;
+    return 1;
+}
+
+/* ---- the ring between reader thread and writer ------------------------ */
+typedef struct vk_slot {
+    uint8_t  *buf;
+    uint64_t  off;       /* virtual offset of buf[0]                       */
+    size_t    len;       /* bytes valid                                    */
+    int       zero;      /* 1: whole chunk is zero (buf may be stale)      */
+    uint8_t  *gz;        /* per granule: 1 = all zero                      */
+} vk_slot;
+
+typedef struct vk_ring {
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;
+    vk_slot   slot[VK_RING_SLOTS];
+    uint64_t  produced, consumed;
+    int       eof;       /* producer finished (all produced)               */
+    int       stop;      /* consumer asks producer to stop                 */
+    int       rc;        /* producer's error code                          */
+    vk_err    err;       /* producer's error                               */
+    vk_src   *src;
+    size_t    chunk;
+    int       need_bytes; /* 1: zero chunks must be materialised (stream out) */
+    int      *cancel;
+} vk_ring;
+
+static void vk_zero_map(vk_slot *s)
+{
+    size_t ng = (s->len + VK_GRANULE - 1) / VK_GRANULE;
+    int all = 1;
+    for (size_t g = 0; g < ng; g++) {
+        size_t a = g * VK_GRANULE, n = s->len - a < VK_GRANULE ? s->len - a : VK_GRANULE;
+        s->gz[g] = (uint8_t)vk_is_zero(s->buf + a, n);
+        all &= s->gz[g];
+    }
+    s->zero = all;
+}
+
+static void *vk_producer(void *arg)
+{
+    vk_ring *r = arg;
+    vk_src *src = r->src;
+    uint64_t off = 0;
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        while (r->produced - r->consumed == VK_RING_SLOTS && !r->stop)
+            pthread_cond_wait(&r->cv, &r->mu);
+        int stop = r->stop;
+        pthread_mutex_unlock(&r->mu);
+        if (stop) break;
+        if (r->cancel && __atomic_load_n(r->cancel, __ATOMIC_RELAXED)) {
+            r->rc = vk_fail(&r->err, VK_E_INTERRUPTED, off, "cancelled");
+            break;
+        }
+        if (src->size != UINT64_MAX && off >= src->size) break;
+        vk_slot *s = &r->slot[r->produced % VK_RING_SLOTS];
+        size_t want = r->chunk;
+        if (src->size != UINT64_MAX && src->size - off < want) want = (size_t)(src->size - off);
+        s->off = off;
+        if (src->next_data && !src->stream && src->next_data(src, off) >= off + want) {
+            s->len = want;
+            s->zero = 1;
+            memset(s->gz, 1, (want + VK_GRANULE - 1) / VK_GRANULE);
+            if (r->need_bytes) memset(s->buf, 0, want);
+        } else {
+            size_t got = 0;
+            int rc = src->read(src, s->buf, want, off, &got, &r->err);
+            if (rc) { r->rc = rc; break; }
+            if (got == 0) { src->size = off; break; }
+            s->len = got;
+            vk_zero_map(s);
+            if (got < want) src->size = off + got;
+        }
+        off += s->len;
+        pthread_mutex_lock(&r->mu);
+        r->produced++;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+    }
+    if (r->rc == 0 && src->size == UINT64_MAX) src->size = off;
+    pthread_mutex_lock(&r->mu);
+    r->eof = 1;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* Next produced slot, or NULL at the end (check r->rc). */
+static vk_slot *vk_ring_next(vk_ring *r)
+{
+    vk_slot *s = NULL;
+    pthread_mutex_lock(&r->mu);
+    while (r->consumed == r->produced && !r->eof) pthread_cond_wait(&r->cv, &r->mu);
+    if (r->consumed != r->produced) s = &r->slot[r->consumed % VK_RING_SLOTS];
+    pthread_mutex_unlock(&r->mu);
+    return s;
+}
+
+static void vk_ring_release(vk_ring *r)
+{
+    pthread_mutex_lock(&r->mu);
+    r->consumed++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- output helpers ---------------------------------------------------- */
+typedef struct vk_out {
+    int       fd;
+    int       stream;       /* sequential writes only                     */
+    uint64_t  pos;          /* stream: bytes written so far               */
+    uint64_t  data_bytes;
+} vk_out;
+
+static const uint8_t *vk_zeros(void)
+{
+    static const uint8_t z[64 * 1024];
+    return z;
+}
+
+/* Write len bytes at off (stream: off must be the current position). */
+static int vk_out_write(vk_out *o, const uint8_t *buf, size_t len, uint64_t off, vk_err *err)
+{
+    if (!o->stream) return vk_pwrite_full(o->fd, buf, len, off, err);
+    if (off != o->pos)
+        return vk_fail(err, VK_E_INVALID, off, "internal: non-sequential write to a stream");
+    while (len > 0) {
+        ssize_t n = write(o->fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return vk_fail_errno(err, errno, off, "write to output stream failed");
+        }
+        buf += n; len -= (size_t)n; o->pos += (uint64_t)n;
+    }
+    return VK_OK;
+}
+
+/* Stream: write zeros up to `upto`.  Seekable: nothing (holes). */
+static int vk_out_zero_to(vk_out *o, uint64_t upto, vk_err *err)
+{
+    if (!o->stream) return VK_OK;
+    while (o->pos < upto) {
+        size_t n = upto - o->pos < 64 * 1024 ? (size_t)(upto - o->pos) : 64 * 1024;
+        int rc = vk_out_write(o, vk_zeros(), n, o->pos, err);
+        if (rc) return rc;
+    }
+    return VK_OK;
+}
+
+/* Write the non-zero granule runs of a slot at file offset base + (run - slot start). */
+static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
+                            uint64_t file_off, vk_err *err)
+{
+    if (o->stream) {
+        int rc = vk_out_zero_to(o, file_off, err);
+        if (rc) return rc;
+        o->data_bytes += to - from;
+        return vk_out_write(o, s->buf + from, to - from, file_off, err);
+    }
+    size_t i = from;
+    while (i < to) {
+        size_t g = i / VK_GRANULE;
+        if (s->gz[g]) { i = (g + 1) * VK_GRANULE; continue; }
+        size_t j = i;
+        while (j < to && !s->gz[j / VK_GRANULE]) j = (j / VK_GRANULE + 1) * VK_GRANULE;
+        if (j > to) j = to;
+        int rc = vk_pwrite_full(o->fd, s->buf + i, j - i, file_off + (i - from), err);
+        if (rc) return rc;
+        o->data_bytes += j - i;
+        i = j;
+    }
+    return VK_OK;
+}
+
+static int vk_slot_range_zero(const vk_slot *s, size_t from, size_t to)
+{
+    if (s->zero) return 1;
+    for (size_t g = from / VK_GRANULE; g * VK_GRANULE < to; g++)
+        if (!s->gz[g]) return 0;
+    return 1;
+}
+
+/* ---- dynamic output state ---------------------------------------------- */
+typedef struct vk_dyn {
+    uint32_t  bs;          /* block size                                   */
+    uint32_t  bm;          /* bitmap bytes                                 */
+    uint32_t  entries;     /* BAT entries reserved                         */
+    uint64_t  bat_bytes;
+    uint32_t *bat;         /* host order; VK_BAT_UNUSED = not allocated     */
+    uint64_t  next;        /* next free file offset                        */
+    uint8_t  *bitmap;      /* all ones                                     */
+    uint32_t  allocated;
+} vk_dyn;
+
+static int vk_dyn_block(vk_dyn *d, vk_out *o, const vk_slot *s, size_t from, size_t to,
+                        uint64_t block_index, vk_err *err)
+{
+    if (vk_slot_range_zero(s, from, to)) return VK_OK;
+    if (block_index >= d->entries)
+        return vk_fail(err, VK_E_RANGE, s->off + from,
+                       "input is larger than the %u blocks the BAT was sized for", d->entries);
+    uint64_t pos = vk_block_place(d->next, d->bm);
+    if (pos / VK_SECTOR > UINT32_MAX)
+        return vk_fail(err, VK_E_RANGE, pos, "dynamic image would exceed the BAT's 32-bit sector offsets");
+    int rc = vk_pwrite_full(o->fd, d->bitmap, d->bm, pos, err);
+    if (rc) return rc;
+    rc = vk_out_slot_runs(o, s, from, to, pos + d->bm, err);
+    if (rc) return rc;
+    d->bat[block_index] = (uint32_t)(pos / VK_SECTOR);
+    d->next = pos + d->bm + d->bs;
+    d->allocated++;
+    return VK_OK;
+}
+
+static int vk_dyn_finish(vk_dyn *d, vk_out *o, const vk_footer *ft, vk_write_result *res, vk_err *err)
+{
+    uint8_t fb[VK_FOOTER_SIZE], hb[VK_DYNHDR_SIZE];
+    vk_footer f = *ft;
+    vk_dynhdr h;
+    vk_dynhdr_new(&h, d->entries, d->bs);
+    vk_dynhdr_encode(&h, hb);
+    vk_footer_encode(&f, fb);
+    /* BAT, big-endian, padded with 0xFF to its sector-rounded size. */
+    uint8_t *raw = malloc(d->bat_bytes);
+    if (!raw) return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot allocate the BAT");
+    memset(raw, 0xFF, d->bat_bytes);
+    for (uint32_t i = 0; i < d->entries; i++) vk_put32(raw + 4ull * i, d->bat[i]);
+    int rc = vk_pwrite_full(o->fd, raw, d->bat_bytes, VK_BAT_OFFSET, err);
+    free(raw);
+    uint64_t end = d->next;
+    if (end < VK_BAT_OFFSET + d->bat_bytes) end = VK_BAT_OFFSET + d->bat_bytes;
+    if (!rc) rc = vk_pwrite_full(o->fd, hb, sizeof hb, VK_FOOTER_SIZE, err);
+    if (!rc) rc = vk_pwrite_full(o->fd, fb, sizeof fb, 0, err);
+    if (!rc) rc = vk_pwrite_full(o->fd, fb, sizeof fb, end, err);
+    if (!rc && ftruncate(o->fd, (off_t)(end + VK_FOOTER_SIZE)) != 0)
+        rc = vk_fail_errno(err, errno, end, "cannot set the output's size");
+    res->file_size = end + VK_FOOTER_SIZE;
+    res->blocks_allocated = d->allocated;
+    res->max_table_entries = d->entries;
+    res->block_size = d->bs;
+    return rc;
+}
+
+/* ---- the engine --------------------------------------------------------- */
+static int vk_opts_check(const vk_write_opts *o, vk_err *err)
+{
+    if (o->kind != VK_OUT_RAW && o->kind != VK_OUT_FIXED && o->kind != VK_OUT_DYNAMIC)
+        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "unknown output kind %d", o->kind);
+    if (o->kind == VK_OUT_DYNAMIC) {
+        uint32_t bs = o->block_size ? o->block_size : VK_DEFAULT_BLOCK;
+        if (bs < VK_MIN_BLOCK || bs > VK_MAX_BLOCK || (bs & (bs - 1)))
+            return vk_fail(err, VK_E_INVALID, UINT64_MAX,
+                           "block size %u is not a power of two between 512 KiB and 256 MiB", bs);
+        if (o->stream_out)
+            return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX,
+                           "a dynamic VHD cannot be written to a stream (its BAT is written last); write to a file");
+    }
+    if (o->size_rule == VK_RULE_AZURE && o->kind != VK_OUT_FIXED)
+        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "the Azure size rule makes fixed VHDs only");
+    if (o->size_rule < VK_RULE_EXACT || o->size_rule > VK_RULE_AZURE)
+        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "unknown size rule %d", o->size_rule);
+    return VK_OK;
+}
+
+static int vk_identity(const vk_write_opts *o, vk_write_result *res, vk_err *err)
+{
+    if (o->has_uuid) memcpy(res->uuid, o->uuid, 16);
+    else {
+        int rc = vk_uuid_generate(res->uuid, err);
+        if (rc) return rc;
+    }
+    res->timestamp = o->has_timestamp ? o->timestamp : vk_time_now();
+    return VK_OK;
+}
+
+int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_result *res, vk_err *err)
+{
+    vk_err_clear(err);
+    memset(res, 0, sizeof *res);
+    int rc = vk_opts_check(o, err);
+    if (rc) return rc;
+    res->kind = o->kind;
+    rc = vk_identity(o, res, err);
+    if (rc) return rc;
+
+    /* The size plan: known up front unless the input is a stream. */
+    int known = src->size != UINT64_MAX;
+    if (known && o->kind != VK_OUT_RAW) {
+        rc = vk_size_plan_make(src->size, o->size_rule, &res->plan, err);
+        if (rc) return rc;
+    }
+    if (known && src->size == 0 && o->kind == VK_OUT_RAW) res->plan.size = 0;
+
+    vk_out out = { .fd = out_fd, .stream = o->stream_out };
+    if (!out.stream) {
+        struct stat st;
+        if (fstat(out_fd, &st) != 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot stat the output");
+        if (!S_ISREG(st.st_mode)) {
+            if (o->kind == VK_OUT_DYNAMIC)
+                return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX, "a dynamic VHD must be written to a regular file");
+            out.stream = 1;
+        } else if (st.st_size != 0 && ftruncate(out_fd, 0) != 0)
+            return vk_fail_errno(err, errno, 0, "cannot truncate the output");
+    }
+
+    vk_dyn dyn;
+    memset(&dyn, 0, sizeof dyn);
+    size_t chunk = VK_CHUNK;
+    if (o->kind == VK_OUT_DYNAMIC) {
+        dyn.bs = o->block_size ? o->block_size : VK_DEFAULT_BLOCK;
+        dyn.bm = vk_bitmap_bytes(dyn.bs);
+        uint64_t span = known ? res->plan.size : (o->size_hint ? o->size_hint : VK_MAX_VIRTUAL_SIZE);
+        if (!known && span > VK_MAX_VIRTUAL_SIZE) span = VK_MAX_VIRTUAL_SIZE;
+        uint64_t entries = (span + dyn.bs - 1) / dyn.bs;
+        if (entries == 0) entries = 1;
+        dyn.entries = (uint32_t)entries;
+        dyn.bat_bytes = (entries * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
+        dyn.bat = malloc(entries * 4);
+        dyn.bitmap = malloc(dyn.bm);
+        if (!dyn.bat || !dyn.bitmap) { free(dyn.bat); free(dyn.bitmap);
+            return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot allocate the BAT"); }
+        memset(dyn.bat, 0xFF, entries * 4);
+        memset(dyn.bitmap, 0xFF, dyn.bm);
+        dyn.next = VK_BAT_OFFSET + dyn.bat_bytes;
+        if (dyn.bs > chunk) chunk = dyn.bs;
+    }
+
+    vk_ring ring;
+    memset(&ring, 0, sizeof ring);
+    ring.src = src;
+    ring.chunk = chunk;
+    ring.need_bytes = out.stream;
+    ring.cancel = o->cancel;
+    vk_err_clear(&ring.err);
+    pthread_mutex_init(&ring.mu, NULL);
+    pthread_cond_init(&ring.cv, NULL);
+    int nslots = 0;
+    for (; nslots < VK_RING_SLOTS; nslots++) {
+        void *p = NULL;
+        if (posix_memalign(&p, VK_GRANULE, chunk) != 0) break;
+        ring.slot[nslots].buf = p;
+        ring.slot[nslots].gz = malloc(chunk / VK_GRANULE + 1);
+        if (!ring.slot[nslots].gz) { free(p); ring.slot[nslots].buf = NULL; break; }
+    }
+    pthread_t th;
+    int started = 0;
+    if (nslots < VK_RING_SLOTS) rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot allocate I/O buffers");
+    else if (pthread_create(&th, NULL, vk_producer, &ring) != 0)
+        rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot start the reader thread");
+    else started = 1;
+
+    uint64_t vend = 0;
+    while (started && !rc) {
+        vk_slot *s = vk_ring_next(&ring);
+        if (!s) break;
+        if (o->cancel && __atomic_load_n(o->cancel, __ATOMIC_RELAXED))
+            rc = vk_fail(err, VK_E_INTERRUPTED, s->off, "cancelled");
+        else if (o->kind == VK_OUT_DYNAMIC) {
+            for (size_t a = 0; a < s->len && !rc; a += dyn.bs) {
+                size_t b = s->len - a < dyn.bs ? s->len : a + dyn.bs;
+                rc = vk_dyn_block(&dyn, &out, s, a, b, (s->off + a) / dyn.bs, err);
+            }
+        } else if (!s->zero || out.stream) {
+            rc = vk_out_slot_runs(&out, s, 0, s->len, s->off, err);
+        }
+        vend = s->off + s->len;
+        res->input_bytes += s->len;
+        if (o->progress) __atomic_store_n(o->progress, vend, __ATOMIC_RELAXED);
+        vk_ring_release(&ring);
+    }
+    if (started) {
+        pthread_mutex_lock(&ring.mu);
+        ring.stop = 1;
+        pthread_cond_broadcast(&ring.cv);
+        pthread_mutex_unlock(&ring.mu);
+        pthread_join(th, NULL);
+        if (!rc && ring.rc) { rc = ring.rc; *err = ring.err; }
+    }
+    for (int i = 0; i < nslots; i++) { free(ring.slot[i].buf); free(ring.slot[i].gz); }
+    pthread_mutex_destroy(&ring.mu);
+    pthread_cond_destroy(&ring.cv);
+
+    if (!rc && !known) {
+        /* Stream input: the size is known now. */
+        if (o->kind == VK_OUT_RAW) res->plan.size = vend;
+        else rc = vk_size_plan_make(vend, o->size_rule, &res->plan, err);
+        if (!rc && o->kind == VK_OUT_DYNAMIC && (res->plan.size + dyn.bs - 1) / dyn.bs > dyn.entries)
+            rc = vk_fail(err, VK_E_RANGE, vend, "input is larger than the size hint");
+    }
+    if (!rc && o->kind == VK_OUT_RAW) {
+        res->plan.requested = vend;
+        res->plan.size = vend;
+        rc = vk_out_zero_to(&out, vend, err);
+        if (!rc && !out.stream && ftruncate(out_fd, (off_t)vend) != 0)
+            rc = vk_fail_errno(err, errno, vend, "cannot set the output's size");
+        res->file_size = vend;
+    } else if (!rc) {
+        vk_footer f;
+        uint8_t fb[VK_FOOTER_SIZE];
+        const uint8_t *creator = (o->creator_app[0] | o->creator_app[1] | o->creator_app[2] | o->creator_app[3])
+                                 ? o->creator_app : vk_default_creator(&res->plan);
+        vk_footer_new(&f, o->kind == VK_OUT_FIXED ? VK_DISK_FIXED : VK_DISK_DYNAMIC,
+                      &res->plan, res->uuid, res->timestamp, creator);
+        if (o->kind == VK_OUT_FIXED) {
+            vk_footer_encode(&f, fb);
+            rc = vk_out_zero_to(&out, res->plan.size, err);
+            if (!rc) rc = vk_out_write(&out, fb, sizeof fb, res->plan.size, err);
+            if (!rc && !out.stream && ftruncate(out_fd, (off_t)(res->plan.size + VK_FOOTER_SIZE)) != 0)
+                rc = vk_fail_errno(err, errno, res->plan.size, "cannot set the output's size");
+            res->file_size = res->plan.size + VK_FOOTER_SIZE;
+        } else {
+            /* Entries beyond the virtual size stay reserved but unused. */
+            uint64_t need = (res->plan.size + dyn.bs - 1) / dyn.bs;
+            if (need < dyn.entries) dyn.entries = (uint32_t)need;
+            rc = vk_dyn_finish(&dyn, &out, &f, res, err);
+        }
+    }
+    res->data_bytes = out.data_bytes;
+    free(dyn.bat);
+    free(dyn.bitmap);
+    return rc;
+}
+
+/* ---- sources ------------------------------------------------------------ */
+static int vk_raw_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err)
+{
+    size_t n = 0;
+    while (n < len) {
+        ssize_t r = s->stream ? read(s->fd, buf + n, len - n)
+                              : pread(s->fd, buf + n, len - n, (off_t)(off + n));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return vk_fail_errno(err, errno, off + n, "read of the input failed at offset %llu",
+                                 (unsigned long long)(off + n));
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    *got = n;
+    return VK_OK;
+}
+
+static uint64_t vk_raw_next_data(vk_src *s, uint64_t off)
+{
+    off_t d = lseek(s->fd, (off_t)off, SEEK_DATA);
+    if (d < 0) return errno == ENXIO ? s->size : off;
+    return (uint64_t)d;
+}
+
+static uint64_t vk_none_next_data(vk_src *s, uint64_t off) { (void)off; return s->size; }
+static int vk_none_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err)
+{
+    (void)s; (void)off; (void)err;
+    memset(buf, 0, len);
+    *got = len;
+    return VK_OK;
+}
+
+int vk_convert_raw(int in_fd, uint64_t in_size, int out_fd, const vk_write_opts *opts,
+                   vk_write_result *res, vk_err *err)
+{
+    vk_src src = { .size = in_size, .fd = in_fd, .read = vk_raw_read };
+    struct stat st;
+    if (fstat(in_fd, &st) != 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot stat the input");
+    if (S_ISREG(st.st_mode)) {
+        if (in_size == UINT64_MAX) src.size = (uint64_t)st.st_size;
+        /* Skip holes only when the input is a regular file we pread. */
+        src.next_data = vk_raw_next_data;
+    } else if (in_size == UINT64_MAX) {
+        src.stream = 1;
+    } else {
+        src.stream = 1;   /* a pipe of a known length: still read sequentially */
+    }
+    return vk_convert_src(&src, out_fd, opts, res, err);
+}
+
+int vk_create(int out_fd, uint64_t size, const vk_write_opts *opts, vk_write_result *res, vk_err *err)
+{
+    vk_src src = { .size = size, .fd = -1, .read = vk_none_read, .next_data = vk_none_next_data };
+    if (size == 0) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "size must be greater than 0");
+    return vk_convert_src(&src, out_fd, opts, res, err);
+}

@@ -1,0 +1,72 @@
+/*
+ * vk_image.h -- private structures of the reader (vk_image.c, vk_read.c,
+ * vk_locator.c, vk_check.c).  Not part of the cffi boundary.
+ */
+#ifndef VK_IMAGE_H
+#define VK_IMAGE_H
+
+#include <sys/types.h>
+#include "vk_internal.h"
+
+/* Sane limits for values read from files. */
+#define VK_MIN_BLOCK_SIZE   512u
+#define VK_MAX_BLOCK_SIZE   (1u << 30)
+#define VK_PATH_MAX         4096
+
+/* One opened file of a chain. */
+typedef struct vk_layer {
+    int        fd;
+    char      *path;            /* absolute (realpath) */
+    dev_t      dev;
+    ino_t      ino;
+    uint64_t   file_size;
+    vk_footer  footer;
+    int        footer_size;     /* 512 or 511 */
+    int        footer_source;   /* 0 end, 1 copy at 0 */
+    vk_dynhdr  hdr;             /* dynamic/diff only */
+    uint64_t   virtual_size;    /* by size rule */
+    int        size_rule;
+    uint32_t   block_size;      /* dynamic/diff */
+    uint32_t   bitmap_size;     /* bytes, rounded up to 512 */
+    uint32_t   n_bat;           /* entries held in bat[] */
+    uint32_t  *bat;             /* host-order sector offsets */
+    uint32_t   bat_used;
+    uint64_t   fixed_data_end;  /* fixed: bytes of data in the file */
+    /* one-entry bitmap cache */
+    uint8_t   *bm;
+    uint32_t   bm_block;        /* VK_BAT_UNUSED when empty */
+} vk_layer;
+
+struct vk_image {
+    int       n;
+    vk_layer  layer[VK_MAX_CHAIN_DEPTH];   /* 0 = leaf */
+};
+
+/* vk_image.c */
+int  vk_layer_open(vk_layer *L, const char *path, int size_rule, vk_err *err);
+void vk_layer_close(vk_layer *L);
+int  vk_read_footer(int fd, uint64_t file_size, vk_footer *f, int *fsize, int *fsource,
+                    uint8_t raw[512], vk_err *err);
+uint64_t vk_size_by_rule(const vk_footer *f, int rule, int *applied);
+
+/* vk_read.c */
+int vk_layer_bitmap(vk_layer *L, uint32_t block, const uint8_t **bm, vk_err *err);
+
+/* vk_locator.c */
+/* Decode locator i of a header into UTF-8 (MacX: the URL as stored).
+ * Returns 0, or a negative code with err filled (range, encoding). */
+int vk_locator_decode(int fd, uint64_t file_size, const vk_locator *loc,
+                      char *out, size_t cap, vk_err *err);
+/* Turn a decoded locator into a local path candidate (relative ones joined
+ * to the child's directory).  Returns 0 if a candidate was produced. */
+int vk_locator_candidate(uint32_t code, const char *decoded, const char *child_dir,
+                         char *out, size_t cap);
+/* Why a parent could not be opened (vk_parent_open's *reason). */
+enum { VK_PARENT_OK = 0, VK_PARENT_MISSING, VK_PARENT_UUID, VK_PARENT_OUTSIDE, VK_PARENT_INVALID };
+/* Resolve and open the parent of layer `child` into `parent`.  explicit may
+ * be NULL.  Checks regular file, allowed_root, UUID. */
+int vk_parent_open(const vk_layer *child, const char *explicit_path, const char *allowed_root, int *reason,
+                   int size_rule, vk_layer *parent, vk_err *err);
+void vk_dirname(const char *path, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,750 @@
+"""OVA packages of VHD disks: one disk, or a differencing chain.
+
+Writing (:func:`pack`) produces a tar archive whose members are, in order:
+
+1. ``NAME.ovf`` — an OVF 1.x envelope (``References/File`` with href, id,
+   stored size and ``ovf:compression="gzip"`` when compressed;
+   ``DiskSection/Disk`` with the capacity in bytes, ``fileRef``, the VHD format
+   URI and ``parentRef`` for chains; a minimal ``VirtualSystem`` with a
+   ``VirtualHardwareSection``), written with ElementTree;
+2. ``NAME.mf`` — ``SHA256(member)= hex`` for the descriptor and every disk file;
+3. the disk files.  A single disk keeps its file name; a chain is stored as
+   ``0.vhd`` (the leaf) … ``N.vhd`` (the base), as XenServer-based clouds do.
+
+The archive is ustar; only when a member is 8 GiB or larger (ustar's size
+field limit) is the GNU variant written, whose base-256 size field GNU tar,
+bsdtar and VirtualBox read.
+
+**Temporary space.**  The manifest (second member) needs the hash of each
+stored disk, and a compressed disk's tar header needs its compressed size, so
+each disk is compressed exactly once into a spool file *in the output's
+directory* (``spool_dir=`` to choose another), then copied into the archive;
+spools are deleted as soon as they are copied.  Uncompressed disks are read
+twice (hash, then copy) and need no spool.  The archive itself is written to a
+temporary file next to the output and renamed into place.
+
+Reading (:func:`info`, :func:`verify`, :func:`unpack`) streams any OVA: the
+manifest may be anywhere, use SHA1 or SHA256, descriptors may use the VHD
+format URIs of VirtualBox, XenCenter or the technet spec, and a plain
+``tar.gz`` of the chain's ``.vhd`` files plus an ``.ovf`` ("tgz" layout) is
+read as well.  Unpacking refuses absolute names, ``..``, links, devices,
+duplicate names, members larger than the descriptor declares and decompressed
+output beyond a bound, and leaves nothing behind on failure.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Union
+
+from . import streams
+from .errors import ArchiveError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
+
+__all__ = [
+    "OVF_NS",
+    "VHD_FORMAT_URI",
+    "VHD_FORMAT_URIS",
+    "OvfFile",
+    "OvfDisk",
+    "Descriptor",
+    "MemberInfo",
+    "OvaReport",
+    "pack",
+    "build_descriptor",
+    "parse_descriptor",
+    "parse_manifest",
+    "info",
+    "verify",
+    "unpack",
+]
+
+OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
+RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+VSSD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+
+#: The format URI we write (the VHD specification's technet address, as XenServer writes it).
+VHD_FORMAT_URI = "http://technet.microsoft.com/en-us/library/bb676673.aspx"
+#: VHD format URIs seen in the wild (compared case-insensitively, scheme-agnostic).
+VHD_FORMAT_URIS = (
+    VHD_FORMAT_URI,
+    "http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx",  # XenCenter
+    "http://go.microsoft.com/fwlink/?LinkId=137171",  # VirtualBox
+    "http://www.microsoft.com/technet/virtualserver/downloads/vhdspec.mspx",
+    "http://technet.microsoft.com/en-us/virtualserver/bb676673",
+)
+_VHD_URI_KEYS = {u.lower().split("://", 1)[1].rstrip("/") for u in VHD_FORMAT_URIS}
+
+MAX_DESCRIPTOR = 16 << 20
+MAX_MANIFEST = 4 << 20
+#: Largest VHD (2040 GiB) plus room for its metadata: the default cap on a decompressed disk.
+MAX_DISK_BYTES = 2040 * (1 << 30) + (64 << 30)
+_USTAR_MAX = 8 << 30  # exclusive
+
+ProgressFn = Callable[[int, Optional[int]], None]
+Pathish = Union[str, os.PathLike]
+
+
+def is_vhd_format_uri(uri: Optional[str]) -> bool:
+    if not uri:
+        return False
+    key = uri.strip().lower().split("://", 1)[-1].rstrip("/")
+    return key in _VHD_URI_KEYS
+
+
+# ------------------------------------------------------------- descriptor
+@dataclass
+class OvfFile:
+    id: str
+    href: str
+    size: Optional[int]
+    compression: Optional[str] = None
+
+
+@dataclass
+class OvfDisk:
+    disk_id: str
+    file_ref: Optional[str]
+    capacity: Optional[int]
+    format: Optional[str]
+    parent_ref: Optional[str] = None
+
+    @property
+    def is_vhd(self) -> bool:
+        return is_vhd_format_uri(self.format)
+
+
+@dataclass
+class Descriptor:
+    files: List[OvfFile] = field(default_factory=list)
+    disks: List[OvfDisk] = field(default_factory=list)
+    name: Optional[str] = None
+    problems: List[str] = field(default_factory=list)
+
+    def file_by_href(self, href: str) -> Optional[OvfFile]:
+        return next((f for f in self.files if f.href == href), None)
+
+    def disk_for_file(self, file_id: str) -> Optional[OvfDisk]:
+        return next((d for d in self.disks if d.file_ref == file_id), None)
+
+
+def _q(ns: str, tag: str) -> str:
+    return f"{{{ns}}}{tag}"
+
+
+def build_descriptor(name: str, disks: Sequence[dict]) -> bytes:
+    """The OVF envelope for ``disks`` (dicts: href, size, capacity, compression).
+    ``disks[0]`` is the leaf (the attached disk); each refers to the next as parent."""
+    for p, ns in (("ovf", OVF_NS), ("rasd", RASD_NS), ("vssd", VSSD_NS), ("xsi", XSI_NS)):
+        ET.register_namespace(p, ns)
+    o = lambda t: _q(OVF_NS, t)  # noqa: E731
+    env = ET.Element(o("Envelope"), {o("version"): "1.0"})
+    refs = ET.SubElement(env, o("References"))
+    for i, d in enumerate(disks, 1):
+        a = {o("href"): d["href"], o("id"): f"file{i}", o("size"): str(d["size"])}
+        if d.get("compression"):
+            a[o("compression")] = d["compression"]
+        ET.SubElement(refs, o("File"), a)
+    ds = ET.SubElement(env, o("DiskSection"))
+    ET.SubElement(ds, o("Info")).text = "Virtual disks"
+    for i, d in enumerate(disks, 1):
+        a = {o("capacity"): str(d["capacity"]), o("capacityAllocationUnits"): "byte",
+             o("diskId"): f"vmdisk{i}", o("fileRef"): f"file{i}", o("format"): VHD_FORMAT_URI}
+        if i < len(disks):
+            a[o("parentRef")] = f"vmdisk{i + 1}"
+        ET.SubElement(ds, o("Disk"), a)
+    vs = ET.SubElement(env, o("VirtualSystem"), {o("id"): name})
+    ET.SubElement(vs, o("Info")).text = "A virtual machine"
+    ET.SubElement(vs, o("Name")).text = name
+    hw = ET.SubElement(vs, o("VirtualHardwareSection"))
+    ET.SubElement(hw, o("Info")).text = "Virtual hardware requirements"
+    system = ET.SubElement(hw, o("System"))
+    for tag, text in (("ElementName", "Virtual Hardware Family"), ("InstanceID", "0"),
+                      ("VirtualSystemIdentifier", name), ("VirtualSystemType", "vhdkit-1")):
+        ET.SubElement(system, _q(VSSD_NS, tag)).text = text
+
+    def item(fields: List[tuple]) -> None:
+        it = ET.SubElement(hw, o("Item"))
+        for tag, text in fields:  # rasd elements in the schema's (alphabetical) order
+            ET.SubElement(it, _q(RASD_NS, tag)).text = text
+
+    item([("AllocationUnits", "hertz * 10^6"), ("Description", "Number of virtual CPUs"),
+          ("ElementName", "1 virtual CPU"), ("InstanceID", "1"), ("ResourceType", "3"),
+          ("VirtualQuantity", "1")])
+    item([("AllocationUnits", "byte * 2^20"), ("Description", "Memory size"),
+          ("ElementName", "512 MB of memory"), ("InstanceID", "2"), ("ResourceType", "4"),
+          ("VirtualQuantity", "512")])
+    item([("Address", "0"), ("Description", "IDE controller"), ("ElementName", "IDE controller 0"),
+          ("InstanceID", "3"), ("ResourceType", "5")])
+    item([("AddressOnParent", "0"), ("ElementName", "Hard disk 1"), ("HostResource", "ovf:/disk/vmdisk1"),
+          ("InstanceID", "4"), ("Parent", "3"), ("ResourceType", "17")])
+    ET.indent(env)
+    return ET.tostring(env, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _attr(el, name: str) -> Optional[str]:
+    for k, v in el.attrib.items():
+        if _local(k) == name:
+            return v
+    return None
+
+
+_UNITS = re.compile(r"^\s*byte\s*(?:\*\s*(\d+)\s*\^\s*(\d+))?\s*$", re.I)
+
+
+def parse_descriptor(data: bytes) -> Descriptor:
+    """Parse an OVF envelope (any 0.9/1.x/2.x namespace) safely (defusedxml:
+    no DTDs, no entity expansion)."""
+    import defusedxml.ElementTree as DET
+
+    try:
+        root = DET.fromstring(data, forbid_dtd=True)
+    except Exception as e:  # ParseError, DTDForbidden, EntitiesForbidden, ...
+        raise ArchiveError(f"OVF descriptor is not acceptable XML: {e}") from None
+    if _local(root.tag) != "Envelope":
+        raise ArchiveError(f"OVF descriptor root is <{_local(root.tag)}>, not <Envelope>")
+    desc = Descriptor()
+    for el in root.iter():
+        tag = _local(el.tag)
+        if tag == "File":
+            size_s = _attr(el, "size")
+            size = None
+            if size_s is not None:
+                if not size_s.strip().isdigit():
+                    raise ArchiveError(f"OVF File size {size_s!r} is not a number")
+                size = int(size_s)
+            fid, href = _attr(el, "id"), _attr(el, "href")
+            if not fid or not href:
+                raise ArchiveError("OVF File element without id or href")
+            desc.files.append(OvfFile(fid, href, size, _attr(el, "compression")))
+        elif tag == "Disk":
+            cap_s, units = _attr(el, "capacity"), _attr(el, "capacityAllocationUnits") or "byte"
+            cap = None
+            m = _UNITS.match(units)
+            if cap_s is not None and cap_s.strip().isdigit() and m:
+                cap = int(cap_s) * (int(m.group(1)) ** int(m.group(2)) if m.group(1) else 1)
+            else:
+                desc.problems.append(f"disk {_attr(el, 'diskId')}: capacity {cap_s!r} {units!r} not understood")
+            desc.disks.append(OvfDisk(_attr(el, "diskId") or "", _attr(el, "fileRef"), cap,
+                                      _attr(el, "format"), _attr(el, "parentRef")))
+        elif tag == "VirtualSystem" and desc.name is None:
+            desc.name = _attr(el, "id")
+    ids = [f.id for f in desc.files]
+    if len(set(ids)) != len(ids):
+        raise ArchiveError("OVF descriptor repeats a File id")
+    return desc
+
+
+_MF_LINE = re.compile(r"^\s*(SHA1|SHA256|SHA512)\s*\((.+)\)\s*=\s*([0-9a-fA-F]+)\s*$")
+
+
+def parse_manifest(data: bytes) -> Dict[str, tuple]:
+    """``{member name: (algorithm, hex)}`` from an .mf file (ArchiveError if malformed)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArchiveError("manifest is not UTF-8 text") from None
+    out: Dict[str, tuple] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _MF_LINE.match(line)
+        if not m:
+            raise ArchiveError(f"manifest line {n} is not 'ALGO(name)= hex': {line[:80]!r}")
+        algo, name, hexd = m.group(1).lower(), m.group(2), m.group(3).lower()
+        if len(hexd) != hashlib.new(algo).digest_size * 2:
+            raise ArchiveError(f"manifest line {n}: {algo} digest has the wrong length")
+        if name in out:
+            raise ArchiveError(f"manifest lists {name!r} twice")
+        out[name] = (algo, hexd)
+    return out
+
+
+# -------------------------------------------------------------------- pack
+class _HashWriter(io.RawIOBase):
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.h.update(b)
+        self.f.write(b)
+        self.n += len(b)
+        return len(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _sha256_file(path: Path, progress=None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(streams.CHUNK)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def _disk_infos(paths: Sequence[Path]) -> list:
+    """VhdInfo of each disk; a chain must link leaf -> ... -> base by parent UUID."""
+    from .errors import ChainError
+    from .vhd.read import info as vhd_info  # lazy: the format layer needs the native build
+
+    infos = [vhd_info(str(p)) for p in paths]
+    for i, (p, inf) in enumerate(zip(paths, infos)):
+        last = i == len(infos) - 1
+        if not last:
+            if inf.disk_type != "differencing":
+                raise ChainError(f"{p} is {inf.disk_type}, but it is followed by a parent in the chain")
+            if inf.parent_uuid != infos[i + 1].uuid:
+                raise ChainError(f"{p}: its parent UUID {inf.parent_uuid} is not the UUID of {paths[i + 1]} "
+                                 f"({infos[i + 1].uuid})")
+        elif len(infos) > 1 and inf.disk_type == "differencing":
+            raise ChainError(f"{p} is a differencing disk: the chain's base is missing")
+    return infos
+
+
+def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] = "gzip",
+         name: Optional[str] = None, level: Optional[int] = None, threads: Optional[int] = None,
+         spool_dir: Optional[Pathish] = None, progress: Optional[ProgressFn] = None) -> dict:
+    """Write ``output`` (an .ova) holding ``disks`` (leaf first; more than one
+    means a differencing chain, stored as ``0.vhd`` … ``N.vhd``).  ``compress``
+    is ``"gzip"`` or None.  Returns a summary dict (members, sizes, hashes)."""
+    if not disks:
+        raise InvalidInputError("nothing to pack: give at least one VHD")
+    if compress not in (None, "none", "gzip"):
+        raise InvalidInputError(f"OVA disks can be stored gzip-compressed or not, not {compress!r}")
+    compress = None if compress == "none" else compress
+    paths = [Path(d) for d in disks]
+    for p in paths:
+        if not p.is_file():
+            raise NotFoundError(f"{p}: no such file")
+    out = Path(output)
+    name = name or (paths[0].stem if len(paths) == 1 else out.stem)
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise InvalidInputError(f"bad package name {name!r}")
+    if len(paths) == 1:
+        hrefs = [paths[0].name]
+    else:
+        hrefs = [f"{i}.vhd" for i in range(len(paths))]
+    if any(h in (f"{name}.ovf", f"{name}.mf") for h in hrefs):
+        raise InvalidInputError("a disk file name collides with the descriptor or manifest name")
+    spool_at = Path(spool_dir) if spool_dir is not None else (out.parent if str(out.parent) else Path("."))
+    total_in = sum(p.stat().st_size for p in paths)
+    done_in = 0
+    entries: List[dict] = []
+    spools: List[Optional[str]] = []
+    tmp_out: Optional[str] = None
+    infos = _disk_infos(paths)
+    try:
+        for p, href, vinfo in zip(paths, hrefs, infos):
+            cap = int(vinfo.virtual_size)
+            if compress:
+                fd, spool = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".spool", dir=spool_at)
+                spools.append(spool)
+                base = done_in
+
+                def prog(n, _t, base=base):
+                    if progress is not None:
+                        progress(base + n, total_in)
+
+                with open(fd, "wb") as sf, open(p, "rb") as src:
+                    hw = _HashWriter(sf)
+                    streams.compress(src, hw, format="gzip", level=level, threads=threads,  # type: ignore[arg-type]
+                                     progress=prog)
+                entries.append({"href": href, "size": hw.n, "capacity": cap, "compression": "gzip",
+                                "sha256": hw.h.hexdigest(), "source": str(p)})
+            else:
+                spools.append(None)
+                entries.append({"href": href, "size": p.stat().st_size, "capacity": cap,
+                                "sha256": _sha256_file(p), "source": str(p)})
+            done_in += p.stat().st_size
+        ovf = build_descriptor(name, entries)
+        ovf_name, mf_name = f"{name}.ovf", f"{name}.mf"
+        mf = f"SHA256({ovf_name})= {hashlib.sha256(ovf).hexdigest()}\n"
+        mf += "".join(f"SHA256({e['href']})= {e['sha256']}\n" for e in entries)
+        fmt = tarfile.USTAR_FORMAT if all(e["size"] < _USTAR_MAX for e in entries) else tarfile.GNU_FORMAT
+        fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+        now = int(time.time())
+
+        def ti(n: str, size: int) -> tarfile.TarInfo:
+            t = tarfile.TarInfo(n)
+            t.size, t.mode, t.mtime, t.type = size, 0o644, now, tarfile.REGTYPE
+            t.uname = t.gname = "root"
+            return t
+
+        with open(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
+                tar.copybufsize = streams.CHUNK  # type: ignore[attr-defined]
+                tar.addfile(ti(ovf_name, len(ovf)), io.BytesIO(ovf))
+                tar.addfile(ti(mf_name, len(mf)), io.BytesIO(mf.encode("ascii")))
+                for e, p, spool in zip(entries, paths, spools):
+                    src_path = spool if spool is not None else p
+                    with open(src_path, "rb") as f:
+                        if os.fstat(f.fileno()).st_size != e["size"]:
+                            raise ConflictError(f"{p} changed while being packed")
+                        tar.addfile(ti(e["href"], e["size"]), f)
+                    if spool is not None:
+                        os.unlink(spool)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp_out, out)
+        tmp_out = None
+    finally:
+        for s in spools:
+            if s is not None and os.path.exists(s):
+                os.unlink(s)
+        if tmp_out is not None and os.path.exists(tmp_out):
+            os.unlink(tmp_out)
+    return {"output": str(out), "name": name, "descriptor": ovf_name, "manifest": mf_name,
+            "compression": compress or "none", "tar_format": "ustar" if fmt == tarfile.USTAR_FORMAT else "gnu",
+            "size": out.stat().st_size, "disks": entries}
+
+
+# -------------------------------------------------------------------- read
+@dataclass
+class MemberInfo:
+    name: str
+    size: int
+    kind: str  # descriptor | manifest | disk | certificate | other
+    sha256: Optional[str] = None
+    sha1: Optional[str] = None
+    compression: Optional[str] = None
+    declared_size: Optional[int] = None
+    capacity: Optional[int] = None
+    format: Optional[str] = None
+    extracted_to: Optional[str] = None
+    extracted_size: Optional[int] = None
+
+
+@dataclass
+class OvaReport:
+    path: str
+    layout: str  # "ova" (plain tar) or "tgz" (gzip-compressed tar)
+    members: List[MemberInfo] = field(default_factory=list)
+    descriptor: Optional[str] = None
+    manifest: Optional[str] = None
+    manifest_algorithm: Optional[str] = None
+    name: Optional[str] = None
+    problems: List[str] = field(default_factory=list)
+    hashed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def disks(self) -> List[MemberInfo]:
+        return [m for m in self.members if m.kind == "disk"]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def _safe_name(raw: str) -> str:
+    """Normalise a member name or refuse it."""
+    if "\0" in raw or "\\" in raw:
+        raise ArchiveError(f"unsafe member name {raw!r} (NUL or backslash)")
+    if raw.startswith("/"):
+        raise ArchiveError(f"unsafe member name {raw!r}: absolute path")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ArchiveError(f"unsafe member name {raw!r}: contains '..'")
+    return "/".join(parts)
+
+
+class _HashReader(io.RawIOBase):
+    """Reads ``f`` hashing what passes (sha256 and/or sha1)."""
+
+    def __init__(self, f, algos: Sequence[str]):
+        self.f = f
+        self.hs = {a: hashlib.new(a) for a in algos}
+        self.n = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.f.readinto(b) or 0
+        if n:
+            view = memoryview(b)[:n]
+            for h in self.hs.values():
+                h.update(view)
+            self.n += n
+        return n
+
+
+def _kind(name: str) -> str:
+    low = name.lower()
+    if low.endswith(".ovf"):
+        return "descriptor"
+    if low.endswith(".mf"):
+        return "manifest"
+    if low.endswith(".cert"):
+        return "certificate"
+    return "other"
+
+
+def _scan(path: Pathish, *, hash_data: bool, dest: Optional[Path] = None, decompress: bool = True,
+          max_output: Optional[int] = None, progress: Optional[ProgressFn] = None) -> OvaReport:
+    """One streaming pass over the archive; with ``dest``, extract into it."""
+    p = Path(path)
+    try:
+        fobj = open(p, "rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ArchiveError(f"{p}: cannot open: {e}") from None
+    with fobj:
+        head = fobj.read(4)
+        fobj.seek(0)
+        layout = "tgz" if streams.detect_format(head) == "gzip" else "ova"
+        src: BinaryIO = fobj
+        if layout == "tgz":
+            bound = max_output if max_output is not None else 16 * MAX_DISK_BYTES
+            src = streams.open_decompressor(fobj, "gzip", max_output=bound, name=str(p))
+        rep = OvaReport(path=str(p), layout=layout, hashed=hash_data)
+        desc: Optional[Descriptor] = None
+        manifest: Optional[Dict[str, tuple]] = None
+        seen: Dict[str, MemberInfo] = {}
+        done = 0
+        total = p.stat().st_size
+        try:
+            tar = tarfile.open(fileobj=src, mode="r|", bufsize=streams.CHUNK)
+        except tarfile.TarError as e:
+            raise ArchiveError(f"{p}: not a tar archive: {e}") from None
+        try:
+            while True:
+                try:
+                    m = tar.next()
+                except tarfile.TarError as e:
+                    raise ArchiveError(f"{p}: corrupt tar archive: {e}") from None
+                if m is None:
+                    break
+                if m.isdir():
+                    _safe_name(m.name)
+                    continue
+                if m.issym() or m.islnk():
+                    raise ArchiveError(f"{p}: member {m.name!r} is a link; refused")
+                if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
+                    raise ArchiveError(f"{p}: member {m.name!r} is a device or fifo; refused")
+                if not m.isreg() or m.issparse():
+                    raise ArchiveError(f"{p}: member {m.name!r} is not a regular file; refused")
+                name = _safe_name(m.name)
+                if not name:
+                    raise ArchiveError(f"{p}: member with an empty name")
+                if name in seen:
+                    raise ArchiveError(f"{p}: duplicate member name {name!r}; refused")
+                kind = _kind(name)
+                mi = MemberInfo(name=name, size=m.size, kind=kind)
+                seen[name] = mi
+                rep.members.append(mi)
+                f_decl = desc.file_by_href(name) if desc is not None else None
+                if f_decl is not None:
+                    _check_declared(p, mi, f_decl, desc)  # type: ignore[arg-type]
+                small = kind in ("descriptor", "manifest") and ((kind == "descriptor" and rep.descriptor is None)
+                                                                or (kind == "manifest" and rep.manifest is None))
+                if small:
+                    limit = MAX_DESCRIPTOR if kind == "descriptor" else MAX_MANIFEST
+                    if m.size > limit:
+                        raise ArchiveError(f"{p}: {kind} {name!r} is {m.size} bytes, over the {limit}-byte limit")
+                    data = tar.extractfile(m).read()  # type: ignore[union-attr]
+                    mi.sha256 = hashlib.sha256(data).hexdigest()
+                    mi.sha1 = hashlib.sha1(data).hexdigest()
+                    if kind == "descriptor":
+                        rep.descriptor = name
+                        desc = parse_descriptor(data)
+                        rep.name = desc.name
+                        rep.problems.extend(desc.problems)
+                        for other in rep.members[:-1]:  # members before the descriptor
+                            fd_ = desc.file_by_href(other.name)
+                            if fd_ is not None:
+                                _check_declared(p, other, fd_, desc)
+                    else:
+                        rep.manifest = name
+                        manifest = parse_manifest(data)
+                        algos = {a for a, _ in manifest.values()}
+                        rep.manifest_algorithm = "/".join(sorted(algos))
+                    if dest is not None:
+                        _write_small(dest, name, data)
+                        mi.extracted_to = str(dest / name)
+                        mi.extracted_size = len(data)
+                    done += m.size
+                    continue
+                if not hash_data and dest is None:
+                    done += m.size
+                    continue
+                algos = ["sha256", "sha1"]
+                if manifest is not None and name in manifest:
+                    algos = [manifest[name][0]]
+                reader = _HashReader(tar.extractfile(m), algos)
+                if dest is not None:
+                    gz = (f_decl is not None and (f_decl.compression or "").lower() == "gzip" and decompress)
+                    if f_decl is not None and f_decl.compression and f_decl.compression.lower() not in ("gzip", "identity"):
+                        raise ArchiveError(f"{p}: {name!r} uses unsupported compression {f_decl.compression!r}")
+                    mi.extracted_size = _extract(dest, name, reader, gz, _disk_bound(desc, f_decl, max_output), p)
+                    mi.extracted_to = str(dest / name)
+                else:
+                    buf = bytearray(streams.CHUNK)
+                    while reader.readinto(buf):
+                        pass
+                if reader.n != m.size:
+                    raise ArchiveError(f"{p}: member {name!r} is truncated")
+                for a, h in reader.hs.items():
+                    setattr(mi, a, h.hexdigest())
+                done += m.size
+                if progress is not None:
+                    progress(done, total)
+        except tarfile.TarError as e:
+            raise ArchiveError(f"{p}: corrupt tar archive: {e}") from None
+        except EOFError:
+            raise ArchiveError(f"{p}: truncated tar archive") from None
+        finally:
+            tar.close()
+            if src is not fobj:
+                src.close()
+    _finish(rep, desc, manifest)
+    return rep
+
+
+def _check_declared(p: Path, mi: MemberInfo, f: OvfFile, desc: Descriptor) -> None:
+    mi.kind = "disk" if desc.disk_for_file(f.id) is not None else mi.kind
+    mi.compression = f.compression
+    mi.declared_size = f.size
+    d = desc.disk_for_file(f.id)
+    if d is not None:
+        mi.capacity, mi.format = d.capacity, d.format
+    if f.size is not None and mi.size > f.size:
+        raise ArchiveError(f"{p}: member {mi.name!r} is {mi.size} bytes, larger than the "
+                           f"{f.size} bytes the descriptor declares; refused")
+
+
+def _disk_bound(desc: Optional[Descriptor], f: Optional[OvfFile], max_output: Optional[int]) -> int:
+    if max_output is not None:
+        return max_output
+    if desc is not None and f is not None:
+        d = desc.disk_for_file(f.id)
+        if d is not None and d.capacity is not None:
+            # a VHD file is its data plus footer/header/BAT/bitmaps: far under 1/64 + 16 MiB
+            return d.capacity + d.capacity // 64 + (16 << 20)
+    return MAX_DISK_BYTES
+
+
+def _write_small(dest: Path, name: str, data: bytes) -> None:
+    target = dest / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "xb") as f:
+        f.write(data)
+
+
+def _extract(dest: Path, name: str, reader: BinaryIO, gz: bool, bound: int, p: Path) -> int:
+    target = dest / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "xb") as out:
+        if gz:
+            st = streams.decompress(reader, out, format="gzip", max_output=bound, name=f"{p}:{name}")
+            return st.bytes_out
+        return streams.copy_stream(reader, out)
+
+
+def _finish(rep: OvaReport, desc: Optional[Descriptor], manifest: Optional[Dict[str, tuple]]) -> None:
+    names = {m.name for m in rep.members}
+    if rep.descriptor is None:
+        rep.problems.append("no .ovf descriptor in the archive")
+    elif rep.layout == "ova" and rep.members and rep.members[0].name != rep.descriptor:
+        rep.problems.append(f"the descriptor {rep.descriptor!r} is not the first member (OVF requires it)")
+    if desc is not None:
+        for f in desc.files:
+            if f.href not in names:
+                rep.problems.append(f"{f.href!r} is referenced by the descriptor but missing from the archive")
+            else:
+                mi = next(m for m in rep.members if m.name == f.href)
+                if f.size is not None and mi.size != f.size:
+                    rep.problems.append(f"{f.href!r} is {mi.size} bytes, the descriptor says {f.size}")
+        for d in desc.disks:
+            if d.format and not d.is_vhd:
+                rep.problems.append(f"disk {d.disk_id}: format {d.format!r} is not VHD")
+    if manifest is None:
+        if rep.hashed:
+            rep.problems.append("no manifest (.mf): the contents cannot be verified")
+        return
+    base = lambda n: n.rsplit("/", 1)[-1].rsplit(".", 1)[0]  # noqa: E731
+    if rep.descriptor is not None and rep.manifest is not None and base(rep.manifest) != base(rep.descriptor):
+        rep.problems.append(f"manifest {rep.manifest!r} does not match the descriptor name {rep.descriptor!r}")
+    for mname, (algo, hexd) in manifest.items():
+        if mname not in names:
+            rep.problems.append(f"{mname!r} is listed in the manifest but missing from the archive")
+            continue
+        mi = next(m for m in rep.members if m.name == mname)
+        got = getattr(mi, algo, None)
+        if got is None:
+            if rep.hashed:
+                rep.problems.append(f"{mname!r}: could not compute {algo}")
+        elif got != hexd:
+            rep.problems.append(f"{mname!r}: {algo} mismatch (manifest {hexd}, archive {got})")
+    for mi in rep.members:
+        if mi.kind in ("manifest", "certificate"):
+            continue
+        if mi.name not in manifest:
+            rep.problems.append(f"{mi.name!r} is in the archive but not listed in the manifest")
+
+
+def info(path: Pathish) -> OvaReport:
+    """Members, descriptor and disks of an OVA, reading headers only (no hashing)."""
+    return _scan(path, hash_data=False)
+
+
+def verify(path: Pathish, *, progress: Optional[ProgressFn] = None) -> OvaReport:
+    """Hash every member and check the manifest both ways and the descriptor;
+    problems are listed in the report (``.ok`` is False if any)."""
+    return _scan(path, hash_data=True, progress=progress)
+
+
+def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output: Optional[int] = None,
+           require_valid: bool = True, progress: Optional[ProgressFn] = None) -> OvaReport:
+    """Extract ``path`` into the new directory ``dest`` (created; an existing
+    empty directory is replaced), decompressing gzip disks unless
+    ``decompress`` is False.  ``max_output`` caps each decompressed disk
+    (default: its declared capacity plus metadata room).  Extraction happens in
+    a temporary directory next to ``dest`` that is renamed at the end; on any
+    refusal or (with ``require_valid``) verification problem nothing is left."""
+    dst = Path(dest)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConflictError(f"{dst} exists and is not an empty directory")
+    parent = dst.parent if str(dst.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    try:
+        rep = _scan(path, hash_data=True, dest=tmp, decompress=decompress, max_output=max_output,
+                    progress=progress)
+        if require_valid and rep.problems:
+            raise IntegrityError(f"{path}: " + "; ".join(rep.problems))
+        if dst.exists():
+            dst.rmdir()
+        os.rename(tmp, dst)
+        for m in rep.members:
+            if m.extracted_to:
+                m.extracted_to = str(dst / m.name)
+        return rep
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

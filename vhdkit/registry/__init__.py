@@ -1,0 +1,28 @@
+"""vhdkit.registry: a file-based image registry with sharing, roles and
+protected properties (OpenStack Images v2 semantics).
+
+    from vhdkit.registry import Registry, Caller
+    reg = Registry("/data")                       # or $VHDKIT_HOME, ./.vhdkit
+    me = Caller.parse("acct-a", "cloudImages:admin")
+    img = reg.create_image(me, name="web", disk_format="vhd", container_format="bare")
+    reg.upload_file(me, img.id, "disk.vhd")
+    reg.list_images(me, {"tag": ["a", "b"], "sort": "name:asc"}).to_dict()
+"""
+from __future__ import annotations
+
+from .core import DEFAULT_SIZE_CAP, ImageData, Registry
+from .models import (BASE_FIELDS, CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MEMBER_STATUSES,
+                     READONLY_FIELDS, RESERVED_FIELDS, SORT_KEYS, STATUSES, TASK_STATUSES, TASK_TYPES,
+                     TRANSITIONS, VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, Member, Task, TaskList)
+from .protections import DEFAULT_RULES, PropertyProtections
+from .query import DEFAULT_LIMIT, MAX_LIMIT, parse_list_params
+from .rbac import (ADMINS, ALL_ROLES, CREATORS, CUSTOMER_ROLES, MATRIX, OBSERVERS, SERVICE, Caller, Rule)
+
+__all__ = [
+    "Registry", "ImageData", "Caller", "Rule", "MATRIX", "PropertyProtections", "DEFAULT_RULES",
+    "Image", "ImageList", "Member", "Task", "TaskList", "parse_list_params",
+    "ADMINS", "CREATORS", "OBSERVERS", "CUSTOMER_ROLES", "ALL_ROLES", "SERVICE",
+    "STATUSES", "TRANSITIONS", "VISIBILITIES", "DISK_FORMATS", "CONTAINER_FORMATS", "MEMBER_STATUSES",
+    "TASK_TYPES", "TASK_STATUSES", "READONLY_FIELDS", "WRITABLE_FIELDS", "RESERVED_FIELDS", "BASE_FIELDS",
+    "SORT_KEYS", "DEFAULT_QUOTAS", "DEFAULT_LIMIT", "MAX_LIMIT", "DEFAULT_SIZE_CAP",
+]

@@ -1,0 +1,181 @@
+"""The registry database: connection settings, the versioned schema and its
+migrations, and transaction helpers.
+
+Several processes may share one data directory: WAL journal (readers never
+block the writer), a busy timeout, short transactions, and ``BEGIN IMMEDIATE``
+for every read-modify-write so that no update is lost.
+"""
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from typing import Iterator, List
+
+from ..errors import StorageError, UnsupportedError
+
+BUSY_TIMEOUT_S = 30.0
+
+# Migration N brings the schema from version N to N+1 (PRAGMA user_version).
+MIGRATIONS: List[str] = [
+    # 0 -> 1
+    """
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY,
+        name TEXT,
+        status TEXT NOT NULL,
+        visibility TEXT NOT NULL,
+        protected INTEGER NOT NULL DEFAULT 0,
+        owner TEXT NOT NULL,
+        checksum TEXT,
+        os_hash_algo TEXT,
+        os_hash_value TEXT,
+        size INTEGER,
+        virtual_size INTEGER,
+        disk_format TEXT,
+        container_format TEXT,
+        min_disk INTEGER NOT NULL DEFAULT 0,
+        min_ram INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        blob TEXT,
+        upload_token TEXT
+    );
+    CREATE INDEX ix_images_owner_name ON images(owner, name, id);
+    CREATE INDEX ix_images_owner_created ON images(owner, created_at, id);
+    CREATE INDEX ix_images_vis_name ON images(visibility, name, id);
+    CREATE INDEX ix_images_vis_created ON images(visibility, created_at, id);
+    CREATE INDEX ix_images_status ON images(status);
+
+    CREATE TABLE image_tags (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (image_id, tag)
+    ) WITHOUT ROWID;
+    CREATE INDEX ix_tags_tag ON image_tags(tag, image_id);
+
+    CREATE TABLE image_properties (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (image_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX ix_props_name_value ON image_properties(name, value, image_id);
+
+    CREATE TABLE image_members (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        member TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (image_id, member)
+    ) WITHOUT ROWID;
+    CREATE INDEX ix_members_member ON image_members(member, status, image_id);
+
+    -- blobs to remove once no upload holds them (deleted images, failed uploads)
+    CREATE TABLE trash (
+        path TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    );
+
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        input TEXT NOT NULL,
+        result TEXT,
+        message TEXT NOT NULL DEFAULT '',
+        owner TEXT NOT NULL,
+        owner_roles TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        expires_at TEXT,
+        worker_id TEXT,
+        lease_expires_at TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        stage TEXT,
+        bytes_done INTEGER,
+        bytes_total INTEGER
+    );
+    CREATE INDEX ix_tasks_owner_created ON tasks(owner, created_at, id);
+    CREATE INDEX ix_tasks_status_created ON tasks(status, created_at);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN ourselves)."""
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open registry database {path}: {exc}") from None
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise StorageError(f"registry database {path}: cannot switch to WAL (got {mode})")
+    migrate(conn, path)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: str = "") -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise UnsupportedError(
+            f"registry database {path} has schema version {version}; this vhdkit knows "
+            f"up to {SCHEMA_VERSION} (upgrade vhdkit)")
+    with immediate(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for n in range(version, SCHEMA_VERSION):
+            for stmt in _split(MIGRATIONS[n]):
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _split(script: str) -> Iterator[str]:
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                yield buf.strip()
+            buf = ""
+    if buf.strip():
+        yield buf.strip()
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction taken up front (no lost updates, no upgrade deadlock)."""
+    _begin(conn, "BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read transaction: one consistent view across several SELECTs."""
+    _begin(conn, "BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
+
+
+def _begin(conn: sqlite3.Connection, stmt: str) -> None:
+    try:
+        conn.execute(stmt)
+    except sqlite3.OperationalError as exc:
+        raise StorageError(f"registry database busy or unavailable: {exc}") from None

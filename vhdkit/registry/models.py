@@ -1,0 +1,175 @@
+"""Registry vocabulary (field lists, statuses, formats) and the dataclasses the
+:class:`~vhdkit.registry.Registry` returns.  ``to_dict()`` gives the OpenStack
+Images v2 JSON shapes."""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+# ---- vocabulary ----
+STATUSES = ("queued", "saving", "active", "killed", "deleted", "deactivated",
+            "importing", "pending_delete")
+#: allowed status transitions (Glance's image state machine, trimmed to what we do)
+TRANSITIONS = {
+    "queued": {"saving", "importing", "active", "deleted", "killed"},
+    "saving": {"active", "queued", "killed", "deleted"},
+    "importing": {"active", "queued", "killed", "deleted"},
+    "active": {"deactivated", "pending_delete", "deleted"},
+    "deactivated": {"active", "pending_delete", "deleted"},
+    "killed": {"deleted"},
+    "pending_delete": {"deleted"},
+    "deleted": set(),
+}
+VISIBILITIES = ("public", "private", "shared", "community")
+DISK_FORMATS = ("vhd", "vhdx", "raw", "qcow2", "vmdk", "vdi", "iso", "ami", "ari", "aki", "ploop")
+CONTAINER_FORMATS = ("bare", "ovf", "ova", "aki", "ari", "ami", "docker", "compressed")
+MEMBER_STATUSES = ("pending", "accepted", "rejected")
+TASK_TYPES = ("import", "export")
+TASK_STATUSES = ("pending", "processing", "success", "failure")
+
+#: Base fields a caller can never set (RBAC.md): 403.
+READONLY_FIELDS = ("id", "status", "checksum", "size", "virtual_size", "created_at",
+                   "updated_at", "self", "file", "schema", "os_hash_algo", "os_hash_value")
+#: Base fields a caller may set (create / PATCH) subject to update permission.
+WRITABLE_FIELDS = ("name", "visibility", "protected", "disk_format", "container_format",
+                   "min_disk", "min_ram", "tags")
+#: Base fields only the service identity may change.
+RESERVED_FIELDS = ("owner", "locations", "direct_url", "os_hidden", "deleted", "deleted_at")
+BASE_FIELDS = READONLY_FIELDS + WRITABLE_FIELDS + ("owner",)
+#: Sort keys accepted by list (whitelist; mapped to columns in query.py).
+SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id",
+             "created_at", "updated_at", "virtual_size", "min_disk", "min_ram",
+             "owner", "visibility")
+
+MAX_NAME = 255
+MAX_TAG = 255
+MAX_PROPERTY_NAME = 255
+MAX_PROPERTY_VALUE = 65535
+
+DEFAULT_QUOTAS = {"tags": 128, "properties": 128, "members": 128}
+
+
+def now_text(ts: Optional[_dt.datetime] = None) -> str:
+    """Stored timestamp text: fixed width, so text order is time order."""
+    ts = ts or _dt.datetime.now(_dt.timezone.utc)
+    return ts.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def api_time(stored: Optional[str]) -> Optional[str]:
+    """'2026-01-02T03:04:05.123456Z' -> '2026-01-02T03:04:05Z' (the v2 format)."""
+    if stored is None:
+        return None
+    return stored[:19] + "Z"
+
+
+@dataclass
+class Image:
+    id: str
+    name: Optional[str]
+    status: str
+    visibility: str
+    protected: bool
+    owner: str
+    created_at: str            # stored form (microseconds); to_dict() shows v2 form
+    updated_at: str
+    checksum: Optional[str] = None
+    os_hash_algo: Optional[str] = None
+    os_hash_value: Optional[str] = None
+    size: Optional[int] = None
+    virtual_size: Optional[int] = None
+    disk_format: Optional[str] = None
+    container_format: Optional[str] = None
+    min_disk: int = 0
+    min_ram: int = 0
+    tags: List[str] = field(default_factory=list)
+    properties: Dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Glance's image JSON: extra properties at top level, links."""
+        d: Dict[str, Any] = {
+            "id": self.id, "name": self.name, "status": self.status,
+            "visibility": self.visibility, "protected": self.protected,
+            "checksum": self.checksum, "os_hash_algo": self.os_hash_algo,
+            "os_hash_value": self.os_hash_value, "size": self.size,
+            "virtual_size": self.virtual_size, "disk_format": self.disk_format,
+            "container_format": self.container_format, "min_disk": self.min_disk,
+            "min_ram": self.min_ram, "owner": self.owner, "tags": list(self.tags),
+            "created_at": api_time(self.created_at), "updated_at": api_time(self.updated_at),
+            "self": f"/v2/images/{self.id}", "file": f"/v2/images/{self.id}/file",
+            "schema": "/v2/schemas/image",
+        }
+        for k, v in self.properties.items():
+            d.setdefault(k, v)
+        return d
+
+
+@dataclass
+class ImageList:
+    images: List[Image]
+    next_marker: Optional[str]   # id of the last image when more follow, else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"images": [i.to_dict() for i in self.images], "schema": "/v2/schemas/images",
+                "first": "/v2/images", **({"next_marker": self.next_marker} if self.next_marker else {})}
+
+
+@dataclass
+class Member:
+    image_id: str
+    member_id: str
+    status: str
+    created_at: str
+    updated_at: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"image_id": self.image_id, "member_id": self.member_id, "status": self.status,
+                "created_at": api_time(self.created_at), "updated_at": api_time(self.updated_at),
+                "schema": "/v2/schemas/member"}
+
+
+@dataclass
+class Task:
+    id: str
+    type: str
+    status: str
+    input: Dict[str, Any]
+    result: Optional[Dict[str, Any]]
+    message: str
+    owner: str
+    created_at: str
+    updated_at: str
+    expires_at: Optional[str] = None
+    # lease / progress (not part of the v2 shape; see to_dict(internal=True))
+    worker_id: Optional[str] = None
+    lease_expires_at: Optional[str] = None
+    attempts: int = 0
+    stage: Optional[str] = None
+    bytes_done: Optional[int] = None
+    bytes_total: Optional[int] = None
+    #: roles of the caller that created the task (the pipeline acts with them)
+    owner_roles: List[str] = field(default_factory=list)
+
+    def to_dict(self, internal: bool = False) -> Dict[str, Any]:
+        d: Dict[str, Any] = {
+            "id": self.id, "type": self.type, "status": self.status, "input": self.input,
+            "result": self.result, "owner": self.owner, "message": self.message,
+            "expires_at": api_time(self.expires_at), "created_at": api_time(self.created_at),
+            "updated_at": api_time(self.updated_at), "self": f"/v2/tasks/{self.id}",
+            "schema": "/v2/schemas/task",
+        }
+        if internal:
+            d.update(worker_id=self.worker_id, lease_expires_at=api_time(self.lease_expires_at),
+                     attempts=self.attempts, stage=self.stage, bytes_done=self.bytes_done,
+                     bytes_total=self.bytes_total, owner_roles=list(self.owner_roles))
+        return d
+
+
+@dataclass
+class TaskList:
+    tasks: List[Task]
+    next_marker: Optional[str]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"tasks": [t.to_dict() for t in self.tasks], "schema": "/v2/schemas/tasks",
+                "first": "/v2/tasks", **({"next_marker": self.next_marker} if self.next_marker else {})}

@@ -1,0 +1,106 @@
+"""Property protections: a rules file in the format of Glance's
+``property-protections`` *roles* file.
+
+Each section is a regular expression matched (``re.search``, as Glance does)
+against the property name; the first matching section (file order) wins.  Keys
+``create``, ``read``, ``update``, ``delete`` hold comma-separated role lists;
+``@`` means every role (and no role), ``!`` means nobody.  A property that
+matches no section is denied for every operation (Glance's behaviour), so
+files normally end with a ``[.*]`` catch-all.
+
+Only extra (free-form) properties are subject to the rules; base fields have
+their own rules (``name`` and the other writable base fields need the
+``update_image`` permission; read-only base fields are never writable).
+"""
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from typing import Dict, FrozenSet, List, Optional, Tuple
+
+from ..errors import ForbiddenError, InvalidInputError
+from .rbac import ADMINS, SERVICE, Caller
+
+OPERATIONS = ("create", "read", "update", "delete")
+
+_ADMINS = ",".join(sorted(ADMINS) + [SERVICE])
+
+#: The default rules: ``com.rackspace*`` properties are readable by everyone and
+#: writable only by the service identity; every other extra property may be
+#: created/updated/deleted by customer admins only (RBAC.md "Properties").
+DEFAULT_RULES = f"""\
+[^com\\.rackspace]
+create = {SERVICE}
+read = @
+update = {SERVICE}
+delete = {SERVICE}
+
+[.*]
+create = {_ADMINS}
+read = @
+update = {_ADMINS}
+delete = {_ADMINS}
+"""
+
+
+EVERYONE = "@"
+NOBODY = "!"
+
+
+class PropertyProtections:
+    """Parsed rules; ``allowed(caller, name, op)`` and ``check(...)``."""
+
+    def __init__(self, text: str = DEFAULT_RULES, *, source: str = "<default>"):
+        cp = configparser.RawConfigParser(delimiters=("=",), interpolation=None)
+        cp.optionxform = str  # type: ignore[assignment]
+        try:
+            cp.read_string(text, source=source)
+        except configparser.Error as exc:
+            raise InvalidInputError(f"property protections file {source}: {exc}") from None
+        self.source = source
+        self.rules: List[Tuple[re.Pattern, Dict[str, Optional[FrozenSet[str]]]]] = []
+        for section in cp.sections():
+            try:
+                rx = re.compile(section)
+            except re.error as exc:
+                raise InvalidInputError(
+                    f"property protections file {source}: bad regular expression [{section}]: {exc}") from None
+            perms: Dict[str, Optional[FrozenSet[str]]] = {}
+            for op in OPERATIONS:
+                raw = cp.get(section, op, fallback=None)
+                if raw is None:
+                    raise InvalidInputError(
+                        f"property protections file {source}: section [{section}] lacks '{op}'")
+                roles = [r.strip() for r in raw.split(",") if r.strip()]
+                if (EVERYONE in roles or NOBODY in roles) and len(roles) > 1:
+                    raise InvalidInputError(
+                        f"property protections file {source}: [{section}] {op}: '@' and '!' stand alone")
+                if roles == [EVERYONE]:
+                    perms[op] = None          # everyone
+                elif roles == [NOBODY] or not roles:
+                    perms[op] = frozenset()   # nobody
+                else:
+                    perms[op] = frozenset(roles)
+            unknown = set(cp.options(section)) - set(OPERATIONS)
+            if unknown:
+                raise InvalidInputError(
+                    f"property protections file {source}: [{section}] unknown keys {sorted(unknown)}")
+            self.rules.append((rx, perms))
+
+    @classmethod
+    def from_file(cls, path: "os.PathLike[str] | str") -> "PropertyProtections":
+        with open(path, encoding="utf-8") as f:
+            return cls(f.read(), source=str(path))
+
+    def allowed(self, caller: Caller, name: str, op: str) -> bool:
+        for rx, perms in self.rules:
+            if rx.search(name):
+                roles = perms[op]
+                return roles is None or caller.has_any(roles)
+        return False
+
+    def check(self, caller: Caller, name: str, op: str) -> None:
+        if not self.allowed(caller, name, op):
+            verb = {"create": "create", "read": "read", "update": "update", "delete": "delete"}[op]
+            raise ForbiddenError(f"property '{name}' is protected: your roles may not {verb} it")

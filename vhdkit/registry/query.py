@@ -1,0 +1,318 @@
+"""Image list queries: parse v2 list parameters (filters, sorting, pagination)
+into a :class:`ListQuery`, and build SQL from it.
+
+Nothing the caller sends reaches SQL as text: column names come from
+whitelists, every value is a bound parameter.  Unknown filter values and bad
+sort keys raise :class:`InvalidInputError`.
+
+The visible set of an account is the union of disjoint *branches* -- its own
+images, public images of others, images shared with it (by member status),
+community images of others -- each of which an index can walk (owner,
+visibility, member).  Each branch is sorted and cut to ``limit + 1`` rows
+on its own, then the branches are merged: the cost of a page depends on the
+caller's share of the registry, not on the registry's size.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..errors import InvalidInputError
+from .models import (BASE_FIELDS, CONTAINER_FORMATS, DISK_FORMATS, MAX_PROPERTY_NAME,
+                     MEMBER_STATUSES, RESERVED_FIELDS, SORT_KEYS, STATUSES, VISIBILITIES,
+                     now_text)
+
+DEFAULT_LIMIT = 25
+MAX_LIMIT = 1000
+
+#: sort key -> column (the whitelist)
+SORT_COLUMNS = {k: f"i.{k}" for k in SORT_KEYS}
+#: filters that accept the ``in:a,b,"c,d"`` form, with their allowed values (None: any)
+IN_FILTERS: Dict[str, Optional[Sequence[str]]] = {
+    "name": None, "id": None, "status": STATUSES, "disk_format": DISK_FORMATS,
+    "container_format": CONTAINER_FORMATS,
+}
+EXACT_FILTERS = ("owner", "checksum", "os_hash_value")
+TIME_FILTERS = ("created_at", "updated_at")
+TIME_OPS = ("gt", "gte", "eq", "neq", "lt", "lte")
+CONTROL = ("limit", "marker", "sort", "sort_key", "sort_dir")
+#: every base-field key this module understands as a filter
+KNOWN_FILTERS = tuple(IN_FILTERS) + EXACT_FILTERS + TIME_FILTERS + (
+    "visibility", "member_status", "protected", "size_min", "size_max", "tag")
+
+Params = Union[Mapping[str, Union[str, Sequence[str]]], Iterable[Tuple[str, str]]]
+
+
+@dataclass
+class ListQuery:
+    visibility: Optional[str] = None          # None: default (own+public+accepted shared)
+    member_status: str = "accepted"
+    tags: List[str] = field(default_factory=list)
+    properties: List[Tuple[str, str]] = field(default_factory=list)
+    where: List[Tuple[str, List[Any]]] = field(default_factory=list)   # (sql on alias i, params)
+    sort: List[Tuple[str, str]] = field(default_factory=list)          # (key, 'asc'|'desc')
+    marker: Optional[str] = None
+    limit: int = DEFAULT_LIMIT
+
+
+def _pairs(params: Optional[Params]) -> List[Tuple[str, str]]:
+    if params is None:
+        return []
+    if isinstance(params, Mapping):
+        out: List[Tuple[str, str]] = []
+        for k, v in params.items():
+            if isinstance(v, (list, tuple)):
+                out.extend((k, x) for x in v)
+            else:
+                out.append((k, v))
+    else:
+        out = list(params)
+    for k, v in out:
+        if not isinstance(k, str) or not isinstance(v, (str, int, bool)):
+            raise InvalidInputError(f"bad list parameter {k!r}")
+    return [(k, v if isinstance(v, str) else (str(v).lower() if isinstance(v, bool) else str(v)))
+            for k, v in out]
+
+
+def _in_values(key: str, value: str) -> List[str]:
+    if value.startswith("in:"):
+        try:
+            vals = next(csv.reader([value[3:]], skipinitialspace=False, strict=True))
+        except (csv.Error, StopIteration):
+            raise InvalidInputError(f"bad 'in:' list for {key}: {value!r}") from None
+        if not vals:
+            raise InvalidInputError(f"empty 'in:' list for {key}")
+    else:
+        vals = [value]
+    allowed = IN_FILTERS.get(key)
+    if allowed is not None:
+        for v in vals:
+            if v not in allowed:
+                raise InvalidInputError(f"invalid {key} {v!r}: expected one of {', '.join(allowed)}")
+    return vals
+
+
+def parse_time(text: str) -> _dt.datetime:
+    try:
+        t = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInputError(f"bad time {text!r}: use ISO 8601, e.g. 2026-01-31T12:00:00Z") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.astimezone(_dt.timezone.utc).replace(microsecond=0)
+
+
+def time_condition(col: str, value: str) -> Tuple[str, List[Any]]:
+    """``gte:2026-01-31T12:00:00Z`` on a stored microsecond column, compared at
+    whole seconds (the precision the API shows)."""
+    op, sep, rest = value.partition(":")
+    if not sep or op not in TIME_OPS:
+        raise InvalidInputError(f"bad time filter {value!r}: use OP:TIME with OP one of {', '.join(TIME_OPS)}")
+    t = parse_time(rest)
+    lo = now_text(t)
+    hi = now_text(t + _dt.timedelta(seconds=1))
+    return {
+        "gt": (f"{col} >= ?", [hi]),
+        "gte": (f"{col} >= ?", [lo]),
+        "lt": (f"{col} < ?", [lo]),
+        "lte": (f"{col} < ?", [hi]),
+        "eq": (f"({col} >= ? AND {col} < ?)", [lo, hi]),
+        "neq": (f"({col} < ? OR {col} >= ?)", [lo, hi]),
+    }[op]
+
+
+def _int(key: str, value: str, lo: int = 0) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise InvalidInputError(f"{key} must be an integer, not {value!r}") from None
+    if n < lo:
+        raise InvalidInputError(f"{key} must be >= {lo}")
+    return n
+
+
+def parse_sort(sort: List[str], sort_keys: List[str], sort_dirs: List[str]) -> List[Tuple[str, str]]:
+    if sort and (sort_keys or sort_dirs):
+        raise InvalidInputError("use either 'sort' or 'sort_key'/'sort_dir', not both")
+    out: List[Tuple[str, str]] = []
+    if sort:
+        for s in sort:
+            for item in s.split(","):
+                key, _, d = item.strip().partition(":")
+                out.append((key.strip(), (d.strip() or "desc")))
+    else:
+        if sort_dirs and len(sort_dirs) not in (1, len(sort_keys)):
+            raise InvalidInputError("give one sort_dir, or one per sort_key")
+        if sort_dirs and not sort_keys:
+            sort_keys = ["created_at"]
+        for n, key in enumerate(sort_keys):
+            d = sort_dirs[0] if len(sort_dirs) == 1 else (sort_dirs[n] if sort_dirs else "desc")
+            out.append((key, d))
+    seen = set()
+    for key, d in out:
+        if key not in SORT_COLUMNS:
+            raise InvalidInputError(f"invalid sort key {key!r}: expected one of {', '.join(SORT_KEYS)}")
+        if d not in ("asc", "desc"):
+            raise InvalidInputError(f"invalid sort direction {d!r}: expected asc or desc")
+        if key in seen:
+            raise InvalidInputError(f"sort key {key!r} given twice")
+        seen.add(key)
+    if not out:
+        out = [("created_at", "desc")]
+    last = out[-1][1]
+    for key in ("created_at", "id"):
+        if key not in seen and not any(k == key for k, _ in out):
+            out.append((key, last))
+    return out
+
+
+def parse_list_params(params: Optional[Params]) -> ListQuery:
+    q = ListQuery()
+    sort: List[str] = []
+    sort_keys: List[str] = []
+    sort_dirs: List[str] = []
+    seen: Dict[str, int] = {}
+    for key, value in _pairs(params):
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1 and key not in ("tag", "sort_key", "sort_dir", "sort"):
+            raise InvalidInputError(f"filter {key!r} given more than once")
+        if key == "limit":
+            q.limit = min(_int("limit", value), MAX_LIMIT)
+        elif key == "marker":
+            q.marker = value
+        elif key == "sort":
+            sort.append(value)
+        elif key == "sort_key":
+            sort_keys.append(value)
+        elif key == "sort_dir":
+            sort_dirs.append(value)
+        elif key == "visibility":
+            if value not in VISIBILITIES + ("all",):
+                raise InvalidInputError(f"invalid visibility {value!r}: expected one of "
+                                        f"{', '.join(VISIBILITIES + ('all',))}")
+            q.visibility = value
+        elif key == "member_status":
+            if value not in MEMBER_STATUSES + ("all",):
+                raise InvalidInputError(f"invalid member_status {value!r}: expected one of "
+                                        f"{', '.join(MEMBER_STATUSES + ('all',))}")
+            q.member_status = value
+        elif key == "tag":
+            if not value:
+                raise InvalidInputError("empty tag filter")
+            q.tags.append(value)
+        elif key in IN_FILTERS:
+            vals = _in_values(key, value)
+            q.where.append((f"i.{key} IN ({','.join('?' * len(vals))})", vals))
+        elif key in EXACT_FILTERS:
+            q.where.append((f"i.{key} = ?", [value]))
+        elif key == "protected":
+            if value not in ("true", "false"):
+                raise InvalidInputError(f"protected must be true or false, not {value!r}")
+            q.where.append(("i.protected = ?", [1 if value == "true" else 0]))
+        elif key == "size_min":
+            q.where.append(("i.size >= ?", [_int(key, value)]))
+        elif key == "size_max":
+            q.where.append(("i.size <= ?", [_int(key, value)]))
+        elif key in TIME_FILTERS:
+            q.where.append(time_condition(f"i.{key}", value))
+        elif key in BASE_FIELDS or key in RESERVED_FIELDS:
+            raise InvalidInputError(f"cannot filter on {key!r}")
+        else:
+            if not key or len(key) > MAX_PROPERTY_NAME:
+                raise InvalidInputError(f"invalid filter {key[:40]!r}")
+            q.properties.append((key, value))
+    q.sort = parse_sort(sort, sort_keys, sort_dirs)
+    return q
+
+
+# ---- SQL ----
+
+def _after_marker(sort: List[Tuple[str, str]], values: Sequence[Any]) -> Tuple[str, List[Any]]:
+    """Rows strictly after the marker row in the (total) sort order; SQLite puts
+    NULLs first ascending and last descending."""
+    ors: List[str] = []
+    params: List[Any] = []
+    for j, (key, d) in enumerate(sort):
+        parts: List[str] = []
+        ps: List[Any] = []
+        for i in range(j):
+            parts.append(f"{SORT_COLUMNS[sort[i][0]]} IS ?")
+            ps.append(values[i])
+        col, v = SORT_COLUMNS[key], values[j]
+        if d == "asc":
+            if v is None:
+                parts.append(f"{col} IS NOT NULL")
+            else:
+                parts.append(f"{col} > ?")
+                ps.append(v)
+        else:
+            if v is None:
+                continue
+            parts.append(f"({col} < ? OR {col} IS NULL)")
+            ps.append(v)
+        ors.append("(" + " AND ".join(parts) + ")")
+        params.extend(ps)
+    if not ors:
+        return "0", []
+    return "(" + " OR ".join(ors) + ")", params
+
+
+def build_list_sql(q: ListQuery, account: Optional[str], marker_values: Optional[Sequence[Any]]
+                   ) -> Tuple[str, List[Any]]:
+    """SQL returning ``id`` of up to ``limit + 1`` visible images in order.
+    ``account`` None means "sees everything" (the service identity)."""
+    common: List[str] = []
+    cparams: List[Any] = []
+    for sql, ps in q.where:
+        common.append(sql)
+        cparams.extend(ps)
+    for tag in q.tags:
+        common.append("EXISTS (SELECT 1 FROM image_tags t WHERE t.image_id = i.id AND t.tag = ?)")
+        cparams.append(tag)
+    for name, value in q.properties:
+        common.append("EXISTS (SELECT 1 FROM image_properties p WHERE p.image_id = i.id "
+                      "AND p.name = ? AND p.value = ?)")
+        cparams.extend([name, value])
+    if marker_values is not None:
+        sql, ps = _after_marker(q.sort, marker_values)
+        common.append(sql)
+        cparams.extend(ps)
+
+    vis = q.visibility
+    branches: List[Tuple[str, List[str], List[Any]]] = []   # (from, where, params)
+    if account is None:
+        w = [] if vis in (None, "all") else ["i.visibility = ?"]
+        branches.append(("images i", w, [] if vis in (None, "all") else [vis]))
+    else:
+        own_w, own_p = ["i.owner = ?"], [account]
+        if vis not in (None, "all"):
+            own_w.append("i.visibility = ?")
+            own_p.append(vis)
+        branches.append(("images i", own_w, own_p))
+        if vis in (None, "all", "public"):
+            branches.append(("images i", ["i.visibility = 'public'", "i.owner != ?"], [account]))
+        if vis in (None, "all", "shared"):
+            w = ["m.member = ?", "i.visibility = 'shared'", "i.owner != ?"]
+            p: List[Any] = [account, account]
+            if q.member_status != "all":
+                w.insert(1, "m.status = ?")
+                p.insert(1, q.member_status)
+            branches.append(("image_members m JOIN images i ON i.id = m.image_id", w, p))
+        if vis in ("all", "community"):
+            branches.append(("images i", ["i.visibility = 'community'", "i.owner != ?"], [account]))
+
+    cols = ", ".join(f"{SORT_COLUMNS[k]} AS s{n}" for n, (k, _) in enumerate(q.sort))
+    order = ", ".join(f"s{n} {d.upper()}" for n, (_, d) in enumerate(q.sort))
+    n = q.limit + 1
+    parts: List[str] = []
+    params: List[Any] = []
+    for frm, w, p in branches:
+        where = " AND ".join(w + common) or "1"
+        parts.append(f"SELECT * FROM (SELECT i.id AS id, {cols} FROM {frm} WHERE {where} "
+                     f"ORDER BY {order} LIMIT {n})")
+        params.extend(p)
+        params.extend(cparams)
+    sql = " UNION ALL ".join(parts) + f" ORDER BY {order} LIMIT {n}"
+    return sql, params

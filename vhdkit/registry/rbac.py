@@ -1,0 +1,154 @@
+"""Who may do what: the roles and the operation matrix of ``shared/RBAC.md``.
+
+:data:`MATRIX` is the one table.  :meth:`vhdkit.registry.Registry` enforces it
+through :func:`require`, and the tests are generated from it (and then check
+behaviour: the call must succeed, or fail with 403/404).
+
+Order of checks for an operation on an existing image (so that nothing leaks):
+
+1. the image must be *visible* to the caller's account (owner, public,
+   community, or a member of a ``shared`` image), otherwise :class:`NotFoundError`
+   -- a non-member never learns that a private image exists;
+2. the caller's roles must allow the operation (403);
+3. the ownership scope of the row must hold: ``owner`` (only the owner account),
+   ``member`` (only the member itself, e.g. accepting a share) (403).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, Iterable, NamedTuple, Optional, Union
+
+from ..errors import ForbiddenError, InvalidInputError
+
+# ---- roles (RBAC.md "Roles") ----
+USER_ADMIN = "identity:user-admin"
+ADMIN = "admin"
+OBSERVER = "observer"
+CI_ADMIN = "cloudImages:admin"
+CI_CREATOR = "cloudImages:creator"
+CI_OBSERVER = "cloudImages:observer"
+#: Not a customer role: the operator / pipeline identity.  It may do every
+#: operation and, under the default protections file, write ``com.rackspace*``
+#: properties and make images public.
+SERVICE = "vhdkit:service"
+
+ADMINS: FrozenSet[str] = frozenset({USER_ADMIN, ADMIN, CI_ADMIN})
+CREATORS: FrozenSet[str] = frozenset({CI_CREATOR})
+OBSERVERS: FrozenSet[str] = frozenset({OBSERVER, CI_OBSERVER})
+CUSTOMER_ROLES: FrozenSet[str] = ADMINS | CREATORS | OBSERVERS
+ALL_ROLES: FrozenSet[str] = CUSTOMER_ROLES | {SERVICE}
+
+_R = OBSERVERS | CREATORS | ADMINS | {SERVICE}   # read
+_C = CREATORS | ADMINS | {SERVICE}               # create
+_A = ADMINS | {SERVICE}                          # admin
+
+
+class Rule(NamedTuple):
+    roles: FrozenSet[str]
+    #: None: no image involved; "visible": any account that can see the image;
+    #: "owner": the owner account only; "member": the member account itself only.
+    scope: Optional[str]
+    api: str
+
+
+#: THE operation matrix (RBAC.md "Operations", plus the operations RBAC.md does
+#: not list, marked "ext": create/upload follow the role descriptions
+#: "create, read, update", download/read follow "read").
+MATRIX: Dict[str, Rule] = {
+    "list_images":    Rule(_R, None, "GET /v2/images"),
+    "show_image":     Rule(_R, "visible", "GET /v2/images/{id}"),
+    "update_image":   Rule(_A, "owner", "PATCH /v2/images/{id}"),
+    "delete_image":   Rule(_A, "owner", "DELETE /v2/images/{id}"),
+    "add_member":     Rule(_C, "owner", "POST /v2/images/{id}/members"),
+    "list_members":   Rule(_R, "visible", "GET /v2/images/{id}/members"),
+    "show_member":    Rule(_R, "visible", "GET /v2/images/{id}/members/{member}"),
+    "update_member":  Rule(_A, "member", "PUT /v2/images/{id}/members/{member}"),
+    "delete_member":  Rule(_A, "owner", "DELETE /v2/images/{id}/members/{member}"),
+    "add_tag":        Rule(_R, "owner", "PUT /v2/images/{id}/tags/{tag}"),
+    "delete_tag":     Rule(_R, "owner", "DELETE /v2/images/{id}/tags/{tag}"),
+    "schemas":        Rule(_R, None, "GET /v2/schemas/*"),
+    "create_task":    Rule(_A, None, "POST /v2/tasks"),
+    "list_tasks":     Rule(_R, None, "GET /v2/tasks"),
+    "show_task":      Rule(_R, None, "GET /v2/tasks/{id}"),
+    # ext: not in RBAC.md's table
+    "create_image":   Rule(_C, None, "POST /v2/images (ext)"),
+    "upload_data":    Rule(_C, "owner", "PUT /v2/images/{id}/file (ext)"),
+    "download_data":  Rule(_R, "visible", "GET /v2/images/{id}/file (ext)"),
+    "deactivate":     Rule(_A, "owner", "POST /v2/images/{id}/actions/deactivate (ext)"),
+    "reactivate":     Rule(_A, "owner", "POST /v2/images/{id}/actions/reactivate (ext)"),
+}
+
+_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.@:+-]{1,255}$")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The identity an operation runs as: an account (tenant) id and its roles."""
+
+    account: str
+    roles: FrozenSet[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.account, str) or not _ACCOUNT_RE.match(self.account):
+            raise InvalidInputError(f"invalid account id {self.account!r}")
+        object.__setattr__(self, "roles", frozenset(r.strip() for r in self.roles if r.strip()))
+
+    @classmethod
+    def parse(cls, account: str, roles: Union[str, Iterable[str], None]) -> "Caller":
+        """``Caller.parse("acct", "admin,observer")``."""
+        if roles is None:
+            roles = ()
+        elif isinstance(roles, str):
+            roles = roles.split(",")
+        return cls(account, frozenset(roles))
+
+    @classmethod
+    def from_env(cls, account: Optional[str] = None, roles: Optional[str] = None) -> "Caller":
+        """Identity from arguments, else VHDKIT_ACCOUNT / VHDKIT_ROLES."""
+        account = account or os.environ.get("VHDKIT_ACCOUNT")
+        if not account:
+            raise InvalidInputError("no identity: pass --account or set VHDKIT_ACCOUNT")
+        if roles is None:
+            roles = os.environ.get("VHDKIT_ROLES", "")
+        return cls.parse(account, roles)
+
+    @classmethod
+    def service(cls, account: str) -> "Caller":
+        """The pipeline/operator identity acting for ``account``."""
+        return cls(account, frozenset({SERVICE}))
+
+    def has_any(self, roles: Iterable[str]) -> bool:
+        return not self.roles.isdisjoint(roles)
+
+    @property
+    def is_service(self) -> bool:
+        return SERVICE in self.roles
+
+    @property
+    def is_customer_admin(self) -> bool:
+        return self.has_any(ADMINS) or self.is_service
+
+
+def role_allows(op: str, caller: Caller) -> bool:
+    return caller.has_any(MATRIX[op].roles)
+
+
+def require_role(op: str, caller: Caller) -> None:
+    """403 unless one of the caller's roles may perform ``op``."""
+    if not role_allows(op, caller):
+        raise ForbiddenError(
+            f"account {caller.account} with roles [{', '.join(sorted(caller.roles)) or 'none'}] "
+            f"may not {op.replace('_', ' ')}")
+
+
+def require_scope(op: str, caller: Caller, *, owner: str, member: Optional[str] = None) -> None:
+    """403 unless the ownership scope of ``op`` holds (after visibility and role)."""
+    scope = MATRIX[op].scope
+    if caller.is_service:
+        return
+    if scope == "owner" and caller.account != owner:
+        raise ForbiddenError(f"only the owner account may {op.replace('_', ' ')}")
+    if scope == "member" and caller.account != member:
+        raise ForbiddenError(f"only the member account itself may {op.replace('_', ' ')}")

@@ -1,0 +1,195 @@
+"""Tasks (import/export), a mixin of :class:`Registry`: the v2 task records
+plus the lease protocol workers use.
+
+Statuses pending -> processing -> success | failure.  A worker takes a task
+with :meth:`claim_task` (atomic: ``BEGIN IMMEDIATE``), renews its lease with
+:meth:`heartbeat` (also reporting the stage and bytes done) and ends it with
+:meth:`finish`.  A task whose lease expires is handed to the next claimer
+(retried from the start) until ``max_attempts`` claims were made; then it
+fails with a message.  A task expires 48 h after it ends."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sqlite3
+import uuid
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
+
+from ..errors import ConflictError, InvalidInputError, NotFoundError
+from .models import TASK_STATUSES, TASK_TYPES, Task, TaskList, now_text
+from .query import DEFAULT_LIMIT, MAX_LIMIT, Params, _int, _pairs
+from .rbac import Caller, require_role
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import Registry  # noqa: F401
+
+TASK_TTL = _dt.timedelta(hours=48)
+DEFAULT_LEASE_S = 60.0
+MAX_ATTEMPTS = 2
+MAX_INPUT_BYTES = 64 << 10
+TASK_SORT_KEYS = ("created_at", "updated_at", "id", "status", "type")
+
+
+def _task(r: sqlite3.Row) -> Task:
+    return Task(
+        id=r["id"], type=r["type"], status=r["status"], input=json.loads(r["input"]),
+        result=json.loads(r["result"]) if r["result"] is not None else None, message=r["message"],
+        owner=r["owner"], created_at=r["created_at"], updated_at=r["updated_at"], expires_at=r["expires_at"],
+        worker_id=r["worker_id"], lease_expires_at=r["lease_expires_at"], attempts=r["attempts"],
+        stage=r["stage"], bytes_done=r["bytes_done"], bytes_total=r["bytes_total"],
+        owner_roles=[x for x in r["owner_roles"].split(",") if x])
+
+
+class TasksMixin:
+    max_task_attempts = MAX_ATTEMPTS
+
+    def create_task(self: "Registry", caller: Caller, type: str, input: Mapping[str, Any]) -> Task:  # type: ignore[misc]
+        """Record a pending task of ``type`` (import/export) owned by the caller's account."""
+        require_role("create_task", caller)
+        if type not in TASK_TYPES:
+            raise InvalidInputError(f"invalid task type {type!r}: expected one of {', '.join(TASK_TYPES)}")
+        if not isinstance(input, Mapping):
+            raise InvalidInputError("task input must be an object")
+        try:
+            text = json.dumps(dict(input), sort_keys=True)
+        except (TypeError, ValueError):
+            raise InvalidInputError("task input must be JSON-serialisable") from None
+        if len(text) > MAX_INPUT_BYTES:
+            raise InvalidInputError(f"task input is larger than {MAX_INPUT_BYTES} bytes")
+        tid = str(uuid.uuid4())
+        now = self._now()
+        with self._write() as conn:
+            conn.execute("INSERT INTO tasks (id, type, status, input, owner, owner_roles, created_at, updated_at) "
+                         "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
+                         (tid, type, text, caller.account, ",".join(sorted(caller.roles)), now, now))
+            row = conn.execute("SELECT * FROM tasks WHERE id = ?", (tid,)).fetchone()
+        return _task(row)
+
+    def show_task(self: "Registry", caller: Caller, task_id: str) -> Task:  # type: ignore[misc]
+        require_role("show_task", caller)
+        row = self._conn().execute("SELECT * FROM tasks WHERE id = ?", (str(task_id),)).fetchone()
+        if row is None or (row["owner"] != caller.account and not caller.is_service):
+            raise NotFoundError(f"task {task_id} not found")
+        return _task(row)
+
+    def list_tasks(self: "Registry", caller: Caller, params: Optional[Params] = None) -> TaskList:  # type: ignore[misc]
+        """The caller account's tasks; params: ``type``, ``status``, ``sort_key``
+        (created_at, updated_at, id, status, type), ``sort_dir``, ``marker``, ``limit``."""
+        require_role("list_tasks", caller)
+        where, args = ["owner = ?"], [caller.account]
+        limit, marker, key, d = DEFAULT_LIMIT, None, "created_at", "desc"
+        for k, v in _pairs(params):
+            if k == "type":
+                if v not in TASK_TYPES:
+                    raise InvalidInputError(f"invalid task type {v!r}")
+                where.append("type = ?")
+                args.append(v)
+            elif k == "status":
+                if v not in TASK_STATUSES:
+                    raise InvalidInputError(f"invalid task status {v!r}")
+                where.append("status = ?")
+                args.append(v)
+            elif k == "limit":
+                limit = min(_int("limit", v), MAX_LIMIT)
+            elif k == "marker":
+                marker = v
+            elif k == "sort_key":
+                if v not in TASK_SORT_KEYS:
+                    raise InvalidInputError(f"invalid sort key {v!r}: expected one of {', '.join(TASK_SORT_KEYS)}")
+                key = v
+            elif k == "sort_dir":
+                if v not in ("asc", "desc"):
+                    raise InvalidInputError(f"invalid sort direction {v!r}")
+                d = v
+            else:
+                raise InvalidInputError(f"unknown task filter {k!r}")
+        conn = self._conn()
+        with self._read():
+            if marker is not None:
+                m = conn.execute(f"SELECT {key}, id FROM tasks WHERE id = ? AND owner = ?",
+                                 (marker, caller.account)).fetchone()
+                if m is None:
+                    raise InvalidInputError(f"marker {marker!r} not found")
+                op = ">" if d == "asc" else "<"
+                where.append(f"({key} {op} ? OR ({key} = ? AND id {op} ?))")
+                args += [m[0], m[0], m[1]]
+            rows = conn.execute(f"SELECT * FROM tasks WHERE {' AND '.join(where)} "
+                                f"ORDER BY {key} {d.upper()}, id {d.upper()} LIMIT ?", (*args, limit + 1)).fetchall()
+        more = len(rows) > limit
+        tasks = [_task(r) for r in rows[:limit]]
+        return TaskList(tasks, tasks[-1].id if more and tasks else None)
+
+    # ---- worker protocol ----
+    def _lease_until(self: "Registry", seconds: float) -> str:  # type: ignore[misc]
+        return now_text(self._now_dt() + _dt.timedelta(seconds=seconds))
+
+    def claim_task(self: "Registry", worker_id: str, lease_seconds: float = DEFAULT_LEASE_S,  # type: ignore[misc]
+                   types: Optional[Sequence[str]] = None) -> Optional[Task]:
+        """Atomically take the oldest pending task (or one whose worker's lease
+        expired); None when there is nothing to do."""
+        if not worker_id:
+            raise InvalidInputError("worker_id is required")
+        now = self._now()
+        with self._write() as conn:
+            for r in conn.execute("SELECT id, attempts FROM tasks WHERE status = 'processing' "
+                                  "AND lease_expires_at < ?", (now,)).fetchall():
+                if r["attempts"] >= self.max_task_attempts:
+                    conn.execute(
+                        "UPDATE tasks SET status = 'failure', message = ?, worker_id = NULL, "
+                        "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",
+                        (f"the worker running this task stopped responding (after {r['attempts']} attempts)",
+                         now, now_text(self._now_dt() + TASK_TTL), r["id"]))
+                else:
+                    conn.execute("UPDATE tasks SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, "
+                                 "updated_at = ? WHERE id = ?", (now, r["id"]))
+            sql = "SELECT id FROM tasks WHERE status = 'pending'"
+            args: list = []
+            if types:
+                sql += f" AND type IN ({','.join('?' * len(types))})"
+                args += list(types)
+            row = conn.execute(sql + " ORDER BY created_at, id LIMIT 1", args).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE tasks SET status = 'processing', worker_id = ?, lease_expires_at = ?, "
+                         "attempts = attempts + 1, stage = NULL, bytes_done = NULL, bytes_total = NULL, "
+                         "updated_at = ? WHERE id = ?",
+                         (worker_id, self._lease_until(lease_seconds), now, row["id"]))
+            out = conn.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone()
+        return _task(out)
+
+    def _held(self: "Registry", conn: sqlite3.Connection, task_id: str, worker_id: str) -> sqlite3.Row:  # type: ignore[misc]
+        row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"task {task_id} not found")
+        if row["status"] != "processing" or row["worker_id"] != worker_id:
+            raise ConflictError(f"worker {worker_id} no longer holds task {task_id} (lease lost)")
+        return row
+
+    def heartbeat(self: "Registry", task_id: str, worker_id: str, *,  # type: ignore[misc]
+                  lease_seconds: float = DEFAULT_LEASE_S, stage: Optional[str] = None,
+                  bytes_done: Optional[int] = None, bytes_total: Optional[int] = None) -> Task:
+        """Renew the lease and record progress; ConflictError when the lease was lost."""
+        with self._write() as conn:
+            row = self._held(conn, task_id, worker_id)
+            conn.execute("UPDATE tasks SET lease_expires_at = ?, stage = ?, bytes_done = ?, bytes_total = ?, "
+                         "updated_at = ? WHERE id = ?",
+                         (self._lease_until(lease_seconds), stage if stage is not None else row["stage"],
+                          bytes_done if bytes_done is not None else row["bytes_done"],
+                          bytes_total if bytes_total is not None else row["bytes_total"], self._now(), task_id))
+            out = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return _task(out)
+
+    def finish(self: "Registry", task_id: str, worker_id: str, *, status: str,  # type: ignore[misc]
+               result: Optional[Dict[str, Any]] = None, message: str = "") -> Task:
+        """End a held task with ``success`` or ``failure``."""
+        if status not in ("success", "failure"):
+            raise InvalidInputError("a task finishes with 'success' or 'failure'")
+        res = json.dumps(result) if result is not None else None
+        with self._write() as conn:
+            self._held(conn, task_id, worker_id)
+            now = self._now()
+            conn.execute("UPDATE tasks SET status = ?, result = ?, message = ?, worker_id = NULL, "
+                         "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",
+                         (status, res, message or "", now, now_text(self._now_dt() + TASK_TTL), task_id))
+            out = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return _task(out)

@@ -1,0 +1,458 @@
+"""An object store: accounts hold containers, containers hold named objects.
+
+:class:`ObjectStore` is the interface (shaped after OpenStack Swift so that a
+Swift backend can stand behind it later); :class:`LocalStore` is the embedded
+default, one directory per account with one directory per container::
+
+    ROOT/<account>/<container>/objects/<encoded name>    the bytes, a plain file
+    ROOT/<account>/<container>/meta/<encoded name>       JSON: name, size, etag, metadata
+
+Encoded names are the percent-encoded object name (a leading ``.`` encoded
+too); names whose encoding is longer than 200 bytes are stored under
+``%%<sha256 of the name>`` (``%%`` cannot come out of percent-encoding).
+
+Puts are atomic: the data and the metadata are written to temporary files in
+the container, fsynced, and renamed into place (data first), then the
+directory is fsynced.  A reader checks that the data it opened has the size
+its metadata records and retries if it raced with a concurrent overwrite.
+
+Names: a container name is 1–256 bytes of UTF-8 without ``/`` or NUL (Swift's
+rule), not ``.`` or ``..``; an object name is 1–1024 bytes of UTF-8 without
+NUL, not starting with ``/`` and without a ``..`` path segment.  Metadata
+keys are 1–128 characters of ``[A-Za-z0-9_.-]`` (case-insensitive, stored
+lower-case), values up to 256 characters, at most 90 items (Swift's limits).
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Dict, Iterator, List, Optional
+
+from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
+                     VhdkitError)
+
+__all__ = [
+    "ObjectInfo",
+    "ObjectReader",
+    "ObjectStore",
+    "LocalStore",
+    "open_store",
+    "default_root",
+    "validate_container_name",
+    "validate_object_name",
+    "validate_metadata",
+    "MAX_CONTAINER_NAME",
+    "MAX_OBJECT_NAME",
+]
+
+MAX_CONTAINER_NAME = 256
+MAX_OBJECT_NAME = 1024
+MAX_META_KEY = 128
+MAX_META_VALUE = 256
+MAX_META_ITEMS = 90
+_META_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_CHUNK = 1 << 20
+
+
+@dataclass
+class ObjectInfo:
+    """What ``head`` returns: Swift's object headers, more or less."""
+
+    container: str
+    name: str
+    size: int
+    etag: str  # md5 hex of the bytes, as Swift's ETag
+    last_modified: float  # seconds since the epoch
+    content_type: str = "application/octet-stream"
+    metadata: Dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------ names
+def _utf8(name: str, what: str) -> bytes:
+    if not isinstance(name, str):
+        raise InvalidInputError(f"{what} must be a string")
+    try:
+        return name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} {name!r} is not valid UTF-8") from None
+
+
+def validate_container_name(name: str, what: str = "container name") -> str:
+    """Return ``name`` or raise InvalidInputError (Swift's container rules)."""
+    raw = _utf8(name, what)
+    if not raw:
+        raise InvalidInputError(f"{what} is empty")
+    if len(raw) > MAX_CONTAINER_NAME:
+        raise InvalidInputError(f"{what} is longer than {MAX_CONTAINER_NAME} bytes")
+    if "\0" in name or "/" in name:
+        raise InvalidInputError(f"{what} {name!r} contains '/' or NUL")
+    if name in (".", ".."):
+        raise InvalidInputError(f"{what} may not be {name!r}")
+    return name
+
+
+def validate_object_name(name: str) -> str:
+    """Return ``name`` or raise InvalidInputError."""
+    raw = _utf8(name, "object name")
+    if not raw:
+        raise InvalidInputError("object name is empty")
+    if len(raw) > MAX_OBJECT_NAME:
+        raise InvalidInputError(f"object name is longer than {MAX_OBJECT_NAME} bytes")
+    if "\0" in name:
+        raise InvalidInputError(f"object name {name!r} contains NUL")
+    if name.startswith("/"):
+        raise InvalidInputError(f"object name {name!r} starts with '/'")
+    if any(part in ("..", ".") for part in name.split("/")):
+        raise InvalidInputError(f"object name {name!r} has a '.' or '..' path segment")
+    return name
+
+
+def validate_metadata(metadata: Optional[Dict[str, str]]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not _META_KEY.match(k):
+            raise InvalidInputError(f"metadata key {k!r} must be 1-{MAX_META_KEY} characters of A-Z a-z 0-9 _ . -")
+        if not isinstance(v, str) or len(v) > MAX_META_VALUE or "\0" in v:
+            raise InvalidInputError(f"metadata value for {k!r} must be a string of at most {MAX_META_VALUE} characters")
+        out[k.lower()] = v
+    if len(out) > MAX_META_ITEMS:
+        raise InvalidInputError(f"at most {MAX_META_ITEMS} metadata items")
+    return out
+
+
+# -------------------------------------------------------------- interface
+class ObjectReader(io.RawIOBase):
+    """A readable stream of one object's bytes; ``.info`` is its ObjectInfo."""
+
+    info: ObjectInfo
+
+
+class ObjectStore(abc.ABC):
+    """Containers of objects for one account.
+
+    Every method validates names and raises NotFoundError for a missing
+    container or object.  ``put`` reads ``stream`` to its end (streaming, in
+    bounded memory) and replaces any object of that name atomically.
+    """
+
+    account: str
+
+    @abc.abstractmethod
+    def create_container(self, container: str) -> None:
+        """Create ``container`` (no error if it exists)."""
+
+    @abc.abstractmethod
+    def delete_container(self, container: str) -> None:
+        """Delete an empty container (ConflictError if it holds objects)."""
+
+    @abc.abstractmethod
+    def list_containers(self) -> List[str]:
+        """Container names, sorted."""
+
+    @abc.abstractmethod
+    def put(self, container: str, name: str, stream: BinaryIO, *, metadata: Optional[Dict[str, str]] = None,
+            content_type: Optional[str] = None, etag: Optional[str] = None,
+            size: Optional[int] = None) -> ObjectInfo:
+        """Store ``stream`` as ``container/name``.  ``etag``/``size``, when
+        given, are verified (IntegrityError, nothing stored on mismatch)."""
+
+    @abc.abstractmethod
+    def get(self, container: str, name: str) -> ObjectReader:
+        """Open ``container/name`` for streaming reads (use as a context manager)."""
+
+    @abc.abstractmethod
+    def head(self, container: str, name: str) -> ObjectInfo:
+        """Size, etag and metadata of ``container/name``."""
+
+    @abc.abstractmethod
+    def list(self, container: str, prefix: str = "", *, marker: Optional[str] = None,
+             limit: Optional[int] = None) -> List[ObjectInfo]:
+        """Objects whose name starts with ``prefix`` and sorts after ``marker``,
+        in byte order of their UTF-8 names (Swift's order)."""
+
+    @abc.abstractmethod
+    def delete(self, container: str, name: str) -> None:
+        """Delete ``container/name``."""
+
+    def exists(self, container: str, name: str) -> bool:
+        try:
+            self.head(container, name)
+            return True
+        except NotFoundError:
+            return False
+
+    def put_bytes(self, container: str, name: str, data: bytes, **kw) -> ObjectInfo:
+        return self.put(container, name, io.BytesIO(data), **kw)
+
+    def get_bytes(self, container: str, name: str, *, limit: int = 64 << 20) -> bytes:
+        """A small object's bytes (ResourceLimit-style guard: refuses more than ``limit``)."""
+        with self.get(container, name) as r:
+            if r.info.size > limit:
+                raise InvalidInputError(f"object {container}/{name} is {r.info.size} bytes, more than {limit}")
+            return r.read(limit + 1)[:limit]
+
+
+# ----------------------------------------------------------- local backend
+def default_root() -> Path:
+    """``$VHDKIT_HOME/objects`` (``./.vhdkit/objects`` by default)."""
+    return Path(os.environ.get("VHDKIT_HOME", ".vhdkit")) / "objects"
+
+
+def _encode(name: str) -> str:
+    enc = urllib.parse.quote(name, safe="")
+    if enc.startswith("."):
+        enc = "%2E" + enc[1:]
+    if len(enc) > 200:
+        enc = "%%" + hashlib.sha256(name.encode("utf-8")).hexdigest()
+    return enc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _oserror(e: OSError, what: str) -> VhdkitError:
+    import errno
+
+    if e.errno == errno.ENOENT:
+        return NotFoundError(f"{what}: not found")
+    if e.errno == errno.ENOSPC:
+        from .errors import NoSpaceError
+
+        return NoSpaceError(f"{what}: no space left on device", sys_errno=e.errno)
+    return StorageError(f"{what}: {e.strerror or e}", sys_errno=e.errno or 0)
+
+
+class _LocalReader(ObjectReader):
+    def __init__(self, f: BinaryIO, info: ObjectInfo):
+        self._f = f
+        self.info = info
+        self._left = info.size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(b)[: min(len(b), self._left)]
+        n = self._f.readinto(view) or 0
+        self._left -= n
+        if n == 0 and self._left:
+            raise IntegrityError(f"object {self.info.container}/{self.info.name} is shorter than its "
+                                 f"recorded size {self.info.size}")
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+            super().close()
+
+
+class LocalStore(ObjectStore):
+    """The embedded object store: a directory tree (see module doc)."""
+
+    def __init__(self, root: os.PathLike | str, account: str = "default"):
+        self.root = Path(root)
+        self.account = validate_container_name(account, "account name")
+        self.base = self.root / self.account
+
+    # -- paths
+    def _cdir(self, container: str, *, must_exist: bool = True) -> Path:
+        validate_container_name(container)
+        d = self.base / container
+        if must_exist and not d.is_dir():
+            raise NotFoundError(f"container {container!r} not found in account {self.account!r}")
+        return d
+
+    def _paths(self, container: str, name: str) -> tuple:
+        validate_object_name(name)
+        d = self._cdir(container)
+        enc = _encode(name)
+        return d / "objects" / enc, d / "meta" / enc
+
+    # -- containers
+    def create_container(self, container: str) -> None:
+        d = self._cdir(container, must_exist=False)
+        try:
+            (d / "objects").mkdir(parents=True, exist_ok=True)
+            (d / "meta").mkdir(exist_ok=True)
+        except OSError as e:
+            raise _oserror(e, f"create container {container!r}") from None
+
+    def delete_container(self, container: str) -> None:
+        d = self._cdir(container)
+        if self.list(container, limit=1):
+            raise ConflictError(f"container {container!r} is not empty")
+        import shutil
+
+        shutil.rmtree(d)
+
+    def list_containers(self) -> List[str]:
+        if not self.base.is_dir():
+            return []
+        return sorted((p.name for p in self.base.iterdir() if p.is_dir() and (p / "objects").is_dir()),
+                      key=lambda n: n.encode("utf-8"))
+
+    # -- objects
+    def _read_meta(self, container: str, name: str, mpath: Path) -> ObjectInfo:
+        try:
+            with open(mpath, "rb") as f:
+                raw = f.read(64 << 10)
+        except OSError as e:
+            if isinstance(_oserror(e, ""), NotFoundError):
+                raise NotFoundError(f"object {container}/{name} not found") from None
+            raise _oserror(e, f"object {container}/{name}") from None
+        try:
+            d = json.loads(raw)
+            info = ObjectInfo(container=container, name=d["name"], size=int(d["size"]), etag=str(d["etag"]),
+                              last_modified=float(d["last_modified"]),
+                              content_type=str(d.get("content_type", "application/octet-stream")),
+                              metadata=dict(d.get("metadata", {})))
+        except (ValueError, KeyError, TypeError):
+            raise StorageError(f"object {container}/{name}: metadata file {mpath} is corrupt") from None
+        return info
+
+    def head(self, container: str, name: str) -> ObjectInfo:
+        _, mpath = self._paths(container, name)
+        info = self._read_meta(container, name, mpath)
+        if info.name != name:  # a hash collision in the long-name scheme
+            raise NotFoundError(f"object {container}/{name} not found")
+        return info
+
+    def get(self, container: str, name: str) -> ObjectReader:
+        dpath, mpath = self._paths(container, name)
+        for _ in range(5):
+            info = self.head(container, name)
+            try:
+                f = open(dpath, "rb")
+            except OSError as e:
+                raise _oserror(e, f"object {container}/{name}") from None
+            if os.fstat(f.fileno()).st_size == info.size:
+                return _LocalReader(f, info)
+            f.close()  # raced with an overwrite: metadata and data disagree, look again
+            time.sleep(0.01)
+        raise IntegrityError(f"object {container}/{name}: data size does not match its metadata")
+
+    def put(self, container: str, name: str, stream: BinaryIO, *, metadata: Optional[Dict[str, str]] = None,
+            content_type: Optional[str] = None, etag: Optional[str] = None,
+            size: Optional[int] = None) -> ObjectInfo:
+        dpath, mpath = self._paths(container, name)
+        meta = validate_metadata(metadata)
+        md5 = hashlib.md5()
+        n = 0
+        tmp_data = tmp_meta = None
+        try:
+            fd, tmp_data = tempfile.mkstemp(prefix=".tmp-", dir=dpath.parent)
+            with open(fd, "wb") as out:
+                buf = bytearray(_CHUNK)
+                view = memoryview(buf)
+                readinto = getattr(stream, "readinto", None)
+                while True:
+                    if readinto is not None:
+                        k = readinto(view) or 0
+                        chunk = view[:k]
+                    else:
+                        chunk = stream.read(_CHUNK)
+                        k = len(chunk)
+                    if not k:
+                        break
+                    md5.update(chunk)
+                    out.write(chunk)
+                    n += k
+                out.flush()
+                os.fsync(out.fileno())
+            digest = md5.hexdigest()
+            if size is not None and n != size:
+                raise IntegrityError(f"put {container}/{name}: got {n} bytes, expected {size}")
+            if etag is not None and etag.strip('"').lower() != digest:
+                raise IntegrityError(f"put {container}/{name}: md5 {digest} does not match the given etag {etag}")
+            info = ObjectInfo(container, name, n, digest, time.time(),
+                              content_type or "application/octet-stream", meta)
+            d = info.to_dict()
+            d.pop("container")
+            fd, tmp_meta = tempfile.mkstemp(prefix=".tmp-", dir=mpath.parent)
+            with open(fd, "wb") as out:
+                out.write(json.dumps(d, sort_keys=True).encode("utf-8"))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_data, dpath)
+            tmp_data = None
+            os.replace(tmp_meta, mpath)
+            tmp_meta = None
+            _fsync_dir(dpath.parent)
+            _fsync_dir(mpath.parent)
+            return info
+        except OSError as e:
+            if isinstance(e, VhdkitError):
+                raise
+            raise _oserror(e, f"put {container}/{name}") from None
+        finally:
+            for t in (tmp_data, tmp_meta):
+                if t is not None:
+                    try:
+                        os.unlink(t)
+                    except OSError:
+                        pass
+
+    def delete(self, container: str, name: str) -> None:
+        dpath, mpath = self._paths(container, name)
+        self.head(container, name)
+        try:
+            os.unlink(mpath)
+            os.unlink(dpath)
+        except OSError as e:
+            raise _oserror(e, f"delete {container}/{name}") from None
+
+    def _names(self, container: str) -> Iterator[str]:
+        mdir = self._cdir(container) / "meta"
+        for entry in os.scandir(mdir):
+            fn = entry.name
+            if fn.startswith(".tmp-"):
+                continue
+            if fn.startswith("%%"):
+                try:
+                    with open(entry.path, "rb") as f:
+                        yield json.loads(f.read(64 << 10))["name"]
+                except (OSError, ValueError, KeyError):
+                    continue
+            else:
+                yield urllib.parse.unquote(fn, errors="strict")
+
+    def list(self, container: str, prefix: str = "", *, marker: Optional[str] = None,
+             limit: Optional[int] = None) -> List[ObjectInfo]:
+        names = sorted((n for n in self._names(container) if n.startswith(prefix)),
+                       key=lambda n: n.encode("utf-8"))
+        if marker is not None:
+            mk = marker.encode("utf-8")
+            names = [n for n in names if n.encode("utf-8") > mk]
+        if limit is not None:
+            names = names[: max(0, limit)]
+        out = []
+        for n in names:
+            try:
+                out.append(self.head(container, n))
+            except NotFoundError:  # deleted while listing
+                continue
+        return out
+
+
+def open_store(root: Optional[os.PathLike | str] = None, account: str = "default") -> LocalStore:
+    """The local store under ``root`` (default :func:`default_root`) for ``account``."""
+    return LocalStore(root if root is not None else default_root(), account)
