@@ -85,7 +85,7 @@ def main(argv=None) -> int:
             if not selected(d.name):
                 continue
             log(f"[{d.name}] {d.title} — {report._size(size)}")
-            res = run_workload(d, ctx, repeat)
+            res = run_workload(d, ctx, repeat, warmup=not args.quick)
             res["suite_size"] = size
             doc["workloads"].append(res)
             log("   " + _one_line(res))
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             if only and not any(d.name.startswith(o) or o == "scale" or d.scaling.startswith(o) for o in only):
                 continue
             log(f"[{d.name}] {d.title}")
-            res = run_workload(d, ctx, max(1, min(repeat, 3)))
+            res = run_workload(d, ctx, max(1, min(repeat, 3)), warmup=not args.quick)
             res["scaling"] = d.scaling
             doc["workloads"].append(res)
             log("   " + _one_line(res))

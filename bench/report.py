@@ -44,7 +44,7 @@ def markdown(doc: dict) -> str:
     lines = [
         f"Measured {meta['date']} on `{meta['host']}` ({meta['nproc']} cores, {meta['cpu']}), "
         f"commit `{meta['commit']}`{' (dirty tree)' if meta.get('dirty') else ''}; "
-        f"repeat {meta['repeat']} after one warm-up, runs alternating vhdkit/peers; "
+        f"repeat {meta['repeat']}{' (quick: no warm-up)' if meta.get('quick') else ' after one warm-up'}, runs alternating vhdkit/peers; "
         f"load average {meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after.",
         "",
         "| workload | input | tool | median s | min–max s | MB/s | peak RSS MiB | vhdkit / peer (median, min–max) |",

@@ -63,8 +63,9 @@ class Ctx:
         self._probe: dict = {}
         self._current: Optional[str] = None
 
-    def vk(self, *args: str) -> list[str]:
-        return [self.py, "-m", "vhdkit", *args]
+    def vk(self, *args: str, json: bool = True) -> list[str]:
+        """``python -m vhdkit ARGS --json`` (machine output, as scripts use it; stdout is discarded)."""
+        return [self.py, "-m", "vhdkit", *args] + (["--json"] if json else [])
 
     def tool(self, *args: str) -> list[str]:
         return [self.py, "-m", "bench.tools", *args]
@@ -97,7 +98,9 @@ class Ctx:
         return subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True, **kw)
 
 
-def run_workload(d: WorkloadDef, ctx: Ctx, repeat: int) -> dict:
+def run_workload(d: WorkloadDef, ctx: Ctx, repeat: int, warmup: bool = True) -> dict:
+    """Warm-up round (untimed, then each output verified), then ``repeat`` alternating
+    rounds.  Without ``warmup`` (``--quick``) the first round is verified and kept."""
     res: dict = {"name": d.name, "group": d.group, "title": d.title, "issue": d.issue,
                  "target": d.target, "status": "ok", "variants": [], "ratios": {}}
     missing = [" ".join(p) for p in d.needs if not ctx.has(p)]
@@ -126,7 +129,9 @@ def run_workload(d: WorkloadDef, ctx: Ctx, repeat: int) -> dict:
             vr["status"] = f"skipped: {', '.join(miss)} not installed"
             continue
         try:
-            run_variant(v, str(ROOT), ctx.env, err)          # warm-up (untimed)
+            first = run_variant(v, str(ROOT), ctx.env, err)  # warm-up (untimed unless --quick)
+            if not warmup:
+                vr["runs"].append(first)
         except RunError as e:
             text = f"{e}\n{e.stderr}"
             if v.ours and any(m in text for m in UNAVAILABLE_MARKERS):
@@ -134,7 +139,7 @@ def run_workload(d: WorkloadDef, ctx: Ctx, repeat: int) -> dict:
                 res["reason"] = "feature not available: " + _last_line(e.stderr or str(e))
                 return _cleanup(res, out_root)
             if v.ours:
-                return _cleanup(_fail(res, f"vhdkit failed: {e}", e.stderr), out_root)
+                return _cleanup(_fail(res, f"vhdkit failed ({e}): {_last_line(e.stderr)}", e.stderr), out_root)
             vr["status"] = f"failed: {e}: {_last_line(e.stderr)}"
             continue
         if v.verify:
@@ -147,7 +152,7 @@ def run_workload(d: WorkloadDef, ctx: Ctx, repeat: int) -> dict:
                     res["reason"] = problem
         vr["status"] = "ok"
         active.append(v)
-    for _ in range(repeat):
+    for _ in range(repeat if warmup else repeat - 1):
         for v in active:
             vr = next(x for x in res["variants"] if x["name"] == v.name)
             try:

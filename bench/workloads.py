@@ -64,7 +64,7 @@ def ok_run(argv: list[str], what: str) -> Optional[str]:
 @workload("startup", "baseline", "CLI start-up (`--help`): the fixed cost in every vhdkit figure")
 def startup(ctx: Ctx) -> Workload:
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("--help"))], ours=True),
+        Variant("vhdkit", [Cmd(ctx.vk("--help", json=False))], ours=True),
         Variant("qemu-img", [Cmd([QEMU, "--help"])], tools=[QEMU]),
     ], basis=None, notes=["vhdkit runs as `python -m vhdkit`: interpreter and import time are in every vhdkit figure below."])
 
@@ -216,7 +216,7 @@ def gzip_compress(ctx: Ctx) -> Workload:
         return {"compressed_bytes": sizes,
                 "size_vs_pigz": (ours / sizes["pigz -p 2 -1"]) if ours and sizes.get("pigz -p 2 -1") else None}
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("compress", "-1"), stdin=str(src), stdout=str(outs["vhdkit"]))], ours=True,
+        Variant("vhdkit", [Cmd(ctx.vk("compress", str(src), "-o", str(outs["vhdkit"]), "--level", "1"))], ours=True,
                 output=str(outs["vhdkit"]), verify=lambda: ok_run(["gzip", "-t", str(outs["vhdkit"])], "gzip -t")),
         Variant("gzip -1", [Cmd(["gzip", "-1", "-c"], stdin=str(src), stdout=str(outs["gzip"]))],
                 output=str(outs["gzip"])),
@@ -243,7 +243,8 @@ def gzip_decompress(ctx: Ctx) -> Workload:
     gz = _pigz_made(ctx, src)
     outs = {n: ctx.outdir(n) / "out.vhd" for n in ("vhdkit", "gzip", "pigz")}
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("decompress"), stdin=str(gz), stdout=str(outs["vhdkit"]))], ours=True,
+        Variant("vhdkit", [Cmd(ctx.vk("decompress", str(gz), "-o", str(outs["vhdkit"])))], ours=True,
+                setup=ctx.clean(outs["vhdkit"]),
                 verify=lambda: same_file(src, outs["vhdkit"])),
         Variant("gzip -dc", [Cmd(["gzip", "-dc"], stdin=str(gz), stdout=str(outs["gzip"]))]),
         Variant("pigz -dc", [Cmd(["pigz", "-dc"], stdin=str(gz), stdout=str(outs["pigz"]))], tools=["pigz"]),
@@ -312,7 +313,7 @@ def segments_split(ctx: Ctx) -> Workload:
     b, c = ctx.outdir("split"), ctx.outdir("split+sums")
     return Workload([
         Variant("vhdkit", [Cmd(ctx.vk("segments", "split", str(src), "--name", "img.vhd", "--segment-size", SEG,
-                                      "--container", "bench"), env={"VHDKIT_HOME": str(home)})],
+                                      "--container", "bench", "--store", str(home)))],
                 ours=True, setup=ctx.clean(home)),
         Variant("split -b", [Cmd(["split", "-b", SEG, "-a", "5", "-d", str(src), f"{b}/img.vhd-"])],
                 setup=ctx.clean(b)),
@@ -333,9 +334,8 @@ def segments_join(ctx: Ctx) -> Workload:
     if not (home / ".done").exists():
         import shutil
         shutil.rmtree(home, ignore_errors=True)
-        env = dict(ctx.env, VHDKIT_HOME=str(home))
-        r = subprocess.run(ctx.vk("segments", "split", str(src), "--name", "img.vhd", "--segment-size", SEG,
-                                  "--container", "bench"), env=env, cwd=ctx.root, capture_output=True, text=True)
+        r = ctx.run_quiet(ctx.vk("segments", "split", str(src), "--name", "img.vhd", "--segment-size", SEG,
+                                 "--container", "bench", "--store", str(home)))
         if r.returncode:
             raise RuntimeError(f"vhdkit segments split (making the input): {r.stderr.strip()[-300:]}")
         (home / ".done").touch()
@@ -345,8 +345,8 @@ def segments_join(ctx: Ctx) -> Workload:
     seg_list = " ".join(str(p) for p in segs)
     a, b, c = (ctx.outdir(n) / "out.vhd" for n in ("vhdkit", "cat", "cat+sums"))
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("segments", "join", "bench", "img.vhd", "-o", str(a)),
-                               env={"VHDKIT_HOME": str(home)})], ours=True, setup=ctx.clean(a),
+        Variant("vhdkit", [Cmd(ctx.vk("segments", "join", "bench", "img.vhd", "-o", str(a), "--store", str(home)))],
+                ours=True, setup=ctx.clean(a),
                 verify=lambda: same_file(src, a)),
         Variant("cat", [Cmd(["cat", *map(str, segs)], stdout=str(b))], setup=ctx.clean(b)),
         Variant("cat + md5sum", [Cmd.sh(f"cat {seg_list} > {c} && md5sum {seg_list} > /dev/null")],
