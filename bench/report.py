@@ -12,6 +12,8 @@ import numpy as np
 def _fmt_t(x: Optional[float]) -> str:
     if x is None:
         return "—"
+    if x < 0.1:
+        return f"{x:.3g}"
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
@@ -34,6 +36,8 @@ def _input_label(w: dict) -> str:
         parts.append("layers " + "/".join(f"{a:.0%}" for a in p["allocs"]))
     elif "allocated_bytes" in p and p.get("virtual_size"):
         parts.append(f"{p['allocated_bytes'] / p['virtual_size']:.0%} alloc")
+    if "images" in p:
+        parts.append(f"{p['images']:,} vs {p['baseline_images']:,} images")
     if "file_bytes" in p:
         parts.append(f"file {_size(p['file_bytes'])}")
     return ", ".join(parts)

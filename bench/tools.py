@@ -89,6 +89,102 @@ def md5(path: str) -> int:
     return 0
 
 
+# -- registry (issue 6) ----------------------------------------------------------------------
+
+QUERY = {"tag": ["a", "b"], "visibility": "shared", "member_status": "accepted", "sort": "name:asc", "limit": "25"}
+PROBE = "acctprobe"
+
+
+def registry_populate(home: str, n: int, seed: int = 6) -> int:
+    """N images over max(N/100, 10) accounts through the public API; 10% shared, each
+    shared image with 1-3 members; the probe account is a member of half of the shared
+    images and accepts 80% of those.  Tags a and b each on 60% of images."""
+    import json as _json
+    import numpy as np
+    from vhdkit.registry import Registry
+    from vhdkit.registry.rbac import Caller
+    rng = np.random.default_rng(seed)
+    reg = Registry(home)
+    n_acct = max(n // 100, 10)
+    accts = [Caller.parse(f"acct{i:05d}", "admin") for i in range(n_acct)]
+    probe = Caller.parse(PROBE, "admin")
+    shared_ids = []
+    for i in range(n):
+        owner = accts[i % n_acct]
+        tags = [t for t, p in (("a", 0.6), ("b", 0.6)) if rng.random() < p] + [f"t{rng.integers(100)}"]
+        vis = "shared" if rng.random() < 0.10 else ("public" if rng.random() < 0.02 else "private")
+        maker = Caller.service(owner.account) if vis == "public" else owner
+        img = reg.create_image(maker, name=f"img-{rng.integers(1 << 40):010x}", visibility=vis, tags=tags,
+                               disk_format="vhd", container_format="ova", owner=owner.account)
+        if vis == "shared":
+            for m in rng.choice(n_acct, rng.integers(1, 4), replace=False):
+                if accts[m].account != owner.account:
+                    reg.add_member(owner, img.id, accts[m].account)
+            if rng.random() < 0.5:
+                reg.add_member(owner, img.id, PROBE)
+                if rng.random() < 0.8:
+                    reg.update_member(probe, img.id, PROBE, "accepted")
+                    shared_ids.append(img.id)
+    with open(os.path.join(home, "bench.json"), "w") as f:
+        _json.dump({"images": n, "accounts": n_acct, "probe_visible": shared_ids[:100]}, f)
+    return 0
+
+
+def registry_time(home: str, op: str, repeat: int, out: str) -> int:
+    """Median seconds of one list (QUERY, as the probe account) or show-by-id."""
+    import json as _json
+    import statistics
+    import time
+    from vhdkit.registry import Registry
+    from vhdkit.registry.rbac import Caller
+    reg = Registry(home, cleanup=False)
+    probe = Caller.parse(PROBE, "admin")
+    ids = _json.load(open(os.path.join(home, "bench.json")))["probe_visible"]
+    if op == "list":
+        def once(i: int):
+            return reg.list_images(probe, QUERY)
+    else:
+        def once(i: int):
+            return reg.show_image(probe, ids[i % len(ids)])
+    once(0)
+    times = []
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        once(i)
+        times.append(time.perf_counter() - t0)
+    with open(out, "w") as f:
+        _json.dump({"seconds": statistics.median(times), "min": min(times), "n": repeat,
+                    "page": len(reg.list_images(probe, QUERY).images) if op == "list" else 1}, f)
+    return 0
+
+
+def registry_upload(home: str, path: str) -> int:
+    from vhdkit.registry import Registry
+    from vhdkit.registry.rbac import Caller
+    reg = Registry(home, cleanup=False)
+    c = Caller.parse("acctup", "admin")
+    img = reg.create_image(c, name="bench-upload", disk_format="raw", container_format="bare")
+    reg.upload_file(c, img.id, path)
+    return 0
+
+
+def registry_download(home: str, image_id: str, out: str) -> int:
+    from vhdkit.registry import Registry
+    from vhdkit.registry.rbac import Caller
+    reg = Registry(home, cleanup=False)
+    with open(out, "wb") as f:
+        reg.download(Caller.parse("acctup", "admin"), image_id, f)
+    return 0
+
+
+EXTRA = {
+    "registry-populate": lambda a: registry_populate(a[0], int(a[1])),
+    "registry-time": lambda a: registry_time(a[0], a[1], int(a[2]), a[3]),
+    "registry-upload": lambda a: registry_upload(a[0], a[1]),
+    "registry-download": lambda a: registry_download(a[0], a[1], a[2]),
+}
+
+
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "pyvhdi-read":
@@ -99,6 +195,8 @@ def main(argv: list[str]) -> int:
         return vhdkit_read(args[-1], want_md5="--md5" in args)
     if cmd == "md5":
         return md5(args[0])
+    if cmd in EXTRA:
+        return EXTRA[cmd](args)
     raise SystemExit(f"unknown tool {cmd!r}")
 
 

@@ -374,3 +374,94 @@ def _md5(path) -> str:
         for b in iter(lambda: f.read(8 << 20), b""):
             h.update(b)
     return h.hexdigest()
+
+
+# -- registry (issue 6) ------------------------------------------------------------------------
+
+def registry_sizes(ctx: Ctx) -> tuple[int, list[int]]:
+    return (50, [200, 500]) if ctx.quick else (1000, [10_000, 100_000])
+
+
+def registry_home(ctx: Ctx, n: int) -> Path:
+    """A registry populated with n images through the public API (cached; 100k takes minutes once)."""
+    home = ctx.inputs.dir / f"registry-{n}"
+    ok = home.with_name(home.name + ".ok")
+    if ok.exists() and (home / "bench.json").exists():
+        return home
+    import shutil
+    shutil.rmtree(home, ignore_errors=True)
+    ctx.log(f"  populating a registry with {n} images (once) ...")
+    r = ctx.run_quiet(ctx.tool("registry-populate", str(home), str(n)))
+    if r.returncode:
+        raise RuntimeError(f"populating the registry: {r.stderr.strip()[-400:]}")
+    ok.write_text("ok")
+    return home
+
+
+def _registry_query(op: str, idx: int):
+    def build(ctx: Ctx) -> Workload:
+        small, bigs = registry_sizes(ctx)
+        big = bigs[idx]
+        homes = {n: registry_home(ctx, n) for n in (small, big)}
+        reps = "50" if ctx.quick else "400"
+        variants = []
+        for n, ours in ((big, True), (small, False)):
+            out = ctx.outdir(f"n{n}") / "t.json"
+            variants.append(Variant(f"vhdkit @{n} images", [Cmd(ctx.tool("registry-time", str(homes[n]), op, reps, str(out)))],
+                                    ours=ours, inner=str(out)))
+        q = "tag=a&tag=b&visibility=shared&member_status=accepted&sort=name:asc, page of 25" if op == "list" \
+            else "show by id"
+        return Workload(variants, basis=None, params={"images": big, "baseline_images": small, "query": q},
+                        notes=[f"time = median of {reps} in-process calls of the Python API (registry open excluded); "
+                               "the ratio is the cost at the larger registry over the cost at the smallest."])
+    return build
+
+
+for _op, _title in (("list", "filtered, sorted page of 25"), ("show", "show image by id")):
+    for _i, _lbl in enumerate(("10k", "100k")):
+        workload(f"registry.{_op}-{_lbl}", "registry", f"registry {_title} at {_lbl} images vs at 1k",
+                 issue=6, target="≤ 2 × the same query on 1,000 images" if _lbl == "100k" else "")(
+            _registry_query(_op, _i))
+
+
+@workload("registry.upload", "registry", "upload an image into the registry (md5 + sha512 on the way)", issue=6,
+          target="≤ md5sum followed by sha512sum of the same file")
+def registry_upload(ctx: Ctx) -> Workload:
+    spec = half(ctx, max(ctx.size // 2, 4 * MiB))
+    src = ctx.inputs.fixed(spec)
+    home = ctx.outdir("vhdkit") / "home"
+    return Workload([
+        Variant("vhdkit", [Cmd(ctx.tool("registry-upload", str(home), str(src)))], ours=True, setup=ctx.clean(home)),
+        Variant("md5sum; sha512sum", [Cmd(["md5sum", str(src)]), Cmd(["sha512sum", str(src)])]),
+    ], basis=os.path.getsize(src), params={"file_bytes": os.path.getsize(src)},
+        notes=["vhdkit: Registry.upload_file through the Python API, process start-up included."])
+
+
+@workload("registry.download", "registry", "download an image from the registry into a file", issue=6,
+          target="≤ 1.2 × cp of the blob")
+def registry_download(ctx: Ctx) -> Workload:
+    import json as _json
+    spec = half(ctx, max(ctx.size // 2, 4 * MiB))
+    src = ctx.inputs.fixed(spec)
+    home = src.with_name(src.name + ".registry")
+    meta = home / "uploaded.json"
+    if not meta.exists():
+        import shutil
+        shutil.rmtree(home, ignore_errors=True)
+        r = ctx.run_quiet(ctx.tool("registry-upload", str(home), str(src)))
+        if r.returncode:
+            raise RuntimeError(f"uploading the input: {r.stderr.strip()[-300:]}")
+        blobs = [p for p in (home / "blobs").rglob("*") if p.is_file() and p.stat().st_size == src.stat().st_size]
+        import sqlite3
+        con = sqlite3.connect(home / "registry.db")
+        image_id = con.execute("SELECT id FROM images WHERE name = 'bench-upload'").fetchone()[0]
+        con.close()
+        meta.write_text(_json.dumps({"id": image_id, "blob": str(blobs[0])}))
+    info = _json.loads(meta.read_text())
+    a, b = ctx.outdir("vhdkit") / "out.img", ctx.outdir("cp") / "out.img"
+    return Workload([
+        Variant("vhdkit", [Cmd(ctx.tool("registry-download", str(home), info["id"], str(a)))], ours=True,
+                setup=ctx.clean(a), verify=lambda: same_file(src, a)),
+        Variant("cp blob", [Cmd(["cp", info["blob"], str(b)])], setup=ctx.clean(b)),
+    ], basis=os.path.getsize(src), params={"file_bytes": os.path.getsize(src)},
+        notes=["vhdkit: Registry.download through the Python API, process start-up included."])
