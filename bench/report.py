@@ -145,12 +145,15 @@ def fit(points: list[dict]) -> dict:
     tmax = t.max()
     alloc_part = b * al.max()
     virt_part = c * vs.max()
-    if abs(alloc_part) < 0.2 * tmax and abs(virt_part) < 0.2 * tmax:
+    big = max(alloc_part, virt_part, 0.0)
+    if big < 0.2 * tmax:
         verdict = "flat: fixed cost dominates, grows with neither"
-    elif virt_part <= 0.25 * max(alloc_part, 1e-9) and r2_alloc >= r2_virt:
+    elif virt_part > 0.25 * max(alloc_part, 1e-9) and r2_virt > r2_alloc:
+        verdict = "grows with virtual size"
+    elif alloc_part > 0 and virt_part <= 0.25 * alloc_part:
         verdict = "linear in allocated data, not in virtual size"
     else:
-        verdict = "grows with virtual size"
+        verdict = "inconclusive (noise larger than the trend)"
     return {"a_s": a, "s_per_alloc_gib": b, "s_per_virtual_gib": c, "r2_both": r2_both,
             "r2_alloc_only": r2_alloc, "r2_virtual_only": r2_virt,
             "virtual_term_at_max_s": virt_part, "alloc_term_at_max_s": alloc_part, "verdict": verdict}
@@ -211,6 +214,7 @@ def plot(docs: list[dict], path: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     series: dict = {}   # panel -> tool -> [(x, y)]
+    colours: dict = {}  # panel -> key -> None (insertion order gives the colour index)
     for doc in docs:
         for w in doc["workloads"]:
             p = w.get("params") or {}
@@ -224,6 +228,8 @@ def plot(docs: list[dict], path: Path) -> Optional[Path]:
                     continue
                 label = v["name"] + (f" @{p['alloc_frac']:.0%}" if w.get("scaling") else "")
                 series.setdefault(panel, {}).setdefault((label, v["ours"]), []).append((x, st["mb_s"]))
+                colours.setdefault(panel, {}).setdefault(
+                    f"{p['alloc_frac']:.0%}" if w.get("scaling") else v["name"], None)
     if not series:
         return None
     n = len(series)
@@ -235,7 +241,9 @@ def plot(docs: list[dict], path: Path) -> Optional[Path]:
             pts.sort()
             xs = [a / 2**30 for a, _ in pts]
             ys = [b for _, b in pts]
-            ax.plot(xs, ys, marker="o", linewidth=2.5 if ours else 1.2,
+            key = label.rsplit(" @", 1)[1] if " @" in label and panel.endswith("(scaling)") else label
+            idx = list(colours[panel]).index(key) if key in colours[panel] else 0
+            ax.plot(xs, ys, marker="o" if ours else "s", linewidth=2.5 if ours else 1.2, color=f"C{idx % 10}",
                     linestyle="-" if ours else "--", label=label)
         ax.set_title(panel, fontsize=10)
         ax.set_xscale("log", base=2)

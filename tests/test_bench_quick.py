@@ -10,7 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"startup", "convert.raw-dynamic", "convert.raw-fixed", "convert.dynamic-raw", "chain.read",
             "coalesce", "check.large", "info.large", "gzip.compress", "gzip.decompress", "ova.pack",
-            "ova.unpack", "segments.split", "segments.join"}
+            "ova.unpack", "segments.split", "segments.join", "registry.list-10k", "registry.list-100k",
+            "registry.show-10k", "registry.show-100k", "registry.upload", "registry.download",
+            "pipeline.import", "pipeline.export"}
 
 
 def test_quick_run_writes_valid_results(tmp_path):
