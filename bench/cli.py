@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=None, help="where to write JSON/Markdown/PNG (default bench/results; "
                                                      "--quick: WORKDIR/results)")
     ap.add_argument("--list", action="store_true", help="list the workloads and exit")
+    ap.add_argument("--update-readme", action="store_true",
+                    help="replace the 'Latest full table' section of bench/README.md with this run's table")
     args = ap.parse_args(argv)
 
     if args.list:
@@ -106,6 +108,14 @@ def main(argv=None) -> int:
     stem = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H-%MZ')}-{socket.gethostname()}"
     paths = report.write_all(doc, results, stem)
     print(report.markdown(doc))
+    if args.update_readme:
+        readme = ROOT / "bench" / "README.md"
+        text = readme.read_text()
+        head = text.split("## Latest full table")[0]
+        cmd = "python -m bench " + " ".join(meta["argv"])
+        readme.write_text(head + "## Latest full table\n\n" + f"`{cmd.strip()}` — results in `bench/results/{stem}.*`\n\n"
+                          + report.markdown(doc))
+        log(f"updated {readme}")
     for k, p in paths.items():
         log(f"wrote {k}: {p}")
     return 0

@@ -379,7 +379,7 @@ def _md5(path) -> str:
 # -- registry (issue 6) ------------------------------------------------------------------------
 
 def registry_sizes(ctx: Ctx) -> tuple[int, list[int]]:
-    return (50, [200, 500]) if ctx.quick else (1000, [10_000, 100_000])
+    return (20, [50, 100]) if ctx.quick else (1000, [10_000, 100_000])
 
 
 def registry_home(ctx: Ctx, n: int) -> Path:
