@@ -215,13 +215,30 @@ int vk_create(int out_fd, uint64_t size, const vk_write_opts *opts,
 int vk_convert_raw(int in_fd, uint64_t in_size, int out_fd, const vk_write_opts *opts,
                    vk_write_result *res, vk_err *err);
 
+/* Any VHD vhdkit reads (a differencing leaf is flattened through its chain)
+ * into opts->kind on out_fd.  Unallocated and all-zero ranges are skipped. */
+int vk_convert_image(vk_image *img, int out_fd, const vk_write_opts *opts,
+                     vk_write_result *res, vk_err *err);
+
+/* compare: each side is an opened image, or (img NULL) a raw file's fd. */
+typedef struct vk_compare_result {
+    int      identical;         /* 1 same content                           */
+    uint64_t size_a;
+    uint64_t size_b;
+    uint64_t first_difference;  /* byte offset, UINT64_MAX if identical     */
+} vk_compare_result;
+
+/* Like qemu-img compare: where the sizes differ, the longer side must be
+ * all zeros past the shorter one for the images to count as identical. */
+int vk_compare(vk_image *a, int a_fd, vk_image *b, int b_fd, vk_compare_result *res, vk_err *err);
+
 /* modify: fields to change in place (footer copies + dynamic header). */
 typedef struct vk_modify_opts {
     int      set_uuid;      uint8_t uuid[16];
     int      set_timestamp; uint32_t timestamp;
     int      set_creator;   uint8_t creator_app[4];
     int      set_size;      uint64_t size;
-    int      size_rule;     /* vk_size_rule for set_size                    */
+    int      size_rule;     /* vk_write_rule for set_size                    */
     int      force;         /* allow shrinking below allocated data         */
 } vk_modify_opts;
 

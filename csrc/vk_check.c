@@ -90,7 +90,9 @@ static void check_footer(probs *P, const uint8_t *raw, const vk_footer *f, uint6
     if (f->cylinders == 0 || f->heads == 0 || f->sectors == 0)
         add(P, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u has a zero field", f->cylinders, f->heads,
             f->sectors);
-    else if (chs > f->current_size)
+    /* 65535/16/255 is the marker qemu (force_size) and others use for
+     * "size is not CHS-derived": not a problem. */
+    else if (chs > f->current_size && !(f->cylinders == 65535 && f->heads == 16 && f->sectors == 255))
         add(P, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u (%llu bytes) exceeds the current size %llu",
             f->cylinders, f->heads, f->sectors, (unsigned long long)chs, (unsigned long long)f->current_size);
     switch (f->disk_type) {

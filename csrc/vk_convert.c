@@ -18,9 +18,16 @@
 
 #define VK_CHUNK        (4u * 1024u * 1024u)
 #define VK_GRANULE      4096u
-#define VK_RING_SLOTS   4
+#define VK_RING_SLOTS   6
+/* Hysteresis: a blocked side is woken only when this many slots are ready
+ * for it, so the threads run in bursts instead of ping-ponging per chunk
+ * (which costs a scheduler round trip each on a busy machine). */
+#define VK_RING_WAKE    3
+#define VK_WORKERS      4
 
 typedef uint64_t __attribute__((may_alias)) vk_u64a;
+
+static int vk_raw_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err);
 
 int vk_is_zero(const uint8_t *p, size_t len)
 {
@@ -53,6 +60,7 @@ typedef struct vk_ring {
     uint64_t  produced, consumed;
     int       eof;       /* producer finished (all produced)               */
     int       stop;      /* consumer asks producer to stop                 */
+    int       producer_waiting, consumer_waiting;
     int       rc;        /* producer's error code                          */
     vk_err    err;       /* producer's error                               */
     vk_src   *src;
@@ -80,8 +88,12 @@ static void *vk_producer(void *arg)
     uint64_t off = 0;
     for (;;) {
         pthread_mutex_lock(&r->mu);
-        while (r->produced - r->consumed == VK_RING_SLOTS && !r->stop)
-            pthread_cond_wait(&r->cv, &r->mu);
+        if (r->produced - r->consumed == VK_RING_SLOTS) {
+            r->producer_waiting = 1;
+            while (r->produced - r->consumed > VK_RING_SLOTS - VK_RING_WAKE && !r->stop)
+                pthread_cond_wait(&r->cv, &r->mu);
+            r->producer_waiting = 0;
+        }
         int stop = r->stop;
         pthread_mutex_unlock(&r->mu);
         if (stop) break;
@@ -111,7 +123,7 @@ static void *vk_producer(void *arg)
         off += s->len;
         pthread_mutex_lock(&r->mu);
         r->produced++;
-        pthread_cond_broadcast(&r->cv);
+        if (r->consumer_waiting && r->produced - r->consumed >= VK_RING_WAKE) pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
     }
     if (r->rc == 0 && src->size == UINT64_MAX) src->size = off;
@@ -127,7 +139,11 @@ static vk_slot *vk_ring_next(vk_ring *r)
 {
     vk_slot *s = NULL;
     pthread_mutex_lock(&r->mu);
-    while (r->consumed == r->produced && !r->eof) pthread_cond_wait(&r->cv, &r->mu);
+    if (r->consumed == r->produced && !r->eof) {
+        r->consumer_waiting = 1;
+        while (r->produced - r->consumed < VK_RING_WAKE && !r->eof) pthread_cond_wait(&r->cv, &r->mu);
+        r->consumer_waiting = 0;
+    }
     if (r->consumed != r->produced) s = &r->slot[r->consumed % VK_RING_SLOTS];
     pthread_mutex_unlock(&r->mu);
     return s;
@@ -137,7 +153,8 @@ static void vk_ring_release(vk_ring *r)
 {
     pthread_mutex_lock(&r->mu);
     r->consumed++;
-    pthread_cond_broadcast(&r->cv);
+    if (r->producer_waiting && r->produced - r->consumed <= VK_RING_SLOTS - VK_RING_WAKE)
+        pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -191,7 +208,7 @@ static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
     if (o->stream) {
         int rc = vk_out_zero_to(o, file_off, err);
         if (rc) return rc;
-        o->data_bytes += to - from;
+        __atomic_fetch_add(&o->data_bytes, to - from, __ATOMIC_RELAXED);
         return vk_out_write(o, s->buf + from, to - from, file_off, err);
     }
     size_t i = from;
@@ -203,7 +220,7 @@ static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
         if (j > to) j = to;
         int rc = vk_pwrite_full(o->fd, s->buf + i, j - i, file_off + (i - from), err);
         if (rc) return rc;
-        o->data_bytes += j - i;
+        __atomic_fetch_add(&o->data_bytes, j - i, __ATOMIC_RELAXED);
         i = j;
     }
     return VK_OK;
@@ -227,6 +244,7 @@ typedef struct vk_dyn {
     uint64_t  next;        /* next free file offset                        */
     uint8_t  *bitmap;      /* all ones                                     */
     uint32_t  allocated;
+    pthread_mutex_t mu;    /* block allocation (parallel workers)          */
 } vk_dyn;
 
 static int vk_dyn_block(vk_dyn *d, vk_out *o, const vk_slot *s, size_t from, size_t to,
@@ -236,17 +254,20 @@ static int vk_dyn_block(vk_dyn *d, vk_out *o, const vk_slot *s, size_t from, siz
     if (block_index >= d->entries)
         return vk_fail(err, VK_E_RANGE, s->off + from,
                        "input is larger than the %u blocks the BAT was sized for", d->entries);
+    pthread_mutex_lock(&d->mu);
     uint64_t pos = vk_block_place(d->next, d->bm);
-    if (pos / VK_SECTOR > UINT32_MAX)
+    int fits = pos / VK_SECTOR <= UINT32_MAX;
+    if (fits) {
+        d->bat[block_index] = (uint32_t)(pos / VK_SECTOR);
+        d->next = pos + d->bm + d->bs;
+        d->allocated++;
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (!fits)
         return vk_fail(err, VK_E_RANGE, pos, "dynamic image would exceed the BAT's 32-bit sector offsets");
     int rc = vk_pwrite_full(o->fd, d->bitmap, d->bm, pos, err);
     if (rc) return rc;
-    rc = vk_out_slot_runs(o, s, from, to, pos + d->bm, err);
-    if (rc) return rc;
-    d->bat[block_index] = (uint32_t)(pos / VK_SECTOR);
-    d->next = pos + d->bm + d->bs;
-    d->allocated++;
-    return VK_OK;
+    return vk_out_slot_runs(o, s, from, to, pos + d->bm, err);
 }
 
 static int vk_dyn_finish(vk_dyn *d, vk_out *o, const vk_footer *ft, vk_write_result *res, vk_err *err)
@@ -275,6 +296,186 @@ static int vk_dyn_finish(vk_dyn *d, vk_out *o, const vk_footer *ft, vk_write_res
     res->blocks_allocated = d->allocated;
     res->max_table_entries = d->entries;
     res->block_size = d->bs;
+    return rc;
+}
+
+/* ---- one chunk to the output (ring consumer and parallel workers) ------- */
+typedef struct vk_job {
+    vk_src   *src;
+    vk_out   *out;
+    vk_dyn   *dyn;           /* dynamic output, else NULL                     */
+    size_t    chunk;
+    const vk_write_opts *o;
+    pthread_mutex_t mu;      /* errors; source access if it is not thread-safe */
+    int       src_shared;    /* 1: calls into src must hold mu                */
+    uint64_t  next_chunk;    /* atomic                                        */
+    uint64_t  done;          /* atomic: input bytes processed                 */
+    int       failed;        /* atomic                                        */
+    int       rc;
+    vk_err    err;
+} vk_job;
+
+static int vk_chunk_out(vk_job *j, const vk_slot *s, vk_err *err)
+{
+    if (j->dyn) {
+        int rc = VK_OK;
+        for (size_t a = 0; a < s->len && !rc; a += j->dyn->bs) {
+            size_t b = s->len - a < j->dyn->bs ? s->len : a + j->dyn->bs;
+            rc = vk_dyn_block(j->dyn, j->out, s, a, b, (s->off + a) / j->dyn->bs, err);
+        }
+        return rc;
+    }
+    if (!s->zero || j->out->stream) return vk_out_slot_runs(j->out, s, 0, s->len, s->off, err);
+    return VK_OK;
+}
+
+static void vk_job_progress(vk_job *j, size_t len)
+{
+    uint64_t d = __atomic_add_fetch(&j->done, len, __ATOMIC_RELAXED);
+    if (j->o->progress) __atomic_store_n(j->o->progress, d, __ATOMIC_RELAXED);
+}
+
+typedef struct vk_worker {
+    vk_job   *job;
+    vk_slot   slot;
+    pthread_t th;
+    int       started;
+} vk_worker;
+
+/* Parallel path (seekable input and output): each worker reads a chunk,
+ * maps its zeros and writes it at its own offset, so reads and writes of
+ * different chunks overlap without a hand-off between threads. */
+static void *vk_worker_main(void *arg)
+{
+    vk_worker *w = arg;
+    vk_job *j = w->job;
+    vk_src *src = j->src;
+    vk_slot *s = &w->slot;
+    vk_err err;
+    vk_err_clear(&err);
+    int rc = VK_OK;
+    while (!__atomic_load_n(&j->failed, __ATOMIC_RELAXED)) {
+        if (j->o->cancel && __atomic_load_n(j->o->cancel, __ATOMIC_RELAXED)) {
+            rc = vk_fail(&err, VK_E_INTERRUPTED, UINT64_MAX, "cancelled");
+            break;
+        }
+        uint64_t idx = __atomic_fetch_add(&j->next_chunk, 1, __ATOMIC_RELAXED);
+        uint64_t off;
+        if (vk_mul_ovf(idx, j->chunk, &off) || off >= src->size) break;
+        size_t want = src->size - off < j->chunk ? (size_t)(src->size - off) : j->chunk;
+        s->off = off;
+        s->len = want;
+        if (j->src_shared) pthread_mutex_lock(&j->mu);
+        int hole = src->next_data && src->next_data(src, off) >= off + want;
+        size_t got = 0;
+        if (!hole) rc = src->read(src, s->buf, want, off, &got, &err);
+        if (j->src_shared) pthread_mutex_unlock(&j->mu);
+        if (rc) break;
+        if (hole) {
+            s->zero = 1;
+            memset(s->gz, 1, (want + VK_GRANULE - 1) / VK_GRANULE);
+        } else {
+            if (got < want) {
+                rc = vk_fail(&err, VK_E_RANGE, off + got, "the input ended early at offset %llu (did it shrink?)",
+                             (unsigned long long)(off + got));
+                break;
+            }
+            vk_zero_map(s);
+        }
+        rc = vk_chunk_out(j, s, &err);
+        if (rc) break;
+        vk_job_progress(j, want);
+    }
+    if (rc) {
+        pthread_mutex_lock(&j->mu);
+        if (!j->rc) { j->rc = rc; j->err = err; }
+        pthread_mutex_unlock(&j->mu);
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+static int vk_run_parallel(vk_job *j, int nworkers, vk_err *err)
+{
+    vk_worker w[VK_WORKERS];
+    int n = 0, rc = VK_OK;
+    memset(w, 0, sizeof w);
+    for (; n < nworkers; n++) {
+        void *p = NULL;
+        w[n].job = j;
+        if (posix_memalign(&p, VK_GRANULE, j->chunk) != 0) break;
+        w[n].slot.buf = p;
+        w[n].slot.gz = malloc(j->chunk / VK_GRANULE + 1);
+        if (!w[n].slot.gz) break;
+        if (pthread_create(&w[n].th, NULL, vk_worker_main, &w[n]) != 0) break;
+        w[n].started = 1;
+    }
+    if (n < nworkers) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot start %d I/O threads", nworkers);
+    }
+    for (int i = 0; i <= n && i < nworkers; i++) {
+        if (w[i].started) pthread_join(w[i].th, NULL);
+        free(w[i].slot.buf);
+        free(w[i].slot.gz);
+    }
+    if (!rc && j->rc) { rc = j->rc; *err = j->err; }
+    return rc;
+}
+
+/* Sequential path (a pipe on either side): one reader thread fills a ring,
+ * the calling thread writes in order. */
+static int vk_run_ring(vk_job *j, uint64_t *vend_out, vk_err *err)
+{
+    vk_ring ring;
+    int rc = VK_OK;
+    memset(&ring, 0, sizeof ring);
+    ring.src = j->src;
+    ring.chunk = j->chunk;
+    ring.need_bytes = j->out->stream;
+    ring.cancel = j->o->cancel;
+    vk_err_clear(&ring.err);
+    pthread_mutex_init(&ring.mu, NULL);
+    pthread_cond_init(&ring.cv, NULL);
+    int nslots = 0;
+    for (; nslots < VK_RING_SLOTS; nslots++) {
+        void *p = NULL;
+        if (posix_memalign(&p, VK_GRANULE, j->chunk) != 0) break;
+        ring.slot[nslots].buf = p;
+        ring.slot[nslots].gz = malloc(j->chunk / VK_GRANULE + 1);
+        if (!ring.slot[nslots].gz) { free(p); ring.slot[nslots].buf = NULL; break; }
+    }
+    pthread_t th;
+    int started = 0;
+    if (nslots < VK_RING_SLOTS) rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot allocate I/O buffers");
+    else if (pthread_create(&th, NULL, vk_producer, &ring) != 0)
+        rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot start the reader thread");
+    else started = 1;
+
+    uint64_t vend = 0;
+    while (started && !rc) {
+        vk_slot *s = vk_ring_next(&ring);
+        if (!s) break;
+        if (j->o->cancel && __atomic_load_n(j->o->cancel, __ATOMIC_RELAXED))
+            rc = vk_fail(err, VK_E_INTERRUPTED, s->off, "cancelled");
+        else
+            rc = vk_chunk_out(j, s, err);
+        vend = s->off + s->len;
+        vk_job_progress(j, s->len);
+        vk_ring_release(&ring);
+    }
+    if (started) {
+        pthread_mutex_lock(&ring.mu);
+        ring.stop = 1;
+        pthread_cond_broadcast(&ring.cv);
+        pthread_mutex_unlock(&ring.mu);
+        pthread_join(th, NULL);
+        if (!rc && ring.rc) { rc = ring.rc; *err = ring.err; }
+    }
+    for (int i = 0; i < nslots; i++) { free(ring.slot[i].buf); free(ring.slot[i].gz); }
+    pthread_mutex_destroy(&ring.mu);
+    pthread_cond_destroy(&ring.cv);
+    *vend_out = vend;
     return rc;
 }
 
@@ -362,60 +563,27 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
         if (dyn.bs > chunk) chunk = dyn.bs;
     }
 
-    vk_ring ring;
-    memset(&ring, 0, sizeof ring);
-    ring.src = src;
-    ring.chunk = chunk;
-    ring.need_bytes = out.stream;
-    ring.cancel = o->cancel;
-    vk_err_clear(&ring.err);
-    pthread_mutex_init(&ring.mu, NULL);
-    pthread_cond_init(&ring.cv, NULL);
-    int nslots = 0;
-    for (; nslots < VK_RING_SLOTS; nslots++) {
-        void *p = NULL;
-        if (posix_memalign(&p, VK_GRANULE, chunk) != 0) break;
-        ring.slot[nslots].buf = p;
-        ring.slot[nslots].gz = malloc(chunk / VK_GRANULE + 1);
-        if (!ring.slot[nslots].gz) { free(p); ring.slot[nslots].buf = NULL; break; }
-    }
-    pthread_t th;
-    int started = 0;
-    if (nslots < VK_RING_SLOTS) rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot allocate I/O buffers");
-    else if (pthread_create(&th, NULL, vk_producer, &ring) != 0)
-        rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot start the reader thread");
-    else started = 1;
-
+    vk_job job;
+    memset(&job, 0, sizeof job);
+    job.src = src;
+    job.out = &out;
+    job.dyn = o->kind == VK_OUT_DYNAMIC ? &dyn : NULL;
+    job.chunk = chunk;
+    job.o = o;
+    job.src_shared = src->read != vk_raw_read;     /* only raw preads are thread-safe */
+    vk_err_clear(&job.err);
+    pthread_mutex_init(&job.mu, NULL);
+    pthread_mutex_init(&dyn.mu, NULL);
     uint64_t vend = 0;
-    while (started && !rc) {
-        vk_slot *s = vk_ring_next(&ring);
-        if (!s) break;
-        if (o->cancel && __atomic_load_n(o->cancel, __ATOMIC_RELAXED))
-            rc = vk_fail(err, VK_E_INTERRUPTED, s->off, "cancelled");
-        else if (o->kind == VK_OUT_DYNAMIC) {
-            for (size_t a = 0; a < s->len && !rc; a += dyn.bs) {
-                size_t b = s->len - a < dyn.bs ? s->len : a + dyn.bs;
-                rc = vk_dyn_block(&dyn, &out, s, a, b, (s->off + a) / dyn.bs, err);
-            }
-        } else if (!s->zero || out.stream) {
-            rc = vk_out_slot_runs(&out, s, 0, s->len, s->off, err);
-        }
-        vend = s->off + s->len;
-        res->input_bytes += s->len;
-        if (o->progress) __atomic_store_n(o->progress, vend, __ATOMIC_RELAXED);
-        vk_ring_release(&ring);
+    if (!src->stream && !out.stream) {
+        rc = vk_run_parallel(&job, VK_WORKERS, err);
+        vend = src->size;
+    } else {
+        rc = vk_run_ring(&job, &vend, err);
     }
-    if (started) {
-        pthread_mutex_lock(&ring.mu);
-        ring.stop = 1;
-        pthread_cond_broadcast(&ring.cv);
-        pthread_mutex_unlock(&ring.mu);
-        pthread_join(th, NULL);
-        if (!rc && ring.rc) { rc = ring.rc; *err = ring.err; }
-    }
-    for (int i = 0; i < nslots; i++) { free(ring.slot[i].buf); free(ring.slot[i].gz); }
-    pthread_mutex_destroy(&ring.mu);
-    pthread_cond_destroy(&ring.cv);
+    res->input_bytes = rc ? job.done : vend;
+    pthread_mutex_destroy(&job.mu);
+    pthread_mutex_destroy(&dyn.mu);
 
     if (!rc && !known) {
         /* Stream input: the size is known now. */
@@ -493,21 +661,29 @@ static int vk_none_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_
     return VK_OK;
 }
 
-int vk_convert_raw(int in_fd, uint64_t in_size, int out_fd, const vk_write_opts *opts,
-                   vk_write_result *res, vk_err *err)
+int vk_src_raw_init(vk_src *src, int in_fd, uint64_t in_size, vk_err *err)
 {
-    vk_src src = { .size = in_size, .fd = in_fd, .read = vk_raw_read };
+    memset(src, 0, sizeof *src);
+    src->size = in_size;
+    src->fd = in_fd;
+    src->read = vk_raw_read;
     struct stat st;
     if (fstat(in_fd, &st) != 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot stat the input");
     if (S_ISREG(st.st_mode)) {
-        if (in_size == UINT64_MAX) src.size = (uint64_t)st.st_size;
-        /* Skip holes only when the input is a regular file we pread. */
-        src.next_data = vk_raw_next_data;
-    } else if (in_size == UINT64_MAX) {
-        src.stream = 1;
+        if (in_size == UINT64_MAX) src->size = (uint64_t)st.st_size;
+        src->next_data = vk_raw_next_data;   /* skip holes */
     } else {
-        src.stream = 1;   /* a pipe of a known length: still read sequentially */
+        src->stream = 1;                     /* a pipe: read sequentially */
     }
+    return VK_OK;
+}
+
+int vk_convert_raw(int in_fd, uint64_t in_size, int out_fd, const vk_write_opts *opts,
+                   vk_write_result *res, vk_err *err)
+{
+    vk_src src;
+    int rc = vk_src_raw_init(&src, in_fd, in_size, err);
+    if (rc) return rc;
     return vk_convert_src(&src, out_fd, opts, res, err);
 }
 
@@ -516,4 +692,77 @@ int vk_create(int out_fd, uint64_t size, const vk_write_opts *opts, vk_write_res
     vk_src src = { .size = size, .fd = -1, .read = vk_none_read, .next_data = vk_none_next_data };
     if (size == 0) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "size must be greater than 0");
     return vk_convert_src(&src, out_fd, opts, res, err);
+}
+
+/* ---- a VHD (chain) as the source ------------------------------------------ */
+#define VK_MAP_CACHE 256
+typedef struct vk_img_src {
+    vk_image  *img;
+    vk_extent  ext[VK_MAP_CACHE];
+    size_t     n;          /* extents cached, covering [ext[0].offset, end) */
+    uint64_t   end;
+    int        failed;     /* map failed: fall back to reading everything  */
+} vk_img_src;
+
+static int vk_img_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err)
+{
+    vk_img_src *c = s->ctx;
+    if (off >= s->size) { *got = 0; return VK_OK; }
+    if (len > s->size - off) len = (size_t)(s->size - off);
+    int rc = vk_image_pread(c->img, buf, len, off, err);
+    *got = rc ? 0 : len;
+    return rc;
+}
+
+static uint64_t vk_img_next_data(vk_src *s, uint64_t off)
+{
+    vk_img_src *c = s->ctx;
+    while (!c->failed && off < s->size) {
+        if (c->n == 0 || off < c->ext[0].offset || off >= c->end) {
+            vk_err e;
+            size_t n = 0;
+            if (vk_image_map(c->img, off, c->ext, VK_MAP_CACHE, &n, &e) != 0 || n == 0) { c->failed = 1; break; }
+            c->n = n;
+            c->end = c->ext[n - 1].offset + c->ext[n - 1].length;
+            if (c->end <= off) { c->failed = 1; break; }
+        }
+        for (size_t i = 0; i < c->n; i++) {
+            const vk_extent *x = &c->ext[i];
+            if (x->offset + x->length <= off) continue;
+            if (x->allocated) return x->offset > off ? x->offset : off;
+        }
+        off = c->end;   /* nothing allocated in the cached run: look further */
+    }
+    return c->failed ? off : s->size;
+}
+
+int vk_src_image_init(vk_src *src, vk_image *img, vk_err *err)
+{
+    memset(src, 0, sizeof *src);
+    if (!img) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "no image");
+    vk_img_src *c = calloc(1, sizeof *c);
+    if (!c) return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "out of memory");
+    c->img = img;
+    src->size = vk_image_size(img);
+    src->fd = -1;
+    src->read = vk_img_read;
+    src->next_data = vk_img_next_data;
+    src->ctx = c;
+    return VK_OK;
+}
+
+void vk_src_fini(vk_src *src)
+{
+    if (src->read == vk_img_read) free(src->ctx);
+    src->ctx = NULL;
+}
+
+int vk_convert_image(vk_image *img, int out_fd, const vk_write_opts *opts, vk_write_result *res, vk_err *err)
+{
+    vk_src src;
+    int rc = vk_src_image_init(&src, img, err);
+    if (rc) return rc;
+    rc = vk_convert_src(&src, out_fd, opts, res, err);
+    vk_src_fini(&src);
+    return rc;
 }

@@ -133,7 +133,8 @@ static int classify(vk_image *img, int li, uint64_t off, uint64_t maxlen, uint64
     if (L->footer.disk_type == VK_DISK_FIXED) { *len = maxlen; *layer = li; *foff = off; return VK_OK; }
 
     uint64_t blk = off / L->block_size, in = off % L->block_size;
-    if (maxlen > L->block_size - in) maxlen = L->block_size - in;
+    /* past the BAT everything is unallocated: one run to the end */
+    if (blk < L->n_bat && maxlen > L->block_size - in) maxlen = L->block_size - in;
     uint32_t e = blk < L->n_bat ? L->bat[blk] : VK_BAT_UNUSED;
     int diff = L->footer.disk_type == VK_DISK_DIFF;
     if (e == VK_BAT_UNUSED) {

@@ -317,21 +317,23 @@ static int vk_modify_dynamic(vk_rw *rw, const vk_modify_opts *o, vk_footer *nf, 
         if (lose && !o->force)
             return vk_fail(err, VK_E_NOSPACE, nsz, "shrinking to %llu bytes would discard allocated data; "
                            "use force to discard it", (unsigned long long)nsz);
-        rc = vk_rw_step(rw, fb, sizeof fb, end_off, err);
-        if (!rc) rc = vk_rw_step(rw, fb, sizeof fb, 0, err);
-        /* Then forget what lies beyond, so growing again reads zeros. */
-        for (uint64_t i = need; !rc && i < rw->hdr.max_table_entries; i++)
-            if (rw->bat[i] != VK_BAT_UNUSED) {
-                uint8_t e[4] = { 0xFF, 0xFF, 0xFF, 0xFF };
-                rc = vk_rw_step(rw, e, 4, rw->hdr.table_offset + 4 * i, err);
-                rw->bat[i] = VK_BAT_UNUSED;
-            }
+        /* Forget what lies beyond first (so growing again reads zeros and
+         * no state has allocated blocks past the size), then commit. */
+        rc = VK_OK;
         for (uint64_t p = tail_from; !rc && p < tail_to;) {
             static const uint8_t z[64 * 1024];
             size_t n = tail_to - p < sizeof z ? (size_t)(tail_to - p) : sizeof z;
             rc = vk_rw_step(rw, z, n, p, err);
             p += n;
         }
+        for (uint64_t i = need; !rc && i < rw->hdr.max_table_entries; i++)
+            if (rw->bat[i] != VK_BAT_UNUSED) {
+                uint8_t e[4] = { 0xFF, 0xFF, 0xFF, 0xFF };
+                rc = vk_rw_step(rw, e, 4, rw->hdr.table_offset + 4 * i, err);
+                rw->bat[i] = VK_BAT_UNUSED;
+            }
+        if (!rc) rc = vk_rw_step(rw, fb, sizeof fb, end_off, err);
+        if (!rc) rc = vk_rw_step(rw, fb, sizeof fb, 0, err);
         return rc;
     }
     if (need <= rw->hdr.max_table_entries) {

@@ -27,6 +27,12 @@ struct vk_src {
     int      fd;
 };
 
+/* Sources: a raw file or pipe (in_size UINT64_MAX = until EOF / file size),
+ * an opened image.  vk_src_fini releases what an init allocated. */
+int  vk_src_raw_init(vk_src *src, int in_fd, uint64_t in_size, vk_err *err);
+int  vk_src_image_init(vk_src *src, vk_image *img, vk_err *err);
+void vk_src_fini(vk_src *src);
+
 /* Convert any source into opts->kind on out_fd (the engine of vk_create,
  * vk_convert_raw and vk_convert_image). */
 int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o,

@@ -184,8 +184,9 @@ class _GzipReader(io.RawIOBase):
     enforces an output bound."""
 
     def __init__(self, fileobj: BinaryIO, max_output: Optional[int], name: str):
-        from isal import igzip_threaded
+        from isal import igzip_lib, igzip_threaded
 
+        self._isal_error = igzip_lib.IsalError
         self._f = igzip_threaded.open(_Unclosable(fileobj), "rb", threads=1)
         self._max = max_output
         self._name = name
@@ -200,8 +201,8 @@ class _GzipReader(io.RawIOBase):
         except EOFError:
             raise ArchiveError(f"{self._name}: truncated gzip stream (ended before its trailer), "
                                "or garbage after it") from None
-        except (OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-            if type(e).__name__ in ("BadGzipFile", "error") or isinstance(e, zlib.error):
+        except (OSError, zlib.error, self._isal_error) as e:  # gzip.BadGzipFile is an OSError
+            if isinstance(e, (zlib.error, self._isal_error)) or type(e).__name__ == "BadGzipFile":
                 raise ArchiveError(f"{self._name}: corrupt gzip data: {e}") from None
             raise
         self._out += n

@@ -18,12 +18,13 @@ def _size_note(r) -> None:
                    f"({r.size_rule} rule)", err=True)
 
 
-def _describe(r) -> str:
-    if r.format == "raw":
-        return f"{r.path}: raw, {r.virtual_size} bytes ({r.data_bytes} bytes of data written)"
-    s = f"{r.path}: {r.disk_type} VHD, {r.virtual_size} bytes, CHS {'/'.join(map(str, r.geometry))}, uuid {r.uuid}"
-    if r.disk_type == "dynamic":
-        s += f", {r.blocks_allocated}/{r.max_table_entries} blocks of {r.block_size} bytes allocated"
+def _describe(d: dict) -> str:
+    if d["format"] == "raw":
+        return f"{d['path']}: raw, {d['virtual_size']} bytes ({d['data_bytes']} bytes of data written)"
+    s = (f"{d['path']}: {d['disk_type']} VHD, {d['virtual_size']} bytes, "
+         f"CHS {'/'.join(map(str, d['geometry']))}, uuid {d['uuid']}")
+    if d["disk_type"] == "dynamic":
+        s += f", {d['blocks_allocated']}/{d['max_table_entries']} blocks of {d['block_size']} bytes allocated"
     return s
 
 
@@ -62,7 +63,8 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, as_jso
 @click.option("--block-size", type=SIZE, default=None, help="Dynamic block size (512K..256M, default 2M).")
 @click.option("--size-rule", type=click.Choice(["exact", "chs"]), default="exact", show_default=True)
 @click.option("--azure", is_flag=True, help="Fixed VHD whose size is a whole number of MiB (rounded up).")
-@click.option("--parents", default=None, help="Directory to look for a differencing chain's parents in.")
+@click.option("--parent", "parents", multiple=True,
+              help="Explicit parent path of a differencing SRC (leaf's parent first; repeatable).")
 @json_option
 def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_rule, azure, parents, as_json):
     """Convert SRC (raw or VHD: fixed, dynamic, differencing flattened) to DST.
@@ -79,7 +81,8 @@ def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_ru
         raise click.UsageError("a dynamic VHD cannot be streamed to stdout; use --type fixed, -O raw or a file")
     with Progress(f"convert {src}") as prog:
         r = convert(src, dst, src_format=src_format, out_format=out_format, type=disk_type,
-                    block_size=block_size, size_rule=size_rule, azure=azure, parents=parents, progress=prog)
+                    block_size=block_size, size_rule=size_rule, azure=azure, parents=list(parents) or None,
+                    progress=prog)
     _size_note(r)
     if dst != "-":
         emit(r.to_dict(), as_json, _describe)

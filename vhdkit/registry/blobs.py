@@ -14,10 +14,11 @@ import hashlib
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from ..errors import NoSpaceError, StorageError
+from ..errors import NoSpaceError, QuotaError, StorageError
 
 CHUNK = 4 << 20
 
@@ -66,6 +67,13 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def older_than(path: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except FileNotFoundError:
+        return False
+
+
 def is_locked(path: str) -> bool:
     """True when a live process holds the upload lock on ``path``."""
     try:
@@ -106,7 +114,8 @@ class BlobStore:
 
 class Upload:
     """One upload in progress: ``open()`` (creates and locks the part file),
-    ``write_from(stream)``, ``publish()`` (fsync + rename), ``release()``."""
+    ``feed(bytes)``/``write_from(stream)``, ``digest()``, ``publish()`` (fsync +
+    rename), ``release()``."""
 
     def __init__(self, store: BlobStore, image_id: str, token: str):
         self.store = store
@@ -116,49 +125,91 @@ class Upload:
         self.rel = store.final_rel(image_id, token)
         self.fd = -1
         self.published = False
+        self.size = 0
+        self.limit: Optional[int] = None
+        self._buf = bytearray()
+        self._md5: Optional[_Hasher] = None
+        self._sha: Optional[_Hasher] = None
 
     def open(self) -> "Upload":
+        """Create the part file already locked: it is created as ``.new`` (which
+        cleanup leaves alone while young), locked, then renamed to ``.part``, so
+        cleanup never sees an unlocked live ``.part``."""
+        new = self.part[:-5] + ".new"
         try:
-            self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self.fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
+            os.rename(new, self.part)
         except OSError as exc:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+                self.store.unlink(new)
             raise _os_error(exc, f"cannot create {self.part}") from None
         return self
 
-    def write_from(self, stream: BinaryIO, *, progress: Optional[Callable[[int, Optional[int]], None]] = None,
-                   total: Optional[int] = None, limit: Optional[int] = None) -> Digest:
-        """Copy ``stream`` into the part file, hashing md5 and sha512 on the way."""
-        md5 = _Hasher(hashlib.md5())
-        sha = _Hasher(hashlib.sha512())
-        size = 0
-        fd = self.fd
-        read = getattr(stream, "read")
+    def feed(self, b: "bytes | bytearray | memoryview") -> None:
+        """Append ``b``: buffered to CHUNK, then written and handed to the hashers."""
+        if self._md5 is None:
+            self._md5 = _Hasher(hashlib.md5())
+            self._sha = _Hasher(hashlib.sha512())
+        n = len(b)
+        self.size += n
+        if self.limit is not None and self.size > self.limit:
+            raise QuotaError(f"upload exceeds the size limit of {self.limit} bytes")
+        if not self._buf and n >= CHUNK and isinstance(b, bytes):
+            self._emit(b)
+            return
+        self._buf += b
+        if len(self._buf) >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            b = bytes(self._buf)
+            self._buf.clear()
+            self._emit(b)
+
+    def _emit(self, b: bytes) -> None:
+        assert self._md5 is not None and self._sha is not None
+        self._md5.q.put(b)
+        self._sha.q.put(b)
+        mv = memoryview(b)
+        while mv:
+            try:
+                n = os.write(self.fd, mv)
+            except OSError as exc:
+                raise _os_error(exc, f"writing {self.part}") from None
+            mv = mv[n:]
+
+    def digest(self) -> Digest:
+        """Flush and finish the hashes (call once, after the last feed)."""
         try:
-            while True:
-                b = read(CHUNK)
-                if not b:
-                    break
-                if not isinstance(b, bytes):
-                    b = bytes(b)
-                size += len(b)
-                if limit is not None and size > limit:
-                    from ..errors import QuotaError
-                    raise QuotaError(f"upload exceeds the size limit of {limit} bytes")
-                md5.q.put(b)
-                sha.q.put(b)
-                mv = memoryview(b)
-                while mv:
-                    try:
-                        n = os.write(fd, mv)
-                    except OSError as exc:
-                        raise _os_error(exc, f"writing {self.part}") from None
-                    mv = mv[n:]
-                if progress is not None:
-                    progress(size, total)
+            self._flush()
         finally:
-            m = md5.finish()
-            s = sha.finish()
-        return Digest(size, m, s)
+            if self._md5 is None:
+                self._md5 = _Hasher(hashlib.md5())
+                self._sha = _Hasher(hashlib.sha512())
+            m = self._md5.finish()
+            s = self._sha.finish()  # type: ignore[union-attr]
+        return Digest(self.size, m, s)
+
+    def stop_hashers(self) -> None:
+        for h in (self._md5, self._sha):
+            if h is not None and h.is_alive():
+                h.finish()
+
+    def write_from(self, stream: BinaryIO, *, progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                   total: Optional[int] = None) -> None:
+        """Copy ``stream`` into the part file, hashing on the way."""
+        read = stream.read
+        while True:
+            b = read(CHUNK)
+            if not b:
+                return
+            self.feed(b)
+            if progress is not None:
+                progress(self.size, total)
 
     def publish(self) -> str:
         """fsync the data, rename it into place (still locked); returns the blob's relative path."""
@@ -178,22 +229,28 @@ class Upload:
         self.store.unlink(self.store.path(self.rel) if self.published else self.part)
 
     def release(self) -> None:
+        self.stop_hashers()
         if self.fd >= 0:
             os.close(self.fd)   # drops the lock
             self.fd = -1
 
 
-def iter_range(path: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """Yield bytes [start, end) of ``path``."""
-    with open(path, "rb", buffering=0) as f:
+def iter_file(f: BinaryIO, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Yield bytes [start, end) of the open file ``f``, closing it at the end."""
+    with f:
         f.seek(start)
         left = end - start
         while left > 0:
             b = f.read(min(chunk, left))
             if not b:
-                raise StorageError(f"blob {path} is shorter than recorded")
+                raise StorageError(f"blob {getattr(f, 'name', '?')} is shorter than recorded")
             left -= len(b)
             yield b
+
+
+def iter_range(path: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Yield bytes [start, end) of ``path``."""
+    return iter_file(open(path, "rb", buffering=0), start, end, chunk)
 
 
 def copy_range(path: str, out: BinaryIO, start: int, end: int,
@@ -212,7 +269,7 @@ def copy_range(path: str, out: BinaryIO, start: int, end: int,
             off = start
             use_cfr = hasattr(os, "copy_file_range")
             while done < total:
-                n = min(64 << 20, total - done)
+                n = min(256 << 20, total - done)  # big calls: fewer writeback stalls
                 try:
                     if use_cfr:
                         w = os.copy_file_range(in_fd, out_fd, n, off)

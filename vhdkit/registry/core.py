@@ -6,7 +6,7 @@ first; see :mod:`.rbac` for the order of checks (404 before 403)."""
 from __future__ import annotations
 
 import datetime as _dt
-import functools
+import io
 import os
 import sqlite3
 import threading
@@ -153,8 +153,9 @@ class Registry(MembersMixin, TasksMixin):
         self.quotas.update(quotas or {})
         self.size_cap = size_cap
         self._clock = clock
+        self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
         self._local = threading.local()
-        self._all_conns: List[sqlite3.Connection] = []
+        self._all_conns: List[Tuple[int, sqlite3.Connection]] = []
         self._conn()
         if cleanup:
             self.cleanup()
@@ -166,11 +167,13 @@ class Registry(MembersMixin, TasksMixin):
         if conn is None or loc.pid != os.getpid():
             conn = _db.connect(self.db_path)
             loc.conn, loc.pid = conn, os.getpid()
-            self._all_conns.append(conn)
+            self._all_conns.append((os.getpid(), conn))
         return conn
 
     def close(self) -> None:
-        for c in self._all_conns:
+        for pid, c in self._all_conns:
+            if pid != os.getpid():
+                continue  # inherited over fork: the parent's to close
             try:
                 c.close()
             except sqlite3.Error:
@@ -247,9 +250,14 @@ class Registry(MembersMixin, TasksMixin):
         require_scope(op, caller, owner=img.owner, member=member)
         return img
 
-    @functools.lru_cache(maxsize=4096)
     def _can(self, roles: frozenset, name: str, op: str) -> bool:
-        return self.protections.allowed(Caller("x", roles), name, op)
+        key = (roles, name, op)
+        hit = self._can_cache.get(key)
+        if hit is None:
+            if len(self._can_cache) > 10000:
+                self._can_cache.clear()
+            hit = self._can_cache[key] = self.protections.allowed(Caller("x", roles), name, op)
+        return hit
 
     def _present(self, caller: Caller, img: Image) -> Image:
         """Hide the properties the caller's roles may not read."""
@@ -262,8 +270,14 @@ class Registry(MembersMixin, TasksMixin):
         if not self._can(caller.roles, name, op):
             raise ForbiddenError(f"property '{name}' is protected: your roles may not {op} it")
 
+    def get_schema(self, caller: Caller, name: str) -> Dict[str, Any]:
+        """``GET /v2/schemas/{name}``: image, images, member, members, task, tasks."""
+        require_role("schemas", caller)
+        from .schemas import schema
+        return schema(name)
+
     # ---- images ----
-    def create_image(self, caller: Caller, data: Optional[Mapping[str, Any]] = None, **fields: Any) -> Image:
+    def create_image(self, caller: Caller, data: Optional[Mapping[str, Any]] = None, /, **fields: Any) -> Image:
         """Create a queued image from a v2 body (``name``, ``visibility``, ``tags``,
         ``disk_format``, ..., extra string properties at top level; ``id`` optional)."""
         body = dict(data or {})
@@ -504,17 +518,15 @@ class Registry(MembersMixin, TasksMixin):
             conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (self._now(), img.id))
 
     # ---- data ----
-    def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
-               virtual_size: Optional[int] = None, progress: Progress = None) -> Image:
-        """Store ``stream`` as the image's data and make it active.
-
-        The image must be ``queued`` (or ``importing``) with disk and container
-        formats set.  Size, md5 and sha512 are computed in one pass; ``size``,
-        when given, must match.  ``virtual_size`` is recorded as given, else
-        read from the data when disk_format is ``vhd``.  On any failure the image
-        returns to ``queued`` and nothing is left behind."""
+    def open_upload(self, caller: Caller, image_id: str) -> "UploadWriter":
+        """Start an upload to a ``queued`` (or ``importing``) image and return a
+        writable file object; ``write()`` to it, then ``commit()`` (the image
+        turns active) or ``abort()`` (it returns to queued).  Used as a context
+        manager it aborts unless committed.  For producers that write (a tar or
+        gzip writer): no second pass over the data."""
         token = uuid.uuid4().hex
         up = _blobs.Upload(self.blobs, str(image_id), token).open()
+        up.limit = self.size_cap
         try:
             with self._write() as conn:
                 img = self._get_for("upload_data", caller, image_id, conn)
@@ -530,36 +542,20 @@ class Registry(MembersMixin, TasksMixin):
             up.discard()
             up.release()
             raise
-        try:
-            digest = up.write_from(stream, progress=progress, total=size, limit=self.size_cap)
-            if size is not None and digest.size != size:
-                raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
-            rel = up.publish()
-            if virtual_size is None and img.disk_format == "vhd":
-                virtual_size = _vhd_virtual_size(self.blobs.path(rel))
-            with self._write() as conn:
-                row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
-                if row is None or row[0] != token:
-                    raise ConflictError(f"image {img.id} was deleted or reset during the upload")
-                conn.execute(
-                    "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
-                    "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, updated_at = ? "
-                    "WHERE id = ?",
-                    (digest.size, digest.md5, digest.sha512, virtual_size, rel, self._now(), img.id))
-                out = self._load(conn, img.id)
-        except BaseException:
-            up.discard()
-            try:
-                with self._write() as conn:
-                    conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
-                                 "WHERE id = ? AND upload_token = ?", (self._now(), img.id, token))
-            except VhdkitError:
-                pass  # cleanup() resets it later
-            raise
-        finally:
-            up.release()
-        assert out is not None
-        return self._present(caller, out)
+        return UploadWriter(self, caller, img, up)
+
+    def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
+               virtual_size: Optional[int] = None, progress: Progress = None) -> Image:
+        """Store ``stream`` as the image's data and make it active.
+
+        The image must be ``queued`` (or ``importing``) with disk and container
+        formats set.  Size, md5 and sha512 are computed in one pass; ``size``,
+        when given, must match.  ``virtual_size`` is recorded as given, else
+        read from the data when disk_format is ``vhd``.  On any failure the image
+        returns to ``queued`` and nothing is left behind."""
+        with self.open_upload(caller, image_id) as w:
+            w._up.write_from(stream, progress=progress, total=size)
+            return w.commit(size=size, virtual_size=virtual_size)
 
     def upload_file(self, caller: Caller, image_id: str, path: str, **kw: Any) -> Image:
         """:meth:`upload` from a file (``size`` checked against the file's size)."""
@@ -597,17 +593,7 @@ class Registry(MembersMixin, TasksMixin):
         except FileNotFoundError:
             raise NotFoundError(f"image {image_id} not found") from None
 
-        def gen() -> Iterator[bytes]:
-            with f:
-                f.seek(start)
-                left = end - start
-                while left > 0:
-                    b = f.read(min(chunk, left))
-                    if not b:
-                        raise StorageError(f"data of image {image_id} is shorter than recorded")
-                    left -= len(b)
-                    yield b
-        return h, gen()
+        return h, _blobs.iter_file(f, start, end, chunk)
 
     def download(self, caller: Caller, image_id: str, out: BinaryIO, *, offset: int = 0,
                  length: Optional[int] = None, progress: Progress = None) -> int:
@@ -665,6 +651,8 @@ class Registry(MembersMixin, TasksMixin):
             p = os.path.join(self.blobs.tmp, name)
             if name.endswith(".part") and name[:-5] in live_tokens:
                 continue
+            if name.endswith(".new") and not _blobs.older_than(p, 60):
+                continue  # being created and locked right now (see Upload.open)
             if not _blobs.is_locked(p):
                 self.blobs.unlink(p)
                 report["removed_parts"] += 1
@@ -710,3 +698,81 @@ def _vhd_virtual_size(path: str) -> Optional[int]:
         return int(info(path).virtual_size)
     except Exception:  # noqa: BLE001 - not a VHD, or reader missing native build
         return None
+
+
+class UploadWriter(io.RawIOBase):
+    """A writable upload in progress (see :meth:`Registry.open_upload`)."""
+
+    def __init__(self, reg: Registry, caller: Caller, img: Image, up: _blobs.Upload):
+        super().__init__()
+        self._reg, self._caller, self._img, self._up = reg, caller, img, up
+        self._done = False
+        self.image_id = img.id
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        if self._done:
+            raise ValueError("upload already committed or aborted")
+        n = len(memoryview(b).cast("B")) if not isinstance(b, (bytes, bytearray)) else len(b)
+        self._up.feed(b if isinstance(b, (bytes, bytearray)) else memoryview(b).cast("B"))
+        return n
+
+    @property
+    def bytes_written(self) -> int:
+        return self._up.size
+
+    def commit(self, *, size: Optional[int] = None, virtual_size: Optional[int] = None) -> Image:
+        """Finish: check ``size`` if given, fsync, rename, record the hashes and
+        make the image active."""
+        if self._done:
+            raise ValueError("upload already committed or aborted")
+        reg, up, img = self._reg, self._up, self._img
+        try:
+            digest = up.digest()
+            if size is not None and digest.size != size:
+                raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
+            rel = up.publish()
+            if virtual_size is None and img.disk_format == "vhd":
+                virtual_size = _vhd_virtual_size(reg.blobs.path(rel))
+            with reg._write() as conn:
+                row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
+                if row is None or row[0] != up.token:
+                    raise ConflictError(f"image {img.id} was deleted or reset during the upload")
+                conn.execute(
+                    "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
+                    "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, updated_at = ? "
+                    "WHERE id = ?",
+                    (digest.size, digest.md5, digest.sha512, virtual_size, rel, reg._now(), img.id))
+                out = reg._load(conn, img.id)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        up.release()
+        assert out is not None
+        return reg._present(self._caller, out)
+
+    def abort(self) -> None:
+        """Drop the data; the image returns to ``queued``."""
+        if self._done:
+            return
+        self._done = True
+        up = self._up
+        up.release()
+        up.discard()
+        try:
+            with self._reg._write() as conn:
+                conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
+                             "WHERE id = ? AND upload_token = ?", (self._reg._now(), self._img.id, up.token))
+        except VhdkitError:
+            pass  # cleanup() resets it later
+
+    def close(self) -> None:
+        if not self._done:
+            self.abort()
+        super().close()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

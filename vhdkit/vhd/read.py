@@ -353,7 +353,7 @@ class VhdStream(io.RawIOBase):
         """Extents of the whole disk: allocated (in which layer) or zeros."""
         img = self._live()
         ffi, lib = native.ffi, native.lib
-        cap = 4096
+        cap = 256
         arr = ffi.new("vk_extent[]", cap)
         n_out = ffi.new("size_t *")
         err = native.new_err()
@@ -377,6 +377,9 @@ class VhdStream(io.RawIOBase):
                 else:
                     out.append(x)
             pos = arr[n - 1].offset + arr[n - 1].length
+            if n == cap and cap < 65536:
+                cap *= 4
+                arr = ffi.new("vk_extent[]", cap)
         return out
 
     def __repr__(self) -> str:

@@ -329,25 +329,10 @@ def create(path: PathLike, size: int, *, type: str = "dynamic", block_size: Opti
 
 # ---- convert ------------------------------------------------------------------
 def _detect_format(path: str) -> str:
-    """'vhd' if the file ends (or, for a dynamic image, starts) with a VHD
-    footer whose checksum verifies, else 'raw'.  A fixed VHD, which is raw
-    data plus a footer, is detected as VHD."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        n = f.tell()
-        heads = []
-        if n >= 512:
-            f.seek(n - 512)
-            heads.append(f.read(512))
-            f.seek(0)
-            heads.append(f.read(512))
-    for b in heads:
-        if b[:8] == b"conectix":
-            stored = int.from_bytes(b[64:68], "big")
-            s = (~(sum(b[:64]) + sum(b[68:]))) & 0xFFFFFFFF
-            if s == stored:
-                return "vhd"
-    return "raw"
+    """'vhd' if the file has a VHD footer (a fixed VHD, which is raw data plus
+    a footer, is detected as VHD), else 'raw'."""
+    from .read import probe
+    return "vhd" if probe(path) is not None else "raw"
 
 
 def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, out_format: str = "vhd",
