@@ -45,11 +45,15 @@ def _input_label(w: dict) -> str:
 
 def markdown(doc: dict) -> str:
     meta = doc["meta"]
+    cvs = [v["stats"]["cv"] for w in doc["workloads"] for v in w["variants"]
+           if v.get("stats") and len(v.get("runs", [])) > 1]
+    noise = (f" Noise: run-to-run coefficient of variation median {np.median(cvs):.0%}, max {max(cvs):.0%} "
+             f"over {len(cvs)} contenders." if cvs else "")
     lines = [
         f"Measured {meta['date']} on `{meta['host']}` ({meta['nproc']} cores, {meta['cpu']}), "
         f"commit `{meta['commit']}`{' (dirty tree)' if meta.get('dirty') else ''}; "
         f"repeat {meta['repeat']}{' (quick: no warm-up)' if meta.get('quick') else ' after one warm-up'}, runs alternating vhdkit/peers; "
-        f"load average {meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after.",
+        f"load average {meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after." + noise,
         "",
         "| workload | input | tool | median s | min–max s | MB/s | peak RSS MiB | vhdkit / peer (median, min–max) |",
         "|---|---|---|---:|---:|---:|---:|---|",
