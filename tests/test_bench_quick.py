@@ -18,7 +18,7 @@ EXPECTED = {"startup", "convert.raw-dynamic", "convert.raw-fixed", "convert.dyna
 def test_quick_run_writes_valid_results(tmp_path):
     work, results = tmp_path / "work", tmp_path / "results"
     r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--workdir", str(work), "--results", str(results)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     files = list(results.glob("*.json"))
     assert len(files) == 1
