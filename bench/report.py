@@ -82,6 +82,10 @@ def markdown(doc: dict) -> str:
 
 
 def _num(v) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+        return f"{int(v):,}"
+    if isinstance(v, int) and abs(v) >= 1000:
+        return f"{v:,}"
     if isinstance(v, float):
         return f"{v:.3f}"
     if isinstance(v, dict):

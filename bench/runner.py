@@ -144,7 +144,12 @@ def measure(cmd: Cmd, cwd: str, base_env: dict, err_path: str, timeout: float = 
 
 def run_variant(v: Variant, cwd: str, env: dict, err_path: str) -> dict:
     if v.setup:
-        v.setup()
+        try:
+            v.setup()
+        except RunError:
+            raise
+        except Exception as e:  # a setup step (e.g. putting the input object) failed: not a timing
+            raise RunError(f"{v.name}: setup failed: {type(e).__name__}: {e}")
     os.sync()  # start every run with no dirty pages left by the previous one
     total = {"wall": 0.0, "maxrss_kib": 0, "cpu": 0.0, "rchar": 0, "wchar": 0}
     for step in v.steps:
