@@ -81,6 +81,13 @@ def main(argv=None) -> int:
     }
     doc = {"schema": 1, "meta": meta, "workloads": []}
     t_start = time.perf_counter()
+    stem = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H-%MZ')}-{socket.gethostname()}"
+
+    def checkpoint() -> None:
+        """Save what is measured so far (a run cut short still leaves its figures)."""
+        meta["load_after"] = os.getloadavg()
+        meta["partial"] = True
+        report.write_all(doc, results, stem, plot=False)
     for size in sizes:
         ctx = Ctx(workdir, size, args.quick, log=log)
         for d in REGISTRY:
@@ -91,6 +98,7 @@ def main(argv=None) -> int:
             res["suite_size"] = size
             doc["workloads"].append(res)
             log("   " + _one_line(res))
+            checkpoint()
     if args.scaling or (only and any(o.startswith("scale") for o in only)):
         ctx = Ctx(workdir, sizes[0], args.quick, log=log)
         for d in scaling.defs(args.quick):
@@ -101,11 +109,12 @@ def main(argv=None) -> int:
             res["scaling"] = d.scaling
             doc["workloads"].append(res)
             log("   " + _one_line(res))
+            checkpoint()
         doc["scaling"] = {name: {tool: report.fit(pts) for tool, pts in tools.items()}
                           for name, tools in report.scaling_points(doc).items()}
     meta["load_after"] = os.getloadavg()
     meta["elapsed_s"] = time.perf_counter() - t_start
-    stem = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H-%MZ')}-{socket.gethostname()}"
+    meta["partial"] = False
     paths = report.write_all(doc, results, stem)
     print(report.markdown(doc))
     if args.update_readme:

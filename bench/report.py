@@ -50,7 +50,7 @@ def markdown(doc: dict) -> str:
     noise = (f" Noise: run-to-run coefficient of variation median {np.median(cvs):.0%}, max {max(cvs):.0%} "
              f"over {len(cvs)} contenders." if cvs else "")
     lines = [
-        f"Measured {meta['date']} on `{meta['host']}` ({meta['nproc']} cores, {meta['cpu']}), "
+        ("**Partial run** (cut short): " if meta.get("partial") else "") + f"Measured {meta['date']} on `{meta['host']}` ({meta['nproc']} cores, {meta['cpu']}), "
         f"commit `{meta['commit']}`{' (dirty tree)' if meta.get('dirty') else ''}; "
         f"repeat {meta['repeat']}{' (quick: no warm-up)' if meta.get('quick') else ' after one warm-up'}, runs alternating vhdkit/peers; "
         f"load average {meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after." + noise,
@@ -214,7 +214,7 @@ def scaling_markdown(doc: dict) -> str:
 
 # -- plot ---------------------------------------------------------------------------------
 
-def plot(docs: list[dict], path: Path) -> Optional[Path]:
+def plot_png(docs: list[dict], path: Path) -> Optional[Path]:
     """Throughput (MB/s of virtual disk) against virtual size, one panel per workload,
     vhdkit in bold beside its peers.  ``docs``: this run's result (several sizes allowed)."""
     import matplotlib
@@ -245,7 +245,20 @@ def plot(docs: list[dict], path: Path) -> Optional[Path]:
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
     for ax, (panel, tools) in zip(axes.flat, series.items()):
-        for (label, ours), pts in sorted(tools.items(), key=lambda kv: (not kv[0][1], kv[0][0])):
+        xs_all = {x for pts in tools.values() for x, _ in pts}
+        ordered = sorted(tools.items(), key=lambda kv: (not kv[0][1], kv[0][0]))
+        if len(xs_all) == 1:   # one size: bars, vhdkit first and darker
+            names = [label for (label, _), _ in ordered]
+            vals = [pts[0][1] for _, pts in ordered]
+            cols = ["C0" if ours else "0.65" for (_, ours), _ in ordered]
+            ax.bar(range(len(vals)), vals, color=cols)
+            ax.set_xticks(range(len(vals)))
+            ax.set_xticklabels(names, rotation=20, ha="right", fontsize=7)
+            ax.set_title(f"{panel} ({next(iter(xs_all)) / 2**30:g} GiB)", fontsize=10)
+            ax.set_ylabel("MB/s")
+            ax.grid(True, axis="y", alpha=0.3)
+            continue
+        for (label, ours), pts in ordered:
             pts.sort()
             xs = [a / 2**30 for a, _ in pts]
             ys = [b for _, b in pts]
@@ -267,13 +280,16 @@ def plot(docs: list[dict], path: Path) -> Optional[Path]:
     return path
 
 
-def write_all(doc: dict, results_dir: Path, stem: str) -> dict:
+def write_all(doc: dict, results_dir: Path, stem: str, plot: bool = True) -> dict:
+    do_plot = plot
     results_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": results_dir / f"{stem}.json", "md": results_dir / f"{stem}.md"}
     paths["json"].write_text(json.dumps(doc, indent=1, default=str) + "\n")
     paths["md"].write_text(markdown(doc))
+    if not do_plot:
+        return paths
     try:
-        png = plot([doc], results_dir / f"{stem}.png")
+        png = plot_png([doc], results_dir / f"{stem}.png")
         if png:
             paths["png"] = png
     except Exception as e:  # matplotlib missing or broken: the numbers still stand
