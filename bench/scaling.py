@@ -44,10 +44,7 @@ def defs(quick: bool) -> list[WorkloadDef]:
 
         def chk(ctx, size=size, a=a):
             spec = DiskSpec(size, random=a, seed=17, hollow=True)
-            w = W._meta(ctx, "check")
-            img = ctx.inputs.dynamic(spec)
-            for v in w.variants:
-                v.steps[0].argv[-1] = str(img)
+            w = W._meta(ctx, "check", spec)
             w.variants = w.variants[:2]          # vhdkit check and vhdiinfo
             w.params = {**W._disk_params(spec), "alloc_frac": a, "alloc_bytes": spec.allocated_bytes}
             return w

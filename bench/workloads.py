@@ -175,8 +175,8 @@ def coalesce(ctx: Ctx, spec: Optional[ChainSpec] = None) -> Workload:
 
 # -- metadata on a huge sparse image (issue 2/core) -----------------------------------------
 
-def _meta(ctx: Ctx, cmd: str) -> Workload:
-    spec = large_sparse(ctx)
+def _meta(ctx: Ctx, cmd: str, spec: Optional[DiskSpec] = None) -> Workload:
+    spec = spec or large_sparse(ctx)
     img = ctx.inputs.dynamic(spec)
     return Workload([
         Variant("vhdkit", [Cmd(ctx.vk(cmd, str(img)))], ours=True),
