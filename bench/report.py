@@ -126,7 +126,7 @@ def behind_list(doc: dict) -> list[str]:
         if w.get("scaling"):
             continue
         for peer, r in (w.get("ratios") or {}).items():
-            if r and r["median"] > 1.0:
+            if r and r["median"] > 1.0 and not peer.startswith("(ref)"):
                 out.append(f"{w['name']} vs {peer} ×{r['median']:.2f}")
     return out
 
@@ -204,8 +204,8 @@ def scaling_markdown(doc: dict) -> str:
         for tn in tnames:
             f = sc.get(name, {}).get(tn)
             if f and "verdict" in f:
-                lines.append(f"\n{tn}: t ≈ {f['a_s']:.3f} s + {f['s_per_alloc_gib']:.3f} s/GiB allocated "
-                             f"+ {f['s_per_virtual_gib']:.4f} s/GiB virtual (R² {f['r2_both']:.3f}; "
+                lines.append(f"\n{tn}: t ≈ {f['a_s']:.3g} s + {f['s_per_alloc_gib']:.3g} s/GiB allocated "
+                             f"+ {f['s_per_virtual_gib']:.3g} s/GiB virtual (R² {f['r2_both']:.3f}; "
                              f"allocated-only R² {f['r2_alloc_only']:.3f}, virtual-only R² {f['r2_virtual_only']:.3f}) "
                              f"→ **{f['verdict']}**.")
         lines.append("")

@@ -184,7 +184,31 @@ def registry_download(home: str, image_id: str, out: str) -> int:
     return 0
 
 
+def api_time(op: str, path: str, repeat: int, out: str) -> int:
+    """Median seconds of vhdkit.vhd.check(path) / info(path) called in process."""
+    import json as _json
+    import statistics
+    import time
+    from vhdkit import vhd
+    fn = {"check": vhd.check, "info": vhd.info}[op]
+    r = fn(path)
+    if op == "check" and not r.ok:
+        raise SystemExit(f"check found problems: {r.to_dict()}")
+    times = []
+    budget = time.perf_counter() + 3.0
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        fn(path)
+        times.append(time.perf_counter() - t0)
+        if i >= 4 and t0 > budget:
+            break
+    with open(out, "w") as f:
+        _json.dump({"seconds": statistics.median(times), "n": len(times)}, f)
+    return 0
+
+
 EXTRA = {
+    "api-time": lambda a: api_time(a[0], a[1], int(a[2]), a[3]),
     "registry-populate": lambda a: registry_populate(a[0], int(a[1])),
     "registry-time": lambda a: registry_time(a[0], a[1], int(a[2]), a[3]),
     "registry-upload": lambda a: registry_upload(a[0], a[1]),

@@ -178,12 +178,17 @@ def coalesce(ctx: Ctx, spec: Optional[ChainSpec] = None) -> Workload:
 def _meta(ctx: Ctx, cmd: str, spec: Optional[DiskSpec] = None) -> Workload:
     spec = spec or large_sparse(ctx)
     img = ctx.inputs.dynamic(spec)
+    api_out = ctx.outdir("api") / "t.json"
     return Workload([
         Variant("vhdkit", [Cmd(ctx.vk(cmd, str(img)))], ours=True),
         Variant("vhdiinfo", [Cmd(["vhdiinfo", str(img)])], tools=["vhdiinfo"]),
         Variant("qemu-img info", [Cmd([QEMU, "info", "-f", "vpc", str(img)])], tools=[QEMU]),
+        Variant("(ref) vhdkit API in-process", [Cmd(ctx.tool("api-time", cmd, str(img), "200", str(api_out)))],
+                inner=str(api_out)),
     ], basis=None, params=_disk_params(spec),
-        notes=["qemu-img has no `check` for vpc, so `info` is its nearest operation."])
+        notes=["qemu-img has no `check` for vpc, so `info` is its nearest operation.",
+               f"(ref) = vhdkit.vhd.{cmd}() timed in process (median of up to 200 calls, no start-up); "
+               "its ratio column reads CLI / API, i.e. how much of the CLI time is start-up."])
 
 
 @workload("check.large", "check", "check a 1 TiB-virtual, 1%-allocated dynamic VHD", needs=[("check",)],
