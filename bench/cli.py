@@ -137,7 +137,7 @@ def _one_line(res: dict) -> str:
     for v in res["variants"]:
         st = v.get("stats")
         if st:
-            parts.append(f"{v['name']} {st['median']:.3f}s {st['maxrss_mib']:.0f}MiB")
+            parts.append(f"{v['name']} {st['median']:.4g}s {st['maxrss_mib']:.0f}MiB")
         else:
             parts.append(f"{v['name']} {v.get('status', '')}")
     ratios = ", ".join(f"/{k} {r['median']:.2f}" for k, r in res["ratios"].items() if r)
