@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from conftest import require_tool
+from conftest import SAMPLES as SAMPLES_DIR, require_tool
 
-SAMPLES_README = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "README.md"
+SAMPLES_README = SAMPLES_DIR / "README.md"
 
 
 def sample_table(readme: Path) -> Dict[str, dict]:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from vhdkit.registry import Caller, Registry
+from vhdkit.registry import Registry
 
 from helpers_registry import OWNER, admin, make_image
 
@@ -147,3 +147,27 @@ def test_upload_killed_at_random_points(tmp_path):
     for k in range(25):
         seen.add(_kill_run(tmp_path, rnd.choice(["writing", "writing", "published"]), rnd.random() * 0.2, k))
     assert "queued" in seen
+
+
+def test_threads_share_one_registry(tmp_path):
+    import threading
+    r = Registry(str(tmp_path / "home"), quotas={"tags": 1000})
+    img = make_image(r)
+    errors = []
+
+    def work(k):
+        try:
+            for j in range(10):
+                r.add_tag(admin(OWNER), img.id, f"th{k}-{j}")
+                r.list_images(admin(OWNER), {"tag": f"th{k}-{j}"})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+    assert set(r.show_image(admin(OWNER), img.id).tags) == {f"th{k}-{j}" for k in range(8) for j in range(10)}
+    r.close()

@@ -13,7 +13,7 @@ import pytest
 
 from vhdkit.errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError,
                            UnsupportedError)
-from vhdkit.registry import Caller, Registry
+from vhdkit.registry import Registry
 
 from helpers_registry import MEMBER, OWNER, STRANGER, admin, make_image, reg, service, who  # noqa: F401
 
@@ -288,6 +288,12 @@ def test_task_lifecycle_and_visibility(tmp_path):
     assert done.to_dict()["expires_at"] == "2030-01-03T01:00:00Z"
     with pytest.raises(ConflictError):
         r.finish(t.id, "w1", status="failure")
+    clock.t += dt.timedelta(hours=47)
+    assert r.purge_expired_tasks() == 0
+    clock.t += dt.timedelta(hours=2)
+    assert r.purge_expired_tasks() == 1
+    with pytest.raises(NotFoundError):
+        r.show_task(admin(), t.id)
     r.close()
 
 

@@ -284,7 +284,7 @@ def _write_segments(store: ObjectStore, man: SegmentManifest, out: BinaryIO,
                     progress: Optional[ProgressFn]) -> None:
     c = man.container
     with ThreadPoolExecutor(1) as pool:
-        sha = _Pipelined(pool, hashlib.sha256())
+        sha = hashlib.sha256()  # in this thread, while md5 runs in the worker
         done = 0
         for seg in man.segments:
             md5 = hashlib.md5()
@@ -305,7 +305,7 @@ def _write_segments(store: ObjectStore, man: SegmentManifest, out: BinaryIO,
                     got += len(data)
                     if got > seg.size:
                         raise IntegrityError(f"segment {c}/{seg.name} is longer than {seg.size} bytes")
-                    fut = pool.submit(md5.update, data)
+                    fut = pool.submit(md5.update, data)  # hashlib drops the GIL on big buffers
                     sha.update(data)
                     out.write(data)
                     fut.result()

@@ -1,21 +1,19 @@
-"""The :class:`Registry`: images, tags, data, cleanup.  Members live in
-:mod:`.sharing`, tasks in :mod:`.tasks` (mixins of the same class).
+"""The :class:`Registry`: opening, visibility, images and tags.  Data
+(upload/download/cleanup) lives in :mod:`.data`, members in :mod:`.sharing`,
+tasks in :mod:`.tasks` (mixins of the same class).
 
 Every public method takes the caller's identity (:class:`~.rbac.Caller`)
 first; see :mod:`.rbac` for the order of checks (404 before 403)."""
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import os
 import sqlite3
 import threading
 import uuid
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError,
-                      StorageError, VhdkitError)
+from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError, StorageError
 from . import blobs as _blobs
 from . import db as _db
 from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, MAX_PROPERTY_NAME,
@@ -23,11 +21,10 @@ from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, 
                      VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text)
 from .protections import PropertyProtections
 from .query import Params, build_list_sql, parse_list_params
-from .rbac import SERVICE, Caller, require_role, require_scope
+from .data import DataMixin, ImageData, UploadWriter  # noqa: F401 (re-exported)
+from .rbac import Caller, require_role, require_scope
 from .sharing import MembersMixin
 from .tasks import TasksMixin
-
-Progress = Optional[Callable[[int, Optional[int]], None]]
 
 #: Glance's default image_size_cap (1 TiB)
 DEFAULT_SIZE_CAP = 1 << 40
@@ -35,18 +32,6 @@ DEFAULT_SIZE_CAP = 1 << 40
 _IMAGE_COLS = ("id, name, status, visibility, protected, owner, created_at, updated_at, checksum, "
                "os_hash_algo, os_hash_value, size, virtual_size, disk_format, container_format, "
                "min_disk, min_ram")
-
-
-@dataclass
-class ImageData:
-    """An open handle on an active image's data (see :meth:`Registry.open_data`)."""
-    image: Image
-    path: str
-    size: int
-    checksum: Optional[str]
-
-    def iter(self, start: int = 0, end: Optional[int] = None, chunk: int = 1 << 20) -> Iterator[bytes]:
-        return _blobs.iter_range(self.path, start, self.size if end is None else end, chunk)
 
 
 def _validate_uuid(image_id: str) -> str:
@@ -121,7 +106,7 @@ def _patch_path(path: Any) -> str:
     return token.replace("~1", "/").replace("~0", "~")
 
 
-class Registry(MembersMixin, TasksMixin):
+class Registry(DataMixin, MembersMixin, TasksMixin):
     """A file-based image registry on a data directory.
 
     ``Registry(home=None)`` opens (creating if needed) ``home`` -- default
@@ -175,6 +160,9 @@ class Registry(MembersMixin, TasksMixin):
             if pid != os.getpid():
                 continue  # inherited over fork: the parent's to close
             try:
+                # keep the planner's statistics fresh, bounded work (SQLite's advice)
+                c.execute("PRAGMA analysis_limit = 400")
+                c.execute("PRAGMA optimize")
                 c.close()
             except sqlite3.Error:
                 pass
@@ -516,263 +504,3 @@ class Registry(MembersMixin, TasksMixin):
                 raise NotFoundError(f"image {img.id} has no tag {tag!r}")
             conn.execute("DELETE FROM image_tags WHERE image_id = ? AND tag = ?", (img.id, tag))
             conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (self._now(), img.id))
-
-    # ---- data ----
-    def open_upload(self, caller: Caller, image_id: str) -> "UploadWriter":
-        """Start an upload to a ``queued`` (or ``importing``) image and return a
-        writable file object; ``write()`` to it, then ``commit()`` (the image
-        turns active) or ``abort()`` (it returns to queued).  Used as a context
-        manager it aborts unless committed.  For producers that write (a tar or
-        gzip writer): no second pass over the data."""
-        token = uuid.uuid4().hex
-        up = _blobs.Upload(self.blobs, str(image_id), token).open()
-        up.limit = self.size_cap
-        try:
-            with self._write() as conn:
-                img = self._get_for("upload_data", caller, image_id, conn)
-                if img.status not in ("queued", "importing"):
-                    raise ConflictError(f"image {img.id} is '{img.status}': data can be uploaded "
-                                        "only to a queued image")
-                if not img.disk_format or not img.container_format:
-                    raise InvalidInputError("set disk_format and container_format before uploading data")
-                new_status = "saving" if img.status == "queued" else "importing"
-                conn.execute("UPDATE images SET status = ?, upload_token = ?, updated_at = ? WHERE id = ?",
-                             (new_status, token, self._now(), img.id))
-        except BaseException:
-            up.discard()
-            up.release()
-            raise
-        return UploadWriter(self, caller, img, up)
-
-    def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
-               virtual_size: Optional[int] = None, progress: Progress = None) -> Image:
-        """Store ``stream`` as the image's data and make it active.
-
-        The image must be ``queued`` (or ``importing``) with disk and container
-        formats set.  Size, md5 and sha512 are computed in one pass; ``size``,
-        when given, must match.  ``virtual_size`` is recorded as given, else
-        read from the data when disk_format is ``vhd``.  On any failure the image
-        returns to ``queued`` and nothing is left behind."""
-        with self.open_upload(caller, image_id) as w:
-            w._up.write_from(stream, progress=progress, total=size)
-            return w.commit(size=size, virtual_size=virtual_size)
-
-    def upload_file(self, caller: Caller, image_id: str, path: str, **kw: Any) -> Image:
-        """:meth:`upload` from a file (``size`` checked against the file's size)."""
-        with open(path, "rb") as f:
-            kw.setdefault("size", os.fstat(f.fileno()).st_size)
-            return self.upload(caller, image_id, f, **kw)
-
-    def open_data(self, caller: Caller, image_id: str) -> ImageData:
-        """The data of an active image (the file is opened lazily by the iterators;
-        a concurrent delete may make it vanish: NotFoundError then)."""
-        with self._read() as conn:
-            img = self._get_for("download_data", caller, image_id, conn)
-            if img.status == "deactivated" and not caller.is_service:
-                raise ForbiddenError(f"image {img.id} is deactivated: its data cannot be downloaded")
-            row = conn.execute("SELECT blob FROM images WHERE id = ?", (img.id,)).fetchone()
-            if img.status != "active" or not row["blob"]:
-                raise ConflictError(f"image {img.id} has no data (status '{img.status}')", code="no_data")
-        return ImageData(self._present(caller, img), self.blobs.path(row["blob"]), img.size or 0, img.checksum)
-
-    def _range(self, size: int, offset: int, length: Optional[int]) -> Tuple[int, int]:
-        if offset < 0 or (length is not None and length < 0) or (offset >= size and size > 0) \
-                or (size == 0 and offset > 0):
-            raise InvalidInputError(f"range starting at {offset} is outside the data (size {size})",
-                                    code="range_not_satisfiable")
-        end = size if length is None else min(size, offset + length)
-        return offset, end
-
-    def iter_data(self, caller: Caller, image_id: str, *, offset: int = 0, length: Optional[int] = None,
-                  chunk: int = 1 << 20) -> Tuple[ImageData, Iterator[bytes]]:
-        """(handle, iterator over bytes [offset, offset+length)) -- for HTTP streaming."""
-        h = self.open_data(caller, image_id)
-        start, end = self._range(h.size, offset, length)
-        try:
-            f = open(h.path, "rb", buffering=0)
-        except FileNotFoundError:
-            raise NotFoundError(f"image {image_id} not found") from None
-
-        return h, _blobs.iter_file(f, start, end, chunk)
-
-    def download(self, caller: Caller, image_id: str, out: BinaryIO, *, offset: int = 0,
-                 length: Optional[int] = None, progress: Progress = None) -> int:
-        """Copy the data (or a byte range) into ``out``; returns bytes written."""
-        h = self.open_data(caller, image_id)
-        start, end = self._range(h.size, offset, length)
-        try:
-            return _blobs.copy_range(h.path, out, start, end, progress)
-        except FileNotFoundError:
-            raise NotFoundError(f"image {image_id} not found") from None
-
-    # ---- cleanup ----
-    def _empty_trash(self) -> int:
-        conn = self._conn()
-        removed = 0
-        for (p,) in conn.execute("SELECT path FROM trash").fetchall():
-            full = self.blobs.path(p)
-            if _blobs.is_locked(full):
-                continue
-            self.blobs.unlink(full)
-            with self._write() as c:
-                c.execute("DELETE FROM trash WHERE path = ?", (p,))
-            removed += 1
-        return removed
-
-    def cleanup(self, deep: bool = False) -> Dict[str, int]:
-        """Undo what dead processes left: uploads whose process died go back to
-        ``queued`` and lose their partial data; deleted images' blobs are
-        removed.  ``deep`` also removes blob files no image refers to (a scan of
-        the whole blob directory)."""
-        report = {"reset_uploads": 0, "removed_parts": 0, "removed_blobs": 0}
-        conn = self._conn()
-        live_tokens = set()
-        stuck = conn.execute("SELECT id, upload_token FROM images WHERE status IN ('saving', 'importing') "
-                             "AND upload_token IS NOT NULL").fetchall()
-        for image_id, tok in stuck:
-            with self._write() as c:
-                row = c.execute("SELECT upload_token FROM images WHERE id = ?", (image_id,)).fetchone()
-                if row is None or row[0] != tok:
-                    continue
-                part, final = self.blobs.part_path(tok), self.blobs.path(self.blobs.final_rel(image_id, tok))
-                if _blobs.is_locked(part) or _blobs.is_locked(final):
-                    live_tokens.add(tok)
-                    continue
-                self.blobs.unlink(part)
-                self.blobs.unlink(final)
-                c.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
-                          "WHERE id = ?", (self._now(), image_id))
-                report["reset_uploads"] += 1
-        try:
-            names = os.listdir(self.blobs.tmp)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            p = os.path.join(self.blobs.tmp, name)
-            if name.endswith(".part") and name[:-5] in live_tokens:
-                continue
-            if name.endswith(".new") and not _blobs.older_than(p, 60):
-                continue  # being created and locked right now (see Upload.open)
-            if not _blobs.is_locked(p):
-                self.blobs.unlink(p)
-                report["removed_parts"] += 1
-        report["removed_blobs"] += self._empty_trash()
-        if deep:
-            report["removed_blobs"] += self._remove_unreferenced()
-        return report
-
-    def _remove_unreferenced(self) -> int:
-        removed = 0
-        conn = self._conn()
-        for sub in os.listdir(self.blobs.root):
-            d = os.path.join(self.blobs.root, sub)
-            if sub == "tmp" or not os.path.isdir(d):
-                continue
-            for name in os.listdir(d):
-                rel = os.path.join(sub, name)
-                image_id, _, tok = name.partition(".")
-                row = conn.execute("SELECT blob, upload_token FROM images WHERE id = ?", (image_id,)).fetchone()
-                if row is not None and (row[0] == rel or row[1] == tok):
-                    continue
-                full = os.path.join(d, name)
-                if _blobs.is_locked(full):
-                    continue
-                # re-check under the write lock (an upload may have committed meanwhile)
-                with self._write() as c:
-                    row = c.execute("SELECT blob FROM images WHERE id = ?", (image_id,)).fetchone()
-                    if row is not None and row[0] == rel:
-                        continue
-                    self.blobs.unlink(full)
-                removed += 1
-        return removed
-
-
-def _vhd_virtual_size(path: str) -> Optional[int]:
-    """virtual_size of a VHD via the core reader, None when the reader is not
-    available (yet) or the data is not a readable VHD."""
-    try:
-        from ..vhd import info  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
-        return None
-    try:
-        return int(info(path).virtual_size)
-    except Exception:  # noqa: BLE001 - not a VHD, or reader missing native build
-        return None
-
-
-class UploadWriter(io.RawIOBase):
-    """A writable upload in progress (see :meth:`Registry.open_upload`)."""
-
-    def __init__(self, reg: Registry, caller: Caller, img: Image, up: _blobs.Upload):
-        super().__init__()
-        self._reg, self._caller, self._img, self._up = reg, caller, img, up
-        self._done = False
-        self.image_id = img.id
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:  # type: ignore[override]
-        if self._done:
-            raise ValueError("upload already committed or aborted")
-        n = len(memoryview(b).cast("B")) if not isinstance(b, (bytes, bytearray)) else len(b)
-        self._up.feed(b if isinstance(b, (bytes, bytearray)) else memoryview(b).cast("B"))
-        return n
-
-    @property
-    def bytes_written(self) -> int:
-        return self._up.size
-
-    def commit(self, *, size: Optional[int] = None, virtual_size: Optional[int] = None) -> Image:
-        """Finish: check ``size`` if given, fsync, rename, record the hashes and
-        make the image active."""
-        if self._done:
-            raise ValueError("upload already committed or aborted")
-        reg, up, img = self._reg, self._up, self._img
-        try:
-            digest = up.digest()
-            if size is not None and digest.size != size:
-                raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
-            rel = up.publish()
-            if virtual_size is None and img.disk_format == "vhd":
-                virtual_size = _vhd_virtual_size(reg.blobs.path(rel))
-            with reg._write() as conn:
-                row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
-                if row is None or row[0] != up.token:
-                    raise ConflictError(f"image {img.id} was deleted or reset during the upload")
-                conn.execute(
-                    "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
-                    "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, updated_at = ? "
-                    "WHERE id = ?",
-                    (digest.size, digest.md5, digest.sha512, virtual_size, rel, reg._now(), img.id))
-                out = reg._load(conn, img.id)
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        up.release()
-        assert out is not None
-        return reg._present(self._caller, out)
-
-    def abort(self) -> None:
-        """Drop the data; the image returns to ``queued``."""
-        if self._done:
-            return
-        self._done = True
-        up = self._up
-        up.release()
-        up.discard()
-        try:
-            with self._reg._write() as conn:
-                conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
-                             "WHERE id = ? AND upload_token = ?", (self._reg._now(), self._img.id, up.token))
-        except VhdkitError:
-            pass  # cleanup() resets it later
-
-    def close(self) -> None:
-        if not self._done:
-            self.abort()
-        super().close()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -286,13 +286,18 @@ def build_list_sql(q: ListQuery, account: Optional[str], marker_values: Optional
         w = [] if vis in (None, "all") else ["i.visibility = ?"]
         branches.append(("images i", w, [] if vis in (None, "all") else [vis]))
     else:
-        own_w, own_p = ["i.owner = ?"], [account]
-        if vis not in (None, "all"):
-            own_w.append("i.visibility = ?")
-            own_p.append(vis)
-        branches.append(("images i", own_w, own_p))
+        # Disjoint branches.  The public and community branches include the
+        # caller's own images of that visibility (so they need no owner test,
+        # which would cost a table read per index entry); the own branch then
+        # leaves those visibilities out.
+        wide = {"public"} if vis is None else {"public", "community"} if vis == "all" else set()
+        if vis in (None, "all"):
+            own_w = ["i.owner = ?"] + [f"i.visibility != '{v}'" for v in sorted(wide)]
+            branches.append(("images i", own_w, [account]))
+        elif vis in ("private", "shared"):
+            branches.append(("images i", ["i.owner = ?", "i.visibility = ?"], [account, vis]))
         if vis in (None, "all", "public"):
-            branches.append(("images i", ["i.visibility = 'public'", "i.owner != ?"], [account]))
+            branches.append(("images i", ["i.visibility = 'public'"], []))
         if vis in (None, "all", "shared"):
             w = ["m.member = ?", "i.visibility = 'shared'", "i.owner != ?"]
             p: List[Any] = [account, account]
@@ -301,7 +306,7 @@ def build_list_sql(q: ListQuery, account: Optional[str], marker_values: Optional
                 p.insert(1, q.member_status)
             branches.append(("image_members m JOIN images i ON i.id = m.image_id", w, p))
         if vis in ("all", "community"):
-            branches.append(("images i", ["i.visibility = 'community'", "i.owner != ?"], [account]))
+            branches.append(("images i", ["i.visibility = 'community'"], []))
 
     cols = ", ".join(f"{SORT_COLUMNS[k]} AS s{n}" for n, (k, _) in enumerate(q.sort))
     order = ", ".join(f"s{n} {d.upper()}" for n, (_, d) in enumerate(q.sort))

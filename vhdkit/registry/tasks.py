@@ -193,3 +193,9 @@ class TasksMixin:
                          (status, res, message or "", now, now_text(self._now_dt() + TASK_TTL), task_id))
             out = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return _task(out)
+
+    def purge_expired_tasks(self: "Registry") -> int:  # type: ignore[misc]
+        """Delete finished tasks whose ``expires_at`` has passed; returns how many."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at < ?",
+                                (self._now(),)).rowcount

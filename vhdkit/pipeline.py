@@ -1,0 +1,479 @@
+"""The image pipeline stage: import and export tasks, and the worker that runs them.
+
+Import (``{"type": "import", "input": {"import_from": "CONTAINER/OBJECT",
+"import_from_format": "vhd", "image_properties": {"name": ...}}}``):
+
+  fetch     stream OBJECT from the owner account's container into a task
+            directory next to the data directory
+  validate  the native core: a VHD at all (else 396), fixed or dynamic (a
+            differencing disk has a parent: 721), virtual size and file size
+            within limits (413, 609), ``check`` clean (397)
+  package   gzip-compress and pack as an OVA (``0.vhd`` + descriptor + manifest)
+  store     upload the OVA as the image's data (disk_format vhd, container_format
+            ova, virtual_size from the VHD) -- the image turns active only now
+
+Export (``{"type": "export", "input": {"image_uuid": ..., "receiving_swift_container": C}}``):
+
+  authorize owner only; not public, not shared with the caller; the property
+            ``com.rackspace__1__options`` is ``0`` or absent; C exists and its
+            name has no ``/``, ``?`` or ``.``
+  unpack    the stored OVA (one VHD, or a snapshot chain ``0.vhd`` leaf … ``N.vhd`` base)
+  coalesce  flatten the chain into one new dynamic VHD (new UUID and timestamp;
+            the virtual disk's content is identical, so its file checksum differs
+            from the imported file's)
+  split     into C as ``{image_uuid}.vhd`` (zero-byte manifest) plus
+            ``{image_uuid}.vhd-00001`` … segments and a sidecar manifest of checksums
+
+Every failure ends the task ``failure`` with a message ``[code] reason`` and
+leaves nothing half-made: no active image, no orphan blob, no partial segments,
+no temporary files.  Workers claim tasks atomically with a lease; a worker that
+dies loses its lease and the task is retried once from the start (then failed).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid as _uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from . import ova, segments
+from .errors import ConflictError, NotFoundError, VhdkitError
+from .registry import Caller, Registry
+from .registry.models import Task
+from .store import LocalStore, ObjectStore, validate_container_name
+
+__all__ = ["PipelineConfig", "TaskFailed", "Worker", "run_task", "EXPORT_OPTIONS_PROPERTY", "CODES"]
+
+GB = 10 ** 9
+MiB = 1 << 20
+EXPORT_OPTIONS_PROPERTY = "com.rackspace__1__options"
+#: Namespace of the image ids an import task creates: uuid5(NS, task id), so a
+#: retried task finds (and replaces) what an earlier attempt left.
+_IMAGE_NS = _uuid.UUID("6f1a3c9e-2d7b-4c55-9a0e-5b8d7e1f0c42")
+
+#: Stable failure codes.  396, 413, 609 and 721 are the public Rackspace Cloud
+#: Images codes; the others are vhdkit's own.
+CODES = {
+    396: "not a VHD",
+    397: "the VHD failed validation",
+    413: "virtual size too large",
+    609: "file size too large",
+    721: "the VHD has a parent disk",
+    400: "invalid task input",
+    404: "not found",
+    403: "not allowed",
+    500: "internal error",
+}
+
+
+class TaskFailed(VhdkitError):
+    """A task rule failed; ``number`` is the stable code shown as ``[number]`` in the message."""
+
+    code = "task_failed"
+
+    def __init__(self, number: int, message: str):
+        super().__init__(f"[{number}] {message}")
+        self.number = number
+
+
+@dataclass
+class PipelineConfig:
+    """Where a worker keeps its data and what it accepts.
+
+    ``home`` is the data directory (``VHDKIT_HOME``); the registry lives there,
+    the embedded object store in ``home/objects`` (one directory per account),
+    and task directories in ``home/work`` (removed on success, failure and restart).
+    """
+
+    home: Path
+    max_virtual_size: int = 40 * GB
+    max_file_size: int = 40 * GB
+    segment_size: int = 200 * MiB
+    gzip_level: Optional[int] = None
+    threads: Optional[int] = None
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, home: Optional[os.PathLike | str] = None, **kw: Any) -> "PipelineConfig":
+        h = Path(home if home is not None else os.environ.get("VHDKIT_HOME", ".vhdkit"))
+        env = {"max_virtual_size": ("VHDKIT_MAX_VIRTUAL_SIZE", int),
+               "max_file_size": ("VHDKIT_MAX_FILE_SIZE", int),
+               "segment_size": ("VHDKIT_SEGMENT_SIZE", int),
+               "lease_seconds": ("VHDKIT_LEASE_SECONDS", float),
+               "heartbeat_seconds": ("VHDKIT_HEARTBEAT_SECONDS", float)}
+        for key, (var, conv) in env.items():
+            if var in os.environ and key not in kw:
+                kw[key] = conv(os.environ[var])
+        return cls(home=h, **kw)
+
+    @property
+    def store_root(self) -> Path:
+        return self.home / "objects"
+
+    @property
+    def work_root(self) -> Path:
+        return self.home / "work"
+
+    def store(self, account: str) -> ObjectStore:
+        return LocalStore(self.store_root, account)
+
+
+# ------------------------------------------------------------------ helpers
+#: Test hook for the crash tests: a worker whose environment names a stage in
+#: VHDKIT_TEST_KILL_AT_STAGE kills itself (SIGKILL) at the first progress
+#: report inside that stage, i.e. with that stage's output half written.
+_KILL_AT = os.environ.get("VHDKIT_TEST_KILL_AT_STAGE") or None
+
+
+class _Context:
+    """What a running task may touch: its directory, its progress, its lease."""
+
+    def __init__(self, reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str):
+        self.reg, self.cfg, self.task, self.worker_id = reg, cfg, task, worker_id
+        self.caller = Caller(task.owner, frozenset(task.owner_roles or ()))
+        self.dir = cfg.work_root / task.id
+        self.stage = "pending"
+        self.done = 0
+        self.total: Optional[int] = None
+        self.lost = threading.Event()
+        self.timings: Dict[str, float] = {}
+
+    def enter(self, stage: str, total: Optional[int] = None) -> None:
+        if self.lost.is_set():
+            raise ConflictError(f"task {self.task.id}: lease lost, stopping")
+        self.stage, self.done, self.total = stage, 0, total
+        self.timings[stage] = time.monotonic()
+
+    def progress(self, done: int, total: Optional[int] = None) -> None:
+        if _KILL_AT is not None and _KILL_AT == self.stage:  # crash-test hook, see _KILL_AT
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.lost.is_set():
+            raise ConflictError(f"task {self.task.id}: lease lost, stopping")
+        self.done = done
+        if total is not None:
+            self.total = total
+
+    def elapsed(self) -> Dict[str, float]:
+        now = time.monotonic()
+        stages = list(self.timings.items())
+        out = {}
+        for i, (name, start) in enumerate(stages):
+            end = stages[i + 1][1] if i + 1 < len(stages) else now
+            out[name] = round(end - start, 3)
+        return out
+
+
+def _image_id_for(task_id: str) -> str:
+    return str(_uuid.uuid5(_IMAGE_NS, task_id))
+
+
+def _copy(src, dst, ctx: _Context, chunk: int = 8 * MiB) -> int:
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    n = 0
+    while True:
+        k = src.readinto(view)
+        if not k:
+            return n
+        dst.write(view[:k])
+        n += k
+        ctx.progress(n)
+
+
+# ------------------------------------------------------------------- import
+def _parse_import(inp: Dict[str, Any]) -> tuple:
+    allowed = {"import_from", "import_from_format", "image_properties"}
+    extra = set(inp) - allowed
+    if extra:
+        raise TaskFailed(400, f"unknown import input field(s): {', '.join(sorted(extra))}")
+    src = inp.get("import_from")
+    if not isinstance(src, str) or "/" not in src.strip("/"):
+        raise TaskFailed(400, "import_from must be 'CONTAINER/OBJECT'")
+    container, obj = src.split("/", 1)
+    fmt = inp.get("import_from_format", "vhd")
+    if fmt != "vhd":
+        raise TaskFailed(400, f"import_from_format must be 'vhd', not {fmt!r}")
+    props = inp.get("image_properties", {})
+    if not isinstance(props, dict):
+        raise TaskFailed(400, "image_properties must be an object")
+    others = sorted(set(props) - {"name"})
+    if others:
+        raise TaskFailed(400, f"image_properties may hold only 'name'; not allowed: {', '.join(others)}")
+    name = props.get("name", obj.rsplit("/", 1)[-1])
+    if not isinstance(name, str) or len(name) > 255:
+        raise TaskFailed(400, "image name must be a string of at most 255 characters")
+    try:
+        validate_container_name(container)
+    except VhdkitError as e:
+        raise TaskFailed(400, f"import_from: {e.message}") from None
+    return container, obj, name
+
+
+def _validate_vhd(path: Path, cfg: PipelineConfig):
+    from .vhd import check, info, probe
+
+    size = path.stat().st_size
+    if size > cfg.max_file_size:
+        raise TaskFailed(609, f"the file is {size} bytes; the limit is {cfg.max_file_size}")
+    kind = probe(path)
+    if kind is None:
+        raise TaskFailed(396, "the object is not a VHD (no valid VHD footer)")
+    if kind == "differencing":
+        raise TaskFailed(721, "the VHD is a differencing disk: it has a parent disk; "
+                              "coalesce it into a standalone VHD first")
+    try:
+        vi = info(path)
+    except VhdkitError as e:
+        raise TaskFailed(397, f"the VHD cannot be opened: {e.message}") from None
+    if vi.virtual_size > cfg.max_virtual_size:
+        raise TaskFailed(413, f"the virtual size is {vi.virtual_size} bytes; "
+                              f"the limit is {cfg.max_virtual_size}")
+    rep = check(path, parents=False)
+    if not rep.ok:
+        p = rep.problems[0]
+        more = f" (and {len(rep.problems) - 1} more problems)" if len(rep.problems) > 1 else ""
+        raise TaskFailed(397, f"the VHD failed validation: {p.code}: {p.message}{more}")
+    return vi
+
+
+def _run_import(ctx: _Context) -> Dict[str, Any]:
+    reg, cfg, caller = ctx.reg, ctx.cfg, ctx.caller
+    container, obj, name = _parse_import(ctx.task.input)
+    store = cfg.store(caller.account)
+    try:
+        head = store.head(container, obj)
+    except NotFoundError:
+        raise TaskFailed(404, f"object {container}/{obj} not found in account {caller.account}") from None
+    if head.size > cfg.max_file_size:
+        raise TaskFailed(609, f"the file is {head.size} bytes; the limit is {cfg.max_file_size}")
+
+    image_id = _image_id_for(ctx.task.id)
+    _discard_image(reg, caller.account, image_id)  # what an earlier, interrupted attempt left
+
+    disk = ctx.dir / "0.vhd"
+    ctx.enter("fetch", head.size)
+    with store.get(container, obj) as src, open(disk, "wb") as dst:
+        _copy(src, dst, ctx)
+
+    ctx.enter("validate", head.size)
+    vi = _validate_vhd(disk, cfg)
+
+    ctx.enter("package", head.size)
+    ova_path = ctx.dir / f"{image_id}.ova"
+    ova.pack([disk], ova_path, compress="gzip", name=image_id, level=cfg.gzip_level,
+             threads=cfg.threads, spool_dir=ctx.dir, progress=ctx.progress)
+    disk.unlink()
+
+    ctx.enter("store", ova_path.stat().st_size)
+    reg.create_image(caller, id=image_id, name=name, disk_format="vhd", container_format="ova")
+    try:
+        img = reg.upload_file(caller, image_id, str(ova_path), virtual_size=int(vi.virtual_size),
+                              progress=ctx.progress)
+    except BaseException:
+        _discard_image(reg, caller.account, image_id)
+        raise
+    return {"image_id": img.id}
+
+
+def _discard_image(reg: Registry, account: str, image_id: str) -> None:
+    """Delete an image an import attempt created (service identity; no-op if absent)."""
+    svc = Caller.service(account)
+    try:
+        reg.delete_image(svc, image_id)
+    except NotFoundError:
+        pass
+
+
+# ------------------------------------------------------------------- export
+_BAD_CONTAINER_CHARS = set("/?.")
+
+
+def _parse_export(inp: Dict[str, Any]) -> tuple:
+    extra = set(inp) - {"image_uuid", "receiving_swift_container"}
+    if extra:
+        raise TaskFailed(400, f"unknown export input field(s): {', '.join(sorted(extra))}")
+    image_id, container = inp.get("image_uuid"), inp.get("receiving_swift_container")
+    if not isinstance(image_id, str) or not image_id:
+        raise TaskFailed(400, "image_uuid is required")
+    if not isinstance(container, str) or not container:
+        raise TaskFailed(400, "receiving_swift_container is required")
+    bad = sorted(_BAD_CONTAINER_CHARS & set(container))
+    if bad:
+        raise TaskFailed(400, f"receiving_swift_container {container!r} may not contain "
+                              + " ".join(repr(c) for c in bad))
+    try:
+        validate_container_name(container)
+    except VhdkitError as e:
+        raise TaskFailed(400, f"receiving_swift_container: {e.message}") from None
+    return image_id, container
+
+
+def _authorize_export(reg: Registry, caller: Caller, image_id: str):
+    try:
+        img = reg.show_image(caller, image_id)
+    except NotFoundError:
+        raise TaskFailed(404, f"image {image_id} not found") from None
+    except VhdkitError as e:
+        raise TaskFailed(400, f"image {image_id}: {e.message}") from None
+    if img.owner != caller.account:
+        raise TaskFailed(403, f"image {image_id} is shared with your account, not owned by it: "
+                              "only the owner may export an image")
+    if img.visibility == "public":
+        raise TaskFailed(403, f"image {image_id} is public: public images cannot be exported")
+    opt = img.properties.get(EXPORT_OPTIONS_PROPERTY)
+    if opt is not None and opt != "0":
+        raise TaskFailed(403, f"image {image_id} cannot be exported: its {EXPORT_OPTIONS_PROPERTY} "
+                              f"is {opt!r} (licensed or restricted image); only '0' allows export")
+    if img.status != "active":
+        raise TaskFailed(400, f"image {image_id} is {img.status!r}: only active images can be exported")
+    if img.disk_format != "vhd" or img.container_format not in ("ova", "bare"):
+        raise TaskFailed(400, f"image {image_id} is {img.disk_format}/{img.container_format}: "
+                              "only VHD images (bare or in an OVA) can be exported")
+    return img
+
+
+def _run_export(ctx: _Context) -> Dict[str, Any]:
+    from .vhd import convert
+
+    reg, cfg, caller = ctx.reg, ctx.cfg, ctx.caller
+    image_id, container = _parse_export(ctx.task.input)
+    img = _authorize_export(reg, caller, image_id)
+    store = cfg.store(caller.account)
+    if container not in store.list_containers():
+        raise TaskFailed(404, f"container {container!r} does not exist in account {caller.account}; "
+                              "create it first")
+
+    data = reg.open_data(caller, image_id)
+    disks_dir = ctx.dir / "disks"
+    if img.container_format == "ova":
+        ctx.enter("unpack", data.size)
+        rep = ova.unpack(data.path, disks_dir, progress=ctx.progress)
+        chain = _chain_from(rep, disks_dir)
+    else:
+        disks_dir.mkdir(parents=True)
+        chain = [Path(data.path)]
+
+    ctx.enter("coalesce")
+    out = ctx.dir / f"{image_id}.vhd"
+    convert(chain[0], out, type="dynamic", parents=[str(p) for p in chain[1:]] or None,
+            allowed_root=str(disks_dir) if len(chain) > 1 else None, progress=ctx.progress)
+    shutil.rmtree(disks_dir, ignore_errors=True)
+
+    name = f"{image_id}.vhd"
+    ctx.enter("split", out.stat().st_size)
+    with open(out, "rb") as f:
+        man = segments.split(store, container, name, f, segment_size=cfg.segment_size,
+                             total=out.stat().st_size, progress=ctx.progress)
+    return {"export_location": f"{container}/{name}", "segments": len(man.segments),
+            "size": man.size, "sha256": man.sha256}
+
+
+def _chain_from(rep, disks_dir: Path) -> List[Path]:
+    """The unpacked disks, leaf first: ``0.vhd`` … ``N.vhd`` for a snapshot chain."""
+    names = sorted(m.name for m in rep.disks)
+    if not names:
+        raise TaskFailed(397, "the stored OVA holds no disk")
+    if len(names) == 1:
+        return [disks_dir / names[0]]
+    want = [f"{i}.vhd" for i in range(len(names))]
+    if sorted(names) != sorted(want):
+        raise TaskFailed(397, f"the stored OVA holds several disks that are not a chain 0.vhd … "
+                              f"{len(names) - 1}.vhd: {', '.join(names)}")
+    return [disks_dir / n for n in want]
+
+
+# ------------------------------------------------------------------- worker
+RUNNERS: Dict[str, Callable[[_Context], Dict[str, Any]]] = {"import": _run_import, "export": _run_export}
+
+
+def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> Task:
+    """Run one claimed task to its end (success or failure) and return it."""
+    ctx = _Context(reg, cfg, task, worker_id)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(cfg.heartbeat_seconds):
+            try:
+                reg.heartbeat(task.id, worker_id, lease_seconds=cfg.lease_seconds, stage=ctx.stage,
+                              bytes_done=ctx.done, bytes_total=ctx.total)
+            except ConflictError:
+                ctx.lost.set()
+                return
+            except VhdkitError:
+                continue
+
+    shutil.rmtree(ctx.dir, ignore_errors=True)
+    ctx.dir.mkdir(parents=True)
+    hb = threading.Thread(target=beat, name=f"heartbeat-{task.id}", daemon=True)
+    hb.start()
+    status, result, message = "failure", None, ""
+    try:
+        result = RUNNERS[task.type](ctx)
+        result["timings"] = ctx.elapsed()
+        status = "success"
+    except TaskFailed as e:
+        message = e.message
+    except VhdkitError as e:
+        message = f"[500] {task.type} failed in stage {ctx.stage}: {e.message}"
+    except Exception as e:  # noqa: BLE001 - a task must end, whatever broke
+        message = f"[500] {task.type} failed in stage {ctx.stage}: {type(e).__name__}: {e}"
+    finally:
+        stop.set()
+        hb.join()
+        shutil.rmtree(ctx.dir, ignore_errors=True)
+    if ctx.lost.is_set():
+        return reg.show_task(Caller.service(task.owner), task.id)
+    return reg.finish(task.id, worker_id, status=status, result=result, message=message)
+
+
+class Worker:
+    """Claims pending tasks from the registry and runs them, one at a time."""
+
+    def __init__(self, reg: Registry, cfg: PipelineConfig, worker_id: Optional[str] = None):
+        self.reg, self.cfg = reg, cfg
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{_uuid.uuid4().hex[:8]}"
+
+    def cleanup(self) -> int:
+        """Remove task directories no live task owns (left by a dead worker)."""
+        root = self.cfg.work_root
+        if not root.is_dir():
+            return 0
+        removed = 0
+        svc = Caller.service("vhdkit-worker")
+        for d in root.iterdir():
+            try:
+                t = self.reg.show_task(svc, d.name)
+                live = t.status == "processing" and t.worker_id not in (None, self.id)
+            except NotFoundError:
+                live = False
+            if not live:
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def run_once(self) -> Optional[Task]:
+        """Claim and run one task; None when nothing was pending."""
+        task = self.reg.claim_task(self.id, lease_seconds=self.cfg.lease_seconds)
+        if task is None:
+            return None
+        return run_task(self.reg, self.cfg, task, self.id)
+
+    def run(self, *, until_idle: bool = False, poll: float = 1.0, stop: Optional[threading.Event] = None) -> int:
+        """Run tasks until ``stop`` is set (or, with ``until_idle``, none is pending)."""
+        self.cleanup()
+        n = 0
+        while stop is None or not stop.is_set():
+            if self.run_once() is not None:
+                n += 1
+                continue
+            if until_idle:
+                break
+            time.sleep(poll)
+        return n
