@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     }
     doc = {"schema": 1, "meta": meta, "workloads": []}
     t_start = time.perf_counter()
-    stem = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H-%MZ')}-{socket.gethostname()}"
+    stem = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H-%M-%SZ')}-{socket.gethostname()}"
 
     def checkpoint() -> None:
         """Save what is measured so far (a run cut short still leaves its figures)."""
