@@ -137,8 +137,6 @@ def registry_populate(home: str, n: int, seed: int = 6) -> int:
 def registry_time(home: str, op: str, repeat: int, out: str) -> int:
     """Median seconds of one list (QUERY, as the probe account) or show-by-id."""
     import json as _json
-    import statistics
-    import time
     from vhdkit.registry import Registry
     from vhdkit.registry.rbac import Caller
     reg = Registry(home, cleanup=False)
@@ -151,8 +149,17 @@ def registry_time(home: str, op: str, repeat: int, out: str) -> int:
         def once(i: int):
             return reg.show_image(probe, ids[i % len(ids)])
     once(0)
+    _time_calls(once, repeat, out, page=len(reg.list_images(probe, QUERY).images) if op == "list" else 1)
+    return 0
+
+
+def _time_calls(once, repeat: int, out: str, **extra) -> None:
+    """Call once(i) up to ``repeat`` times (at most ~3 s, at least 5 calls); write the median to ``out``."""
+    import json as _json
+    import statistics
+    import time
     times = []
-    budget = time.perf_counter() + 3.0   # at most ~3 s of queries per run (at least 5 calls)
+    budget = time.perf_counter() + 3.0
     for i in range(repeat):
         t0 = time.perf_counter()
         once(i)
@@ -160,9 +167,7 @@ def registry_time(home: str, op: str, repeat: int, out: str) -> int:
         if i >= 4 and t0 > budget:
             break
     with open(out, "w") as f:
-        _json.dump({"seconds": statistics.median(times), "min": min(times), "n": len(times),
-                    "page": len(reg.list_images(probe, QUERY).images) if op == "list" else 1}, f)
-    return 0
+        _json.dump({"seconds": statistics.median(times), "min": min(times), "n": len(times), **extra}, f)
 
 
 def registry_upload(home: str, path: str) -> int:
@@ -186,24 +191,12 @@ def registry_download(home: str, image_id: str, out: str) -> int:
 
 def api_time(op: str, path: str, repeat: int, out: str) -> int:
     """Median seconds of vhdkit.vhd.check(path) / info(path) called in process."""
-    import json as _json
-    import statistics
-    import time
     from vhdkit import vhd
     fn = {"check": vhd.check, "info": vhd.info}[op]
     r = fn(path)
     if op == "check" and not r.ok:
         raise SystemExit(f"check found problems: {r.to_dict()}")
-    times = []
-    budget = time.perf_counter() + 3.0
-    for i in range(repeat):
-        t0 = time.perf_counter()
-        fn(path)
-        times.append(time.perf_counter() - t0)
-        if i >= 4 and t0 > budget:
-            break
-    with open(out, "w") as f:
-        _json.dump({"seconds": statistics.median(times), "n": len(times)}, f)
+    _time_calls(lambda i: fn(path), repeat, out)
     return 0
 
 
