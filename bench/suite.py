@@ -119,7 +119,7 @@ def run_workload(d: WorkloadDef, ctx: Ctx, repeat: int, warmup: bool = True) -> 
     except Exception as e:  # an input that cannot be built is a harness failure, said plainly
         return _fail(res, f"preparing inputs: {type(e).__name__}: {e}")
     res.update(basis_bytes=w.basis, params=w.params, notes=list(w.notes))
-    err = str(ctx.workdir / "last-stderr.txt")
+    err = str(ctx.workdir / f"last-stderr.{os.getpid()}.txt")  # per harness process: runs may share a workdir
     active: list[Variant] = []
     for v in w.variants:
         vr = {"name": v.name, "ours": v.ours, "command": v.display(str(ctx.workdir) + "/"), "runs": []}
