@@ -322,12 +322,17 @@ def _disk_infos(paths: Sequence[Path]) -> list:
     return infos
 
 
-def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] = "gzip",
+def pack(disks: Sequence[Pathish], output: Union[Pathish, BinaryIO], *, compress: Optional[str] = "gzip",
          name: Optional[str] = None, level: Optional[int] = None, threads: Optional[int] = None,
          spool_dir: Optional[Pathish] = None, progress: Optional[ProgressFn] = None) -> dict:
     """Write ``output`` (an .ova) holding ``disks`` (leaf first; more than one
     means a differencing chain, stored as ``0.vhd`` … ``N.vhd``).  ``compress``
-    is ``"gzip"`` or None.  Returns a summary dict (members, sizes, hashes)."""
+    is ``"gzip"`` or None.  Returns a summary dict (members, sizes, hashes).
+
+    ``output`` may also be a writable binary file object (for example a
+    registry upload): the archive is then written straight into it -- no
+    temporary file, no fsync; the caller owns atomicity -- and ``name`` is
+    required."""
     if not disks:
         raise InvalidInputError("nothing to pack: give at least one VHD")
     if compress not in (None, "none", "gzip"):
@@ -337,7 +342,10 @@ def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] =
     for p in paths:
         if not p.is_file():
             raise NotFoundError(f"{p}: no such file")
-    out = Path(output)
+    sink: Optional[BinaryIO] = output if hasattr(output, "write") else None  # type: ignore[assignment]
+    if sink is not None and not name:
+        raise InvalidInputError("packing into a file object needs a package name")
+    out = Path("package.ova") if sink is not None else Path(output)  # type: ignore[arg-type]
     name = name or (paths[0].stem if len(paths) == 1 else out.stem)
     if not name or "/" in name or name in (".", "..") or "\0" in name:
         raise InvalidInputError(f"bad package name {name!r}")
@@ -382,7 +390,9 @@ def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] =
         mf = f"SHA256({ovf_name})= {hashlib.sha256(ovf).hexdigest()}\n"
         mf += "".join(f"SHA256({e['href']})= {e['sha256']}\n" for e in entries)
         fmt = tarfile.USTAR_FORMAT if all(e["size"] < _USTAR_MAX for e in entries) else tarfile.GNU_FORMAT
-        fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+        if sink is None:
+            fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp",
+                                           dir=out.parent if str(out.parent) else ".")
         now = int(time.time())
 
         def ti(n: str, size: int) -> tarfile.TarInfo:
@@ -391,8 +401,9 @@ def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] =
             t.uname = t.gname = "root"
             return t
 
-        with open(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
+        with (open(fd, "wb") if sink is None else streams._Unclosable(sink)) as raw:
+            with tarfile.open(fileobj=raw, mode="w" if sink is None else "w|", format=fmt,
+                              bufsize=streams.CHUNK) as tar:
                 tar.copybufsize = streams.CHUNK  # type: ignore[attr-defined]
                 tar.addfile(ti(ovf_name, len(ovf)), io.BytesIO(ovf))
                 tar.addfile(ti(mf_name, len(mf)), io.BytesIO(mf.encode("ascii")))
@@ -405,8 +416,13 @@ def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] =
                     if spool is not None:
                         os.unlink(spool)
             raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp_out, out)
+            if sink is None:
+                os.fsync(raw.fileno())
+        if sink is not None:
+            return {"output": None, "name": name, "descriptor": ovf_name, "manifest": mf_name,
+                    "compression": compress or "none",
+                    "tar_format": "ustar" if fmt == tarfile.USTAR_FORMAT else "gnu", "disks": entries}
+        os.replace(tmp_out, out)  # type: ignore[arg-type]
         tmp_out = None
     finally:
         for s in spools:
