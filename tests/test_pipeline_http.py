@@ -104,3 +104,26 @@ def test_a_failed_task_shows_its_code_over_http(api_server):
     with api_server.http(ADMIN) as c:
         t = c.get(f"/v2/tasks/{task_id}").json()
     assert t["status"] == "failure" and t["message"].startswith("[404]"), t
+
+
+def test_a_running_tasks_progress_is_in_its_json_and_glance_accepts_it(api_server):
+    from vhdkit.registry import Registry
+
+    with api_server.http(ADMIN) as c:
+        r = c.post("/v2/tasks", json={"type": "import", "input": {"import_from": "incoming/x.vhd"}})
+        task_id = r.json()["id"]
+        assert "stage" not in c.get(f"/v2/tasks/{task_id}").json()  # pending: no progress fields
+    reg = Registry(str(api_server.data))
+    claimed = reg.claim_task("test-worker", lease_seconds=600)
+    assert claimed is not None and claimed.id == task_id
+    reg.heartbeat(task_id, "test-worker", lease_seconds=600, stage="package", bytes_done=1234, bytes_total=5678)
+    with api_server.http(ADMIN) as c:
+        t = c.get(f"/v2/tasks/{task_id}").json()
+        schema = c.get("/v2/schemas/task").json()
+    assert (t["status"], t["stage"], t["bytes_done"], t["bytes_total"]) == ("processing", "package", 1234, 5678)
+    assert schema["properties"]["bytes_done"]["readOnly"] and "additionalProperties" not in schema
+    shown = table(api_server.glance(ADMIN, "task-show", task_id).stdout)  # the client validates with the schema
+    assert shown["status"] == "processing" and shown["stage"] == "package" and shown["bytes_done"] == "1234"
+    lib = api_server.glance_lib(ADMIN).tasks.get(task_id)
+    assert lib.stage == "package" and lib.bytes_total == 5678
+    reg.finish(task_id, "test-worker", status="failure", message="[500] test over")

@@ -132,6 +132,11 @@ TASK_PROPERTIES = {
     "updated_at": _ro({"type": "string"}, "Datetime when this resource was updated"),
     "self": _ro({"type": "string"}, "A task self url"),
     "schema": _ro({"type": "string"}, "A task schema url"),
+    # vhdkit: progress of a running task, shown only while it is processing
+    # (Glance clients accept it: this schema does not forbid extra fields).
+    "stage": _ro({"type": ["null", "string"]}, "The stage a processing task is in (vhdkit)"),
+    "bytes_done": _ro({"type": ["null", "integer"]}, "Bytes done in that stage (vhdkit)"),
+    "bytes_total": _ro({"type": ["null", "integer"]}, "Bytes that stage will handle, if known (vhdkit)"),
 }
 
 TASK = {
@@ -141,7 +146,8 @@ TASK = {
 }
 
 # A task in a list omits its input and result, as Glance's does.
-_TASK_SUMMARY = dict(TASK, properties={k: v for k, v in TASK_PROPERTIES.items() if k not in ("input", "result")})
+_TASK_SUMMARY = dict(TASK, properties={k: v for k, v in TASK_PROPERTIES.items()
+                                       if k not in ("input", "result", "stage", "bytes_done", "bytes_total")})
 
 SCHEMAS = {
     "image": IMAGE,
