@@ -15,6 +15,7 @@ import anyio.from_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..registry.models import PROPERTY_NAME_PATTERN
 from .config import Settings
 from .errors import ApiError, error_response
 
@@ -260,21 +261,21 @@ async def call(fn, *args, limiter: Optional[anyio.CapacityLimiter] = None, **kw)
 
 
 async def write_call(request: Request, fn, *args, **kw):
-    """:func:`call` for a short registry write: one at a time per process.
+    """:func:`call` for a short registry write.
 
-    SQLite admits one writer; threads of one process that race for its lock
-    fall into its busy handler's sleeps (up to 100 ms each), which under 32
-    concurrent writers cost far more than waiting in line here.  Other
-    processes (workers, CLI) still meet at SQLite's lock.
+    The registry itself makes the writers of a process take turns (see
+    ``Registry._write``); this limiter only keeps writes that wait for their
+    turn in the event loop rather than each parked in a worker thread, so a
+    burst of writes cannot use up the thread pool that reads need.
     """
     return await call(fn, *args, limiter=request.app.state.write_limiter, **kw)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_QUERY_PAIRS = 64
-#: Names a list filter may have: base fields and property names as clients use
-#: them (os_distro, com.rackspace__1__options, owner_specified.openstack.md5).
-_QUERY_KEY = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,254}\Z")
+#: Names a list filter may have: base fields and property names, by the
+#: registry's property-name rule (os_distro, com.rackspace__1__options, ...).
+_QUERY_KEY = re.compile(PROPERTY_NAME_PATTERN + r"\Z")
 MAX_QUERY_VALUE = 1024
 
 

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .auth import caller
+from ..registry.models import MAX_TAG
 from .errors import ApiError
 
 UUID_PATTERN = ("^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
@@ -24,7 +25,7 @@ VISIBILITIES = ["community", "public", "private", "shared"]
 MEMBER_STATUSES = ["pending", "accepted", "rejected"]
 TASK_TYPES = ["import", "export"]
 TASK_STATUSES = ["pending", "processing", "success", "failure"]
-MAX_TAG_LENGTH = 255
+MAX_TAG_LENGTH = MAX_TAG  # the registry's rule
 
 
 def _ro(schema: dict, description: str) -> dict:
