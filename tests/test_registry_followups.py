@@ -106,8 +106,9 @@ def test_writers_of_one_process_never_overlap(reg, monkeypatch):
 
 TAGS = ["plain", "with space", "ünïcode", "a" * 255, "a" * 256, "a/b", ".", "..", "x\x01y", "x\x7fy",
         "x\u0085y", "..hidden", "dots.in.it", "%00", "tab\there"]
-PROPS = ["os_distro", "org.openstack__1__architecture", "owner_specified.openstack.md5", "hw:cpu", "a-b",
-         "x" * 255, "x" * 256, ".dot", "with space", "a/b", "ünï", "semi;colon", "q?x", "a=b", "-lead"]
+PROPS = ["os_distro", "org.openstack__1__architecture", "owner_specified.openstack.md5", "hw:cpu", "a-b", "a/b~c",
+         "x" * 255, "x" * 256, ".dot", "../..", "with space", "ünï", "semi;colon", "q?x", "a=b", "-lead",
+         "x\x01y", "x\x85y", "tab\tin"]
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_name_rules_refuse_what_they_should(reg):
     for bad in ("a/b", ".", "..", "x\x01y", "a" * 256):
         with pytest.raises(InvalidInputError):
             reg.add_tag(A, img, bad)
-    for bad in (".dot", "with space", "a/b", "x" * 256):
+    for bad in (".dot", "../..", "x\x00y", "x\x01y", "", "x" * 256):
         with pytest.raises(InvalidInputError):
             _image(reg, **{bad: "v"})
     for good in ("os_distro", "org.openstack__1__architecture", "owner_specified.openstack.md5"):

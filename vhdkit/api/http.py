@@ -15,7 +15,7 @@ import anyio.from_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..registry.models import PROPERTY_NAME_PATTERN
+from ..registry.models import property_name_problem
 from .config import Settings
 from .errors import ApiError, error_response
 
@@ -273,9 +273,6 @@ async def write_call(request: Request, fn, *args, **kw):
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_QUERY_PAIRS = 64
-#: Names a list filter may have: base fields and property names, by the
-#: registry's property-name rule (os_distro, com.rackspace__1__options, ...).
-_QUERY_KEY = re.compile(PROPERTY_NAME_PATTERN + r"\Z")
 MAX_QUERY_VALUE = 1024
 
 
@@ -294,9 +291,9 @@ def query_pairs(request: Request) -> List[Tuple[str, str]]:
     if len(pairs) > MAX_QUERY_PAIRS:
         raise ApiError(400, f"Too many query parameters (at most {MAX_QUERY_PAIRS})")
     for key, value in pairs:
-        if not _QUERY_KEY.match(key):
+        if property_name_problem(key) is not None:  # filter names: the registry's property-name rule
             raise ApiError(400, f"{clean_text(key, 'A query parameter name', max_len=255)!r} is not a valid "
-                                "filter name (letters, digits and _ . : - only, not starting with '.')")
+                                "filter name (1..255 characters, no control characters, not starting with '.')")
         clean_text(value, f"The query parameter {key!r}")
     return pairs
 

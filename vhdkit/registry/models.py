@@ -49,10 +49,10 @@ MAX_PROPERTY_NAME = 255
 MAX_PROPERTY_VALUE = 65535
 
 #: Property names -- also every list-filter key the HTTP API lets through --
-#: are 1..255 of letters, digits and ``_ . : -``, not starting with ``.``
-#: (os_distro, com.rackspace__1__options, owner_specified.openstack.md5).
-PROPERTY_NAME_PATTERN = r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,254}"
-_PROPERTY_NAME = re.compile(PROPERTY_NAME_PATTERN + r"\Z")
+#: are 1..255 characters without control characters, not starting with ``.``
+#: (os_distro, com.rackspace__1__options, owner_specified.openstack.md5; a
+#: JSON-patch path may escape ``/`` and ``~`` in them).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: Tags are 1..255 characters without control characters or ``/``, and not ``.`` or ``..``.
 _TAG_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
 
@@ -69,12 +69,14 @@ def tag_problem(tag: Any) -> Optional[str]:
 
 
 def property_name_problem(name: Any) -> Optional[str]:
-    """Why ``name`` is not a valid property name (None when it is)."""
-    if not isinstance(name, str) or not _PROPERTY_NAME.match(name):
+    """Why ``name`` is not a valid property name (None when it is).  The one rule for the registry and the API."""
+    if not isinstance(name, str) or not name or len(name) > MAX_PROPERTY_NAME:
         shown = name[:40] if isinstance(name, str) else name
-        return (f"invalid property name {shown!r}: 1..{MAX_PROPERTY_NAME} letters, digits and _ . : - "
-                "only, not starting with '.'")
+        return f"invalid property name {shown!r}: it must be 1..{MAX_PROPERTY_NAME} characters"
+    if _CONTROL.search(name) or name.startswith("."):
+        return f"invalid property name {name[:40]!r}: no control characters, and not starting with '.'"
     return None
+
 
 DEFAULT_QUOTAS = {"tags": 128, "properties": 128, "members": 128}
 
