@@ -41,6 +41,7 @@ import tarfile
 import threading
 import time
 import uuid as _uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -434,20 +435,27 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
 
 
 class _HashedSlice(io.RawIOBase):
-    """``size`` bytes of ``f`` from its position, hashed as they pass."""
+    """``size`` bytes of ``f`` from its position, hashed as they pass -- in
+    ``pool``'s thread, one chunk behind (hashlib drops the GIL), so hashing
+    overlaps the decompression that consumes the bytes."""
 
-    def __init__(self, f, size: int, algo: str):
-        self.f, self.left, self.h = f, size, hashlib.new(algo)
+    def __init__(self, f, size: int, algo: str, pool):
+        self.f, self.left = f, size
+        self.h = segments._Pipelined(pool, hashlib.new(algo))
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        view = memoryview(b)[: min(len(b), self.left)]
-        n = self.f.readinto(view) if view.nbytes else 0
-        if view.nbytes and not n:
+        want = min(len(b), self.left)
+        if not want:
+            return 0
+        data = self.f.read(want)  # a fresh buffer: the hasher may still be reading the last one
+        if not data:
             raise IntegrityError("the stored OVA is truncated")
-        self.h.update(view[:n])
+        n = len(data)
+        memoryview(b)[:n] = data
+        self.h.update(data)
         self.left -= n
         return n
 
@@ -485,9 +493,9 @@ def _unpack_single(ctx: _Context, ova_path: str, dest: Path) -> Optional[Path]:
         return None
     gz = (desc.files[0].compression or "").lower() == "gzip"
     cap = desc.disks[0].capacity
-    with open(ova_path, "rb") as f:
+    with open(ova_path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
         f.seek(m.offset_data)
-        raw = _HashedSlice(f, m.size, algo)
+        raw = _HashedSlice(f, m.size, algo, pool)
         src = streams.open_decompressor(raw, "gzip", max_output=cap + cap // 64 + (16 << 20),
                                         name=f"{ova_path}:{m.name}") if gz else raw
         with src, open(dest, "xb") as out:
