@@ -272,3 +272,70 @@ int vk_repair(const char *path, int dry_run, vk_repair_result *res, vk_err *err)
 int vk_is_zero(const uint8_t *p, size_t len);
 
 /* ==== chains: snapshot, coalesce, reparent (vk_chain.c, ...) ============= */
+/*
+ * A parent reference written into a differencing header: the parent's
+ * name (UTF-8, stored UTF-16BE in the header) and the three locators
+ * (W2ru relative path and W2ku absolute path, stored UTF-16LE; MacX a
+ * file:// URL, stored UTF-8).  A NULL locator is not written.
+ */
+typedef struct vk_parent_ref {
+    const char *name;
+    const char *w2ru;
+    const char *w2ku;
+    const char *macx;
+} vk_parent_ref;
+
+typedef struct vk_snapshot_result {
+    uint8_t  uuid[16];
+    uint32_t timestamp;
+    uint64_t virtual_size;
+    uint32_t block_size;
+    uint32_t max_table_entries;
+    uint8_t  parent_uuid[16];
+    uint32_t parent_timestamp;
+    uint64_t file_size;
+} vk_snapshot_result;
+
+/* A new, empty differencing VHD over the (opened) image `parent` into
+ * out_fd (an empty regular file).  size 0 = the parent's virtual size (it
+ * may be larger than the parent's); block_size 0 = the parent's (2 MiB for a
+ * fixed parent). */
+int vk_snapshot(vk_image *parent, int out_fd, uint64_t size, uint32_t block_size,
+                const vk_parent_ref *ref, vk_snapshot_result *res, vk_err *err);
+
+/* Make the leaf of an opened image writable (reopens it read-write).  The
+ * end footer must be intact (run repair first otherwise). */
+int vk_image_make_writable(vk_image *img, vk_err *err);
+/* Write len bytes of the virtual disk at off (any alignment).  New blocks
+ * are allocated at the end of the leaf (footer moved first), data and
+ * bitmap are written before the BAT entry that makes them visible; partial
+ * sectors are read-modify-written through the chain below. */
+int vk_image_pwrite(vk_image *img, const void *buf, size_t len, uint64_t off, vk_err *err);
+int vk_image_flush(vk_image *img, vk_err *err);
+/* Bytes read from the layer files since open (data sectors + bitmaps). */
+uint64_t vk_image_bytes_read(const vk_image *img);
+void vk_image_reset_bytes_read(vk_image *img);
+/* Bytes of the virtual disk allocated in some layer (sum of the map's
+ * allocated extents): the data a flattened copy needs. */
+int vk_image_allocated(vk_image *img, uint64_t *bytes, vk_err *err);
+
+typedef struct vk_merge_result {
+    uint64_t bytes_merged;       /* child data copied into the parent          */
+    uint64_t bytes_read;         /* read from the child                        */
+    uint32_t blocks_allocated;   /* new blocks in the parent                   */
+    uint32_t writes;             /* writes to the parent                       */
+    int      resumed;            /* 1 if a journal of an earlier run was found */
+} vk_merge_result;
+
+/* Merge the leaf of `child` (a differencing disk with its chain opened)
+ * into its parent, in place.  journal_path: the intent journal (created
+ * before the first write to the parent, removed after the final fsync).
+ * The test hook VHDKIT_TEST_ABORT_AFTER_WRITES=N stops after N writes. */
+int vk_coalesce_into_parent(vk_image *child, const char *journal_path, vk_merge_result *res, vk_err *err);
+
+/* Point the differencing disk at child_path to the (opened) new parent:
+ * parent UUID, timestamp, name and locators rewritten.  Unless unsafe, the
+ * new parent must have the UUID the child names.  A new parent whose chain
+ * contains the child is refused (cycle). */
+int vk_reparent(const char *child_path, vk_image *new_parent, const vk_parent_ref *ref, int unsafe,
+                vk_err *err);

@@ -8,19 +8,29 @@
  * ring (VK_RING_SLOTS chunks) and, for dynamic output, the BAT.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "vk_write.h"
 
 #define VK_CHUNK        (4u * 1024u * 1024u)
 #define VK_GRANULE      4096u
-#define VK_RING_SLOTS   4
+#define VK_RING_SLOTS   6
+/* Hysteresis: a blocked side is woken only when this many slots are ready
+ * for it, so the threads run in bursts instead of ping-ponging per chunk
+ * (which costs a scheduler round trip each on a busy machine). */
+#define VK_RING_WAKE    3
+#define VK_WORKERS      8
+#define VK_SEGS         32
 
 typedef uint64_t __attribute__((may_alias)) vk_u64a;
+
+static int vk_raw_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err);
 
 int vk_is_zero(const uint8_t *p, size_t len)
 {
@@ -44,7 +54,33 @@ typedef struct vk_slot {
     size_t    len;       /* bytes valid                                    */
     int       zero;      /* 1: whole chunk is zero (buf may be stale)      */
     uint8_t  *gz;        /* per granule: 1 = all zero                      */
+    /* Where the slot's bytes lie in the source file(s), so that data can go
+     * to the output by copy_file_range (no copy through user space on the
+     * write side).  nseg = 0: write from buf. */
+    struct { size_t at, len; int fd; uint64_t foff; } seg[VK_SEGS];
+    int       nseg;
 } vk_slot;
+
+/* Fill s->seg for [s->off, s->off + s->len) (caller holds the source lock). */
+static void vk_slot_locate(vk_src *src, vk_slot *s)
+{
+    s->nseg = 0;
+    if (!src->locate || s->zero) return;
+    size_t at = 0;
+    while (at < s->len) {
+        int fd = -1;
+        uint64_t foff = 0;
+        size_t run = s->len - at;
+        if (s->nseg < VK_SEGS - 1) src->locate(src, s->off + at, s->len - at, &fd, &foff, &run);
+        if (run == 0 || run > s->len - at) { fd = -1; run = s->len - at; }
+        s->seg[s->nseg].at = at;
+        s->seg[s->nseg].len = run;
+        s->seg[s->nseg].fd = fd;
+        s->seg[s->nseg].foff = foff;
+        s->nseg++;
+        at += run;
+    }
+}
 
 typedef struct vk_ring {
     pthread_mutex_t mu;
@@ -53,6 +89,7 @@ typedef struct vk_ring {
     uint64_t  produced, consumed;
     int       eof;       /* producer finished (all produced)               */
     int       stop;      /* consumer asks producer to stop                 */
+    int       producer_waiting, consumer_waiting;
     int       rc;        /* producer's error code                          */
     vk_err    err;       /* producer's error                               */
     vk_src   *src;
@@ -80,8 +117,12 @@ static void *vk_producer(void *arg)
     uint64_t off = 0;
     for (;;) {
         pthread_mutex_lock(&r->mu);
-        while (r->produced - r->consumed == VK_RING_SLOTS && !r->stop)
-            pthread_cond_wait(&r->cv, &r->mu);
+        if (r->produced - r->consumed == VK_RING_SLOTS) {
+            r->producer_waiting = 1;
+            while (r->produced - r->consumed > VK_RING_SLOTS - VK_RING_WAKE && !r->stop)
+                pthread_cond_wait(&r->cv, &r->mu);
+            r->producer_waiting = 0;
+        }
         int stop = r->stop;
         pthread_mutex_unlock(&r->mu);
         if (stop) break;
@@ -91,6 +132,7 @@ static void *vk_producer(void *arg)
         }
         if (src->size != UINT64_MAX && off >= src->size) break;
         vk_slot *s = &r->slot[r->produced % VK_RING_SLOTS];
+        s->nseg = 0;
         size_t want = r->chunk;
         if (src->size != UINT64_MAX && src->size - off < want) want = (size_t)(src->size - off);
         s->off = off;
@@ -111,7 +153,7 @@ static void *vk_producer(void *arg)
         off += s->len;
         pthread_mutex_lock(&r->mu);
         r->produced++;
-        pthread_cond_broadcast(&r->cv);
+        if (r->consumer_waiting && r->produced - r->consumed >= VK_RING_WAKE) pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
     }
     if (r->rc == 0 && src->size == UINT64_MAX) src->size = off;
@@ -127,7 +169,11 @@ static vk_slot *vk_ring_next(vk_ring *r)
 {
     vk_slot *s = NULL;
     pthread_mutex_lock(&r->mu);
-    while (r->consumed == r->produced && !r->eof) pthread_cond_wait(&r->cv, &r->mu);
+    if (r->consumed == r->produced && !r->eof) {
+        r->consumer_waiting = 1;
+        while (r->produced - r->consumed < VK_RING_WAKE && !r->eof) pthread_cond_wait(&r->cv, &r->mu);
+        r->consumer_waiting = 0;
+    }
     if (r->consumed != r->produced) s = &r->slot[r->consumed % VK_RING_SLOTS];
     pthread_mutex_unlock(&r->mu);
     return s;
@@ -137,13 +183,15 @@ static void vk_ring_release(vk_ring *r)
 {
     pthread_mutex_lock(&r->mu);
     r->consumed++;
-    pthread_cond_broadcast(&r->cv);
+    if (r->producer_waiting && r->produced - r->consumed <= VK_RING_SLOTS - VK_RING_WAKE)
+        pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
 }
 
 /* ---- output helpers ---------------------------------------------------- */
 typedef struct vk_out {
     int       fd;
+    int       cfr;          /* atomic: 1 while copy_file_range works       */
     int       stream;       /* sequential writes only                     */
     uint64_t  pos;          /* stream: bytes written so far               */
     uint64_t  data_bytes;
@@ -184,6 +232,56 @@ static int vk_out_zero_to(vk_out *o, uint64_t upto, vk_err *err)
     return VK_OK;
 }
 
+/* copy_file_range n bytes; returns bytes copied (may be < n when the
+ * kernel or filesystem cannot, or the source got shorter: the caller writes
+ * the rest from its buffer), or -1 with err set on a real I/O error. */
+static long long vk_cfr(vk_out *o, int in_fd, uint64_t in_off, uint64_t out_off, size_t n, vk_err *err)
+{
+    loff_t a = (loff_t)in_off, b = (loff_t)out_off;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = copy_file_range(in_fd, &a, o->fd, &b, n - done, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+                errno == EBADF || errno == EPERM || errno == ETXTBSY) {
+                __atomic_store_n(&o->cfr, 0, __ATOMIC_RELAXED);
+                break;
+            }
+            vk_fail_errno(err, errno, out_off + done, "copy to the output failed at offset %llu",
+                          (unsigned long long)(out_off + done));
+            return -1;
+        }
+        if (r == 0) break;
+        done += (size_t)r;
+    }
+    return (long long)done;
+}
+
+/* Slot bytes [i, j) to the output at out_off. */
+static int vk_out_piece(vk_out *o, const vk_slot *s, size_t i, size_t j, uint64_t out_off, vk_err *err)
+{
+    size_t p = i;
+    for (int k = 0; k < s->nseg && p < j && __atomic_load_n(&o->cfr, __ATOMIC_RELAXED); k++) {
+        size_t a = s->seg[k].at, e = a + s->seg[k].len;
+        if (e <= p) continue;
+        if (a > p) break;
+        if (e > j) e = j;
+        if (s->seg[k].fd < 0) {
+            int rc = vk_pwrite_full(o->fd, s->buf + p, e - p, out_off + (p - i), err);
+            if (rc) return rc;
+            p = e;
+            continue;
+        }
+        long long c = vk_cfr(o, s->seg[k].fd, s->seg[k].foff + (p - a), out_off + (p - i), e - p, err);
+        if (c < 0) return VK_E_IO;
+        p += (size_t)c;
+        if (p < e) break;       /* fall back to the buffer for the rest */
+    }
+    if (p < j) return vk_pwrite_full(o->fd, s->buf + p, j - p, out_off + (p - i), err);
+    return VK_OK;
+}
+
 /* Write the non-zero granule runs of a slot at file offset base + (run - slot start). */
 static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
                             uint64_t file_off, vk_err *err)
@@ -191,7 +289,7 @@ static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
     if (o->stream) {
         int rc = vk_out_zero_to(o, file_off, err);
         if (rc) return rc;
-        o->data_bytes += to - from;
+        __atomic_fetch_add(&o->data_bytes, to - from, __ATOMIC_RELAXED);
         return vk_out_write(o, s->buf + from, to - from, file_off, err);
     }
     size_t i = from;
@@ -201,9 +299,9 @@ static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
         size_t j = i;
         while (j < to && !s->gz[j / VK_GRANULE]) j = (j / VK_GRANULE + 1) * VK_GRANULE;
         if (j > to) j = to;
-        int rc = vk_pwrite_full(o->fd, s->buf + i, j - i, file_off + (i - from), err);
+        int rc = vk_out_piece(o, s, i, j, file_off + (i - from), err);
         if (rc) return rc;
-        o->data_bytes += j - i;
+        __atomic_fetch_add(&o->data_bytes, j - i, __ATOMIC_RELAXED);
         i = j;
     }
     return VK_OK;
@@ -227,6 +325,7 @@ typedef struct vk_dyn {
     uint64_t  next;        /* next free file offset                        */
     uint8_t  *bitmap;      /* all ones                                     */
     uint32_t  allocated;
+    pthread_mutex_t mu;    /* block allocation (parallel workers)          */
 } vk_dyn;
 
 static int vk_dyn_block(vk_dyn *d, vk_out *o, const vk_slot *s, size_t from, size_t to,
@@ -236,17 +335,20 @@ static int vk_dyn_block(vk_dyn *d, vk_out *o, const vk_slot *s, size_t from, siz
     if (block_index >= d->entries)
         return vk_fail(err, VK_E_RANGE, s->off + from,
                        "input is larger than the %u blocks the BAT was sized for", d->entries);
+    pthread_mutex_lock(&d->mu);
     uint64_t pos = vk_block_place(d->next, d->bm);
-    if (pos / VK_SECTOR > UINT32_MAX)
+    int fits = pos / VK_SECTOR <= UINT32_MAX;
+    if (fits) {
+        d->bat[block_index] = (uint32_t)(pos / VK_SECTOR);
+        d->next = pos + d->bm + d->bs;
+        d->allocated++;
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (!fits)
         return vk_fail(err, VK_E_RANGE, pos, "dynamic image would exceed the BAT's 32-bit sector offsets");
     int rc = vk_pwrite_full(o->fd, d->bitmap, d->bm, pos, err);
     if (rc) return rc;
-    rc = vk_out_slot_runs(o, s, from, to, pos + d->bm, err);
-    if (rc) return rc;
-    d->bat[block_index] = (uint32_t)(pos / VK_SECTOR);
-    d->next = pos + d->bm + d->bs;
-    d->allocated++;
-    return VK_OK;
+    return vk_out_slot_runs(o, s, from, to, pos + d->bm, err);
 }
 
 static int vk_dyn_finish(vk_dyn *d, vk_out *o, const vk_footer *ft, vk_write_result *res, vk_err *err)
@@ -275,6 +377,190 @@ static int vk_dyn_finish(vk_dyn *d, vk_out *o, const vk_footer *ft, vk_write_res
     res->blocks_allocated = d->allocated;
     res->max_table_entries = d->entries;
     res->block_size = d->bs;
+    return rc;
+}
+
+/* ---- one chunk to the output (ring consumer and parallel workers) ------- */
+typedef struct vk_job {
+    vk_src   *src;
+    vk_out   *out;
+    vk_dyn   *dyn;           /* dynamic output, else NULL                     */
+    size_t    chunk;
+    const vk_write_opts *o;
+    pthread_mutex_t mu;      /* errors; source access if it is not thread-safe */
+    int       src_shared;    /* 1: calls into src must hold mu                */
+    uint64_t  next_chunk;    /* atomic                                        */
+    uint64_t  done;          /* atomic: input bytes processed                 */
+    int       failed;        /* atomic                                        */
+    int       rc;
+    vk_err    err;
+} vk_job;
+
+static int vk_chunk_out(vk_job *j, const vk_slot *s, vk_err *err)
+{
+    if (j->dyn) {
+        int rc = VK_OK;
+        for (size_t a = 0; a < s->len && !rc; a += j->dyn->bs) {
+            size_t b = s->len - a < j->dyn->bs ? s->len : a + j->dyn->bs;
+            rc = vk_dyn_block(j->dyn, j->out, s, a, b, (s->off + a) / j->dyn->bs, err);
+        }
+        return rc;
+    }
+    if (!s->zero || j->out->stream) return vk_out_slot_runs(j->out, s, 0, s->len, s->off, err);
+    return VK_OK;
+}
+
+static void vk_job_progress(vk_job *j, size_t len)
+{
+    uint64_t d = __atomic_add_fetch(&j->done, len, __ATOMIC_RELAXED);
+    if (j->o->progress) __atomic_store_n(j->o->progress, d, __ATOMIC_RELAXED);
+}
+
+typedef struct vk_worker {
+    vk_job   *job;
+    vk_slot   slot;
+    pthread_t th;
+    int       started;
+} vk_worker;
+
+/* Parallel path (seekable input and output): each worker (one per CPU, 2..4;
+ * VHDKIT_WORKERS=N overrides, 1..8) reads a chunk,
+ * maps its zeros and writes it at its own offset, so reads and writes of
+ * different chunks overlap without a hand-off between threads. */
+static void *vk_worker_main(void *arg)
+{
+    vk_worker *w = arg;
+    vk_job *j = w->job;
+    vk_src *src = j->src;
+    vk_slot *s = &w->slot;
+    vk_err err;
+    vk_err_clear(&err);
+    int rc = VK_OK;
+    while (!__atomic_load_n(&j->failed, __ATOMIC_RELAXED)) {
+        if (j->o->cancel && __atomic_load_n(j->o->cancel, __ATOMIC_RELAXED)) {
+            rc = vk_fail(&err, VK_E_INTERRUPTED, UINT64_MAX, "cancelled");
+            break;
+        }
+        uint64_t idx = __atomic_fetch_add(&j->next_chunk, 1, __ATOMIC_RELAXED);
+        uint64_t off;
+        if (vk_mul_ovf(idx, j->chunk, &off) || off >= src->size) break;
+        size_t want = src->size - off < j->chunk ? (size_t)(src->size - off) : j->chunk;
+        s->off = off;
+        s->len = want;
+        if (j->src_shared) pthread_mutex_lock(&j->mu);
+        int hole = src->next_data && src->next_data(src, off) >= off + want;
+        size_t got = 0;
+        s->zero = hole;
+        if (!hole) rc = src->read(src, s->buf, want, off, &got, &err);
+        if (!rc && !hole && got == want && __atomic_load_n(&j->out->cfr, __ATOMIC_RELAXED)) vk_slot_locate(src, s);
+        else s->nseg = 0;
+        if (j->src_shared) pthread_mutex_unlock(&j->mu);
+        if (rc) break;
+        if (hole) {
+            s->zero = 1;
+            memset(s->gz, 1, (want + VK_GRANULE - 1) / VK_GRANULE);
+        } else {
+            if (got < want) {
+                rc = vk_fail(&err, VK_E_RANGE, off + got, "the input ended early at offset %llu (did it shrink?)",
+                             (unsigned long long)(off + got));
+                break;
+            }
+            vk_zero_map(s);
+        }
+        rc = vk_chunk_out(j, s, &err);
+        if (rc) break;
+        vk_job_progress(j, want);
+    }
+    if (rc) {
+        pthread_mutex_lock(&j->mu);
+        if (!j->rc) { j->rc = rc; j->err = err; }
+        pthread_mutex_unlock(&j->mu);
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+static int vk_run_parallel(vk_job *j, int nworkers, vk_err *err)
+{
+    vk_worker w[VK_WORKERS];
+    int n = 0, rc = VK_OK;
+    memset(w, 0, sizeof w);
+    for (; n < nworkers; n++) {
+        void *p = NULL;
+        w[n].job = j;
+        if (posix_memalign(&p, VK_GRANULE, j->chunk) != 0) break;
+        w[n].slot.buf = p;
+        w[n].slot.gz = malloc(j->chunk / VK_GRANULE + 1);
+        if (!w[n].slot.gz) break;
+        if (pthread_create(&w[n].th, NULL, vk_worker_main, &w[n]) != 0) break;
+        w[n].started = 1;
+    }
+    if (n < nworkers) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot start %d I/O threads", nworkers);
+    }
+    for (int i = 0; i <= n && i < nworkers; i++) {
+        if (w[i].started) pthread_join(w[i].th, NULL);
+        free(w[i].slot.buf);
+        free(w[i].slot.gz);
+    }
+    if (!rc && j->rc) { rc = j->rc; *err = j->err; }
+    return rc;
+}
+
+/* Sequential path (a pipe on either side): one reader thread fills a ring,
+ * the calling thread writes in order. */
+static int vk_run_ring(vk_job *j, uint64_t *vend_out, vk_err *err)
+{
+    vk_ring ring;
+    int rc = VK_OK;
+    memset(&ring, 0, sizeof ring);
+    ring.src = j->src;
+    ring.chunk = j->chunk;
+    ring.need_bytes = j->out->stream;
+    ring.cancel = j->o->cancel;
+    vk_err_clear(&ring.err);
+    pthread_mutex_init(&ring.mu, NULL);
+    pthread_cond_init(&ring.cv, NULL);
+    int nslots = 0;
+    for (; nslots < VK_RING_SLOTS; nslots++) {
+        void *p = NULL;
+        if (posix_memalign(&p, VK_GRANULE, j->chunk) != 0) break;
+        ring.slot[nslots].buf = p;
+        ring.slot[nslots].gz = malloc(j->chunk / VK_GRANULE + 1);
+        if (!ring.slot[nslots].gz) { free(p); ring.slot[nslots].buf = NULL; break; }
+    }
+    pthread_t th;
+    int started = 0;
+    if (nslots < VK_RING_SLOTS) rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot allocate I/O buffers");
+    else if (pthread_create(&th, NULL, vk_producer, &ring) != 0)
+        rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot start the reader thread");
+    else started = 1;
+
+    uint64_t vend = 0;
+    while (started && !rc) {
+        vk_slot *s = vk_ring_next(&ring);
+        if (!s) break;
+        if (j->o->cancel && __atomic_load_n(j->o->cancel, __ATOMIC_RELAXED))
+            rc = vk_fail(err, VK_E_INTERRUPTED, s->off, "cancelled");
+        else
+            rc = vk_chunk_out(j, s, err);
+        vend = s->off + s->len;
+        vk_job_progress(j, s->len);
+        vk_ring_release(&ring);
+    }
+    if (started) {
+        pthread_mutex_lock(&ring.mu);
+        ring.stop = 1;
+        pthread_cond_broadcast(&ring.cv);
+        pthread_mutex_unlock(&ring.mu);
+        pthread_join(th, NULL);
+        if (!rc && ring.rc) { rc = ring.rc; *err = ring.err; }
+    }
+    for (int i = 0; i < nslots; i++) { free(ring.slot[i].buf); free(ring.slot[i].gz); }
+    pthread_mutex_destroy(&ring.mu);
+    pthread_cond_destroy(&ring.cv);
+    *vend_out = vend;
     return rc;
 }
 
@@ -328,7 +614,7 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
     }
     if (known && src->size == 0 && o->kind == VK_OUT_RAW) res->plan.size = 0;
 
-    vk_out out = { .fd = out_fd, .stream = o->stream_out };
+    vk_out out = { .fd = out_fd, .stream = o->stream_out, .cfr = !o->stream_out };
     if (!out.stream) {
         struct stat st;
         if (fstat(out_fd, &st) != 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot stat the output");
@@ -336,6 +622,7 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
             if (o->kind == VK_OUT_DYNAMIC)
                 return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX, "a dynamic VHD must be written to a regular file");
             out.stream = 1;
+            out.cfr = 0;
         } else if (st.st_size != 0 && ftruncate(out_fd, 0) != 0)
             return vk_fail_errno(err, errno, 0, "cannot truncate the output");
     }
@@ -362,60 +649,31 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
         if (dyn.bs > chunk) chunk = dyn.bs;
     }
 
-    vk_ring ring;
-    memset(&ring, 0, sizeof ring);
-    ring.src = src;
-    ring.chunk = chunk;
-    ring.need_bytes = out.stream;
-    ring.cancel = o->cancel;
-    vk_err_clear(&ring.err);
-    pthread_mutex_init(&ring.mu, NULL);
-    pthread_cond_init(&ring.cv, NULL);
-    int nslots = 0;
-    for (; nslots < VK_RING_SLOTS; nslots++) {
-        void *p = NULL;
-        if (posix_memalign(&p, VK_GRANULE, chunk) != 0) break;
-        ring.slot[nslots].buf = p;
-        ring.slot[nslots].gz = malloc(chunk / VK_GRANULE + 1);
-        if (!ring.slot[nslots].gz) { free(p); ring.slot[nslots].buf = NULL; break; }
-    }
-    pthread_t th;
-    int started = 0;
-    if (nslots < VK_RING_SLOTS) rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot allocate I/O buffers");
-    else if (pthread_create(&th, NULL, vk_producer, &ring) != 0)
-        rc = vk_fail(err, VK_E_NOMEM, UINT64_MAX, "cannot start the reader thread");
-    else started = 1;
-
+    vk_job job;
+    memset(&job, 0, sizeof job);
+    job.src = src;
+    job.out = &out;
+    job.dyn = o->kind == VK_OUT_DYNAMIC ? &dyn : NULL;
+    job.chunk = chunk;
+    job.o = o;
+    job.src_shared = src->read != vk_raw_read;     /* only raw preads are thread-safe */
+    vk_err_clear(&job.err);
+    pthread_mutex_init(&job.mu, NULL);
+    pthread_mutex_init(&dyn.mu, NULL);
     uint64_t vend = 0;
-    while (started && !rc) {
-        vk_slot *s = vk_ring_next(&ring);
-        if (!s) break;
-        if (o->cancel && __atomic_load_n(o->cancel, __ATOMIC_RELAXED))
-            rc = vk_fail(err, VK_E_INTERRUPTED, s->off, "cancelled");
-        else if (o->kind == VK_OUT_DYNAMIC) {
-            for (size_t a = 0; a < s->len && !rc; a += dyn.bs) {
-                size_t b = s->len - a < dyn.bs ? s->len : a + dyn.bs;
-                rc = vk_dyn_block(&dyn, &out, s, a, b, (s->off + a) / dyn.bs, err);
-            }
-        } else if (!s->zero || out.stream) {
-            rc = vk_out_slot_runs(&out, s, 0, s->len, s->off, err);
-        }
-        vend = s->off + s->len;
-        res->input_bytes += s->len;
-        if (o->progress) __atomic_store_n(o->progress, vend, __ATOMIC_RELAXED);
-        vk_ring_release(&ring);
+    if (!src->stream && !out.stream) {
+        const char *w = getenv("VHDKIT_WORKERS");
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        int nw = w && *w ? atoi(w) : (int)(cpus < 2 ? 2 : cpus > 4 ? 4 : cpus);
+        if (nw < 1 || nw > VK_WORKERS) nw = VK_WORKERS;
+        rc = vk_run_parallel(&job, nw, err);
+        vend = src->size;
+    } else {
+        rc = vk_run_ring(&job, &vend, err);
     }
-    if (started) {
-        pthread_mutex_lock(&ring.mu);
-        ring.stop = 1;
-        pthread_cond_broadcast(&ring.cv);
-        pthread_mutex_unlock(&ring.mu);
-        pthread_join(th, NULL);
-        if (!rc && ring.rc) { rc = ring.rc; *err = ring.err; }
-    }
-    for (int i = 0; i < nslots; i++) { free(ring.slot[i].buf); free(ring.slot[i].gz); }
-    pthread_mutex_destroy(&ring.mu);
-    pthread_cond_destroy(&ring.cv);
+    res->input_bytes = rc ? job.done : vend;
+    pthread_mutex_destroy(&job.mu);
+    pthread_mutex_destroy(&dyn.mu);
 
     if (!rc && !known) {
         /* Stream input: the size is known now. */
@@ -484,6 +742,13 @@ static uint64_t vk_raw_next_data(vk_src *s, uint64_t off)
     return (uint64_t)d;
 }
 
+static void vk_raw_locate(vk_src *s, uint64_t off, size_t len, int *fd, uint64_t *foff, size_t *run)
+{
+    *fd = s->fd;
+    *foff = off;
+    *run = len;
+}
+
 static uint64_t vk_none_next_data(vk_src *s, uint64_t off) { (void)off; return s->size; }
 static int vk_none_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err)
 {
@@ -504,6 +769,7 @@ int vk_src_raw_init(vk_src *src, int in_fd, uint64_t in_size, vk_err *err)
     if (S_ISREG(st.st_mode)) {
         if (in_size == UINT64_MAX) src->size = (uint64_t)st.st_size;
         src->next_data = vk_raw_next_data;   /* skip holes */
+        src->locate = vk_raw_locate;
     } else {
         src->stream = 1;                     /* a pipe: read sequentially */
     }
@@ -534,7 +800,43 @@ typedef struct vk_img_src {
     size_t     n;          /* extents cached, covering [ext[0].offset, end) */
     uint64_t   end;
     int        failed;     /* map failed: fall back to reading everything  */
+    int        nlayers;
+    int        fd[VK_MAX_CHAIN_DEPTH];      /* our own read-only fds, or -1 */
+    uint64_t   limit[VK_MAX_CHAIN_DEPTH];   /* end of data before the footer */
 } vk_img_src;
+
+/* The extent holding off (refilling the cache), or NULL. */
+static const vk_extent *vk_img_extent(vk_img_src *c, uint64_t off)
+{
+    if (c->failed) return NULL;
+    if (c->n == 0 || off < c->ext[0].offset || off >= c->end) {
+        vk_err e;
+        size_t n = 0;
+        if (vk_image_map(c->img, off, c->ext, VK_MAP_CACHE, &n, &e) != 0 || n == 0) { c->failed = 1; return NULL; }
+        c->n = n;
+        c->end = c->ext[n - 1].offset + c->ext[n - 1].length;
+        if (c->end <= off) { c->failed = 1; return NULL; }
+    }
+    for (size_t i = 0; i < c->n; i++)
+        if (c->ext[i].offset <= off && off < c->ext[i].offset + c->ext[i].length) return &c->ext[i];
+    return NULL;
+}
+
+static void vk_img_locate(vk_src *s, uint64_t off, size_t len, int *fd, uint64_t *foff, size_t *run)
+{
+    vk_img_src *c = s->ctx;
+    const vk_extent *x = vk_img_extent(c, off);
+    *fd = -1;
+    *run = len;
+    if (!x) return;
+    uint64_t left = x->offset + x->length - off;
+    if (left < *run) *run = (size_t)left;
+    if (!x->allocated || x->layer < 0 || x->layer >= c->nlayers || c->fd[x->layer] < 0) return;
+    uint64_t fo = x->file_offset + (off - x->offset), end;
+    if (vk_add_ovf(fo, *run, &end) || end > c->limit[x->layer]) return;   /* let the reader's bytes go */
+    *fd = c->fd[x->layer];
+    *foff = fo;
+}
 
 static int vk_img_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err)
 {
@@ -549,23 +851,12 @@ static int vk_img_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t
 static uint64_t vk_img_next_data(vk_src *s, uint64_t off)
 {
     vk_img_src *c = s->ctx;
-    while (!c->failed && off < s->size) {
-        if (c->n == 0 || off < c->ext[0].offset || off >= c->end) {
-            vk_err e;
-            size_t n = 0;
-            if (vk_image_map(c->img, off, c->ext, VK_MAP_CACHE, &n, &e) != 0 || n == 0) { c->failed = 1; break; }
-            c->n = n;
-            c->end = c->ext[n - 1].offset + c->ext[n - 1].length;
-            if (c->end <= off) { c->failed = 1; break; }
-        }
-        for (size_t i = 0; i < c->n; i++) {
-            const vk_extent *x = &c->ext[i];
-            if (x->offset + x->length <= off) continue;
-            if (x->allocated) return x->offset > off ? x->offset : off;
-        }
-        off = c->end;   /* nothing allocated in the cached run: look further */
+    while (off < s->size) {
+        const vk_extent *x = vk_img_extent(c, off);
+        if (!x || x->allocated) return off;     /* unknown: read it */
+        off = x->offset + x->length;
     }
-    return c->failed ? off : s->size;
+    return s->size;
 }
 
 int vk_src_image_init(vk_src *src, vk_image *img, vk_err *err)
@@ -575,6 +866,19 @@ int vk_src_image_init(vk_src *src, vk_image *img, vk_err *err)
     vk_img_src *c = calloc(1, sizeof *c);
     if (!c) return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "out of memory");
     c->img = img;
+    c->nlayers = vk_image_depth(img);
+    if (c->nlayers > VK_MAX_CHAIN_DEPTH) c->nlayers = VK_MAX_CHAIN_DEPTH;
+    for (int i = 0; i < VK_MAX_CHAIN_DEPTH; i++) c->fd[i] = -1;
+    for (int i = 0; i < c->nlayers; i++) {
+        char path[4096];
+        vk_info info;
+        vk_err e;
+        if (vk_image_path(img, i, path, sizeof path, &e) != 0 || vk_image_info(img, i, &info, &e) != 0) continue;
+        if (info.file_size < (uint64_t)info.footer_size) continue;
+        c->fd[i] = open(path, O_RDONLY | O_CLOEXEC);
+        c->limit[i] = info.file_size - (uint64_t)info.footer_size;
+    }
+    src->locate = vk_img_locate;
     src->size = vk_image_size(img);
     src->fd = -1;
     src->read = vk_img_read;
@@ -585,7 +889,11 @@ int vk_src_image_init(vk_src *src, vk_image *img, vk_err *err)
 
 void vk_src_fini(vk_src *src)
 {
-    if (src->read == vk_img_read) free(src->ctx);
+    if (src->read == vk_img_read && src->ctx) {
+        vk_img_src *c = src->ctx;
+        for (int i = 0; i < VK_MAX_CHAIN_DEPTH; i++) if (c->fd[i] >= 0) close(c->fd[i]);
+        free(c);
+    }
     src->ctx = NULL;
 }
 

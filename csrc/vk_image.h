@@ -37,11 +37,19 @@ typedef struct vk_layer {
     /* one-entry bitmap cache */
     uint8_t   *bm;
     uint32_t   bm_block;        /* VK_BAT_UNUSED when empty */
+    uint64_t   bm_reads;        /* bytes of bitmaps read (chains: I/O count) */
 } vk_layer;
 
 struct vk_image {
     int       n;
     vk_layer  layer[VK_MAX_CHAIN_DEPTH];   /* 0 = leaf */
+    /* chains (vk_rw.c): bytes read from the layer files (data + bitmaps),
+     * and the state of a leaf opened for writing (rw = 1). */
+    uint64_t  bytes_read;
+    int       rw;
+    long      abort_after;      /* test hook VHDKIT_TEST_ABORT_AFTER_WRITES, or -1 */
+    uint32_t  writes;
+    uint64_t  alloc_next;       /* end of everything the leaf references */
 };
 
 /* vk_image.c */

@@ -20,6 +20,7 @@ int vk_layer_bitmap(vk_layer *L, uint32_t block, const uint8_t **bm, vk_err *err
         int rc = vk_pread_full(L->fd, L->bm, L->bitmap_size, off, err);
         if (rc) { L->bm_block = VK_BAT_UNUSED; return rc; }
         L->bm_block = block;
+        L->bm_reads += L->bitmap_size;
     }
     *bm = L->bm;
     return VK_OK;
@@ -92,7 +93,10 @@ static int read_layer(vk_image *img, int li, uint8_t *buf, size_t len, uint64_t 
                 uint64_t q = (s + run) * VK_SECTOR;
                 if (q > stop) q = stop;
                 uint8_t *dst = buf + (p - in);
-                if (bit) rc = vk_pread_full(L->fd, dst, (size_t)(q - p), data + p, err);
+                if (bit) {
+                    rc = vk_pread_full(L->fd, dst, (size_t)(q - p), data + p, err);
+                    img->bytes_read += q - p;
+                }
                 else rc = read_absent(img, li, dst, (size_t)(q - p), off + (p - in), err);
                 if (rc) {
                     /* Reading past the end of a truncated file is a range error. */

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import subprocess
 import tarfile
@@ -344,3 +343,25 @@ def test_cli_verify_exit_1_on_problems(tmp_path, disk):
     bad = _rewrite(tmp_path / "a.ova", tmp_path / "b.ova", lambda ms: ms + [("x.txt", b"x")])
     p = run_cli("ova", "verify", str(bad))
     assert p.returncode == 1 and b"not listed in the manifest" in p.stdout
+
+
+def test_large_member_header_uses_base256_size():
+    hdr = ova._tar_header("big.vhd", 9 << 30, 0)
+    assert len(hdr) == 512
+    assert tarfile.TarInfo.frombuf(hdr, "utf-8", "strict").size == 9 << 30
+    small = ova._tar_header("small.vhd", 1000, 0)
+    assert small[257:263] == b"ustar\x00"  # plain POSIX ustar below 8 GiB
+
+
+def test_descriptor_padding_keeps_it_valid_xml(tmp_path, chain):
+    ova.pack(chain, tmp_path / "c.ova")
+    ovf = dict(_members(tmp_path / "c.ova"))["c.ovf"]
+    assert ovf.endswith(b">" + b" " * (len(ovf) - len(ovf.rstrip()) - 1) + b"\n")
+    ET.fromstring(ovf)
+
+
+def test_member_path_conflicts_refused(tmp_path):
+    path = _ovf_plus(tmp_path, [("a/b.vhd", b"x"), ("a", b"y")])
+    with pytest.raises(ArchiveError, match="conflicts"):
+        ova.unpack(path, tmp_path / "u")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ova"]

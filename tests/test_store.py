@@ -170,3 +170,12 @@ def test_cli_object_commands(tmp_path):
     assert p.returncode == 1 and b"not found" in p.stderr
     bad = run_cli("object", "put", "imgs", "../x", str(f), env=env)
     assert bad.returncode == 1
+
+
+def test_non_durable_put_then_sync(st):
+    st.put_bytes("c", "a", b"1" * 5000, durable=False)
+    st.put_bytes("c", "b", b"2", durable=False)
+    st.sync("c", ["a", "b"])
+    assert st.get_bytes("c", "a") == b"1" * 5000
+    with pytest.raises(NotFoundError):
+        st.sync("c", ["missing"])

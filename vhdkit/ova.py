@@ -11,17 +11,20 @@ Writing (:func:`pack`) produces a tar archive whose members are, in order:
 3. the disk files.  A single disk keeps its file name; a chain is stored as
    ``0.vhd`` (the leaf) … ``N.vhd`` (the base), as XenServer-based clouds do.
 
-The archive is ustar; only when a member is 8 GiB or larger (ustar's size
-field limit) is the GNU variant written, whose base-256 size field GNU tar,
-bsdtar and VirtualBox read.
+Every header is ustar, except that a member of 8 GiB or more gets the GNU
+variant's base-256 size field (ustar's octal field stops at 8 GiB), which GNU
+tar, bsdtar and VirtualBox read.
 
-**Temporary space.**  The manifest (second member) needs the hash of each
-stored disk, and a compressed disk's tar header needs its compressed size, so
-each disk is compressed exactly once into a spool file *in the output's
-directory* (``spool_dir=`` to choose another), then copied into the archive;
-spools are deleted as soon as they are copied.  Uncompressed disks are read
-twice (hash, then copy) and need no spool.  The archive itself is written to a
-temporary file next to the output and renamed into place.
+**One pass, no spool.**  The manifest (second member) needs the hash of each
+stored disk and a compressed disk's tar header needs its compressed size, both
+known only at the end.  Rather than spooling compressed disks to a temporary
+file, :func:`pack` writes the archive to a temporary file next to the output
+with room reserved for the descriptor (sized for 20-digit sizes) and the
+manifest (fixed length), compresses each disk once straight into the archive
+while hashing it, then seeks back to write the descriptor (padded with
+trailing blanks, which XML allows after the root element), the manifest and
+the disk headers, fsyncs and renames the file into place.  The only temporary
+space used is the output file itself, in the output's directory.
 
 Reading (:func:`info`, :func:`verify`, :func:`unpack`) streams any OVA: the
 manifest may be anywhere, use SHA1 or SHA256, descriptors may use the VHD
@@ -53,6 +56,7 @@ __all__ = [
     "OVF_NS",
     "VHD_FORMAT_URI",
     "VHD_FORMAT_URIS",
+    "is_vhd_format_uri",
     "OvfFile",
     "OvfDisk",
     "Descriptor",
@@ -322,17 +326,36 @@ def _disk_infos(paths: Sequence[Path]) -> list:
     return infos
 
 
-def pack(disks: Sequence[Pathish], output: Union[Pathish, BinaryIO], *, compress: Optional[str] = "gzip",
+def _tar_header(name: str, size: int, mtime: int) -> bytes:
+    """One 512-byte header: ustar, or GNU base-256 size from 8 GiB on."""
+    t = tarfile.TarInfo(name)
+    t.size, t.mode, t.mtime, t.type = size, 0o644, mtime, tarfile.REGTYPE
+    t.uname = t.gname = "root"
+    fmt = tarfile.USTAR_FORMAT if size < _USTAR_MAX else tarfile.GNU_FORMAT
+    buf = t.tobuf(fmt, "utf-8", "strict")
+    if len(buf) != tarfile.BLOCKSIZE:
+        raise InvalidInputError(f"member name {name!r} is too long for a single tar header")
+    return buf
+
+
+def _pad(n: int) -> bytes:
+    return b"\0" * (-n % tarfile.BLOCKSIZE)
+
+
+def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] = "gzip",
          name: Optional[str] = None, level: Optional[int] = None, threads: Optional[int] = None,
-         spool_dir: Optional[Pathish] = None, progress: Optional[ProgressFn] = None) -> dict:
+         progress: Optional[ProgressFn] = None) -> dict:
     """Write ``output`` (an .ova) holding ``disks`` (leaf first; more than one
     means a differencing chain, stored as ``0.vhd`` … ``N.vhd``).  ``compress``
     is ``"gzip"`` or None.  Returns a summary dict (members, sizes, hashes).
 
-    ``output`` may also be a writable binary file object (for example a
-    registry upload): the archive is then written straight into it -- no
-    temporary file, no fsync; the caller owns atomicity -- and ``name`` is
-    required."""
+    One pass over each disk: the archive is written to a temporary file next
+    to ``output`` with room reserved for the descriptor and the manifest; each
+    disk is compressed straight into the archive while being hashed; then the
+    descriptor (padded with trailing whitespace to its reserved size), the
+    manifest and the disk headers are written into place and the file is
+    fsynced and renamed over ``output``.  No spool file, no second read.
+    """
     if not disks:
         raise InvalidInputError("nothing to pack: give at least one VHD")
     if compress not in (None, "none", "gzip"):
@@ -342,97 +365,80 @@ def pack(disks: Sequence[Pathish], output: Union[Pathish, BinaryIO], *, compress
     for p in paths:
         if not p.is_file():
             raise NotFoundError(f"{p}: no such file")
-    sink: Optional[BinaryIO] = output if hasattr(output, "write") else None  # type: ignore[assignment]
-    if sink is not None and not name:
-        raise InvalidInputError("packing into a file object needs a package name")
-    out = Path("package.ova") if sink is not None else Path(output)  # type: ignore[arg-type]
+    out = Path(output)
     name = name or (paths[0].stem if len(paths) == 1 else out.stem)
     if not name or "/" in name or name in (".", "..") or "\0" in name:
         raise InvalidInputError(f"bad package name {name!r}")
-    if len(paths) == 1:
-        hrefs = [paths[0].name]
-    else:
-        hrefs = [f"{i}.vhd" for i in range(len(paths))]
-    if any(h in (f"{name}.ovf", f"{name}.mf") for h in hrefs):
+    hrefs = [paths[0].name] if len(paths) == 1 else [f"{i}.vhd" for i in range(len(paths))]
+    ovf_name, mf_name = f"{name}.ovf", f"{name}.mf"
+    if len(set(hrefs + [ovf_name, mf_name])) != len(hrefs) + 2:
         raise InvalidInputError("a disk file name collides with the descriptor or manifest name")
-    spool_at = Path(spool_dir) if spool_dir is not None else (out.parent if str(out.parent) else Path("."))
-    total_in = sum(p.stat().st_size for p in paths)
-    done_in = 0
-    entries: List[dict] = []
-    spools: List[Optional[str]] = []
-    tmp_out: Optional[str] = None
     infos = _disk_infos(paths)
+    entries: List[dict] = [{"href": h, "size": 10 ** 20 - 1, "capacity": int(i.virtual_size),
+                            "compression": compress, "source": str(p)}
+                           for h, i, p in zip(hrefs, infos, paths)]
+    ovf_room = len(build_descriptor(name, entries))  # every size at its widest (20 digits)
+    mf_len = len(f"SHA256({ovf_name})= {'0' * 64}\n") + sum(len(f"SHA256({h})= {'0' * 64}\n") for h in hrefs)
+    now = int(time.time())
+    total_in = sum(p.stat().st_size for p in paths)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise NotFoundError(f"{parent}: output directory does not exist")
+    fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
     try:
-        for p, href, vinfo in zip(paths, hrefs, infos):
-            cap = int(vinfo.virtual_size)
-            if compress:
-                fd, spool = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".spool", dir=spool_at)
-                spools.append(spool)
+        with open(fd, "w+b") as f:
+            f.write(_tar_header(ovf_name, ovf_room, now))  # placeholders, rewritten below
+            f.write(b"\0" * (ovf_room + len(_pad(ovf_room))))
+            f.write(_tar_header(mf_name, mf_len, now))
+            f.write(b"\0" * (mf_len + len(_pad(mf_len))))
+            done_in = 0
+            for e, p in zip(entries, paths):
+                e["header_at"] = f.tell()
+                f.write(b"\0" * tarfile.BLOCKSIZE)
+                hw = _HashWriter(f)  # type: ignore[arg-type]
                 base = done_in
 
                 def prog(n, _t, base=base):
                     if progress is not None:
                         progress(base + n, total_in)
 
-                with open(fd, "wb") as sf, open(p, "rb") as src:
-                    hw = _HashWriter(sf)
-                    streams.compress(src, hw, format="gzip", level=level, threads=threads,  # type: ignore[arg-type]
-                                     progress=prog)
-                entries.append({"href": href, "size": hw.n, "capacity": cap, "compression": "gzip",
-                                "sha256": hw.h.hexdigest(), "source": str(p)})
-            else:
-                spools.append(None)
-                entries.append({"href": href, "size": p.stat().st_size, "capacity": cap,
-                                "sha256": _sha256_file(p), "source": str(p)})
-            done_in += p.stat().st_size
-        ovf = build_descriptor(name, entries)
-        ovf_name, mf_name = f"{name}.ovf", f"{name}.mf"
-        mf = f"SHA256({ovf_name})= {hashlib.sha256(ovf).hexdigest()}\n"
-        mf += "".join(f"SHA256({e['href']})= {e['sha256']}\n" for e in entries)
-        fmt = tarfile.USTAR_FORMAT if all(e["size"] < _USTAR_MAX for e in entries) else tarfile.GNU_FORMAT
-        if sink is None:
-            fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp",
-                                           dir=out.parent if str(out.parent) else ".")
-        now = int(time.time())
-
-        def ti(n: str, size: int) -> tarfile.TarInfo:
-            t = tarfile.TarInfo(n)
-            t.size, t.mode, t.mtime, t.type = size, 0o644, now, tarfile.REGTYPE
-            t.uname = t.gname = "root"
-            return t
-
-        with (open(fd, "wb") if sink is None else streams._Unclosable(sink)) as raw:
-            with tarfile.open(fileobj=raw, mode="w" if sink is None else "w|", format=fmt,
-                              bufsize=streams.CHUNK) as tar:
-                tar.copybufsize = streams.CHUNK  # type: ignore[attr-defined]
-                tar.addfile(ti(ovf_name, len(ovf)), io.BytesIO(ovf))
-                tar.addfile(ti(mf_name, len(mf)), io.BytesIO(mf.encode("ascii")))
-                for e, p, spool in zip(entries, paths, spools):
-                    src_path = spool if spool is not None else p
-                    with open(src_path, "rb") as f:
-                        if os.fstat(f.fileno()).st_size != e["size"]:
-                            raise ConflictError(f"{p} changed while being packed")
-                        tar.addfile(ti(e["href"], e["size"]), f)
-                    if spool is not None:
-                        os.unlink(spool)
-            raw.flush()
-            if sink is None:
-                os.fsync(raw.fileno())
-        if sink is not None:
-            return {"output": None, "name": name, "descriptor": ovf_name, "manifest": mf_name,
-                    "compression": compress or "none",
-                    "tar_format": "ustar" if fmt == tarfile.USTAR_FORMAT else "gnu", "disks": entries}
-        os.replace(tmp_out, out)  # type: ignore[arg-type]
+                with open(p, "rb") as src:
+                    size_before = os.fstat(src.fileno()).st_size
+                    if compress:
+                        streams.compress(src, hw, format="gzip", level=level, threads=threads,  # type: ignore[arg-type]
+                                         progress=prog)
+                    else:
+                        streams.copy_stream(src, hw, progress=prog, total=total_in)
+                    if os.fstat(src.fileno()).st_size != size_before:
+                        raise ConflictError(f"{p} changed while being packed")
+                e["size"], e["sha256"] = hw.n, hw.h.hexdigest()
+                f.write(_pad(hw.n))
+                done_in += size_before
+            f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
+            ovf = build_descriptor(name, entries)
+            ovf = ovf.rstrip(b"\n") + b" " * (ovf_room - len(ovf)) + b"\n"  # XML allows trailing blanks
+            mf = f"SHA256({ovf_name})= {hashlib.sha256(ovf).hexdigest()}\n"
+            mf += "".join(f"SHA256({e['href']})= {e['sha256']}\n" for e in entries)
+            assert len(ovf) == ovf_room and len(mf) == mf_len
+            f.seek(0)
+            f.write(_tar_header(ovf_name, ovf_room, now) + ovf)
+            f.seek(tarfile.BLOCKSIZE * (2 + -(-ovf_room // tarfile.BLOCKSIZE)) - tarfile.BLOCKSIZE)
+            f.write(_tar_header(mf_name, mf_len, now) + mf.encode("ascii"))
+            for e in entries:
+                f.seek(e.pop("header_at"))
+                f.write(_tar_header(e["href"], e["size"], now))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_out, out)
         tmp_out = None
     finally:
-        for s in spools:
-            if s is not None and os.path.exists(s):
-                os.unlink(s)
         if tmp_out is not None and os.path.exists(tmp_out):
             os.unlink(tmp_out)
+    for e in entries:
+        if not e["compression"]:
+            e.pop("compression")
     return {"output": str(out), "name": name, "descriptor": ovf_name, "manifest": mf_name,
-            "compression": compress or "none", "tar_format": "ustar" if fmt == tarfile.USTAR_FORMAT else "gnu",
-            "size": out.stat().st_size, "disks": entries}
+            "compression": compress or "none", "size": out.stat().st_size, "disks": entries}
 
 
 # -------------------------------------------------------------------- read
@@ -666,17 +672,23 @@ def _disk_bound(desc: Optional[Descriptor], f: Optional[OvfFile], max_output: Op
     return MAX_DISK_BYTES
 
 
-def _write_small(dest: Path, name: str, data: bytes) -> None:
+def _create(dest: Path, name: str) -> BinaryIO:
+    """A new file for member ``name`` under ``dest`` (names are already safe)."""
     target = dest / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "xb") as f:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return open(target, "xb")
+    except (FileExistsError, IsADirectoryError, NotADirectoryError):
+        raise ArchiveError(f"member {name!r} conflicts with another member's path; refused") from None
+
+
+def _write_small(dest: Path, name: str, data: bytes) -> None:
+    with _create(dest, name) as f:
         f.write(data)
 
 
 def _extract(dest: Path, name: str, reader: BinaryIO, gz: bool, bound: int, p: Path) -> int:
-    target = dest / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "xb") as out:
+    with _create(dest, name) as out:
         if gz:
             st = streams.decompress(reader, out, format="gzip", max_output=bound, name=f"{p}:{name}")
             return st.bytes_out

@@ -276,21 +276,22 @@ def _run_import(ctx: _Context) -> Dict[str, Any]:
         ctx.enter("validate", head.size)
         vi = _validate_vhd(disk, cfg)
 
-        # package: gzip into a spool in the task directory, then the OVA is
-        # written straight into the registry upload (hashed on the way in, one
-        # fsync, no second copy); the first byte written starts "store".
+        # package: main's ova.pack writes the OVA in one pass (no spool); the
+        # registry then takes it in one hashed copy.
         ctx.enter("package", head.size)
-        reg.create_image(caller, id=image_id, name=name, disk_format="vhd", container_format="ova")
-        try:
-            with reg.open_upload(caller, image_id) as up:
-                ova.pack([disk], _StoreSink(up, ctx), compress="gzip", name=image_id, level=cfg.gzip_level,
-                         threads=cfg.threads, spool_dir=ctx.dir, progress=ctx.progress)
-                if ctx.stage != "store":
-                    ctx.enter("store")
-                img = up.commit(virtual_size=int(vi.virtual_size))
-        except BaseException:
-            _discard_image(reg, caller.account, image_id)
-            raise
+        ova_path = ctx.dir / f"{image_id}.ova"
+        ova.pack([disk], ova_path, compress="gzip", name=image_id, level=cfg.gzip_level,
+                 threads=cfg.threads, progress=ctx.progress)
+        disk.unlink()
+
+    ctx.enter("store", ova_path.stat().st_size)
+    reg.create_image(caller, id=image_id, name=name, disk_format="vhd", container_format="ova")
+    try:
+        img = reg.upload_file(caller, image_id, str(ova_path), virtual_size=int(vi.virtual_size),
+                              progress=ctx.progress)
+    except BaseException:
+        _discard_image(reg, caller.account, image_id)
+        raise
     return {"image_id": img.id}
 
 
@@ -302,24 +303,6 @@ def _local_path(reader) -> Optional[str]:
         return None
     path = f"/proc/self/fd/{fd}"
     return path if os.path.exists(path) else None
-
-
-class _StoreSink(io.RawIOBase):
-    """Forwards the OVA to the registry upload and reports progress as "store"."""
-
-    def __init__(self, up, ctx: _Context):
-        self.up, self.ctx, self.n = up, ctx, 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        if self.ctx.stage != "store":
-            self.ctx.enter("store")
-        n = self.up.write(b)
-        self.n += n
-        self.ctx.progress(self.n)
-        return n
 
 
 def _discard_image(reg: Registry, account: str, image_id: str) -> None:

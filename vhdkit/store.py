@@ -13,7 +13,9 @@ too); names whose encoding is longer than 200 bytes are stored under
 
 Puts are atomic: the data and the metadata are written to temporary files in
 the container, fsynced, and renamed into place (data first), then the
-directory is fsynced.  A reader checks that the data it opened has the size
+directory is fsynced (``put(..., durable=False)`` skips the fsyncs and only
+starts writeback; :meth:`ObjectStore.sync` completes it: segment uploads use
+this to overlap disk writes with reading the next segment).  A reader checks that the data it opened has the size
 its metadata records and retries if it raced with a concurrent overwrite.
 
 Names: a container name is 1–256 bytes of UTF-8 without ``/`` or NUL (Swift's
@@ -35,7 +37,7 @@ import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Optional
+from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
                      VhdkitError)
@@ -164,9 +166,15 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def put(self, container: str, name: str, stream: BinaryIO, *, metadata: Optional[Dict[str, str]] = None,
             content_type: Optional[str] = None, etag: Optional[str] = None,
-            size: Optional[int] = None) -> ObjectInfo:
+            size: Optional[int] = None, durable: bool = True) -> ObjectInfo:
         """Store ``stream`` as ``container/name``.  ``etag``/``size``, when
-        given, are verified (IntegrityError, nothing stored on mismatch)."""
+        given, are verified (IntegrityError, nothing stored on mismatch).
+        ``durable=False`` lets the store return before the bytes are on
+        stable storage (still atomic); call :meth:`sync` before relying on them."""
+
+    def sync(self, container: str, names: Sequence[str]) -> None:
+        """Make objects put with ``durable=False`` durable (no-op for stores
+        whose puts are durable when acknowledged, such as Swift)."""
 
     @abc.abstractmethod
     def get(self, container: str, name: str) -> ObjectReader:
@@ -358,7 +366,7 @@ class LocalStore(ObjectStore):
 
     def put(self, container: str, name: str, stream: BinaryIO, *, metadata: Optional[Dict[str, str]] = None,
             content_type: Optional[str] = None, etag: Optional[str] = None,
-            size: Optional[int] = None) -> ObjectInfo:
+            size: Optional[int] = None, durable: bool = True) -> ObjectInfo:
         dpath, mpath = self._paths(container, name)
         meta = validate_metadata(metadata)
         md5 = hashlib.md5()
@@ -383,7 +391,11 @@ class LocalStore(ObjectStore):
                     out.write(chunk)
                     n += k
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
+                elif hasattr(os, "posix_fadvise"):
+                    # start writeback now (Linux), so a later sync() has little left to wait for
+                    os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             digest = md5.hexdigest()
             if size is not None and n != size:
                 raise IntegrityError(f"put {container}/{name}: got {n} bytes, expected {size}")
@@ -397,13 +409,15 @@ class LocalStore(ObjectStore):
             with open(fd, "wb") as out:
                 out.write(json.dumps(d, sort_keys=True).encode("utf-8"))
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
             os.replace(tmp_data, dpath)
             tmp_data = None
             os.replace(tmp_meta, mpath)
             tmp_meta = None
-            _fsync_dir(dpath.parent)
-            _fsync_dir(mpath.parent)
+            if durable:
+                _fsync_dir(dpath.parent)
+                _fsync_dir(mpath.parent)
             return info
         except OSError as e:
             if isinstance(e, VhdkitError):
@@ -416,6 +430,22 @@ class LocalStore(ObjectStore):
                         os.unlink(t)
                     except OSError:
                         pass
+
+    def sync(self, container: str, names: Sequence[str]) -> None:
+        dirs = set()
+        for name in names:
+            for path in self._paths(container, name):
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise _oserror(e, f"sync {container}/{name}") from None
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                dirs.add(path.parent)
+        for d in dirs:
+            _fsync_dir(d)
 
     def delete(self, container: str, name: str) -> None:
         dpath, mpath = self._paths(container, name)

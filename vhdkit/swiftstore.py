@@ -223,7 +223,9 @@ class SwiftStore(ObjectStore):
 
     def put(self, container: str, name: str, stream: BinaryIO, *, metadata: Optional[Dict[str, str]] = None,
             content_type: Optional[str] = None, etag: Optional[str] = None,
-            size: Optional[int] = None) -> ObjectInfo:
+            size: Optional[int] = None, durable: bool = True) -> ObjectInfo:
+        """``durable`` is accepted for the interface: a Swift PUT answers only
+        once the object is on disk, so every put is durable."""
         validate_container_name(container)
         validate_object_name(name)
         meta = validate_metadata(metadata)

@@ -28,14 +28,31 @@ def _describe(d: dict) -> str:
     return s
 
 
+def _finish(r, out: str, as_json: bool) -> None:
+    _size_note(r)
+    if out != "-":                      # stdout carries the image itself
+        emit(r.to_dict(), as_json, _describe)
+
+
+def _layout_options(f):
+    """--type, --block-size, --size-rule, --azure (shared by create and convert)."""
+    opts = [
+        click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default="dynamic",
+                     show_default=True),
+        click.option("--block-size", type=SIZE, default=None, help="Dynamic block size (512K..256M, default 2M)."),
+        click.option("--size-rule", type=click.Choice(["exact", "chs"]), default="exact", show_default=True,
+                     help="exact: keep the size; chs: round up to a CHS-representable size like Virtual PC."),
+        click.option("--azure", is_flag=True, help="Fixed VHD whose size is a whole number of MiB (rounded up)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 @main.command("create")
 @click.argument("out")
 @click.argument("size", type=SIZE)
-@click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default="dynamic", show_default=True)
-@click.option("--block-size", type=SIZE, default=None, help="Dynamic block size (512K..256M, default 2M).")
-@click.option("--size-rule", type=click.Choice(["exact", "chs"]), default="exact", show_default=True,
-              help="exact: keep SIZE; chs: round up to a CHS-representable size like Virtual PC.")
-@click.option("--azure", is_flag=True, help="Fixed VHD whose size is a whole number of MiB (rounded up).")
+@_layout_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @json_option
 def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, as_json):
@@ -48,9 +65,7 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, as_jso
     from ..vhd.write import create
     r = create(out, size, type=disk_type, block_size=block_size, size_rule=size_rule, azure=azure,
                overwrite=force)
-    _size_note(r)
-    if out != "-":
-        emit(r.to_dict(), as_json, _describe)
+    _finish(r, out, as_json)
 
 
 @main.command("convert")
@@ -58,11 +73,9 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, as_jso
 @click.argument("dst")
 @click.option("-f", "src_format", type=click.Choice(["raw", "vhd"]), default=None,
               help="Input format (default: detected from the footer).")
-@click.option("-O", "out_format", type=click.Choice(["raw", "vhd"]), default="vhd", show_default=True)
-@click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default="dynamic", show_default=True)
-@click.option("--block-size", type=SIZE, default=None, help="Dynamic block size (512K..256M, default 2M).")
-@click.option("--size-rule", type=click.Choice(["exact", "chs"]), default="exact", show_default=True)
-@click.option("--azure", is_flag=True, help="Fixed VHD whose size is a whole number of MiB (rounded up).")
+@click.option("-O", "out_format", type=click.Choice(["raw", "vhd"]), default="vhd", show_default=True,
+              help="Output format: a VHD (--type) or a sparse raw file.")
+@_layout_options
 @click.option("--parent", "parents", multiple=True,
               help="Explicit parent path of a differencing SRC (leaf's parent first; repeatable).")
 @json_option
@@ -83,9 +96,7 @@ def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_ru
         r = convert(src, dst, src_format=src_format, out_format=out_format, type=disk_type,
                     block_size=block_size, size_rule=size_rule, azure=azure, parents=list(parents) or None,
                     progress=prog)
-    _size_note(r)
-    if dst != "-":
-        emit(r.to_dict(), as_json, _describe)
+    _finish(r, dst, as_json)
 
 
 @main.command("modify")

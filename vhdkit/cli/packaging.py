@@ -185,14 +185,12 @@ def _ova_human(rep) -> str:
 @click.option("--name", help="Package name (descriptor NAME.ovf; default from the disk or output).")
 @click.option("--level", type=int, help="gzip level 0-9 (default 1).")
 @click.option("--threads", type=int, default=0, help="Compression threads (default: all cores).")
-@click.option("--spool-dir", type=click.Path(file_okay=False), help="Where compressed disks are spooled "
-              "(default: the output's directory).")
 @json_option
-def ova_pack(disks, output, compression, name, level, threads, spool_dir, as_json) -> None:
+def ova_pack(disks, output, compression, name, level, threads, as_json) -> None:
     """Pack a VHD (or a chain, leaf first) into an OVA.
 
-    Compressed disks are spooled once to a temporary file in the output's
-    directory, because the manifest and tar header need their size and hash.
+    One pass: each disk is compressed once straight into a temporary archive
+    next to OUT (sizes and hashes are filled in at the end), then renamed.
 
     \b
     Example:
@@ -202,7 +200,7 @@ def ova_pack(disks, output, compression, name, level, threads, spool_dir, as_jso
 
     with _progress("pack", None) as prog:
         res = ova.pack(list(disks), output, compress=compression, name=name, level=level,
-                       threads=threads or None, spool_dir=spool_dir, progress=prog)
+                       threads=threads or None, progress=prog)
     emit(res, as_json, lambda r: f"{r['output']}: {len(r['disks'])} disk(s), {r['size']} bytes, "
                                  f"compression {r['compression']}")
 

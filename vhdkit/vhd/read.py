@@ -406,7 +406,11 @@ def open(path: PathLike, mode: str = "r", *, parents: Optional[Sequence[PathLike
 
     ``parents``: explicit parent paths, the leaf's parent first (used before
     the locators).  ``allowed_root``: refuse parents outside this directory.
+    Mode ``"r+"`` also allows writing (:class:`vhdkit.vhd.chain.VhdWriteStream`).
     """
+    if mode in ("r+", "r+b", "rb+"):   # writing: vhdkit.vhd.chain (chains helper)
+        from .chain import VhdWriteStream
+        return VhdWriteStream(path, parents=parents, allowed_root=allowed_root, size_rule=size_rule)
     if mode not in ("r", "rb"):
         raise InvalidInputError(f"vhdkit.open supports only mode 'r', not {mode!r}")
     return VhdStream(path, parents=parents, allowed_root=allowed_root, size_rule=size_rule)
