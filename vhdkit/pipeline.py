@@ -363,7 +363,7 @@ def _authorize_export(reg: Registry, caller: Caller, image_id: str):
 
 
 def _run_export(ctx: _Context) -> Dict[str, Any]:
-    from .vhd import check, convert, modify, probe
+    from .vhd import check, coalesce, modify, probe
 
     reg, cfg, caller = ctx.reg, ctx.cfg, ctx.caller
     image_id, container = _parse_export(ctx.task.input)
@@ -404,8 +404,10 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
         os.replace(chain[0], out)
         modify(out, new_uuid=True, timestamp="now")
     else:
-        convert(chain[0], out, type="dynamic", parents=[str(p) for p in chain[1:]] or None,
-                allowed_root=str(disks_dir) if len(chain) > 1 else None, progress=ctx.progress)
+        # One pass over the chain: each sector read once, from the topmost
+        # layer holding it; the unpacked files' own locators are not trusted.
+        coalesce(chain[0], out, type="dynamic", parents=[str(p) for p in chain[1:]] or None,
+                 allowed_root=str(disks_dir) if len(chain) > 1 else None, progress=ctx.progress)
     shutil.rmtree(disks_dir, ignore_errors=True)
 
     name = f"{image_id}.vhd"
