@@ -261,7 +261,9 @@ int vk_modify(const char *path, const vk_modify_opts *opts, vk_modify_result *re
 typedef struct vk_repair_result {
     int action;             /* 0 nothing to do, 1 end footer rewritten from copy at 0,
                                2 copy at 0 rewritten from end footer,
-                               3 footer appended (end footer was missing/truncated) */
+                               3 footer appended (end footer was missing/truncated),
+                               4 fixed image cut back to its size (an interrupted grow
+                                 left zeros/footer copies after the data) */
     uint32_t disk_type;
     uint64_t footer_offset; /* where the end footer now is                  */
 } vk_repair_result;

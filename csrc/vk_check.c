@@ -319,12 +319,12 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
     int fd, fsize = 512, hdr_ok = 0;
     uint64_t file_size, foff;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block */
     if (fd < 0) {
         add(P, errno == ENOENT ? "NOT_FOUND" : "OPEN_FAILED", UINT64_MAX, "cannot open %s: %s", path, strerror(errno));
         return;
     }
-    if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
+    if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
         add(P, "OPEN_FAILED", UINT64_MAX, "%s is not a file", path);
         goto out;
     }

@@ -167,7 +167,9 @@ int vk_layer_open(vk_layer *L, const char *path, int size_rule, vk_err *err)
     L->fd = -1;
     if (size_rule < VK_SIZE_AUTO || size_rule > VK_SIZE_ORIGINAL)
         return vk_fail(err, VK_E_INVALID, UINT64_MAX, "invalid size rule %d", size_rule);
-    L->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading must not wait for a writer
+     * (it is refused below); it changes nothing for files and devices. */
+    L->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (L->fd < 0) {
         int e = errno;
         if (e == ENOENT) return vk_fail(err, VK_E_NOTFOUND, UINT64_MAX, "%s: no such file", path);
@@ -175,6 +177,8 @@ int vk_layer_open(vk_layer *L, const char *path, int size_rule, vk_err *err)
     }
     if (fstat(L->fd, &st) < 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot stat %s", path);
     if (S_ISDIR(st.st_mode)) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "%s is a directory", path);
+    if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))
+        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "%s is a FIFO or socket, not a file", path);
     L->dev = st.st_dev;
     L->ino = st.st_ino;
     if (S_ISREG(st.st_mode)) {
@@ -372,7 +376,7 @@ int vk_probe(const char *path, uint32_t *disk_type, vk_err *err)
 
     vk_err_clear(err);
     *disk_type = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block */
     if (fd < 0) {
         int e = errno;
         if (e == ENOENT) return vk_fail(err, VK_E_NOTFOUND, UINT64_MAX, "%s: no such file", path);

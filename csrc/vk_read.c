@@ -137,10 +137,16 @@ static int classify(vk_image *img, int li, uint64_t off, uint64_t maxlen, uint64
     if (L->footer.disk_type == VK_DISK_FIXED) { *len = maxlen; *layer = li; *foff = off; return VK_OK; }
 
     uint64_t blk = off / L->block_size, in = off % L->block_size;
-    /* past the BAT everything is unallocated: one run to the end */
-    if (blk < L->n_bat && maxlen > L->block_size - in) maxlen = L->block_size - in;
-    uint32_t e = blk < L->n_bat ? L->bat[blk] : VK_BAT_UNUSED;
     int diff = L->footer.disk_type == VK_DISK_DIFF;
+    if (blk >= L->n_bat) {
+        /* Past the table every block is absent: one run to maxlen, not one
+         * per block (2040 GiB of 512-byte blocks is 4e9 blocks). */
+        if (diff && li + 1 < img->n) return classify(img, li + 1, off, maxlen, len, layer, foff, err);
+        if (diff) return vk_fail(err, VK_E_CHAIN, UINT64_MAX, "%s opened without its parent", L->path);
+        *len = maxlen; *layer = -1; return VK_OK;
+    }
+    if (maxlen > L->block_size - in) maxlen = L->block_size - in;
+    uint32_t e = L->bat[blk];
     if (e == VK_BAT_UNUSED) {
         if (diff && li + 1 < img->n) return classify(img, li + 1, off, maxlen, len, layer, foff, err);
         if (diff) return vk_fail(err, VK_E_CHAIN, UINT64_MAX, "%s opened without its parent", L->path);

@@ -199,7 +199,7 @@ static void vk_rw_close(vk_rw *rw)
 static int vk_rw_open(vk_rw *rw, const char *path, int writable, vk_err *err)
 {
     memset(rw, 0, sizeof *rw);
-    rw->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    rw->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block */
     if (rw->fd < 0) {
         int e = errno;
         if (e == ENOENT) return vk_fail(err, VK_E_NOTFOUND, UINT64_MAX, "no such file: %s", path);
@@ -266,15 +266,24 @@ static int vk_modify_fixed(vk_rw *rw, const vk_modify_opts *o, vk_footer *nf, vk
             return vk_fail(err, VK_E_NOSPACE, nsz, "shrinking to %llu bytes would discard non-zero data; "
                            "use force to discard it", (unsigned long long)nsz);
     }
-    /* Commit point: the footer at the new end.  Growing leaves the old
-     * footer sector inside the new space until it is zeroed (step 2);
-     * shrinking leaves the old end footer valid until the truncate. */
-    int rc = vk_rw_step(rw, fb, sizeof fb, nsz, err);
-    if (rc) return rc;
+    int rc;
     if (nsz > old) {
+        /* Growing: (1) the OLD footer is copied to the new end, so the file
+         * still reads as the old disk (its size fits the longer file);
+         * (2) the old footer sector, now inside the new space, is zeroed;
+         * (3) commit: the new footer at the new end.  A crash between the
+         * steps leaves the old disk, never the new size with the old
+         * footer's bytes showing as data (found by the crash harness). */
         static const uint8_t z[VK_FOOTER_SIZE];
-        return vk_rw_step(rw, z, sizeof z, old, err);
+        rc = vk_rw_step(rw, rw->endb, sizeof rw->endb, nsz, err);
+        if (!rc) rc = vk_rw_step(rw, z, sizeof z, old, err);
+        if (!rc) rc = vk_rw_step(rw, fb, sizeof fb, nsz, err);
+        return rc;
     }
+    /* Shrinking: commit point is the footer at the new end; the old end
+     * footer stays valid until the truncate. */
+    rc = vk_rw_step(rw, fb, sizeof fb, nsz, err);
+    if (rc) return rc;
     return vk_rw_truncate(rw, nsz + VK_FOOTER_SIZE, err);
 }
 
@@ -440,6 +449,32 @@ static int vk_same_structure(const vk_footer *a, const vk_footer *b)
            a->version == b->version;
 }
 
+/* A fixed image whose file is longer than its disk plus footer, where the
+ * extra bytes are zeros or copies of the end footer, is what an interrupted
+ * grow (vk_modify_fixed) leaves: roll it back to the old disk by putting the
+ * footer right after the data and cutting the rest (action 4).  Extra bytes
+ * holding anything else are left alone. */
+static int vk_repair_fixed_tail(vk_rw *rw, int dry_run, vk_repair_result *res, vk_err *err)
+{
+    uint64_t size = rw->end.current_size, end = rw->file_size - VK_FOOTER_SIZE;
+    if (size % VK_SECTOR || size >= end) return VK_OK;
+    uint8_t b[VK_FOOTER_SIZE];
+    static const uint8_t z[VK_FOOTER_SIZE];
+    for (uint64_t off = size; off < end; off += VK_SECTOR) {
+        int rc = vk_pread_full(rw->fd, b, VK_SECTOR, off, err);
+        if (rc) return rc;
+        if (memcmp(b, z, VK_SECTOR) != 0 && memcmp(b, rw->endb, VK_SECTOR) != 0) return VK_OK;
+    }
+    res->action = 4;
+    res->footer_offset = size;
+    if (dry_run) return VK_OK;
+    int rc = vk_pwrite_full(rw->fd, rw->endb, VK_FOOTER_SIZE, size, err);
+    if (!rc && ftruncate(rw->fd, (off_t)(size + VK_FOOTER_SIZE)) != 0)
+        rc = vk_fail_errno(err, errno, size, "cannot cut the image back to its size");
+    if (!rc && fsync(rw->fd) != 0) rc = vk_fail_errno(err, errno, UINT64_MAX, "fsync failed");
+    return rc;
+}
+
 int vk_repair(const char *path, int dry_run, vk_repair_result *res, vk_err *err)
 {
     vk_rw rw;
@@ -451,6 +486,7 @@ int vk_repair(const char *path, int dry_run, vk_repair_result *res, vk_err *err)
     res->footer_offset = rw.file_size - VK_FOOTER_SIZE;
     if (rw.end_ok && rw.end.disk_type == VK_DISK_FIXED) {
         res->disk_type = VK_DISK_FIXED;
+        rc = vk_repair_fixed_tail(&rw, dry_run, res, err);
         goto out;   /* a fixed image's only footer is fine */
     }
     if (!rw.end_ok && !rw.c0_ok) {

@@ -31,19 +31,23 @@ dies loses its lease and the task is retried once from the start (then failed).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import shutil
 import signal
 import socket
+import tarfile
 import threading
 import time
 import uuid as _uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from . import ova, segments
-from .errors import ConflictError, NotFoundError, VhdkitError
+from . import ova, segments, streams
+from .errors import ConflictError, IntegrityError, NotFoundError, VhdkitError
 from .registry import Caller, Registry
 from .registry.models import Task
 from .store import ObjectStore, validate_container_name
@@ -258,17 +262,27 @@ def _run_import(ctx: _Context) -> Dict[str, Any]:
 
     disk = ctx.dir / "0.vhd"
     ctx.enter("fetch", head.size)
-    with store.get(container, obj) as src, open(disk, "wb") as dst:
-        _copy(src, dst, ctx)
+    with store.get(container, obj) as src:
+        local = _local_path(src)
+        if local is not None:
+            # The embedded store: read the object in place (this open file is
+            # the version we validate and pack, even if it is replaced now).
+            disk.symlink_to(local)
+            ctx.progress(head.size)
+        else:
+            with open(disk, "wb") as dst:
+                _copy(src, dst, ctx)
 
-    ctx.enter("validate", head.size)
-    vi = _validate_vhd(disk, cfg)
+        ctx.enter("validate", head.size)
+        vi = _validate_vhd(disk, cfg)
 
-    ctx.enter("package", head.size)
-    ova_path = ctx.dir / f"{image_id}.ova"
-    ova.pack([disk], ova_path, compress="gzip", name=image_id, level=cfg.gzip_level,
-             threads=cfg.threads, progress=ctx.progress)
-    disk.unlink()
+        # package: main's ova.pack writes the OVA in one pass (no spool); the
+        # registry then takes it in one hashed copy.
+        ctx.enter("package", head.size)
+        ova_path = ctx.dir / f"{image_id}.ova"
+        ova.pack([disk], ova_path, compress="gzip", name=image_id, level=cfg.gzip_level,
+                 threads=cfg.threads, progress=ctx.progress)
+        disk.unlink()
 
     ctx.enter("store", ova_path.stat().st_size)
     reg.create_image(caller, id=image_id, name=name, disk_format="vhd", container_format="ova")
@@ -279,6 +293,16 @@ def _run_import(ctx: _Context) -> Dict[str, Any]:
         _discard_image(reg, caller.account, image_id)
         raise
     return {"image_id": img.id}
+
+
+def _local_path(reader) -> Optional[str]:
+    """A path naming the reader's open file (embedded store), else None."""
+    try:
+        fd = reader.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    path = f"/proc/self/fd/{fd}"
+    return path if os.path.exists(path) else None
 
 
 def _discard_image(reg: Registry, account: str, image_id: str) -> None:
@@ -339,7 +363,7 @@ def _authorize_export(reg: Registry, caller: Caller, image_id: str):
 
 
 def _run_export(ctx: _Context) -> Dict[str, Any]:
-    from .vhd import convert
+    from .vhd import check, coalesce, modify, probe
 
     reg, cfg, caller = ctx.reg, ctx.cfg, ctx.caller
     image_id, container = _parse_export(ctx.task.input)
@@ -351,18 +375,39 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
 
     data = reg.open_data(caller, image_id)
     disks_dir = ctx.dir / "disks"
+    own_copy = False  # is chain[0] a private copy we may rewrite in place?
     if img.container_format == "ova":
         ctx.enter("unpack", data.size)
-        rep = ova.unpack(data.path, disks_dir, progress=ctx.progress)
-        chain = _chain_from(rep, disks_dir)
+        disks_dir.mkdir(parents=True)
+        single = _unpack_single(ctx, data.path, disks_dir / "disk.vhd")
+        if single is not None:
+            chain, own_copy = [single], True
+        else:
+            disks_dir.rmdir()
+            rep = ova.unpack(data.path, disks_dir, progress=ctx.progress)
+            chain = _chain_from(rep, disks_dir)
+            own_copy = len(chain) == 1
     else:
         disks_dir.mkdir(parents=True)
         chain = [Path(data.path)]
 
     ctx.enter("coalesce")
     out = ctx.dir / f"{image_id}.vhd"
-    convert(chain[0], out, type="dynamic", parents=[str(p) for p in chain[1:]] or None,
-            allowed_root=str(disks_dir) if len(chain) > 1 else None, progress=ctx.progress)
+    if own_copy and probe(chain[0]) == "dynamic":
+        # Nothing to flatten: "coalescing" one dynamic VHD only gives it a new
+        # identity.  Check it, then rewrite both footer copies in place (new
+        # UUID and timestamp); every other byte -- the virtual disk -- stays.
+        rep = check(chain[0], parents=False)
+        if not rep.ok:
+            p = rep.problems[0]
+            raise TaskFailed(397, f"the stored VHD failed validation: {p.code}: {p.message}")
+        os.replace(chain[0], out)
+        modify(out, new_uuid=True, timestamp="now")
+    else:
+        # One pass over the chain: each sector read once, from the topmost
+        # layer holding it; the unpacked files' own locators are not trusted.
+        coalesce(chain[0], out, type="dynamic", parents=[str(p) for p in chain[1:]] or None,
+                 allowed_root=str(disks_dir) if len(chain) > 1 else None, progress=ctx.progress)
     shutil.rmtree(disks_dir, ignore_errors=True)
 
     name = f"{image_id}.vhd"
@@ -372,6 +417,77 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
                              total=out.stat().st_size, progress=ctx.progress)
     return {"export_location": f"{container}/{name}", "segments": len(man.segments),
             "size": man.size, "sha256": man.sha256}
+
+
+class _HashedSlice(io.RawIOBase):
+    """``size`` bytes of ``f`` from its position, hashed as they pass -- in
+    ``pool``'s thread, one chunk behind (hashlib drops the GIL), so hashing
+    overlaps the decompression that consumes the bytes."""
+
+    def __init__(self, f, size: int, algo: str, pool):
+        self.f, self.left = f, size
+        self.h = segments._Pipelined(pool, hashlib.new(algo))
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        want = min(len(b), self.left)
+        if not want:
+            return 0
+        data = self.f.read(want)  # a fresh buffer: the hasher may still be reading the last one
+        if not data:
+            raise IntegrityError("the stored OVA is truncated")
+        n = len(data)
+        memoryview(b)[:n] = data
+        self.h.update(data)
+        self.left -= n
+        return n
+
+
+def _unpack_single(ctx: _Context, ova_path: str, dest: Path) -> Optional[Path]:
+    """Fast path of "unpack" for the OVA an import makes (descriptor, manifest,
+    one VHD disk, gzip or not): decompress the disk member straight from its
+    offset in the archive into ``dest`` in one pass, verifying its manifest
+    hash.  None when the archive is anything else (``ova.unpack`` then does
+    the general, fully checking extraction)."""
+    try:
+        with tarfile.open(ova_path, "r:") as tar:
+            members = tar.getmembers()
+            if (len(members) != 3 or not all(m.isreg() and "/" not in m.name for m in members)
+                    or not members[0].name.endswith(".ovf") or not members[1].name.endswith(".mf")
+                    or members[0].size > (1 << 20) or members[1].size > (1 << 20)):
+                return None
+            ovf = tar.extractfile(members[0]).read()  # type: ignore[union-attr]
+            mf = tar.extractfile(members[1]).read()  # type: ignore[union-attr]
+        desc = ova.parse_descriptor(ovf)
+        manifest = ova.parse_manifest(mf)
+    except (tarfile.TarError, OSError, VhdkitError, EOFError):
+        return None
+    m = members[2]
+    if (desc.problems or len(desc.files) != 1 or len(desc.disks) != 1 or desc.files[0].href != m.name
+            or not desc.disks[0].is_vhd or desc.disks[0].capacity is None
+            or (desc.files[0].compression or "identity").lower() not in ("gzip", "identity")
+            or set(manifest) != {members[0].name, m.name}):
+        return None
+    algo, want = manifest[members[0].name]
+    if algo not in ("sha256", "sha1") or hashlib.new(algo, ovf).hexdigest() != want:
+        return None
+    algo, want = manifest[m.name]
+    if algo not in ("sha256", "sha1"):
+        return None
+    gz = (desc.files[0].compression or "").lower() == "gzip"
+    cap = desc.disks[0].capacity
+    with open(ova_path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
+        f.seek(m.offset_data)
+        raw = _HashedSlice(f, m.size, algo, pool)
+        src = streams.open_decompressor(raw, "gzip", max_output=cap + cap // 64 + (16 << 20),
+                                        name=f"{ova_path}:{m.name}") if gz else raw
+        with src, open(dest, "xb") as out:
+            _copy(src, out, ctx)
+        if raw.left or raw.h.hexdigest() != want:
+            raise IntegrityError(f"the stored OVA's disk {m.name!r} does not match its manifest {algo}")
+    return dest
 
 
 def _chain_from(rep, disks_dir: Path) -> List[Path]:

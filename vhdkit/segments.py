@@ -303,7 +303,7 @@ def load_manifest(store: ObjectStore, container: str, name: str) -> SegmentManif
     raw = store.get_bytes(container, side, limit=MAX_SIDECAR_BYTES)
     try:
         d = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser's stack
         raise IntegrityError(f"sidecar {container}/{side} is not JSON: {e}") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise IntegrityError(f"sidecar {container}/{side}: not a {FORMAT} manifest")

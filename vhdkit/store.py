@@ -256,6 +256,12 @@ class _LocalReader(ObjectReader):
     def readable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        """The open data file (a reader of the embedded store is a plain file:
+        ``/proc/self/fd/N`` names this exact version even if the object is
+        replaced meanwhile)."""
+        return self._f.fileno()
+
     def readinto(self, b) -> int:
         if self._left <= 0:
             return 0

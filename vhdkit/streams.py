@@ -338,6 +338,9 @@ def open_decompressor(fileobj: BinaryIO, format: str = "auto", *, max_output: Op
         what = "empty input" if not head else "bad magic"
         raise ArchiveError(f"{name}: not a {'gzip or zstd' if format == 'auto' else format} stream ({what})")
     format = found
+    if format == "gzip" and len(head) == 4 and head[3] & 0xE0:
+        # RFC 1952 2.3.1.2: a reserved FLG bit set must be an error (gzip(1) refuses it too)
+        raise ArchiveError(f"{name}: gzip header has reserved flag bits set (0x{head[3]:02x})")
     fileobj = _Prefixed(head, fileobj)  # type: ignore[assignment]
     if format == "gzip":
         raw: io.RawIOBase = _GzipReader(fileobj, max_output, name)

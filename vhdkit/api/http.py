@@ -15,6 +15,7 @@ import anyio.from_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..registry.models import property_name_problem
 from .config import Settings
 from .errors import ApiError, error_response
 
@@ -87,8 +88,12 @@ async def read_json(request: Request, *, content_types: Tuple[str, ...] = (JSON,
     if json_depth(body) > depth:
         raise ApiError(400, f"The JSON body nests deeper than {depth} levels")
     try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        value = json.loads(body.decode("utf-8"))
+        # "\ud800" escapes decode to lone surrogates that no UTF-8 store can
+        # hold: refuse them here (they raised UnicodeEncodeError -> 500 in the DB)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
+    except (UnicodeError, ValueError) as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}") from None
 
 
@@ -260,21 +265,18 @@ async def call(fn, *args, limiter: Optional[anyio.CapacityLimiter] = None, **kw)
 
 
 async def write_call(request: Request, fn, *args, **kw):
-    """:func:`call` for a short registry write: one at a time per process.
+    """:func:`call` for a short registry write.
 
-    SQLite admits one writer; threads of one process that race for its lock
-    fall into its busy handler's sleeps (up to 100 ms each), which under 32
-    concurrent writers cost far more than waiting in line here.  Other
-    processes (workers, CLI) still meet at SQLite's lock.
+    The registry itself makes the writers of a process take turns (see
+    ``Registry._write``); this limiter only keeps writes that wait for their
+    turn in the event loop rather than each parked in a worker thread, so a
+    burst of writes cannot use up the thread pool that reads need.
     """
     return await call(fn, *args, limiter=request.app.state.write_limiter, **kw)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_QUERY_PAIRS = 64
-#: Names a list filter may have: base fields and property names as clients use
-#: them (os_distro, com.rackspace__1__options, owner_specified.openstack.md5).
-_QUERY_KEY = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,254}\Z")
 MAX_QUERY_VALUE = 1024
 
 
@@ -293,9 +295,9 @@ def query_pairs(request: Request) -> List[Tuple[str, str]]:
     if len(pairs) > MAX_QUERY_PAIRS:
         raise ApiError(400, f"Too many query parameters (at most {MAX_QUERY_PAIRS})")
     for key, value in pairs:
-        if not _QUERY_KEY.match(key):
+        if property_name_problem(key) is not None:  # filter names: the registry's property-name rule
             raise ApiError(400, f"{clean_text(key, 'A query parameter name', max_len=255)!r} is not a valid "
-                                "filter name (letters, digits and _ . : - only, not starting with '.')")
+                                "filter name (1..255 characters, no control characters, not starting with '.')")
         clean_text(value, f"The query parameter {key!r}")
     return pairs
 

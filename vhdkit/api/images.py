@@ -15,7 +15,8 @@ from ..errors import ConflictError
 from .errors import ApiError
 from .http import (JSON_PATCH, OCTET, UploadStream, call, clean_text, collection_links, json_object,
                    query_pairs, read_json, registry, require_content_type, settings, write_call)
-from .schemas import MAX_TAG_LENGTH, UUID_PATTERN
+from ..registry import tag_problem
+from .schemas import UUID_PATTERN
 
 _UUID = re.compile(UUID_PATTERN)
 
@@ -28,17 +29,11 @@ def image_id(request: Request) -> str:
     return raw.lower()
 
 
-_TAG_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
-
-
 def check_tag(tag, status: int = 400) -> str:
-    """A tag: 1..255 characters, no control characters or '/', not '.' or '..'."""
-    if not isinstance(tag, str) or not tag:
-        raise ApiError(status, "A tag must be a non-empty string")
-    if len(tag) > MAX_TAG_LENGTH:
-        raise ApiError(status, f"A tag may be at most {MAX_TAG_LENGTH} characters long (got {len(tag)})")
-    if _TAG_FORBIDDEN.search(tag) or tag in (".", ".."):
-        raise ApiError(status, "A tag may not contain control characters or '/', nor be '.' or '..'")
+    """A tag, by the registry's rule (1..255 characters, no control characters or '/', not '.' or '..')."""
+    problem = tag_problem(tag)
+    if problem is not None:
+        raise ApiError(status, problem[0].upper() + problem[1:])
     return tag
 
 
@@ -55,30 +50,12 @@ async def create_image(request: Request) -> JSONResponse:
     return JSONResponse(image, status_code=201, headers={"Location": image["self"]})
 
 
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def _hidden_filter(pairs) -> Tuple[list, bool]:
-    """Split off ``os_hidden`` (Images v2.7): no image here is hidden, so
-    ``os_hidden=true`` matches nothing and ``false`` everything.  openstacksdk's
-    find_image sends it whatever version the server announces."""
-    only_hidden = False
-    for key, value in pairs:
-        if key == "os_hidden":
-            if value.lower() not in _BOOLS:
-                raise ApiError(400, f"os_hidden must be true or false, not {value!r}")
-            only_hidden = only_hidden or _BOOLS[value.lower()]
-    return [(k, v) for k, v in pairs if k != "os_hidden"], only_hidden
-
-
 async def list_images(request: Request) -> JSONResponse:
     who = caller(request)
     pairs = query_pairs(request)
-    filters, only_hidden = _hidden_filter(pairs)
-    page = await call(registry(request).list_images, who, filters)
-    images, next_marker = ([], None) if only_hidden else (page.images, page.next_marker)
-    body = {"images": [i.to_dict() for i in images], "schema": "/v2/schemas/images"}
-    body.update(collection_links("/v2/images", pairs, next_marker))
+    page = await call(registry(request).list_images, who, pairs)
+    body = {"images": [i.to_dict() for i in page.images], "schema": "/v2/schemas/images"}
+    body.update(collection_links("/v2/images", pairs, page.next_marker))
     return JSONResponse(body)
 
 

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .auth import caller
+from ..registry.models import MAX_TAG
 from .errors import ApiError
 
 UUID_PATTERN = ("^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
@@ -24,7 +25,7 @@ VISIBILITIES = ["community", "public", "private", "shared"]
 MEMBER_STATUSES = ["pending", "accepted", "rejected"]
 TASK_TYPES = ["import", "export"]
 TASK_STATUSES = ["pending", "processing", "success", "failure"]
-MAX_TAG_LENGTH = 255
+MAX_TAG_LENGTH = MAX_TAG  # the registry's rule
 
 
 def _ro(schema: dict, description: str) -> dict:
@@ -132,6 +133,11 @@ TASK_PROPERTIES = {
     "updated_at": _ro({"type": "string"}, "Datetime when this resource was updated"),
     "self": _ro({"type": "string"}, "A task self url"),
     "schema": _ro({"type": "string"}, "A task schema url"),
+    # vhdkit: progress of a running task, shown only while it is processing
+    # (Glance clients accept it: this schema does not forbid extra fields).
+    "stage": _ro({"type": ["null", "string"]}, "The stage a processing task is in (vhdkit)"),
+    "bytes_done": _ro({"type": ["null", "integer"]}, "Bytes done in that stage (vhdkit)"),
+    "bytes_total": _ro({"type": ["null", "integer"]}, "Bytes that stage will handle, if known (vhdkit)"),
 }
 
 TASK = {
@@ -141,7 +147,8 @@ TASK = {
 }
 
 # A task in a list omits its input and result, as Glance's does.
-_TASK_SUMMARY = dict(TASK, properties={k: v for k, v in TASK_PROPERTIES.items() if k not in ("input", "result")})
+_TASK_SUMMARY = dict(TASK, properties={k: v for k, v in TASK_PROPERTIES.items()
+                                       if k not in ("input", "result", "stage", "bytes_done", "bytes_total")})
 
 SCHEMAS = {
     "image": IMAGE,

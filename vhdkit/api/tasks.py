@@ -49,7 +49,10 @@ async def show_task(request: Request) -> JSONResponse:
     if not _UUID.match(raw):
         raise ApiError(404, "No task found with ID " + clean_text(raw, "The task id", status=404, max_len=64))
     task = await call(registry(request).show_task, caller(request), raw.lower())
-    return JSONResponse(task.to_dict())
+    body = task.to_dict()
+    if task.status == "processing":  # progress (declared in the task schema)
+        body.update(stage=task.stage, bytes_done=task.bytes_done, bytes_total=task.bytes_total)
+    return JSONResponse(body)
 
 
 ROUTES = [

@@ -13,7 +13,8 @@ from __future__ import annotations
 from .core import DEFAULT_SIZE_CAP, ImageData, Registry
 from .models import (BASE_FIELDS, CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MEMBER_STATUSES,
                      READONLY_FIELDS, RESERVED_FIELDS, SORT_KEYS, STATUSES, TASK_STATUSES, TASK_TYPES,
-                     TRANSITIONS, VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, Member, Task, TaskList)
+                     TRANSITIONS, VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, Member,
+                     Task, TaskList, property_name_problem, tag_problem)
 from .protections import DEFAULT_RULES, PropertyProtections
 from .query import DEFAULT_LIMIT, MAX_LIMIT, parse_list_params
 from .rbac import (ADMINS, ALL_ROLES, CREATORS, CUSTOMER_ROLES, MATRIX, OBSERVERS, SERVICE, Caller, Rule)
@@ -24,5 +25,5 @@ __all__ = [
     "ADMINS", "CREATORS", "OBSERVERS", "CUSTOMER_ROLES", "ALL_ROLES", "SERVICE",
     "STATUSES", "TRANSITIONS", "VISIBILITIES", "DISK_FORMATS", "CONTAINER_FORMATS", "MEMBER_STATUSES",
     "TASK_TYPES", "TASK_STATUSES", "READONLY_FIELDS", "WRITABLE_FIELDS", "RESERVED_FIELDS", "BASE_FIELDS",
-    "SORT_KEYS", "DEFAULT_QUOTAS", "DEFAULT_LIMIT", "MAX_LIMIT", "DEFAULT_SIZE_CAP",
+    "SORT_KEYS", "property_name_problem", "tag_problem", "DEFAULT_QUOTAS", "DEFAULT_LIMIT", "MAX_LIMIT", "DEFAULT_SIZE_CAP",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sqlite3
+import contextlib
 import threading
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -18,7 +19,7 @@ from . import blobs as _blobs
 from . import db as _db
 from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, MAX_PROPERTY_NAME,
                      MAX_PROPERTY_VALUE, MAX_TAG, READONLY_FIELDS, RESERVED_FIELDS, TRANSITIONS,
-                     VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text)
+                     VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text, property_name_problem, tag_problem)
 from .protections import PropertyProtections
 from .query import Params, build_list_sql, parse_list_params
 from .data import DataMixin, ImageData, UploadWriter  # noqa: F401 (re-exported)
@@ -42,18 +43,16 @@ def _validate_uuid(image_id: str) -> str:
 
 
 def _check_tag(tag: Any) -> str:
-    if not isinstance(tag, str) or not tag:
-        raise InvalidInputError("a tag must be a non-empty string")
-    if len(tag) > MAX_TAG:
-        raise InvalidInputError(f"tag is {len(tag)} characters long; the limit is {MAX_TAG}")
-    if "\x00" in tag:
-        raise InvalidInputError("a tag may not contain NUL")
+    problem = tag_problem(tag)
+    if problem is not None:
+        raise InvalidInputError(problem)
     return tag
 
 
 def _check_prop_name(name: str) -> str:
-    if not name or len(name) > MAX_PROPERTY_NAME or "\x00" in name:
-        raise InvalidInputError(f"invalid property name {name[:40]!r}")
+    problem = property_name_problem(name)
+    if problem is not None:
+        raise InvalidInputError(problem)
     return name
 
 
@@ -141,6 +140,8 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
         self._local = threading.local()
         self._all_conns: List[Tuple[int, sqlite3.Connection]] = []
+        self._writer = threading.RLock()
+        self._writer_pid = os.getpid()
         self._conn()
         if cleanup:
             self.cleanup()
@@ -181,8 +182,20 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     def _now(self) -> str:
         return now_text(self._now_dt())
 
+    @contextlib.contextmanager
     def _write(self):
-        return _db.immediate(self._conn())
+        """A write transaction; writers of this process take turns here first.
+
+        SQLite admits one writer; threads of one process that raced for its
+        lock would fall into its busy handler's sleeps (up to 100 ms each),
+        which under many concurrent writers cost far more than waiting in line
+        on a lock.  Other processes (workers, CLI, servers) still meet at
+        SQLite's lock and busy timeout.
+        """
+        if self._writer_pid != os.getpid():  # forked: a lock held by a thread of the parent stays held
+            self._writer, self._writer_pid = threading.RLock(), os.getpid()
+        with self._writer, _db.immediate(self._conn()) as conn:
+            yield conn
 
     def _read(self):
         return _db.snapshot(self._conn())

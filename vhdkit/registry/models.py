@@ -4,6 +4,7 @@ Images v2 JSON shapes."""
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -46,6 +47,36 @@ MAX_NAME = 255
 MAX_TAG = 255
 MAX_PROPERTY_NAME = 255
 MAX_PROPERTY_VALUE = 65535
+
+#: Property names -- also every list-filter key the HTTP API lets through --
+#: are 1..255 characters without control characters, not starting with ``.``
+#: (os_distro, com.rackspace__1__options, owner_specified.openstack.md5; a
+#: JSON-patch path may escape ``/`` and ``~`` in them).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Tags are 1..255 characters without control characters or ``/``, and not ``.`` or ``..``.
+_TAG_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
+
+
+def tag_problem(tag: Any) -> Optional[str]:
+    """Why ``tag`` is not a valid tag (None when it is).  The one rule for the registry and the API."""
+    if not isinstance(tag, str) or not tag:
+        return "a tag must be a non-empty string"
+    if len(tag) > MAX_TAG:
+        return f"a tag may be at most {MAX_TAG} characters long (got {len(tag)})"
+    if _TAG_FORBIDDEN.search(tag) or tag in (".", ".."):
+        return "a tag may not contain control characters or '/', nor be '.' or '..'"
+    return None
+
+
+def property_name_problem(name: Any) -> Optional[str]:
+    """Why ``name`` is not a valid property name (None when it is).  The one rule for the registry and the API."""
+    if not isinstance(name, str) or not name or len(name) > MAX_PROPERTY_NAME:
+        shown = name[:40] if isinstance(name, str) else name
+        return f"invalid property name {shown!r}: it must be 1..{MAX_PROPERTY_NAME} characters"
+    if _CONTROL.search(name) or name.startswith("."):
+        return f"invalid property name {name[:40]!r}: no control characters, and not starting with '.'"
+    return None
+
 
 DEFAULT_QUOTAS = {"tags": 128, "properties": 128, "members": 128}
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidInputError
-from .models import (BASE_FIELDS, CONTAINER_FORMATS, DISK_FORMATS, MAX_PROPERTY_NAME,
+from .models import (BASE_FIELDS, CONTAINER_FORMATS, DISK_FORMATS,
                      MEMBER_STATUSES, RESERVED_FIELDS, SORT_KEYS, STATUSES, VISIBILITIES,
-                     now_text)
+                     now_text, property_name_problem)
 
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 1000
@@ -38,9 +38,10 @@ EXACT_FILTERS = ("owner", "checksum", "os_hash_value")
 TIME_FILTERS = ("created_at", "updated_at")
 TIME_OPS = ("gt", "gte", "eq", "neq", "lt", "lte")
 CONTROL = ("limit", "marker", "sort", "sort_key", "sort_dir")
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 #: every base-field key this module understands as a filter
 KNOWN_FILTERS = tuple(IN_FILTERS) + EXACT_FILTERS + TIME_FILTERS + (
-    "visibility", "member_status", "protected", "size_min", "size_max", "tag")
+    "visibility", "member_status", "protected", "size_min", "size_max", "tag", "os_hidden")
 
 Params = Union[Mapping[str, Union[str, Sequence[str]]], Iterable[Tuple[str, str]]]
 
@@ -217,11 +218,19 @@ def parse_list_params(params: Optional[Params]) -> ListQuery:
             q.where.append(("i.size <= ?", [_int(key, value)]))
         elif key in TIME_FILTERS:
             q.where.append(time_condition(f"i.{key}", value))
+        elif key == "os_hidden":
+            # Images v2.7: no image here is hidden (os_hidden is reserved, never
+            # set), so true matches nothing and false everything.  openstacksdk's
+            # find_image sends it whatever version the server announces.
+            if value.lower() not in _BOOLS:
+                raise InvalidInputError(f"os_hidden must be true or false, not {value!r}")
+            if _BOOLS[value.lower()]:
+                q.where.append(("0 = 1", []))
         elif key in BASE_FIELDS or key in RESERVED_FIELDS:
             raise InvalidInputError(f"cannot filter on {key!r}")
         else:
-            if not key or len(key) > MAX_PROPERTY_NAME:
-                raise InvalidInputError(f"invalid filter {key[:40]!r}")
+            if property_name_problem(key) is not None:
+                raise InvalidInputError(f"invalid filter {key[:40]!r}: {property_name_problem(key)}")
             q.properties.append((key, value))
     q.sort = parse_sort(sort, sort_keys, sort_dirs)
     return q

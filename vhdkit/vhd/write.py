@@ -102,7 +102,7 @@ class ModifyResult(_Dict):
 class RepairResult(_Dict):
     path: str
     disk_type: str
-    action: str          # "none" | "end-footer-restored" | "backup-footer-restored" | "end-footer-appended"
+    action: str          # "none" | "end-footer-restored" | "backup-footer-restored" | "end-footer-appended" | "fixed-tail-cut"
     footer_offset: int
     dry_run: bool
 
@@ -439,7 +439,8 @@ def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None,
         bat_relocated=bool(res.bat_relocated), writes=int(res.writes))
 
 
-_ACTIONS = {0: "none", 1: "end-footer-restored", 2: "backup-footer-restored", 3: "end-footer-appended"}
+_ACTIONS = {0: "none", 1: "end-footer-restored", 2: "backup-footer-restored", 3: "end-footer-appended",
+            4: "fixed-tail-cut"}
 
 
 def repair(path: PathLike, *, dry_run: bool = False) -> RepairResult:
