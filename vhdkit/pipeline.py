@@ -104,6 +104,9 @@ class PipelineConfig:
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
 
+    def __post_init__(self) -> None:
+        self.home = Path(self.home)  # a str or any os.PathLike works too
+
     @classmethod
     def from_env(cls, home: Optional[os.PathLike | str] = None, **kw: Any) -> "PipelineConfig":
         h = Path(home if home is not None else os.environ.get("VHDKIT_HOME", ".vhdkit"))
