@@ -119,7 +119,8 @@ def run(data: Path, image: Path | None, keep: bool) -> int:
     _say("sample", f"sha256 of the virtual disk: {src_virtual}")
 
     reg = Registry(data)
-    cfg = PipelineConfig.from_env(data)
+    # small segments, so the sample export shows a real multi-segment large object
+    cfg = PipelineConfig.from_env(data, segment_size=8 * MiB)
     a = Caller.parse("account-a", "cloudImages:admin")
     b = Caller.parse("account-b", "cloudImages:admin")
 
