@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Union
 
 from . import streams
+from .fileutil import atomic_file
 from .errors import ArchiveError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
 
 __all__ = [
@@ -384,56 +385,47 @@ def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] =
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise NotFoundError(f"{parent}: output directory does not exist")
-    fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-    try:
-        with open(fd, "w+b") as f:
-            f.write(_tar_header(ovf_name, ovf_room, now))  # placeholders, rewritten below
-            f.write(b"\0" * (ovf_room + len(_pad(ovf_room))))
-            f.write(_tar_header(mf_name, mf_len, now))
-            f.write(b"\0" * (mf_len + len(_pad(mf_len))))
-            done_in = 0
-            for e, p in zip(entries, paths):
-                e["header_at"] = f.tell()
-                f.write(b"\0" * tarfile.BLOCKSIZE)
-                hw = _HashWriter(f)  # type: ignore[arg-type]
-                base = done_in
+    with atomic_file(out, "w+b") as f:
+        f.write(_tar_header(ovf_name, ovf_room, now))  # placeholders, rewritten below
+        f.write(b"\0" * (ovf_room + len(_pad(ovf_room))))
+        f.write(_tar_header(mf_name, mf_len, now))
+        f.write(b"\0" * (mf_len + len(_pad(mf_len))))
+        done_in = 0
+        for e, p in zip(entries, paths):
+            e["header_at"] = f.tell()
+            f.write(b"\0" * tarfile.BLOCKSIZE)
+            hw = _HashWriter(f)  # type: ignore[arg-type]
+            base = done_in
 
-                def prog(n, _t, base=base):
-                    if progress is not None:
-                        progress(base + n, total_in)
+            def prog(n, _t, base=base):
+                if progress is not None:
+                    progress(base + n, total_in)
 
-                with open(p, "rb") as src:
-                    size_before = os.fstat(src.fileno()).st_size
-                    if compress:
-                        streams.compress(src, hw, format="gzip", level=level, threads=threads,  # type: ignore[arg-type]
-                                         progress=prog)
-                    else:
-                        streams.copy_stream(src, hw, progress=prog, total=total_in)
-                    if os.fstat(src.fileno()).st_size != size_before:
-                        raise ConflictError(f"{p} changed while being packed")
-                e["size"], e["sha256"] = hw.n, hw.h.hexdigest()
-                f.write(_pad(hw.n))
-                done_in += size_before
-            f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
-            ovf = build_descriptor(name, entries)
-            ovf = ovf.rstrip(b"\n") + b" " * (ovf_room - len(ovf)) + b"\n"  # XML allows trailing blanks
-            mf = f"SHA256({ovf_name})= {hashlib.sha256(ovf).hexdigest()}\n"
-            mf += "".join(f"SHA256({e['href']})= {e['sha256']}\n" for e in entries)
-            assert len(ovf) == ovf_room and len(mf) == mf_len
-            f.seek(0)
-            f.write(_tar_header(ovf_name, ovf_room, now) + ovf)
-            f.seek(tarfile.BLOCKSIZE * (2 + -(-ovf_room // tarfile.BLOCKSIZE)) - tarfile.BLOCKSIZE)
-            f.write(_tar_header(mf_name, mf_len, now) + mf.encode("ascii"))
-            for e in entries:
-                f.seek(e.pop("header_at"))
-                f.write(_tar_header(e["href"], e["size"], now))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_out, out)
-        tmp_out = None
-    finally:
-        if tmp_out is not None and os.path.exists(tmp_out):
-            os.unlink(tmp_out)
+            with open(p, "rb") as src:
+                size_before = os.fstat(src.fileno()).st_size
+                if compress:
+                    streams.compress(src, hw, format="gzip", level=level, threads=threads,  # type: ignore[arg-type]
+                                     progress=prog)
+                else:
+                    streams.copy_stream(src, hw, progress=prog, total=total_in)
+                if os.fstat(src.fileno()).st_size != size_before:
+                    raise ConflictError(f"{p} changed while being packed")
+            e["size"], e["sha256"] = hw.n, hw.h.hexdigest()
+            f.write(_pad(hw.n))
+            done_in += size_before
+        f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
+        ovf = build_descriptor(name, entries)
+        ovf = ovf.rstrip(b"\n") + b" " * (ovf_room - len(ovf)) + b"\n"  # XML allows trailing blanks
+        mf = f"SHA256({ovf_name})= {hashlib.sha256(ovf).hexdigest()}\n"
+        mf += "".join(f"SHA256({e['href']})= {e['sha256']}\n" for e in entries)
+        assert len(ovf) == ovf_room and len(mf) == mf_len
+        f.seek(0)
+        f.write(_tar_header(ovf_name, ovf_room, now) + ovf)
+        f.seek(tarfile.BLOCKSIZE * (2 + -(-ovf_room // tarfile.BLOCKSIZE)) - tarfile.BLOCKSIZE)
+        f.write(_tar_header(mf_name, mf_len, now) + mf.encode("ascii"))
+        for e in entries:
+            f.seek(e.pop("header_at"))
+            f.write(_tar_header(e["href"], e["size"], now))
     for e in entries:
         if not e["compression"]:
             e.pop("compression")

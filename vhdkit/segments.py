@@ -34,13 +34,12 @@ import io
 import json
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import BinaryIO, Callable, List, Optional, Union
 
 from .errors import IntegrityError, InvalidInputError, NotFoundError, ResourceLimitError
+from .fileutil import atomic_file
 from .store import MAX_OBJECT_NAME, ObjectStore, validate_container_name, validate_object_name
 
 __all__ = [
@@ -420,16 +419,6 @@ def join(store: ObjectStore, container: str, name: str, out: Union[BinaryIO, str
     if hasattr(out, "write"):
         _write_segments(store, man, out, progress)  # type: ignore[arg-type]
         return man
-    path = Path(out)  # type: ignore[arg-type]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with open(fd, "wb") as f:
-            _write_segments(store, man, f, progress)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    finally:
-        if tmp is not None:
-            os.unlink(tmp)
+    with atomic_file(out) as f:  # type: ignore[arg-type]
+        _write_segments(store, man, f, progress)
     return man

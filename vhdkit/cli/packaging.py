@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator, Optional
 
 import click
@@ -19,26 +17,10 @@ import click
 from . import main
 from ._common import SIZE, emit, json_option
 from ..errors import InvalidInputError
+from ..fileutil import atomic_file
 from ..progress import Progress
 
 _SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
-
-
-@contextmanager
-def _atomic_out(path: Path) -> Iterator:
-    """A file written at a temp name next to ``path`` and renamed on success."""
-    parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with open(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextmanager
@@ -106,7 +88,7 @@ def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[in
                                   progress=prog, total=total)
             sys.stdout.buffer.flush()
         else:
-            with _atomic_out(Path(out)) as f:
+            with atomic_file(out) as f:
                 st = streams.compress(src, f, format=fmt, level=level, threads=threads or None,
                                       progress=prog, total=total)
     d = dict(st.to_dict(), input=input, output=out)
@@ -146,7 +128,7 @@ def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Option
                                     progress=prog, name=input)
             sys.stdout.buffer.flush()
         else:
-            with _atomic_out(Path(out)) as f:
+            with atomic_file(out) as f:
                 st = streams.decompress(src, f, format=fmt, max_output=max_size, progress=prog, name=input)
     d = dict(st.to_dict(), input=input, output=out)
     _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {st.bytes_in} -> {st.bytes_out} bytes")
@@ -344,7 +326,7 @@ def object_get(container, name, output, store_dir, account, as_json) -> None:
             copy_stream(r, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         else:
-            with _atomic_out(Path(output)) as f:
+            with atomic_file(output) as f:
                 copy_stream(r, f)
         info = r.info
     _emit_summary(info.to_dict(), as_json, output != "-", f"{container}/{name} -> {output}: {info.size} bytes")
