@@ -3,7 +3,7 @@
 One module per command group registers its commands on :data:`main`:
 inspect (info, check, map), convert (create, convert, modify, repair, compare),
 chains (snapshot, coalesce, reparent, chain), packaging (compress, decompress, ova, segments,
-object), registry (image, member), tasks (task, worker), serve.
+object), registry (image, member), tasks (task, worker), serve, maintenance (cleanup).
 
 Exit status: 0 success, 1 the operation failed (message on stderr), 2 usage
 error.  Results go to stdout, ``--json`` on every command for scripts.
@@ -27,4 +27,4 @@ def main() -> None:
 
 
 # Command modules register themselves on `main` when imported.
-from . import inspect, convert, chains, packaging, registry, tasks, serve  # noqa: E402,F401
+from . import inspect, convert, chains, packaging, registry, tasks, serve, maintenance  # noqa: E402,F401
