@@ -192,6 +192,10 @@ class SwiftStore(ObjectStore):
         self._pool: Optional[ThreadPoolExecutor] = None
         # background puts not yet synced or deleted: (container, name) -> (owner thread, future)
         self._pending: Dict[Tuple[str, str], Tuple[int, Future]] = {}
+        # per owner thread: its background puts not yet known to have succeeded
+        # (what back-pressure and failure reporting look at; a long upload's
+        # finished segments drop out, so each put looks at a few futures only)
+        self._open: Dict[int, set] = {}
 
     # -- connection
     def _connection(self):
@@ -330,22 +334,28 @@ class SwiftStore(ObjectStore):
                 self._pool = ThreadPoolExecutor(self.config.parallel, thread_name_prefix="vhdkit-swift-put")
             return self._pool
 
-    def _own_pending(self, owner: int) -> List[Tuple[Tuple[str, str], Future]]:
+    def _running_or_raise(self, owner: int) -> List[Future]:
+        """This thread's background puts still running; raises the error of one
+        that failed (it stays known until a sync or delete of its name)."""
         with self._lock:
-            return [(k, f) for k, (o, f) in self._pending.items() if o == owner]
-
-    def _raise_own_failure(self, owner: int) -> None:
-        for key, fut in self._own_pending(owner):
-            if fut.done() and fut.exception() is not None:
-                raise fut.exception()  # type: ignore[misc]
+            mine = list(self._open.get(owner, ()))
+        running = []
+        for f in mine:
+            if not f.done():
+                running.append(f)
+            elif f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+            else:
+                with self._lock:
+                    self._open.get(owner, set()).discard(f)
+        return running
 
     def _put_background(self, container: str, name: str, stream: BinaryIO, headers: Dict[str, str],
                         meta: Dict[str, str], content_type: Optional[str], etag: Optional[str],
                         size: Optional[int]) -> ObjectInfo:
         owner = threading.get_ident()
         while True:  # back-pressure: at most ``parallel`` of this thread's puts in flight
-            self._raise_own_failure(owner)
-            running = [f for _, f in self._own_pending(owner) if not f.done()]
+            running = self._running_or_raise(owner)
             if len(running) < self.config.parallel:
                 break
             wait(running, return_when=FIRST_COMPLETED)
@@ -374,6 +384,7 @@ class SwiftStore(ObjectStore):
             raise
         with self._lock:
             self._pending[(container, name)] = (owner, fut)
+            self._open.setdefault(owner, set()).add(fut)
         return ObjectInfo(container, name, n, digest, time.time(), content_type or "application/octet-stream", meta)
 
     def _send_spool(self, container, name, spool, headers, content_type, n, digest) -> None:
@@ -386,6 +397,12 @@ class SwiftStore(ObjectStore):
         """Wait for a background put of ``container/name``, forget it, return its error."""
         with self._lock:
             entry = self._pending.pop((container, name), None)
+            if entry is not None:
+                mine = self._open.get(entry[0])
+                if mine is not None:
+                    mine.discard(entry[1])
+                    if not mine:
+                        del self._open[entry[0]]
         if entry is None:
             return None
         try:
