@@ -128,6 +128,11 @@ def test_internal_routes_refuse_missing_or_wrong_token(host, customer, tmp_path)
     assert r.returncode == 1 and "wrong service token" in r.stderr
     r = _worker(host, tmp_path / "h", "--once", token=None)
     assert r.returncode == 1 and "VHDKIT_SERVICE_TOKEN" in r.stderr
+    # a worker elsewhere cannot use directory stores: refused before it claims anything
+    r = _worker(host, tmp_path / "h", "--once", env_extra={"VHDKIT_STORE": "dir:/nonexistent"})
+    assert r.returncode == 1 and "VHDKIT_STORE=swift" in r.stderr
+    r = _worker(host, tmp_path / "h", "--once", env_extra={"VHDKIT_BLOB_STORE": "local"})
+    assert r.returncode == 1 and "VHDKIT_BLOB_STORE=swift" in r.stderr
     assert _task(host, acct, tid)["status"] == "pending"  # nothing was claimed
     with httpx.Client(base_url=host.url, timeout=10, headers={"X-Service-Token": TOKEN}) as c:
         r = c.post("/internal/v1/claim", json={"worker_id": "cleaner", "lease_seconds": 1})

@@ -221,6 +221,11 @@ class RemoteWorker:
     def __init__(self, reg: RemoteRegistry, cfg, worker_id: Optional[str] = None) -> None:
         from .pipeline import Worker
 
+        if not os.environ.get("VHDKIT_STORE", "").startswith("swift+"):
+            raise InvalidInputError("a remote worker needs VHDKIT_STORE=swift+http(s)://…: customer containers "
+                                    "must be in Swift to be shared between hosts")
+        reg.blobs()  # VHDKIT_BLOB_STORE must name Swift too: fail now, not in the middle of a task
+
         class _W(Worker):
             def run_once(inner):  # noqa: N805 - the Worker instance
                 try:
