@@ -4,6 +4,7 @@ and young (possibly in-flight) data are kept; stale work dirs and temporary
 files of killed operations go; --dry-run lists and touches nothing."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -76,8 +77,12 @@ def test_cleanup_removes_old_orphans_keeps_referenced_and_young(blob_env, tmp_pa
     stale_tmp = home / "objects" / ".disk.vhd.abc123.part"
     stale_tmp.parent.mkdir(parents=True, exist_ok=True)
     stale_tmp.write_bytes(b"half")
+    live_tmp = home / ".busy.vhd.ghi789.part"  # old, but its writer is alive (holds the flock)
+    live_tmp.write_bytes(b"still writing")
+    live_fd = os.open(live_tmp, os.O_RDONLY)
+    fcntl.flock(live_fd, fcntl.LOCK_EX)
     past = time.time() - 3600
-    for p in (work / "dead-task", stale_tmp):
+    for p in (work / "dead-task", stale_tmp, live_tmp):
         os.utime(p, (past, past))
     time.sleep(GAP)
     young = _orphan(reg, MiB + 7)
@@ -101,6 +106,8 @@ def test_cleanup_removes_old_orphans_keeps_referenced_and_young(blob_env, tmp_pa
     assert [n for n in after if n.startswith(kept.id)] == kept_objs
     assert sum(n.startswith(young) for n in after) == 4
     assert not (work / "dead-task").exists() and not stale_tmp.exists() and young_tmp.exists()
+    assert live_tmp.exists()
+    os.close(live_fd)
     # the referenced image still downloads whole, verified segment by segment
     out = io.BytesIO()
     reg.download(admin(), kept.id, out)

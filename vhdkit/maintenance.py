@@ -20,7 +20,8 @@
   grace ago), older than the grace;
 - temporary files of killed operations anywhere under the data directory
   (``.NAME.XXXX.part`` of the VHD writers, ``.NAME.XXXX.tmp`` of atomic
-  writes, ``.tmp-*`` of the embedded object store), older than the grace.
+  writes, ``.tmp-*`` of the embedded object store), older than the grace and
+  not locked by a live writer (writers ``flock`` their temporary files).
   ``blobs/tmp`` is left to the registry (its lock files say who is alive).
 
 A dry run lists the same items without touching anything (the registry part is
@@ -220,6 +221,8 @@ def _ts(v) -> float:
 
 
 def _temp_files(home: str, grace: float, dry_run: bool, rep: CleanupReport) -> None:
+    from .registry.blobs import is_locked
+
     now = time.time()
     skip = os.path.join(home, "blobs", "tmp")
     for dirpath, dirnames, filenames in os.walk(home):
@@ -230,6 +233,8 @@ def _temp_files(home: str, grace: float, dry_run: bool, rep: CleanupReport) -> N
             if not _TEMP.match(fn):
                 continue
             p = os.path.join(dirpath, fn)
+            if is_locked(p):
+                continue  # its writer is alive (writers flock their temporary files)
             if _age(p, now) < grace:
                 rep.kept_young += 1
                 continue
