@@ -73,6 +73,23 @@ class _Hasher(threading.Thread):
         return self.h.hexdigest()
 
 
+def file_digest(path: str) -> Digest:
+    """Size, md5 and sha512 of a file, read once (the two hashes in threads)."""
+    md5, sha = _Hasher(hashlib.md5()), _Hasher(hashlib.sha512())
+    size = 0
+    try:
+        with open(path, "rb", buffering=0) as f:
+            for b in iter(lambda: f.read(CHUNK), b""):
+                md5.q.put(b)
+                sha.q.put(b)
+                size += len(b)
+    except OSError as exc:
+        raise _os_error(exc, f"reading {path}") from None
+    finally:
+        m, s = md5.finish(), sha.finish()
+    return Digest(size, m, s)
+
+
 def _os_error(exc: OSError, what: str) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpaceError(f"{what}: no space left", sys_errno=exc.errno)
