@@ -125,3 +125,29 @@ def test_download_output_is_atomic_and_verify_catches_a_damaged_blob(tmp_path):
     # without --verify the copy is what the blob holds (no re-hash by default)
     run(h, "image", "download", iid, "-o", str(bad))
     assert bad.read_bytes() != data and len(bad.read_bytes()) == len(data)
+
+
+def test_command_module_hints_match_where_commands_live():
+    """`vhdkit CMD` imports only CMD's module (vhdkit.cli.MODULE_OF); a wrong
+    hint would fall back to importing everything, so check the map itself."""
+    import vhdkit.cli as cli
+    cli.load_all()
+    assert set(cli.MODULE_OF) <= set(cli.main.commands)     # (an unmapped command still works)
+    for name, mod in cli.MODULE_OF.items():
+        assert cli.main.commands[name].callback.__module__ == f"vhdkit.cli.{mod}", name
+
+
+def test_image_download_imports_only_the_registry_commands(tmp_path):
+    h = tmp_path / "home"
+    (tmp_path / "d.bin").write_bytes(b"x" * 1000)
+    iid = js(h, "image", "create", "--name", "s", "--disk-format", "raw", "--container-format", "bare")["id"]
+    run(h, "image", "upload", iid, str(tmp_path / "d.bin"))
+    code = ("import sys, runpy; sys.argv = ['vhdkit', 'image', 'download', sys.argv[1], '-o', sys.argv[2]]\n"
+            "try:\n    runpy.run_module('vhdkit', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print(sorted(m for m in sys.modules if m.startswith('vhdkit.cli.')))")
+    env = dict(os.environ, VHDKIT_HOME=str(h), VHDKIT_ACCOUNT="acct-a", VHDKIT_ROLES="admin")
+    r = subprocess.run([sys.executable, "-c", code, iid, str(tmp_path / "o.bin")], env=env,
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip().splitlines()[-1] == "['vhdkit.cli._common', 'vhdkit.cli.registry']"
+    assert (tmp_path / "o.bin").read_bytes() == b"x" * 1000

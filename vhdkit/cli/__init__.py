@@ -10,12 +10,51 @@ error.  Results go to stdout, ``--json`` on every command for scripts.
 """
 from __future__ import annotations
 
+import importlib
+from typing import List, Optional
+
 import click
 
 from ._common import VhdkitGroup
 
+#: the command modules, and which one defines each top-level command (a hint:
+#: running a command imports only its module -- `vhdkit image download` starts
+#: without the convert or packaging code; a command missing here imports them
+#: all, as does --help)
+MODULES = ("inspect", "convert", "chains", "packaging", "registry", "tasks", "serve")
+MODULE_OF = {
+    "info": "inspect", "check": "inspect", "map": "inspect",
+    "create": "convert", "convert": "convert", "modify": "convert", "repair": "convert",
+    "compare": "convert",
+    "snapshot": "chains", "coalesce": "chains", "reparent": "chains", "chain": "chains",
+    "compress": "packaging", "decompress": "packaging", "ova": "packaging", "object": "packaging",
+    "segments": "packaging",
+    "image": "registry", "member": "registry",
+    "task": "tasks", "worker": "tasks",
+    "serve": "serve",
+}
 
-@click.group(cls=VhdkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+def load_all() -> None:
+    """Import every command module (each registers its commands on :data:`main`)."""
+    for m in MODULES:
+        importlib.import_module(f"{__name__}.{m}")
+
+
+class _LazyGroup(VhdkitGroup):
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name not in self.commands and name in MODULE_OF:
+            importlib.import_module(f"{__name__}.{MODULE_OF[name]}")
+        if name not in self.commands:
+            load_all()
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        load_all()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vhdkit")
 def main() -> None:
     """vhdkit: VHD/OVA disk-image toolkit.
@@ -25,6 +64,3 @@ def main() -> None:
       vhdkit info disk.vhd --json
     """
 
-
-# Command modules register themselves on `main` when imported.
-from . import inspect, convert, chains, packaging, registry, tasks, serve  # noqa: E402,F401
