@@ -29,10 +29,11 @@ OWNERS = ["o1", "o2", "o3"]
 PROBE = "probe"
 
 
-@pytest.fixture(scope="module")
-def populated(tmp_path_factory):
+@pytest.fixture(scope="module", params=["no-stats", "analyzed"])
+def populated(tmp_path_factory, request):
     """A small registry with every visibility, tags, properties and members of
-    every status (plans do not depend on the row count: no ANALYZE is run)."""
+    every status; without planner statistics, and with them (Registry.close
+    runs PRAGMA optimize, so a registry in use has sqlite_stat1)."""
     r = Registry(str(tmp_path_factory.mktemp("plans") / "home"))
     for n in range(40):
         owner = OWNERS[n % 3]
@@ -48,6 +49,8 @@ def populated(tmp_path_factory):
             st_ = ["pending", "accepted", "rejected"][n % 3]
             if st_ != "pending":
                 r.update_member(admin(PROBE), img.id, PROBE, st_)
+    if request.param == "analyzed":
+        r._conn().execute("ANALYZE")
     yield r
     r.close()
 

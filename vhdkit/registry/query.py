@@ -322,15 +322,17 @@ def _branches(q: ListQuery, account: Optional[str]) -> List[Tuple[str, List[str]
     if vis in (None, "all", "public"):
         out.append(("images i", ["i.visibility = 'public'"], []))
     if vis in (None, "all", "shared"):
-        # driven by the caller's memberships (CROSS JOIN: members first), each
-        # image looked up by its primary key (never by a sort or filter index)
+        # driven by the caller's memberships (CROSS JOIN: members first, by
+        # member), each image looked up by its primary key -- never by a sort or
+        # filter index, nor a marker condition moved onto m.image_id (which
+        # planner statistics otherwise make SQLite do)
         w = ["m.member = ?", "+i.visibility = 'shared'", "+i.owner != ?"]
         p: List[Any] = [account, account]
         if q.member_status != "all":
             w.insert(1, "m.status = ?")
             p.insert(1, q.member_status)
-        out.append(("image_members m CROSS JOIN images i INDEXED BY sqlite_autoindex_images_1 "
-                    "ON i.id = m.image_id", w, p))
+        out.append(("image_members m INDEXED BY ix_members_member "
+                    "CROSS JOIN images i INDEXED BY sqlite_autoindex_images_1 ON i.id = m.image_id", w, p))
     if vis in ("all", "community"):
         out.append(("images i", ["i.visibility = 'community'"], []))
     return out
