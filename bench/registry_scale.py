@@ -17,8 +17,9 @@
    population is not what is measured).
 2. Upload of a DATA-SIZE file through Registry.upload_file (size, md5, sha512,
    fsync, rename) vs `md5sum FILE` followed by `sha512sum FILE`.
-3. Download through Registry.download into a file (in process, no start-up)
-   vs `cp` of the blob; the CLI is timed by `python -m bench --only registry.download`.
+3. Download into a file vs `cp` of the blob, alternating: through
+   Registry.download in process (no start-up), and `vhdkit image download -o`
+   (the CLI) without and with --fsync.
 
 Results: bench/results/registry_scale.json and .md.
 """
@@ -205,6 +206,18 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
         dst.unlink()
         return d
 
+    env = dict(os.environ, VHDKIT_HOME=str(d), VHDKIT_ACCOUNT="bench", VHDKIT_ROLES="admin",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)   # as installed: bytecode compiled once
+    cli_down: dict = {"cli": [], "cli_fsync": []}
+
+    def cli_once(img_id: str, *extra: str) -> float:
+        dst.unlink(missing_ok=True)
+        subprocess.run(["sync"], check=True)
+        t = run([sys.executable, "-m", "vhdkit", "image", "download", img_id, "-o", str(dst), *extra], env=env)
+        dst.unlink()
+        return t
+
     def cp_once(blob: str) -> float:
         subprocess.run(["sync"], check=True)
         d = run(["cp", blob, str(dst)])
@@ -221,9 +234,14 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
         up_cpu.append(cpu(resource.RUSAGE_SELF) - c0)
         peer.append(peer_once())
         blob = reg.open_data(me, img.id).path
+        cli_once(img.id)                # warm-up: writes the .pyc files
         for _ in range(3):
             down.append(ours_down(img.id))
             cp.append(cp_once(blob))
+            cli_down["cli"].append(cli_once(img.id))
+            cli_down["cli_fsync"].append(cli_once(img.id, "--fsync"))
+            cli_down["cli_fsync"].append(cli_once(img.id, "--fsync"))
+            cli_down["cli"].append(cli_once(img.id))
             cp.append(cp_once(blob))
             down.append(ours_down(img.id))
         reg.delete_image(me, img.id)
@@ -233,6 +251,10 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
             "cp_samples_s": cp, "upload_s": m(up), "md5sum_then_sha512sum_s": m(peer),
             "upload_ratio": m(up) / m(peer), "download_s": m(down), "cp_s": m(cp),
             "download_ratio": m(down) / m(cp), "runs": reps,
+            "cli_download_samples_s": cli_down["cli"], "cli_download_fsync_samples_s": cli_down["cli_fsync"],
+            "cli_download_s": m(cli_down["cli"]), "cli_download_ratio": m(cli_down["cli"]) / m(cp),
+            "cli_download_fsync_s": m(cli_down["cli_fsync"]),
+            "cli_download_fsync_ratio": m(cli_down["cli_fsync"]) / m(cp),
             "upload_cpu_s": m(up_cpu), "peer_cpu_s": m(peer_cpu)}
 
 
@@ -276,7 +298,11 @@ def main() -> None:
         lines += ["", "| data path | ours (s) | peer (s) | ratio |", "|---|---|---|---|",
                   f"| upload {dd['bytes']} B vs md5sum+sha512sum | {dd['upload_s']:.2f} | "
                   f"{dd['md5sum_then_sha512sum_s']:.2f} | {dd['upload_ratio']:.2f} |",
-                  f"| download vs cp | {dd['download_s']:.2f} | {dd['cp_s']:.2f} | {dd['download_ratio']:.2f} |",
+                  f"| download vs cp (in process) | {dd['download_s']:.2f} | {dd['cp_s']:.2f} | {dd['download_ratio']:.2f} |",
+                  f"| `vhdkit image download -o` vs cp | {dd['cli_download_s']:.2f} | {dd['cp_s']:.2f} | "
+                  f"{dd['cli_download_ratio']:.2f} |",
+                  f"| `vhdkit image download -o --fsync` vs cp | {dd['cli_download_fsync_s']:.2f} | {dd['cp_s']:.2f} | "
+                  f"{dd['cli_download_fsync_ratio']:.2f} |",
                   f"| upload CPU (user+sys) vs peer CPU | {dd['upload_cpu_s']:.2f} | {dd['peer_cpu_s']:.2f} | "
                   f"{dd['upload_cpu_s'] / dd['peer_cpu_s']:.2f} |"]
     (outdir / "registry_scale.md").write_text("\n".join(lines) + "\n")

@@ -237,3 +237,32 @@ def test_service_list_matches_model(specs, queries):
         r.close()
         import shutil
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_wide_sort_falls_back_to_one_marker_condition(populated, monkeypatch):
+    """A sort on every key has more marker levels than MAX_WALKS allows: the
+    marker becomes one OR condition per branch; the pages are the same as
+    with one walk per level."""
+    from vhdkit.registry import query
+    keys = [k for k in SORT_KEYS if k != "id"] + ["id"]
+    params = {"sort": ",".join(f"{k}:{'asc' if n % 2 else 'desc'}" for n, k in enumerate(keys)), "limit": "4",
+              "visibility": "all"}
+    q = query.parse_list_params(params)
+    assert len(query._after_marker(q.sort, ["v"] * len(q.sort))) * 4 > query.MAX_WALKS  # 4 branches
+
+    def pages():
+        out, marker = [], None
+        while True:
+            page = populated.list_images(admin("o1"), dict(params, **({"marker": marker} if marker else {})))
+            out += [i.id for i in page.images]
+            marker = page.next_marker
+            if marker is None:
+                return out
+    used = []
+    real = query._after_marker_or
+    monkeypatch.setattr(query, "_after_marker_or", lambda levels: used.append(1) or real(levels))
+    wide = pages()
+    assert used, "the fallback was not exercised"
+    monkeypatch.setattr(query, "MAX_WALKS", 10_000)
+    used.clear()
+    assert pages() == wide and len(wide) > 8 and not used
