@@ -301,8 +301,9 @@ def _branches(q: ListQuery, account: Optional[str]) -> List[Tuple[str, List[str]
     visibility filter applied), as (FROM, conditions, params).  Each one is
     a range of an index: ``(owner, ...)``, ``(visibility, ...)`` or
     ``image_members(member, status, ...)``.  A unary ``+`` keeps SQLite from
-    driving a branch with the wrong index (``+i.visibility`` in the own branch
-    would otherwise walk every shared image of the registry)."""
+    driving a branch with the wrong index (without it, the own branch's
+    ``i.visibility = 'shared'`` made SQLite walk every shared image of the
+    registry)."""
     vis = q.visibility
     out: List[Tuple[str, List[str], List[Any]]] = []
     if account is None:
