@@ -9,12 +9,17 @@
    60% accepted), 5% public, 2% community, tags from a..h.  Times, in one run,
    the median of a filtered sorted page of 25
    (tag=a&tag=b&visibility=shared&member_status=accepted&sort=name:asc), the
-   default list page, and show-by-id, and prints the LARGE/SMALL ratios.
+   default list page (first and 5th), public images by size, tag=a by name,
+   the service identity's page (first; 5th by status), and show-by-id, as a
+   random account; prints the LARGE/SMALL ratios and the plan of each index
+   walk of the filtered page.
    Rows are inserted in bulk with SQL into a Registry-created schema (the
    population is not what is measured).
 2. Upload of a DATA-SIZE file through Registry.upload_file (size, md5, sha512,
    fsync, rename) vs `md5sum FILE` followed by `sha512sum FILE`.
-3. Download through Registry.download into a file vs `cp` of the blob.
+3. Download into a file vs `cp` of the blob, alternating: through
+   Registry.download in process (no start-up), and `vhdkit image download -o`
+   (the CLI) without and with --fsync.
 
 Results: bench/results/registry_scale.json and .md.
 """
@@ -42,6 +47,11 @@ from vhdkit.registry.models import now_text  # noqa: E402
 TAGS = "abcdefgh"
 QUERY = [("tag", "a"), ("tag", "b"), ("visibility", "shared"), ("member_status", "accepted"),
          ("sort", "name:asc"), ("limit", "25")]
+
+
+#: what bench_queries times (ms, median), each at both sizes
+SHAPES = ("filtered_page", "default_page", "default_page_5", "public_by_size", "tag_a_by_name",
+          "service_page", "service_status_page_5", "show")
 
 
 def populate(reg: Registry, n_images: int, per_account: int, seed: int = 1) -> list:
@@ -77,6 +87,9 @@ def populate(reg: Registry, n_images: int, per_account: int, seed: int = 1) -> l
                      "VALUES (?,?,?,?,?)", members)
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
+    # steady state: the bulk insert's pages moved from the WAL into the database
+    # (a query right after it would read them through a 300 MB WAL)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return accounts, ids
 
 
@@ -102,25 +115,48 @@ def bench_queries(work: Path, small: int, large: int, per: int, reps: int) -> di
               file=sys.stderr)
         regs[label] = (reg, accounts, ids)
     rnd = random.Random(7)
+    svc = Caller.service("bench")
+
+    def deep(reg, who, params, pages=5):
+        """The marker of page ``pages`` (or of the last page) of a list: 5, so
+        that at 1,000 images (~165 visible to an account) it is a full page too."""
+        m = None
+        for _ in range(pages):
+            page = reg.list_images(who, params + ([("marker", m)] if m else []))
+            if page.next_marker is None:
+                break
+            m = page.next_marker
+        return params + ([("marker", m)] if m else [])
+
     # measure interleaved so machine noise hits both alike
-    res = {lab: {"filtered_page": [], "default_page": [], "show": []} for lab in regs}
+    res = {lab: {k: [] for k in SHAPES} for lab in regs}
     for _ in range(reps):
         for lab, (reg, accounts, ids) in regs.items():
             who = Caller(rnd.choice(accounts), frozenset({"observer"}))
             res[lab]["filtered_page"].append(timeit(lambda: reg.list_images(who, QUERY), 1))
             res[lab]["default_page"].append(timeit(lambda: reg.list_images(who, {"limit": "25"}), 1))
+            p = deep(reg, who, [("limit", "25")])
+            res[lab]["default_page_5"].append(timeit(lambda: reg.list_images(who, p), 1))
+            q = [("visibility", "public"), ("sort", "size:desc"), ("limit", "25")]
+            res[lab]["public_by_size"].append(timeit(lambda: reg.list_images(who, q), 1))
+            q = [("tag", "a"), ("sort", "name:desc"), ("limit", "25")]
+            res[lab]["tag_a_by_name"].append(timeit(lambda: reg.list_images(who, q), 1))
+            res[lab]["service_page"].append(timeit(lambda: reg.list_images(svc, {"limit": "25"}), 1))
+            p = deep(reg, svc, [("sort", "status:asc"), ("limit", "25")])
+            res[lab]["service_status_page_5"].append(timeit(lambda: reg.list_images(svc, p), 1))
             iid = rnd.choice(ids)
             owner = reg._conn().execute("SELECT owner FROM images WHERE id=?", (iid,)).fetchone()[0]
             res[lab]["show"].append(timeit(lambda: reg.show_image(Caller(owner, frozenset({"observer"})), iid), 1))
     for lab in regs:
         out[lab] = {k: statistics.median(v) * 1e3 for k, v in res[lab].items()}
         out[lab]["images"] = small if lab == "small" else large
-    out["ratio"] = {k: out["large"][k] / out["small"][k] for k in ("filtered_page", "default_page", "show")}
+    out["ratio"] = {k: out["large"][k] / out["small"][k] for k in SHAPES}
+    # the plan of each index walk of the issue's query (no SCAN of a table)
+    from vhdkit.registry.query import list_walks, parse_list_params
     reg, accounts, _ = regs["large"]
-    sql_plan = reg._conn().execute(
-        "EXPLAIN QUERY PLAN SELECT 1 FROM image_members m JOIN images i ON i.id = m.image_id "
-        "WHERE m.member = ? AND m.status = 'accepted' AND i.visibility = 'shared'", (accounts[0],)).fetchall()
-    out["member_branch_plan"] = [r[3] for r in sql_plan]
+    walks, _ = list_walks(parse_list_params(QUERY), accounts[0], None)
+    out["filtered_page_plan"] = [[r[3] for r in reg._conn().execute("EXPLAIN QUERY PLAN " + w, ps)]
+                                 for w, ps in walks]
     for r, _, _ in regs.values():
         r.close()
     return out
@@ -171,6 +207,18 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
         dst.unlink()
         return d
 
+    env = dict(os.environ, VHDKIT_HOME=str(d), VHDKIT_ACCOUNT="bench", VHDKIT_ROLES="admin",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)   # as installed: bytecode compiled once
+    cli_down: dict = {"cli": [], "cli_fsync": []}
+
+    def cli_once(img_id: str, *extra: str) -> float:
+        dst.unlink(missing_ok=True)
+        subprocess.run(["sync"], check=True)
+        t = run([sys.executable, "-m", "vhdkit", "image", "download", img_id, "-o", str(dst), *extra], env=env)
+        dst.unlink()
+        return t
+
     def cp_once(blob: str) -> float:
         subprocess.run(["sync"], check=True)
         d = run(["cp", blob, str(dst)])
@@ -187,9 +235,14 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
         up_cpu.append(cpu(resource.RUSAGE_SELF) - c0)
         peer.append(peer_once())
         blob = reg.open_data(me, img.id).path
+        cli_once(img.id)                # warm-up: writes the .pyc files
         for _ in range(3):
             down.append(ours_down(img.id))
             cp.append(cp_once(blob))
+            cli_down["cli"].append(cli_once(img.id))
+            cli_down["cli_fsync"].append(cli_once(img.id, "--fsync"))
+            cli_down["cli_fsync"].append(cli_once(img.id, "--fsync"))
+            cli_down["cli"].append(cli_once(img.id))
             cp.append(cp_once(blob))
             down.append(ours_down(img.id))
         reg.delete_image(me, img.id)
@@ -199,6 +252,10 @@ def bench_data(work: Path, size: int, reps: int) -> dict:
             "cp_samples_s": cp, "upload_s": m(up), "md5sum_then_sha512sum_s": m(peer),
             "upload_ratio": m(up) / m(peer), "download_s": m(down), "cp_s": m(cp),
             "download_ratio": m(down) / m(cp), "runs": reps,
+            "cli_download_samples_s": cli_down["cli"], "cli_download_fsync_samples_s": cli_down["cli_fsync"],
+            "cli_download_s": m(cli_down["cli"]), "cli_download_ratio": m(cli_down["cli"]) / m(cp),
+            "cli_download_fsync_s": m(cli_down["cli_fsync"]),
+            "cli_download_fsync_ratio": m(cli_down["cli_fsync"]) / m(cp),
             "upload_cpu_s": m(up_cpu), "peer_cpu_s": m(peer_cpu)}
 
 
@@ -235,14 +292,18 @@ def main() -> None:
     lines = ["| measure | small | large | ratio |", "|---|---|---|---|"]
     q = results.get("queries_ms")
     if q:
-        for k in ("filtered_page", "default_page", "show"):
+        for k in SHAPES:
             lines.append(f"| {k} (ms, median) | {q['small'][k]:.3f} | {q['large'][k]:.3f} | {q['ratio'][k]:.2f} |")
     dd = results.get("data")
     if dd:
         lines += ["", "| data path | ours (s) | peer (s) | ratio |", "|---|---|---|---|",
                   f"| upload {dd['bytes']} B vs md5sum+sha512sum | {dd['upload_s']:.2f} | "
                   f"{dd['md5sum_then_sha512sum_s']:.2f} | {dd['upload_ratio']:.2f} |",
-                  f"| download vs cp | {dd['download_s']:.2f} | {dd['cp_s']:.2f} | {dd['download_ratio']:.2f} |",
+                  f"| download vs cp (in process) | {dd['download_s']:.2f} | {dd['cp_s']:.2f} | {dd['download_ratio']:.2f} |",
+                  f"| `vhdkit image download -o` vs cp | {dd['cli_download_s']:.2f} | {dd['cp_s']:.2f} | "
+                  f"{dd['cli_download_ratio']:.2f} |",
+                  f"| `vhdkit image download -o --fsync` vs cp | {dd['cli_download_fsync_s']:.2f} | {dd['cp_s']:.2f} | "
+                  f"{dd['cli_download_fsync_ratio']:.2f} |",
                   f"| upload CPU (user+sys) vs peer CPU | {dd['upload_cpu_s']:.2f} | {dd['peer_cpu_s']:.2f} | "
                   f"{dd['upload_cpu_s'] / dd['peer_cpu_s']:.2f} |"]
     (outdir / "registry_scale.md").write_text("\n".join(lines) + "\n")

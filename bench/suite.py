@@ -60,6 +60,10 @@ class Ctx:
         self.env["PYTHONPATH"] = str(ROOT) + (os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH") else "")
         self.env.setdefault("LC_ALL", "C")
         self.env["VHDKIT_HOME"] = str(self.workdir / "home")
+        # An installed vhdkit has its bytecode compiled; with this set (some dev
+        # sandboxes do) every timed `python -m vhdkit` would recompile the
+        # modules it imports (~50 ms).  The warm-up run writes the .pyc files.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self._probe: dict = {}
         self._current: Optional[str] = None
 

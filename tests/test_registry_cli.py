@@ -95,3 +95,49 @@ def test_upload_from_stdin_in_a_real_process(tmp_path):
                          env=env, check=True, capture_output=True)
     assert json.loads(out.stdout)["checksum"] == hashlib.md5(b"streamed" * 1000).hexdigest()
     assert out.stderr == b""       # no progress when stderr is not a terminal
+
+
+def test_download_output_is_atomic_and_verify_catches_a_damaged_blob(tmp_path):
+    h = tmp_path / "home"
+    data = os.urandom(300_000)
+    (tmp_path / "d.bin").write_bytes(data)
+    iid = js(h, "image", "create", "--name", "v", "--disk-format", "raw", "--container-format", "bare")["id"]
+    run(h, "image", "upload", iid, str(tmp_path / "d.bin"))
+    out = tmp_path / "o.bin"
+    got = js(h, "image", "download", iid, "-o", str(out), "--verify", "--fsync")
+    assert got["verified"] is True and got["bytes"] == len(data) and out.read_bytes() == data
+    out2 = tmp_path / "o2.bin"
+    run(h, "image", "download", iid, "-o", str(out2))       # the default: no re-hash, no fsync
+    assert out2.read_bytes() == data
+    # --verify is for a whole image written to a file
+    run(h, "image", "download", iid, "--verify", code=2)
+    run(h, "image", "download", iid, "-o", str(tmp_path / "r.bin"), "--verify", "--offset", "1", code=2)
+    # damage the stored blob (same size): --verify refuses, and leaves neither the file nor its .part
+    blob = [p for p in (h / "blobs").rglob("*") if p.is_file() and p.stat().st_size == len(data)]
+    assert len(blob) == 1
+    with open(blob[0], "r+b") as f:
+        f.seek(1000)
+        f.write(bytes([data[1000] ^ 0xFF]))
+    bad = tmp_path / "bad.bin"
+    r = run(h, "image", "download", iid, "-o", str(bad), "--verify", code=1)
+    assert "does not match" in r.stderr
+    assert not bad.exists() and not (tmp_path / "bad.bin.part").exists()
+    # without --verify the copy is what the blob holds (no re-hash by default)
+    run(h, "image", "download", iid, "-o", str(bad))
+    assert bad.read_bytes() != data and len(bad.read_bytes()) == len(data)
+
+
+def test_image_download_imports_only_the_registry_commands(tmp_path):
+    h = tmp_path / "home"
+    (tmp_path / "d.bin").write_bytes(b"x" * 1000)
+    iid = js(h, "image", "create", "--name", "s", "--disk-format", "raw", "--container-format", "bare")["id"]
+    run(h, "image", "upload", iid, str(tmp_path / "d.bin"))
+    code = ("import sys, runpy; sys.argv = ['vhdkit', 'image', 'download', sys.argv[1], '-o', sys.argv[2]]\n"
+            "try:\n    runpy.run_module('vhdkit', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print(sorted(m for m in sys.modules if m.startswith('vhdkit.cli.')))")
+    env = dict(os.environ, VHDKIT_HOME=str(h), VHDKIT_ACCOUNT="acct-a", VHDKIT_ROLES="admin")
+    r = subprocess.run([sys.executable, "-c", code, iid, str(tmp_path / "o.bin")], env=env,
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip().splitlines()[-1] == "['vhdkit.cli._common', 'vhdkit.cli.registry']"
+    assert (tmp_path / "o.bin").read_bytes() == b"x" * 1000

@@ -286,10 +286,22 @@ def image_upload(reg, caller, image_id, file, virtual_size, as_json):
               help="Write here (default stdout).")
 @click.option("--offset", type=SIZE, default=0, help="First byte.")
 @click.option("--length", type=SIZE, default=None, help="Number of bytes.")
+@click.option("--fsync", "durable", is_flag=True,
+              help="Flush the output to disk before renaming it into place (survives a power loss; "
+                   "costs the time of writing it out). Default: off, as for cp.")
+@click.option("--verify", is_flag=True,
+              help="Re-read the output and check its size, md5 and sha512 against the image's "
+                   "size, checksum and os_hash_value (whole image to a file only).")
 @_registry_options
 @json_option
-def image_download(reg, caller, image_id, output, offset, length, as_json):
+def image_download(reg, caller, image_id, output, offset, length, durable, verify, as_json):
     """Download an image's data (or a byte range).
+
+    With -o FILE the data goes to FILE.part (copied in the kernel), then is
+    renamed to FILE: FILE never holds part of the data, and a failed or
+    interrupted download leaves no FILE.part.  The data is not re-hashed by
+    default: its size, md5 and sha512 were computed at upload and the blob is
+    never rewritten; --verify checks them again.
 
     \b
     Example:
@@ -297,6 +309,8 @@ def image_download(reg, caller, image_id, output, offset, length, as_json):
     """
     h = reg.open_data(caller, image_id)
     total = (h.size - offset) if length is None else min(length, max(h.size - offset, 0))
+    if verify and (output == "-" or offset or (length is not None and length < h.size)):
+        raise click.UsageError("--verify needs --output FILE and the whole image (no --offset/--length)")
     with Progress("download", total) as p:
         if output == "-":
             if as_json:
@@ -307,16 +321,40 @@ def image_download(reg, caller, image_id, output, offset, length, as_json):
             try:
                 with open(tmp, "wb") as f:
                     n = reg.download(caller, image_id, f, offset=offset, length=length, progress=p)
-                    f.flush()
-                    os.fsync(f.fileno())
+                    if durable:
+                        f.flush()
+                        os.fsync(f.fileno())
+                if verify:
+                    _verify_download(tmp, h.image)
                 os.replace(tmp, output)
             except BaseException:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
                 raise
+            if durable:
+                _fsync_dir(os.path.dirname(os.path.abspath(output)))
     if output != "-":
-        emit({"image_id": image_id, "output": output, "bytes": n, "checksum": h.checksum}, as_json,
-             lambda o: f"wrote {o['bytes']} bytes to {o['output']}")
+        emit({"image_id": image_id, "output": output, "bytes": n, "checksum": h.checksum,
+              "verified": verify}, as_json, lambda o: f"wrote {o['bytes']} bytes to {o['output']}")
+
+
+def _verify_download(path: str, img: Any) -> None:
+    from ..errors import IntegrityError
+    from ..registry.blobs import file_digest
+
+    d = file_digest(path)
+    want = (img.size, img.checksum, img.os_hash_value)
+    if (d.size, d.md5, d.sha512) != want:
+        raise IntegrityError(f"downloaded data of image {img.id} does not match its recorded size/checksums "
+                             f"(got size {d.size} md5 {d.md5}; recorded size {want[0]} md5 {want[1]})")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _action(name: str, method: str, help_text: str) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import queue
 import threading
@@ -71,6 +70,30 @@ class _Hasher(threading.Thread):
         self.q.put(None)
         self.join()
         return self.h.hexdigest()
+
+
+def _hashers() -> "tuple[_Hasher, _Hasher]":
+    """md5 and sha512 hashers (hashlib is imported here: a download never hashes,
+    and loading OpenSSL is a few ms of every CLI start)."""
+    import hashlib
+    return _Hasher(hashlib.md5()), _Hasher(hashlib.sha512())
+
+
+def file_digest(path: str) -> Digest:
+    """Size, md5 and sha512 of a file, read once (the two hashes in threads)."""
+    md5, sha = _hashers()
+    size = 0
+    try:
+        with open(path, "rb", buffering=0) as f:
+            for b in iter(lambda: f.read(CHUNK), b""):
+                md5.q.put(b)
+                sha.q.put(b)
+                size += len(b)
+    except OSError as exc:
+        raise _os_error(exc, f"reading {path}") from None
+    finally:
+        m, s = md5.finish(), sha.finish()
+    return Digest(size, m, s)
 
 
 def _os_error(exc: OSError, what: str) -> StorageError:
@@ -299,8 +322,7 @@ class Upload:
     def feed(self, b: "bytes | bytearray | memoryview") -> None:
         """Append ``b``: buffered to CHUNK, then written and handed to the hashers."""
         if self._md5 is None:
-            self._md5 = _Hasher(hashlib.md5())
-            self._sha = _Hasher(hashlib.sha512())
+            self._md5, self._sha = _hashers()
         n = len(b)
         self.size += n
         if self.limit is not None and self.size > self.limit:
@@ -336,8 +358,7 @@ class Upload:
             self._flush()
         finally:
             if self._md5 is None:
-                self._md5 = _Hasher(hashlib.md5())
-                self._sha = _Hasher(hashlib.sha512())
+                self._md5, self._sha = _hashers()
             m = self._md5.finish()
             s = self._sha.finish()  # type: ignore[union-attr]
         return Digest(self.size, m, s)

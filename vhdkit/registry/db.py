@@ -9,11 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 
 from ..errors import StorageError, UnsupportedError
 
 BUSY_TIMEOUT_S = 30.0
+
+#: images columns a list may be sorted by (models.SORT_KEYS; checked by a test)
+_SORTABLE = ("name", "status", "container_format", "disk_format", "size", "id", "created_at",
+             "updated_at", "virtual_size", "min_disk", "min_ram", "owner", "visibility")
+
+
+def _list_indexes() -> List[Tuple[str, str]]:
+    """(name, columns) of the list indexes: for each branch column P (owner,
+    visibility) and sort key K, ``(P, K, created_at, id)`` -- the order a list
+    sorted by K returns (created_at and id break ties); K = created_at, id or P
+    itself need only ``(P, created_at, id)`` / ``(P, id)``."""
+    out: List[Tuple[str, str]] = []
+    for p, short in (("owner", "own"), ("visibility", "vis")):
+        for k in _SORTABLE:
+            if k == "id":
+                out.append((f"ix_images_{short}_id", f"{p}, id"))
+            elif k == "created_at":
+                out.append((f"ix_images_{short}_created", f"{p}, created_at, id"))
+            elif k != p:
+                out.append((f"ix_images_{short}_{k}", f"{p}, {k}, created_at, id"))
+    return out
+
 
 # Migration N brings the schema from version N to N+1 (PRAGMA user_version).
 MIGRATIONS: List[str] = [
@@ -99,6 +121,12 @@ MIGRATIONS: List[str] = [
     CREATE INDEX ix_tasks_owner_created ON tasks(owner, created_at, id);
     CREATE INDEX ix_tasks_status_created ON tasks(status, created_at);
     """,
+    # 1 -> 2: one index per (owner | visibility, sort key) ending in the sort's
+    # tie-breakers (created_at, id), so every branch of a list walks an index in
+    # the requested order and stops after a page (see query.py).
+    "\n".join(["DROP INDEX ix_images_owner_name;", "DROP INDEX ix_images_owner_created;",
+               "DROP INDEX ix_images_vis_name;", "DROP INDEX ix_images_vis_created;"]
+              + [f"CREATE INDEX {name} ON images({cols});" for name, cols in _list_indexes()]),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -8,9 +8,15 @@ sort keys raise :class:`InvalidInputError`.
 The visible set of an account is the union of disjoint *branches* -- its own
 images, public images of others, images shared with it (by member status),
 community images of others -- each of which an index can walk (owner,
-visibility, member).  Each branch is sorted and cut to ``limit + 1`` rows
-on its own, then the branches are merged: the cost of a page depends on the
-caller's share of the registry, not on the registry's size.
+visibility, member); the service identity's is one branch per visibility.
+The schema has an index ``(owner|visibility, sort key, created_at, id)`` for
+every sort key (db.py), so a branch is walked in the requested order; a
+marker splits each branch into *levels* that seek past the marker (see
+:func:`_after_marker`).  Each walk is cut to ``limit + 1`` rows on its own,
+then the walks are merged: a page touches O(walks x page) rows, not the
+registry (the own branch: at most the caller's own images; the shared
+branch: the caller's memberships).  tests/test_registry_plans.py checks the
+plans with EXPLAIN QUERY PLAN.
 """
 from __future__ import annotations
 
@@ -166,7 +172,10 @@ def parse_sort(sort: List[str], sort_keys: List[str], sort_dirs: List[str]) -> L
     for key in ("created_at", "id"):
         if key not in seen and not any(k == key for k, _ in out):
             out.append((key, last))
-    return out
+    # id is unique: keys after it never decide (and would keep an index on
+    # (..., id) from giving the order)
+    ids = [k for k, _ in out].index("id")
+    return out[:ids + 1]
 
 
 def parse_list_params(params: Optional[Params]) -> ListQuery:
@@ -238,40 +247,105 @@ def parse_list_params(params: Optional[Params]) -> ListQuery:
 
 # ---- SQL ----
 
-def _after_marker(sort: List[Tuple[str, str]], values: Sequence[Any]) -> Tuple[str, List[Any]]:
-    """Rows strictly after the marker row in the (total) sort order; SQLite puts
-    NULLs first ascending and last descending."""
-    ors: List[str] = []
-    params: List[Any] = []
+#: sort columns that are never NULL (after a marker, no NULL tail to add)
+NOT_NULL = frozenset({"status", "id", "created_at", "updated_at", "min_disk", "min_ram",
+                      "owner", "visibility"})
+#: at most this many index walks (branches x marker levels) in one list query;
+#: beyond it the marker becomes one OR condition per branch (still correct)
+MAX_WALKS = 48
+#: the parameter budget of one statement (SQLite's default limit is 32766)
+MAX_PARAMS = 30000
+
+
+def _after_marker(sort: List[Tuple[str, str]], values: Sequence[Any]
+                  ) -> List[Tuple[List[str], List[Any]]]:
+    """Rows strictly after the marker row in the (total) sort order, as disjoint
+    *levels*, each a list of conditions an index on the sort columns can seek
+    to: level j holds rows equal to the marker on keys 0..j-1 and after it on
+    key j.  SQLite puts NULLs first ascending and last descending, so a
+    descending level of a nullable key is two seeks (``< v``, ``IS NULL``)."""
+    # The walk's index is the first key's (P, key, created_at, id): a later
+    # key outside it gets a unary + so that SQLite does not seek another
+    # index on it (an equality on a low-cardinality column would look cheap).
+    cols = [SORT_COLUMNS[k] if n == 0 or k in ("created_at", "id") else "+" + SORT_COLUMNS[k]
+            for n, (k, _) in enumerate(sort)]
+    out: List[Tuple[List[str], List[Any]]] = []
     for j, (key, d) in enumerate(sort):
-        parts: List[str] = []
-        ps: List[Any] = []
-        for i in range(j):
-            parts.append(f"{SORT_COLUMNS[sort[i][0]]} IS ?")
-            ps.append(values[i])
-        col, v = SORT_COLUMNS[key], values[j]
+        eq = [f"{cols[i]} IS ?" for i in range(j)]
+        ps = list(values[:j])
+        col, v = cols[j], values[j]
         if d == "asc":
             if v is None:
-                parts.append(f"{col} IS NOT NULL")
+                out.append((eq + [f"{col} IS NOT NULL"], ps))
             else:
-                parts.append(f"{col} > ?")
-                ps.append(v)
-        else:
-            if v is None:
-                continue
-            parts.append(f"({col} < ? OR {col} IS NULL)")
-            ps.append(v)
-        ors.append("(" + " AND ".join(parts) + ")")
-        params.extend(ps)
-    if not ors:
+                out.append((eq + [f"{col} > ?"], ps + [v]))
+        elif v is not None:
+            out.append((eq + [f"{col} < ?"], ps + [v]))
+            if key not in NOT_NULL:
+                out.append((eq + [f"{col} IS NULL"], ps))
+    return out
+
+
+def _after_marker_or(levels: List[Tuple[List[str], List[Any]]]) -> Tuple[str, List[Any]]:
+    """The levels as one condition (for a query too wide to split)."""
+    if not levels:
         return "0", []
-    return "(" + " OR ".join(ors) + ")", params
+    params: List[Any] = []
+    for _, ps in levels:
+        params.extend(ps)
+    return "(" + " OR ".join("(" + " AND ".join(w) + ")" for w, _ in levels) + ")", params
 
 
-def build_list_sql(q: ListQuery, account: Optional[str], marker_values: Optional[Sequence[Any]]
-                   ) -> Tuple[str, List[Any]]:
-    """SQL returning ``id`` of up to ``limit + 1`` visible images in order.
-    ``account`` None means "sees everything" (the service identity)."""
+def _branches(q: ListQuery, account: Optional[str]) -> List[Tuple[str, List[str], List[Any]]]:
+    """The disjoint sets whose union is what ``account`` may see (with the
+    visibility filter applied), as (FROM, conditions, params).  Each one is
+    a range of an index: ``(owner, ...)``, ``(visibility, ...)`` or
+    ``image_members(member, status, ...)``.  A unary ``+`` keeps SQLite from
+    driving a branch with the wrong index (without it, the own branch's
+    ``i.visibility = 'shared'`` made SQLite walk every shared image of the
+    registry)."""
+    vis = q.visibility
+    out: List[Tuple[str, List[str], List[Any]]] = []
+    if account is None:
+        # everything (the service identity): one walk per visibility
+        for v in (VISIBILITIES if vis in (None, "all") else (vis,)):
+            out.append(("images i", [f"i.visibility = '{v}'"], []))
+        return out
+    # The public and community branches include the caller's own images of
+    # that visibility (so they need no owner test, which would cost a table
+    # read per index entry); the own branch then leaves those visibilities out.
+    wide = {"public"} if vis is None else {"public", "community"} if vis == "all" else set()
+    if vis in (None, "all"):
+        out.append(("images i", ["i.owner = ?"] + [f"+i.visibility != '{v}'" for v in sorted(wide)],
+                    [account]))
+    elif vis in ("private", "shared"):
+        out.append(("images i", ["i.owner = ?", "+i.visibility = ?"], [account, vis]))
+    if vis in (None, "all", "public"):
+        out.append(("images i", ["i.visibility = 'public'"], []))
+    if vis in (None, "all", "shared"):
+        # driven by the caller's memberships (CROSS JOIN: members first, by
+        # member), each image looked up by its primary key -- never by a sort or
+        # filter index, nor a marker condition moved onto m.image_id (which
+        # planner statistics otherwise make SQLite do)
+        w = ["m.member = ?", "+i.visibility = 'shared'", "+i.owner != ?"]
+        p: List[Any] = [account, account]
+        if q.member_status != "all":
+            w.insert(1, "m.status = ?")
+            p.insert(1, q.member_status)
+        out.append(("image_members m INDEXED BY ix_members_member "
+                    "CROSS JOIN images i INDEXED BY sqlite_autoindex_images_1 ON i.id = m.image_id", w, p))
+    if vis in ("all", "community"):
+        out.append(("images i", ["i.visibility = 'community'"], []))
+    return out
+
+
+def list_walks(q: ListQuery, account: Optional[str], marker_values: Optional[Sequence[Any]]
+               ) -> Tuple[List[Tuple[str, List[Any]]], str]:
+    """The index walks of a list: (SELECT, params) each returning up to
+    ``limit + 1`` rows ``id, s0, s1, ...`` in order, and the ORDER BY that merges
+    them.  One walk per branch and marker level; each is sorted and cut on its
+    own, so a page touches O(walks x page) rows whatever the registry's size
+    (when the filters let most walked rows through)."""
     common: List[str] = []
     cparams: List[Any] = []
     for sql, ps in q.where:
@@ -284,49 +358,36 @@ def build_list_sql(q: ListQuery, account: Optional[str], marker_values: Optional
         common.append("EXISTS (SELECT 1 FROM image_properties p WHERE p.image_id = i.id "
                       "AND p.name = ? AND p.value = ?)")
         cparams.extend([name, value])
-    if marker_values is not None:
-        sql, ps = _after_marker(q.sort, marker_values)
-        common.append(sql)
-        cparams.extend(ps)
 
-    vis = q.visibility
-    branches: List[Tuple[str, List[str], List[Any]]] = []   # (from, where, params)
-    if account is None:
-        w = [] if vis in (None, "all") else ["i.visibility = ?"]
-        branches.append(("images i", w, [] if vis in (None, "all") else [vis]))
-    else:
-        # Disjoint branches.  The public and community branches include the
-        # caller's own images of that visibility (so they need no owner test,
-        # which would cost a table read per index entry); the own branch then
-        # leaves those visibilities out.
-        wide = {"public"} if vis is None else {"public", "community"} if vis == "all" else set()
-        if vis in (None, "all"):
-            own_w = ["i.owner = ?"] + [f"i.visibility != '{v}'" for v in sorted(wide)]
-            branches.append(("images i", own_w, [account]))
-        elif vis in ("private", "shared"):
-            branches.append(("images i", ["i.owner = ?", "i.visibility = ?"], [account, vis]))
-        if vis in (None, "all", "public"):
-            branches.append(("images i", ["i.visibility = 'public'"], []))
-        if vis in (None, "all", "shared"):
-            w = ["m.member = ?", "i.visibility = 'shared'", "i.owner != ?"]
-            p: List[Any] = [account, account]
-            if q.member_status != "all":
-                w.insert(1, "m.status = ?")
-                p.insert(1, q.member_status)
-            branches.append(("image_members m JOIN images i ON i.id = m.image_id", w, p))
-        if vis in ("all", "community"):
-            branches.append(("images i", ["i.visibility = 'community'"], []))
+    branches = _branches(q, account)
+    levels: List[Tuple[List[str], List[Any]]] = [([], [])]
+    if marker_values is not None:
+        levels = _after_marker(q.sort, marker_values) or [(["0"], [])]
+        width = len(levels) * len(branches)
+        nparams = width * len(cparams) + len(branches) * sum(len(ps) for _, ps in levels)
+        if width > MAX_WALKS or nparams > MAX_PARAMS:
+            cond, ps = _after_marker_or(levels)
+            levels = [([cond], ps)]
 
     cols = ", ".join(f"{SORT_COLUMNS[k]} AS s{n}" for n, (k, _) in enumerate(q.sort))
     order = ", ".join(f"s{n} {d.upper()}" for n, (_, d) in enumerate(q.sort))
-    n = q.limit + 1
-    parts: List[str] = []
-    params: List[Any] = []
+    walks: List[Tuple[str, List[Any]]] = []
     for frm, w, p in branches:
-        where = " AND ".join(w + common) or "1"
-        parts.append(f"SELECT * FROM (SELECT i.id AS id, {cols} FROM {frm} WHERE {where} "
-                     f"ORDER BY {order} LIMIT {n})")
-        params.extend(p)
-        params.extend(cparams)
-    sql = " UNION ALL ".join(parts) + f" ORDER BY {order} LIMIT {n}"
-    return sql, params
+        for lw, lp in levels:
+            where = " AND ".join(w + lw + common) or "1"
+            walks.append((f"SELECT i.id AS id, {cols} FROM {frm} WHERE {where} "
+                          f"ORDER BY {order} LIMIT {q.limit + 1}", p + lp + cparams))
+    return walks, order
+
+
+def build_list_sql(q: ListQuery, account: Optional[str], marker_values: Optional[Sequence[Any]]
+                   ) -> Tuple[str, List[Any]]:
+    """SQL returning ``id`` of up to ``limit + 1`` visible images in order (the
+    walks of :func:`list_walks`, merged).  ``account`` None means "sees
+    everything" (the service identity)."""
+    walks, order = list_walks(q, account, marker_values)
+    params: List[Any] = []
+    for _, ps in walks:
+        params.extend(ps)
+    sql = " UNION ALL ".join(f"SELECT * FROM ({w})" for w, _ in walks)
+    return sql + f" ORDER BY {order} LIMIT {q.limit + 1}", params
