@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from ..fileutil import locked_temp
 from ..progress import Progress
 from . import main
 from ._common import SIZE, emit, json_option
@@ -286,20 +287,22 @@ def image_upload(reg, caller, image_id, file, virtual_size, as_json):
               help="Write here (default stdout).")
 @click.option("--offset", type=SIZE, default=0, help="First byte.")
 @click.option("--length", type=SIZE, default=None, help="Number of bytes.")
-@click.option("--fsync", "durable", is_flag=True,
-              help="Flush the output to disk before renaming it into place (survives a power loss; "
-                   "costs the time of writing it out). Default: off, as for cp.")
+@click.option("--no-sync", is_flag=True,
+              help="Do not fsync the output before renaming it into place (like cp): it is still "
+                   "complete when it appears, but may be lost if the machine crashes soon after.")
 @click.option("--verify", is_flag=True,
               help="Re-read the output and check its size, md5 and sha512 against the image's "
                    "size, checksum and os_hash_value (whole image to a file only).")
 @_registry_options
 @json_option
-def image_download(reg, caller, image_id, output, offset, length, durable, verify, as_json):
+def image_download(reg, caller, image_id, output, offset, length, no_sync, verify, as_json):
     """Download an image's data (or a byte range).
 
-    With -o FILE the data goes to FILE.part (copied in the kernel), then is
-    renamed to FILE: FILE never holds part of the data, and a failed or
-    interrupted download leaves no FILE.part.  The data is not re-hashed by
+    With -o FILE the data goes to a temporary .FILE.*.part (copied in the
+    kernel), is fsynced (unless --no-sync), then renamed to FILE: FILE never
+    holds part of the data, and a failed download leaves no temporary file
+    (one left by a killed download goes with the next download of FILE).
+    The data is not re-hashed by
     default: its size, md5 and sha512 were computed at upload and the blob is
     never rewritten; --verify checks them again.
 
@@ -317,22 +320,23 @@ def image_download(reg, caller, image_id, output, offset, length, durable, verif
                 raise click.UsageError("--json needs --output FILE (stdout carries the data)")
             n = reg.download(caller, image_id, sys.stdout.buffer, offset=offset, length=length, progress=p)
         else:
-            tmp = output + ".part"
+            d = os.path.dirname(os.path.abspath(output))
+            fd, tmp = locked_temp(d, os.path.basename(output), ".part")
             try:
-                with open(tmp, "wb") as f:
+                with open(fd, "wb") as f:
                     n = reg.download(caller, image_id, f, offset=offset, length=length, progress=p)
-                    if durable:
+                    if not no_sync:
                         f.flush()
                         os.fsync(f.fileno())
-                if verify:
-                    _verify_download(tmp, h.image)
-                os.replace(tmp, output)
-            except BaseException:
-                if os.path.exists(tmp):
+                    if verify:
+                        _verify_download(tmp, h.image)
+                    os.replace(tmp, output)     # while locked: no cleaner takes it
+                    tmp = None
+            finally:
+                if tmp is not None and os.path.exists(tmp):
                     os.unlink(tmp)
-                raise
-            if durable:
-                _fsync_dir(os.path.dirname(os.path.abspath(output)))
+            if not no_sync:
+                _fsync_dir(d)
     if output != "-":
         emit({"image_id": image_id, "output": output, "bytes": n, "checksum": h.checksum,
               "verified": verify}, as_json, lambda o: f"wrote {o['bytes']} bytes to {o['output']}")
