@@ -31,12 +31,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import struct
+import threading
 import time
 import uuid as _uuid
 from typing import List, Optional, Tuple
 
-from . import streams
 from .errors import ArchiveError, IntegrityError, VhdkitError
 
 __all__ = ["NotStreamable", "RenewedVhdStream", "renew_footer", "VHD_EPOCH"]
@@ -85,18 +86,126 @@ class _HashedSlice(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:
-        want = min(len(b), self.left)
+    def read_chunk(self, n: int) -> bytes:
+        """Up to ``n`` bytes as a fresh object (b"" at the member's end)."""
+        want = min(n, self.left)
         if not want:
-            return 0
+            return b""
         data = self.f.read(want)  # a fresh buffer: the hasher may still be reading the last one
         if not data:
             raise IntegrityError("the stored OVA is truncated")
-        n = len(data)
-        memoryview(b)[:n] = data
         self.h.update(data)
-        self.left -= n
-        return n
+        self.left -= len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read_chunk(len(b))
+        memoryview(b)[:len(data)] = data
+        return len(data)
+
+
+class _Inflater:
+    """Reads the member (``raw``), decompresses it in its own thread (ISA-L
+    drops the GIL) and hands the output over in chunks of at most ``_CHUNK``
+    bytes through a small queue: memory stays bounded (a few chunks), whatever
+    the compression ratio.  Any gzip stream is accepted, several members
+    included; a corrupt or truncated one, trailing garbage or more output than
+    ``bound`` raise ArchiveError from :meth:`get`."""
+
+    _END = object()
+
+    def __init__(self, raw: _HashedSlice, gz: bool, bound: int, name: str):
+        self.raw, self.gz, self.bound, self.name = raw, gz, bound, name
+        self.q: "queue.Queue" = queue.Queue(4)
+        self.stop = threading.Event()
+        self.exc: Optional[BaseException] = None
+        self.t = threading.Thread(target=self._run, name="export-inflate", daemon=True)
+        self.t.start()
+
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped()
+
+    def _run(self) -> None:
+        try:
+            if self.gz:
+                self._inflate()
+            else:
+                while True:
+                    data = self.raw.read_chunk(_CHUNK)
+                    if not data:
+                        break
+                    self._put(data)
+        except _Stopped:
+            return
+        except BaseException as e:  # noqa: BLE001 - handed to the reader
+            self.exc = e
+        try:
+            self._put(self._END)
+        except _Stopped:
+            pass
+
+    def _inflate(self) -> None:
+        from isal import isal_zlib
+
+        def fail(msg: str) -> None:
+            raise ArchiveError(f"{self.name}: {msg}")
+
+        out_total = 0
+        d = None  # the current member's decompressor
+        first = True
+        while True:
+            buf = self.raw.read_chunk(_CHUNK)
+            if not buf:
+                break
+            waiting = False  # output may be waiting inside the decompressor
+            while buf or waiting:
+                if d is None:
+                    if len(buf) < 10 and self.raw.left:
+                        buf += self.raw.read_chunk(_CHUNK)  # a header split across reads
+                    if buf[:2] != b"\x1f\x8b" or (len(buf) > 3 and buf[3] & 0xE0):
+                        fail("not a gzip stream (bad magic)" if first else "garbage after the gzip stream")
+                    d, first = isal_zlib.decompressobj(31), False
+                try:
+                    out = d.decompress(buf, _CHUNK)
+                except isal_zlib.error as e:
+                    fail(f"corrupt gzip data: {e}")
+                if out:
+                    out_total += len(out)
+                    if out_total > self.bound:
+                        fail(f"decompressed output exceeds the limit of {self.bound} bytes")
+                    self._put(out)
+                if d.eof:
+                    buf, d, waiting = d.unused_data, None, False
+                else:
+                    buf, waiting = d.unconsumed_tail, len(out) == _CHUNK
+        if first:
+            fail("empty member, not a gzip stream")
+        if d is not None:
+            fail("truncated gzip stream (ended before its trailer)")
+
+    def get(self) -> bytes:
+        """The next chunk of output; b"" at the end."""
+        item = self.q.get()
+        if item is self._END:
+            self.q.put(item)  # later calls see the end too
+            if self.exc is not None:
+                raise self.exc
+            return b""
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.t.join()
+
+
+class _Stopped(Exception):
+    pass
 
 
 class RenewedVhdStream(io.RawIOBase):
@@ -115,8 +224,7 @@ class RenewedVhdStream(io.RawIOBase):
         self.name = name
         self.want, self.algo = want, algo
         self.raw = _HashedSlice(f, size, algo, pool)
-        self.src = (streams.open_decompressor(self.raw, "gzip", max_output=bound, name=name)
-                    if gz else self.raw)
+        self.src = _Inflater(self.raw, gz, bound, name)
         self.uuid = uuid or _uuid.uuid4()
         self.timestamp = int(time.time()) - VHD_EPOCH if timestamp is None else timestamp
         self.skeleton = os.fspath(skeleton)
@@ -159,8 +267,7 @@ class RenewedVhdStream(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
-                if self.src is not self.raw:
-                    self.src.close()
+                self.src.close()
                 os.close(self._skel)
             finally:
                 super().close()
@@ -168,7 +275,7 @@ class RenewedVhdStream(io.RawIOBase):
     # -- the pass
     def _read_src(self, n: int) -> bytes:
         try:
-            return self.src.read(n)
+            return self.src.get()
         except (ArchiveError, IntegrityError) as e:
             raise IntegrityError(f"the stored image is damaged: its disk {self.name!r}: {e.message}") from None
 
