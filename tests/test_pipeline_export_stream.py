@@ -209,3 +209,32 @@ def test_stored_vhd_that_fails_check_fails_the_export_and_leaves_nothing(env, tm
     assert "BAT_PAST_EOF" in t.message, t.message
     assert _exports(cfg) == []
     assert_no_debris(reg, cfg, images_expected=1)
+
+
+# ------------------------------------------------ the inflater, on its own
+def _inflate(blob: bytes, bound: int = 1 << 40) -> bytes:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vhdkit.exportstream import _HashedSlice, _Inflater
+
+    with ThreadPoolExecutor(1) as pool:
+        inf = _Inflater(_HashedSlice(io.BytesIO(blob), len(blob), "sha256", pool), True, bound, "m")
+        try:
+            return b"".join(iter(inf.get, b""))
+        finally:
+            inf.close()
+
+
+def test_inflater_reads_any_gzip_and_refuses_damage():
+    from vhdkit.errors import ArchiveError
+
+    data = hashlib.shake_256(b"x").digest(3 * MiB) + bytes(20 * MiB) + b"end"
+    z = gzip.compress(data)
+    assert _inflate(z) == data
+    assert _inflate(gzip.compress(data[:5]) + gzip.compress(data[5:])) == data  # two members
+    for bad, words in [(z[:-3], "truncated"), (z + b"xx", "garbage after"), (b"", "empty"),
+                       (b"PK\x03\x04" + z, "bad magic"), (z[:-8] + bytes(8), "corrupt gzip data")]:
+        with pytest.raises(ArchiveError, match=words):
+            _inflate(bad)
+    with pytest.raises(ArchiveError, match="exceeds the limit"):
+        _inflate(z, bound=8 * MiB)  # a bomb is stopped at the bound, in bounded memory
