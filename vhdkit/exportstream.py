@@ -232,6 +232,7 @@ class RenewedVhdStream(io.RawIOBase):
         self._pos = 0  # bytes of the stored VHD read from the decompressor
         self._tail = b""  # the last 512 bytes read: held back, they may be the end footer
         self._out = memoryview(b"")
+        self._pieces: List[memoryview] = []
         self._started = self._done = False
         # metadata ranges to copy into the skeleton, sorted by start: (start, end)
         self._ranges: List[Tuple[int, int]] = [(0, SECTOR)]
@@ -250,6 +251,9 @@ class RenewedVhdStream(io.RawIOBase):
 
     def read(self, n: int = -1) -> bytes:
         while not self._out:
+            if self._pieces:
+                self._out = self._pieces.pop(0)
+                continue
             if self._done:
                 return b""
             self._fill()
@@ -291,7 +295,7 @@ class RenewedVhdStream(io.RawIOBase):
                 raise NotStreamable("no dynamic VHD footer copy at offset 0")
             self._started = True
         if not data:
-            self._out = memoryview(self._finish())
+            self._pieces = [memoryview(self._finish())]
             self._done = True
             return
         start = self._pos
@@ -300,9 +304,13 @@ class RenewedVhdStream(io.RawIOBase):
         if start == 0:
             self.copy_footer = bytes(data[:SECTOR])
             data = renew_footer(self.copy_footer, self.uuid, self.timestamp) + data[SECTOR:]
-        both = self._tail + data if self._tail else data
-        self._tail = both[-SECTOR:]
-        self._out = memoryview(both)[:-SECTOR]
+        if len(data) >= SECTOR:  # pass on the held-back tail, hold back the new one (no big copy)
+            self._pieces = [memoryview(self._tail), memoryview(data)[:-SECTOR]]
+            self._tail = data[-SECTOR:]
+        else:
+            both = self._tail + data
+            self._pieces = [memoryview(both)[:-SECTOR]]
+            self._tail = both[-SECTOR:]
 
     def _capture(self, data: bytes, start: int) -> None:
         """Copy the known metadata ranges that overlap ``data`` (at ``start``) into
