@@ -224,7 +224,7 @@ class RenewedVhdStream(io.RawIOBase):
         self.name = name
         self.want, self.algo = want, algo
         self.raw = _HashedSlice(f, size, algo, pool)
-        self.src = _Inflater(self.raw, gz, bound, name)
+        self.src = _Inflater(self.raw, gz, bound, f"its disk {name!r}")
         self.uuid = uuid or _uuid.uuid4()
         self.timestamp = int(time.time()) - VHD_EPOCH if timestamp is None else timestamp
         self.skeleton = os.fspath(skeleton)
@@ -277,17 +277,17 @@ class RenewedVhdStream(io.RawIOBase):
                 super().close()
 
     # -- the pass
-    def _read_src(self, n: int) -> bytes:
+    def _read_src(self) -> bytes:
         try:
             return self.src.get()
         except (ArchiveError, IntegrityError) as e:
-            raise IntegrityError(f"the stored image is damaged: its disk {self.name!r}: {e.message}") from None
+            raise IntegrityError(f"the stored image is damaged: {e.message}") from None
 
     def _fill(self) -> None:
-        data = self._read_src(_CHUNK)
+        data = self._read_src()
         if not self._started:
             while data and len(data) < SECTOR:
-                more = self._read_src(_CHUNK)
+                more = self._read_src()
                 if not more:
                     break
                 data += more
