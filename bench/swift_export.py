@@ -12,7 +12,10 @@ the same Swift, measures side by side:
   into a fresh dynamic VHD, then stream it as 200 MiB DLO segments + manifest
   + sidecar into Swift;
 - ``split``: only the upload part, ``vhdkit.segments.split`` of the VHD file
-  into Swift (200 MiB segments), what the task's last stage does;
+  into Swift (200 MiB segments), what the task's last stage does, with the
+  configured parallel segment uploads (``VHDKIT_SWIFT_PARALLEL``, default 3);
+- ``split 1x``: the same with one segment at a time (``parallel=1``, the
+  behaviour before parallel uploads);
 - ``swift upload``: ``swift upload --segment-size 200M`` (python-swiftclient's
   own command, default 10 segment threads) of the same VHD file.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -114,6 +118,9 @@ def _bench(a, size: int, work: Path) -> None:
     print(f"imported {image_id}", file=sys.stderr)
 
     sc = SwiftStore(SwiftConfig.from_env(), caller.account)
+    seq_cfg = SwiftConfig.from_env()
+    seq_cfg.parallel = 1
+    seq = SwiftStore(seq_cfg, caller.account)
     url, token = sc.storage_url, sc._connection().token
     peer_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
 
@@ -134,6 +141,12 @@ def _bench(a, size: int, work: Path) -> None:
         assert man.size == fsize
 
         t0 = time.monotonic()
+        with open(vhd, "rb") as f:
+            man = segments.split(seq, "split", "disk.vhd", f, segment_size=SEG, total=fsize)
+        row["split_seq_s"] = time.monotonic() - t0
+        assert man.size == fsize
+
+        t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "swiftclient.shell", "--os-storage-url", url, "--os-auth-token",
                             token, "upload", "--segment-size", "200M", "--object-name", "disk.vhd", "peer",
                             str(vhd)], capture_output=True, text=True, env=peer_env, cwd=str(work))
@@ -147,9 +160,11 @@ def _bench(a, size: int, work: Path) -> None:
 
     res = {
         "size": size, "vhd_file_bytes": fsize, "segment_size": SEG, "runs": runs,
-        "median_s": {k: med(k) for k in ("export_s", "split_s", "swift_upload_s")},
-        "median_MBps": {k: fsize / med(k) / 1e6 for k in ("export_s", "split_s", "swift_upload_s")},
+        "median_s": {k: med(k) for k in ("export_s", "split_s", "split_seq_s", "swift_upload_s")},
+        "median_MBps": {k: fsize / med(k) / 1e6 for k in ("export_s", "split_s", "split_seq_s", "swift_upload_s")},
         "cpus": os.cpu_count(),
+        # peak RSS of this whole process (making the VHD holds a 64 MiB pattern)
+        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
@@ -163,15 +178,18 @@ def _bench(a, size: int, work: Path) -> None:
         "|---|---|---|",
         f"| vhdkit export task (coalesce + split into Swift) | {med('export_s'):.1f} | "
         f"{res['median_MBps']['export_s']:.0f} |",
-        f"| vhdkit segments.split of the VHD file into Swift | {med('split_s'):.1f} | "
-        f"{res['median_MBps']['split_s']:.0f} |",
+        f"| vhdkit segments.split of the VHD file into Swift, {st.config.parallel} segments in flight | "
+        f"{med('split_s'):.1f} | {res['median_MBps']['split_s']:.0f} |",
+        f"| the same, one segment at a time | {med('split_seq_s'):.1f} | "
+        f"{res['median_MBps']['split_seq_s']:.0f} |",
         f"| swift upload --segment-size 200M (python-swiftclient) | {med('swift_upload_s'):.1f} | "
         f"{res['median_MBps']['swift_upload_s']:.0f} |",
         "",
-        "| run | load before | export s | split s | swift upload s |",
-        "|---|---|---|---|---|",
+        "| run | load before | export s | split s | split 1x s | swift upload s |",
+        "|---|---|---|---|---|---|",
     ] + [f"| {i + 1} | {r['load_before']:.1f} | {r['export_s']:.1f} | {r['split_s']:.1f} | "
-         f"{r['swift_upload_s']:.1f} |" for i, r in enumerate(runs)]
+         f"{r['split_seq_s']:.1f} | {r['swift_upload_s']:.1f} |" for i, r in enumerate(runs)]
+    lines += ["", f"Peak RSS of the benchmark process (all runs): {res['max_rss_mib']:.0f} MiB."]
     a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

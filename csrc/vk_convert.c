@@ -54,33 +54,8 @@ typedef struct vk_slot {
     size_t    len;       /* bytes valid                                    */
     int       zero;      /* 1: whole chunk is zero (buf may be stale)      */
     uint8_t  *gz;        /* per granule: 1 = all zero                      */
-    /* Where the slot's bytes lie in the source file(s), so that data can go
-     * to the output by copy_file_range (no copy through user space on the
-     * write side).  nseg = 0: write from buf. */
-    struct { size_t at, len; int fd; uint64_t foff; } seg[VK_SEGS];
-    int       nseg;
 } vk_slot;
 
-/* Fill s->seg for [s->off, s->off + s->len) (caller holds the source lock). */
-static void vk_slot_locate(vk_src *src, vk_slot *s)
-{
-    s->nseg = 0;
-    if (!src->locate || s->zero) return;
-    size_t at = 0;
-    while (at < s->len) {
-        int fd = -1;
-        uint64_t foff = 0;
-        size_t run = s->len - at;
-        if (s->nseg < VK_SEGS - 1) src->locate(src, s->off + at, s->len - at, &fd, &foff, &run);
-        if (run == 0 || run > s->len - at) { fd = -1; run = s->len - at; }
-        s->seg[s->nseg].at = at;
-        s->seg[s->nseg].len = run;
-        s->seg[s->nseg].fd = fd;
-        s->seg[s->nseg].foff = foff;
-        s->nseg++;
-        at += run;
-    }
-}
 
 typedef struct vk_ring {
     pthread_mutex_t mu;
@@ -132,7 +107,6 @@ static void *vk_producer(void *arg)
         }
         if (src->size != UINT64_MAX && off >= src->size) break;
         vk_slot *s = &r->slot[r->produced % VK_RING_SLOTS];
-        s->nseg = 0;
         size_t want = r->chunk;
         if (src->size != UINT64_MAX && src->size - off < want) want = (size_t)(src->size - off);
         s->off = off;
@@ -191,7 +165,6 @@ static void vk_ring_release(vk_ring *r)
 /* ---- output helpers ---------------------------------------------------- */
 typedef struct vk_out {
     int       fd;
-    int       cfr;          /* atomic: 1 while copy_file_range works       */
     int       stream;       /* sequential writes only                     */
     uint64_t  pos;          /* stream: bytes written so far               */
     uint64_t  data_bytes;
@@ -232,55 +205,6 @@ static int vk_out_zero_to(vk_out *o, uint64_t upto, vk_err *err)
     return VK_OK;
 }
 
-/* copy_file_range n bytes; returns bytes copied (may be < n when the
- * kernel or filesystem cannot, or the source got shorter: the caller writes
- * the rest from its buffer), or -1 with err set on a real I/O error. */
-static long long vk_cfr(vk_out *o, int in_fd, uint64_t in_off, uint64_t out_off, size_t n, vk_err *err)
-{
-    loff_t a = (loff_t)in_off, b = (loff_t)out_off;
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = copy_file_range(in_fd, &a, o->fd, &b, n - done, 0);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
-                errno == EBADF || errno == EPERM || errno == ETXTBSY) {
-                __atomic_store_n(&o->cfr, 0, __ATOMIC_RELAXED);
-                break;
-            }
-            vk_fail_errno(err, errno, out_off + done, "copy to the output failed at offset %llu",
-                          (unsigned long long)(out_off + done));
-            return -1;
-        }
-        if (r == 0) break;
-        done += (size_t)r;
-    }
-    return (long long)done;
-}
-
-/* Slot bytes [i, j) to the output at out_off. */
-static int vk_out_piece(vk_out *o, const vk_slot *s, size_t i, size_t j, uint64_t out_off, vk_err *err)
-{
-    size_t p = i;
-    for (int k = 0; k < s->nseg && p < j && __atomic_load_n(&o->cfr, __ATOMIC_RELAXED); k++) {
-        size_t a = s->seg[k].at, e = a + s->seg[k].len;
-        if (e <= p) continue;
-        if (a > p) break;
-        if (e > j) e = j;
-        if (s->seg[k].fd < 0) {
-            int rc = vk_pwrite_full(o->fd, s->buf + p, e - p, out_off + (p - i), err);
-            if (rc) return rc;
-            p = e;
-            continue;
-        }
-        long long c = vk_cfr(o, s->seg[k].fd, s->seg[k].foff + (p - a), out_off + (p - i), e - p, err);
-        if (c < 0) return VK_E_IO;
-        p += (size_t)c;
-        if (p < e) break;       /* fall back to the buffer for the rest */
-    }
-    if (p < j) return vk_pwrite_full(o->fd, s->buf + p, j - p, out_off + (p - i), err);
-    return VK_OK;
-}
 
 /* Write the non-zero granule runs of a slot at file offset base + (run - slot start). */
 static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
@@ -299,7 +223,10 @@ static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
         size_t j = i;
         while (j < to && !s->gz[j / VK_GRANULE]) j = (j / VK_GRANULE + 1) * VK_GRANULE;
         if (j > to) j = to;
-        int rc = vk_out_piece(o, s, i, j, file_off + (i - from), err);
+        /* From the buffer: the bytes were read anyway for the zero map, and a
+         * pwrite of them costs less system time than copy_file_range (which
+         * reads the page cache a second time; measured on ext4). */
+        int rc = vk_pwrite_full(o->fd, s->buf + i, j - i, file_off + (i - from), err);
         if (rc) return rc;
         __atomic_fetch_add(&o->data_bytes, j - i, __ATOMIC_RELAXED);
         i = j;
@@ -452,8 +379,6 @@ static void *vk_worker_main(void *arg)
         size_t got = 0;
         s->zero = hole;
         if (!hole) rc = src->read(src, s->buf, want, off, &got, &err);
-        if (!rc && !hole && got == want && __atomic_load_n(&j->out->cfr, __ATOMIC_RELAXED)) vk_slot_locate(src, s);
-        else s->nseg = 0;
         if (j->src_shared) pthread_mutex_unlock(&j->mu);
         if (rc) break;
         if (hole) {
@@ -614,7 +539,7 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
     }
     if (known && src->size == 0 && o->kind == VK_OUT_RAW) res->plan.size = 0;
 
-    vk_out out = { .fd = out_fd, .stream = o->stream_out, .cfr = !o->stream_out };
+    vk_out out = { .fd = out_fd, .stream = o->stream_out };
     if (!out.stream) {
         struct stat st;
         if (fstat(out_fd, &st) != 0) return vk_fail_errno(err, errno, UINT64_MAX, "cannot stat the output");
@@ -622,7 +547,6 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
             if (o->kind == VK_OUT_DYNAMIC)
                 return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX, "a dynamic VHD must be written to a regular file");
             out.stream = 1;
-            out.cfr = 0;
         } else if (st.st_size != 0 && ftruncate(out_fd, 0) != 0)
             return vk_fail_errno(err, errno, 0, "cannot truncate the output");
     }
@@ -742,12 +666,6 @@ static uint64_t vk_raw_next_data(vk_src *s, uint64_t off)
     return (uint64_t)d;
 }
 
-static void vk_raw_locate(vk_src *s, uint64_t off, size_t len, int *fd, uint64_t *foff, size_t *run)
-{
-    *fd = s->fd;
-    *foff = off;
-    *run = len;
-}
 
 static uint64_t vk_none_next_data(vk_src *s, uint64_t off) { (void)off; return s->size; }
 static int vk_none_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err)
@@ -769,7 +687,6 @@ int vk_src_raw_init(vk_src *src, int in_fd, uint64_t in_size, vk_err *err)
     if (S_ISREG(st.st_mode)) {
         if (in_size == UINT64_MAX) src->size = (uint64_t)st.st_size;
         src->next_data = vk_raw_next_data;   /* skip holes */
-        src->locate = vk_raw_locate;
     } else {
         src->stream = 1;                     /* a pipe: read sequentially */
     }
@@ -800,9 +717,6 @@ typedef struct vk_img_src {
     size_t     n;          /* extents cached, covering [ext[0].offset, end) */
     uint64_t   end;
     int        failed;     /* map failed: fall back to reading everything  */
-    int        nlayers;
-    int        fd[VK_MAX_CHAIN_DEPTH];      /* our own read-only fds, or -1 */
-    uint64_t   limit[VK_MAX_CHAIN_DEPTH];   /* end of data before the footer */
 } vk_img_src;
 
 /* The extent holding off (refilling the cache), or NULL. */
@@ -822,21 +736,6 @@ static const vk_extent *vk_img_extent(vk_img_src *c, uint64_t off)
     return NULL;
 }
 
-static void vk_img_locate(vk_src *s, uint64_t off, size_t len, int *fd, uint64_t *foff, size_t *run)
-{
-    vk_img_src *c = s->ctx;
-    const vk_extent *x = vk_img_extent(c, off);
-    *fd = -1;
-    *run = len;
-    if (!x) return;
-    uint64_t left = x->offset + x->length - off;
-    if (left < *run) *run = (size_t)left;
-    if (!x->allocated || x->layer < 0 || x->layer >= c->nlayers || c->fd[x->layer] < 0) return;
-    uint64_t fo = x->file_offset + (off - x->offset), end;
-    if (vk_add_ovf(fo, *run, &end) || end > c->limit[x->layer]) return;   /* let the reader's bytes go */
-    *fd = c->fd[x->layer];
-    *foff = fo;
-}
 
 static int vk_img_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err)
 {
@@ -866,19 +765,6 @@ int vk_src_image_init(vk_src *src, vk_image *img, vk_err *err)
     vk_img_src *c = calloc(1, sizeof *c);
     if (!c) return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "out of memory");
     c->img = img;
-    c->nlayers = vk_image_depth(img);
-    if (c->nlayers > VK_MAX_CHAIN_DEPTH) c->nlayers = VK_MAX_CHAIN_DEPTH;
-    for (int i = 0; i < VK_MAX_CHAIN_DEPTH; i++) c->fd[i] = -1;
-    for (int i = 0; i < c->nlayers; i++) {
-        char path[4096];
-        vk_info info;
-        vk_err e;
-        if (vk_image_path(img, i, path, sizeof path, &e) != 0 || vk_image_info(img, i, &info, &e) != 0) continue;
-        if (info.file_size < (uint64_t)info.footer_size) continue;
-        c->fd[i] = open(path, O_RDONLY | O_CLOEXEC);
-        c->limit[i] = info.file_size - (uint64_t)info.footer_size;
-    }
-    src->locate = vk_img_locate;
     src->size = vk_image_size(img);
     src->fd = -1;
     src->read = vk_img_read;
@@ -889,11 +775,7 @@ int vk_src_image_init(vk_src *src, vk_image *img, vk_err *err)
 
 void vk_src_fini(vk_src *src)
 {
-    if (src->read == vk_img_read && src->ctx) {
-        vk_img_src *c = src->ctx;
-        for (int i = 0; i < VK_MAX_CHAIN_DEPTH; i++) if (c->fd[i] >= 0) close(c->fd[i]);
-        free(c);
-    }
+    if (src->read == vk_img_read) free(src->ctx);
     src->ctx = NULL;
 }
 

@@ -280,9 +280,22 @@ static int vk_modify_fixed(vk_rw *rw, const vk_modify_opts *o, vk_footer *nf, vk
         if (!rc) rc = vk_rw_step(rw, fb, sizeof fb, nsz, err);
         return rc;
     }
-    /* Shrinking: commit point is the footer at the new end; the old end
-     * footer stays valid until the truncate. */
-    rc = vk_rw_step(rw, fb, sizeof fb, nsz, err);
+    if (o->force) {
+        /* Shrinking with discard: commit point is the footer at the new end;
+         * the old end footer stays valid until the truncate (a crash between
+         * leaves the old disk with the footer's bytes in the part that was
+         * being discarded on request). */
+        rc = vk_rw_step(rw, fb, sizeof fb, nsz, err);
+        if (rc) return rc;
+        return vk_rw_truncate(rw, nsz + VK_FOOTER_SIZE, err);
+    }
+    /* Shrinking over zeros (checked above): (1) commit: the new footer
+     * replaces the old one at the end, so the file reads as the new disk
+     * with zeros past it, which repair cuts (vk_repair_fixed_tail);
+     * (2) the footer at the new end; (3) truncate.  No state shows the old
+     * disk with changed content. */
+    rc = vk_rw_step(rw, fb, sizeof fb, old, err);
+    if (!rc) rc = vk_rw_step(rw, fb, sizeof fb, nsz, err);
     if (rc) return rc;
     return vk_rw_truncate(rw, nsz + VK_FOOTER_SIZE, err);
 }

@@ -23,10 +23,6 @@ struct vk_src {
     /* First offset >= off that may hold non-zero data (size if none), or
      * NULL when the source knows nothing about holes. */
     uint64_t (*next_data)(vk_src *s, uint64_t off);
-    /* Where the bytes at off live: *fd and *foff for a run of *run bytes
-     * (1..len) that a copy_file_range can take straight from the file, or
-     * *fd = -1 when they do not lie in one file contiguously.  May be NULL. */
-    void (*locate)(vk_src *s, uint64_t off, size_t len, int *fd, uint64_t *foff, size_t *run);
     void    *ctx;
     int      fd;
 };

@@ -230,3 +230,63 @@ def test_database_passes_integrity_check_after_the_abuse(server, image):
     finally:
         conn.close()
     assert state(server, image)["image"]["tags"] == ["original"]
+
+
+# -- the request head: bounded, and every refusal a JSON body ----------------------------
+
+def _json_error(status, headers, body, expect):
+    assert status == expect, (status, body[:200])
+    assert headers["content-type"].startswith("application/json"), headers
+    err = json.loads(body)["error"]
+    assert err["code"] == expect and err["message"].startswith(str(expect))
+    return err
+
+
+def test_overlong_request_target_is_414_json(server):
+    status, headers, body = raw_request(
+        server, f"GET /v2/images?name={'a' * 100_000} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {ADMIN}\r\n\r\n")
+    err = _json_error(status, headers, body, 414)
+    assert "65536" in err["message"]
+
+
+def test_endless_headers_are_431_json_and_the_server_lives(server):
+    """A client that sends header lines without end is cut off at the limit
+    (uvicorn's httptools protocol alone keeps them all in memory)."""
+    with socket.create_connection((LOOPBACK, server.port), timeout=10) as s:
+        s.sendall(f"GET /v2/images HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {ADMIN}\r\n".encode())
+        line = b"X-Filler: " + b"f" * 1000 + b"\r\n"
+        sent = 0
+        try:
+            while sent < 8 << 20:           # far past the limit; the server closes first
+                s.sendall(line * 64)
+                sent += len(line) * 64
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, headers, body = read_response(s)
+    assert sent < 8 << 20 or status == 431
+    _json_error(status, headers, body, 431)
+    with server.http(ADMIN) as c:                      # still serving
+        assert c.get("/v2/images").status_code == 200
+
+
+def test_malformed_request_line_is_400_json(server):
+    status, headers, body = raw_request(server, "GARBAGE\x01 / HTTP/9.9\r\n\r\n")
+    _json_error(status, headers, body, 400)
+
+
+def test_large_but_allowed_head_is_served(server):
+    status, headers, body = raw_request(
+        server, f"GET /v2/images HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {ADMIN}\r\n"
+                f"X-Big: {'b' * 30_000}\r\nConnection: close\r\n\r\n")
+    assert status == 200, body[:200]
+
+
+def test_head_limit_applies_per_request_on_a_kept_alive_connection(server):
+    """Many requests on one connection, each under the limit, add up past it:
+    the count restarts with every request."""
+    req = f"GET /versions HTTP/1.1\r\nHost: x\r\nX-Pad: {'p' * 8000}\r\n\r\n".encode()
+    with socket.create_connection((LOOPBACK, server.port), timeout=10) as s:
+        for _ in range(20):                            # 20 x 8 KB > 64 KiB in total
+            s.sendall(req)
+            status, _h, _b = read_response(s)
+            assert status in (200, 300), status

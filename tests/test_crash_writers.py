@@ -30,10 +30,10 @@ U1 = _uuid.UUID("11111111-2222-4333-8444-555555555555")
 BS = 512 * 1024   # the writer's smallest block size
 
 
-def _image(tmp_path, kind="dynamic", size=2 * BS):
+def _image(tmp_path, kind="dynamic", size=2 * BS, data_end=None):
     p = tmp_path / "orig.vhd"
     rng = random.Random(7)
-    data = {s: rng.randbytes(512) for s in range(0, size // 512, 97)}
+    data = {s: rng.randbytes(512) for s in range(0, (data_end or size) // 512, 97)}
     vhdref.write_vhd(p, size, data, kind=kind, block_size=BS)
     with vhdkit.open(p) as s:
         content = s.read()
@@ -53,7 +53,7 @@ def _expect(content: bytes, size: int) -> bytes:
     return content[:size] + bytes(max(0, size - len(content)))
 
 
-def _assert_old_or_new(p, old, new, content):
+def _assert_old_or_new(p, old, new, content, discard=False):
     st = _state(p)
     if st is None:
         vw.repair(p)
@@ -61,7 +61,7 @@ def _assert_old_or_new(p, old, new, content):
         assert st is not None, "repair did not bring the image back"
     uid, size, data = st
     assert (uid, size) in (old, new), f"torn state {(uid, size)}; old {old}, new {new}"
-    if new[1] < old[1] and size == old[1]:
+    if discard and new[1] < old[1] and size == old[1]:
         # an interrupted shrink (with force: the tail is being discarded on
         # request) may have written the new footer into the discarded tail;
         # everything the new disk keeps must be intact
@@ -83,13 +83,16 @@ MODIFY_CASES = {
     "fixed-grow": ("fixed", dict(size=3 * BS), lambda old: (old[0], 3 * BS)),
     "fixed-uuid": ("fixed", dict(uuid=U1), lambda old: (U1, old[1])),
     "fixed-shrink": ("fixed", dict(size=BS + 4096, force=True), lambda old: (old[0], BS + 4096)),
+    # no force: the part cut off holds only zeros, and no state may show the
+    # old disk with anything else there
+    "fixed-shrink-zero-tail": ("fixed", dict(size=BS + 4096), lambda old: (old[0], BS + 4096)),
 }
 
 
 @pytest.mark.parametrize("label", sorted(MODIFY_CASES))
 def test_modify_killed_after_every_write(tmp_path, label):
     kind, kw, new_of = MODIFY_CASES[label]
-    orig, content = _image(tmp_path, kind)
+    orig, content = _image(tmp_path, kind, data_end=BS if label.endswith("zero-tail") else None)
     info = vhdkit.info(orig)
     old = (info.uuid, info.virtual_size)
     new = new_of(old)
@@ -104,7 +107,7 @@ def test_modify_killed_after_every_write(tmp_path, label):
         shutil.copy(orig, p)
         rc = run_native_hook(code, n)
         assert rc == (0 if n >= total else -9)
-        _assert_old_or_new(p, old, new, content)
+        _assert_old_or_new(p, old, new, content, discard=bool(kw.get("force")))
         assert leftovers(tmp_path, {"orig.vhd", "full.vhd", "t.vhd"}) == []
     record(f"modify:{label}", total + 1)
 

@@ -1,7 +1,9 @@
 """Uploads to a real Swift under faults: transient errors are retried from the
 segment's start (no duplicate, no missing segment), permanent ones leave no
 segment behind, and a worker SIGKILLed mid-split leaves no orphan after its
-task is retried."""
+task is retried.  Each runs with one segment at a time (``parallel=1``: the
+retry re-reads the input) and with parallel background uploads
+(``parallel=3``: the retry re-sends the segment's spool)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -27,10 +30,11 @@ from vhdkit.swiftstore import SwiftStore, open_configured_store
 MiB = 1 << 20
 
 
-@pytest.fixture
-def st(swift_store_env):
+@pytest.fixture(params=[1, 3], ids=["sequential", "parallel3"])
+def st(swift_store_env, request):
     s = open_configured_store("f" + uuid.uuid4().hex[:12])
     assert isinstance(s, SwiftStore)
+    s.config.parallel = request.param
     return s
 
 
@@ -95,9 +99,12 @@ def test_transient_put_failures_are_retried_from_the_segment_start(st, swift_sto
     man = segments.split(st, "exports", "img.vhd", src, segment_size=2 * MiB)
     assert flaky.calls.count("img.vhd-00002") == 1 + len(faults)  # really retried
     assert all(flaky.calls.count(s.name) == 1 for s in man.segments if s.name != "img.vhd-00002")
-    # split keeps a segment's first MiB in memory and re-reads the rest of
-    # segment 2 (which starts at 2 MiB) from the input: one seek per retry, to 3 MiB
-    assert src.seeks == [3 * MiB] * len(faults)
+    if st.config.parallel == 1:
+        # split keeps a segment's first MiB in memory and re-reads the rest of
+        # segment 2 (which starts at 2 MiB) from the input: one seek per retry, to 3 MiB
+        assert src.seeks == [3 * MiB] * len(faults)
+    else:  # the input is read once, in order; the retry re-sends the segment's spool
+        assert src.seeks == []
     assert man.sha256 == hashlib.sha256(data).hexdigest()  # no byte hashed twice
     listed = [o.name for o in st.list("exports", "img.vhd-")]
     assert listed == [f"img.vhd-{i:05d}" for i in range(1, 5)] == [s.name for s in man.segments]
@@ -109,23 +116,116 @@ def test_transient_put_failures_are_retried_from_the_segment_start(st, swift_sto
     assert (tmp_path / "dl").read_bytes() == data
 
 
-def test_unseekable_input_is_not_retried_and_leaves_nothing(st, monkeypatch):
-    class Pipe(io.RawIOBase):  # e.g. stdin: no way to re-read a segment
-        def __init__(self, data):
-            self.f = io.BytesIO(data)
+class _Pipe(io.RawIOBase):  # e.g. stdin: no way to re-read a segment
+    def __init__(self, data):
+        self.f = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        return self.f.readinto(b)
+
+
+def test_unseekable_input_is_retried_only_from_a_spool(st, monkeypatch):
+    """Sequential: no way to re-read a segment of a pipe, the split fails and
+    leaves nothing.  Parallel: the segment's spool is re-sent, the split succeeds."""
+    data = os.urandom(3 * MiB + 5)
+    flaky = _Flaky({"img.vhd-00002": ["reset", "503"]})
+    monkeypatch.setattr(swc, "put_object", flaky)
+    if st.config.parallel == 1:
+        with pytest.raises(StorageError):
+            segments.split(st, "exports", "img.vhd", _Pipe(data), segment_size=1 * MiB)
+        assert flaky.calls.count("img.vhd-00002") == 1
+        assert st.list("exports") == []  # segment 1 was removed again
+        return
+    man = segments.split(st, "exports", "img.vhd", _Pipe(data), segment_size=1 * MiB)
+    assert flaky.calls.count("img.vhd-00002") == 3
+    assert [o.name for o in st.list("exports", "img.vhd-")] == [s.name for s in man.segments]
+    assert len(man.segments) == 4 and man.sha256 == hashlib.sha256(data).hexdigest()
+    out = io.BytesIO()
+    segments.join(st, "exports", "img.vhd", out)
+    assert out.getvalue() == data
+
+
+def test_parallel_uploads_overlap_and_stay_bounded(st, monkeypatch):
+    """Several segments are really in flight at once, never more than ``parallel``,
+    and the spools of a thread never exceed ``parallel + 1``."""
+    import vhdkit.swiftstore as ss
+
+    real_put, real_spool = swc.put_object, ss.tempfile.SpooledTemporaryFile
+    lock = threading.Lock()
+    state = {"active": 0, "max_active": 0, "spools": 0, "max_spools": 0}
+
+    def slow_put(*a, **kw):
+        with lock:
+            state["active"] += 1
+            state["max_active"] = max(state["max_active"], state["active"])
+        try:
+            time.sleep(0.3)  # a slow link: the next segments must not wait for this one
+            return real_put(*a, **kw)
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    class CountedSpool(real_spool):  # type: ignore[misc,valid-type]
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            with lock:
+                state["spools"] += 1
+                state["max_spools"] = max(state["max_spools"], state["spools"])
+
+        def close(self):
+            if not self.closed:
+                with lock:
+                    state["spools"] -= 1
+            super().close()
+
+    monkeypatch.setattr(swc, "put_object", slow_put)
+    monkeypatch.setattr(ss.tempfile, "SpooledTemporaryFile", CountedSpool)
+    data = os.urandom(8 * MiB)
+    man = segments.split(st, "exports", "img.vhd", io.BytesIO(data), segment_size=1 * MiB)
+    assert len(man.segments) == 8
+    p = st.config.parallel
+    if p == 1:
+        assert state["max_active"] == 1 and state["max_spools"] == 0  # no spool: streamed from the input
+    else:
+        assert 2 <= state["max_active"] <= p
+        assert 2 <= state["max_spools"] <= p + 1
+    assert state["spools"] == 0  # every spool closed
+    out = io.BytesIO()
+    segments.join(st, "exports", "img.vhd", out)
+    assert out.getvalue() == data
+
+
+def test_input_error_with_uploads_in_flight_leaves_nothing(st, monkeypatch):
+    class Breaks(io.RawIOBase):  # a source that fails after 5 MiB (a broken download, a bad disk)
+        def __init__(self):
+            self.n = 0
 
         def readable(self):
             return True
 
         def readinto(self, b):
-            return self.f.readinto(b)
+            if self.n >= 5 * MiB:
+                raise OSError(5, "Input/output error")
+            k = min(len(b), 5 * MiB - self.n)
+            b[:k] = os.urandom(k)
+            self.n += k
+            return k
 
-    flaky = _Flaky({"img.vhd-00002": ["reset"]})
-    monkeypatch.setattr(swc, "put_object", flaky)
-    with pytest.raises(StorageError):
-        segments.split(st, "exports", "img.vhd", Pipe(os.urandom(3 * MiB)), segment_size=1 * MiB)
-    assert flaky.calls.count("img.vhd-00002") == 1
-    assert st.list("exports") == []  # segment 1 was removed again
+    real_put = swc.put_object
+
+    def slow_put(*a, **kw):
+        time.sleep(0.2)  # uploads still in flight when the input breaks
+        return real_put(*a, **kw)
+
+    monkeypatch.setattr(swc, "put_object", slow_put)
+    with pytest.raises(OSError):
+        segments.split(st, "exports", "img.vhd", Breaks(), segment_size=1 * MiB)
+    assert st.list("exports") == []
+    time.sleep(0.5)  # nothing lands later either
+    assert st.list("exports") == []
 
 
 def test_persistent_failure_gives_up_and_removes_the_segments(st, monkeypatch):
@@ -144,7 +244,8 @@ def _worker(home, *extra, env_extra=None):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_worker_killed_mid_split_on_swift_leaves_no_orphan_segments(swift_store_env, tmp_path):
+@pytest.mark.parametrize("parallel", ["1", "3"])
+def test_worker_killed_mid_split_on_swift_leaves_no_orphan_segments(swift_store_env, tmp_path, parallel):
     home = tmp_path / "home"
     reg, cfg = Registry(home), PipelineConfig(home=home, segment_size=1 * MiB)
     a = Caller.parse("k" + uuid.uuid4().hex[:12], "cloudImages:admin")
@@ -160,11 +261,13 @@ def test_worker_killed_mid_split_on_swift_leaves_no_orphan_segments(swift_store_
     assert t.status == "success", t.message
     image_id = t.result["image_id"]
     t = reg.create_task(a, "export", {"image_uuid": image_id, "receiving_swift_container": "exports"})
-    seg_env = {"VHDKIT_SEGMENT_SIZE": str(1 * MiB)}
+    seg_env = {"VHDKIT_SEGMENT_SIZE": str(1 * MiB), "VHDKIT_SWIFT_PARALLEL": parallel}
     r = _worker(home, "--once", env_extra={"VHDKIT_TEST_KILL_AT_STAGE": "split", **seg_env})
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
     debris = [o.name for o in st.list("exports")]
-    assert debris and f"{image_id}.vhd" not in debris  # half an upload, no manifest yet
+    assert f"{image_id}.vhd" not in debris  # half an upload, no manifest yet
+    if parallel == "1":  # killed after segment 1 was stored (with parallel uploads it may be in flight)
+        assert debris
     time.sleep(1.2)  # the dead worker's lease runs out
     r = _worker(home, "--until-idle", env_extra=seg_env)
     assert r.returncode == 0, r.stderr

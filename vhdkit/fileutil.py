@@ -1,6 +1,8 @@
 """Small file helpers shared by the packaging modules and the CLI."""
 from __future__ import annotations
 
+import fcntl
+import glob
 import os
 import tempfile
 from contextlib import contextmanager
@@ -8,21 +10,63 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
 
+def locked_temp(directory: Union[str, os.PathLike], name: str, suffix: str) -> "tuple[int, str]":
+    """Create ``.NAME.XXXX<suffix>`` in ``directory`` and hold an exclusive
+    ``flock`` on it for as long as the returned fd is open.  Temporary files
+    of the same target left by a killed process (their lock died with it) are
+    removed first; those of a live writer are left alone."""
+    remove_dead_temps(directory, name, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass        # a file system without flock: the file still works as a temp file
+    return fd, tmp
+
+
+def remove_dead_temps(directory: Union[str, os.PathLike], name: str, suffix: str) -> "list[str]":
+    """Remove ``.NAME.*<suffix>`` files in ``directory`` that no live process
+    holds locked (see :func:`locked_temp`); return the paths removed."""
+    gone = []
+    pattern = os.path.join(glob.escape(os.fspath(directory)), f".{glob.escape(name)}.*{glob.escape(suffix)}")
+    for path in glob.glob(pattern):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if not os.path.isfile(path) or not os.path.samestat(os.fstat(fd), os.lstat(path)):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue    # held: its writer is alive
+            os.unlink(path)
+            gone.append(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return gone
+
+
 @contextmanager
 def atomic_file(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[BinaryIO]:
     """Write ``path`` atomically: the body writes a temporary file next to it,
     which is fsynced and renamed over ``path`` only if the body succeeds; on
-    any error the temporary file is removed and ``path`` is left as it was."""
+    any error the temporary file is removed and ``path`` is left as it was.
+    A temporary file left by a killed writer of the same path is removed by
+    the next write of that path."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+    fd, tmp = locked_temp(parent, p.name, ".tmp")
     try:
         with open(fd, mode) as f:
             yield f  # type: ignore[misc]
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, p)
-        tmp = None
+            os.replace(tmp, p)      # while the lock is held: no cleaner takes it
+            tmp = None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

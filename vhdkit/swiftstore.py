@@ -27,16 +27,41 @@ object behind (Swift writes an object atomically).  With ``size`` given, a
 stream that turns out longer or shorter aborts the transfer, so Swift keeps
 the older object.  ``sync`` HEADs the objects (a Swift put is durable once
 acknowledged).  Connections are per thread.
+
+Parallel segment uploads.  ``put(..., durable=False)`` (what
+:func:`vhdkit.segments.split` uses for each segment) runs in the background
+when ``parallel`` > 1 (``VHDKIT_SWIFT_PARALLEL``, default 3): the caller's
+thread reads the segment once, computing its md5, into a spool file (an
+unnamed temporary file in ``spool_dir``/``VHDKIT_SWIFT_SPOOL_DIR``, default
+the system temp dir: it vanishes when closed or when the process dies; the
+first 4 MiB stay in memory), and a pool of ``parallel`` threads sends the
+spools, each retried from its first byte on transient errors whatever the
+input was (the spool can always seek; Swift is also handed the md5 as the
+ETag, so it refuses a corrupted body).  Why a spool for every input, even a
+seekable file: the caller must read the segment anyway, in order (the
+whole-stream sha256 of the sidecar is computed there), and a view of a shared
+input file cannot be read by two threads at once.  Bounds, per uploading
+thread: at most ``parallel`` segments in flight plus the one being spooled,
+so at most ``(parallel + 1) x 4 MiB`` of memory for spools and
+``(parallel + 1) x segment size`` of temporary disk (800 MiB with 200 MiB
+segments and the default 3).  A background failure is raised by the same
+thread's next ``put`` or by ``sync``; ``sync`` then deletes every object of
+its names that was put in the background (so no segment of a failed split is
+left), and ``delete`` of a name still in flight waits for that upload first
+(no orphan appears after a cleanup).  Each thread sees only the failures of
+its own puts (several uploads may share one store).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import tempfile
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import BinaryIO, Dict, List, Optional, Sequence
+from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
@@ -47,6 +72,8 @@ from .store import (LocalStore, ObjectInfo, ObjectReader, ObjectStore, validate_
 __all__ = ["SwiftStore", "SwiftConfig", "open_configured_store"]
 
 _CHUNK = 1 << 20
+_SPOOL_MEM = 4 << 20  # a spool's first bytes stay in memory; the rest goes to its temporary file
+MAX_PARALLEL = 16
 _MANIFEST_KEY = "x-object-manifest"
 _RAW = "multipart-manifest=get"
 
@@ -54,9 +81,13 @@ _RAW = "multipart-manifest=get"
 class SwiftConfig:
     """Connection settings, from the environment by default."""
 
-    def __init__(self, auth_url: str, user: str, key: str, *, retries: int = 3, timeout: float = 60.0):
+    def __init__(self, auth_url: str, user: str, key: str, *, retries: int = 3, timeout: float = 60.0,
+                 parallel: int = 3, spool_dir: Optional[str] = None):
         self.auth_url, self.user, self.key = auth_url, user, key
         self.retries, self.timeout = retries, timeout
+        if not 1 <= parallel <= MAX_PARALLEL:
+            raise InvalidInputError(f"parallel Swift uploads must be 1..{MAX_PARALLEL}, not {parallel}")
+        self.parallel, self.spool_dir = parallel, spool_dir
 
     @classmethod
     def from_env(cls, env: Optional[Dict[str, str]] = None) -> "SwiftConfig":
@@ -71,7 +102,11 @@ class SwiftConfig:
         user, key = env.get("VHDKIT_SWIFT_USER"), env.get("VHDKIT_SWIFT_KEY")
         if not user or not key:
             raise InvalidInputError("set VHDKIT_SWIFT_USER and VHDKIT_SWIFT_KEY for the Swift store")
-        return cls(auth, user, key)
+        try:
+            parallel = int(env.get("VHDKIT_SWIFT_PARALLEL") or 3)
+        except ValueError:
+            raise InvalidInputError("VHDKIT_SWIFT_PARALLEL must be a whole number") from None
+        return cls(auth, user, key, parallel=parallel, spool_dir=env.get("VHDKIT_SWIFT_SPOOL_DIR") or None)
 
 
 _token_cache: Dict[tuple, tuple] = {}
@@ -153,6 +188,14 @@ class SwiftStore(ObjectStore):
         self.config = config
         self.account = validate_container_name(account, "account name")
         self._local = threading.local()  # a swiftclient Connection is not thread-safe: one per thread
+        self._lock = threading.Lock()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        # background puts not yet synced or deleted: (container, name) -> (owner thread, future)
+        self._pending: Dict[Tuple[str, str], Tuple[int, Future]] = {}
+        # per owner thread: its background puts not yet known to have succeeded
+        # (what back-pressure and failure reporting look at; a long upload's
+        # finished segments drop out, so each put looks at a few futures only)
+        self._open: Dict[int, set] = {}
 
     # -- connection
     def _connection(self):
@@ -230,8 +273,10 @@ class SwiftStore(ObjectStore):
     def put(self, container: str, name: str, stream: BinaryIO, *, metadata: Optional[Dict[str, str]] = None,
             content_type: Optional[str] = None, etag: Optional[str] = None,
             size: Optional[int] = None, durable: bool = True) -> ObjectInfo:
-        """``durable`` is accepted for the interface: a Swift PUT answers only
-        once the object is on disk, so every put is durable."""
+        """A Swift PUT answers only once the object is on disk, so a put with
+        ``durable=True`` is durable when it returns.  ``durable=False`` with
+        ``parallel`` > 1 spools the stream and uploads it in the background
+        (module doc); :meth:`sync` waits for it."""
         validate_container_name(container)
         validate_object_name(name)
         meta = validate_metadata(metadata)
@@ -241,18 +286,31 @@ class SwiftStore(ObjectStore):
                 headers["X-Object-Manifest"] = v
             else:
                 headers[f"X-Object-Meta-{k}"] = v
+        if not durable and self.config.parallel > 1:
+            return self._put_background(container, name, stream, headers, meta, content_type, etag, size)
+        self._settle(container, name)  # an older background put of this name must not land after this one
+        n, digest = self._send(container, name, stream, headers, content_type, etag, size)
+        return ObjectInfo(container, name, n, digest, time.time(), content_type or "application/octet-stream", meta)
+
+    def _send(self, container: str, name: str, stream: BinaryIO, headers: Dict[str, str],
+              content_type: Optional[str], etag: Optional[str], size: Optional[int],
+              known_md5: Optional[str] = None) -> Tuple[int, str]:
+        """One PUT with our retries; returns (bytes sent, md5).  With ``known_md5``
+        (a spool we wrote and hashed) the bytes are not hashed again: Swift checks
+        them against that ETag."""
         try:
             start = stream.tell() if stream.seekable() else None  # type: ignore[union-attr]
         except (AttributeError, OSError, ValueError):
             start = None
         attempts = self.config.retries + 1 if start is not None else 1
+        send_etag = known_md5 or (etag.strip('"') if etag else None)
         for attempt in range(attempts):
-            counter = _Counting(stream, size)
+            counter = _Counting(stream, size, hash_md5=known_md5 is None)
             resp: Dict[str, object] = {}
             try:
                 got = self._connection().put_object(
                     container, name, contents=counter, chunk_size=_CHUNK, content_type=content_type,
-                    headers=headers, etag=etag.strip('"') if etag else None, response_dict=resp)
+                    headers=headers, etag=send_etag, response_dict=resp)
             except _SizeMismatch as e:  # the upload was aborted: Swift stored nothing
                 raise IntegrityError(f"put {container}/{name}: {e}") from None
             except Exception as e:  # noqa: BLE001
@@ -264,22 +322,121 @@ class SwiftStore(ObjectStore):
                     continue
                 raise _err(_real_cause(e, resp), f"put {container}/{name}") from None
             break
-        digest = counter.md5.hexdigest()
+        digest = known_md5 or counter.md5.hexdigest()
         if (got or "").strip('"') != digest:
             raise IntegrityError(f"put {container}/{name}: Swift stored ETag {got}, we sent md5 {digest}")
-        return ObjectInfo(container, name, counter.n, digest, time.time(),
-                          content_type or "application/octet-stream", meta)
+        return counter.n, digest
+
+    # -- background (parallel) puts
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.config.parallel, thread_name_prefix="vhdkit-swift-put")
+            return self._pool
+
+    def _running_or_raise(self, owner: int) -> List[Future]:
+        """This thread's background puts still running; raises the error of one
+        that failed (it stays known until a sync or delete of its name)."""
+        with self._lock:
+            mine = list(self._open.get(owner, ()))
+        running = []
+        for f in mine:
+            if not f.done():
+                running.append(f)
+            elif f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+            else:
+                with self._lock:
+                    self._open.get(owner, set()).discard(f)
+        return running
+
+    def _put_background(self, container: str, name: str, stream: BinaryIO, headers: Dict[str, str],
+                        meta: Dict[str, str], content_type: Optional[str], etag: Optional[str],
+                        size: Optional[int]) -> ObjectInfo:
+        owner = threading.get_ident()
+        while True:  # back-pressure: at most ``parallel`` of this thread's puts in flight
+            running = self._running_or_raise(owner)
+            if len(running) < self.config.parallel:
+                break
+            wait(running, return_when=FIRST_COMPLETED)
+        self._settle(container, name)
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEM, dir=self.config.spool_dir)
+        try:
+            md5, n = hashlib.md5(), 0
+            while True:
+                data = stream.read(_CHUNK)
+                if not data:
+                    break
+                n += len(data)
+                if size is not None and n > size:
+                    raise IntegrityError(f"put {container}/{name}: got more than {size} bytes")
+                md5.update(data)
+                spool.write(data)
+            digest = md5.hexdigest()
+            if size is not None and n != size:
+                raise IntegrityError(f"put {container}/{name}: got {n} bytes, expected {size}")
+            if etag is not None and etag.strip('"').lower() != digest:
+                raise IntegrityError(f"put {container}/{name}: md5 {digest} does not match the given etag {etag}")
+            spool.seek(0)
+            fut = self._executor().submit(self._send_spool, container, name, spool, headers, content_type, n, digest)
+        except BaseException:
+            spool.close()
+            raise
+        with self._lock:
+            self._pending[(container, name)] = (owner, fut)
+            self._open.setdefault(owner, set()).add(fut)
+        return ObjectInfo(container, name, n, digest, time.time(), content_type or "application/octet-stream", meta)
+
+    def _send_spool(self, container, name, spool, headers, content_type, n, digest) -> None:
+        try:
+            self._send(container, name, spool, headers, content_type, None, n, known_md5=digest)
+        finally:
+            spool.close()
+
+    def _settle(self, container: str, name: str) -> Optional[BaseException]:
+        """Wait for a background put of ``container/name``, forget it, return its error."""
+        with self._lock:
+            entry = self._pending.pop((container, name), None)
+            if entry is not None:
+                mine = self._open.get(entry[0])
+                if mine is not None:
+                    mine.discard(entry[1])
+                    if not mine:
+                        del self._open[entry[0]]
+        if entry is None:
+            return None
+        try:
+            entry[1].result()
+        except BaseException as e:  # noqa: BLE001 - the caller decides
+            return e
+        return None
 
     def sync(self, container: str, names: Sequence[str]) -> None:
-        """Swift acknowledges a put only once it is stored: nothing to flush.
-        Like the directory store, a name that is not there is NotFoundError
-        (one HEAD each: the objects are really there before anything points at them)."""
+        """Wait for the background puts of ``names``.  If any failed, every one of
+        ``names`` that was put in the background is deleted and the first error
+        raised.  Like the directory store, a name that is not there is
+        NotFoundError (one HEAD each: the objects are really there before
+        anything points at them)."""
+        background, first = [], None
+        for name in names:
+            if (container, name) in self._pending:
+                background.append(name)
+                err = self._settle(container, name)
+                first = first or err
+        if first is not None:
+            for name in background:
+                try:
+                    self.delete(container, name)
+                except NotFoundError:
+                    pass
+            raise first
         for name in names:
             self.head(container, name)
 
     def delete(self, container: str, name: str) -> None:
         validate_container_name(container)
         validate_object_name(name)
+        self._settle(container, name)  # a put still in flight would otherwise land after the delete
         try:
             self._connection().delete_object(container, name, query_string=_RAW)
         except Exception as e:  # noqa: BLE001
@@ -304,6 +461,26 @@ class SwiftStore(ObjectStore):
         return out
 
 
+    def listing(self, container: str, prefix: str = "") -> List[Dict[str, object]]:
+        """The container listing as Swift gives it, one GET per 10,000 names and no
+        HEAD per object: ``name``, ``bytes``, ``etag`` and ``last_modified``
+        (seconds since the epoch), in name order."""
+        from datetime import datetime, timezone
+
+        validate_container_name(container)
+        try:
+            _, rows = self._connection().get_container(container, prefix=prefix or None, full_listing=True)
+        except Exception as e:  # noqa: BLE001
+            raise _err(e, f"list container {container!r}") from None
+        out: List[Dict[str, object]] = []
+        for r in rows:
+            if "subdir" in r:
+                continue
+            lm = datetime.fromisoformat(r["last_modified"]).replace(tzinfo=timezone.utc).timestamp()
+            out.append({"name": r["name"], "bytes": int(r["bytes"]), "etag": r.get("hash", ""), "last_modified": lm})
+        return out
+
+
 def _real_cause(e: Exception, resp: Dict[str, object]) -> Exception:
     """swiftclient answers a failed put of a stream it cannot rewind with its own
     "no ability to reset contents" error; the response it saw says what really failed."""
@@ -324,17 +501,19 @@ class _Counting:
     stream that turns out longer or shorter raises before the chunked body is
     finished, so Swift aborts the upload and keeps any older object."""
 
-    def __init__(self, stream: BinaryIO, expect: Optional[int] = None):
+    def __init__(self, stream: BinaryIO, expect: Optional[int] = None, *, hash_md5: bool = True):
         self._s = stream
         self._expect = expect
         self.n = 0
         self.md5 = hashlib.md5()
+        self._hash = hash_md5
 
     def read(self, size: int = -1) -> bytes:
         data = self._s.read(_CHUNK if size is None or size < 0 else size)
         if data:
             self.n += len(data)
-            self.md5.update(data)
+            if self._hash:
+                self.md5.update(data)
         if self._expect is not None and (self.n > self._expect or (not data and self.n != self._expect)):
             raise _SizeMismatch(f"got {'more than ' if data else ''}{self.n} bytes, expected {self._expect}")
         return data

@@ -47,13 +47,16 @@ def snapshot_cmd(parent, child, size, block_size, parents, force, as_json):
 @click.option("--into-parent", is_flag=True, help="Merge LEAF into its parent in place (crash-safe, resumable).")
 @click.option("--parent", "parents", multiple=True,
               help="Explicit parent path of LEAF (leaf's parent first; repeatable).")
+@click.option("--no-sync", is_flag=True,
+              help="-o: do not fsync the output (it is still renamed into place only when complete).")
 @json_option
-def coalesce_cmd(leaf, out, out_format, disk_type, block_size, into_parent, parents, as_json):
+def coalesce_cmd(leaf, out, out_format, disk_type, block_size, into_parent, parents, no_sync, as_json):
     """Flatten the chain ending at LEAF into one standalone image (-o), or
     merge LEAF into its parent in place (--into-parent).
 
     -o reads each allocated sector once, from the topmost layer holding it,
-    and writes a new VHD (new UUID, no parent) or raw file atomically.
+    and writes a new VHD (new UUID, no parent) or raw file atomically
+    (fsynced unless --no-sync).
     --into-parent writes every sector of LEAF into its parent; an
     interrupted merge leaves the parent consistent and rerunning completes it
     (docs/coalesce.md).
@@ -75,7 +78,7 @@ def coalesce_cmd(leaf, out, out_format, disk_type, block_size, into_parent, pare
         return
     with Progress(f"coalesce {leaf}") as prog:
         r = chain.coalesce(leaf, out, type=disk_type, out_format=out_format, block_size=block_size,
-                           parents=list(parents) or None, progress=prog)
+                           parents=list(parents) or None, progress=prog, sync=not no_sync)
     if out != "-":
         emit(r.to_dict(), as_json,
              lambda d: f"{d['path']}: {d['disk_type'] or 'raw'}, {d['virtual_size']} bytes from {d['layers']} "

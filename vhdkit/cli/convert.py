@@ -34,6 +34,10 @@ def _finish(r, out: str, as_json: bool) -> None:
         emit(r.to_dict(), as_json, _describe)
 
 
+_NO_SYNC_HELP = ("Do not fsync the output (like cp and qemu-img): still written to a temporary file and "
+                 "renamed when complete, but it may be lost if the machine crashes soon after.")
+
+
 def _layout_options(f):
     """--type, --block-size, --size-rule, --azure (shared by create and convert)."""
     opts = [
@@ -54,8 +58,9 @@ def _layout_options(f):
 @click.argument("size", type=SIZE)
 @_layout_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--no-sync", is_flag=True, help=_NO_SYNC_HELP)
 @json_option
-def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, as_json):
+def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, no_sync, as_json):
     """Create an empty VHD of SIZE bytes (suffixes K, M, G, T).
 
     \b
@@ -64,7 +69,7 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, as_jso
     """
     from ..vhd.write import create
     r = create(out, size, type=disk_type, block_size=block_size, size_rule=size_rule, azure=azure,
-               overwrite=force)
+               overwrite=force, sync=not no_sync)
     _finish(r, out, as_json)
 
 
@@ -78,12 +83,15 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, as_jso
 @_layout_options
 @click.option("--parent", "parents", multiple=True,
               help="Explicit parent path of a differencing SRC (leaf's parent first; repeatable).")
+@click.option("--no-sync", is_flag=True, help=_NO_SYNC_HELP)
 @json_option
-def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_rule, azure, parents, as_json):
+def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_rule, azure, parents, no_sync,
+                as_json):
     """Convert SRC (raw or VHD: fixed, dynamic, differencing flattened) to DST.
 
     "-" as SRC reads raw data from stdin; "-" as DST writes raw or fixed
     output to stdout (a dynamic VHD needs a file: its BAT is written last).
+    DST appears only when complete, and is fsynced (durable) unless --no-sync.
 
     \b
     Example:
@@ -95,7 +103,7 @@ def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_ru
     with Progress(f"convert {src}") as prog:
         r = convert(src, dst, src_format=src_format, out_format=out_format, type=disk_type,
                     block_size=block_size, size_rule=size_rule, azure=azure, parents=list(parents) or None,
-                    progress=prog)
+                    progress=prog, sync=not no_sync)
     _finish(r, dst, as_json)
 
 

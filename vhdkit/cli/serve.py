@@ -25,7 +25,8 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
     Callers identify themselves with `X-Auth-Token: ACCOUNT:ROLE[,ROLE...]`
     (or X-Tenant-Id plus X-Roles); put an authenticating proxy in front for
     anything but a trusted network.  Limits and timeouts come from the
-    VHDKIT_API_* environment variables (see vhdkit/api/config.py).
+    VHDKIT_API_* environment variables (see vhdkit/api/config.py; the request
+    line plus headers are capped by VHDKIT_API_MAX_REQUEST_HEAD, 64 KiB).
 
     \b
     Example:
@@ -51,4 +52,5 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
         timeout_graceful_shutdown=10,
         server_header=False,
         proxy_headers=False,
+        http="vhdkit.api.protocol:BoundedHttpToolsProtocol",
     )

@@ -9,7 +9,8 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, Optional, Tuple
 
-from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, VhdkitError
+from ..errors import (ConflictError, ForbiddenError, IntegrityError, InvalidInputError, NotFoundError, QuotaError,
+                      VhdkitError)
 from . import blobs as _blobs
 from .models import Image
 from .rbac import Caller
@@ -81,6 +82,45 @@ class DataMixin:
         with open(path, "rb") as f:
             kw.setdefault("size", os.fstat(f.fileno()).st_size)
             return self.upload(caller, image_id, f, **kw)
+
+    def register_blob(self: "Registry", caller: Caller, image_id: str, *, blob: str, size: int, md5: str,
+                      sha512: str, virtual_size: Optional[int] = None) -> Image:
+        """Make a queued image active with data a remote worker already stored in
+        Swift (``blob`` = ``swift/<image id>.<32 hex token>``, the name of its
+        large object; its sidecar must record ``size``).  Internal (service
+        route ``/internal/v1``): the hashes are the worker's."""
+        import re as _re
+
+        m = _re.fullmatch(r"swift/([0-9a-f-]{36})\.([0-9a-f]{32})", blob or "")
+        if m is None or m.group(1) != str(image_id):
+            raise InvalidInputError(f"blob {blob!r} is not swift/{image_id}.<token>")
+        if self.blobs.remote is None:
+            raise InvalidInputError("this registry does not keep image data in Swift (VHDKIT_BLOB_STORE)")
+        if not (isinstance(size, int) and size >= 0 and _re.fullmatch(r"[0-9a-f]{32}", md5 or "")
+                and _re.fullmatch(r"[0-9a-f]{128}", sha512 or "")):
+            raise InvalidInputError("register_blob needs size, md5 and sha512 hex digests")
+        from .. import segments
+
+        man = segments.load_manifest(self.blobs.remote.store, self.blobs.remote.container,
+                                     self.blobs.remote.name(blob))
+        if man.size != size:
+            raise IntegrityError(f"blob {blob}: Swift's sidecar records {man.size} bytes, not {size}")
+        if self.size_cap is not None and size > self.size_cap:
+            raise QuotaError(f"image data of {size} bytes exceeds the size limit of {self.size_cap} bytes")
+        with self._write() as conn:
+            img = self._get_for("upload_data", caller, image_id, conn)
+            if img.status != "queued":
+                raise ConflictError(f"image {img.id} is '{img.status}': data can be registered only for a "
+                                    "queued image")
+            if not img.disk_format or not img.container_format:
+                raise InvalidInputError("set disk_format and container_format before registering data")
+            conn.execute(
+                "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
+                "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, updated_at = ? WHERE id = ?",
+                (size, md5, sha512, virtual_size, blob, self._now(), img.id))
+            out = self._load(conn, img.id)
+        assert out is not None
+        return self._present(caller, out)
 
     def open_data(self: "Registry", caller: Caller, image_id: str) -> ImageData:
         """The data of an active image (the file is opened lazily by the iterators;

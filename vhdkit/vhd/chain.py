@@ -184,10 +184,10 @@ def snapshot(parent: PathLike, child: PathLike, *, size: Optional[int] = None, b
         ref, _keep = _parent_ref(p, c)
         res = ffi.new("vk_snapshot_result *")
         err = new_err()
-        with _write._atomic_output(c, overwrite) as (fd, stream):
-            if stream:
+        with _write._atomic_output(c, overwrite) as o:
+            if o.stream:
                 raise errors.UnsupportedError("a snapshot must be written to a file")
-            check(lib.vk_snapshot(img, fd, int(size or 0), int(block_size or 0), ref, res, err), err)
+            check(lib.vk_snapshot(img, o.fd, int(size or 0), int(block_size or 0), ref, res, err), err)
     finally:
         ffi.release(img)
     return SnapshotResult(path=c, parent=os.path.realpath(p), uuid=_u(res.uuid), timestamp=_time(res.timestamp),
@@ -228,7 +228,7 @@ class CoalesceResult(_DictMixin):
 def coalesce(leaf: PathLike, out: PathLike, *, type: str = "dynamic", out_format: str = "vhd",
              block_size: Optional[int] = None, parents: Optional[Sequence[PathLike]] = None,
              allowed_root: Optional[PathLike] = None, overwrite: bool = True,
-             progress: Optional[Progress] = None) -> CoalesceResult:
+             progress: Optional[Progress] = None, sync: bool = True) -> CoalesceResult:
     """Flatten the chain ending at ``leaf`` into one standalone image ``out``
     (a dynamic or fixed VHD, or raw with ``out_format="raw"``), in one
     streaming pass: each allocated sector is read once, from the topmost
@@ -260,9 +260,9 @@ def coalesce(leaf: PathLike, out: PathLike, *, type: str = "dynamic", out_format
         opts = _write._fill_opts(kind, block_size, 0, None, None, None)
         res = ffi.new("vk_write_result *")
         total = int(lib.vk_image_size(img))
-        with _write._atomic_output(dst, overwrite) as (fd, stream):
-            opts.stream_out = int(stream)
-            rc = _write._run(lambda: lib.vk_convert_image(img, fd, opts, res, err), opts, total, progress)
+        with _write._atomic_output(dst, overwrite, sync) as o:
+            opts.stream_out = int(o.stream)
+            rc = _write._run(lambda: lib.vk_convert_image(img, o.fd, opts, res, err), opts, total, progress, o)
             check(rc, err)
         bytes_read = int(lib.vk_image_bytes_read(img))
     finally:

@@ -17,7 +17,6 @@ import datetime as _dt
 import os
 import stat
 import sys
-import tempfile
 import threading
 import uuid as _uuid
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .. import errors
+from ..fileutil import locked_temp
 from ..native import check, ffi, lib, new_err
 
 __all__ = [
@@ -203,7 +203,40 @@ def _fill_opts(kind: str, block_size: Optional[int], rule: int, uuid, timestamp,
     return o
 
 
-def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[Progress]) -> int:
+class _Output:
+    """The output of a write: its fd, whether it is a stream, and the early
+    writeback that makes the final fsync short."""
+
+    #: Start writing back (fdatasync) after this many new input bytes, so the
+    #: disk works while the converter still produces and the final fsync only
+    #: waits for the tail.
+    WRITEBACK_STEP = 256 << 20
+
+    def __init__(self, fd: int, stream: bool, sync: bool) -> None:
+        self.fd, self.stream, self.sync = fd, stream, sync
+        self._synced_at = 0
+        self._busy = False
+
+    def writeback(self, done: int) -> None:
+        """Called from the progress loop with the input bytes processed."""
+        if not self.sync or self.stream or self._busy or done - self._synced_at < self.WRITEBACK_STEP:
+            return
+        self._synced_at = done
+        self._busy = True
+
+        def flush() -> None:
+            try:
+                os.fdatasync(self.fd)
+            except OSError:
+                pass        # the final fsync reports a real error
+            finally:
+                self._busy = False
+
+        threading.Thread(target=flush, name="vhdkit-writeback", daemon=True).start()
+
+
+def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[Progress],
+         out: Optional[_Output] = None) -> int:
     """Run a native call on a worker thread (cffi releases the GIL) so that the
     caller's thread can report progress and turn Ctrl-C into a clean cancel."""
     counter = ffi.new("uint64_t *")
@@ -219,9 +252,12 @@ def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[P
     t.start()
     try:
         while t.is_alive():
-            t.join(0.1)
+            t.join(0.05)
+            done = int(counter[0])
+            if out is not None:
+                out.writeback(done)
             if progress is not None:
-                progress(int(counter[0]), total)
+                progress(done, total)
     except BaseException:
         cancel[0] = 1
         t.join()
@@ -232,12 +268,14 @@ def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[P
 
 
 @contextmanager
-def _atomic_output(dst: PathLike, overwrite: bool) -> Iterator[Tuple[int, bool]]:
-    """Yield (fd, is_stream).  A named output is written to a temporary file
-    in its directory, fsynced and renamed into place only on success."""
+def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterator[_Output]:
+    """Yield the output.  A named output is written to a temporary file in its
+    directory (locked while it is written, so a later write of the same name
+    removes one left by a killed process), fsynced unless ``sync`` is false,
+    and renamed into place only on success."""
     if str(dst) == "-":
         sys.stdout.flush()
-        yield sys.stdout.fileno(), True
+        yield _Output(sys.stdout.fileno(), True, False)
         return
     dst = os.fspath(dst)
     if not overwrite and os.path.lexists(dst):
@@ -246,7 +284,7 @@ def _atomic_output(dst: PathLike, overwrite: bool) -> Iterator[Tuple[int, bool]]
         raise errors.InvalidInputError(f"{dst} is a directory")
     d = os.path.dirname(os.path.abspath(dst))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".part", dir=d)
+        fd, tmp = locked_temp(d, os.path.basename(dst), ".part")
     except FileNotFoundError:
         raise errors.NotFoundError(f"directory {d} does not exist") from None
     except OSError as e:
@@ -256,20 +294,19 @@ def _atomic_output(dst: PathLike, overwrite: bool) -> Iterator[Tuple[int, bool]]
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        yield fd, False
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, dst)
-        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        yield _Output(fd, False, sync)
+        if sync:
+            os.fsync(fd)
+        os.replace(tmp, dst)        # before close: the lock keeps cleaners off
         ok = True
+        if sync:
+            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
         if not ok:
             try:
                 os.unlink(tmp)
@@ -303,13 +340,14 @@ def _result(res, path: str, rule_name: str) -> WriteResult:
 # ---- create -------------------------------------------------------------------
 def create(path: PathLike, size: int, *, type: str = "dynamic", block_size: Optional[int] = None,
            size_rule: str = "exact", azure: bool = False, uuid=None, timestamp=None,
-           creator: Optional[str] = None, overwrite: bool = False) -> WriteResult:
+           creator: Optional[str] = None, overwrite: bool = False, sync: bool = True) -> WriteResult:
     """Create an empty VHD of ``size`` bytes (``type`` "fixed" or "dynamic").
 
     ``size_rule="exact"`` keeps the size (rounded up to a sector), ``"chs"``
     rounds up to a CHS-representable size like Virtual PC; ``azure=True``
     makes a fixed VHD rounded up to a whole MiB.  ``path`` may be "-" for a
-    fixed VHD written to stdout.
+    fixed VHD written to stdout.  ``sync=False`` skips the fsync (the file
+    is still renamed into place only when complete).
     """
     if azure:
         type = "fixed"
@@ -321,9 +359,9 @@ def create(path: PathLike, size: int, *, type: str = "dynamic", block_size: Opti
     opts = _fill_opts(type, block_size, rule, uuid, timestamp, creator)
     res = ffi.new("vk_write_result *")
     err = new_err()
-    with _atomic_output(path, overwrite) as (fd, stream):
-        opts.stream_out = int(stream)
-        check(lib.vk_create(fd, int(size), opts, res, err), err)
+    with _atomic_output(path, overwrite, sync) as out:
+        opts.stream_out = int(out.stream)
+        check(lib.vk_create(out.fd, int(size), opts, res, err), err)
     return _result(res, os.fspath(path), "azure" if azure else size_rule)
 
 
@@ -339,7 +377,7 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, o
             type: str = "dynamic", block_size: Optional[int] = None, size_rule: str = "exact",
             azure: bool = False, uuid=None, timestamp=None, creator: Optional[str] = None,
             parents=None, allowed_root=None, overwrite: bool = True,
-            progress: Optional[Progress] = None) -> WriteResult:
+            progress: Optional[Progress] = None, sync: bool = True) -> WriteResult:
     """Convert ``src`` (raw, or any VHD vhdkit reads: fixed, dynamic, or a
     differencing leaf whose chain is flattened) into ``dst``.
 
@@ -347,6 +385,12 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, o
     "fixed" or "dynamic" (all-zero blocks are not allocated).  ``src`` "-" is
     raw data on stdin; ``dst`` "-" streams raw or fixed output to stdout.
     ``src_format`` None detects the format from the footer.
+
+    The output appears only when complete (temporary file + rename).  With
+    ``sync`` (the default) it is also durable: written back to disk while the
+    conversion runs and fsynced before the rename.  ``sync=False`` skips
+    that, like ``qemu-img convert`` and ``cp``: the result may be lost (never
+    half-written) if the machine crashes soon after.
     """
     srcs, dsts = os.fspath(src), os.fspath(dst)
     if out_format not in ("raw", "vhd"):
@@ -382,20 +426,20 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, o
         try:
             st = os.fstat(in_fd)
             total = st.st_size if srcs != "-" or stat.S_ISREG(st.st_mode) else None
-            with _atomic_output(dst, overwrite) as (fd, stream):
-                opts.stream_out = int(stream)
-                rc = _run(lambda: lib.vk_convert_raw(in_fd, 0xFFFFFFFFFFFFFFFF, fd, opts, res, err),
-                          opts, total, progress)
+            with _atomic_output(dst, overwrite, sync) as out:
+                opts.stream_out = int(out.stream)
+                rc = _run(lambda: lib.vk_convert_raw(in_fd, 0xFFFFFFFFFFFFFFFF, out.fd, opts, res, err),
+                          opts, total, progress, out)
                 check(rc, err)
         finally:
             if srcs != "-":
                 os.close(in_fd)
     else:
         from ._convert_image import convert_image
-        with _atomic_output(dst, overwrite) as (fd, stream):
-            opts.stream_out = int(stream)
-            convert_image(srcs, fd, opts, res, err, parents=parents, allowed_root=allowed_root,
-                          run=lambda fn, total: _run(fn, opts, total, progress))
+        with _atomic_output(dst, overwrite, sync) as out:
+            opts.stream_out = int(out.stream)
+            convert_image(srcs, out.fd, opts, res, err, parents=parents, allowed_root=allowed_root,
+                          run=lambda fn, total: _run(fn, opts, total, progress, out))
     r = _result(res, dsts, rule_name)
     r.source, r.source_format = srcs, src_format
     return r

@@ -1,0 +1,116 @@
+"""`vhdkit cleanup` against a real Swift: image data in Swift that no registry
+row references is removed once older than the grace period; referenced data
+and young (possibly in-flight) data are kept; stale work dirs and temporary
+files of killed operations go; --dry-run lists and touches nothing."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import ROOT
+from helpers_registry import admin, make_image
+from vhdkit import segments
+from vhdkit.registry import Registry
+from vhdkit.registry.blobs import SwiftBlobs
+
+MiB = 1 << 20
+GAP = 6.0  # seconds between the old and the young orphan
+
+
+@pytest.fixture
+def blob_env(swift_store_env, monkeypatch):
+    acct = "cln" + uuid.uuid4().hex[:10]
+    env = {"VHDKIT_BLOB_STORE": "swift", "VHDKIT_BLOB_ACCOUNT": acct, "VHDKIT_BLOB_SEGMENT_SIZE": str(MiB)}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return dict(swift_store_env, **env)
+
+
+def _objects(reg) -> list:
+    r = reg.blobs.remote
+    return sorted(o["name"] for o in r.store.listing(r.container))
+
+
+def _orphan(reg, size: int) -> str:
+    """Image data as an upload of a dead process would leave it: a whole large
+    object (segments, sidecar, manifest) under a name no row knows."""
+    r = reg.blobs.remote
+    base = f"{uuid.uuid4()}.{uuid.uuid4().hex}"
+    r.ensure_container()
+    segments.split(r.store, r.container, base, io.BytesIO(os.urandom(size)), segment_size=MiB)
+    return base
+
+
+def _cli(env, home, t_old, *args):
+    """Run the CLI with a grace period half-way between the ages of the old and
+    the young orphan (Swift's timestamps cannot be set back), so neither side
+    depends on how long the command takes (up to GAP / 2)."""
+    e = dict(os.environ, **env)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    grace = time.time() - t_old - GAP / 2
+    r = subprocess.run([sys.executable, "-m", "vhdkit", "cleanup", "--data", str(home), "--grace", f"{grace:.3f}",
+                        "--json", *args], env=e, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_cleanup_removes_old_orphans_keeps_referenced_and_young(blob_env, tmp_path):
+    home = tmp_path / "home"
+    reg = Registry(str(home))
+    assert isinstance(reg.blobs.remote, SwiftBlobs)
+    kept = make_image(reg, data=os.urandom(2 * MiB + 3))  # referenced: an active image
+    assert kept.status == "active"
+    old = _orphan(reg, 2 * MiB + 1)
+    t_old = time.time()
+    work = home / "work"
+    (work / "dead-task").mkdir(parents=True)
+    (work / "dead-task" / "disk.vhd").write_bytes(b"x" * 100)
+    stale_tmp = home / "objects" / ".disk.vhd.abc123.part"
+    stale_tmp.parent.mkdir(parents=True, exist_ok=True)
+    stale_tmp.write_bytes(b"half")
+    live_tmp = home / ".busy.vhd.ghi789.part"  # old, but its writer is alive (holds the flock)
+    live_tmp.write_bytes(b"still writing")
+    live_fd = os.open(live_tmp, os.O_RDONLY)
+    fcntl.flock(live_fd, fcntl.LOCK_EX)
+    past = time.time() - 3600
+    for p in (work / "dead-task", stale_tmp, live_tmp):
+        os.utime(p, (past, past))
+    time.sleep(GAP)
+    young = _orphan(reg, MiB + 7)
+    young_tmp = home / ".other.vhd.def456.part"
+    young_tmp.write_bytes(b"in flight")
+    before = _objects(reg)
+    kept_objs = [n for n in before if n.startswith(kept.id)]
+    assert len(kept_objs) == 5  # 3 segments, sidecar, manifest
+    assert sum(n.startswith(old) for n in before) == 5 and sum(n.startswith(young) for n in before) == 4
+
+    plan = _cli(blob_env, home, t_old, "--dry-run")
+    assert plan["dry_run"] and plan["swift_blobs"] == [old] and plan["swift_objects"] == 5
+    assert plan["work_dirs"] == ["work/dead-task"] and plan["temp_files"] == ["objects/.disk.vhd.abc123.part"]
+    assert _objects(reg) == before and (work / "dead-task").exists() and stale_tmp.exists()  # nothing touched
+
+    rep = _cli(blob_env, home, t_old)
+    assert rep["swift_blobs"] == [old] and rep["swift_objects"] == 5 and rep["errors"] == []
+    assert rep["kept_young"] >= 2  # the young orphan and the young temp file
+    after = _objects(reg)
+    assert not any(n.startswith(old) for n in after)
+    assert [n for n in after if n.startswith(kept.id)] == kept_objs
+    assert sum(n.startswith(young) for n in after) == 4
+    assert not (work / "dead-task").exists() and not stale_tmp.exists() and young_tmp.exists()
+    assert live_tmp.exists()
+    os.close(live_fd)
+    # the referenced image still downloads whole, verified segment by segment
+    out = io.BytesIO()
+    reg.download(admin(), kept.id, out)
+    assert hashlib.md5(out.getvalue()).hexdigest() == kept.checksum
+    reg.close()
+

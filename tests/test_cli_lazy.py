@@ -1,0 +1,32 @@
+"""The CLI imports a command's module only when that command runs; the map
+that says where each command lives must match where it is registered."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from vhdkit import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_command_map_matches_registration():
+    import click
+    names = cli.main.list_commands(click.Context(cli.main))      # imports every module
+    assert set(names) == set(cli._WHERE), "every command must be in vhdkit.cli._WHERE"
+    for name in names:
+        cmd = cli.main.commands[name]
+        mod = cmd.callback.__module__
+        assert mod == f"vhdkit.cli.{cli._WHERE[name]}", (name, mod)
+
+
+def test_running_convert_does_not_import_the_registry_or_api():
+    code = ("import sys; from vhdkit.cli import main\n"
+            "try:\n    main(['convert', '--help'], prog_name='vhdkit')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('vhdkit.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    mods = r.stdout.strip().splitlines()[-1]
+    assert "vhdkit.cli.convert" in mods
+    for heavy in ("vhdkit.registry", "vhdkit.api", "vhdkit.cli.packaging", "vhdkit.pipeline"):
+        assert heavy not in mods, heavy

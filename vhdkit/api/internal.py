@@ -1,0 +1,158 @@
+"""Internal routes for workers on other hosts (``vhdkit worker --api URL``).
+
+``POST /internal/v1/<op>`` with a JSON object; the answer is JSON.  These
+routes are not part of the Images v2 API and never serve customers: every
+request must carry ``X-Service-Token`` equal to the API host's
+``VHDKIT_SERVICE_TOKEN`` (compared in constant time).  Without that setting on
+the API host the routes answer 403 (disabled); a request without the header
+401, with a wrong one 403.  Put them behind the same private network as the
+workers; an authenticating proxy for customers should not forward
+``/internal/``.
+
+Operations (the registry calls a worker makes, see :mod:`vhdkit.remote`):
+``claim``, ``heartbeat``, ``finish``, ``show_task`` (tasks and leases);
+``show_image``, ``create_image``, ``delete_image``, ``open_data`` (the Swift
+name of an image's data, which the worker reads from Swift itself) and
+``register_blob`` (make an image active with data the worker stored in Swift).
+Image operations act as the caller the worker names (the task's owner and its
+roles, or the service identity for that account), so the registry's rules
+apply exactly as for a local worker.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import os
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..errors import InvalidInputError
+from ..registry import Caller
+from .errors import ApiError
+from .http import call, json_object, read_json, registry, write_call
+
+TOKEN_ENV = "VHDKIT_SERVICE_TOKEN"
+HEADER = "x-service-token"
+
+
+def _authorize(request: Request) -> None:
+    want = os.environ.get(TOKEN_ENV, "")
+    if not want:
+        raise ApiError(403, f"internal routes are disabled: the API host has no {TOKEN_ENV}")
+    got = request.headers.get(HEADER)
+    if not got:
+        raise ApiError(401, "internal routes need the X-Service-Token header",
+                       headers={"WWW-Authenticate": "X-Service-Token"})
+    if not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), want.encode("utf-8", "surrogateescape")):
+        raise ApiError(403, "wrong service token")
+
+
+def _caller(body: dict) -> Caller:
+    c = body.get("caller")
+    if not isinstance(c, dict) or not isinstance(c.get("account"), str):
+        raise InvalidInputError("caller {account, roles, service} is required")
+    if c.get("service") is True:
+        return Caller.service(c["account"])
+    roles = c.get("roles") or []
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise InvalidInputError("caller roles must be a list of strings")
+    return Caller.parse(c["account"], roles)
+
+
+def _str(body: dict, key: str) -> str:
+    v = body.get(key)
+    if not isinstance(v, str) or not v:
+        raise InvalidInputError(f"{key} is required")
+    return v
+
+
+def _task(t) -> dict:
+    return {"task": dataclasses.asdict(t) if t is not None else None}
+
+
+def _image(img) -> dict:
+    return {"image": dataclasses.asdict(img)}
+
+
+async def _claim(request, reg, body):
+    lease = float(body.get("lease_seconds") or 60)
+    return _task(await write_call(request, reg.claim_task, _str(body, "worker_id"), lease_seconds=lease))
+
+
+async def _heartbeat(request, reg, body):
+    kw = {k: body.get(k) for k in ("stage", "bytes_done", "bytes_total")}
+    t = await write_call(request, reg.heartbeat, _str(body, "task_id"), _str(body, "worker_id"),
+                         lease_seconds=float(body.get("lease_seconds") or 60), **kw)
+    return _task(t)
+
+
+async def _finish(request, reg, body):
+    result = body.get("result")
+    if result is not None and not isinstance(result, dict):
+        raise InvalidInputError("result must be an object")
+    t = await write_call(request, reg.finish, _str(body, "task_id"), _str(body, "worker_id"),
+                         status=_str(body, "status"), result=result, message=str(body.get("message") or ""))
+    return _task(t)
+
+
+async def _show_task(request, reg, body):
+    return _task(await call(reg.show_task, _caller(body), _str(body, "task_id")))
+
+
+async def _show_image(request, reg, body):
+    return _image(await call(reg.show_image, _caller(body), _str(body, "image_id")))
+
+
+async def _create_image(request, reg, body):
+    fields = body.get("fields")
+    if not isinstance(fields, dict):
+        raise InvalidInputError("fields must be an object")
+    return _image(await write_call(request, reg.create_image, _caller(body), fields))
+
+
+async def _delete_image(request, reg, body):
+    await write_call(request, reg.delete_image, _caller(body), _str(body, "image_id"))
+    return {"deleted": body["image_id"]}
+
+
+async def _open_data(request, reg, body):
+    d = await call(reg.open_data, _caller(body), _str(body, "image_id"))
+    if not reg.blobs.is_remote(d.rel):
+        raise ApiError(409, f"image {d.image.id}: its data is on the API host's disk, not in Swift; a worker "
+                            "on another host needs VHDKIT_BLOB_STORE=swift on the API host")
+    return {"blob": d.rel, "size": d.size, "checksum": d.checksum, "image": dataclasses.asdict(d.image)}
+
+
+async def _register_blob(request, reg, body):
+    vs = body.get("virtual_size")
+    img = await write_call(request, reg.register_blob, _caller(body), _str(body, "image_id"),
+                           blob=_str(body, "blob"), size=body.get("size"), md5=_str(body, "md5"),
+                           sha512=_str(body, "sha512"), virtual_size=vs if isinstance(vs, int) else None)
+    return _image(img)
+
+
+OPS = {"claim": _claim, "heartbeat": _heartbeat, "finish": _finish, "show_task": _show_task,
+       "show_image": _show_image, "create_image": _create_image, "delete_image": _delete_image,
+       "open_data": _open_data, "register_blob": _register_blob}
+
+
+async def internal(request: Request) -> JSONResponse:
+    _authorize(request)
+    op = OPS.get(request.path_params["op"])
+    if op is None:
+        raise ApiError(404, "no such internal operation")
+    body = json_object(await read_json(request))
+    return JSONResponse(await op(request, registry(request), body))
+
+
+async def _refuse(request: Request) -> JSONResponse:
+    _authorize(request)
+    raise ApiError(405, "internal operations are POST /internal/v1/<op>")
+
+
+ROUTES = [
+    Route("/internal/v1/{op}", internal, methods=["POST"]),
+    Route("/internal/v1/{op}", _refuse, methods=["GET", "PUT", "DELETE", "PATCH"]),
+]
