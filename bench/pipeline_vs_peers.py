@@ -13,6 +13,8 @@ alternating the runs so that load changes hit both sides alike:
 * export: ``vhdkit worker --once`` on a pending export task
   vs ``pigz -dc`` of the stored (gzipped) disk into a file
   followed by ``split -b 200M`` of that file                (target ratio <= 1.3)
+  (the peer writes into an empty directory, the export into an empty
+  container: each run's output is removed before the next, untimed)
 * the worker's peak RSS (``/usr/bin/time -v``, "Maximum resident set size"),
   target < 200 MiB.
 
@@ -151,6 +153,10 @@ def run(size_gib: float = 2.0, runs: int = 3, keep: bool = False, export_runs: O
                            f"cd {peer_dir} && split -b 200M disk.vhd disk.vhd- && sync", shell=True)
             t_peer_sync.append(dt)
             shutil.rmtree(peer_dir)
+            # the peer writes into a fresh directory; so does the export: the previous
+            # run's segments are removed here, outside the timing (as the peer's rm -r is)
+            for o in store.list("exports"):
+                store.delete("exports", o.name)
             tid = _task(reg, caller, "export", exp_inp)
             dt, r = _worker(home)
             t_exp.append(dt)

@@ -32,7 +32,6 @@ dies loses its lease and the task is retried once from the start (then failed).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import signal
@@ -46,11 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from . import ova, segments, streams
+from . import exportstream, ova, segments, streams
 from .errors import ConflictError, IntegrityError, NotFoundError, VhdkitError
 from .registry import Caller, Registry
 from .registry.models import Task
-from .store import ObjectStore, validate_container_name
+from .store import LocalStore, ObjectStore, validate_container_name
 
 __all__ = ["PipelineConfig", "TaskFailed", "Worker", "run_task", "EXPORT_OPTIONS_PROPERTY", "CODES"]
 
@@ -366,8 +365,6 @@ def _authorize_export(reg: Registry, caller: Caller, image_id: str):
 
 
 def _run_export(ctx: _Context) -> Dict[str, Any]:
-    from .vhd import check, coalesce, modify, probe
-
     reg, cfg, caller = ctx.reg, ctx.cfg, ctx.caller
     image_id, container = _parse_export(ctx.task.input)
     img = _authorize_export(reg, caller, image_id)
@@ -377,14 +374,39 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
                               "create it first")
 
     data = reg.open_data(caller, image_id)
+    name = f"{image_id}.vhd"
+    out = ctx.dir / name
+    stored = _single_disk(data.path) if img.container_format == "ova" else None
+    if stored is not None:
+        # the common case, one dynamic VHD, in one pass (see _export_streamed):
+        # a result on the embedded store; else ``out`` written, or nothing
+        # when the disk is not one for this pass (a fixed disk, say)
+        res = _export_streamed(ctx, stored, data.path, store, container, name, out)
+        if res is not None:
+            return res
+    if not out.exists():
+        _unpack_and_coalesce(ctx, img, data, stored, out)
+
+    ctx.enter("split", out.stat().st_size)
+    with open(out, "rb") as f:
+        man = segments.split(store, container, name, f, segment_size=cfg.segment_size,
+                             total=out.stat().st_size, progress=ctx.progress)
+    return {"export_location": f"{container}/{name}", "segments": len(man.segments),
+            "size": man.size, "sha256": man.sha256}
+
+
+def _unpack_and_coalesce(ctx: _Context, img, data, stored: Optional["_StoredDisk"], out: Path) -> None:
+    """The general path: unpack the stored OVA (a chain ``0.vhd`` … ``N.vhd``, a
+    fixed disk, another layout) and coalesce it into the new dynamic VHD ``out``."""
+    from .vhd import check, coalesce, modify, probe
+
     disks_dir = ctx.dir / "disks"
     own_copy = False  # is chain[0] a private copy we may rewrite in place?
     if img.container_format == "ova":
         ctx.enter("unpack", data.size)
         disks_dir.mkdir(parents=True)
-        single = _unpack_single(ctx, data.path, disks_dir / "disk.vhd")
-        if single is not None:
-            chain, own_copy = [single], True
+        if stored is not None:
+            chain, own_copy = [_unpack_single(ctx, stored, data.path, disks_dir / "disk.vhd")], True
         else:
             disks_dir.rmdir()
             rep = ova.unpack(data.path, disks_dir, progress=ctx.progress)
@@ -395,7 +417,6 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
         chain = [Path(data.path)]
 
     ctx.enter("coalesce")
-    out = ctx.dir / f"{image_id}.vhd"
     if own_copy and probe(chain[0]) == "dynamic":
         # Nothing to flatten: "coalescing" one dynamic VHD only gives it a new
         # identity.  Check it, then rewrite both footer copies in place (new
@@ -413,47 +434,25 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
                  allowed_root=str(disks_dir) if len(chain) > 1 else None, progress=ctx.progress)
     shutil.rmtree(disks_dir, ignore_errors=True)
 
-    name = f"{image_id}.vhd"
-    ctx.enter("split", out.stat().st_size)
-    with open(out, "rb") as f:
-        man = segments.split(store, container, name, f, segment_size=cfg.segment_size,
-                             total=out.stat().st_size, progress=ctx.progress)
-    return {"export_location": f"{container}/{name}", "segments": len(man.segments),
-            "size": man.size, "sha256": man.sha256}
+
+@dataclass
+class _StoredDisk:
+    """Where the one disk of an import-made OVA lies in the archive."""
+
+    name: str
+    offset: int
+    size: int
+    algo: str
+    want: str  # its manifest digest
+    gz: bool
+    bound: int  # cap on its decompressed size
 
 
-class _HashedSlice(io.RawIOBase):
-    """``size`` bytes of ``f`` from its position, hashed as they pass -- in
-    ``pool``'s thread, one chunk behind (hashlib drops the GIL), so hashing
-    overlaps the decompression that consumes the bytes."""
-
-    def __init__(self, f, size: int, algo: str, pool):
-        self.f, self.left = f, size
-        self.h = segments._Pipelined(pool, hashlib.new(algo))
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        want = min(len(b), self.left)
-        if not want:
-            return 0
-        data = self.f.read(want)  # a fresh buffer: the hasher may still be reading the last one
-        if not data:
-            raise IntegrityError("the stored OVA is truncated")
-        n = len(data)
-        memoryview(b)[:n] = data
-        self.h.update(data)
-        self.left -= n
-        return n
-
-
-def _unpack_single(ctx: _Context, ova_path: str, dest: Path) -> Optional[Path]:
-    """Fast path of "unpack" for the OVA an import makes (descriptor, manifest,
-    one VHD disk, gzip or not): decompress the disk member straight from its
-    offset in the archive into ``dest`` in one pass, verifying its manifest
-    hash.  None when the archive is anything else (``ova.unpack`` then does
-    the general, fully checking extraction)."""
+def _single_disk(ova_path: str) -> Optional[_StoredDisk]:
+    """The disk member of the OVA an import makes (descriptor, manifest, one
+    VHD disk, gzip or not; the descriptor's own manifest hash checked), or None
+    when the archive is anything else (``ova.unpack`` then does the general,
+    fully checking extraction)."""
     try:
         with tarfile.open(ova_path, "r:") as tar:
             members = tar.getmembers()
@@ -479,18 +478,72 @@ def _unpack_single(ctx: _Context, ova_path: str, dest: Path) -> Optional[Path]:
     algo, want = manifest[m.name]
     if algo not in ("sha256", "sha1"):
         return None
-    gz = (desc.files[0].compression or "").lower() == "gzip"
     cap = desc.disks[0].capacity
+    return _StoredDisk(m.name, m.offset_data, m.size, algo, want,
+                       (desc.files[0].compression or "").lower() == "gzip", cap + cap // 64 + (16 << 20))
+
+
+def _unpack_single(ctx: _Context, sd: _StoredDisk, ova_path: str, dest: Path) -> Path:
+    """Fast path of "unpack" for the OVA an import makes: decompress the disk
+    member straight from its offset in the archive into ``dest`` in one pass,
+    verifying its manifest hash."""
     with open(ova_path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
-        f.seek(m.offset_data)
-        raw = _HashedSlice(f, m.size, algo, pool)
-        src = streams.open_decompressor(raw, "gzip", max_output=cap + cap // 64 + (16 << 20),
-                                        name=f"{ova_path}:{m.name}") if gz else raw
+        f.seek(sd.offset)
+        raw = exportstream._HashedSlice(f, sd.size, sd.algo, pool)
+        src = streams.open_decompressor(raw, "gzip", max_output=sd.bound,
+                                        name=f"{ova_path}:{sd.name}") if sd.gz else raw
         with src, open(dest, "xb") as out:
             _copy(src, out, ctx)
-        if raw.left or raw.h.hexdigest() != want:
-            raise IntegrityError(f"the stored OVA's disk {m.name!r} does not match its manifest {algo}")
+        if raw.left or raw.h.hexdigest() != sd.want:
+            raise IntegrityError(f"the stored OVA's disk {sd.name!r} does not match its manifest {sd.algo}")
     return dest
+
+
+def _export_streamed(ctx: _Context, sd: _StoredDisk, ova_path: str, store: ObjectStore, container: str,
+                     name: str, out: Path) -> Optional[Dict[str, Any]]:
+    """Export a stored single dynamic VHD in one pass (:mod:`vhdkit.exportstream`):
+    decompressed, hashed, its footers renewed and its metadata checked as it
+    passes.  On the embedded store the bytes go straight into the segments
+    (stage ``split``; a damaged disk fails the last read, and ``segments.split``
+    then deletes what it wrote, before any manifest exists) and the result is
+    returned.  On another store (Swift, whose puts are retried from a
+    seekable segment) the pass writes ``out`` (stage ``unpack``), which the
+    caller then splits; None is returned.  None too, with nothing written,
+    when the disk is not one this pass handles (a fixed disk, say)."""
+    skel = ctx.dir / "skeleton.vhd"
+    direct = isinstance(store, LocalStore)
+    try:
+        with open(ova_path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool, \
+                exportstream.RenewedVhdStream(f, sd.offset, sd.size, sd.algo, sd.want, gz=sd.gz, bound=sd.bound,
+                                              skeleton=skel, pool=pool, name=sd.name) as src:
+            if direct:
+                ctx.enter("split", sd.size)
+
+                def progress(done: int, _total: Optional[int]) -> None:
+                    ctx.progress(done, src.expected_size)
+
+                man = segments.split(store, container, name, src, segment_size=ctx.cfg.segment_size,
+                                     progress=progress)
+                return {"export_location": f"{container}/{name}", "segments": len(man.segments),
+                        "size": man.size, "sha256": man.sha256}
+            ctx.enter("unpack", sd.size)
+            with open(out, "xb") as dst:
+                buf = src.read(MiB)
+                while buf:
+                    dst.write(buf)
+                    ctx.progress(ctx.done + len(buf), src.expected_size)
+                    buf = src.read(MiB)
+            return None
+    except exportstream.NotStreamable:
+        out.unlink(missing_ok=True)
+        return None
+    except exportstream.StreamCheckFailed as e:
+        raise TaskFailed(e.number, e.message) from None
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    finally:
+        skel.unlink(missing_ok=True)
 
 
 def _chain_from(rep, disks_dir: Path) -> List[Path]:
