@@ -9,4 +9,16 @@ from __future__ import annotations
 
 from .read import *  # noqa: F401,F403
 from .write import *  # noqa: F401,F403
-from .chain import *  # noqa: F401,F403
+
+# .chain is imported on first use of one of its names (start-up time: a
+# convert or a download does not need it).
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import importlib
+    chain = importlib.import_module(".chain", __name__)
+    if name in getattr(chain, "__all__", ()):
+        return getattr(chain, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
