@@ -64,22 +64,51 @@ def remove_dead_temps(directory: Union[str, os.PathLike], name: str, suffix: str
 
 
 @contextmanager
+def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = True,
+              umask_mode: bool = True) -> Iterator[int]:
+    """The mechanism under every vhdkit write of a named file: yield the fd of
+    a locked temporary file next to ``path`` (see :func:`locked_temp`); when
+    the body succeeds, fsync it (unless ``sync`` is false), rename it over
+    ``path`` while still locked, and fsync the directory; on any error remove
+    it and leave ``path`` as it was.  The fd is closed on exit.  The file
+    gets mode 0666 minus the umask, as a new file would (``umask_mode=False``
+    keeps the temporary file's 0600)."""
+    p = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(p))
+    fd, tmp = locked_temp(parent, os.path.basename(p), suffix)
+    ok = False
+    try:
+        if umask_mode:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        yield fd
+        if sync:
+            os.fsync(fd)
+        os.replace(tmp, p)          # while the lock is held: no cleaner takes it
+        ok = True
+        if sync:
+            dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(fd)
+        if not ok:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+@contextmanager
 def atomic_file(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[BinaryIO]:
     """Write ``path`` atomically: the body writes a temporary file next to it,
     which is fsynced and renamed over ``path`` only if the body succeeds; on
     any error the temporary file is removed and ``path`` is left as it was.
     A temporary file left by a killed writer of the same path is removed by
     the next write of that path."""
-    p = os.fspath(path)
-    parent = os.path.dirname(p) or "."
-    fd, tmp = locked_temp(parent, os.path.basename(p), ".tmp")
-    try:
-        with open(fd, mode) as f:
+    with atomic_fd(path, ".tmp", umask_mode=False) as fd:
+        with open(fd, mode, closefd=False) as f:
             yield f  # type: ignore[misc]
-            f.flush()
-            os.fsync(f.fileno())
-            os.replace(tmp, p)      # while the lock is held: no cleaner takes it
-            tmp = None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

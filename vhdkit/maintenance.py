@@ -74,37 +74,6 @@ def _age(path: str, now: float) -> float:
         return -1.0
 
 
-def _registry_plan(reg) -> Dict[str, object]:
-    """What Registry.cleanup() would do, read-only (same rules)."""
-    from .registry import blobs as _blobs
-
-    conn = reg._conn()
-    resets, live = [], set()
-    for image_id, tok in conn.execute("SELECT id, upload_token FROM images WHERE status IN ('saving', 'importing') "
-                                      "AND upload_token IS NOT NULL").fetchall():
-        part, final = reg.blobs.part_path(tok), reg.blobs.path(reg.blobs.final_rel(image_id, tok))
-        if _blobs.is_locked(part) or _blobs.is_locked(final):
-            live.add(tok)
-        else:
-            resets.append(image_id)
-    parts = []
-    try:
-        names = sorted(os.listdir(reg.blobs.tmp))
-    except FileNotFoundError:
-        names = []
-    for name in names:
-        p = os.path.join(reg.blobs.tmp, name)
-        if name.endswith(".part") and name[:-5] in live:
-            continue
-        if name.endswith(".new") and not _blobs.older_than(p, 60):
-            continue
-        if not _blobs.is_locked(p):
-            parts.append(name)
-    trash = [p for (p,) in conn.execute("SELECT path FROM trash").fetchall()
-             if not _blobs.is_locked(reg.blobs.path(p))]
-    return {"reset_uploads": resets, "removed_parts": parts, "trash": trash}
-
-
 def _swift_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
     remote = reg.blobs.remote
     if remote is None:
@@ -251,7 +220,7 @@ def cleanup(reg, home: Optional[str] = None, *, grace: float = DEFAULT_GRACE, dr
     (default: the registry's); see the module doc.  ``dry_run`` only lists."""
     home = str(home if home is not None else reg.home)
     rep = CleanupReport(dry_run=dry_run, grace_seconds=grace)
-    rep.registry = _registry_plan(reg) if dry_run else reg.cleanup()
+    rep.registry = reg.cleanup_plan() if dry_run else reg.cleanup()
     for step in (lambda: _swift_blobs(reg, grace, dry_run, rep), lambda: _local_blobs(reg, grace, dry_run, rep),
                  lambda: _work_dirs(reg, home, grace, dry_run, rep), lambda: _temp_files(home, grace, dry_run, rep)):
         try:

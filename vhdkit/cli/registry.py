@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from ..fileutil import locked_temp
+from ..fileutil import atomic_fd
 from ..progress import Progress
 from . import main
 from ._common import SIZE, emit, json_option
@@ -320,45 +320,25 @@ def image_download(reg, caller, image_id, output, offset, length, no_sync, verif
                 raise click.UsageError("--json needs --output FILE (stdout carries the data)")
             n = reg.download(caller, image_id, sys.stdout.buffer, offset=offset, length=length, progress=p)
         else:
-            d = os.path.dirname(os.path.abspath(output))
-            fd, tmp = locked_temp(d, os.path.basename(output), ".part")
-            try:
-                with open(fd, "wb") as f:
-                    n = reg.download(caller, image_id, f, offset=offset, length=length, progress=p)
-                    if not no_sync:
-                        f.flush()
-                        os.fsync(f.fileno())
-                    if verify:
-                        _verify_download(tmp, h.image)
-                    os.replace(tmp, output)     # while locked: no cleaner takes it
-                    tmp = None
-            finally:
-                if tmp is not None and os.path.exists(tmp):
-                    os.unlink(tmp)
-            if not no_sync:
-                _fsync_dir(d)
+            with atomic_fd(output, ".part", sync=not no_sync) as fd, open(fd, "wb", closefd=False) as f:
+                n = reg.download(caller, image_id, f, offset=offset, length=length, progress=p)
+                f.flush()
+                if verify:
+                    _verify_download(fd, h.image)
     if output != "-":
         emit({"image_id": image_id, "output": output, "bytes": n, "checksum": h.checksum,
               "verified": verify}, as_json, lambda o: f"wrote {o['bytes']} bytes to {o['output']}")
 
 
-def _verify_download(path: str, img: Any) -> None:
+def _verify_download(fd: int, img: Any) -> None:
     from ..errors import IntegrityError
     from ..registry.blobs import file_digest
 
-    d = file_digest(path)
+    d = file_digest(fd)
     want = (img.size, img.checksum, img.os_hash_value)
     if (d.size, d.md5, d.sha512) != want:
         raise IntegrityError(f"downloaded data of image {img.id} does not match its recorded size/checksums "
                              f"(got size {d.size} md5 {d.md5}; recorded size {want[0]} md5 {want[1]})")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _action(name: str, method: str, help_text: str) -> None:

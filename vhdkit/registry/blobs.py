@@ -79,12 +79,14 @@ def _hashers() -> "tuple[_Hasher, _Hasher]":
     return _Hasher(hashlib.md5()), _Hasher(hashlib.sha512())
 
 
-def file_digest(path: str) -> Digest:
-    """Size, md5 and sha512 of a file, read once (the two hashes in threads)."""
+def file_digest(path: "str | int") -> Digest:
+    """Size, md5 and sha512 of a file (a path, or an open fd read from its
+    start and left open), read once (the two hashes in threads)."""
     md5, sha = _hashers()
     size = 0
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open(path, "rb", buffering=0, closefd=not isinstance(path, int)) as f:
+            f.seek(0)
             for b in iter(lambda: f.read(CHUNK), b""):
                 md5.q.put(b)
                 sha.q.put(b)

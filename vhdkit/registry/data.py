@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import (ConflictError, ForbiddenError, IntegrityError, InvalidInputError, NotFoundError, QuotaError,
                       VhdkitError)
@@ -184,6 +184,43 @@ class DataMixin:
             removed += 1
         return removed
 
+    def _upload_files(self: "Registry", image_id: str, tok: str) -> Tuple[str, str]:
+        """The part file and the final blob file of an upload."""
+        return self.blobs.part_path(tok), self.blobs.path(self.blobs.final_rel(image_id, tok))
+
+    def _dead_parts(self: "Registry", live_tokens: set) -> List[str]:
+        """Names in the blob tmp directory that no live upload holds."""
+        try:
+            names = sorted(os.listdir(self.blobs.tmp))
+        except FileNotFoundError:
+            return []
+        dead = []
+        for name in names:
+            p = os.path.join(self.blobs.tmp, name)
+            if name.endswith(".part") and name[:-5] in live_tokens:
+                continue
+            if name.endswith(".new") and not _blobs.older_than(p, 60):
+                continue  # being created and locked right now (see Upload.open)
+            if not _blobs.is_locked(p):
+                dead.append(name)
+        return dead
+
+    def cleanup_plan(self: "Registry") -> Dict[str, list]:
+        """What :meth:`cleanup` would do now, read-only: the uploads it would
+        reset, the tmp files it would remove, the trash it would empty."""
+        conn = self._conn()
+        resets, live = [], set()
+        for image_id, tok in conn.execute("SELECT id, upload_token FROM images WHERE status IN ('saving', "
+                                          "'importing') AND upload_token IS NOT NULL").fetchall():
+            part, final = self._upload_files(image_id, tok)
+            if _blobs.is_locked(part) or _blobs.is_locked(final):
+                live.add(tok)
+            else:
+                resets.append(image_id)
+        trash = [p for (p,) in conn.execute("SELECT path FROM trash").fetchall()
+                 if not _blobs.is_locked(self.blobs.path(p))]
+        return {"reset_uploads": resets, "removed_parts": self._dead_parts(live), "trash": trash}
+
     def cleanup(self: "Registry", deep: bool = False) -> Dict[str, int]:
         """Undo what dead processes left: uploads whose process died go back to
         ``queued`` and lose their partial data; deleted images' blobs are
@@ -199,7 +236,7 @@ class DataMixin:
                 row = c.execute("SELECT upload_token FROM images WHERE id = ?", (image_id,)).fetchone()
                 if row is None or row[0] != tok:
                     continue
-                part, final = self.blobs.part_path(tok), self.blobs.path(self.blobs.final_rel(image_id, tok))
+                part, final = self._upload_files(image_id, tok)
                 if _blobs.is_locked(part) or _blobs.is_locked(final):
                     live_tokens.add(tok)
                     continue
@@ -208,19 +245,9 @@ class DataMixin:
                 c.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
                           "WHERE id = ?", (self._now(), image_id))
                 report["reset_uploads"] += 1
-        try:
-            names = os.listdir(self.blobs.tmp)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            p = os.path.join(self.blobs.tmp, name)
-            if name.endswith(".part") and name[:-5] in live_tokens:
-                continue
-            if name.endswith(".new") and not _blobs.older_than(p, 60):
-                continue  # being created and locked right now (see Upload.open)
-            if not _blobs.is_locked(p):
-                self.blobs.unlink(p)
-                report["removed_parts"] += 1
+        for name in self._dead_parts(live_tokens):
+            self.blobs.unlink(os.path.join(self.blobs.tmp, name))
+            report["removed_parts"] += 1
         report["removed_blobs"] += self._empty_trash()
         if deep:
             report["removed_blobs"] += self._remove_unreferenced()

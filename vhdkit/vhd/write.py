@@ -19,12 +19,12 @@ import stat
 import sys
 import threading
 import uuid as _uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .. import errors
-from ..fileutil import locked_temp
+from ..fileutil import atomic_fd
 from ..native import check, ffi, lib, new_err
 
 __all__ = [
@@ -283,35 +283,15 @@ def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterato
     if os.path.isdir(dst):
         raise errors.InvalidInputError(f"{dst} is a directory")
     d = os.path.dirname(os.path.abspath(dst))
+    stack = ExitStack()
     try:
-        fd, tmp = locked_temp(d, os.path.basename(dst), ".part")
+        fd = stack.enter_context(atomic_fd(dst, ".part", sync))
     except FileNotFoundError:
         raise errors.NotFoundError(f"directory {d} does not exist") from None
     except OSError as e:
         raise errors.StorageError(f"cannot create a file in {d}: {e.strerror}", sys_errno=e.errno or 0) from None
-    ok = False
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+    with stack:
         yield _Output(fd, False, sync)
-        if sync:
-            os.fsync(fd)
-        os.replace(tmp, dst)        # before close: the lock keeps cleaners off
-        ok = True
-        if sync:
-            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    finally:
-        os.close(fd)
-        if not ok:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
 
 
 def _result(res, path: str, rule_name: str) -> WriteResult:
