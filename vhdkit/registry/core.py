@@ -12,7 +12,7 @@ import sqlite3
 import contextlib
 import threading
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError, StorageError
 from . import blobs as _blobs
@@ -20,12 +20,17 @@ from . import db as _db
 from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, MAX_PROPERTY_NAME,
                      MAX_PROPERTY_VALUE, MAX_TAG, READONLY_FIELDS, RESERVED_FIELDS, TRANSITIONS,
                      VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text, property_name_problem, tag_problem)
-from .protections import PropertyProtections
-from .query import Params, build_list_sql, parse_list_params
 from .data import DataMixin, ImageData, UploadWriter  # noqa: F401 (re-exported)
 from .rbac import Caller, require_role, require_scope
 from .sharing import MembersMixin
 from .tasks import TasksMixin
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .protections import PropertyProtections
+    from .query import Params
+# .protections (a rules file's parser) and .query (list filters and sorting)
+# are imported where they are used: opening a registry and reading or
+# downloading one image need neither (start-up time of `vhdkit image show`).
 
 #: Glance's default image_size_cap (1 TiB)
 DEFAULT_SIZE_CAP = 1 << 40
@@ -131,8 +136,11 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                 p = os.path.join(self.home, "property-protections.conf")
                 protections = p if os.path.exists(p) else None
         if isinstance(protections, (str, os.PathLike)):
+            from .protections import PropertyProtections
+
             protections = PropertyProtections.from_file(protections)
-        self.protections: PropertyProtections = protections or PropertyProtections()
+        #: None: the default rules, parsed on first use (see :attr:`protections`)
+        self._protections: Optional[PropertyProtections] = protections or None
         self.quotas: Dict[str, int] = dict(DEFAULT_QUOTAS)
         self.quotas.update(quotas or {})
         self.size_cap = size_cap
@@ -145,6 +153,22 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self._conn()
         if cleanup:
             self.cleanup()
+
+    @property
+    def protections(self) -> "PropertyProtections":
+        """The property protection rules: those given or found at open, else the
+        defaults (parsed on first use: a registry that never meets an extra
+        property never needs them)."""
+        if self._protections is None:
+            from .protections import PropertyProtections
+
+            self._protections = PropertyProtections()
+        return self._protections
+
+    @protections.setter
+    def protections(self, value: "PropertyProtections") -> None:
+        self._protections = value
+        self._can_cache.clear()
 
     # ---- plumbing ----
     def _conn(self) -> sqlite3.Connection:
@@ -353,6 +377,8 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         flat: List[Tuple[str, Any]] = []
         for k, v in pairs:
             flat.extend((k, x) for x in v) if isinstance(v, (list, tuple)) else flat.append((k, v))
+        from .query import build_list_sql, parse_list_params
+
         q = parse_list_params(flat)
         account = None if caller.is_service else caller.account
         with self._read() as conn:

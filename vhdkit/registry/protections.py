@@ -14,7 +14,6 @@ their own rules (``name`` and the other writable base fields need the
 """
 from __future__ import annotations
 
-import configparser
 import os
 import re
 from typing import Dict, FrozenSet, List, Optional, Tuple
@@ -52,6 +51,8 @@ class PropertyProtections:
     """Parsed rules; ``allowed(caller, name, op)`` and ``check(...)``."""
 
     def __init__(self, text: str = DEFAULT_RULES, *, source: str = "<default>"):
+        import configparser  # only here: a Registry parses rules on first use (see Registry.protections)
+
         cp = configparser.RawConfigParser(delimiters=("=",), interpolation=None)
         cp.optionxform = str  # type: ignore[assignment]
         try:

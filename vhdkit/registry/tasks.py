@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
 from .models import TASK_STATUSES, TASK_TYPES, Task, TaskList, now_text
-from .query import DEFAULT_LIMIT, MAX_LIMIT, Params, _int, _pairs
 from .rbac import Caller, require_role
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Registry  # noqa: F401
+    from .query import Params
+# .query is imported where used: a Registry opened to read or download one
+# image never lists tasks (start-up time of `vhdkit image show|download`).
 
 TASK_TTL = _dt.timedelta(hours=48)
 DEFAULT_LEASE_S = 60.0
@@ -75,6 +77,8 @@ class TasksMixin:
     def list_tasks(self: "Registry", caller: Caller, params: Optional[Params] = None) -> TaskList:  # type: ignore[misc]
         """The caller account's tasks; params: ``type``, ``status``, ``sort_key``
         (created_at, updated_at, id, status, type), ``sort_dir``, ``marker``, ``limit``."""
+        from .query import DEFAULT_LIMIT, MAX_LIMIT, _int, _pairs
+
         require_role("list_tasks", caller)
         where, args = ["owner = ?"], [caller.account]
         limit, marker, key, d = DEFAULT_LIMIT, None, "created_at", "desc"
