@@ -315,13 +315,14 @@ def image_download(reg, caller, image_id, output, offset, length, no_sync, verif
     if verify and (output == "-" or offset or (length is not None and length < h.size)):
         raise click.UsageError("--verify needs --output FILE and the whole image (no --offset/--length)")
     with Progress("download", total) as p:
+        news = p if p.enabled else None  # none wanted: one in-kernel copy (as cp), not one per 256 MiB
         if output == "-":
             if as_json:
                 raise click.UsageError("--json needs --output FILE (stdout carries the data)")
-            n = reg.download(caller, image_id, sys.stdout.buffer, offset=offset, length=length, progress=p)
+            n = reg.download(caller, image_id, sys.stdout.buffer, offset=offset, length=length, progress=news)
         else:
             with atomic_fd(output, ".part", sync=not no_sync) as fd, open(fd, "wb", closefd=False) as f:
-                n = reg.download(caller, image_id, f, offset=offset, length=length, progress=p)
+                n = reg.download(caller, image_id, f, offset=offset, length=length, progress=news)
                 f.flush()
                 if verify:
                     _verify_download(fd, h.image)
