@@ -1,7 +1,6 @@
 """Shared CLI plumbing: error handling to exit codes, --json emission, sizes."""
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Callable, Optional
 
@@ -32,6 +31,8 @@ def json_option(f: Callable) -> Callable:
 def emit(obj: Any, as_json: bool, human: Optional[Callable[[Any], str]] = None) -> None:
     """Print ``obj`` as JSON (``--json``) or through ``human`` (default: JSON too)."""
     if as_json or human is None:
+        import json  # here: a command that prints no JSON (e.g. a download) need not load it
+
         click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
     else:
         click.echo(human(obj))

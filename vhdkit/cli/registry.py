@@ -8,7 +8,6 @@ directory: ``--data`` or ``VHDKIT_HOME`` (default ``./.vhdkit``).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -53,6 +52,8 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 def _kv(d: Dict[str, Any]) -> str:
+    import json  # json is imported where used: `image download` prints none
+
     w = max((len(k) for k in d), default=0)
     out = []
     for k, v in d.items():
@@ -224,6 +225,8 @@ def image_update(reg, caller, image_id, name, visibility, protected, min_disk, m
     ops += [{"op": "add", "path": "/" + esc(k), "value": v} for k, v in _props(props).items()]
     ops += [{"op": "remove", "path": "/" + esc(k)} for k in removes]
     if patch_json:
+        import json
+
         try:
             extra = json.loads(patch_json)
         except ValueError as exc:

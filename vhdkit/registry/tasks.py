@@ -10,7 +10,6 @@ fails with a message.  A task expires 48 h after it ends."""
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sqlite3
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
@@ -22,8 +21,8 @@ from .rbac import Caller, require_role
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Registry  # noqa: F401
     from .query import Params
-# .query is imported where used: a Registry opened to read or download one
-# image never lists tasks (start-up time of `vhdkit image show|download`).
+# json and .query are imported where used: a Registry opened to read or
+# download one image never touches tasks (start-up of `vhdkit image download`).
 
 TASK_TTL = _dt.timedelta(hours=48)
 DEFAULT_LEASE_S = 60.0
@@ -33,6 +32,8 @@ TASK_SORT_KEYS = ("created_at", "updated_at", "id", "status", "type")
 
 
 def _task(r: sqlite3.Row) -> Task:
+    import json
+
     return Task(
         id=r["id"], type=r["type"], status=r["status"], input=json.loads(r["input"]),
         result=json.loads(r["result"]) if r["result"] is not None else None, message=r["message"],
@@ -52,6 +53,8 @@ class TasksMixin:
             raise InvalidInputError(f"invalid task type {type!r}: expected one of {', '.join(TASK_TYPES)}")
         if not isinstance(input, Mapping):
             raise InvalidInputError("task input must be an object")
+        import json
+
         try:
             text = json.dumps(dict(input), sort_keys=True)
         except (TypeError, ValueError):
@@ -188,6 +191,8 @@ class TasksMixin:
         """End a held task with ``success`` or ``failure``."""
         if status not in ("success", "failure"):
             raise InvalidInputError("a task finishes with 'success' or 'failure'")
+        import json
+
         res = json.dumps(result) if result is not None else None
         with self._write() as conn:
             self._held(conn, task_id, worker_id)
