@@ -292,6 +292,20 @@ def test_internal_routes_of_a_forwarding_host_point_at_the_registry_host(reghost
     assert r.status_code == 421 and reghost.url in r.json()["error"]["message"]
 
 
+def test_an_unreachable_registry_host_is_503_json_without_its_address(reghost, tmp_path):
+    from helpers_api import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with ApiServer(tmp_path / "orphan", env=dict(reghost.env, VHDKIT_REGISTRY_URL=dead)) as lonely:
+        with lonely.http("someone:admin") as c:
+            for r in (c.get("/v2/images"), c.get(f"/v2/images/{uuid.uuid4()}"),
+                      c.post("/v2/images", json={"name": "x"})):
+                assert r.status_code == 503, r.text
+                msg = r.json()["error"]["message"]
+                assert "registry host did not answer" in msg and dead not in msg
+            assert c.get("/versions").status_code == 200   # what needs no registry still works
+
+
 def test_serve_refuses_to_forward_without_token_or_swift(reghost, tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith("VHDKIT_")}
     base["PYTHONPATH"] = str(ROOT)

@@ -30,6 +30,7 @@ the task.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -44,6 +45,7 @@ from .registry.models import Image, ImageList, Member, Task, TaskList
 __all__ = ["RemoteRegistry", "RemoteWorker", "TOKEN_ENV"]
 
 TOKEN_ENV = "VHDKIT_SERVICE_TOKEN"
+log = logging.getLogger("vhdkit.remote")
 _STATUS = {400: InvalidInputError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError,
            409: ConflictError, 413: QuotaError}
 
@@ -65,7 +67,8 @@ def _remote_error(op: str, r) -> VhdkitError:
         err, msg = {}, r.text[:300]
     cls = getattr(_errors, str(err.get("type")), None) if isinstance(err, dict) else None
     if r.status_code >= 500:
-        return _Unreachable(f"API host {op}: HTTP {r.status_code}: {msg}")
+        log.warning("registry host, %s: HTTP %s: %s", op, r.status_code, msg)
+        return _Unreachable(f"the registry host failed (HTTP {r.status_code}); try again later")
     if isinstance(cls, type) and issubclass(cls, VhdkitError) and isinstance(err.get("detail"), str):
         kind = err.get("kind")
         return cls(err["detail"], code=kind if isinstance(kind, str) else None)
@@ -141,7 +144,8 @@ class RemoteRegistry:
         try:
             r = self._http.post(f"/internal/v1/{op}", json=body)
         except httpx.HTTPError as e:
-            raise _Unreachable(f"API host {self.api_url}: {type(e).__name__}: {e}") from None
+            log.warning("registry host %s, %s: %s: %s", self.api_url, op, type(e).__name__, e)
+            raise _Unreachable(f"the registry host did not answer ({type(e).__name__}); try again later") from None
         if r.status_code == 200:
             try:
                 body = r.json()
@@ -371,7 +375,9 @@ def _pairs(params: Any, kw: Dict[str, Any]) -> List[List[str]]:
 
 class _Unreachable(StorageError):
     """The registry host did not answer, or failed (5xx): a call may or may not
-    have taken effect there."""
+    have taken effect there.  A forwarding API host answers its customer 503."""
+    code = "registry_unavailable"
+    http_status = 503
 
 
 def _refused(exc: BaseException) -> bool:
