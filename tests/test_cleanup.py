@@ -114,3 +114,30 @@ def test_cleanup_removes_old_orphans_keeps_referenced_and_young(blob_env, tmp_pa
     assert hashlib.md5(out.getvalue()).hexdigest() == kept.checksum
     reg.close()
 
+
+
+def test_dry_run_lists_a_dead_upload_and_leaves_it_then_a_run_resets_it(tmp_path):
+    """Opening the registry for `vhdkit cleanup` does not clean already: the dry
+    run reports the dead upload and changes nothing; the real run resets it and
+    counts it."""
+    home = tmp_path / "home"
+    reg = Registry(str(home))
+    img = reg.create_image(admin(), name="dead-upload", disk_format="raw", container_format="bare")
+    w = reg.open_upload(admin(), img.id)
+    w.write(b"half of an image")
+    w._up.release()   # the uploading process dies: its lock is gone, the row still says 'saving'
+    assert reg.show_image(admin(), img.id).status == "saving"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VHDKIT_")}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "vhdkit", "cleanup", "--data", str(home), "--json", *args],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["registry"]
+
+    assert run("--dry-run")["reset_uploads"] == [img.id]
+    assert reg.show_image(admin(), img.id).status == "saving"
+    assert run()["reset_uploads"] == 1
+    assert reg.show_image(admin(), img.id).status == "queued"
+    reg.close()

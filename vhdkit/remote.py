@@ -1,10 +1,13 @@
-"""Workers on other hosts: the registry reached through the API host.
+"""Workers and API servers on other hosts: the registry reached through the registry host.
 
 The SQLite registry lives on one host (WAL needs every process that opens it
-on that host).  A worker elsewhere (``vhdkit worker --api URL``) uses
-:class:`RemoteRegistry`, which offers the registry calls the pipeline makes
-(claim, heartbeat, finish, show_task, show_image, create_image, delete_image,
-open_data, upload_file) over the API host's internal routes
+on that host).  A worker elsewhere (``vhdkit worker --api URL``) and an API
+server elsewhere (``vhdkit serve --registry URL``) use :class:`RemoteRegistry`,
+which offers the registry calls the pipeline makes (claim, heartbeat, finish,
+show_task, show_image, create_image, delete_image, open_data, upload_file)
+and those the Images v2 API makes (list, update, actions, tags, members,
+tasks, and ``upload``: the image held with a lease while this host streams
+the data into Swift) over the registry host's internal routes
 (:mod:`vhdkit.api.internal`, ``X-Service-Token`` = ``VHDKIT_SERVICE_TOKEN``).
 Bytes never pass through the API host:
 
@@ -27,25 +30,49 @@ the task.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import threading
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence
 
 from .errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError, StorageError,
                      UnauthorizedError, VhdkitError)
 from .registry import Caller
-from .registry.models import Image, Task
+from .registry.models import Image, ImageList, Member, Task, TaskList
 
 __all__ = ["RemoteRegistry", "RemoteWorker", "TOKEN_ENV"]
 
 TOKEN_ENV = "VHDKIT_SERVICE_TOKEN"
+log = logging.getLogger("vhdkit.remote")
 _STATUS = {400: InvalidInputError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError,
            409: ConflictError, 413: QuotaError}
 
 
 def _caller(c: Caller) -> dict:
     return {"account": c.account, "roles": sorted(c.roles), "service": c.is_service}
+
+
+def _remote_error(op: str, r) -> VhdkitError:
+    """The registry host's error as the exception it raised there (same type,
+    code and message), so a forwarding API host answers as that host would;
+    anything else (its own refusal of the call, a proxy's page) by status."""
+    from . import errors as _errors
+
+    try:
+        err = r.json()["error"]
+        msg = err["message"]
+    except (ValueError, KeyError, TypeError):
+        err, msg = {}, r.text[:300]
+    cls = getattr(_errors, str(err.get("type")), None) if isinstance(err, dict) else None
+    if r.status_code >= 500:
+        log.warning("registry host, %s: HTTP %s: %s", op, r.status_code, msg)
+        return _Unreachable(f"the registry host failed (HTTP {r.status_code}); try again later")
+    if isinstance(cls, type) and issubclass(cls, VhdkitError) and isinstance(err.get("detail"), str):
+        kind = err.get("kind")
+        return cls(err["detail"], code=kind if isinstance(kind, str) else None)
+    return _STATUS.get(r.status_code, StorageError)(f"API host {op}: {msg}")
 
 
 class _Hashing:
@@ -72,6 +99,10 @@ class RemoteData:
         self._reg, self.rel, self.size, self.checksum, self.image = reg, rel, size, checksum, image
         self._path: Optional[str] = None
 
+    def iter(self, start: int = 0, end: Optional[int] = None, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Bytes [start, end) streamed from Swift (segment by segment, Range requests)."""
+        return self._reg.blobs().iter_range(self.rel, start, self.size if end is None else end, chunk)
+
     @property
     def path(self) -> str:
         if self._path is None:
@@ -89,7 +120,7 @@ class RemoteRegistry:
     """The registry calls of a worker, over the API host's internal routes."""
 
     def __init__(self, api_url: str, token: Optional[str] = None, *, scratch: str, timeout: float = 60.0,
-                 transport=None) -> None:
+                 transport=None, upload_lease: float = 60.0) -> None:
         import httpx
 
         token = token if token is not None else os.environ.get(TOKEN_ENV, "")
@@ -102,7 +133,9 @@ class RemoteRegistry:
         self._http = httpx.Client(base_url=self.api_url, timeout=timeout, transport=transport,
                                   headers={"X-Service-Token": token, "Accept": "application/json"})
         self._blobs = None
+        self._upload_store = None
         self._fetched: List[str] = []
+        self.upload_lease = upload_lease
 
     # -- plumbing
     def _op(self, op: str, **body: Any) -> dict:
@@ -111,14 +144,17 @@ class RemoteRegistry:
         try:
             r = self._http.post(f"/internal/v1/{op}", json=body)
         except httpx.HTTPError as e:
-            raise StorageError(f"API host {self.api_url}: {type(e).__name__}: {e}") from None
+            log.warning("registry host %s, %s: %s: %s", self.api_url, op, type(e).__name__, e)
+            raise _Unreachable(f"the registry host did not answer ({type(e).__name__}); try again later") from None
         if r.status_code == 200:
-            return r.json()
-        try:
-            msg = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = r.text[:300]
-        raise _STATUS.get(r.status_code, StorageError)(f"API host {op}: {msg}")
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                raise StorageError(f"API host {op}: the answer is not a JSON object")
+            return body
+        raise _remote_error(op, r)
 
     def blobs(self):
         """The image-data container in Swift (the worker's VHDKIT_BLOB_STORE settings)."""
@@ -200,18 +236,193 @@ class RemoteRegistry:
             src = _Hashing(f)
             man = segments.split(blobs.store, blobs.container, base, src, segment_size=blobs.segment_size,
                                  total=total, progress=progress)  # type: ignore[arg-type]
+        sent = False
         try:
             if man.size != total or src.n != total:
                 raise StorageError(f"image data {rel}: stored {man.size} bytes of {total}")
+            sent = True
             d = self._op("register_blob", caller=_caller(caller), image_id=image_id, blob=rel, size=total,
                          md5=src.md5.hexdigest(), sha512=src.sha512.hexdigest(), virtual_size=virtual_size)
-        except BaseException:
-            try:
-                blobs.remove(rel)  # not registered: nothing may point at it, leave nothing behind
-            except VhdkitError:
-                pass
-            raise
+        except BaseException as exc:
+            if not sent or _refused(exc):
+                _remove_quietly(blobs, rel)  # not registered: nothing may point at it, leave nothing behind
+            raise                            # else perhaps registered: cleanup removes it if it was not
         return Image(**d["image"])
+
+    # -- what an API host forwarding to the registry host needs (``vhdkit serve --registry``)
+    @staticmethod
+    def _img(d: dict) -> Image:
+        return Image(**d["image"])
+
+    def list_images(self, caller: Caller, params: Optional[Any] = None, **kw: Any) -> ImageList:
+        d = self._op("list_images", caller=_caller(caller), params=_pairs(params, kw))
+        return ImageList([Image(**i) for i in d["images"]], d.get("next_marker"))
+
+    def update_image(self, caller: Caller, image_id: str, changes: Sequence[Any]) -> Image:
+        return self._img(self._op("update_image", caller=_caller(caller), image_id=image_id, changes=list(changes)))
+
+    def deactivate_image(self, caller: Caller, image_id: str) -> Image:
+        return self._img(self._op("deactivate_image", caller=_caller(caller), image_id=image_id))
+
+    def reactivate_image(self, caller: Caller, image_id: str) -> Image:
+        return self._img(self._op("reactivate_image", caller=_caller(caller), image_id=image_id))
+
+    def add_tag(self, caller: Caller, image_id: str, tag: str) -> None:
+        self._op("add_tag", caller=_caller(caller), image_id=image_id, tag=tag)
+
+    def delete_tag(self, caller: Caller, image_id: str, tag: str) -> None:
+        self._op("delete_tag", caller=_caller(caller), image_id=image_id, tag=tag)
+
+    def add_member(self, caller: Caller, image_id: str, member_id: str) -> Member:
+        return Member(**self._op("add_member", caller=_caller(caller), image_id=image_id,
+                                 member_id=member_id)["member"])
+
+    def list_members(self, caller: Caller, image_id: str) -> List[Member]:
+        return [Member(**m) for m in self._op("list_members", caller=_caller(caller), image_id=image_id)["members"]]
+
+    def show_member(self, caller: Caller, image_id: str, member_id: str) -> Member:
+        return Member(**self._op("show_member", caller=_caller(caller), image_id=image_id,
+                                 member_id=member_id)["member"])
+
+    def update_member(self, caller: Caller, image_id: str, member_id: str, status: str) -> Member:
+        return Member(**self._op("update_member", caller=_caller(caller), image_id=image_id, member_id=member_id,
+                                 status=status)["member"])
+
+    def delete_member(self, caller: Caller, image_id: str, member_id: str) -> None:
+        self._op("delete_member", caller=_caller(caller), image_id=image_id, member_id=member_id)
+
+    def create_task(self, caller: Caller, type: str, input: Any) -> Task:
+        return self._t(self._op("create_task", caller=_caller(caller), type=type, input=input))  # type: ignore
+
+    def list_tasks(self, caller: Caller, params: Optional[Any] = None) -> TaskList:
+        d = self._op("list_tasks", caller=_caller(caller), params=_pairs(params, {}))
+        return TaskList([Task(**t) for t in d["tasks"]], d.get("next_marker"))
+
+    def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
+               virtual_size: Optional[int] = None, progress: Optional[Callable[[int, Optional[int]], None]] = None
+               ) -> Image:
+        """Store ``stream`` as the image's data: the registry host reserves the
+        image (``saving``, a token and a lease), this host streams the bytes into
+        Swift itself, hashing them on the way (md5, sha512), renewing the lease
+        meanwhile, and the registry host makes the image active.  On failure the
+        image returns to ``queued`` and the stored part is removed; if this host
+        dies instead, its lease runs out and the registry host's cleanup (or the
+        next upload to the image) does both."""
+        from .registry import blobs as _blobs
+
+        lease = self.upload_lease
+        d = self._op("begin_upload", caller=_caller(caller), image_id=image_id, lease_seconds=lease)
+        token, img = str(d["token"]), Image(**d["image"])
+        store = self.upload_store()
+        up = store.new_upload(img.id, token).open()
+        cap = d.get("size_cap")
+        up.limit = cap if isinstance(cap, int) else None
+        keeper = _LeaseKeeper(self, img.id, token, lease)
+        sent = False
+        try:
+            up.write_from(stream, progress=progress, total=size)
+            digest = up.digest()
+            if size is not None and digest.size != size:
+                raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
+            keeper.check()
+            up.publish()
+            if virtual_size is None and img.disk_format == "vhd":
+                virtual_size = _blobs.footer_virtual_size(getattr(up, "tail", b""))
+            keeper.stop()
+            sent = True
+            return self._img(self._op("commit_upload", caller=_caller(caller), image_id=img.id, token=token,
+                                      size=digest.size, md5=digest.md5, sha512=digest.sha512,
+                                      virtual_size=virtual_size))
+        except BaseException as exc:
+            keeper.stop()
+            if not sent or _refused(exc):
+                up.release()
+                up.discard()   # the segments stored so far
+                try:
+                    self._op("abort_upload", image_id=img.id, token=token)
+                except VhdkitError:
+                    pass       # the lease runs out; the registry host's cleanup resets the image
+            raise
+        finally:
+            keeper.stop()
+            up.release()
+
+    def upload_store(self):
+        """A blob store in this host's scratch directory whose data goes to Swift
+        (the lock file of each upload stays local; the bytes do not)."""
+        if self._upload_store is None:
+            from .registry.blobs import BlobStore
+
+            self.blobs()  # VHDKIT_BLOB_STORE must name Swift (clear error otherwise)
+            store = BlobStore(os.path.join(self.scratch, "blobs"))
+            assert store.remote is not None
+            self._upload_store = store
+        return self._upload_store
+
+
+def _pairs(params: Any, kw: Dict[str, Any]) -> List[List[str]]:
+    """Query parameters (mapping or pairs, values str or lists) as JSON [key, value] pairs."""
+    items: List[Any] = []
+    if params is not None:
+        items.extend(params.items() if hasattr(params, "items") else params)
+    items.extend(kw.items())
+    out: List[List[str]] = []
+    for k, v in items:
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            out.append([str(k), x if isinstance(x, str) else str(x)])
+    return out
+
+
+class _Unreachable(StorageError):
+    """The registry host did not answer, or failed (5xx): a call may or may not
+    have taken effect there.  A forwarding API host answers its customer 503."""
+    code = "registry_unavailable"
+    http_status = 503
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the registry host refused the call (it surely did not take
+    effect); False for a lost connection or a server failure, after which it
+    may have: nothing the call could refer to may be deleted then."""
+    return isinstance(exc, VhdkitError) and not isinstance(exc, _Unreachable)
+
+
+def _remove_quietly(blobs, rel: str) -> None:
+    try:
+        blobs.remove(rel)
+    except VhdkitError:
+        pass
+
+
+class _LeaseKeeper:
+    """Renews a forwarded upload's lease every third of its length, in a thread,
+    until stopped; remembers why it could not (``check()`` raises it)."""
+
+    def __init__(self, reg: "RemoteRegistry", image_id: str, token: str, lease: float) -> None:
+        self.reg, self.image_id, self.token, self.lease = reg, image_id, token, lease
+        self.error: Optional[BaseException] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{image_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                self.reg._op("renew_upload", image_id=self.image_id, token=self.token, lease_seconds=self.lease)
+            except ConflictError as e:   # deleted, reset or replaced: stop streaming
+                self.error = e
+                return
+            except VhdkitError:
+                continue                 # a lost connection: retry within the lease
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 class RemoteWorker:

@@ -57,6 +57,18 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
 
 
 def _open_registry(settings: Settings):
+    """The registry in ``settings.data_dir``; or, with ``registry_url``, the
+    registry host it names, reached over its internal routes (this host keeps
+    only scratch files: the lock files of uploads it streams into Swift)."""
+    if settings.registry_url:
+        import os
+
+        from ..remote import RemoteRegistry
+
+        scratch = os.path.abspath(settings.data_dir or os.path.join(".", ".vhdkit"))
+        reg = RemoteRegistry(settings.registry_url, scratch=scratch, upload_lease=settings.upload_lease)
+        reg.upload_store()   # image data must be in Swift: fail at start, not at the first upload
+        return reg
     from ..registry import Registry
     return Registry(settings.data_dir, size_cap=settings.max_image_size)
 

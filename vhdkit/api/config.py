@@ -17,6 +17,8 @@ class Settings:
     upload_min_rate: int = 1024           # bytes/s an upload must average ...
     upload_rate_grace: float = 60.0       # ... once it has run this many seconds
     chunk_size: int = 1 << 20             # bytes per streamed download chunk
+    registry_url: Optional[str] = None    # forward registry calls to this registry host (vhdkit serve --registry)
+    upload_lease: float = 60.0            # seconds of a forwarded upload's lease (renewed every third)
 
     ENV = {
         "data_dir": "VHDKIT_HOME",
@@ -27,6 +29,8 @@ class Settings:
         "upload_min_rate": "VHDKIT_API_UPLOAD_MIN_RATE",
         "upload_rate_grace": "VHDKIT_API_UPLOAD_RATE_GRACE",
         "chunk_size": "VHDKIT_API_CHUNK_SIZE",
+        "registry_url": "VHDKIT_REGISTRY_URL",
+        "upload_lease": "VHDKIT_API_UPLOAD_LEASE",
     }
 
     @classmethod
@@ -37,7 +41,7 @@ class Settings:
             raw = env.get(cls.ENV[f.name])
             if raw is None or raw == "":
                 continue
-            kw[f.name] = raw if f.name == "data_dir" else type(f.default)(raw)
+            kw[f.name] = raw if f.default is None else type(f.default)(raw)
         return cls(**kw)
 
     def to_env(self) -> dict:

@@ -36,9 +36,10 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_response(status: int, message: str, headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: Optional[Mapping[str, str]] = None,
+                   extra: Optional[Mapping[str, str]] = None) -> JSONResponse:
     title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    body = {"error": {"code": status, "title": title, "message": f"{status} {title}: {message}"}}
+    body = {"error": {"code": status, "title": title, "message": f"{status} {title}: {message}", **(extra or {})}}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 

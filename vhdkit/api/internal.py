@@ -17,6 +17,18 @@ name of an image's data, which the worker reads from Swift itself) and
 Image operations act as the caller the worker names (the task's owner and its
 roles, or the service identity for that account), so the registry's rules
 apply exactly as for a local worker.
+
+An API host that forwards to this one (``vhdkit serve --registry URL``, see
+:class:`vhdkit.remote.RemoteRegistry`) also uses ``list_images``,
+``update_image``, ``deactivate_image``, ``reactivate_image``, ``add_tag``,
+``delete_tag``, the member operations, ``create_task``, ``list_tasks`` and the
+upload protocol ``begin_upload`` / ``renew_upload`` / ``commit_upload`` /
+``abort_upload`` (the image is held with a lease while the forwarding host
+streams the data into Swift).  A registry error is answered with its type,
+code and message beside the usual body (``error.type``, ``error.kind``,
+``error.detail``), so the forwarding host raises the same error and its
+customer sees the same answer.  A forwarding host's own internal routes
+answer 421: workers point at the registry host.
 """
 from __future__ import annotations
 
@@ -28,9 +40,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, VhdkitError
 from ..registry import Caller
-from .errors import ApiError
+from .errors import ApiError, error_response, status_of
 from .http import call, json_object, read_json, registry, write_call
 
 TOKEN_ENV = "VHDKIT_SERVICE_TOKEN"
@@ -133,9 +145,131 @@ async def _register_blob(request, reg, body):
     return _image(img)
 
 
+# ---- what an API host that forwards to this one needs (``vhdkit serve --registry``) ----
+
+def _list(body: dict, key: str) -> list:
+    v = body.get(key)
+    if not isinstance(v, list):
+        raise InvalidInputError(f"{key} must be a list")
+    return v
+
+
+def _pairs(body: dict) -> list:
+    """Query parameters as [key, value] string pairs (the API host's parse of its query string)."""
+    pairs = _list(body, "params")
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs):
+        raise InvalidInputError("params must be a list of [key, value] string pairs")
+    return [tuple(p) for p in pairs]
+
+
+def _obj(value) -> dict:
+    return dataclasses.asdict(value)
+
+
+async def _list_images(request, reg, body):
+    page = await call(reg.list_images, _caller(body), _pairs(body))
+    return {"images": [_obj(i) for i in page.images], "next_marker": page.next_marker}
+
+
+async def _update_image(request, reg, body):
+    return _image(await write_call(request, reg.update_image, _caller(body), _str(body, "image_id"),
+                                   _list(body, "changes")))
+
+
+def _image_action(method: str):
+    async def op(request, reg, body):
+        return _image(await write_call(request, getattr(reg, method), _caller(body), _str(body, "image_id")))
+    return op
+
+
+def _tag_action(method: str):
+    async def op(request, reg, body):
+        await write_call(request, getattr(reg, method), _caller(body), _str(body, "image_id"), _str(body, "tag"))
+        return {}
+    return op
+
+
+async def _add_member(request, reg, body):
+    return {"member": _obj(await write_call(request, reg.add_member, _caller(body), _str(body, "image_id"),
+                                            _str(body, "member_id")))}
+
+
+async def _list_members(request, reg, body):
+    return {"members": [_obj(m) for m in await call(reg.list_members, _caller(body), _str(body, "image_id"))]}
+
+
+async def _show_member(request, reg, body):
+    return {"member": _obj(await call(reg.show_member, _caller(body), _str(body, "image_id"),
+                                      _str(body, "member_id")))}
+
+
+async def _update_member(request, reg, body):
+    return {"member": _obj(await write_call(request, reg.update_member, _caller(body), _str(body, "image_id"),
+                                            _str(body, "member_id"), _str(body, "status")))}
+
+
+async def _delete_member(request, reg, body):
+    await write_call(request, reg.delete_member, _caller(body), _str(body, "image_id"), _str(body, "member_id"))
+    return {}
+
+
+async def _create_task(request, reg, body):
+    task_input = body.get("input")
+    if not isinstance(task_input, dict):
+        raise InvalidInputError("input must be an object")
+    return _task(await write_call(request, reg.create_task, _caller(body), _str(body, "type"), task_input))
+
+
+async def _list_tasks(request, reg, body):
+    page = await call(reg.list_tasks, _caller(body), _pairs(body))
+    return {"tasks": [_obj(t) for t in page.tasks], "next_marker": page.next_marker}
+
+
+def _seconds(body: dict) -> float:
+    v = body.get("lease_seconds")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InvalidInputError("lease_seconds must be a number")
+    return float(v)
+
+
+async def _begin_upload(request, reg, body):
+    token, img = await write_call(request, reg.begin_remote_upload, _caller(body), _str(body, "image_id"),
+                                  lease_seconds=_seconds(body))
+    return {"token": token, "blob": reg.blobs.final_rel(img.id, token), "size_cap": reg.size_cap,
+            "image": _obj(img)}
+
+
+async def _renew_upload(request, reg, body):
+    await write_call(request, reg.renew_remote_upload, _str(body, "image_id"), _str(body, "token"),
+                     lease_seconds=_seconds(body))
+    return {}
+
+
+async def _commit_upload(request, reg, body):
+    vs = body.get("virtual_size")
+    img = await write_call(request, reg.commit_remote_upload, _caller(body), _str(body, "image_id"),
+                           _str(body, "token"), size=body.get("size"), md5=body.get("md5"),
+                           sha512=body.get("sha512"), virtual_size=vs)
+    return _image(img)
+
+
+async def _abort_upload(request, reg, body):
+    await write_call(request, reg.abort_remote_upload, _str(body, "image_id"), _str(body, "token"))
+    return {}
+
+
 OPS = {"claim": _claim, "heartbeat": _heartbeat, "finish": _finish, "show_task": _show_task,
        "show_image": _show_image, "create_image": _create_image, "delete_image": _delete_image,
-       "open_data": _open_data, "register_blob": _register_blob}
+       "open_data": _open_data, "register_blob": _register_blob,
+       # an API host forwarding to this one
+       "list_images": _list_images, "update_image": _update_image,
+       "deactivate_image": _image_action("deactivate_image"), "reactivate_image": _image_action("reactivate_image"),
+       "add_tag": _tag_action("add_tag"), "delete_tag": _tag_action("delete_tag"),
+       "add_member": _add_member, "list_members": _list_members, "show_member": _show_member,
+       "update_member": _update_member, "delete_member": _delete_member,
+       "create_task": _create_task, "list_tasks": _list_tasks,
+       "begin_upload": _begin_upload, "renew_upload": _renew_upload, "commit_upload": _commit_upload,
+       "abort_upload": _abort_upload}
 
 
 async def internal(request: Request) -> JSONResponse:
@@ -143,8 +277,19 @@ async def internal(request: Request) -> JSONResponse:
     op = OPS.get(request.path_params["op"])
     if op is None:
         raise ApiError(404, "no such internal operation")
+    reg = registry(request)
+    upstream = getattr(reg, "api_url", None)
+    if upstream is not None:
+        raise ApiError(421, f"this API host forwards to the registry host {upstream}: point workers and "
+                            "other API hosts at that one")
     body = json_object(await read_json(request))
-    return JSONResponse(await op(request, registry(request), body))
+    try:
+        return JSONResponse(await op(request, reg, body))
+    except VhdkitError as exc:
+        # the caller re-raises the same error (type, code, message): a forwarding
+        # API host answers its customer exactly as this host would
+        return error_response(status_of(exc), exc.message,
+                              extra={"type": type(exc).__name__, "kind": exc.code, "detail": exc.message})
 
 
 async def _refuse(request: Request) -> JSONResponse:

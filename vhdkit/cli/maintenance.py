@@ -56,7 +56,8 @@ def cleanup(data_dir, grace, dry_run, as_json):
     from ..maintenance import cleanup as run
     from ..registry import Registry
 
-    rep = run(Registry(data_dir), data_dir, grace=grace, dry_run=dry_run)
+    # cleanup=False: opening must not clean already (a dry run changes nothing; the report counts all)
+    rep = run(Registry(data_dir, cleanup=False), data_dir, grace=grace, dry_run=dry_run)
     d = rep.to_dict()
     emit(d, as_json, _human)
     if rep.errors:

@@ -16,10 +16,14 @@ from ._common import emit, json_option
               help="Registry data directory (default: $VHDKIT_HOME or ./.vhdkit).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (they share the registry's data directory).")
+@click.option("--registry", "registry_url", default=None, metavar="URL",
+              help="Forward every registry call to the registry host at URL (another `vhdkit serve`) instead "
+                   "of opening a registry here; needs VHDKIT_SERVICE_TOKEN and VHDKIT_BLOB_STORE=swift "
+                   "(default: $VHDKIT_REGISTRY_URL).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @json_option
-def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json: bool) -> None:
+def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level: str, as_json: bool) -> None:
     """Serve the registry over HTTP as an OpenStack Images v2 API.
 
     Callers identify themselves with `X-Auth-Token: ACCOUNT:ROLE[,ROLE...]`
@@ -27,6 +31,12 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
     anything but a trusted network.  Limits and timeouts come from the
     VHDKIT_API_* environment variables (see vhdkit/api/config.py; the request
     line plus headers are capped by VHDKIT_API_MAX_REQUEST_HEAD, 64 KiB).
+
+    With --registry URL this host keeps no registry: it answers the same API
+    by forwarding each call to the registry host's internal routes, and
+    streams image data to and from Swift itself, so several API hosts can
+    serve one registry (see docs/deployment.md); --data then holds only
+    scratch files.
 
     \b
     Example:
@@ -37,9 +47,14 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
 
     if data_dir is not None:
         os.environ["VHDKIT_HOME"] = os.path.abspath(data_dir)
+    registry_url = registry_url or os.environ.get("VHDKIT_REGISTRY_URL") or None
+    if registry_url:
+        _check_forwarding(registry_url)
+        os.environ["VHDKIT_REGISTRY_URL"] = registry_url
     where = {"url": f"http://{host}:{port}", "data": os.environ.get("VHDKIT_HOME") or os.path.abspath(".vhdkit"),
-             "workers": workers}
-    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))")
+             "workers": workers, "registry": registry_url or "local"}
+    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))"
+         + (f", forwarding to the registry host {w['registry']}" if registry_url else ""))
     uvicorn.run(
         "vhdkit.api.app:app_factory",
         factory=True,
@@ -54,3 +69,17 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
         proxy_headers=False,
         http="vhdkit.api.protocol:BoundedHttpToolsProtocol",
     )
+
+
+def _check_forwarding(url: str) -> None:
+    """What an API host that forwards to a registry host needs, checked before it starts."""
+    from ..errors import InvalidInputError
+
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInputError(f"--registry {url!r} is not an http(s):// URL")
+    if not os.environ.get("VHDKIT_SERVICE_TOKEN"):
+        raise InvalidInputError("--registry needs the registry host's service token in VHDKIT_SERVICE_TOKEN")
+    spec = os.environ.get("VHDKIT_BLOB_STORE", "")
+    if not (spec == "swift" or spec.startswith("swift+")):
+        raise InvalidInputError("--registry needs VHDKIT_BLOB_STORE=swift (the registry host's settings): image "
+                                "data must be in Swift for several API hosts to share it")

@@ -19,6 +19,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core import Registry  # noqa: F401
 
 Progress = Optional[Callable[[int, Optional[int]], None]]
+_UPLOADING = ("SELECT id, upload_token, upload_lease_until FROM images WHERE status IN ('saving', 'importing') "
+              "AND upload_token IS NOT NULL")
+#: bounds of a forwarded upload's lease, seconds
+MIN_LEASE_S, MAX_LEASE_S = 1.0, 3600.0
+
+
+def _lease(seconds: Any) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not MIN_LEASE_S <= seconds <= MAX_LEASE_S:
+        raise InvalidInputError(f"lease_seconds must be a number from {MIN_LEASE_S:g} to {MAX_LEASE_S:g}")
+    return float(seconds)
+
 
 class ImageData:
     """An open handle on an active image's data (see :meth:`Registry.open_data`).
@@ -48,21 +60,96 @@ class DataMixin:
         up = self.blobs.new_upload(str(image_id), token).open()
         up.limit = self.size_cap
         try:
-            with self._write() as conn:
-                img = self._get_for("upload_data", caller, image_id, conn)
-                if img.status not in ("queued", "importing"):
-                    raise ConflictError(f"image {img.id} is '{img.status}': data can be uploaded "
-                                        "only to a queued image")
-                if not img.disk_format or not img.container_format:
-                    raise InvalidInputError("set disk_format and container_format before uploading data")
-                new_status = "saving" if img.status == "queued" else "importing"
-                conn.execute("UPDATE images SET status = ?, upload_token = ?, updated_at = ? WHERE id = ?",
-                             (new_status, token, self._now(), img.id))
+            img = self._start_upload(caller, image_id, token, lease_until=None)
         except BaseException:
             up.discard()
             up.release()
             raise
         return UploadWriter(self, caller, img, up)
+
+    def _start_upload(self: "Registry", caller: Caller, image_id: str, token: str,
+                      lease_until: Optional[str]) -> Image:
+        """Mark the image ``saving`` (``importing`` stays) under ``token``.  A
+        lapsed forwarded upload (its lease ran out: the API host that made it
+        died) is reset first, so the image does not stay stuck until a cleanup."""
+        reaped = False
+        with self._write() as conn:
+            img = self._get_for("upload_data", caller, image_id, conn)
+            row = conn.execute("SELECT upload_token, upload_lease_until FROM images WHERE id = ?",
+                               (img.id,)).fetchone()
+            if img.status == "saving" and row[1] is not None and row[1] < self._now():
+                conn.execute("INSERT OR IGNORE INTO trash (path, created_at) VALUES (?, ?)",
+                             (self.blobs.final_rel(img.id, row[0]), self._now()))
+                img.status, reaped = "queued", True
+            if img.status not in ("queued", "importing"):
+                raise ConflictError(f"image {img.id} is '{img.status}': data can be uploaded "
+                                    "only to a queued image")
+            if not img.disk_format or not img.container_format:
+                raise InvalidInputError("set disk_format and container_format before uploading data")
+            img.status = "saving" if img.status == "queued" else "importing"
+            conn.execute("UPDATE images SET status = ?, upload_token = ?, upload_lease_until = ?, "
+                         "updated_at = ? WHERE id = ?", (img.status, token, lease_until, self._now(), img.id))
+        if reaped:
+            self._empty_trash()
+        return img
+
+    # ---- uploads forwarded by another API host (``vhdkit serve --registry``) ----
+    def begin_remote_upload(self: "Registry", caller: Caller, image_id: str, *,
+                            lease_seconds: float) -> Tuple[str, Image]:
+        """Reserve the image for an upload that another API host streams into
+        Swift itself: the image turns ``saving`` under a new token with a lease
+        of ``lease_seconds``, which that host renews (:meth:`renew_remote_upload`)
+        while data flows.  Returns the token; the data goes to
+        ``swift/<image id>.<token>``.  A lease that runs out counts as a dead
+        upload: :meth:`cleanup`, or the next upload to the image, resets it and
+        removes its data.  Internal (service route ``/internal/v1``)."""
+        if self.blobs.remote is None:
+            raise InvalidInputError("this registry does not keep image data in Swift (VHDKIT_BLOB_STORE): "
+                                    "an API host that forwards to it cannot store uploads")
+        token = uuid.uuid4().hex
+        img = self._start_upload(caller, image_id, token, lease_until=self._lease_until(_lease(lease_seconds)))
+        return token, self._present(caller, img)
+
+    def renew_remote_upload(self: "Registry", image_id: str, token: str, *, lease_seconds: float) -> None:
+        """Extend the lease of a forwarded upload; ConflictError (code
+        ``upload_lost``) when the upload is no longer the image's current one
+        (deleted, reset by a cleanup after its lease ran out, or replaced)."""
+        with self._write() as conn:
+            n = conn.execute("UPDATE images SET upload_lease_until = ? WHERE id = ? AND upload_token = ? "
+                             "AND upload_lease_until IS NOT NULL",
+                             (self._lease_until(_lease(lease_seconds)), str(image_id), str(token))).rowcount
+        if n != 1:
+            raise ConflictError(f"image {image_id}: the upload is no longer current (deleted, reset or "
+                                "replaced)", code="upload_lost")
+
+    def commit_remote_upload(self: "Registry", caller: Caller, image_id: str, token: str, *, size: int,
+                             md5: str, sha512: str, virtual_size: Optional[int] = None) -> Image:
+        """Make the image active with the data of a forwarded upload (stored in
+        Swift as ``swift/<image id>.<token>``, whose sidecar must record ``size``)."""
+        if not (isinstance(token, str) and len(token) == 32 and all(c in "0123456789abcdef" for c in token)):
+            raise InvalidInputError("an upload token is 32 hex digits")
+        blob = self.blobs.final_rel(str(image_id), token)
+        self._check_remote_blob(image_id, blob, size, md5, sha512)
+        with self._write() as conn:
+            img = self._get_for("upload_data", caller, image_id, conn)
+            row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
+            if row[0] != token:
+                raise ConflictError(f"image {img.id} was deleted or reset during the upload", code="upload_lost")
+            out = self._activate(conn, img.id, size, md5, sha512, virtual_size, blob)
+        return self._present(caller, out)
+
+    def abort_remote_upload(self: "Registry", image_id: str, token: str) -> None:
+        """Give up a forwarded upload: the image returns to ``queued`` and what
+        was stored of its data is removed (a no-op if it is no longer current)."""
+        with self._write() as conn:
+            n = conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, "
+                             "updated_at = ? WHERE id = ? AND upload_token = ? AND upload_lease_until IS NOT NULL",
+                             (self._now(), str(image_id), str(token))).rowcount
+            if n:
+                conn.execute("INSERT OR IGNORE INTO trash (path, created_at) VALUES (?, ?)",
+                             (self.blobs.final_rel(str(image_id), str(token)), self._now()))
+        if n:
+            self._empty_trash()
 
     def upload(self: "Registry", caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
                virtual_size: Optional[int] = None, progress: Progress = None) -> Image:
@@ -94,19 +181,7 @@ class DataMixin:
         m = _re.fullmatch(r"swift/([0-9a-f-]{36})\.([0-9a-f]{32})", blob or "")
         if m is None or m.group(1) != str(image_id):
             raise InvalidInputError(f"blob {blob!r} is not swift/{image_id}.<token>")
-        if self.blobs.remote is None:
-            raise InvalidInputError("this registry does not keep image data in Swift (VHDKIT_BLOB_STORE)")
-        if not (isinstance(size, int) and size >= 0 and _re.fullmatch(r"[0-9a-f]{32}", md5 or "")
-                and _re.fullmatch(r"[0-9a-f]{128}", sha512 or "")):
-            raise InvalidInputError("register_blob needs size, md5 and sha512 hex digests")
-        from .. import segments
-
-        man = segments.load_manifest(self.blobs.remote.store, self.blobs.remote.container,
-                                     self.blobs.remote.name(blob))
-        if man.size != size:
-            raise IntegrityError(f"blob {blob}: Swift's sidecar records {man.size} bytes, not {size}")
-        if self.size_cap is not None and size > self.size_cap:
-            raise QuotaError(f"image data of {size} bytes exceeds the size limit of {self.size_cap} bytes")
+        self._check_remote_blob(image_id, blob, size, md5, sha512)
         with self._write() as conn:
             img = self._get_for("upload_data", caller, image_id, conn)
             if img.status != "queued":
@@ -114,13 +189,42 @@ class DataMixin:
                                     "queued image")
             if not img.disk_format or not img.container_format:
                 raise InvalidInputError("set disk_format and container_format before registering data")
-            conn.execute(
-                "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
-                "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, updated_at = ? WHERE id = ?",
-                (size, md5, sha512, virtual_size, blob, self._now(), img.id))
-            out = self._load(conn, img.id)
-        assert out is not None
+            out = self._activate(conn, img.id, size, md5, sha512, virtual_size, blob)
         return self._present(caller, out)
+
+    def _check_remote_blob(self: "Registry", image_id: str, blob: str, size: Any, md5: Any, sha512: Any) -> None:
+        """Checks of data another host stored in Swift: the registry keeps data in
+        Swift, the digests are hex of the right length, the size is within the
+        cap and Swift's sidecar records exactly ``size`` bytes."""
+        import re as _re
+
+        if self.blobs.remote is None:
+            raise InvalidInputError("this registry does not keep image data in Swift (VHDKIT_BLOB_STORE)")
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0
+                and isinstance(md5, str) and _re.fullmatch(r"[0-9a-f]{32}", md5)
+                and isinstance(sha512, str) and _re.fullmatch(r"[0-9a-f]{128}", sha512)):
+            raise InvalidInputError("registering image data needs size, md5 and sha512 hex digests")
+        if self.size_cap is not None and size > self.size_cap:
+            raise QuotaError(f"image data of {size} bytes exceeds the size limit of {self.size_cap} bytes")
+        from .. import segments
+
+        man = segments.load_manifest(self.blobs.remote.store, self.blobs.remote.container,
+                                     self.blobs.remote.name(blob))
+        if man.size != size:
+            raise IntegrityError(f"blob {blob}: Swift's sidecar records {man.size} bytes, not {size}")
+
+    def _activate(self: "Registry", conn, image_id: str, size: int, md5: str, sha512: str,
+                  virtual_size: Optional[int], blob: str) -> Image:
+        if virtual_size is not None and (not isinstance(virtual_size, int) or isinstance(virtual_size, bool)
+                                         or virtual_size < 0):
+            raise InvalidInputError("virtual_size must be a non-negative integer")
+        conn.execute(
+            "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
+            "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, upload_lease_until = NULL, "
+            "updated_at = ? WHERE id = ?", (size, md5, sha512, virtual_size, blob, self._now(), image_id))
+        out = self._load(conn, image_id)
+        assert out is not None
+        return out
 
     def open_data(self: "Registry", caller: Caller, image_id: str) -> ImageData:
         """The data of an active image (the file is opened lazily by the iterators;
@@ -188,6 +292,14 @@ class DataMixin:
         """The part file and the final blob file of an upload."""
         return self.blobs.part_path(tok), self.blobs.path(self.blobs.final_rel(image_id, tok))
 
+    def _upload_alive(self: "Registry", image_id: str, tok: str, lease: Optional[str]) -> bool:
+        """A local upload holds a lock on its part (or final) file; a forwarded
+        one (another API host streams it into Swift) holds a lease it renews."""
+        if lease is not None:
+            return lease >= self._now()
+        part, final = self._upload_files(image_id, tok)
+        return _blobs.is_locked(part) or _blobs.is_locked(final)
+
     def _dead_parts(self: "Registry", live_tokens: set) -> List[str]:
         """Names in the blob tmp directory that no live upload holds."""
         try:
@@ -210,10 +322,8 @@ class DataMixin:
         reset, the tmp files it would remove, the trash it would empty."""
         conn = self._conn()
         resets, live = [], set()
-        for image_id, tok in conn.execute("SELECT id, upload_token FROM images WHERE status IN ('saving', "
-                                          "'importing') AND upload_token IS NOT NULL").fetchall():
-            part, final = self._upload_files(image_id, tok)
-            if _blobs.is_locked(part) or _blobs.is_locked(final):
+        for image_id, tok, lease in conn.execute(_UPLOADING).fetchall():
+            if self._upload_alive(image_id, tok, lease):
                 live.add(tok)
             else:
                 resets.append(image_id)
@@ -229,20 +339,19 @@ class DataMixin:
         report = {"reset_uploads": 0, "removed_parts": 0, "removed_blobs": 0}
         conn = self._conn()
         live_tokens = set()
-        stuck = conn.execute("SELECT id, upload_token FROM images WHERE status IN ('saving', 'importing') "
-                             "AND upload_token IS NOT NULL").fetchall()
-        for image_id, tok in stuck:
+        for image_id, tok, _lease in conn.execute(_UPLOADING).fetchall():
             with self._write() as c:
-                row = c.execute("SELECT upload_token FROM images WHERE id = ?", (image_id,)).fetchone()
+                row = c.execute("SELECT upload_token, upload_lease_until FROM images WHERE id = ?",
+                                (image_id,)).fetchone()
                 if row is None or row[0] != tok:
                     continue
-                part, final = self._upload_files(image_id, tok)
-                if _blobs.is_locked(part) or _blobs.is_locked(final):
+                if self._upload_alive(image_id, tok, row[1]):
                     live_tokens.add(tok)
                     continue
+                part, final = self._upload_files(image_id, tok)
                 self.blobs.unlink(part)
                 self.blobs.unlink(final)
-                c.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
+                c.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, updated_at = ? "
                           "WHERE id = ?", (self._now(), image_id))
                 report["reset_uploads"] += 1
         for name in self._dead_parts(live_tokens):
@@ -335,12 +444,7 @@ class UploadWriter(io.RawIOBase):
                 row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
                 if row is None or row[0] != up.token:
                     raise ConflictError(f"image {img.id} was deleted or reset during the upload")
-                conn.execute(
-                    "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
-                    "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, updated_at = ? "
-                    "WHERE id = ?",
-                    (digest.size, digest.md5, digest.sha512, virtual_size, rel, reg._now(), img.id))
-                out = reg._load(conn, img.id)
+                out = reg._activate(conn, img.id, digest.size, digest.md5, digest.sha512, virtual_size, rel)
         except BaseException:
             self.abort()
             raise
@@ -359,7 +463,7 @@ class UploadWriter(io.RawIOBase):
         up.discard()
         try:
             with self._reg._write() as conn:
-                conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, updated_at = ? "
+                conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, updated_at = ? "
                              "WHERE id = ? AND upload_token = ?", (self._reg._now(), self._img.id, up.token))
         except VhdkitError:
             pass  # cleanup() resets it later

@@ -127,6 +127,10 @@ MIGRATIONS: List[str] = [
     "\n".join(["DROP INDEX ix_images_owner_name;", "DROP INDEX ix_images_owner_created;",
                "DROP INDEX ix_images_vis_name;", "DROP INDEX ix_images_vis_created;"]
               + [f"CREATE INDEX {name} ON images({cols});" for name, cols in _list_indexes()]),
+    # 2 -> 3: uploads made by an API host that forwards to this registry
+    # (``vhdkit serve --registry URL``) hold a lease instead of a local lock:
+    # the time (stored text form) until which the upload counts as alive.
+    "ALTER TABLE images ADD COLUMN upload_lease_until TEXT;",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
