@@ -105,39 +105,3 @@ def test_lazy_names_of_the_package_resolve():
         assert getattr(R, name) is not None, name
     with pytest.raises(AttributeError):
         R.no_such_name  # noqa: B018
-
-
-# ---- the program's exit after image show/download (see cli._common.closes_everything) ----
-
-_PROGRAM = ("import atexit, gc, sys\n"
-            "atexit.register(lambda: print('frozen:', gc.get_freeze_count() > 0, file=sys.stderr))\n"
-            "from vhdkit.cli import main\n"
-            "sys.argv[0] = 'vhdkit'\n")
-
-
-def _program(home: Path, call: str, *args: str):
-    env = dict(os.environ, VHDKIT_HOME=str(home), VHDKIT_ACCOUNT=OWNER, VHDKIT_ROLES="cloudImages:admin")
-    return subprocess.run([sys.executable, "-c", _PROGRAM + call, *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env)
-
-
-def test_show_and_download_skip_the_last_collection_only_as_the_program(home, tmp_path):
-    data = os.urandom(1 << 20)
-    img = _image(home, data, name="gc")
-    out = tmp_path / "o.bin"
-    r = _program(home, "main(prog_name='vhdkit')", "image", "download", img.id, "--output", str(out))
-    assert r.returncode == 0 and out.read_bytes() == data, r.stderr
-    assert r.stderr.strip().splitlines()[-1] == "frozen: True"
-    r = _program(home, "main(prog_name='vhdkit')", "image", "show", img.id, "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["name"] == "gc", r.stderr
-    assert r.stderr.strip().splitlines()[-1] == "frozen: True"
-    # a failing download: same message and status, no output file
-    r = _program(home, "main(prog_name='vhdkit')", "image", "download", "0" * 8 + "-0000-4000-8000-" + "0" * 12,
-                 "--output", str(tmp_path / "none.bin"))
-    assert r.returncode == 1 and "vhdkit: error: image" in r.stderr and "not found" in r.stderr
-    assert not (tmp_path / "none.bin").exists()
-    # other commands, and callers that pass their own arguments (tests, CliRunner), keep the collector
-    r = _program(home, "main(prog_name='vhdkit')", "image", "list", "--json")
-    assert r.returncode == 0 and r.stderr.strip().splitlines()[-1] == "frozen: False", r.stderr
-    r = _program(home, f"main(['image', 'show', '{img.id}'], prog_name='vhdkit')")
-    assert r.returncode == 0 and r.stderr.strip().splitlines()[-1] == "frozen: False", r.stderr

@@ -14,7 +14,7 @@ import importlib
 
 import click
 
-from ._common import VhdkitGroup, ends_tidy
+from ._common import VhdkitGroup
 
 #: The command modules, each registering its commands on `main` when imported.
 _MODULES = ("inspect", "convert", "chains", "packaging", "registry", "tasks", "serve", "maintenance")
@@ -39,17 +39,6 @@ class _LazyGroup(VhdkitGroup):
     def list_commands(self, ctx: click.Context):
         self._load_all()
         return super().list_commands(ctx)
-
-    def main(self, args=None, *rest, **kw):
-        if args is not None:   # called from code with its own arguments (tests, CliRunner): plain click
-            return super().main(args, *rest, **kw)
-        try:                   # the program: the console script, python -m vhdkit
-            return super().main(args, *rest, **kw)
-        finally:
-            if ends_tidy():
-                import gc
-
-                gc.freeze()    # exit without a last walk over every object (see _common.closes_everything)
 
     def get_command(self, ctx: click.Context, name: str):
         if name not in self.commands:

@@ -23,26 +23,6 @@ class VhdkitGroup(click.Group):
             ctx.exit(1)
 
 
-_tidy = False
-
-
-def closes_everything() -> None:
-    """Called by a command that closes every file and connection it opens and
-    starts no thread (image show, image download).  The program (not a caller
-    of :data:`vhdkit.cli.main` with explicit arguments, e.g. tests) then
-    freezes the garbage collector when the command ends: the interpreter's
-    last collection at exit would walk every object of every module loaded
-    (click, typing, ...), ~6 ms of such a command's ~100, to find nothing of
-    this command's to finalize (see ``_LazyGroup.main``)."""
-    global _tidy
-    _tidy = True
-
-
-def ends_tidy() -> bool:
-    """Whether the command that ran called :func:`closes_everything`."""
-    return _tidy
-
-
 def json_option(f: Callable) -> Callable:
     """The --json flag every command offers."""
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)

@@ -17,7 +17,7 @@ import click
 from ..fileutil import atomic_fd
 from ..progress import Progress
 from . import main
-from ._common import SIZE, closes_everything, emit, json_option
+from ._common import SIZE, emit, json_option
 
 
 def _registry_options(f: Callable) -> Callable:
@@ -190,7 +190,6 @@ def image_show(reg, caller, image_id, as_json):
     Example:
       vhdkit image show 0b6d7a3e-9a83-4b3e-8a1c-0f7e0c9e2d11
     """
-    closes_everything()
     emit(reg.show_image(caller, image_id).to_dict(), as_json, _kv)
 
 
@@ -314,7 +313,6 @@ def image_download(reg, caller, image_id, output, offset, length, no_sync, verif
     Example:
       vhdkit image download ID -o disk.vhd
     """
-    closes_everything()
     h = reg.open_data(caller, image_id)
     total = (h.size - offset) if length is None else min(length, max(h.size - offset, 0))
     if verify and (output == "-" or offset or (length is not None and length < h.size)):
