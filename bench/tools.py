@@ -180,6 +180,17 @@ def registry_upload(home: str, path: str) -> int:
     return 0
 
 
+def registry_download(home: str, image_id: str, out: str) -> int:
+    """Registry.download of an image into a new file (as cp writes its copy)."""
+    from vhdkit.registry import Registry
+    from vhdkit.registry.rbac import Caller
+    reg = Registry(home)
+    with open(out, "wb") as f:
+        reg.download(Caller.parse("acctup", "admin"), image_id, f)
+    reg.close()
+    return 0
+
+
 def api_time(op: str, path: str, repeat: int, out: str) -> int:
     """Median seconds of vhdkit.vhd.check(path) / info(path) called in process."""
     from vhdkit import vhd
@@ -196,6 +207,7 @@ EXTRA = {
     "registry-populate": lambda a: registry_populate(a[0], int(a[1])),
     "registry-time": lambda a: registry_time(a[0], a[1], int(a[2]), a[3]),
     "registry-upload": lambda a: registry_upload(a[0], a[1]),
+    "registry-download": lambda a: registry_download(a[0], a[1], a[2]),
 }
 
 
