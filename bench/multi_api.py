@@ -39,16 +39,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from swift_export import swift_aio  # noqa: E402  (the same Swift all-in-one start/stop)
+
 MiB = 1 << 20
 
 
 def _size(s: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(float(s[:-1]) * units[s[-1].upper()]) if s[-1].upper() in units else int(s)
-
-
-def _read_env(path: Path) -> dict:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 def _port() -> int:
@@ -105,20 +104,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "multi_api")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vhdkit-multi-api-", dir=a.work))
-    aio, servers = None, []
+    servers: list = []
     try:
-        if not os.environ.get("VHDKIT_SWIFT_AUTH_URL"):
-            aio = work / "swift"
-            r = subprocess.run([sys.executable, str(ROOT / "scripts" / "swift_aio.py"), "start", "--dir", str(aio)],
-                               capture_output=True, text=True, check=True)
-            os.environ.update(_read_env(Path(r.stdout.strip().splitlines()[-1])))
-        _bench(a, work, servers)
+        with swift_aio(work):
+            try:
+                _bench(a, work, servers)
+            finally:
+                for s in servers:
+                    s.stop()
     finally:
-        for s in servers:
-            s.stop()
-        if aio is not None:
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "swift_aio.py"), "stop", "--dir", str(aio)],
-                           capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

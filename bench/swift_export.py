@@ -25,6 +25,7 @@ run, with the load average before each run (the machine is shared).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -52,6 +53,24 @@ def _read_env(path: Path) -> dict:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
+@contextlib.contextmanager
+def swift_aio(work: Path):
+    """A Swift all-in-one under ``work/swift`` for the block (its settings put into
+    os.environ), unless VHDKIT_SWIFT_AUTH_URL already names one."""
+    if os.environ.get("VHDKIT_SWIFT_AUTH_URL"):
+        yield
+        return
+    aio = work / "swift"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "swift_aio.py"), "start", "--dir", str(aio)],
+                       capture_output=True, text=True, check=True)
+    os.environ.update(_read_env(Path(r.stdout.strip().splitlines()[-1])))
+    try:
+        yield
+    finally:
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "swift_aio.py"), "stop", "--dir", str(aio)],
+                       capture_output=True)
+
+
 def make_vhd(raw: Path, vhd: Path, size: int) -> None:
     """Pseudo-random data in every 2 MiB block (a 64 MiB random pattern, each
     copy tagged, so no two blocks are equal), converted by vhdkit to dynamic."""
@@ -75,18 +94,10 @@ def main() -> None:
     a = ap.parse_args()
     size = _size(a.size)
     work = Path(tempfile.mkdtemp(prefix="vhdkit-swift-bench-", dir=a.work))
-    aio = None
     try:
-        if not os.environ.get("VHDKIT_SWIFT_AUTH_URL"):
-            aio = work / "swift"
-            r = subprocess.run([sys.executable, str(ROOT / "scripts" / "swift_aio.py"), "start", "--dir", str(aio)],
-                               capture_output=True, text=True, check=True)
-            os.environ.update(_read_env(Path(r.stdout.strip().splitlines()[-1])))
-        _bench(a, size, work)
+        with swift_aio(work):
+            _bench(a, size, work)
     finally:
-        if aio is not None:
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "swift_aio.py"), "stop", "--dir", str(aio)],
-                           capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
