@@ -62,11 +62,6 @@ class CleanupReport:
         return dict(self.__dict__)
 
 
-def _referenced(reg, image_id: str, token: str, rel: str) -> bool:
-    row = reg._conn().execute("SELECT blob, upload_token FROM images WHERE id = ?", (image_id,)).fetchone()
-    return row is not None and (row[0] == rel or row[1] == token)
-
-
 def _age(path: str, now: float) -> float:
     try:
         return now - os.lstat(path).st_mtime
@@ -92,7 +87,7 @@ def _swift_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
     now = time.time()
     for base, objs in sorted(groups.items()):
         image_id, token = base.split(".")
-        if _referenced(reg, image_id, token, SWIFT_REL + base):
+        if reg.refers_to_blob(image_id, token, SWIFT_REL + base):
             continue
         if now - max(o["last_modified"] for o in objs) < grace:
             rep.kept_young += 1
@@ -102,11 +97,10 @@ def _swift_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
         if dry_run:
             continue
         # re-check under the registry's write lock: an upload may have committed meanwhile
-        with reg._write():
-            if _referenced(reg, image_id, token, SWIFT_REL + base):
-                rep.swift_blobs.pop()
-                rep.swift_objects -= len(objs)
-                continue
+        if reg.refers_to_blob(image_id, token, SWIFT_REL + base, locked=True):
+            rep.swift_blobs.pop()
+            rep.swift_objects -= len(objs)
+            continue
         for o in sorted(objs, key=lambda o: o["name"], reverse=True):  # manifest and sidecar go first
             try:
                 remote.store.delete(remote.container, o["name"])
@@ -131,7 +125,7 @@ def _local_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
             if not m:
                 continue
             rel, full = f"{sub}/{name}", os.path.join(d, name)
-            if _referenced(reg, m.group(1), m.group(2), rel) or _blobs.is_locked(full):
+            if reg.refers_to_blob(m.group(1), m.group(2), rel) or _blobs.is_locked(full):
                 continue
             if _age(full, now) < grace:
                 rep.kept_young += 1
@@ -139,14 +133,13 @@ def _local_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
             rep.local_blobs.append(rel)
             if dry_run:
                 continue
-            with reg._write():
-                if _referenced(reg, m.group(1), m.group(2), rel):
-                    rep.local_blobs.pop()
-                    continue
-                try:
-                    os.unlink(full)  # only the local file: a Swift blob's objects are judged above
-                except FileNotFoundError:
-                    pass
+            if reg.refers_to_blob(m.group(1), m.group(2), rel, locked=True):
+                rep.local_blobs.pop()
+                continue
+            try:
+                os.unlink(full)  # only the local file: a Swift blob's objects are judged above
+            except FileNotFoundError:
+                pass
 
 
 def _work_dirs(reg, home: str, grace: float, dry_run: bool, rep: CleanupReport) -> None:

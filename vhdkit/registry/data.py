@@ -275,6 +275,18 @@ class DataMixin:
             raise NotFoundError(f"image {image_id} not found") from None
 
     # ---- cleanup ----
+    def refers_to_blob(self: "Registry", image_id: str, token: str, rel: str, *, locked: bool = False) -> bool:
+        """Whether a registry row refers to blob ``rel`` (as an image's data) or
+        to the upload ``token`` of ``image_id`` (in progress).  ``locked``: ask
+        under the registry's write lock, so that no upload commits meanwhile
+        (for a caller about to remove the blob when the answer is no)."""
+        if not locked:
+            row = self._conn().execute("SELECT blob, upload_token FROM images WHERE id = ?",
+                                       (image_id,)).fetchone()
+            return row is not None and (row[0] == rel or row[1] == token)
+        with self._write():
+            return self.refers_to_blob(image_id, token, rel)
+
     def _empty_trash(self: "Registry") -> int:
         conn = self._conn()
         removed = 0
