@@ -314,6 +314,10 @@ def test_serve_refuses_to_forward_without_token_or_swift(reghost, tmp_path):
     assert r.returncode == 1 and "VHDKIT_SERVICE_TOKEN" in r.stderr
     r = subprocess.run(cmd, env=dict(base, VHDKIT_SERVICE_TOKEN=TOKEN), capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "VHDKIT_BLOB_STORE=swift" in r.stderr
+    for bad in ("0", "1e9", "soon"):
+        r = subprocess.run(cmd, env=dict(base, VHDKIT_SERVICE_TOKEN=TOKEN, VHDKIT_BLOB_STORE="swift",
+                                          VHDKIT_API_UPLOAD_LEASE=bad), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "VHDKIT_API_UPLOAD_LEASE" in r.stderr, r.stderr
 
 
 def _cleanup(reghost) -> dict:
