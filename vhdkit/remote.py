@@ -334,7 +334,6 @@ class RemoteRegistry:
                                       size=digest.size, md5=digest.md5, sha512=digest.sha512,
                                       virtual_size=virtual_size))
         except BaseException as exc:
-            keeper.stop()
             if not sent or _refused(exc):
                 up.release()
                 up.discard()   # the segments stored so far
@@ -361,16 +360,10 @@ class RemoteRegistry:
 
 
 def _pairs(params: Any, kw: Dict[str, Any]) -> List[List[str]]:
-    """Query parameters (mapping or pairs, values str or lists) as JSON [key, value] pairs."""
-    items: List[Any] = []
-    if params is not None:
-        items.extend(params.items() if hasattr(params, "items") else params)
-    items.extend(kw.items())
-    out: List[List[str]] = []
-    for k, v in items:
-        for x in (v if isinstance(v, (list, tuple)) else [v]):
-            out.append([str(k), x if isinstance(x, str) else str(x)])
-    return out
+    """Query parameters as JSON [key, value] pairs, normalised as the registry does."""
+    from .registry.query import param_pairs
+
+    return [[k, v] for k, v in param_pairs(params, kw)]
 
 
 class _Unreachable(StorageError):

@@ -79,13 +79,16 @@ def _check_forwarding(url: str) -> None:
         raise InvalidInputError(f"--registry {url!r} is not an http(s):// URL")
     if not os.environ.get("VHDKIT_SERVICE_TOKEN"):
         raise InvalidInputError("--registry needs the registry host's service token in VHDKIT_SERVICE_TOKEN")
+    from ..registry.data import MAX_LEASE_S, MIN_LEASE_S
+
     lease = os.environ.get("VHDKIT_API_UPLOAD_LEASE") or "60"
     try:
-        ok = 1 <= float(lease) <= 3600
+        ok = MIN_LEASE_S <= float(lease) <= MAX_LEASE_S
     except ValueError:
         ok = False
     if not ok:
-        raise InvalidInputError(f"VHDKIT_API_UPLOAD_LEASE {lease!r}: expected seconds from 1 to 3600")
+        raise InvalidInputError(f"VHDKIT_API_UPLOAD_LEASE {lease!r}: expected seconds from {MIN_LEASE_S:g} "
+                                f"to {MAX_LEASE_S:g}")
     spec = os.environ.get("VHDKIT_BLOB_STORE", "")
     if not (spec == "swift" or spec.startswith("swift+")):
         raise InvalidInputError("--registry needs VHDKIT_BLOB_STORE=swift (the registry host's settings): image "

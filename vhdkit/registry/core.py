@@ -370,16 +370,9 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         ``sort_key``/``sort_dir``, ``marker``, ``limit``.  Keyword arguments are
         added to ``params``."""
         require_role("list_images", caller)
-        pairs: List[Tuple[str, Any]] = []
-        if params is not None:
-            pairs.extend(params.items() if isinstance(params, Mapping) else params)  # type: ignore[arg-type]
-        pairs.extend(kw.items())
-        flat: List[Tuple[str, Any]] = []
-        for k, v in pairs:
-            flat.extend((k, x) for x in v) if isinstance(v, (list, tuple)) else flat.append((k, v))
-        from .query import build_list_sql, parse_list_params
+        from .query import build_list_sql, param_pairs, parse_list_params
 
-        q = parse_list_params(flat)
+        q = parse_list_params(param_pairs(params, kw))
         account = None if caller.is_service else caller.account
         with self._read() as conn:
             marker_values = None
@@ -481,7 +474,6 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
             if img.protected:
                 raise ForbiddenError(f"image {img.id} is protected and cannot be deleted")
             row = conn.execute("SELECT blob, upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
-            now = self._now()
             trash = []
             if row["blob"]:
                 trash.append(row["blob"])
@@ -489,8 +481,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                 tok = row["upload_token"]
                 trash += [os.path.relpath(self.blobs.part_path(tok), self.blobs.root),
                           self.blobs.final_rel(img.id, tok)]
-            conn.executemany("INSERT OR IGNORE INTO trash (path, created_at) VALUES (?, ?)",
-                             [(p, now) for p in trash])
+            self._trash(conn, trash)
             conn.execute("DELETE FROM images WHERE id = ?", (img.id,))
         self._empty_trash()
 

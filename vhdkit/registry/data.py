@@ -77,9 +77,8 @@ class DataMixin:
             img = self._get_for("upload_data", caller, image_id, conn)
             row = conn.execute("SELECT upload_token, upload_lease_until FROM images WHERE id = ?",
                                (img.id,)).fetchone()
-            if img.status == "saving" and row[1] is not None and row[1] < self._now():
-                conn.execute("INSERT OR IGNORE INTO trash (path, created_at) VALUES (?, ?)",
-                             (self.blobs.final_rel(img.id, row[0]), self._now()))
+            if img.status == "saving" and row[1] is not None and not self._upload_alive(img.id, row[0], row[1]):
+                self._trash(conn, [self.blobs.final_rel(img.id, row[0])])
                 img.status, reaped = "queued", True
             if img.status not in ("queued", "importing"):
                 raise ConflictError(f"image {img.id} is '{img.status}': data can be uploaded "
@@ -146,8 +145,7 @@ class DataMixin:
                              "updated_at = ? WHERE id = ? AND upload_token = ? AND upload_lease_until IS NOT NULL",
                              (self._now(), str(image_id), str(token))).rowcount
             if n:
-                conn.execute("INSERT OR IGNORE INTO trash (path, created_at) VALUES (?, ?)",
-                             (self.blobs.final_rel(str(image_id), str(token)), self._now()))
+                self._trash(conn, [self.blobs.final_rel(str(image_id), str(token))])
         if n:
             self._empty_trash()
 
@@ -286,6 +284,11 @@ class DataMixin:
             return row is not None and (row[0] == rel or row[1] == token)
         with self._write():
             return self.refers_to_blob(image_id, token, rel)
+
+    def _trash(self: "Registry", conn, rels: List[str]) -> None:
+        """Record blobs (and upload files) to remove once nothing holds them (see :meth:`_empty_trash`)."""
+        now = self._now()
+        conn.executemany("INSERT OR IGNORE INTO trash (path, created_at) VALUES (?, ?)", [(p, now) for p in rels])
 
     def _empty_trash(self: "Registry") -> int:
         conn = self._conn()

@@ -64,18 +64,20 @@ class ListQuery:
     limit: int = DEFAULT_LIMIT
 
 
-def _pairs(params: Optional[Params]) -> List[Tuple[str, str]]:
-    if params is None:
-        return []
-    if isinstance(params, Mapping):
-        out: List[Tuple[str, str]] = []
-        for k, v in params.items():
-            if isinstance(v, (list, tuple)):
-                out.extend((k, x) for x in v)
-            else:
-                out.append((k, v))
-    else:
-        out = list(params)
+def param_pairs(params: Optional[Params], extra: Optional[Mapping[str, Any]] = None) -> List[Tuple[str, str]]:
+    """Query parameters -- a mapping or (key, value) pairs, a value a string or a
+    list of them (a repeated key), then ``extra`` -- as (key, string) pairs."""
+    items: List[Tuple[Any, Any]] = []
+    if params is not None:
+        items.extend(params.items() if isinstance(params, Mapping) else params)  # type: ignore[arg-type]
+    if extra:
+        items.extend(extra.items())
+    out: List[Tuple[Any, Any]] = []
+    for k, v in items:
+        if isinstance(v, (list, tuple)):
+            out.extend((k, x) for x in v)
+        else:
+            out.append((k, v))
     for k, v in out:
         if not isinstance(k, str) or not isinstance(v, (str, int, bool)):
             raise InvalidInputError(f"bad list parameter {k!r}")
@@ -184,7 +186,7 @@ def parse_list_params(params: Optional[Params]) -> ListQuery:
     sort_keys: List[str] = []
     sort_dirs: List[str] = []
     seen: Dict[str, int] = {}
-    for key, value in _pairs(params):
+    for key, value in param_pairs(params):
         seen[key] = seen.get(key, 0) + 1
         if seen[key] > 1 and key not in ("tag", "sort_key", "sort_dir", "sort"):
             raise InvalidInputError(f"filter {key!r} given more than once")

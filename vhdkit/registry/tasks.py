@@ -80,12 +80,12 @@ class TasksMixin:
     def list_tasks(self: "Registry", caller: Caller, params: Optional[Params] = None) -> TaskList:  # type: ignore[misc]
         """The caller account's tasks; params: ``type``, ``status``, ``sort_key``
         (created_at, updated_at, id, status, type), ``sort_dir``, ``marker``, ``limit``."""
-        from .query import DEFAULT_LIMIT, MAX_LIMIT, _int, _pairs
+        from .query import DEFAULT_LIMIT, MAX_LIMIT, _int, param_pairs
 
         require_role("list_tasks", caller)
         where, args = ["owner = ?"], [caller.account]
         limit, marker, key, d = DEFAULT_LIMIT, None, "created_at", "desc"
-        for k, v in _pairs(params):
+        for k, v in param_pairs(params):
             if k == "type":
                 if v not in TASK_TYPES:
                     raise InvalidInputError(f"invalid task type {v!r}")
