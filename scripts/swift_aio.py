@@ -159,6 +159,18 @@ def stop(d: Path) -> None:
     state.unlink()
 
 
+def status(d: Path, name: str) -> None:
+    """Print the ports and live processes of the servers started in ``d``;
+    exit 1 unless every one is alive."""
+    st = d / "state.json"
+    if not st.exists():
+        sys.exit(f"{name}: not running")
+    s = json.loads(st.read_text())
+    alive = [p for p in s["pids"] if _alive(p)]
+    print(json.dumps({"ports": s["ports"], "alive": len(alive), "of": len(s["pids"])}))
+    sys.exit(0 if len(alive) == len(s["pids"]) else 1)
+
+
 #: What the Swift servers must not inherit: the sanitizer pass of scripts/test
 #: preloads libasan into every process it starts, and Swift is not ours to check.
 _SCRUB = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "PYTHONPATH", "PYTHONHOME")
@@ -255,13 +267,7 @@ def main() -> None:
     elif a.action == "stop":
         stop(d)
     else:
-        st = d / "state.json"
-        if not st.exists():
-            sys.exit("swift_aio: not running")
-        s = json.loads(st.read_text())
-        alive = [p for p in s["pids"] if _alive(p)]
-        print(json.dumps({"ports": s["ports"], "alive": len(alive), "of": len(s["pids"])}))
-        sys.exit(0 if len(alive) == len(s["pids"]) else 1)
+        status(d, "swift_aio")
 
 
 if __name__ == "__main__":

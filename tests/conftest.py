@@ -53,4 +53,4 @@ def sample(samples_dir, tmp_path_factory):
 # The Swift all-in-one fixtures (tests/helpers_swift.py) are registered once for
 # the whole session here: imported into several test modules instead, each
 # module would get its own "session" fixture and start another Swift.
-pytest_plugins = ["helpers_swift"]
+pytest_plugins = ["helpers_swift", "helpers_keystone"]

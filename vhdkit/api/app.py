@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from . import images, internal, members, schemas, tasks, versions
+from .auth import IdentityMiddleware, provider_for
 from .config import Settings
 from .errors import EXCEPTION_HANDLERS
 from .http import NegotiationMiddleware
@@ -46,11 +47,12 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
 
     app = Starlette(
         routes=versions.ROUTES + schemas.ROUTES + images.ROUTES + members.ROUTES + tasks.ROUTES + internal.ROUTES,
-        middleware=[Middleware(NegotiationMiddleware)],
+        middleware=[Middleware(NegotiationMiddleware), Middleware(IdentityMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.identity = provider_for(settings)
     if registry is not None:
         app.state.registry = registry
     return app

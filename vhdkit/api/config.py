@@ -19,6 +19,20 @@ class Settings:
     chunk_size: int = 1 << 20             # bytes per streamed download chunk
     registry_url: Optional[str] = None    # forward registry calls to this registry host (vhdkit serve --registry)
     upload_lease: float = 60.0            # seconds of a forwarded upload's lease (renewed every third)
+    # ---- identity (vhdkit/api/auth.py; README "Identity") ----
+    auth: str = "headers"                 # "headers" (trusted upstream) or "keystone" (validate X-Auth-Token)
+    keystone_url: Optional[str] = None    # Keystone v3 auth URL, e.g. http://keystone:5000/v3
+    keystone_public_url: Optional[str] = None  # named in 401s' WWW-Authenticate (default: keystone_url)
+    keystone_user: Optional[str] = None   # the service user that validates tokens ...
+    keystone_password: Optional[str] = None    # ... its password (environment only, never a flag)
+    keystone_project: str = "service"     # ... and the project it is scoped to
+    keystone_user_domain: str = "Default"
+    keystone_project_domain: str = "Default"
+    keystone_cache_seconds: float = 300.0  # a validated token is trusted this long at most (or until it expires)
+    keystone_cache_size: int = 10000      # tokens remembered per process
+    keystone_timeout: float = 10.0        # seconds for one call to Keystone
+    keystone_role_map: str = "member=cloudImages:admin,reader=cloudImages:observer"  # keystone role=vhdkit role
+    keystone_operator_roles: str = "admin"  # on the admin project: set owner, make public, see all images
 
     ENV = {
         "data_dir": "VHDKIT_HOME",
@@ -31,6 +45,19 @@ class Settings:
         "chunk_size": "VHDKIT_API_CHUNK_SIZE",
         "registry_url": "VHDKIT_REGISTRY_URL",
         "upload_lease": "VHDKIT_API_UPLOAD_LEASE",
+        "auth": "VHDKIT_AUTH",
+        "keystone_url": "VHDKIT_KEYSTONE_URL",
+        "keystone_public_url": "VHDKIT_KEYSTONE_PUBLIC_URL",
+        "keystone_user": "VHDKIT_KEYSTONE_USER",
+        "keystone_password": "VHDKIT_KEYSTONE_PASSWORD",
+        "keystone_project": "VHDKIT_KEYSTONE_PROJECT",
+        "keystone_user_domain": "VHDKIT_KEYSTONE_USER_DOMAIN",
+        "keystone_project_domain": "VHDKIT_KEYSTONE_PROJECT_DOMAIN",
+        "keystone_cache_seconds": "VHDKIT_KEYSTONE_CACHE_SECONDS",
+        "keystone_cache_size": "VHDKIT_KEYSTONE_CACHE_SIZE",
+        "keystone_timeout": "VHDKIT_KEYSTONE_TIMEOUT",
+        "keystone_role_map": "VHDKIT_KEYSTONE_ROLE_MAP",
+        "keystone_operator_roles": "VHDKIT_KEYSTONE_OPERATOR_ROLES",
     }
 
     @classmethod
