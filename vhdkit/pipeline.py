@@ -89,7 +89,7 @@ class TaskFailed(VhdkitError):
 class PipelineConfig:
     """Where a worker keeps its data and what it accepts.
 
-    ``home`` is the data directory (``VHDKIT_HOME``); the registry lives there,
+    ``home`` is the data directory (:func:`vhdkit.home.data_home`); the registry lives there,
     the embedded object store in ``home/objects`` (one directory per account),
     and task directories in ``home/work`` (removed on success, failure and restart).
     """
@@ -108,7 +108,9 @@ class PipelineConfig:
 
     @classmethod
     def from_env(cls, home: Optional[os.PathLike | str] = None, **kw: Any) -> "PipelineConfig":
-        h = Path(home if home is not None else os.environ.get("VHDKIT_HOME", ".vhdkit"))
+        from .home import data_home
+
+        h = Path(data_home(home))
         env = {"max_virtual_size": ("VHDKIT_MAX_VIRTUAL_SIZE", int),
                "max_file_size": ("VHDKIT_MAX_FILE_SIZE", int),
                "segment_size": ("VHDKIT_SEGMENT_SIZE", int),

@@ -67,3 +67,45 @@ class SizeType(click.ParamType):
 
 
 SIZE = SizeType()
+
+
+# ------------------------------------------- identity and data location
+# Every command that touches the registry, the object store or a worker's data
+# takes these options from here, so `--data`/VHDKIT_HOME and
+# `--account`/`--roles`/VHDKIT_ACCOUNT/VHDKIT_ROLES mean the same everywhere.
+
+def data_option(help_text: str = "Data directory (registry, object store, task work).") -> Callable:
+    """--data DIR [env VHDKIT_HOME]; the command receives ``data_dir`` (None: the default)."""
+    return click.option("--data", "data_dir", envvar="VHDKIT_HOME", metavar="DIR", default=None,
+                        help=f"{help_text} [env VHDKIT_HOME; default $XDG_DATA_HOME/vhdkit, "
+                             "i.e. ~/.local/share/vhdkit].")
+
+
+def identity_options(f: Callable) -> Callable:
+    """--account ID and --roles R1,R2 [env VHDKIT_ACCOUNT, VHDKIT_ROLES]."""
+    f = click.option("--roles", envvar="VHDKIT_ROLES", metavar="R1,R2", default=None,
+                     help="Your roles, comma-separated, e.g. cloudImages:admin [env VHDKIT_ROLES].")(f)
+    return click.option("--account", envvar="VHDKIT_ACCOUNT", metavar="ID", default=None,
+                        help="Your account (tenant) id [env VHDKIT_ACCOUNT].")(f)
+
+
+def caller_of(account: Optional[str], roles: Optional[str]):
+    """The registry identity the options name; a usage error (exit 2) without an account."""
+    from ..registry import Caller
+
+    if not account:
+        raise click.UsageError("no identity: give --account ID (or set VHDKIT_ACCOUNT), "
+                               "and your roles with --roles (or VHDKIT_ROLES)")
+    return Caller.parse(account, roles or "")
+
+
+def open_registry(data_dir: Optional[str], **kw: Any):
+    """The registry in ``data_dir`` (default :func:`vhdkit.home.data_home`);
+    says on stderr where a registry was created, so a wrong --data or
+    VHDKIT_HOME shows at once instead of as an empty list."""
+    from ..registry import Registry
+
+    reg = Registry(data_dir, **kw)
+    if reg.created:
+        click.echo(f"vhdkit: created a new registry in {reg.home}", err=True)
+    return reg

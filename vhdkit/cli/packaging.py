@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import click
 
 from . import main
-from ._common import SIZE, emit, json_option
+from ._common import SIZE, data_option, emit, identity_options, json_option
 from ..errors import InvalidInputError
 from ..fileutil import atomic_file
 from ..progress import Progress
@@ -246,21 +246,32 @@ def ova_unpack(ova_path, dest, no_decompress, max_size, no_verify, as_json) -> N
 
 
 # ---------------------------------------------------------- object store
+#: The store account when no identity is given (the directory store has no roles).
+_DEFAULT_ACCOUNT = "default"
+
+
 def _store_options(f):
+    """--store plus the data directory and identity every command takes (see
+    :func:`vhdkit.cli._common.identity_options`); the store checks no roles."""
     f = click.option("--store", "store_dir", envvar="VHDKIT_STORE",
-                     help="Store directory (default $VHDKIT_HOME/objects), or swift+http(s)://PROXY "
-                          "with VHDKIT_SWIFT_AUTH_URL/USER/KEY set.")(f)
-    f = click.option("--account", default="default", show_default=True, help="Account (tenant) name.")(f)
-    return f
+                     help="Store directory (default DATA/objects), or swift+http(s)://PROXY "
+                          "with VHDKIT_SWIFT_AUTH_URL/USER/KEY set [env VHDKIT_STORE].")(f)
+    return data_option()(identity_options(f))
 
 
-def _open_store(store_dir: Optional[str], account: str):
+def _open_store(store_dir: Optional[str], data_dir: Optional[str], account: Optional[str]):
+    """The object store of ``account`` (default: account ``default``)."""
     from ..store import open_store
 
+    account = account or _DEFAULT_ACCOUNT
     if store_dir and store_dir.startswith(("swift+", "dir:")):
         from ..swiftstore import open_configured_store
 
         return open_configured_store(account, env={**os.environ, "VHDKIT_STORE": store_dir})
+    if not store_dir:
+        from ..home import data_home
+
+        store_dir = os.path.join(data_home(data_dir), "objects")
     return open_store(store_dir, account)
 
 
@@ -291,14 +302,14 @@ def _parse_meta(items) -> dict:
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Object metadata (repeatable).")
 @_store_options
 @json_option
-def object_put(container, name, source, meta, store_dir, account, as_json) -> None:
+def object_put(container, name, source, meta, store_dir, data_dir, account, roles, as_json) -> None:
     """Store FILE (or stdin) as CONTAINER/NAME, atomically (container created if needed).
 
     \b
     Example:
       vhdkit object put images disk.vhd disk.vhd --meta os=linux
     """
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     st.create_container(container)
     with _in(source) as f:
         info = st.put(container, name, f, metadata=_parse_meta(meta))
@@ -311,7 +322,7 @@ def object_put(container, name, source, meta, store_dir, account, as_json) -> No
 @click.option("-o", "--output", default="-", show_default=True, help="Output file or - for stdout.")
 @_store_options
 @json_option
-def object_get(container, name, output, store_dir, account, as_json) -> None:
+def object_get(container, name, output, store_dir, data_dir, account, roles, as_json) -> None:
     """Write CONTAINER/NAME to a file (atomically) or stdout.
 
     \b
@@ -320,7 +331,7 @@ def object_get(container, name, output, store_dir, account, as_json) -> None:
     """
     from ..streams import copy_stream
 
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     with st.get(container, name) as r:
         if output == "-":
             copy_stream(r, sys.stdout.buffer)
@@ -337,14 +348,14 @@ def object_get(container, name, output, store_dir, account, as_json) -> None:
 @click.argument("name")
 @_store_options
 @json_option
-def object_stat(container, name, store_dir, account, as_json) -> None:
+def object_stat(container, name, store_dir, data_dir, account, roles, as_json) -> None:
     """Show an object's size, etag and metadata.
 
     \b
     Example:
       vhdkit object stat images disk.vhd --json
     """
-    info = _open_store(store_dir, account).head(container, name)
+    info = _open_store(store_dir, data_dir, account).head(container, name)
     emit(info.to_dict(), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 
@@ -353,14 +364,14 @@ def object_stat(container, name, store_dir, account, as_json) -> None:
 @click.option("--prefix", default="", help="Only names starting with this.")
 @_store_options
 @json_option
-def object_list(container, prefix, store_dir, account, as_json) -> None:
+def object_list(container, prefix, store_dir, data_dir, account, roles, as_json) -> None:
     """List containers, or the objects of CONTAINER.
 
     \b
     Example:
       vhdkit object list images --prefix disk.vhd-
     """
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     if container is None:
         names = st.list_containers()
         emit(names, as_json, lambda d: "\n".join(d))
@@ -374,14 +385,14 @@ def object_list(container, prefix, store_dir, account, as_json) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @_store_options
 @json_option
-def object_delete(container, names, store_dir, account, as_json) -> None:
+def object_delete(container, names, store_dir, data_dir, account, roles, as_json) -> None:
     """Delete objects.
 
     \b
     Example:
       vhdkit object delete images disk.vhd
     """
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     for n in names:
         st.delete(container, n)
     emit({"deleted": list(names)}, as_json, lambda d: "\n".join(f"deleted {container}/{n}" for n in d["deleted"]))
@@ -406,7 +417,8 @@ def segments_group() -> None:
 @click.option("--digits", type=int, default=5, show_default=True, help="Segment number width.")
 @_store_options
 @json_option
-def segments_split(input, name, container, segment_size, digits, store_dir, account, as_json) -> None:
+def segments_split(input, name, container, segment_size, digits, store_dir, data_dir, account, roles,
+                   as_json) -> None:
     """Upload IN as segments with a zero-byte manifest and a JSON sidecar.
 
     \b
@@ -415,7 +427,7 @@ def segments_split(input, name, container, segment_size, digits, store_dir, acco
     """
     from .. import segments
 
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     total = _size_of(input)
     with _in(input) as f, _progress("split", total) as prog:
         man = segments.split(st, container, name, f, segment_size=segment_size, digits=digits,
@@ -430,7 +442,7 @@ def segments_split(input, name, container, segment_size, digits, store_dir, acco
 @click.option("-o", "--output", required=True, help="Output file (written atomically) or - for stdout.")
 @_store_options
 @json_option
-def segments_join(container, name, output, store_dir, account, as_json) -> None:
+def segments_join(container, name, output, store_dir, data_dir, account, roles, as_json) -> None:
     """Join and verify the segments of CONTAINER/NAME.
 
     \b
@@ -439,7 +451,7 @@ def segments_join(container, name, output, store_dir, account, as_json) -> None:
     """
     from .. import segments
 
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     with _progress("join", None) as prog:
         if output == "-":
             man = segments.join(st, container, name, sys.stdout.buffer, progress=prog)

@@ -2,8 +2,9 @@
 
 ``vhdkit image create|list|show|update|delete|upload|download|deactivate|reactivate``,
 ``vhdkit image tag add|remove``, ``vhdkit member add|list|show|accept|reject|remove``.
-Identity: ``--account``/``--roles`` or ``VHDKIT_ACCOUNT``/``VHDKIT_ROLES``; data
-directory: ``--data`` or ``VHDKIT_HOME`` (default ``./.vhdkit``).
+Identity and data directory: :func:`vhdkit.cli._common.identity_options` and
+:func:`~vhdkit.cli._common.data_option`.  IMAGE arguments take an id, a name or
+a unique id prefix.
 """
 from __future__ import annotations
 
@@ -17,31 +18,71 @@ import click
 from ..fileutil import atomic_fd
 from ..progress import Progress
 from . import main
-from ._common import SIZE, emit, json_option
+from ._common import SIZE, caller_of, data_option, emit, identity_options, json_option, open_registry
 
 
 def _registry_options(f: Callable) -> Callable:
-    """--data/--account/--roles; the command receives ``reg`` and ``caller``."""
+    """--data/--account/--roles; the command receives ``reg`` and ``caller``,
+    and an ``image_id`` (or ``image_ids``) argument resolved from a name or a
+    unique id prefix (see :func:`_resolve_image`)."""
 
-    @click.option("--data", "data_dir", envvar="VHDKIT_HOME", metavar="DIR",
-                  help="Registry data directory [env VHDKIT_HOME; default ./.vhdkit].")
-    @click.option("--account", envvar="VHDKIT_ACCOUNT", metavar="ID",
-                  help="Your account (tenant) id [env VHDKIT_ACCOUNT].")
-    @click.option("--roles", envvar="VHDKIT_ROLES", metavar="R1,R2",
-                  help="Your roles, comma-separated, e.g. cloudImages:admin [env VHDKIT_ROLES].")
+    @data_option("Registry data directory.")
+    @identity_options
     @functools.wraps(f)
     def wrapper(data_dir, account, roles, **kw):
-        from ..errors import InvalidInputError
-        from ..registry import Caller, Registry
-
-        try:
-            caller = Caller.from_env(account, roles)
-        except InvalidInputError as exc:
-            raise click.UsageError(exc.message)
-        with Registry(data_dir) as reg:
-            return f(reg=reg, caller=caller, **kw)
+        who = caller_of(account, roles)
+        with open_registry(data_dir) as reg:
+            if kw.get("image_id") is not None:
+                kw["image_id"] = _resolve_image(reg, who, kw["image_id"])
+            if kw.get("image_ids"):
+                kw["image_ids"] = tuple(_resolve_image(reg, who, i) for i in kw["image_ids"])
+            return f(reg=reg, caller=who, **kw)
 
     return wrapper
+
+
+_HEX = frozenset("0123456789abcdef-")
+#: The shortest id prefix that names an image (as git's shortest abbreviation).
+_MIN_PREFIX = 4
+
+
+def _resolve_image(reg, who, ref: str) -> str:
+    """The id of the image ``ref`` names, as the ``openstack`` client finds
+    one: an exact id, else a unique name among the images the caller can see,
+    else a unique id prefix of at least 4 characters.  Several matches are an
+    error listing them; no match is left to the command (its not-found
+    message names ``ref``)."""
+    from ..errors import InvalidInputError, NotFoundError
+
+    try:
+        return reg.show_image(who, ref).id
+    except NotFoundError:
+        pass
+    found, what = list(_all_visible(reg, who, [("name", ref)])), "the name"
+    prefix = ref.lower()
+    if not found and len(prefix) >= _MIN_PREFIX and set(prefix) <= _HEX:
+        found, what = [], "the id prefix"
+        for i in _all_visible(reg, who, [("sort", "id:asc")]):
+            if i.id.startswith(prefix):
+                found.append(i)
+            elif i.id > prefix:
+                break
+    if len(found) == 1:
+        return found[0].id
+    if found:
+        listing = ", ".join(f"{i.id} ({i.name or 'no name'}, {i.status}, owner {i.owner})" for i in found)
+        raise InvalidInputError(f"{len(found)} images match {what} {ref!r}: {listing}; give the id of one")
+    return ref
+
+
+def _all_visible(reg, who, params):
+    params = [("visibility", "all"), ("limit", "1000")] + params
+    while True:
+        page = reg.list_images(who, params)
+        yield from page.images
+        if not page.next_marker:
+            return
+        params = [p for p in params if p[0] != "marker"] + [("marker", page.next_marker)]
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -92,7 +133,7 @@ _VIS = click.Choice(["public", "private", "shared", "community"])
 
 @image.command("create")
 @click.option("--name")
-@click.option("--id", "image_id", help="Use this UUID instead of a new one.")
+@click.option("--id", "new_id", help="Use this UUID instead of a new one.")
 @click.option("--disk-format", type=_FMT)
 @click.option("--container-format", type=_CFMT)
 @click.option("--visibility", type=_VIS)
@@ -104,7 +145,7 @@ _VIS = click.Choice(["public", "private", "shared", "community"])
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False), help="Upload this file right away.")
 @_registry_options
 @json_option
-def image_create(reg, caller, name, image_id, disk_format, container_format, visibility, protected,
+def image_create(reg, caller, name, new_id, disk_format, container_format, visibility, protected,
                  min_disk, min_ram, tags, props, file, as_json):
     """Create an image (queued until data is uploaded).
 
@@ -113,7 +154,7 @@ def image_create(reg, caller, name, image_id, disk_format, container_format, vis
       vhdkit image create --name web --disk-format vhd --container-format bare --tag prod --file web.vhd
     """
     body: Dict[str, Any] = _props(props)
-    for k, v in (("name", name), ("id", image_id), ("disk_format", disk_format),
+    for k, v in (("name", name), ("id", new_id), ("disk_format", disk_format),
                  ("container_format", container_format), ("visibility", visibility),
                  ("protected", protected), ("min_disk", min_disk), ("min_ram", min_ram)):
         if v is not None:
