@@ -63,6 +63,18 @@ def remove_dead_temps(directory: Union[str, os.PathLike], name: str, suffix: str
     return gone
 
 
+def refuse_existing(path: Union[str, os.PathLike], overwrite: bool) -> None:
+    """The overwrite rule of every vhdkit writer of a named file: an existing
+    ``path`` is replaced only when ``overwrite`` is true (``-``, stdout, is no
+    file).  The error names the override (``overwrite=True``; ``--force`` on
+    the command line)."""
+    p = os.fspath(path)
+    if not overwrite and p != "-" and os.path.lexists(p):
+        from .errors import ConflictError
+
+        raise ConflictError(f"{p} exists", override=("overwrite", "replace it"))
+
+
 @contextmanager
 def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = True,
               umask_mode: bool = True) -> Iterator[int]:

@@ -1,6 +1,7 @@
 """Shared CLI plumbing: error handling to exit codes, --json emission, sizes."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -16,11 +17,34 @@ class VhdkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VhdkitError as exc:
-            click.echo(f"vhdkit: error: {exc.message}", err=True)
+            click.echo(f"vhdkit: error: {cli_message(exc)}", err=True)
             ctx.exit(1)
         except BrokenPipeError:  # e.g. `vhdkit ... | head`
             sys.stderr.close()
             ctx.exit(1)
+
+
+#: The flag that overrides every refusal of the command line (see VhdkitError.override).
+FORCE = "--force"
+
+
+def cli_message(exc: VhdkitError) -> str:
+    """The error's message as the command line says it: flags, not Python keywords."""
+    if exc.override is None:
+        return exc.message
+    return f"{exc.refusal} (use {FORCE} to {exc.override[1]})"
+
+
+def force_option(f: Callable) -> Callable:
+    """--force: replace an existing output file (the rule: :func:`vhdkit.fileutil.refuse_existing`)."""
+    return click.option(FORCE, "force", is_flag=True, help="Replace the output file if it exists.")(f)
+
+
+def refuse_terminal(path: str, what: str = "binary data") -> None:
+    """Binary output never goes to a terminal (as ``glance image-download``):
+    with PATH "-" stdout must be redirected."""
+    if path == "-" and sys.stdout.isatty():
+        raise click.UsageError(f"refusing to write {what} to a terminal: give -o FILE or redirect stdout")
 
 
 def json_option(f: Callable) -> Callable:
@@ -109,3 +133,32 @@ def open_registry(data_dir: Optional[str], **kw: Any):
     if reg.created:
         click.echo(f"vhdkit: created a new registry in {reg.home}", err=True)
     return reg
+
+
+# ------------------------------------------------------------ formats
+#: Format names on the command line: vhdkit's, and qemu-img's ("vpc" is its VHD).
+_FORMAT_NAMES = {"vhd": "vhd", "vpc": "vhd", "raw": "raw"}
+#: The output format a file name's extension says, as qemu-img users name files.
+_EXTENSIONS = {".vhd": "vhd", ".vpc": "vhd", ".raw": "raw", ".img": "raw"}
+FORMAT = click.Choice(sorted(_FORMAT_NAMES))
+
+
+def image_format(name: Optional[str]) -> Optional[str]:
+    """vhdkit's name of a format given with -f/-F/-O (None stays None: detect)."""
+    return None if name is None else _FORMAT_NAMES[name]
+
+
+def output_format(dst: str, given: Optional[str]) -> str:
+    """The one choice of an output format: -O if given, else DST's extension
+    (stdout, "-", is a VHD as before); an extension that says nothing is
+    refused rather than guessed."""
+    if given is not None:
+        return _FORMAT_NAMES[given]
+    if dst == "-":
+        return "vhd"
+    fmt = _EXTENSIONS.get(os.path.splitext(dst)[1].lower())
+    if fmt is None:
+        known = ", ".join(f"{e} ({f})" for e, f in _EXTENSIONS.items())
+        raise click.UsageError(f"cannot tell the output format from the name {dst!r}: give -O vhd (or vpc) "
+                               f"or -O raw, or use a known extension: {known}")
+    return fmt

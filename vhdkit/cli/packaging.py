@@ -15,9 +15,9 @@ from typing import Iterator, Optional
 import click
 
 from . import main
-from ._common import SIZE, data_option, emit, identity_options, json_option
+from ._common import SIZE, data_option, emit, force_option, identity_options, json_option, refuse_terminal
 from ..errors import InvalidInputError
-from ..fileutil import atomic_file
+from ..fileutil import atomic_file, refuse_existing
 from ..progress import Progress
 
 _SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
@@ -67,8 +67,9 @@ def _size_of(path: str) -> Optional[int]:
 @click.option("--format", "fmt", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True)
 @click.option("--level", type=int, help="gzip 0-9 (default 1, mapped onto ISA-L 0-3); zstd 1-22 (default 3).")
 @click.option("--threads", type=int, default=0, help="Worker threads (default: all cores).")
+@force_option
 @json_option
-def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[int], threads: int,
+def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[int], threads: int, force: bool,
                  as_json: bool) -> None:
     """Compress IN (a file or - for stdin) with parallel gzip or zstd.
 
@@ -79,8 +80,8 @@ def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[in
     from .. import streams
 
     out = output or ("-" if input == "-" else input + _SUFFIX[fmt])
-    if out == "-" and sys.stdout.isatty():
-        raise click.UsageError("refusing to write compressed data to a terminal; use -o FILE")
+    refuse_terminal(out, "compressed data")
+    refuse_existing(out, force)
     total = _size_of(input)
     with _in(input) as src, _progress("compress", total) as prog:
         if out == "-":
@@ -101,8 +102,10 @@ def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[in
 @click.option("-o", "--output", help="Output file, or - for stdout (default: IN without .gz/.zst; stdout for stdin).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "gzip", "zstd"]), default="auto", show_default=True)
 @click.option("--max-size", type=SIZE, help="Refuse output larger than this (gzip-bomb guard), e.g. 100G.")
+@force_option
 @json_option
-def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Optional[int], as_json: bool) -> None:
+def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Optional[int], force: bool,
+                   as_json: bool) -> None:
     """Decompress a gzip (any members) or zstd stream, verifying its checksums.
 
     \b
@@ -122,6 +125,8 @@ def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Option
                     break
             else:
                 raise click.UsageError("cannot derive the output name from IN; use -o")
+    refuse_terminal(out, "decompressed data")
+    refuse_existing(out, force)
     with _in(input) as src, _progress("decompress", _size_of(input)) as prog:
         if out == "-":
             st = streams.decompress(src, sys.stdout.buffer, format=fmt, max_output=max_size,
@@ -167,8 +172,9 @@ def _ova_human(rep) -> str:
 @click.option("--name", help="Package name (descriptor NAME.ovf; default from the disk or output).")
 @click.option("--level", type=int, help="gzip level 0-9 (default 1).")
 @click.option("--threads", type=int, default=0, help="Compression threads (default: all cores).")
+@force_option
 @json_option
-def ova_pack(disks, output, compression, name, level, threads, as_json) -> None:
+def ova_pack(disks, output, compression, name, level, threads, force, as_json) -> None:
     """Pack a VHD (or a chain, leaf first) into an OVA.
 
     One pass: each disk is compressed once straight into a temporary archive
@@ -180,6 +186,7 @@ def ova_pack(disks, output, compression, name, level, threads, as_json) -> None:
     """
     from .. import ova
 
+    refuse_existing(output, force)
     with _progress("pack", None) as prog:
         res = ova.pack(list(disks), output, compress=compression, name=name, level=level,
                        threads=threads or None, progress=prog)
@@ -319,10 +326,12 @@ def object_put(container, name, source, meta, store_dir, data_dir, account, role
 @object_group.command("get")
 @click.argument("container")
 @click.argument("name")
-@click.option("-o", "--output", default="-", show_default=True, help="Output file or - for stdout.")
+@click.option("-o", "--output", default="-", show_default=True,
+              help="Output file or - for stdout (which must not be a terminal).")
+@force_option
 @_store_options
 @json_option
-def object_get(container, name, output, store_dir, data_dir, account, roles, as_json) -> None:
+def object_get(container, name, output, force, store_dir, data_dir, account, roles, as_json) -> None:
     """Write CONTAINER/NAME to a file (atomically) or stdout.
 
     \b
@@ -331,6 +340,8 @@ def object_get(container, name, output, store_dir, data_dir, account, roles, as_
     """
     from ..streams import copy_stream
 
+    refuse_terminal(output, "object data")
+    refuse_existing(output, force)
     st = _open_store(store_dir, data_dir, account)
     with st.get(container, name) as r:
         if output == "-":
@@ -440,9 +451,10 @@ def segments_split(input, name, container, segment_size, digits, store_dir, data
 @click.argument("container")
 @click.argument("name")
 @click.option("-o", "--output", required=True, help="Output file (written atomically) or - for stdout.")
+@force_option
 @_store_options
 @json_option
-def segments_join(container, name, output, store_dir, data_dir, account, roles, as_json) -> None:
+def segments_join(container, name, output, force, store_dir, data_dir, account, roles, as_json) -> None:
     """Join and verify the segments of CONTAINER/NAME.
 
     \b
@@ -451,6 +463,8 @@ def segments_join(container, name, output, store_dir, data_dir, account, roles, 
     """
     from .. import segments
 
+    refuse_terminal(output, "the joined object")
+    refuse_existing(output, force)
     st = _open_store(store_dir, data_dir, account)
     with _progress("join", None) as prog:
         if output == "-":

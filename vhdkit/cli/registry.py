@@ -15,10 +15,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from ..fileutil import atomic_fd
+from ..fileutil import atomic_fd, refuse_existing
 from ..progress import Progress
 from . import main
-from ._common import SIZE, caller_of, data_option, emit, identity_options, json_option, open_registry
+from ._common import (SIZE, caller_of, data_option, emit, force_option, identity_options, json_option,
+                      open_registry, refuse_terminal)
 
 
 def _registry_options(f: Callable) -> Callable:
@@ -142,7 +143,8 @@ _VIS = click.Choice(["public", "private", "shared", "community"])
 @click.option("--min-ram", type=int)
 @click.option("--tag", "tags", multiple=True, help="Repeatable.")
 @click.option("--property", "props", multiple=True, metavar="KEY=VALUE", help="Extra property; repeatable.")
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False), help="Upload this file right away.")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False),
+              help="Upload this file right away (needs --disk-format and --container-format).")
 @_registry_options
 @json_option
 def image_create(reg, caller, name, new_id, disk_format, container_format, visibility, protected,
@@ -153,6 +155,9 @@ def image_create(reg, caller, name, new_id, disk_format, container_format, visib
     Example:
       vhdkit image create --name web --disk-format vhd --container-format bare --tag prod --file web.vhd
     """
+    if file and not (disk_format and container_format):
+        raise click.UsageError("--file needs --disk-format and --container-format (e.g. --disk-format vhd "
+                               "--container-format bare); no image was created")
     body: Dict[str, Any] = _props(props)
     for k, v in (("name", name), ("id", new_id), ("disk_format", disk_format),
                  ("container_format", container_format), ("visibility", visibility),
@@ -163,7 +168,14 @@ def image_create(reg, caller, name, new_id, disk_format, container_format, visib
         body["tags"] = list(tags)
     img = reg.create_image(caller, body)
     if file:
-        img = _upload(reg, caller, img.id, file, None)
+        from ..errors import VhdkitError
+
+        try:
+            img = _upload(reg, caller, img.id, file, None)
+        except VhdkitError as exc:
+            exc.message = (f"image {img.id} was created but uploading {file} failed: {exc.message}; upload again "
+                           f"with `vhdkit image upload {img.id} FILE` or remove it with `vhdkit image delete {img.id}`")
+            raise
     emit(img.to_dict(), as_json, _kv)
 
 
@@ -328,7 +340,8 @@ def image_upload(reg, caller, image_id, file, virtual_size, as_json):
 @image.command("download")
 @click.argument("image_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
-              help="Write here (default stdout).")
+              help="Write here (default stdout, which must not be a terminal).")
+@force_option
 @click.option("--offset", type=SIZE, default=0, help="First byte.")
 @click.option("--length", type=SIZE, default=None, help="Number of bytes.")
 @click.option("--no-sync", is_flag=True,
@@ -339,7 +352,7 @@ def image_upload(reg, caller, image_id, file, virtual_size, as_json):
                    "size, checksum and os_hash_value (whole image to a file only).")
 @_registry_options
 @json_option
-def image_download(reg, caller, image_id, output, offset, length, no_sync, verify, as_json):
+def image_download(reg, caller, image_id, output, force, offset, length, no_sync, verify, as_json):
     """Download an image's data (or a byte range).
 
     With -o FILE the data goes to a temporary .FILE.*.part (copied in the
@@ -354,6 +367,8 @@ def image_download(reg, caller, image_id, output, offset, length, no_sync, verif
     Example:
       vhdkit image download ID -o disk.vhd
     """
+    refuse_terminal(output, "image data")
+    refuse_existing(output, force)
     h = reg.open_data(caller, image_id)
     total = (h.size - offset) if length is None else min(length, max(h.size - offset, 0))
     if verify and (output == "-" or offset or (length is not None and length < h.size)):

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .. import errors
-from ..fileutil import atomic_fd
+from ..fileutil import atomic_fd, refuse_existing
 from ..native import check, ffi, lib, new_err
 
 __all__ = [
@@ -278,8 +278,7 @@ def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterato
         yield _Output(sys.stdout.fileno(), True, False)
         return
     dst = os.fspath(dst)
-    if not overwrite and os.path.lexists(dst):
-        raise errors.ConflictError(f"{dst} exists (pass overwrite=True to replace it)")
+    refuse_existing(dst, overwrite)
     if os.path.isdir(dst):
         raise errors.InvalidInputError(f"{dst} is a directory")
     d = os.path.dirname(os.path.abspath(dst))
@@ -455,7 +454,12 @@ def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None,
     o.force = int(bool(force))
     res = ffi.new("vk_modify_result *")
     err = new_err()
-    check(lib.vk_modify(os.fsencode(path), o, res, err), err)
+    try:
+        check(lib.vk_modify(os.fsencode(path), o, res, err), err)
+    except errors.NoSpaceError as exc:
+        if size is None or force or exc.errno:   # errno set: the disk is full, not a refused shrink
+            raise
+        raise errors.NoSpaceError(exc.message, offset=exc.offset, override=("force", "discard it")) from None
     return ModifyResult(
         path=os.fspath(path), disk_type=_DISK_TYPES.get(int(res.disk_type), "unknown"),
         old_size=int(res.old_size), new_size=int(res.new_size),
