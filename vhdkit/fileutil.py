@@ -76,24 +76,22 @@ def refuse_existing(path: Union[str, os.PathLike], overwrite: bool) -> None:
 
 
 @contextmanager
-def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = True,
-              umask_mode: bool = True) -> Iterator[int]:
+def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = True) -> Iterator[int]:
     """The mechanism under every vhdkit write of a named file: yield the fd of
     a locked temporary file next to ``path`` (see :func:`locked_temp`); when
     the body succeeds, fsync it (unless ``sync`` is false), rename it over
     ``path`` while still locked, and fsync the directory; on any error remove
     it and leave ``path`` as it was.  The fd is closed on exit.  The file
-    gets mode 0666 minus the umask, as a new file would (``umask_mode=False``
-    keeps the temporary file's 0600)."""
+    gets mode 0666 minus the umask, as a file made by ``cp`` or qemu-img
+    would (the temporary file is 0600 until then)."""
     p = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(p))
     fd, tmp = locked_temp(parent, os.path.basename(p), suffix)
     ok = False
     try:
-        if umask_mode:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         yield fd
         if sync:
             os.fsync(fd)
@@ -121,6 +119,6 @@ def atomic_file(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[Bin
     any error the temporary file is removed and ``path`` is left as it was.
     A temporary file left by a killed writer of the same path is removed by
     the next write of that path."""
-    with atomic_fd(path, ".tmp", umask_mode=False) as fd:
+    with atomic_fd(path, ".tmp") as fd:
         with open(fd, mode, closefd=False) as f:
             yield f  # type: ignore[misc]

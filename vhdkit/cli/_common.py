@@ -52,6 +52,20 @@ def json_option(f: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
 
 
+def qemu_json_option(f: Callable) -> Callable:
+    """--json, and qemu-img's spelling of it, --output=json|human."""
+    import functools
+
+    @click.option("--output", "output_format_", type=click.Choice(["human", "json"]), default=None,
+                  help="human or json (qemu-img's spelling of --json).")
+    @json_option
+    @functools.wraps(f)
+    def wrapper(*args: Any, output_format_: Optional[str], as_json: bool, **kw: Any) -> Any:
+        return f(*args, as_json=as_json or output_format_ == "json", **kw)
+
+    return wrapper
+
+
 def emit(obj: Any, as_json: bool, human: Optional[Callable[[Any], str]] = None) -> None:
     """Print ``obj`` as JSON (``--json``) or through ``human`` (default: JSON too)."""
     if as_json or human is None:
@@ -63,6 +77,15 @@ def emit(obj: Any, as_json: bool, human: Optional[Callable[[Any], str]] = None) 
 
 
 _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def sized(n: Optional[int]) -> str:
+    """A size for people and scripts alike: ``1.5 GiB (1610612736 bytes)``."""
+    if n is None:
+        return "-"
+    from ..progress import human_bytes
+
+    return f"{n} bytes" if abs(n) < 1024 else f"{human_bytes(n)} ({n} bytes)"
 
 
 def parse_size(text: str) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from . import main
-from ._common import FORMAT, SIZE, emit, force_option, json_option, output_format, refuse_terminal
+from ._common import FORMAT, SIZE, emit, force_option, json_option, output_format, refuse_terminal, sized
 from ..progress import Progress
 
 
@@ -34,8 +34,8 @@ def snapshot_cmd(parent, child, size, block_size, parents, force, as_json):
     from ..vhd.chain import snapshot
     r = snapshot(parent, child, size=size, block_size=block_size, parents=list(parents) or None, overwrite=force)
     emit(r.to_dict(), as_json,
-         lambda d: f"{d['path']}: differencing VHD over {d['parent']}, {d['virtual_size']} bytes, "
-                   f"block size {d['block_size']}, uuid {d['uuid']}")
+         lambda d: f"{d['path']}: differencing VHD over {d['parent']}, {sized(d['virtual_size'])}, "
+                   f"block size {sized(d['block_size'])}, uuid {d['uuid']}")
 
 
 @main.command("coalesce")
@@ -85,8 +85,8 @@ def coalesce_cmd(leaf, out, out_format, disk_type, block_size, into_parent, pare
                            parents=list(parents) or None, progress=prog, sync=not no_sync, overwrite=force)
     if out != "-":
         emit(r.to_dict(), as_json,
-             lambda d: f"{d['path']}: {d['disk_type'] or 'raw'}, {d['virtual_size']} bytes from {d['layers']} "
-                       f"layers; read {d['bytes_read']} bytes for {d['data_needed']} bytes of data "
+             lambda d: f"{d['path']}: {d['disk_type'] or 'raw'}, {sized(d['virtual_size'])} from {d['layers']} "
+                       f"layers; read {sized(d['bytes_read'])} for {sized(d['data_needed'])} of data "
                        f"(ratio {d['read_ratio']:.4f})")
 
 
@@ -114,8 +114,8 @@ def _human_chain(layers) -> str:
     lines = []
     for d in layers:
         how = f", parent found by {d['parent_found_by']}" if d["parent_found_by"] else ""
-        lines.append(f"{d['index']}: {d['path']}  {d['disk_type']}, {d['virtual_size']} bytes, "
-                     f"{d['allocated_bytes']} allocated, uuid {d['uuid']}{how}")
+        lines.append(f"{d['index']}: {d['path']}  {d['disk_type']}, {sized(d['virtual_size'])}, "
+                     f"{sized(d['allocated_bytes'])} allocated, uuid {d['uuid']}{how}")
     return "\n".join(lines)
 
 

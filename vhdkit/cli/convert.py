@@ -10,7 +10,8 @@ from typing import Optional
 import click
 
 from . import main
-from ._common import FORMAT, SIZE, emit, force_option, image_format, json_option, output_format, refuse_terminal
+from ._common import (FORMAT, SIZE, emit, force_option, image_format, json_option, output_format, refuse_terminal,
+                      sized)
 from ..progress import Progress
 
 def _qemu_options(text: Optional[str]) -> dict:
@@ -34,11 +35,11 @@ def _size_note(r) -> None:
 
 def _describe(d: dict) -> str:
     if d["format"] == "raw":
-        return f"{d['path']}: raw, {d['virtual_size']} bytes ({d['data_bytes']} bytes of data written)"
-    s = (f"{d['path']}: {d['disk_type']} VHD, {d['virtual_size']} bytes, "
+        return f"{d['path']}: raw, {sized(d['virtual_size'])}, {sized(d['data_bytes'])} of data written"
+    s = (f"{d['path']}: {d['disk_type']} VHD, {sized(d['virtual_size'])}, "
          f"CHS {'/'.join(map(str, d['geometry']))}, uuid {d['uuid']}")
     if d["disk_type"] == "dynamic":
-        s += f", {d['blocks_allocated']}/{d['max_table_entries']} blocks of {d['block_size']} bytes allocated"
+        s += f", {d['blocks_allocated']}/{d['max_table_entries']} blocks of {sized(d['block_size'])} allocated"
     return s
 
 
@@ -163,7 +164,8 @@ def modify_cmd(image, new_uuid, uuid, timestamp, creator, size, size_rule, force
     r = modify(image, new_uuid=new_uuid, uuid=uuid, timestamp=timestamp, creator=creator, size=size,
                size_rule=size_rule, force=force)
     emit(r.to_dict(), as_json,
-         lambda d: f"{d['path']}: {d['disk_type']}, size {d['old_size']} -> {d['new_size']}, uuid {d['uuid']}"
+         lambda d: f"{d['path']}: {d['disk_type']}, size {sized(d['old_size'])} -> {sized(d['new_size'])}, "
+                   f"uuid {d['uuid']}"
                    + (", BAT relocated" if d["bat_relocated"] else ""))
 
 

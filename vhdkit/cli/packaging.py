@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import click
 
 from . import main
-from ._common import SIZE, data_option, emit, force_option, identity_options, json_option, refuse_terminal
+from ._common import SIZE, data_option, emit, force_option, identity_options, json_option, refuse_terminal, sized
 from ..errors import InvalidInputError
 from ..fileutil import atomic_file, refuse_existing
 from ..progress import Progress
@@ -93,7 +93,7 @@ def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[in
                 st = streams.compress(src, f, format=fmt, level=level, threads=threads or None,
                                       progress=prog, total=total)
     d = dict(st.to_dict(), input=input, output=out)
-    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {st.bytes_in} -> {st.bytes_out} bytes "
+    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {sized(st.bytes_in)} -> {sized(st.bytes_out)} "
                                           f"({100 * st.ratio:.1f}%)")
 
 
@@ -127,16 +127,18 @@ def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Option
                 raise click.UsageError("cannot derive the output name from IN; use -o")
     refuse_terminal(out, "decompressed data")
     refuse_existing(out, force)
-    with _in(input) as src, _progress("decompress", _size_of(input)) as prog:
+    total = _size_of(input)
+    with _in(input) as src, _progress("decompress", total) as prog:
         if out == "-":
             st = streams.decompress(src, sys.stdout.buffer, format=fmt, max_output=max_size,
-                                    progress=prog, name=input)
+                                    progress=prog, name=input, total=total)
             sys.stdout.buffer.flush()
         else:
             with atomic_file(out) as f:
-                st = streams.decompress(src, f, format=fmt, max_output=max_size, progress=prog, name=input)
+                st = streams.decompress(src, f, format=fmt, max_output=max_size, progress=prog, name=input,
+                                        total=total)
     d = dict(st.to_dict(), input=input, output=out)
-    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {st.bytes_in} -> {st.bytes_out} bytes")
+    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {sized(st.bytes_in)} -> {sized(st.bytes_out)}")
 
 
 # -------------------------------------------------------------------- ova
@@ -190,7 +192,7 @@ def ova_pack(disks, output, compression, name, level, threads, force, as_json) -
     with _progress("pack", None) as prog:
         res = ova.pack(list(disks), output, compress=compression, name=name, level=level,
                        threads=threads or None, progress=prog)
-    emit(res, as_json, lambda r: f"{r['output']}: {len(r['disks'])} disk(s), {r['size']} bytes, "
+    emit(res, as_json, lambda r: f"{r['output']}: {len(r['disks'])} disk(s), {sized(r['size'])}, "
                                  f"compression {r['compression']}")
 
 
@@ -249,7 +251,7 @@ def ova_unpack(ova_path, dest, no_decompress, max_size, no_verify, as_json) -> N
         rep = ova.unpack(ova_path, dest, decompress=not no_decompress, max_output=max_size,
                          require_valid=not no_verify, progress=prog)
     emit(rep.to_dict(), as_json, lambda _d: "\n".join(
-        f"{m.extracted_to} ({m.extracted_size} bytes)" for m in rep.members if m.extracted_to))
+        f"{m.extracted_to} ({sized(m.extracted_size)})" for m in rep.members if m.extracted_to))
 
 
 # ---------------------------------------------------------- object store
@@ -284,11 +286,15 @@ def _open_store(store_dir: Optional[str], data_dir: Optional[str], account: Opti
 
 @main.group("object")
 def object_group() -> None:
-    """Objects in the local object store (containers of named objects).
+    """Objects in your account's object store (containers of named objects).
+
+    The account is --account or VHDKIT_ACCOUNT (account "default" when
+    neither is set); the store is DATA/objects, or --store / VHDKIT_STORE.
 
     \b
     Example:
       vhdkit object put images disk.vhd ./disk.vhd
+      vhdkit object create-container exports
     """
 
 
@@ -300,6 +306,24 @@ def _parse_meta(items) -> dict:
         k, v = it.split("=", 1)
         meta[k] = v
     return meta
+
+
+@object_group.command("create-container")
+@click.argument("container")
+@_store_options
+@json_option
+def object_create_container(container, store_dir, data_dir, account, roles, as_json) -> None:
+    """Create CONTAINER (nothing happens if it exists), e.g. to receive exports.
+
+    \b
+    Example:
+      vhdkit object create-container exports --account A
+    """
+    st = _open_store(store_dir, data_dir, account)
+    existed = container in st.list_containers()
+    st.create_container(container)
+    emit({"container": container, "created": not existed}, as_json,
+         lambda d: f"{'created container' if d['created'] else 'container exists:'} {container}")
 
 
 @object_group.command("put")
@@ -320,7 +344,7 @@ def object_put(container, name, source, meta, store_dir, data_dir, account, role
     st.create_container(container)
     with _in(source) as f:
         info = st.put(container, name, f, metadata=_parse_meta(meta))
-    emit(info.to_dict(), as_json, lambda d: f"{container}/{name}: {d['size']} bytes, etag {d['etag']}")
+    emit(info.to_dict(), as_json, lambda d: f"{container}/{name}: {sized(d['size'])}, etag {d['etag']}")
 
 
 @object_group.command("get")
@@ -351,7 +375,7 @@ def object_get(container, name, output, force, store_dir, data_dir, account, rol
             with atomic_file(output) as f:
                 copy_stream(r, f)
         info = r.info
-    _emit_summary(info.to_dict(), as_json, output != "-", f"{container}/{name} -> {output}: {info.size} bytes")
+    _emit_summary(info.to_dict(), as_json, output != "-", f"{container}/{name} -> {output}: {sized(info.size)}")
 
 
 @object_group.command("stat")
@@ -367,7 +391,18 @@ def object_stat(container, name, store_dir, data_dir, account, roles, as_json) -
       vhdkit object stat images disk.vhd --json
     """
     info = _open_store(store_dir, data_dir, account).head(container, name)
-    emit(info.to_dict(), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+    emit(info.to_dict(), as_json, _stat_text)
+
+
+def _stat_text(d: dict) -> str:
+    """``key: value`` lines as ``swift stat`` prints them: ISO time, one line per metadata key."""
+    import datetime as _dt
+
+    when = _dt.datetime.fromtimestamp(d["last_modified"], _dt.timezone.utc)
+    lines = [f"container: {d['container']}", f"object: {d['name']}", f"size: {sized(d['size'])}",
+             f"etag: {d['etag']}", f"content type: {d['content_type']}",
+             f"last modified: {when.isoformat(timespec='seconds').replace('+00:00', 'Z')}"]
+    return "\n".join(lines + [f"meta {k}: {v}" for k, v in sorted(d["metadata"].items())])
 
 
 @object_group.command("list")
@@ -444,7 +479,7 @@ def segments_split(input, name, container, segment_size, digits, store_dir, data
         man = segments.split(st, container, name, f, segment_size=segment_size, digits=digits,
                              total=total, progress=prog)
     emit(man.to_dict(), as_json, lambda d: f"{container}/{name}: {len(d['segments'])} segment(s), "
-                                           f"{d['size']} bytes, sha256 {d['sha256']}")
+                                           f"{sized(d['size'])}, sha256 {d['sha256']}")
 
 
 @segments_group.command("join")
@@ -473,4 +508,4 @@ def segments_join(container, name, output, force, store_dir, data_dir, account, 
         else:
             man = segments.join(st, container, name, output, progress=prog)
     _emit_summary(man.to_dict(), as_json, output != "-",
-                  f"{container}/{name} -> {output}: {man.size} bytes verified (sha256 {man.sha256})")
+                  f"{container}/{name} -> {output}: {sized(man.size)} verified (sha256 {man.sha256})")

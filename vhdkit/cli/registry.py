@@ -19,7 +19,7 @@ from ..fileutil import atomic_fd, refuse_existing
 from ..progress import Progress
 from . import main
 from ._common import (SIZE, caller_of, data_option, emit, force_option, identity_options, json_option,
-                      open_registry, refuse_terminal)
+                      open_registry, refuse_terminal, sized)
 
 
 def _registry_options(f: Callable) -> Callable:
@@ -93,6 +93,10 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
+def _size_cell(n: Optional[int]) -> str:
+    return "" if n is None else sized(n)
+
+
 def _kv(d: Dict[str, Any]) -> str:
     import json  # json is imported where used: `image download` prints none
 
@@ -101,6 +105,8 @@ def _kv(d: Dict[str, Any]) -> str:
     for k, v in d.items():
         if isinstance(v, (list, dict)):
             v = json.dumps(v, ensure_ascii=False)
+        elif k in ("size", "virtual_size") and isinstance(v, int):
+            v = sized(v)
         out.append(f"{k.ljust(w)}  {'' if v is None else v}")
     return "\n".join(out)
 
@@ -227,7 +233,8 @@ def image_list(reg, caller, name, status, visibility, member_status, owner, tags
     if page.next_marker and not all_pages:
         out["next_marker"] = page.next_marker
     emit(out, as_json, lambda o: _table(
-        [(i["id"], i["name"], i["status"], i["visibility"], i["size"], i["owner"]) for i in o["images"]],
+        [(i["id"], i["name"], i["status"], i["visibility"], _size_cell(i["size"]), i["owner"])
+         for i in o["images"]],
         ["ID", "Name", "Status", "Visibility", "Size", "Owner"])
         + (f"\n(more: --marker {o['next_marker']})" if "next_marker" in o else ""))
 
@@ -387,7 +394,7 @@ def image_download(reg, caller, image_id, output, force, offset, length, no_sync
                     _verify_download(fd, h.image)
     if output != "-":
         emit({"image_id": image_id, "output": output, "bytes": n, "checksum": h.checksum,
-              "verified": verify}, as_json, lambda o: f"wrote {o['bytes']} bytes to {o['output']}")
+              "verified": verify}, as_json, lambda o: f"wrote {sized(o['bytes'])} to {o['output']}")
 
 
 def _verify_download(fd: int, img: Any) -> None:

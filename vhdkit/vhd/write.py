@@ -285,8 +285,12 @@ def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterato
     stack = ExitStack()
     try:
         fd = stack.enter_context(atomic_fd(dst, ".part", sync))
-    except FileNotFoundError:
-        raise errors.NotFoundError(f"directory {d} does not exist") from None
+    except FileNotFoundError as e:
+        if not os.path.isdir(d):
+            raise errors.NotFoundError(f"directory {d} does not exist") from None
+        # the directory exists but refuses new files (e.g. /proc, /sys)
+        raise errors.StorageError(f"cannot create a file in {d}: this directory does not accept new files "
+                                  f"({e.strerror})", sys_errno=e.errno or 0) from None
     except OSError as e:
         raise errors.StorageError(f"cannot create a file in {d}: {e.strerror}", sys_errno=e.errno or 0) from None
     with stack:
