@@ -80,12 +80,12 @@ _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40
 
 
 def sized(n: Optional[int]) -> str:
-    """A size for people and scripts alike: ``1.5 GiB (1610612736 bytes)``."""
+    """A size for people and scripts alike: ``1610612736 bytes (1.5 GiB)``."""
     if n is None:
         return "-"
     from ..progress import human_bytes
 
-    return f"{n} bytes" if abs(n) < 1024 else f"{human_bytes(n)} ({n} bytes)"
+    return f"{n} bytes" if abs(n) < 1024 else f"{n} bytes ({human_bytes(n)})"
 
 
 def parse_size(text: str) -> int:

@@ -127,6 +127,10 @@ def _props(pairs: Sequence[str]) -> Dict[str, str]:
 def image() -> None:
     """Images in the registry (OpenStack Images v2 semantics).
 
+    Wherever a command takes IMAGE_ID, an image name or a unique id prefix
+    (4 characters or more) works too, as in the openstack client; a name or
+    prefix that matches several images is refused with the list of them.
+
     \b
     Example:
       vhdkit image create --name web --disk-format vhd --container-format ova --account A --roles admin
@@ -455,6 +459,8 @@ _tag_cmd("remove", "delete_tag", "Remove tags.\n\n\b\nExample:\n  vhdkit image t
 @main.group("member")
 def member() -> None:
     """Share images between accounts (members of shared images).
+
+    IMAGE_ID may also be an image name or a unique id prefix (see `vhdkit image --help`).
 
     \b
     Example:
