@@ -152,6 +152,11 @@ def test_image_create_with_file_but_no_formats_creates_nothing_and_names_the_fla
     assert "--disk-format" in msg and "--container-format" in msg and "no image was created" in msg
     assert js(vk("image", "list", "--json", env=env))["images"] == []
     assert b"--disk-format" in ok(vk("image", "create", "--help", env=env)).stdout
+    # an image made without formats: the upload says which flags set them
+    ok(vk("image", "create", "--name", "x", env=env))
+    p = vk("image", "upload", "x", f, env=env)
+    assert p.returncode == 2 and b"--disk-format" in p.stderr and b"disk_format" not in p.stderr
+    assert js(vk("image", "show", "x", "--json", env=env))["status"] == "queued"
 
 
 # ------------------------------------------------------------------ item 7

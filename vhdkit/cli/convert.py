@@ -161,6 +161,8 @@ def modify_cmd(image, new_uuid, uuid, timestamp, creator, size, size_rule, force
       vhdkit modify disk.vhd --new-uuid --size 20G
     """
     from ..vhd.write import modify
+    if new_uuid and uuid is not None:
+        raise click.UsageError("give either --new-uuid or --uuid, not both")
     r = modify(image, new_uuid=new_uuid, uuid=uuid, timestamp=timestamp, creator=creator, size=size,
                size_rule=size_rule, force=force)
     emit(r.to_dict(), as_json,

@@ -318,6 +318,10 @@ def image_delete(reg, caller, image_ids, as_json):
 
 
 def _upload(reg, caller, image_id: str, path: str, virtual_size: Optional[int]):
+    img = reg.show_image(caller, image_id)
+    if not (img.disk_format and img.container_format):
+        raise click.UsageError(f"image {image_id} needs a disk and container format before data: "
+                               f"vhdkit image update {image_id} --disk-format vhd --container-format bare")
     if path == "-":
         stream = sys.stdin.buffer
         total = None
