@@ -63,6 +63,24 @@ def remove_dead_temps(directory: Union[str, os.PathLike], name: str, suffix: str
     return gone
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it
+    (/proc/self/status): setting it to read it would, for an instant, give
+    files other threads create (a worker's heartbeat, the API server's)
+    the wrong mode.  Elsewhere it is set to 077 for that instant, the safe
+    direction."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def refuse_existing(path: Union[str, os.PathLike], overwrite: bool) -> None:
     """The overwrite rule of every vhdkit writer of a named file: an existing
     ``path`` is replaced only when ``overwrite`` is true (``-``, stdout, is no
@@ -89,9 +107,7 @@ def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = 
     fd, tmp = locked_temp(parent, os.path.basename(p), suffix)
     ok = False
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
         yield fd
         if sync:
             os.fsync(fd)
