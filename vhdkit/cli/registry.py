@@ -93,10 +93,6 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
-def _size_cell(n: Optional[int]) -> str:
-    return "" if n is None else sized(n)
-
-
 def _kv(d: Dict[str, Any]) -> str:
     import json  # json is imported where used: `image download` prints none
 
@@ -237,7 +233,7 @@ def image_list(reg, caller, name, status, visibility, member_status, owner, tags
     if page.next_marker and not all_pages:
         out["next_marker"] = page.next_marker
     emit(out, as_json, lambda o: _table(
-        [(i["id"], i["name"], i["status"], i["visibility"], _size_cell(i["size"]), i["owner"])
+        [(i["id"], i["name"], i["status"], i["visibility"], sized(i["size"]), i["owner"])
          for i in o["images"]],
         ["ID", "Name", "Status", "Visibility", "Size", "Owner"])
         + (f"\n(more: --marker {o['next_marker']})" if "next_marker" in o else ""))
