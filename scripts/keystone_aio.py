@@ -181,7 +181,7 @@ def start(d: Path, expiration: int = 3600) -> Path:
     env = dict(server_env(), OS_KEYSTONE_CONFIG_FILES=str(d / "keystone.conf"))
     (d / "keystone_wsgi.py").write_text(_ENTRY)
     log = open(d / "log" / "gunicorn.log", "wb")
-    proc = subprocess.Popen([str(VENV / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+    proc = subprocess.Popen([str(VENV / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
                              "--threads", "4", "--timeout", "120", "--no-control-socket", "--chdir", str(d),
                              "keystone_wsgi:application"],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -225,3 +225,15 @@ def test_service_role_from_keystone_grants_nothing(server, keystone):
     with _api(server, sneaky) as c:
         assert c.post("/v2/images", json={"name": "s", "visibility": "public"}).status_code == 403
         assert c.post("/v2/images", json={"name": "s"}).status_code == 201   # still a member
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (["--auth", "keystone"], {}, "needs VHDKIT_KEYSTONE_URL, VHDKIT_KEYSTONE_USER, VHDKIT_KEYSTONE_PASSWORD"),
+    (["--auth", "keystone", "--keystone-url", "http://127.0.0.1:9/v3", "--keystone-user", "u",
+      "--keystone-role-map", "member=vhdkit:service"], {"VHDKIT_KEYSTONE_PASSWORD": "p"}, "role map entry"),
+])
+def test_serve_refuses_incomplete_keystone_settings(args, env, says, tmp_path):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VHDKIT_")}
+    proc = subprocess.run([sys.executable, "-m", "vhdkit", "serve", "--port", "1", "--data", str(tmp_path), *args],
+                          env=dict(clean, **env), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -31,6 +31,7 @@ roles on the admin project (a Keystone role of that literal name is dropped).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -144,6 +145,7 @@ class _TokenCache:
         self._size = max(1, size)
         self._items: "OrderedDict[bytes, Tuple[float, object]]" = OrderedDict()
         self._lock = threading.Lock()
+        self._inflight: Dict[bytes, list] = {}
 
     @staticmethod
     def key(token: str) -> bytes:
@@ -159,6 +161,23 @@ class _TokenCache:
                 return None
             self._items.move_to_end(key)
             return item[1]
+
+    @contextlib.contextmanager
+    def inflight(self, key: bytes):
+        """Held while ``key`` is being validated (one thread per key)."""
+        with self._lock:
+            entry = self._inflight.get(key)
+            if entry is None:
+                entry = self._inflight[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._inflight[key]
 
     def put(self, key: bytes, value, ttl: float) -> None:
         if ttl <= 0:
@@ -223,15 +242,24 @@ class KeystoneIdentity:
         key = self._cache.key(token)
         found = self._cache.get(key)
         if found is None:
-            try:
-                found, ttl = self._validate(token)
-            except ApiError as exc:
-                if exc.status == 401:
-                    self._cache.put(key, exc, min(self.NEGATIVE_TTL, self.cache_seconds))
-                raise
-            self._cache.put(key, found, min(ttl, self.cache_seconds))
+            # one validation per token at a time: the requests a client sends
+            # at once with a new token wait for the first one's answer
+            with self._cache.inflight(key):
+                found = self._cache.get(key)
+                if found is None:
+                    found = self._validate_and_cache(key, token)
         if isinstance(found, ApiError):
             raise found
+        return found
+
+    def _validate_and_cache(self, key: bytes, token: str):
+        try:
+            found, ttl = self._validate(token)
+        except ApiError as exc:
+            if exc.status == 401:
+                self._cache.put(key, exc, min(self.NEGATIVE_TTL, self.cache_seconds))
+            raise
+        self._cache.put(key, found, min(ttl, self.cache_seconds))
         return found
 
     def _validate(self, token: str) -> Tuple[Identity, float]:

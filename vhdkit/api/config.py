@@ -30,7 +30,7 @@ class Settings:
     keystone_project_domain: str = "Default"
     keystone_cache_seconds: float = 300.0  # a validated token is trusted this long at most (or until it expires)
     keystone_cache_size: int = 10000      # tokens remembered per process
-    keystone_timeout: float = 10.0        # seconds for one call to Keystone
+    keystone_timeout: float = 30.0        # seconds for one call to Keystone
     keystone_role_map: str = "member=cloudImages:admin,reader=cloudImages:observer"  # keystone role=vhdkit role
     keystone_operator_roles: str = "admin"  # on the admin project: set owner, make public, see all images
 
