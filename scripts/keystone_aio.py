@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -53,7 +54,9 @@ log_file = {dir}/log/keystone.log
 debug = false
 
 [database]
-connection = sqlite:///{dir}/keystone.db
+# (WAL and a long busy timeout: several gunicorn threads write at once, e.g.
+# each password check records the user's last activity)
+connection = sqlite:///{dir}/keystone.db?timeout=60
 
 [token]
 provider = fernet
@@ -105,6 +108,8 @@ def _database(d: Path) -> None:
         os.replace(tmp, template)
     else:
         shutil.copyfile(template, d / "keystone.db")
+    with sqlite3.connect(d / "keystone.db") as db:
+        db.execute("PRAGMA journal_mode=WAL")
 
 
 def _key_repository(repo: Path) -> None:

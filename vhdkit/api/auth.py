@@ -189,6 +189,15 @@ class _TokenCache:
                 self._items.popitem(last=False)
 
 
+class _Refused:
+    """A cached 401: the token Keystone refused."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
 class KeystoneIdentity:
     """Identity from a Keystone v3 token in ``X-Auth-Token`` (see the module text)."""
 
@@ -230,12 +239,16 @@ class KeystoneIdentity:
             raise self.unauthorized("the token is not valid")
         return token
 
-    def cached(self, headers) -> Optional[Identity]:
-        """The identity of a token validated before (or its stored 401), without blocking."""
-        found = self._cache.get(self._cache.key(self._token(headers)))
-        if isinstance(found, ApiError):
-            raise found
+    def _answer(self, found):
+        """A cached entry as the identity, or the 401 it stands for (a new
+        exception each time: one raised again would grow its traceback)."""
+        if isinstance(found, _Refused):
+            raise self.unauthorized(found.message)
         return found
+
+    def cached(self, headers) -> Optional[Identity]:
+        """The identity of a token validated before (or its 401), without blocking."""
+        return self._answer(self._cache.get(self._cache.key(self._token(headers))))
 
     def identify(self, headers) -> Identity:
         token = self._token(headers)
@@ -248,16 +261,14 @@ class KeystoneIdentity:
                 found = self._cache.get(key)
                 if found is None:
                     found = self._validate_and_cache(key, token)
-        if isinstance(found, ApiError):
-            raise found
-        return found
+        return self._answer(found)
 
     def _validate_and_cache(self, key: bytes, token: str):
         try:
             found, ttl = self._validate(token)
         except ApiError as exc:
             if exc.status == 401:
-                self._cache.put(key, exc, min(self.NEGATIVE_TTL, self.cache_seconds))
+                self._cache.put(key, _Refused(exc.message), min(self.NEGATIVE_TTL, self.cache_seconds))
             raise
         self._cache.put(key, found, min(ttl, self.cache_seconds))
         return found
@@ -270,10 +281,10 @@ class KeystoneIdentity:
         try:
             resp = self._session.get(self.url + "/auth/tokens", authenticated=True, raise_exc=False,
                                      headers={"X-Subject-Token": token}, log=False)
-        except ks_exc.ClientException as exc:
-            log.error("cannot reach Keystone at %s to validate a token: %s", self.url, exc)
+        except ks_exc.ClientException as exc:   # unreachable, timed out, or the service user refused
+            log.error("cannot validate a token at Keystone %s: %s", self.url, exc)
             raise ApiError(503, "The identity service cannot be reached; try again later") from None
-        if resp.status_code in (401, 404):
+        if resp.status_code == 404:             # Keystone: no such valid token
             raise self.unauthorized("the token is not valid (unknown, expired or revoked)")
         if resp.status_code != 200:
             log.error("Keystone answered %s validating a token: %.500s", resp.status_code, resp.text)
