@@ -19,6 +19,9 @@ class Settings:
     chunk_size: int = 1 << 20             # bytes per streamed download chunk
     registry_url: Optional[str] = None    # forward registry calls to this registry host (vhdkit serve --registry)
     upload_lease: float = 60.0            # seconds of a forwarded upload's lease (renewed every third)
+    # ---- identity (vhdkit/api/auth.py; README "Identity") ----
+    auth: str = "headers"                 # "headers" (trusted upstream) or "keystone" (validate X-Auth-Token)
+    keystone_url: Optional[str] = None    # Keystone v3 auth URL, e.g. http://keystone:5000/v3
 
     ENV = {
         "data_dir": "VHDKIT_HOME",
@@ -31,6 +34,8 @@ class Settings:
         "chunk_size": "VHDKIT_API_CHUNK_SIZE",
         "registry_url": "VHDKIT_REGISTRY_URL",
         "upload_lease": "VHDKIT_API_UPLOAD_LEASE",
+        "auth": "VHDKIT_AUTH",
+        "keystone_url": "VHDKIT_KEYSTONE_URL",
     }
 
     @classmethod

@@ -22,6 +22,8 @@ from .errors import ApiError, error_response
 JSON = "application/json"
 OCTET = "application/octet-stream"
 JSON_PATCH = "application/openstack-images-v2.1-json-patch"
+#: the control panel's static files (vhdkit/api/panel.py), exempt from JSON-only negotiation
+PANEL_PREFIX = "/panel/"
 
 
 def settings(request: Request) -> Settings:
@@ -135,9 +137,9 @@ class NegotiationMiddleware:
             for name, value in scope.get("headers", ()):
                 if name == b"accept":
                     accept = value.decode("latin-1")
-            if accept.strip():
+            if accept.strip() and not scope["path"].startswith(PANEL_PREFIX):
                 offered = [JSON]
-                if scope["path"].endswith("/file"):
+                if scope["path"].endswith("/file") or scope["path"].startswith("/store/v1/"):
                     offered.append(OCTET)
                 if not any(_accepts(accept, o) for o in offered):
                     resp = error_response(406, f"Cannot answer with {accept!r}; this server speaks "
