@@ -2,6 +2,7 @@
 large objects (segments + sidecar manifest) that exports write.
 
     GET    /store/v1/containers                              {"containers": [{"name"}]}
+    PUT    /store/v1/containers/{c}                          201 created, 204 it existed
     GET    /store/v1/containers/{c}/objects?prefix=&marker=&limit=
                                                              {"objects": [...], "next_marker"}
     GET    /store/v1/containers/{c}/objects/{name}           the bytes; a large-object manifest
@@ -40,6 +41,7 @@ from .images import _iterate
 STORE_ROLES: Dict[str, FrozenSet[str]] = {
     "list_objects": OBSERVERS | CREATORS | ADMINS,
     "read_object": OBSERVERS | CREATORS | ADMINS,
+    "create_container": CREATORS | ADMINS,
     "delete_object": ADMINS,
 }
 DEFAULT_LIMIT = 1000
@@ -91,6 +93,14 @@ async def list_containers(request: Request) -> JSONResponse:
     store = _store(request, "list_objects")
     names = await call(store.list_containers)
     return JSONResponse({"containers": [{"name": n} for n in names]})
+
+
+async def create_container(request: Request) -> Response:
+    store = _store(request, "create_container")
+    container, _ = _names(request, obj=False)
+    existed = container in await call(store.list_containers)
+    await write_call(request, store.create_container, container)
+    return Response(status_code=204 if existed else 201)
 
 
 async def list_objects(request: Request) -> JSONResponse:
@@ -181,6 +191,7 @@ async def verify(request: Request) -> JSONResponse:
 
 ROUTES = [
     Route("/store/v1/containers", list_containers, methods=["GET"]),
+    Route("/store/v1/containers/{container}", create_container, methods=["PUT"]),
     Route("/store/v1/containers/{container}/objects", list_objects, methods=["GET"]),
     Route("/store/v1/containers/{container}/verify", verify, methods=["GET"]),
     Route("/store/v1/containers/{container}/objects/{name:path}", download_object, methods=["GET"]),
