@@ -310,3 +310,15 @@ def test_object_names_are_returned_as_data_not_markup(api_server):
         assert r.json()["objects"][0]["name"] == xss
         d = c.get("/store/v1/containers/c/objects/" + httpx.URL(xss).raw_path.decode().lstrip("/"))
         assert d.status_code == 200 and "<" not in d.headers["content-disposition"].split("filename*=")[0]
+
+
+def test_creating_a_container_is_for_creators_and_admins_of_the_own_account(api_server):
+    with api_server.http(f"{B}:cloudImages:observer") as c:
+        assert c.put("/store/v1/containers/mine").status_code == 403
+    with api_server.http(f"{B}:cloudImages:creator") as c:
+        assert c.put("/store/v1/containers/mine").status_code == 201
+        assert c.put("/store/v1/containers/mine").status_code == 204
+        for bad in ("..", "%2e%2e", "a%00b", "c" * 300):
+            assert c.put(f"/store/v1/containers/{bad}").status_code in (400, 404), bad
+        assert c.get("/store/v1/containers").json() == {"containers": [{"name": "mine"}]}
+    assert not (api_server.data / "objects" / A / "mine").exists()
