@@ -107,15 +107,23 @@ def no_script_ran(driver) -> None:
     assert driver.execute_script("return document.querySelectorAll('main img, main b').length") == 0
 
 
+def unlabelled(driver) -> list:
+    """Form controls and buttons on the page without an accessible name."""
+    return driver.execute_script("""
+        return [...document.querySelectorAll('input, select, button, a')].filter(el =>
+            !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim()
+            && el.type !== 'hidden').map(el => el.outerHTML);""")
+
+
 def buttons(driver) -> list:
     return [b.text for b in driver.find_elements(By.CSS_SELECTOR, "main button")]
 
 
 def watch_task(driver) -> str:
-    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#task-box .task-status")
-         and d.find_element(By.CSS_SELECTOR, "#task-box .task-status").text in ("success", "failure"),
-         "the task to finish", timeout=120)
-    return driver.find_element(By.CSS_SELECTOR, "#task-box .task-status").text
+    """The final status of the task the page is watching (read in one script: the box is redrawn)."""
+    status = "return (document.querySelector('#task-box .task-status') || {}).textContent"
+    wait(driver, lambda d: d.execute_script(status) in ("success", "failure"), "the task to finish", timeout=120)
+    return driver.execute_script(status)
 
 
 # ---- the story -------------------------------------------------------------------------
@@ -132,6 +140,7 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     driver.get(server.url + "/")
     wait(driver, lambda d: d.find_elements(By.NAME, "account"), "the sign-in form")
     assert "trusted networks" in driver.find_element(By.CSS_SELECTOR, "main .notice").text
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "01-sign-in")
     sign_in(driver, server, A, ["cloudImages:admin"])
     go(driver, server, "/import")
@@ -139,6 +148,7 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     assert "ext2.vhd" in driver.find_element(By.NAME, "object").text
     driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
     assert watch_task(driver) == "success", driver.find_element(By.ID, "task-box").text
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "02-import")
     image_id = driver.find_element(By.CSS_SELECTOR, "#task-box a").text
 
@@ -157,6 +167,7 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     assert "must accept" in alert_text(driver)
     assert B in driver.find_element(By.CSS_SELECTOR, "main table").text
     no_script_ran(driver)
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "03-image")
 
     # B sees nothing until accepting by UUID, then sees it
@@ -166,6 +177,7 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     go(driver, server, "/shared")
     uuid_box = driver.find_element(By.NAME, "uuid")
     uuid_box.send_keys(image_id)
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "04-shared-with-me")
     rendered(driver, lambda: uuid_box.send_keys(Keys.ENTER))
     assert "accepted" in alert_text(driver)
@@ -177,11 +189,13 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     # A exports it; Containers shows the manifest with its segments grouped under it
     sign_in(driver, server, A, ["cloudImages:admin"])
     go(driver, server, "/images")
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "05-images")
     go(driver, server, f"/export?image={image_id}")
     assert not driver.find_element(By.ID, "export-why").is_displayed()
     driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
     assert watch_task(driver) == "success", driver.find_element(By.ID, "task-box").text
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "06-export")
     go(driver, server, "/containers?c=exports")
     manifest = driver.find_element(By.CSS_SELECTOR, "tr.manifest")
@@ -192,6 +206,7 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     assert driver.find_element(By.LINK_TEXT, "Download whole image").get_attribute("href").endswith(f"{image_id}.vhd")
     driver.find_element(By.XPATH, f"//button[@aria-label='Verify {image_id}.vhd']").click()
     wait(driver, lambda d: "verified" in alert_text(d), "verify to pass")
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "07-containers")
 
     # deleting a segment warns first; then verify names it
@@ -207,12 +222,14 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     wait(driver, lambda d: "damaged" in alert_text(d), "verify to report the damage")
     assert victim in alert_text(driver) and "missing" in alert_text(driver)
     assert driver.find_element(By.ID, "alert").get_attribute("role") == "alert"
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "08-verify-names-the-segment")
 
     # tasks page
     go(driver, server, "/tasks")
     text = driver.find_element(By.CSS_SELECTOR, "main table").text
     assert "import" in text and "export" in text and "success" in text
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "09-tasks")
 
     # roles: a creator sees no delete button, an observer no edit controls
@@ -224,6 +241,7 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     go(driver, server, f"/image/{image_id}")
     assert not driver.find_elements(By.NAME, "name") and not driver.find_elements(By.NAME, "key")
     assert not {"Rename", "Add property", "Delete image", "Deactivate", "Share"} & set(buttons(driver))
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "10-image-as-observer")
     go(driver, server, "/containers?c=exports")
     assert not driver.find_elements(By.XPATH, "//main//button[.='Delete']")
@@ -236,6 +254,7 @@ def test_faq_story_in_a_real_browser(panel, sample, tmp_path):
     driver.set_window_size(390, 844)
     go(driver, server, "/images")
     assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "11-images-phone")
     driver.set_window_size(1280, 900)
     no_script_ran(driver)
@@ -269,12 +288,14 @@ def test_protected_properties_and_licensed_exports_are_explained(panel):
     tag_box.send_keys("t" * 300)
     rendered(driver, lambda: tag_box.send_keys(Keys.ENTER))
     assert alert_text(driver).startswith("400") and "255" in alert_text(driver)
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "12-image-refused")
 
     go(driver, server, f"/export?image={img['id']}")
     why = driver.find_element(By.ID, "export-why")
     assert why.is_displayed() and "com.rackspace__1__options is 1" in why.text and "licensed" in why.text
     assert driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").get_attribute("disabled")
+    assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "13-export-licensed")
 
     # a creator is not offered property edits (update_image is for admins)

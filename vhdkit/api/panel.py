@@ -2,7 +2,7 @@
 every response carries.
 
 The panel is plain HTML, CSS and JavaScript modules shipped in
-``vhdkit/api/panel/`` and served from memory (the set of files is fixed when
+``vhdkit/api/panel_files/`` and served from memory (the set of files is fixed when
 the app is built: a request can never name a path outside it).  It talks to
 the same Images v2 API as every other client, plus the customer object-store
 API of :mod:`vhdkit.api.objects`.
@@ -49,7 +49,7 @@ from .http import call, json_object, read_json, registry, settings
 
 log = logging.getLogger("vhdkit.api.panel")
 
-STATIC_DIR = Path(__file__).with_name("panel")
+STATIC_DIR = Path(__file__).with_name("panel_files")
 COOKIE = "vhdkit_session"
 CSRF_HEADER = "X-Vhdkit-CSRF"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -24,15 +24,16 @@ function showOk(text) {
 function clearMessages() { alertBox.hidden = true; alertBox.textContent = ''; statusBox.textContent = ''; }
 function say(text) { statusBox.textContent = text; }
 
-// Run an action from a button: errors shown (role=alert), the page redrawn after.
+// Run an action from a button: errors shown (role=alert), the page redrawn
+// after (unless the action returns false: cancelled, nothing changed).
 function action(fn, { redraw = true } = {}) {
   return async (ev) => {
     if (ev) ev.preventDefault();
     const btn = ev && ev.currentTarget;
     if (btn && 'disabled' in btn) btn.disabled = true;
     try {
-      await fn(ev);
-      if (redraw) await route({ keepMessages: true });
+      const done = await fn(ev);
+      if (redraw && done !== false) await route({ keepMessages: true });
     } catch (err) {
       showError(err);
       if (err instanceof ApiError && err.status === 401) return signIn();
@@ -83,7 +84,11 @@ function signIn() {
     const answer = await api('POST', '/panel/api/session', { json: body, signin: true });
     setCsrf(null, answer.csrf);
     await loadSession();
-    if (!location.hash || location.hash === '#/signin') location.hash = '#/images';
+    if (!location.hash || location.hash === '#/signin') {
+      location.hash = '#/images';   // the hashchange draws the page
+      return false;
+    }
+    return true;
   }) } }, inputs, h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Sign in')));
   replace(main, h('h1', {}, 'Sign in'),
     keystone ? null : h('p', { class: 'notice' },
@@ -108,7 +113,7 @@ function ownerText(img) {
   return mine(img) ? 'you' : `shared from ${img.owner}`;
 }
 
-async function imagesPage(params) {
+async function imagesPage(view, params) {
   const q = new URLSearchParams(params);
   const filters = ['name', 'tag', 'visibility', 'member_status', 'status'];
   const query = new URLSearchParams();
@@ -138,7 +143,7 @@ async function imagesPage(params) {
     h('td', {}, `${img.disk_format || '—'} / ${img.container_format || '—'}`), h('td', {}, ownerText(img))));
   const nextMarker = data.next ? new URL(data.next, location.origin).searchParams.get('marker') : null;
   const page = (marker) => { const p = new URLSearchParams(q); p.delete('marker'); if (marker) p.set('marker', marker); return `#/images?${p}`; };
-  replace(main, h('h1', {}, 'Images'), form,
+  replace(view, h('h1', {}, 'Images'), form,
     rows.length ? table(['Name', 'Status', 'Size', 'Virtual size', 'Disk / container format', 'Owner'], rows)
       : h('p', { class: 'muted', id: 'no-images' }, 'No images match.'),
     h('nav', { class: 'pager', 'aria-label': 'Pages of images' },
@@ -147,7 +152,7 @@ async function imagesPage(params) {
 }
 
 // ---- one image ---------------------------------------------------------------------
-async function imagePage(id) {
+async function imagePage(view, id) {
   const img = await api('GET', `/v2/images/${seg(id)}`);
   if (!app.schema) app.schema = await api('GET', '/v2/schemas/image');
   const base = new Set(Object.keys(app.schema.properties || {}));
@@ -228,7 +233,7 @@ async function imagePage(id) {
   if (own && can('deactivate') && img.status === 'active') actions.push(h('button', { type: 'button', class: 'secondary', on: { click: action(() => api('POST', `/v2/images/${seg(id)}/actions/deactivate`)) } }, 'Deactivate'));
   if (own && can('reactivate') && img.status === 'deactivated') actions.push(h('button', { type: 'button', class: 'secondary', on: { click: action(() => api('POST', `/v2/images/${seg(id)}/actions/reactivate`)) } }, 'Reactivate'));
   if (own && can('delete_image')) actions.push(h('button', { type: 'button', class: 'danger', on: { click: action(async () => {
-    if (!window.confirm(`Delete image "${img.name || id}"? Its data is removed and cannot be recovered.`)) return;
+    if (!window.confirm(`Delete image "${img.name || id}"? Its data is removed and cannot be recovered.`)) return false;
     await api('DELETE', `/v2/images/${seg(id)}`);
     location.hash = '#/images';
     showOk('Image deleted.');
@@ -236,7 +241,7 @@ async function imagePage(id) {
   if (img.status === 'active' && can('download_data')) actions.push(h('a', { href: `/v2/images/${seg(id)}/file`, download: `${img.name || id}.${img.container_format === 'ova' ? 'ova' : img.disk_format || 'img'}` }, 'Download image data'));
   if (own && can('create_task')) actions.push(h('a', { href: `#/export?image=${seg(id)}` }, 'Export…'));
 
-  replace(main, h('h1', {}, img.name || img.id), dl, rename,
+  replace(view, h('h1', {}, img.name || img.id), dl, rename,
     actions.length ? h('div', { class: 'row', id: 'image-actions' }, actions) : null,
     h('h2', {}, 'Properties'),
     propRows.length ? table(['Property', 'Value', ''], propRows) : h('p', { class: 'muted' }, 'No extra properties.'), addProp,
@@ -254,7 +259,7 @@ function memberButtons(id) {
 }
 
 // ---- shared with me ----------------------------------------------------------------
-async function sharedPage() {
+async function sharedPage(view) {
   const pending = (await api('GET', '/v2/images?visibility=shared&member_status=pending&limit=100')).images;
   const form = h('form', { class: 'inline', on: { submit: action(async () => {
     const uuid = form.elements.uuid.value.trim().toLowerCase();
@@ -262,7 +267,7 @@ async function sharedPage() {
     showOk(`Image ${uuid} accepted; it now appears in your image list.`);
   }) } }, field('Image ID (UUID)', h('input', { name: 'uuid', required: true, size: 38, autocomplete: 'off' })),
   h('button', { type: 'submit', disabled: !can('update_member') }, 'Accept share'));
-  replace(main, h('h1', {}, 'Shared with me'),
+  replace(view, h('h1', {}, 'Shared with me'),
     h('p', {}, 'An image shared with your account appears in your image list only after you accept it. ',
       'The owner gives you its ID; enter it here.'), form,
     h('h2', {}, 'Pending shares'),
@@ -298,10 +303,10 @@ async function watchTask(id, box) {
   }
 }
 
-async function tasksPage() {
+async function tasksPage(view) {
   const tasks = (await api('GET', '/v2/tasks?limit=50')).tasks;
   const full = await Promise.all(tasks.map((t) => api('GET', `/v2/tasks/${seg(t.id)}`)));
-  replace(main, h('h1', {}, 'Tasks'),
+  replace(view, h('h1', {}, 'Tasks'),
     full.length ? table(['Created', 'Type', 'Status', 'Result', 'Message', 'Expires'], full.map((t) => h('tr', {},
       h('td', {}, t.created_at), h('td', {}, t.type), h('td', {}, t.status),
       h('td', {}, t.result && t.result.image_id ? h('a', { href: `#/image/${t.result.image_id}` }, t.result.image_id) : (t.result ? JSON.stringify(t.result) : '—')),
@@ -314,7 +319,7 @@ async function containerNames() {
   return (await api('GET', '/store/v1/containers')).containers.map((c) => c.name);
 }
 
-async function importPage() {
+async function importPage(view) {
   const names = await containerNames();
   const objSelect = h('select', { name: 'object', required: true });
   const loadObjects = async () => {
@@ -335,14 +340,14 @@ async function importPage() {
     field('Object (a VHD)', objSelect),
     field('Image name', h('input', { name: 'name', required: true })),
     h('button', { type: 'submit', disabled: !can('create_task') }, 'Start import')));
-  replace(main, h('h1', {}, 'Import an image'),
+  replace(view, h('h1', {}, 'Import an image'),
     h('p', {}, 'Imports a VHD (fixed or dynamic) from one of your containers as a new image.'),
     names.length ? form : h('p', { class: 'muted' }, 'You have no containers yet; upload a VHD to a container first.'),
     can('create_task') ? null : h('p', { class: 'notice' }, 'Your roles may not start import tasks.'), box);
   if (names.length) await loadObjects();
 }
 
-async function exportPage(params) {
+async function exportPage(view, params) {
   const q = new URLSearchParams(params);
   const own = (await api('GET', `/v2/images?owner=${seg(app.me.account)}&status=active&limit=200&sort_key=name&sort_dir=asc`)).images;
   const opt = app.config.export_options_property;
@@ -368,14 +373,14 @@ async function exportPage(params) {
   h('div', { class: 'row' }, field('Image', imgSelect),
     field('Container (created if needed)', h('input', { name: 'container', required: true, list: 'container-names', value: 'exports' })),
     h('datalist', { id: 'container-names' }, (await containerNames()).map((n) => h('option', { value: n }))), start), why);
-  replace(main, h('h1', {}, 'Export an image'),
+  replace(view, h('h1', {}, 'Export an image'),
     h('p', {}, 'Writes one of your active images to a container as a VHD in segments, with a manifest object and a checksum sidecar.'),
     own.length ? form : h('p', { class: 'muted' }, 'You own no active images.'), box);
   update();
 }
 
 // ---- containers --------------------------------------------------------------------
-async function containersPage(params) {
+async function containersPage(view, params) {
   const q = new URLSearchParams(params);
   const names = await containerNames();
   const current = q.get('c') || names[0];
@@ -390,7 +395,7 @@ async function containersPage(params) {
     const grouped = new Set();
     const rows = [];
     const del = (o, warning) => can('delete_object') ? h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${o.name}`, on: { click: action(async () => {
-      if (!window.confirm(warning || `Delete ${o.name}? This cannot be undone.`)) return;
+      if (!window.confirm(warning || `Delete ${o.name}? This cannot be undone.`)) return false;
       await api('DELETE', url(o));
       showOk(`Deleted ${o.name}.`);
     }) } }, 'Delete') : null;
@@ -426,19 +431,22 @@ async function containersPage(params) {
     }
     content.push(h('h2', {}, current), rows.length ? table(['Object', 'Size', ''], rows) : h('p', { class: 'muted' }, 'Empty container.'));
   }
-  replace(main, content);
+  replace(view, content);
 }
 
 // ---- router --------------------------------------------------------------------------
+// Each page draws into a fresh, detached view; only the latest route shows its
+// view, so a slow page that finishes after a newer one never overwrites it.
 const ROUTES = [
-  [/^#\/images(?:\?(.*))?$/, (m) => imagesPage(m[1] || '')],
-  [/^#\/image\/([0-9a-fA-F-]{36})$/, (m) => imagePage(m[1])],
-  [/^#\/shared$/, sharedPage],
-  [/^#\/import$/, importPage],
-  [/^#\/export(?:\?(.*))?$/, (m) => exportPage(m[1] || '')],
-  [/^#\/containers(?:\?(.*))?$/, (m) => containersPage(m[1] || '')],
-  [/^#\/tasks$/, tasksPage],
+  [/^#\/images(?:\?(.*))?$/, (m, v) => imagesPage(v, m[1] || '')],
+  [/^#\/image\/([0-9a-fA-F-]{36})$/, (m, v) => imagePage(v, m[1])],
+  [/^#\/shared$/, (m, v) => sharedPage(v)],
+  [/^#\/import$/, (m, v) => importPage(v)],
+  [/^#\/export(?:\?(.*))?$/, (m, v) => exportPage(v, m[1] || '')],
+  [/^#\/containers(?:\?(.*))?$/, (m, v) => containersPage(v, m[1] || '')],
+  [/^#\/tasks$/, (m, v) => tasksPage(v)],
 ];
+let routeSeq = 0;
 
 async function route({ keepMessages = false } = {}) {
   if (!keepMessages) clearMessages();
@@ -448,11 +456,16 @@ async function route({ keepMessages = false } = {}) {
     if (hash.startsWith(a.getAttribute('href'))) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
   const found = ROUTES.find(([rx]) => rx.test(hash));
+  const seq = ++routeSeq;
   try {
     if (!found) { location.hash = '#/images'; return; }
-    await found[1](hash.match(found[0]));
+    const view = h('div', { class: 'view' });
+    await found[1](hash.match(found[0]), view);
+    if (seq !== routeSeq) return;
+    replace(main, view);
     document.body.dataset.page = hash.split(/[?/]/)[1] || 'images';
   } catch (err) {
+    if (seq !== routeSeq) return;
     if (err instanceof ApiError && err.status === 401) return signIn();
     showError(err);
   }
