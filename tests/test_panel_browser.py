@@ -291,6 +291,14 @@ def test_protected_properties_and_licensed_exports_are_explained(panel):
     assert not unlabelled(driver), unlabelled(driver)
     screenshot(driver, "12-image-refused")
 
+    with Registry(str(server.data)) as reg:   # a protected image: the API refuses its deletion (403)
+        reg.update_image(Caller.service(A), img["id"], [{"op": "replace", "path": "/protected", "value": True}])
+    go(driver, server, f"/image/{img['id']}")
+    rendered(driver, lambda: driver.find_element(By.XPATH, "//button[.='Delete image']").click()
+             or driver.switch_to.alert.accept())
+    assert alert_text(driver).startswith("403 Forbidden") and "protected" in alert_text(driver)
+    assert driver.find_element(By.CSS_SELECTOR, "main h1").text == "licensed"    # still there
+
     go(driver, server, f"/export?image={img['id']}")
     why = driver.find_element(By.ID, "export-why")
     assert why.is_displayed() and "com.rackspace__1__options is 1" in why.text and "licensed" in why.text
