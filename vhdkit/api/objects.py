@@ -57,7 +57,7 @@ def _store(request: Request, op: str):
     if not who.has_any(STORE_ROLES[op]):
         raise ApiError(403, f"account {who.account} with roles [{', '.join(sorted(who.roles)) or 'none'}] "
                             f"may not {op.replace('_', ' ')}")
-    return open_configured_store(who.account, settings(request).data_dir or ".vhdkit")
+    return open_configured_store(who.account, settings(request).data_dir)   # None: the registry's own home
 
 
 def _names(request: Request, *, obj: bool) -> tuple:
