@@ -236,7 +236,9 @@ def parse_list_params(params: Optional[Params]) -> ListQuery:
         elif key in INT_FILTERS:
             q.where.append((f"i.{key} = ?", [_int(key, value)]))
         elif key == "protected":
-            q.where.append(("i.protected = ?", [int(_bool(key, value))]))
+            if value not in ("true", "false"):
+                raise InvalidInputError(f"protected must be true or false, not {value!r}")
+            q.where.append(("i.protected = ?", [1 if value == "true" else 0]))
         elif key == "os_hidden":
             q.os_hidden = _bool(key, value)
         elif key == "changes-since":
