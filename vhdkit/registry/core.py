@@ -425,7 +425,12 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
             for op, path, value in ops:
                 if path in READONLY_FIELDS:
                     raise ForbiddenError(f"attribute '{path}' is read-only")
-                if path in RESERVED_FIELDS or path == "owner":
+                if path == "owner" and caller.is_service and op != "remove":   # the operator moves an image
+                    if not isinstance(value, str):
+                        raise InvalidInputError("owner must be an account id")
+                    cols["owner"] = Caller(value).account   # validates the id
+                    continue
+                if path in RESERVED_FIELDS:
                     raise ForbiddenError(f"attribute '{path}' is reserved")
                 if path in WRITABLE_FIELDS:
                     if op == "remove":
