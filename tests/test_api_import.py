@@ -264,3 +264,17 @@ def test_a_server_killed_during_a_web_download_leaves_no_image_importing(tmp_pat
     finally:
         _Handler.release.set()
         s.stop()
+
+
+@pytest.mark.parametrize("var,value", [("VHDKIT_IMPORT_ALLOWED_PORTS", "80,http"),
+                                       ("VHDKIT_IMPORT_ALLOWED_SCHEMES", "http,ftp"),
+                                       ("VHDKIT_IMPORT_SLOTS", "many")])
+def test_serve_refuses_a_malformed_import_filter_before_it_starts(tmp_path, var, value):
+    import subprocess
+    import sys
+
+    from helpers_api import ROOT
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **{var: value})
+    proc = subprocess.run([sys.executable, "-m", "vhdkit", "serve", "--port", str(free_port()),
+                           "--data", str(tmp_path / "data")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and var in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

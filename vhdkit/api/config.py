@@ -71,7 +71,10 @@ class Settings:
             raw = env.get(cls.ENV[f.name])
             if raw is None or raw == "":
                 continue
-            kw[f.name] = raw if f.default is None else type(f.default)(raw)
+            try:
+                kw[f.name] = raw if f.default is None else type(f.default)(raw)
+            except ValueError:
+                raise ValueError(f"{cls.ENV[f.name]}: {raw!r} is not a number") from None
         return cls(**kw)
 
     def to_env(self) -> dict:
