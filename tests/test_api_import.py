@@ -42,6 +42,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", self.path[len("/redirect?to="):])
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif self.path == "/short":   # declares all of DATA, sends a part, hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.end_headers()
+            self.wfile.write(DATA[:1000])
+            self.close_connection = True
         elif self.path == "/slow":
             self.send_response(200)
             self.send_header("Content-Length", str(len(DATA)))
@@ -176,7 +182,7 @@ def test_web_download_fetches_an_allowed_url(server, web):
 
 def test_a_failed_web_download_returns_the_image_to_queued(server, web):
     with server.http(ADMIN) as c:
-        for path in ("/missing", f"/redirect?to={web}/missing"):
+        for path in ("/missing", f"/redirect?to={web}/missing", "/short"):
             img = new_image(c)
             assert do_import(c, img, "web-download", uri=web + path).status_code == 202
             assert wait_status(c, img, ("queued", "active"))["status"] == "queued"
@@ -244,23 +250,31 @@ def test_openstacksdk_creates_an_image_with_use_import(server, tmp_path):
     assert done["status"] == "active" and done["checksum"] == hashlib.md5(DATA).hexdigest()
 
 
+def start_stalled_import(s: ApiServer, web: str) -> dict:
+    """An image whose web-download has begun and stalls (until _Handler.release)."""
+    with s.http(ADMIN) as c:
+        img = new_image(c)
+        _Handler.slow_started.clear()
+        _Handler.release.clear()
+        assert do_import(c, img, "web-download", uri=f"{web}/slow").status_code == 202
+        assert _Handler.slow_started.wait(30)
+        importing = c.get(img["self"]).json()
+    assert importing["status"] == "importing" and importing["os_glance_import_task"]
+    return img
+
+
 def test_a_server_killed_during_a_web_download_leaves_no_image_importing(tmp_path, web):
     s = ApiServer(tmp_path, env=allowing(web)).start()
     try:
-        with s.http(ADMIN) as c:
-            img = new_image(c)
-            _Handler.slow_started.clear()
-            assert do_import(c, img, "web-download", uri=f"{web}/slow").status_code == 202
-            assert _Handler.slow_started.wait(30)
-            importing = c.get(img["self"]).json()
-            assert importing["status"] == "importing" and importing["os_glance_import_task"]
+        img = start_stalled_import(s, web)
         s.proc.kill()
         s.proc.wait()
         s.start()   # the registry's cleanup at start settles the dead import
         with s.http(ADMIN) as c:
             after = c.get(img["self"]).json()
         assert after["status"] == "queued" and "os_glance_import_task" not in after
-        assert not [p for p in (s.data / "blobs" / "tmp").iterdir()] if (s.data / "blobs" / "tmp").exists() else True
+        tmp = s.data / "blobs" / "tmp"
+        assert not (list(tmp.iterdir()) if tmp.exists() else [])
     finally:
         _Handler.release.set()
         s.stop()
@@ -278,3 +292,26 @@ def test_serve_refuses_a_malformed_import_filter_before_it_starts(tmp_path, var,
     proc = subprocess.run([sys.executable, "-m", "vhdkit", "serve", "--port", str(free_port()),
                            "--data", str(tmp_path / "data")], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and var in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_graceful_stop_aborts_running_web_downloads(tmp_path, web):
+    """SIGTERM: the running download is aborted at once, its image back in
+    queued and its temporary data gone, without waiting for a cleanup."""
+    from vhdkit.registry import Caller, Registry
+
+    s = ApiServer(tmp_path, env=allowing(web)).start()
+    try:
+        img = start_stalled_import(s, web)
+        s.proc.terminate()
+        s.proc.wait(timeout=15)   # uvicorn re-raises SIGTERM after its graceful shutdown
+        reg = Registry(str(s.data), cleanup=False)   # as the server left it
+        try:
+            after = reg.show_image(Caller.service("acct-a"), img["id"])
+        finally:
+            reg.close()
+        assert after.status == "queued" and "os_glance_import_task" not in after.properties
+        tmp = s.data / "blobs" / "tmp"
+        assert not (list(tmp.iterdir()) if tmp.exists() else [])
+    finally:
+        _Handler.release.set()
+        s.stop()

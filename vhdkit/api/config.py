@@ -56,6 +56,11 @@ class Settings:
         "import_slots": "VHDKIT_IMPORT_SLOTS",
     }
 
+    def too_slow(self, received: int, elapsed: float) -> bool:
+        """Whether a transfer that moved ``received`` bytes in ``elapsed``
+        seconds is an endless trickle to cut off (uploads, web-downloads)."""
+        return elapsed > self.upload_rate_grace and received < self.upload_min_rate * elapsed
+
     def enabled_import_methods(self) -> list:
         """The import methods offered (none on a forwarding host: the
         registry host runs imports)."""

@@ -203,8 +203,7 @@ class UploadStream(io.RawIOBase):
             if self.declared is not None and self.received != self.declared:
                 raise ApiError(400, f"Only {self.received} of the {self.declared} declared bytes arrived")
             return
-        elapsed = time.monotonic() - self._started
-        if elapsed > cfg.upload_rate_grace and self.received < cfg.upload_min_rate * elapsed:
+        if cfg.too_slow(self.received, time.monotonic() - self._started):
             raise ApiError(408, f"The upload is slower than {cfg.upload_min_rate} bytes/s; it was abandoned")
 
     async def _next(self) -> bytes:

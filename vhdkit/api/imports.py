@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import List, Optional
+import time
+from typing import List, Optional, Set
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -50,10 +51,12 @@ class WebDownloads:
 
     def __init__(self, cfg: Settings):
         self.filter = ImportFilter.from_settings(cfg)
-        self.timeout = cfg.upload_idle_timeout
+        self._cfg = cfg
         self._slots = threading.BoundedSemaphore(max(1, cfg.import_slots))
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
+        self._running: Set[Download] = set()
+        self._lock = threading.Lock()
 
     def reserve(self) -> bool:
         return self._slots.acquire(blocking=False)
@@ -72,7 +75,11 @@ class WebDownloads:
     def _fetch(self, writer, url: str) -> None:
         download: Optional[Download] = None
         try:
-            download = Download(self.filter, url, self.timeout, self._stop)
+            download = Download(self.filter, url, self._cfg, self._stop)
+            with self._lock:
+                self._running.add(download)
+            if self._stop.is_set():
+                raise FetchFailed("the server is shutting down")
             writer.fill(download)
             log.info("web-download of image %s finished", writer.image_id)
         except (UrlRefused, FetchFailed) as exc:
@@ -82,13 +89,22 @@ class WebDownloads:
         finally:
             writer.abort()   # a no-op after a commit; otherwise the image returns to queued
             if download is not None:
+                with self._lock:
+                    self._running.discard(download)
                 download.close()
             self.release()
 
     def stop(self, timeout: float = 1.0) -> None:
+        """Abort every running download (their images return to queued),
+        waiting up to ``timeout`` in all."""
         self._stop.set()
+        with self._lock:
+            running = list(self._running)
+        for d in running:
+            d.abort()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def enabled_methods(request: Request) -> List[str]:
@@ -152,7 +168,12 @@ async def import_image(request: Request) -> Response:
     except BaseException:
         downloads.release()
         raise
-    downloads.run(writer, uri)
+    try:
+        downloads.run(writer, uri)
+    except BaseException:
+        writer.abort()
+        downloads.release()
+        raise
     return Response(status_code=202)
 
 

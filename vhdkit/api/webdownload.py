@@ -21,6 +21,7 @@ import ipaddress
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import FrozenSet, List, Optional, Tuple, Union
 from urllib.parse import urljoin, urlsplit
@@ -162,6 +163,8 @@ class _PinnedConnection(http.client.HTTPConnection):
     def __init__(self, target: Target, timeout: float):
         super().__init__(target.host, target.port, timeout=timeout)
         self._target = target
+        #: the socket, kept past http.client handing it to the response
+        self.raw: Optional[socket.socket] = None
 
     def connect(self) -> None:
         last: Optional[OSError] = None
@@ -175,18 +178,24 @@ class _PinnedConnection(http.client.HTTPConnection):
             raise last or OSError("no address to connect to")
         if self._target.scheme == "https":
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self._target.host)
-        self.sock = sock
+        self.sock = self.raw = sock
 
 
 class Download:
     """The body of a checked URL as a readable file, for the registry's upload.
 
-    ``read`` raises :class:`FetchFailed` once ``stop`` is set (server shutdown),
-    so that the upload is aborted and its temporary file removed."""
+    ``read`` raises :class:`FetchFailed` once ``stop`` is set (server shutdown:
+    :meth:`abort` also wakes a read that waits for data), when no data came
+    for the idle timeout, or when the body trickles slower than the minimum
+    rate of uploads, so that the upload is aborted and its temporary file
+    removed."""
 
-    def __init__(self, flt: ImportFilter, url: str, timeout: float, stop: threading.Event):
-        self._stop = stop
+    def __init__(self, flt: ImportFilter, url: str, cfg: Settings, stop: threading.Event):
+        self._stop, self._cfg = stop, cfg
         self._conn: Optional[_PinnedConnection] = None
+        self._received = 0
+        self._started = time.monotonic()
+        timeout = cfg.upload_idle_timeout
         for _ in range(MAX_REDIRECTS + 1):
             target = flt.check(url)
             conn = _PinnedConnection(target, timeout)
@@ -204,6 +213,7 @@ class Download:
                 conn.close()
                 raise FetchFailed(f"GET {target.url}: HTTP {resp.status}")
             self._conn, self._resp = conn, resp
+            self._declared = resp.length   # None: chunked, or until the server closes
             return
         raise FetchFailed(f"more than {MAX_REDIRECTS} redirects")
 
@@ -211,9 +221,25 @@ class Download:
         if self._stop.is_set():
             raise FetchFailed("the server is shutting down")
         try:
-            return self._resp.read(n if n is not None and n >= 0 else 1 << 20)
+            data = self._resp.read(n if n is not None and n >= 0 else 1 << 20)
         except (OSError, http.client.HTTPException) as exc:
             raise FetchFailed(f"reading the response: {exc}") from None
+        self._received += len(data)
+        if not data and self._declared is not None and self._received != self._declared:
+            # http.client returns b"" when a body ends before its Content-Length
+            raise FetchFailed(f"the body ended after {self._received} of {self._declared} bytes")
+        if data and self._cfg.too_slow(self._received, time.monotonic() - self._started):
+            raise FetchFailed(f"slower than {self._cfg.upload_min_rate} bytes/s")
+        return data
+
+    def abort(self) -> None:
+        """Wake a read waiting for data (from another thread): it fails."""
+        sock = self._conn.raw if self._conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self._conn is not None:
