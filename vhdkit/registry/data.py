@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, List,
 from ..errors import (ConflictError, ForbiddenError, IntegrityError, InvalidInputError, NotFoundError, QuotaError,
                       VhdkitError)
 from . import blobs as _blobs
-from .models import IMPORT_TASK_PROPERTY, Image
+from .models import IMPORT_STORE_PROPERTIES, IMPORT_TASK_PROPERTY, Image
 from .rbac import Caller
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,8 +103,7 @@ class DataMixin:
             conn.execute("UPDATE images SET status = ?, upload_token = ?, upload_lease_until = ?, "
                          "updated_at = ? WHERE id = ?", (img.status, token, lease_until, self._now(), img.id))
             if into == "importing":  # Glance's import lock, shown while the import runs (db.py's trigger ends it)
-                conn.execute("INSERT OR REPLACE INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
-                             (img.id, IMPORT_TASK_PROPERTY, str(uuid.uuid4())))
+                self._mark_import(conn, img.id, {IMPORT_TASK_PROPERTY: str(uuid.uuid4())})
         if reaped:
             self._empty_trash()
         return img
@@ -193,6 +192,7 @@ class DataMixin:
                 raise ConflictError(f"image {img.id} is '{img.status}': its data must be staged "
                                     "before the 'glance-direct' method can be used")
             conn.execute("UPDATE images SET status = 'active', updated_at = ? WHERE id = ?", (self._now(), img.id))
+            self._mark_import(conn, img.id, {})
             out = self._load(conn, img.id)
         assert out is not None
         return self._present(caller, out)
@@ -245,6 +245,13 @@ class DataMixin:
                                      self.blobs.remote.name(blob))
         if man.size != size:
             raise IntegrityError(f"blob {blob}: Swift's sidecar records {man.size} bytes, not {size}")
+
+    def _mark_import(self: "Registry", conn, image_id: str, extra: Dict[str, str]) -> None:
+        """The properties an interoperable import shows on its image, as Glance."""
+        props = dict.fromkeys(IMPORT_STORE_PROPERTIES, "")
+        props.update(extra)
+        conn.executemany("INSERT OR REPLACE INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
+                         [(image_id, k, v) for k, v in props.items()])
 
     def _activate(self: "Registry", conn, image_id: str, size: int, md5: str, sha512: str,
                   virtual_size: Optional[int], blob: str, status: str = "active") -> Image:

@@ -46,6 +46,9 @@ RESERVED_NAMESPACE = "os_glance_"
 #: the id of the import running on an image (Glance's import lock), present
 #: only while the image is ``importing``
 IMPORT_TASK_PROPERTY = "os_glance_import_task"
+#: the per-store import progress Glance keeps on an imported image; with one
+#: store both stay empty, as on a single-store Glance
+IMPORT_STORE_PROPERTIES = ("os_glance_importing_to_stores", "os_glance_failed_import")
 BASE_FIELDS = READONLY_FIELDS + WRITABLE_FIELDS + ("owner",)
 #: Sort keys accepted by list (whitelist; mapped to columns in query.py).
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id",
