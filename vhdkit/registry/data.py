@@ -485,7 +485,13 @@ class UploadWriter(io.RawIOBase):
 
     def fill(self, stream: BinaryIO, *, size: Optional[int] = None, virtual_size: Optional[int] = None,
              progress: Progress = None) -> Image:
-        """Copy ``stream`` to the end, then :meth:`commit` (aborted on any failure)."""
+        """Copy ``stream`` to the end, then :meth:`commit` (aborted on any failure).
+
+        Every upload of data a caller sends or names goes through here:
+        ``PUT /file`` and the CLI (:meth:`Registry.upload`), staging for
+        ``glance-direct`` (``upload(stage=True)``) and ``web-download``
+        (api/imports.py); a check of uploaded data belongs here or in
+        :meth:`commit` so that it applies to all of them."""
         try:
             self._up.write_from(stream, progress=progress, total=size)
         except BaseException:
