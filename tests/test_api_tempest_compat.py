@@ -152,3 +152,15 @@ def test_the_image_schema_knows_os_hidden_and_the_uploading_status(api_server):
         props = c.get("/v2/schemas/image").json()["properties"]
     assert props["os_hidden"]["type"] == "boolean"
     assert "uploading" in props["status"]["enum"] and "importing" in props["status"]["enum"]
+
+
+def test_glance_cli_hides_lists_and_unhides_images(api_server):
+    from test_api_glance import listing, table
+
+    out = table(api_server.glance(ADMIN, "image-create", "--name", "cli-hidden", "--disk-format", "raw",
+                                  "--container-format", "bare", "--hidden", "True").stdout)
+    assert out["os_hidden"] == "True"
+    names = lambda *args: {r["Name"] for r in listing(api_server.glance(ADMIN, "image-list", *args).stdout)}
+    assert "cli-hidden" not in names() and "cli-hidden" in names("--hidden", "true")
+    assert table(api_server.glance(ADMIN, "image-update", out["id"], "--hidden", "False").stdout)["os_hidden"] == "False"
+    assert "cli-hidden" in names()
