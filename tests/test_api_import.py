@@ -328,3 +328,16 @@ def test_a_graceful_stop_aborts_running_web_downloads(tmp_path, web):
     finally:
         _Handler.release.set()
         s.stop()
+
+
+def test_imported_data_meets_the_upload_size_limit(tmp_path, web):
+    """VHDKIT_API_MAX_IMAGE_SIZE holds for staged and downloaded data as for uploads."""
+    with ApiServer(tmp_path, env={**allowing(web), "VHDKIT_API_MAX_IMAGE_SIZE": "100000"}) as s:
+        with s.http(ADMIN) as c:
+            img = new_image(c)
+            assert c.put(f"{img['self']}/stage", content=DATA, headers=OCTET).status_code == 413
+            assert c.get(img["self"]).json()["status"] == "queued"
+            assert do_import(c, img, "web-download", uri=f"{web}/disk").status_code == 202
+            done = wait_status(c, img, ("queued", "active"))
+            assert done["status"] == "queued" and done["size"] is None
+            assert "exceeds" in (s.log.read_text())   # the reason is in the server's log

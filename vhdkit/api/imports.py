@@ -35,7 +35,8 @@ from starlette.routing import Route
 
 from .auth import caller
 from .config import IMPORT_METHODS, Settings
-from .errors import ApiError
+from ..errors import VhdkitError
+from .errors import ApiError, status_of
 from .http import call, json_object, read_json, registry, settings, write_call
 from .images import image_id, receive_data
 from .webdownload import Download, FetchFailed, ImportFilter, UrlRefused
@@ -84,6 +85,11 @@ class WebDownloads:
             log.info("web-download of image %s finished", writer.image_id)
         except (UrlRefused, FetchFailed) as exc:
             log.warning("web-download of image %s failed: %s", writer.image_id, exc)
+        except VhdkitError as exc:   # the data failed the upload's limits or checks
+            if status_of(exc) >= 500:
+                log.error("web-download of image %s failed: %s", writer.image_id, exc, exc_info=exc)
+            else:
+                log.warning("web-download of image %s refused: %s", writer.image_id, exc)
         except Exception:  # noqa: BLE001 - the image must not stay importing
             log.exception("web-download of image %s failed", writer.image_id)
         finally:
