@@ -319,8 +319,12 @@ class RemoteRegistry:
         up.limit = cap if isinstance(cap, int) else None
         keeper = _LeaseKeeper(self, img.id, token, lease)
         sent = False
+        from .registry.inspect import inspect_upload
+
+        src = inspect_upload(stream, disk_format=img.disk_format, container_format=img.container_format,
+                             tmp_dir=self.scratch)
         try:
-            up.write_from(stream, progress=progress, total=size)
+            up.write_from(src, progress=progress, total=size)
             digest = up.digest()
             if size is not None and digest.size != size:
                 raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
@@ -345,6 +349,8 @@ class RemoteRegistry:
         finally:
             keeper.stop()
             up.release()
+            if src is not stream:
+                src.close()
 
     def upload_store(self):
         """A blob store in this host's scratch directory whose data goes to Swift

@@ -131,6 +131,9 @@ MIGRATIONS: List[str] = [
     # (``vhdkit serve --registry URL``) hold a lease instead of a local lock:
     # the time (stored text form) until which the upload counts as alive.
     "ALTER TABLE images ADD COLUMN upload_lease_until TEXT;",
+    # 3 -> 4: ids of deleted images, never handed out again (OpenStack
+    # OSSN-0075: a new image under an old id would be taken for the old one).
+    "CREATE TABLE retired_image_ids (id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
