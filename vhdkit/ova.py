@@ -821,7 +821,12 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
     ``decompress`` is False.  ``max_output`` caps each decompressed disk
     (default: its declared capacity plus metadata room).  Extraction happens in
     a temporary directory next to ``dest`` that is renamed at the end; on any
-    refusal or (with ``require_valid``) verification problem nothing is left."""
+    refusal or (with ``require_valid``) verification problem nothing is left.
+    A snapshot chain ``0.vhd`` … ``N.vhd`` is relinked inside ``dest`` after
+    verification: each differencing ``N.vhd`` names ``N+1.vhd`` as its parent
+    (relative and absolute locators), so the unpacked chain is self-contained
+    (its rewritten headers no longer match the manifest's hashes of the
+    packed bytes; ``ova verify`` the archive, not the unpacked files)."""
     dst = Path(dest)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConflictError(f"{dst} exists and is not an empty directory")
@@ -838,7 +843,34 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
         for m in rep.members:
             if m.extracted_to:
                 m.extracted_to = str(dst / m.name)
-        return rep
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if decompress:
+        try:
+            _relink_chain(dst, rep)
+        except BaseException:
+            shutil.rmtree(dst, ignore_errors=True)
+            raise
+    return rep
+
+
+def _relink_chain(dst: Path, rep: OvaReport) -> None:
+    """Point each unpacked ``N.vhd`` of a snapshot chain at ``N+1.vhd`` beside
+    it (parent name and W2ru/W2ku/MacX locators, relative and absolute), so the
+    chain reads without the packer's original files -- and never from them.
+    Runs after the manifest was verified against the bytes as packed; the
+    rewritten headers are the only bytes that then differ.  Each disk is
+    opened with its explicit parents from the package, never its old locators."""
+    names = sorted(m.name for m in rep.disks)
+    want = [f"{i}.vhd" for i in range(len(names))]
+    if len(names) < 2 or names != sorted(want):
+        return
+    from .vhd.chain import reparent
+    from .vhd.read import probe
+
+    chain = [dst / n for n in want]
+    for i in range(len(chain) - 1):
+        if probe(chain[i]) == "differencing":
+            reparent(chain[i], chain[i + 1], parents=[str(p) for p in chain[i + 2:]] or None,
+                     follow_locators=False)

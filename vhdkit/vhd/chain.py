@@ -355,7 +355,8 @@ class ReparentResult(_DictMixin):
 
 
 def reparent(child: PathLike, new_parent: PathLike, *, unsafe: bool = False,
-             parents: Optional[Sequence[PathLike]] = None, allowed_root: Optional[PathLike] = None) -> ReparentResult:
+             parents: Optional[Sequence[PathLike]] = None, allowed_root: Optional[PathLike] = None,
+             follow_locators: bool = True) -> ReparentResult:
     """Point the differencing disk ``child`` at ``new_parent``: parent UUID,
     timestamp, name and locators are rewritten.  The new parent must carry
     the UUID the child expects unless ``unsafe`` (like ``qemu-img rebase
@@ -364,7 +365,7 @@ def reparent(child: PathLike, new_parent: PathLike, *, unsafe: bool = False,
     c, p = _require(child), _require(new_parent)
     if os.path.samefile(c, p):
         raise errors.ChainError(f"{c} cannot be its own parent")
-    img = _open_img(p, parents, allowed_root)
+    img = _open_img(p, parents, allowed_root, follow_locators)
     try:
         ref, _keep = _parent_ref(p, c)
         err = new_err()
