@@ -157,7 +157,7 @@ class _InspectingReader(io.RawIOBase):
         path = f"/proc/self/fd/{self.spool.fileno()}"
         try:
             if self.kind == "vhd":
-                check_disk(path, self.limits, what="the VHD")
+                check_disk(path, self.limits, what="the uploaded disk")
             else:
                 check_package(path, self.limits, self.tmp_dir)
         except InvalidInputError:
