@@ -106,7 +106,8 @@ async def upload(request: Request) -> Response:
     if stream.error is not None:
         raise stream.error
     try:
-        await call(registry(request).upload, who, iid, stream, size=stream.declared,
+        # a customer's bytes: inspected (registry.inspect) on this host or a forwarding one
+        await call(registry(request).upload, who, iid, stream, size=stream.declared, inspect=True,
                    limiter=request.app.state.upload_limiter)
     except Exception:
         if stream.error is not None:  # our limit or timeout made the registry give up

@@ -150,16 +150,16 @@ class DataMixin:
             self._empty_trash()
 
     def upload(self: "Registry", caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
-               virtual_size: Optional[int] = None, progress: Progress = None, inspect: bool = True) -> Image:
+               virtual_size: Optional[int] = None, progress: Progress = None, inspect: bool = False) -> Image:
         """Store ``stream`` as the image's data and make it active.
 
         The image must be ``queued`` (or ``importing``) with disk and container
         formats set.  Size, md5 and sha512 are computed in one pass; ``size``,
         when given, must match.  ``virtual_size`` is recorded as given, else
-        read from the data when disk_format is ``vhd``.  The data is inspected
-        (:func:`vhdkit.registry.inspect.inspect_upload`) unless ``inspect`` is
-        False.  On any failure the image returns to ``queued`` and nothing is
-        left behind."""
+        read from the data when disk_format is ``vhd``.  With ``inspect`` (every
+        upload of a customer's bytes: the Images API) the data is inspected
+        first (:func:`vhdkit.registry.inspect.inspect_upload`).  On any failure
+        the image returns to ``queued`` and nothing is left behind."""
         from .inspect import inspect_upload
 
         with self.open_upload(caller, image_id) as w:
@@ -173,12 +173,9 @@ class DataMixin:
             return w.commit(size=size, virtual_size=virtual_size)
 
     def upload_file(self: "Registry", caller: Caller, image_id: str, path: str, **kw: Any) -> Image:
-        """:meth:`upload` from a file (``size`` checked against the file's size).
-        A file server code made (the import pipeline's own package) is stored
-        as it is: it was validated when it was made."""
+        """:meth:`upload` from a file (``size`` checked against the file's size)."""
         with open(path, "rb") as f:
             kw.setdefault("size", os.fstat(f.fileno()).st_size)
-            kw.setdefault("inspect", False)
             return self.upload(caller, image_id, f, **kw)
 
     def register_blob(self: "Registry", caller: Caller, image_id: str, *, blob: str, size: int, md5: str,
