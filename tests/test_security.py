@@ -215,7 +215,7 @@ def test_upload_of_a_differencing_vhd_is_refused(api_server, tmp_path):
 
 def test_upload_of_a_truncated_vhd_is_refused(api_server, tmp_path):
     d = make_disk(tmp_path, "d.vhd", data=os.urandom(3 * MiB)).read_bytes()
-    _upload_refused(api_server, d[:len(d) - 700], "VHD")
+    _upload_refused(api_server, d[:len(d) - 700], "failed validation")
 
 
 def test_upload_of_data_that_is_not_a_vhd_is_refused(api_server):
