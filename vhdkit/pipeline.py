@@ -233,30 +233,14 @@ def _parse_import(inp: Dict[str, Any]) -> tuple:
 
 
 def _validate_vhd(path: Path, cfg: PipelineConfig):
-    from .vhd import check, info, probe
+    """The object as a disk the service takes (:func:`vhdkit.registry.inspect.check_disk`,
+    the same judgement as an uploaded VHD's), its info; else TaskFailed with the code."""
+    from .registry.inspect import DiskRefused, InspectLimits, check_disk
 
-    size = path.stat().st_size
-    if size > cfg.max_file_size:
-        raise TaskFailed(609, f"the file is {size} bytes; the limit is {cfg.max_file_size}")
-    kind = probe(path)
-    if kind is None:
-        raise TaskFailed(396, "the object is not a VHD (no valid VHD footer)")
-    if kind == "differencing":
-        raise TaskFailed(721, "the VHD is a differencing disk: it has a parent disk; "
-                              "coalesce it into a standalone VHD first")
     try:
-        vi = info(path)
-    except VhdkitError as e:
-        raise TaskFailed(397, f"the VHD cannot be opened: {e.message}") from None
-    if vi.virtual_size > cfg.max_virtual_size:
-        raise TaskFailed(413, f"the virtual size is {vi.virtual_size} bytes; "
-                              f"the limit is {cfg.max_virtual_size}")
-    rep = check(path, parents=False)
-    if not rep.ok:
-        p = rep.problems[0]
-        more = f" (and {len(rep.problems) - 1} more problems)" if len(rep.problems) > 1 else ""
-        raise TaskFailed(397, f"the VHD failed validation: {p.code}: {p.message}{more}")
-    return vi
+        return check_disk(str(path), InspectLimits(cfg.max_virtual_size, cfg.max_file_size), what="the object")
+    except DiskRefused as e:
+        raise TaskFailed(e.number, e.message) from None
 
 
 def _run_import(ctx: _Context) -> Dict[str, Any]:

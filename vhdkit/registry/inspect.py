@@ -41,7 +41,7 @@ from typing import BinaryIO, List, Optional
 
 from ..errors import VhdkitError, InvalidInputError, public_message
 
-__all__ = ["InspectLimits", "inspect_upload", "needs_inspection"]
+__all__ = ["InspectLimits", "DiskRefused", "inspect_upload", "needs_inspection", "check_disk", "check_package"]
 
 _SECTOR = 512
 _CHUNK = 1 << 20
@@ -61,6 +61,18 @@ class InspectLimits:
 
         cfg = PipelineConfig.from_env(home=".")
         return cls(cfg.max_virtual_size, cfg.max_file_size)
+
+
+class DiskRefused(InvalidInputError):
+    """A disk the server does not take; ``number`` is its task code (the public
+    Rackspace codes: 396 not a VHD, 397 failed validation, 413 virtual size,
+    609 file size, 721 has a parent)."""
+
+    code = "disk_refused"
+
+    def __init__(self, number: int, message: str):
+        super().__init__(message)
+        self.number = number
 
 
 def needs_inspection(disk_format: Optional[str], container_format: Optional[str]) -> bool:
@@ -135,11 +147,9 @@ class _InspectingReader(io.RawIOBase):
                 dtype = struct.unpack_from(">I", head, 60)[0]
                 size = struct.unpack_from(">Q", head, 48)[0]
                 if dtype == 4:
-                    raise _refuse("the VHD is a differencing disk: it has a parent disk; upload a standalone "
-                                  "(fixed or dynamic) VHD, or the whole chain as an OVA")
+                    raise _refuse(_has_parent(_UPLOADED).message)
                 if size > self.limits.max_virtual_size:
-                    raise _refuse(f"the VHD's virtual size is {size} bytes; the limit is "
-                                  f"{self.limits.max_virtual_size}")
+                    raise _refuse(_too_big(_UPLOADED, size, self.limits).message)
         else:
             from ..ova import _safe_name  # one rule for member names
             from ..errors import ArchiveError
@@ -157,41 +167,53 @@ class _InspectingReader(io.RawIOBase):
         path = f"/proc/self/fd/{self.spool.fileno()}"
         try:
             if self.kind == "vhd":
-                check_disk(path, self.limits, what="the uploaded disk")
+                check_disk(path, self.limits, what=_UPLOADED)
             else:
                 check_package(path, self.limits, self.tmp_dir)
-        except InvalidInputError:
-            raise
         except VhdkitError as e:
             raise _refuse(e.message) from None
         self.checked = True
 
 
-def check_disk(path: str, limits: InspectLimits, *, what: str, parents: Optional[List[str]] = None) -> None:
+_UPLOADED = "the uploaded disk"
+
+
+def _has_parent(what: str) -> DiskRefused:
+    return DiskRefused(721, f"{what} is a differencing disk: it has a parent disk; coalesce it into a "
+                            "standalone (fixed or dynamic) VHD first, or upload the whole chain as an OVA")
+
+
+def _too_big(what: str, size: int, limits: InspectLimits) -> DiskRefused:
+    return DiskRefused(413, f"{what}'s virtual size is {size} bytes; the limit is {limits.max_virtual_size}")
+
+
+def check_disk(path: str, limits: InspectLimits, *, what: str, parents: Optional[List[str]] = None):
     """A standalone fixed or dynamic VHD (or, with ``parents``, a differencing
-    disk over exactly those files) that the core checks clean, within limits."""
+    disk over exactly those files) that the core checks clean, within limits;
+    its :class:`~vhdkit.vhd.VhdInfo`, else :class:`DiskRefused`.  The one
+    judgement of a customer's disk: upload inspection and the import task."""
     from ..vhd import check, info, probe
 
     size = os.stat(path).st_size
     if size > limits.max_file_size:
-        raise _refuse(f"{what} is {size} bytes; the limit is {limits.max_file_size}")
+        raise DiskRefused(609, f"{what} is {size} bytes; the limit is {limits.max_file_size}")
     kind = probe(path)
     if kind is None:
-        raise _refuse(f"{what} is not a VHD (no valid VHD footer)")
+        raise DiskRefused(396, f"{what} is not a VHD (no valid VHD footer)")
     if kind == "differencing" and not parents:
-        raise _refuse(f"{what} is a differencing disk: it has a parent disk; upload a standalone (fixed or "
-                      "dynamic) VHD, or the whole chain as an OVA")
+        raise _has_parent(what)
     try:
         vi = info(path)
     except VhdkitError as e:
-        raise _refuse(f"{what} cannot be opened: {e.message}") from None
+        raise DiskRefused(397, f"{what} cannot be opened: {e.message}") from None
     if vi.virtual_size > limits.max_virtual_size:
-        raise _refuse(f"{what}'s virtual size is {vi.virtual_size} bytes; the limit is {limits.max_virtual_size}")
+        raise _too_big(what, vi.virtual_size, limits)
     rep = check(path, parents=parents if kind == "differencing" else False, follow_locators=False)
     if not rep.ok:
         p = rep.problems[0]
         more = f" (and {len(rep.problems) - 1} more problems)" if len(rep.problems) > 1 else ""
-        raise _refuse(f"{what} failed validation: {p.code}: {p.message}{more}")
+        raise DiskRefused(397, f"{what} failed validation: {p.code}: {p.message}{more}")
+    return vi
 
 
 def check_package(path: str, limits: InspectLimits, tmp_dir: Optional[str]) -> None:
