@@ -401,6 +401,12 @@ def test_an_unpacked_snapshot_package_reads_without_its_originals(tmp_path):
     assert locs["W2ku"] == str((tmp_path / "out" / "1.vhd").resolve())
     with vhdkit.open(tmp_path / "out" / "0.vhd") as s:
         assert hashlib.sha256(s.read()).hexdigest() == want
+    # peer: libvhdi reads the parent's name and identifier from the relinked header
+    from conftest import require_tool
+    peer = subprocess.run([require_tool("vhdiinfo"), str(tmp_path / "out" / "0.vhd")], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Parent filename\t\t: 1.vhd" in peer
+    assert f"Parent identifier\t: {layers[1]['uuid']}" in peer
     # moved as a directory, it still reads (the relative locator)
     os.rename(tmp_path / "out", tmp_path / "moved")
     assert vhdkit_cli("chain", "moved/0.vhd", cwd=tmp_path).returncode == 0
