@@ -30,6 +30,8 @@ from vhdkit import ova
 from vhdkit.pipeline import PipelineConfig
 from vhdkit.registry import Caller, Registry
 
+pytestmark = pytest.mark.native   # hostile images and packages reach the core: the sanitizer pass runs these too
+
 ATTACKER = "acct-evil:cloudImages:admin"
 VICTIM = "acct-victim:cloudImages:admin"
 MiB, GiB = 1 << 20, 1 << 30
