@@ -230,6 +230,8 @@ def test_upload_of_an_ova_with_dotdot_members_is_refused(api_server, tmp_path):
     p = tmp_path / "evil.ova"
     _pack_raw(p, [("0.vhd", d.read_bytes())], capacity=8 * MiB, extra=[("../../escape.txt", b"gotcha")])
     _upload_refused(api_server, p.read_bytes(), "..", container_format="ova")
+    # an OVA of another disk format is stored as given, but only as a safe package
+    _upload_refused(api_server, p.read_bytes(), "..", disk_format="vmdk", container_format="ova")
     assert not list(api_server.workdir.rglob("escape.txt"))
 
 
@@ -260,7 +262,7 @@ def test_good_uploads_are_stored(api_server, tmp_path):
     assert r.returncode == 0, r.stderr
     with api_server.http(ATTACKER) as c:
         for fmt, body in ((("vhd", "bare"), d.read_bytes()), (("vhd", "ova"), pkg.read_bytes()),
-                          (("raw", "bare"), b"anything at all")):
+                          (("vmdk", "ova"), pkg.read_bytes()), (("raw", "bare"), b"anything at all")):
             iid = new_image(c, *fmt)
             assert put_data(c, iid, body).status_code == 204
             assert c.get(f"/v2/images/{iid}").json()["status"] == "active"

@@ -9,14 +9,16 @@ What Glance does since OSSA-2024-001, for the formats vhdkit reads:
   fixed or dynamic VHD -- the core's ``check`` clean, no parent (a
   differencing disk names files by path; the server never opens them),
   virtual size and file size within the limits.
-* ``container_format=ova``: a package ``ova.unpack`` accepts (no unsafe member
+* ``container_format=ova`` (with ``disk_format=vhd``): a package ``ova.unpack`` accepts (no unsafe member
   names, links or devices, manifest and descriptor consistent, each disk's
   decompressed size bounded by the server's limit and its own structure),
   whose disks check out as above -- except that a snapshot chain
   ``0.vhd`` (leaf) … ``N.vhd`` (base) may hold differencing disks, each the
   child of the next, opened with exactly those parents and never through
   their locators.
-* Any other format is stored as given.
+* An OVA of another disk format must still be a safe package (no unsafe
+  member names, links or devices; decompression bounded); its disks are
+  stored as given, as is data of any other format.
 
 Refusals are :class:`~vhdkit.errors.InvalidInputError` (HTTP 400) with a
 message that says what was wrong and names no server path; the upload is then
@@ -89,8 +91,8 @@ def inspect_upload(stream: BinaryIO, *, disk_format: Optional[str], container_fo
     commits refused data.  Formats that are not inspected get ``stream`` back."""
     if not needs_inspection(disk_format, container_format):
         return stream
-    return _InspectingReader(stream, "ova" if container_format == "ova" else "vhd",
-                             limits or InspectLimits.from_env(), tmp_dir)
+    kind = "vhd" if container_format != "ova" else "ova" if disk_format == "vhd" else "ova-other"
+    return _InspectingReader(stream, kind, limits or InspectLimits.from_env(), tmp_dir)
 
 
 def _refuse(message: str) -> InvalidInputError:
@@ -169,7 +171,7 @@ class _InspectingReader(io.RawIOBase):
             if self.kind == "vhd":
                 check_disk(path, self.limits, what=_UPLOADED)
             else:
-                check_package(path, self.limits, self.tmp_dir)
+                check_package(path, self.limits, self.tmp_dir, vhd=self.kind == "ova")
         except VhdkitError as e:
             raise _refuse(e.message) from None
         self.checked = True
@@ -216,16 +218,21 @@ def check_disk(path: str, limits: InspectLimits, *, what: str, parents: Optional
     return vi
 
 
-def check_package(path: str, limits: InspectLimits, tmp_dir: Optional[str]) -> None:
-    """A safe OVA whose disks are one standalone VHD or a chain ``0.vhd`` … ``N.vhd``."""
+def check_package(path: str, limits: InspectLimits, tmp_dir: Optional[str], *, vhd: bool = True) -> None:
+    """A safe OVA whose disks are one standalone VHD or a chain ``0.vhd`` … ``N.vhd``
+    (``vhd``); for another disk format, a safe package (names, links, bounded
+    decompression) whose disks are stored as given."""
     from .. import ova
 
     work = Path(tempfile.mkdtemp(prefix=".vhdkit-inspect.", dir=tmp_dir))
     try:
         try:
-            rep = ova.unpack(path, work / "x", max_output=ova.capacity_bound(limits.max_virtual_size))
+            rep = ova.unpack(path, work / "x", max_output=ova.capacity_bound(limits.max_virtual_size),
+                             require_valid=vhd)
         except VhdkitError as e:
             raise _refuse(f"the OVA is not a safe, valid package: {e.message}") from None
+        if not vhd:
+            return
         disks = sorted(m.name for m in rep.disks)
         for m in rep.disks:
             if m.capacity is not None and m.capacity > limits.max_virtual_size:
