@@ -45,12 +45,12 @@ import anyio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..registry.rbac import ACCOUNT_RE
 from .config import Settings
 from .errors import ApiError
 
 log = logging.getLogger("vhdkit.api.auth")
 
-ACCOUNT_RE = re.compile(r"[A-Za-z0-9_.@:+-]{1,255}\Z")
 ROLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 MAX_ROLES = 32
 #: Roles no HTTP caller may claim: the registry's operator/pipeline identity.
@@ -64,6 +64,9 @@ _SCOPE_KEY = "vhdkit.caller"
 
 Identity = Tuple[str, FrozenSet[str]]
 
+#: Headers that say who the caller is: each may appear at most once.
+IDENTITY_HEADERS = ("X-Tenant-Id", "X-Project-Id", "X-Roles", "X-Auth-Token")
+
 
 def _unauthorized(message: str, challenge: str = 'Token realm="vhdkit"') -> ApiError:
     return ApiError(401, message, {"WWW-Authenticate": challenge})
@@ -72,8 +75,18 @@ def _unauthorized(message: str, challenge: str = 'Token realm="vhdkit"') -> ApiE
 def check_account(account: str, unauthorized=_unauthorized) -> str:
     """``account`` unless it is not a valid account id (401)."""
     if not ACCOUNT_RE.match(account):
-        raise unauthorized("an account id may hold only letters, digits and _ . @ : + - (at most 255)")
+        raise unauthorized("an account id may hold only letters, digits and _ . @ : + - (at most 255), "
+                           "and may not start with '.'")
     return account
+
+
+def _once(headers, names) -> None:
+    """400 if one of the headers ``names`` was sent more than once."""
+    getlist = getattr(headers, "getlist", None)
+    if getlist is not None:
+        for name in names:
+            if len(getlist(name)) > 1:
+                raise ApiError(400, f"the identity header {name} was sent more than once")
 
 
 # ---- header identity ------------------------------------------------------------------
@@ -97,7 +110,11 @@ def identity(headers) -> Tuple[str, Tuple[str, ...]]:
     proxy (keystonemiddleware) sets next to the opaque token it validated, and
     what a client without a token plugin (openstacksdk ``auth_type: none``,
     whose token is the literal ``notused``) can send.
+    A header of :data:`IDENTITY_HEADERS` given more than once is 400: a proxy
+    that appends its value to the client's instead of replacing it must not
+    leave the choice to whichever copy is read.
     """
+    _once(headers, IDENTITY_HEADERS)
     account = headers.get("x-tenant-id") or headers.get("x-project-id")
     if account is not None:
         account, roles = account.strip(), headers.get("x-roles", "")
@@ -231,6 +248,7 @@ class KeystoneIdentity:
         return _unauthorized(message, self.challenge)
 
     def _token(self, headers) -> str:
+        _once(headers, ("X-Auth-Token",))
         token = headers.get("x-auth-token")
         if token is None or not token.strip():
             raise self.unauthorized("authentication required: send a Keystone token in X-Auth-Token")
