@@ -88,9 +88,9 @@ application = initialize_public_application()
 """
 
 
-def _manage(d: Path, *args: str) -> None:
+def _manage(d: Path, *args: str, **env: str) -> None:
     r = subprocess.run([str(VENV / "bin" / "keystone-manage"), "--config-file", str(d / "keystone.conf"), *args],
-                       capture_output=True, text=True, env=server_env(), cwd=str(d))
+                       capture_output=True, text=True, env=dict(server_env(), **env), cwd=str(d))
     if r.returncode != 0:
         sys.exit(f"keystone_aio: keystone-manage {args[0]} failed:\n{r.stderr[-3000:]}")
 
@@ -180,9 +180,10 @@ def start(d: Path, expiration: int = 3600) -> Path:
     _database(d)
     for repo in ("fernet-keys", "fernet-receipts", "credential-keys"):
         _key_repository(d / repo)
-    _manage(d, "bootstrap", "--bootstrap-password", admin_pw, "--bootstrap-admin-url", auth_url,
-            "--bootstrap-public-url", auth_url, "--bootstrap-internal-url", auth_url,
-            "--bootstrap-region-id", REGION)
+    # (the password in the environment: off the command line, and a value
+    # starting with "-" would be taken for an option)
+    _manage(d, "bootstrap", "--bootstrap-admin-url", auth_url, "--bootstrap-public-url", auth_url,
+            "--bootstrap-internal-url", auth_url, "--bootstrap-region-id", REGION, OS_BOOTSTRAP_PASSWORD=admin_pw)
     env = dict(server_env(), OS_KEYSTONE_CONFIG_FILES=str(d / "keystone.conf"))
     (d / "keystone_wsgi.py").write_text(_ENTRY)
     log = open(d / "log" / "gunicorn.log", "wb")
