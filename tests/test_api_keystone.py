@@ -68,7 +68,7 @@ def test_openstacksdk_password_auth(server, member, tmp_path):
     conn = member.sdk()
     assert conn.image.get_endpoint() .rstrip("/").startswith(server.url)
     path = _disk(tmp_path)
-    img = conn.image.create_image(name="ks-sdk", filename=str(path), disk_format="vhd",
+    img = conn.image.create_image(name="ks-sdk", filename=str(path), disk_format="raw",
                                   container_format="bare", wait=True)
     got = conn.image.get_image(img)
     assert got.status == "active" and got.owner == member.project_id
@@ -81,7 +81,7 @@ def test_openstacksdk_password_auth(server, member, tmp_path):
 def test_glanceclient_password_auth(server, member, tmp_path):
     glance = glance_executable()
     path = _disk(tmp_path)
-    out = _run(member, glance, "image-create", "--name", "ks-glance", "--disk-format", "vhd",
+    out = _run(member, glance, "image-create", "--name", "ks-glance", "--disk-format", "raw",
                "--container-format", "bare", "--file", str(path), home=tmp_path)
     image_id = next(line.split("|")[2].strip() for line in out.stdout.splitlines() if "| id " in line)
     assert image_id in _run(member, glance, "image-list", home=tmp_path).stdout
@@ -94,7 +94,7 @@ def test_glanceclient_password_auth(server, member, tmp_path):
 def test_openstackclient_image_commands(server, member, tmp_path):
     osc = _cli("openstack")
     path = _disk(tmp_path)
-    made = json.loads(_run(member, osc, "image", "create", "--disk-format", "vhd", "--container-format", "bare",
+    made = json.loads(_run(member, osc, "image", "create", "--disk-format", "raw", "--container-format", "bare",
                            "--file", str(path), "--property", "os_distro=debian", "-f", "json", "ks-osc",
                            home=tmp_path).stdout)
     assert made["owner"] == member.project_id
@@ -139,6 +139,13 @@ def test_identity_headers_beside_a_token_are_ignored(server, member, keystone):
                    headers={"X-Auth-Token": member.token(), "X-Tenant-Id": other.project_id, "X-Roles": "admin"})
     assert r.status_code == 201, r.text
     assert r.json()["owner"] == member.project_id
+
+
+def test_a_token_sent_twice_is_400(server, member):
+    token = member.token()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.get("/v2/images", headers=[("X-Auth-Token", token), ("X-Auth-Token", token)])
+    assert r.status_code == 400 and "more than once" in r.json()["error"]["message"]
 
 
 def _revoke(keystone, token: str) -> None:
