@@ -247,6 +247,15 @@ def _oserror(e: OSError, what: str) -> VhdkitError:
     return StorageError(f"{what}: {e.strerror or e}", sys_errno=e.errno or 0)
 
 
+def _locked(path: str) -> int:
+    """An fd holding an exclusive flock on ``path`` (see maintenance: temp files)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 class _LocalReader(ObjectReader):
     def __init__(self, f: BinaryIO, info: ObjectInfo):
         self._f = f
@@ -372,8 +381,10 @@ class LocalStore(ObjectStore):
         md5 = hashlib.md5()
         n = 0
         tmp_data = tmp_meta = None
+        locks: List[int] = []  # temp files stay flocked until renamed: cleanup spares a live put's
         try:
             fd, tmp_data = tempfile.mkstemp(prefix=".tmp-", dir=dpath.parent)
+            locks.append(_locked(tmp_data))
             with open(fd, "wb") as out:
                 buf = bytearray(_CHUNK)
                 view = memoryview(buf)
@@ -406,6 +417,7 @@ class LocalStore(ObjectStore):
             d = info.to_dict()
             d.pop("container")
             fd, tmp_meta = tempfile.mkstemp(prefix=".tmp-", dir=mpath.parent)
+            locks.append(_locked(tmp_meta))
             with open(fd, "wb") as out:
                 out.write(json.dumps(d, sort_keys=True).encode("utf-8"))
                 out.flush()
@@ -430,6 +442,8 @@ class LocalStore(ObjectStore):
                         os.unlink(t)
                     except OSError:
                         pass
+            for lk in locks:
+                os.close(lk)
 
     def sync(self, container: str, names: Sequence[str]) -> None:
         dirs = set()
