@@ -169,11 +169,14 @@ class _Context:
         self.lost = threading.Event()
         self.timings: Dict[str, float] = {}
 
-    def enter(self, stage: str, total: Optional[int] = None) -> None:
+    def enter(self, stage: str, total: Optional[int] = None, timed: bool = True) -> None:
+        """Start ``stage``; ``timed=False`` for a short step counted in the
+        previous stage's time (``publish`` in ``split``'s)."""
         if self.lost.is_set():
             raise ConflictError(f"task {self.task.id}: lease lost, stopping")
         self.stage, self.done, self.total = stage, 0, total
-        self.timings[stage] = time.monotonic()
+        if timed:
+            self.timings[stage] = time.monotonic()
 
     def progress(self, done: int, total: Optional[int] = None) -> None:
         global _KILL_AT
@@ -497,7 +500,7 @@ class _FencedStore:
 
     def put_bytes(self, container: str, name: str, data: bytes, **kw: Any):
         if self.ctx.stage != "publish":
-            self.ctx.enter("publish")
+            self.ctx.enter("publish", timed=False)
             self.ctx.progress(0)
         with self.ctx.holding():
             return self.inner.put_bytes(container, name, data, **kw)
@@ -671,7 +674,7 @@ def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> 
             except VhdkitError:
                 continue
 
-    # what earlier attempts of this task left (they lost the lease to this one)
+    # what earlier attempts of this task left (they lost the lease to this one), and a fresh own dir
     for old in ctx.dir.parent.iterdir() if ctx.dir.parent.is_dir() else ():
         if old.name.isdigit() and int(old.name) <= ctx.lease.attempt:
             shutil.rmtree(old, ignore_errors=True)
