@@ -736,9 +736,10 @@ def sweep_failed(reg: Registry, cfg: PipelineConfig, tasks: Optional[List[Task]]
     """Remove what failed tasks made (default: every failed task not swept
     yet): an import's image, an export's segments and sidecar when no
     manifest published them and no other export of the same name is under
-    way, the task's work directory.  Returns what was (or, with ``dry_run``,
-    would be) removed, as ``image:<id>``, ``object:<container>/<name>`` and
-    ``work/<task id>``."""
+    way, the temporary files of killed puts into its container (embedded
+    store), the task's work directory.  Returns what was (or, with
+    ``dry_run``, would be) removed, as ``image:<id>``,
+    ``object:<container>/<name>``, ``temp:<container>/<file>`` and ``work/<task id>``."""
     removed: List[str] = []
     for t in (reg.unswept_failures() if tasks is None else tasks):
         svc = Caller.service(t.owner)
@@ -769,6 +770,9 @@ def sweep_failed(reg: Registry, cfg: PipelineConfig, tasks: Optional[List[Task]]
                             except NotFoundError:
                                 pass
                         removed.append(f"object:{container}/{obj}")
+                    dead = getattr(store, "remove_dead_temps", None)  # the embedded store's killed puts
+                    if dead is not None and not dry_run:
+                        removed += [f"temp:{container}/{n}" for n in dead(container)]
                 except NotFoundError:
                     pass  # the container is gone
         d = cfg.work_root / t.id

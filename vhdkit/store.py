@@ -470,6 +470,23 @@ class LocalStore(ObjectStore):
         except OSError as e:
             raise _oserror(e, f"delete {container}/{name}") from None
 
+    def remove_dead_temps(self, container: str) -> List[str]:
+        """Remove the temporary files of puts into ``container`` whose process
+        died (a live put holds a flock on its own); returns their names."""
+        from .registry.blobs import is_locked
+
+        out = []
+        for sub in ("objects", "meta"):
+            d = self._cdir(container) / sub
+            for entry in os.scandir(d) if d.is_dir() else ():
+                if entry.name.startswith(".tmp-") and not is_locked(entry.path):
+                    try:
+                        os.unlink(entry.path)
+                        out.append(f"{sub}/{entry.name}")
+                    except FileNotFoundError:
+                        pass
+        return out
+
     def _names(self, container: str) -> Iterator[str]:
         mdir = self._cdir(container) / "meta"
         for entry in os.scandir(mdir):
