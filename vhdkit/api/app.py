@@ -63,9 +63,10 @@ def _open_registry(settings: Settings):
     if settings.registry_url:
         import os
 
+        from ..home import data_home
         from ..remote import RemoteRegistry
 
-        scratch = os.path.abspath(settings.data_dir or os.path.join(".", ".vhdkit"))
+        scratch = os.path.abspath(data_home(settings.data_dir))
         reg = RemoteRegistry(settings.registry_url, scratch=scratch, upload_lease=settings.upload_lease)
         reg.upload_store()   # image data must be in Swift: fail at start, not at the first upload
         return reg

@@ -114,7 +114,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     """A file-based image registry on a data directory.
 
     ``Registry(home=None)`` opens (creating if needed) ``home`` -- default
-    ``$VHDKIT_HOME`` or ``./.vhdkit`` -- and runs a quick :meth:`cleanup`.
+    :func:`vhdkit.home.data_home` -- and runs a quick :meth:`cleanup`.
     Safe to share between threads; several processes may open the same
     directory at once.
     """
@@ -122,13 +122,17 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     def __init__(self, home: Optional[str] = None, *, protections: "PropertyProtections | str | None" = None,
                  quotas: Optional[Mapping[str, int]] = None, size_cap: int = DEFAULT_SIZE_CAP,
                  clock: Optional[Callable[[], _dt.datetime]] = None, cleanup: bool = True):
-        home = home or os.environ.get("VHDKIT_HOME") or os.path.join(".", ".vhdkit")
+        from ..home import data_home
+
+        home = data_home(home)
         self.home = os.path.abspath(home)
         try:
             os.makedirs(self.home, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create data directory {self.home}: {exc.strerror}") from None
         self.db_path = os.path.join(self.home, "registry.db")
+        #: True when this open made a new, empty registry (the CLI says where)
+        self.created = not os.path.exists(self.db_path)
         self.blobs = _blobs.BlobStore(os.path.join(self.home, "blobs"))
         if protections is None:
             protections = os.environ.get("VHDKIT_PROPERTY_PROTECTIONS")
