@@ -76,8 +76,8 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, no_syn
 @main.command("convert")
 @click.argument("src")
 @click.argument("dst")
-@click.option("-f", "src_format", type=click.Choice(["raw", "vhd"]), default=None,
-              help="Input format (default: detected from the footer).")
+@click.option("-f", "src_format", type=click.Choice(["raw", "vhd", "vhdx"]), default=None,
+              help="Input format (default: detected from the VHDX identifier or the VHD footer).")
 @click.option("-O", "out_format", type=click.Choice(["raw", "vhd"]), default="vhd", show_default=True,
               help="Output format: a VHD (--type) or a sparse raw file.")
 @_layout_options
@@ -87,7 +87,7 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, no_syn
 @json_option
 def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_rule, azure, parents, no_sync,
                 as_json):
-    """Convert SRC (raw or VHD: fixed, dynamic, differencing flattened) to DST.
+    """Convert SRC (raw, VHD or VHDX: fixed, dynamic, differencing flattened) to DST.
 
     "-" as SRC reads raw data from stdin; "-" as DST writes raw or fixed
     output to stdout (a dynamic VHD needs a file: its BAT is written last).
@@ -139,6 +139,9 @@ def modify_cmd(image, new_uuid, uuid, timestamp, creator, size, size_rule, force
 def repair_cmd(image, dry_run, as_json):
     """Restore IMAGE's end footer from the copy at offset 0, or the reverse.
 
+    For a VHDX: write a pending log replay into the file (crash-safe: the log
+    stays active until the replayed data is on disk).
+
     \b
     Example:
       vhdkit repair disk.vhd
@@ -152,8 +155,8 @@ def repair_cmd(image, dry_run, as_json):
 @main.command("compare")
 @click.argument("a")
 @click.argument("b")
-@click.option("-f", "a_format", type=click.Choice(["raw", "vhd"]), default=None, help="Format of A.")
-@click.option("-F", "b_format", type=click.Choice(["raw", "vhd"]), default=None, help="Format of B.")
+@click.option("-f", "a_format", type=click.Choice(["raw", "vhd", "vhdx"]), default=None, help="Format of A.")
+@click.option("-F", "b_format", type=click.Choice(["raw", "vhd", "vhdx"]), default=None, help="Format of B.")
 @json_option
 def compare_cmd(a, b, a_format, b_format, as_json):
     """Compare the contents of two images (exit 0 identical, 1 different, 2 error).
