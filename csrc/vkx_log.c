@@ -11,6 +11,10 @@
  * head sequence number whose head's Tail names one of its entries; replay
  * applies its entries from that tail to the head, in order.
  *
+ * Hostile input: descriptors writing into the first 192 KiB (identifier and
+ * headers) or past the head's LastFileOffset (and the file's end) make the
+ * log corrupt; the log replayed in memory is at most VKX_MAX_LOG_REPLAY.
+ *
  * Reading never writes: the replay is kept in memory (vkx_op list) and
  * vkx_pread lays it over the file.  vkx_log_apply writes it (vkx_repair). */
 #include <errno.h>
@@ -146,8 +150,9 @@ int vkx_log_load(vkx_disk *D, vk_err *err)
         if (first.pos + span >= L) break;
         start = first.pos + span;
     }
-    if (best_count == 0) {
-        vkx_note(D, "VHDX_LOG_EMPTY", h->log_offset, "the log GUID is set but the log holds no valid sequence");
+    if (best_count == 0) {   /* spec 2.3.3: corrupt, MUST fail to open */
+        rc = vkx_fail(D, "VHDX_LOG_EMPTY", err, VK_E_FORMAT, h->log_offset,
+                      "the log GUID is set but the log holds no valid sequence of entries");
         goto out;
     }
     if (best_head.flushed > D->file_size) {
