@@ -135,6 +135,14 @@ typedef struct vkx_disk {
     void      *note_ctx;
 } vkx_disk;
 
+/* End of the current header's log, saturating (the offset is untrusted). */
+static inline uint64_t vkx_log_end(const vkx_disk *D)
+{
+    uint64_t end;
+    const vkx_header *h = &D->hdr[D->current];
+    return vk_add_ovf(h->log_offset, h->log_length, &end) ? UINT64_MAX : end;
+}
+
 /* Fail with a stable problem code remembered for the checker. */
 int vkx_fail(vkx_disk *D, const char *pcode, vk_err *err, int code, uint64_t off, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));

@@ -96,7 +96,7 @@ void vkx_check_bat(vkx_disk *D)
     s[n++] = (span){ 0, VKX_MIB, 0, "the headers and region tables" };
     s[n++] = (span){ D->meta_offset, D->meta_offset + D->meta_length, 0, "the metadata region" };
     s[n++] = (span){ D->bat_offset, D->bat_offset + D->bat_length, 0, "the BAT region" };
-    if (h->log_length) s[n++] = (span){ h->log_offset, h->log_offset + h->log_length, 0, "the log" };
+    if (h->log_length) s[n++] = (span){ h->log_offset, vkx_log_end(D), 0, "the log" };
     for (uint64_t j = 0; j < D->n_bat; j++) {
         uint64_t e = D->bat[j], st = e & 7, at = (e >> 20) * VKX_MIB;
         int sbe = j % (cr + 1) == cr;

@@ -60,8 +60,8 @@ static int entry_at(const vkx_disk *D, const uint8_t *log, uint64_t L, uint64_t 
             if (vkx_le64(d + 8) % VKX_LOG_SECTOR || vkx_le64(d + 16) % VKX_LOG_SECTOR) return -1;
         } else if (memcmp(d, "desc", 4) == 0) {
             if (vkx_le64(d + 16) % VKX_LOG_SECTOR) return -1;
-            const uint8_t *s = p + hdr_bytes + ndata * VKX_LOG_SECTOR;
             if (hdr_bytes + (ndata + 1) * VKX_LOG_SECTOR > e->len) return -1;
+            const uint8_t *s = p + hdr_bytes + ndata * VKX_LOG_SECTOR;
             if (memcmp(s, "data", 4) != 0) return -1;
             if ((((uint64_t)vkx_le32(s + 4) << 32) | vkx_le32(s + 4092)) != e->seq) return -1;
             ndata++;

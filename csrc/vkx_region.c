@@ -92,7 +92,7 @@ int vkx_read_regions(vkx_disk *D, vk_err *err)
                 goto out;
             }
         }
-        if (h->log_length && r->offset < h->log_offset + h->log_length && h->log_offset < end) {
+        if (h->log_length && r->offset < vkx_log_end(D) && h->log_offset < end) {
             rc = vkx_fail(D, "VHDX_REGION_OVERLAP", err, VK_E_FORMAT, eoff, "region %u overlaps the log", i);
             goto out;
         }
