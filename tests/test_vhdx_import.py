@@ -4,12 +4,14 @@ public codes; a VHDX given as 'vhd' (and the reverse) refused saying what the
 file is.  Judge: qemu-img compare of the exported VHD with the source VHDX."""
 from __future__ import annotations
 
+import os
 import random
-import uuid
+import subprocess
+import sys
 
 import pytest
 
-from conftest import require_tool
+from conftest import ROOT, require_tool
 from helpers_vhd import random_raw, run_peer
 from test_pipeline import A, _failed, assert_no_debris, env, put, run_export  # noqa: F401 (env: fixture)
 from vhdkit import segments
@@ -97,3 +99,19 @@ def test_vhdx_import_refusals(env, tmp_path):
     _failed(t, 397)
     assert "payload block 0 has state 4" in t.message and str(tmp_path) not in t.message
     assert_no_debris(reg, cfg)
+
+
+def test_cli_task_create_import_with_format_vhdx(env, tmp_path):
+    """`vhdkit task create import --format vhdx`, then a real worker runs it."""
+    reg, cfg = env
+    src = tmp_path / "c.vhdx"
+    vhdxref.write_vhdx(src, 4 * MiB, {s: b"z" * 512 for s in range(0, 8000, 9)})
+    put(cfg, "acct-a", "c.vhdx", src)
+    r = subprocess.run([sys.executable, "-m", "vhdkit", "task", "create", "import", "--from", "images/c.vhdx",
+                        "--format", "vhdx", "--data", str(cfg.home), "--account", "acct-a",
+                        "--roles", "cloudImages:admin", "--json"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    t = Worker(reg, cfg, "w1").run_once()
+    assert t.status == "success", t.message
+    assert t.input["import_from_format"] == "vhdx"
