@@ -6,10 +6,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 # Versions whose behaviour this server implements: 2.1 members, 2.2 tags, 2.3
-# deactivate/reactivate, 2.4 tasks, 2.5 community visibility.  Interoperable
-# import (2.6+), multiple stores and hidden images are not offered.
-CURRENT = "v2.5"
-SUPPORTED = ["v2.4", "v2.3", "v2.2", "v2.1", "v2.0"]
+# deactivate/reactivate, 2.4 tasks, 2.5 community visibility, 2.6
+# interoperable import (glance-direct, web-download), 2.7 hidden images and
+# os_hash_*.  Not offered: multiple stores (2.8+), copy-image, per-image tasks
+# (2.12), the cache API, locations (2.16/2.17).
+CURRENT = "v2.7"
+SUPPORTED = ["v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0"]
 
 
 def _document(request: Request) -> dict:
