@@ -203,7 +203,7 @@ def test_random_corruption_with_checksums_made_right(base, tmp_path):
     rng = random.Random(1234)
     good = base.read_bytes()
     hot = [64 * KIB, 128 * KIB, RT1, RT2, META, META + 64 * KIB, META + 68 * KIB, META + 76 * KIB, BAT, MIB]
-    for i in range(120):
+    for i in range(80):
         p = tmp_path / f"m{i}.vhdx"
         b = bytearray(good)
         for _ in range(rng.randint(1, 6)):
