@@ -14,7 +14,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from . import images, imports, internal, members, schemas, tasks, versions
+from . import images, imports, internal, members, objects, panel, schemas, tasks, versions
 from .config import Settings
 from .errors import EXCEPTION_HANDLERS
 from .http import NegotiationMiddleware
@@ -48,8 +48,8 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
 
     app = Starlette(
         routes=(versions.ROUTES + schemas.ROUTES + images.ROUTES + imports.ROUTES + members.ROUTES + tasks.ROUTES
-                + internal.ROUTES),
-        middleware=[Middleware(NegotiationMiddleware)],
+                + internal.ROUTES + objects.ROUTES + panel.ROUTES),
+        middleware=[Middleware(panel.PanelMiddleware), Middleware(NegotiationMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

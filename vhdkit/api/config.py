@@ -34,6 +34,9 @@ class Settings:
     import_allowed_ports: str = "80,443"
     import_disallowed_ports: str = ""
     import_slots: int = 4                 # web-downloads running at once per process (503 beyond)
+    # ---- identity (vhdkit/api/auth.py; README "Identity") ----
+    auth: str = "headers"                 # "headers" (trusted upstream) or "keystone" (validate X-Auth-Token)
+    keystone_url: Optional[str] = None    # Keystone v3 auth URL, e.g. http://keystone:5000/v3
 
     ENV = {
         "data_dir": "VHDKIT_HOME",
@@ -54,6 +57,8 @@ class Settings:
         "import_allowed_ports": "VHDKIT_IMPORT_ALLOWED_PORTS",
         "import_disallowed_ports": "VHDKIT_IMPORT_DISALLOWED_PORTS",
         "import_slots": "VHDKIT_IMPORT_SLOTS",
+        "auth": "VHDKIT_AUTH",
+        "keystone_url": "VHDKIT_KEYSTONE_URL",
     }
 
     def too_slow(self, received: int, elapsed: float) -> bool:

@@ -27,6 +27,8 @@ JSON_PATCH = "application/openstack-images-v2.1-json-patch"
 #: its key (``{"add": "/x", "value": ...}``) and is what Tempest sends.
 JSON_PATCH_20 = "application/openstack-images-v2.0-json-patch"
 JSON_PATCHES = (JSON_PATCH_20, JSON_PATCH)
+#: the control panel's static files (vhdkit/api/panel.py), exempt from JSON-only negotiation
+PANEL_PREFIX = "/panel/"
 
 
 def settings(request: Request) -> Settings:
@@ -143,9 +145,9 @@ class NegotiationMiddleware:
             for name, value in scope.get("headers", ()):
                 if name == b"accept":
                     accept = value.decode("latin-1")
-            if accept.strip():
+            if accept.strip() and not scope["path"].startswith(PANEL_PREFIX):
                 offered = [JSON]
-                if scope["path"].endswith("/file"):
+                if scope["path"].endswith("/file") or scope["path"].startswith("/store/v1/"):
                     offered.append(OCTET)
                 if not any(_accepts(accept, o) for o in offered):
                     resp = error_response(406, f"Cannot answer with {accept!r}; this server speaks "

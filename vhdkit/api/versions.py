@@ -1,8 +1,9 @@
-"""Version discovery at ``/`` (300 Multiple Choices, as Glance) and ``/versions``."""
+"""Version discovery at ``/`` (300 Multiple Choices, as Glance) and ``/versions``;
+``/`` answers a browser (Accept: text/html) with the control panel instead."""
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 # Versions whose behaviour this server implements: 2.1 members, 2.2 tags, 2.3
@@ -23,7 +24,11 @@ def _document(request: Request) -> dict:
     ]}
 
 
-async def root(request: Request) -> JSONResponse:
+async def root(request: Request) -> Response:
+    """The version document for API clients; the control panel for a browser."""
+    from . import panel
+    if panel.prefers_html(request):
+        return await panel.index(request)
     return JSONResponse(_document(request), status_code=300)
 
 

@@ -31,6 +31,9 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     VHDKIT_API_* environment variables (see vhdkit/api/config.py; the request
     line plus headers are capped by VHDKIT_API_MAX_REQUEST_HEAD, 64 KiB).
 
+    A browser opening http://HOST:PORT/ gets the web control panel (README
+    "Control panel"); the API stays where it is.
+
     With --registry URL this host keeps no registry: it answers the same API
     by forwarding each call to the registry host's internal routes, and
     streams image data to and from Swift itself, so several API hosts can
