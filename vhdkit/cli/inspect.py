@@ -13,7 +13,47 @@ from ..errors import VhdkitError
 _RULES = ["auto", "current", "chs", "original"]
 
 
+def _vhdx_text(d: Dict[str, Any]) -> List[str]:
+    x = d["vhdx"]
+    md, bat, log, rt = x["metadata"], x["bat"], x["log"], x["region_table"]
+    lines = [
+        f"image: {d['path']}",
+        "format: vhdx",
+        f"type: {d['disk_type']}",
+        f"virtual size: {sized(d['virtual_size'])}",
+        f"creator: {x['creator']!r}",
+        f"file size: {sized(d['file_size'])}",
+        f"allocated: {sized(d['allocated_bytes'])}",
+    ]
+    for i, h in enumerate(x["headers"]):
+        lines.append(f"header {i + 1}: {'valid' if h['valid'] else 'INVALID'}, sequence {h['sequence_number']}"
+                     + (" (current)" if h["current"] else ""))
+    lines += [
+        f"data write guid: {x['data_write_guid']}",
+        f"region table: copy {rt['copy']}, {rt['entries']} entries; BAT at {rt['bat']['offset']} "
+        f"({rt['bat']['length']} bytes), metadata at {rt['metadata']['offset']} ({rt['metadata']['length']} bytes)",
+        f"block size: {md['block_size']}",
+        f"sector size: logical {md['logical_sector_size']}, physical {md['physical_sector_size']}",
+        f"leave blocks allocated: {'yes' if md['leave_blocks_allocated'] else 'no'}",
+        f"has parent: {'yes' if md['has_parent'] else 'no'}",
+        f"page 83 data: {md['page83_data']}",
+        f"BAT: {bat['entries']} entries, chunk ratio {bat['chunk_ratio']}, {bat['payload_blocks']} payload blocks: "
+        + ", ".join(f"{k} {v}" for k, v in bat["blocks_by_state"].items() if v),
+        f"log: {log['length']} bytes at {log['offset']}, "
+        + (f"REPLAY PENDING ({log['entries']} entries; reads show the replayed disk, "
+           "'vhdkit repair' writes it)" if log["replay_pending"] else "clean"),
+    ]
+    pl = x.get("parent_locator")
+    if pl:
+        for k in ("parent_linkage", "parent_linkage2", "relative_path", "volume_path", "absolute_win32_path"):
+            if pl.get(k):
+                lines.append(f"parent locator {k}: {pl[k]}")
+    return lines
+
+
 def _info_text(d: Dict[str, Any]) -> str:
+    if d.get("format") == "vhdx":
+        return "\n".join(_vhdx_text(d) + _chain_text(d))
     lines = [
         f"image: {d['path']}",
         f"type: {d['disk_type']}",
@@ -42,13 +82,18 @@ def _info_text(d: Dict[str, Any]) -> str:
         for loc in d["locators"]:
             lines.append(f"locator {loc['code']}: {loc['path']!r} (offset {loc['data_offset']}, "
                          f"length {loc['data_length']}, space {loc['data_space']})")
+    return "\n".join(lines + _chain_text(d))
+
+
+def _chain_text(d: Dict[str, Any]) -> List[str]:
+    lines = []
     if d.get("chain"):
         lines.append("chain:")
         for i, c in enumerate(d["chain"]):
-            lines.append(f"  [{i}] {c['path']} ({c['disk_type']}, {c['uuid']})")
+            lines.append(f"  [{i}] {c['path']} ({c.get('format', 'vhd')} {c['disk_type']}, {c['uuid']})")
     if d.get("chain_error"):
         lines.append(f"chain: not resolved: {d['chain_error']}")
-    return "\n".join(lines)
+    return lines
 
 
 @main.command("info")
@@ -59,7 +104,10 @@ def _info_text(d: Dict[str, Any]) -> str:
               help="How to choose the virtual size: by creator like qemu (auto), or force one.")
 @qemu_json_option
 def info_cmd(image: str, parents: tuple, size_rule: str, as_json: bool) -> None:
-    """Show what a VHD is: type, sizes, geometry, creator, UUID, BAT, parent chain.
+    """Show what a VHD or VHDX is: type, sizes, geometry, creator, UUID, BAT, parent chain.
+
+    For a VHDX: both headers (which is current), the region table, the
+    metadata, BAT entries by state, the parent locator and the log state.
 
     \b
     Example:
@@ -91,7 +139,10 @@ def check_cmd(image: str, parents: bool, as_json: bool) -> None:
     """Validate a VHD's structure; exit status 1 when any problem is found.
 
     Checks footer, footer copy, dynamic header, BAT layout, locators and the
-    parent chain, as `vhd-util check` does.
+    parent chain, as `vhd-util check` does.  For a VHDX: signatures, CRC-32C
+    of headers, region tables and log entries, overlapping regions, BAT
+    entries inside the file and not overlapping, block states valid for the
+    disk type, and a log replay still pending (VHDX_LOG_REPLAY_PENDING).
 
     \b
     Example:
