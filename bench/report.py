@@ -38,6 +38,8 @@ def _input_label(w: dict) -> str:
         parts.append(f"{p['allocated_bytes'] / p['virtual_size']:.0%} alloc")
     if "images" in p:
         parts.append(f"{p['images']:,} vs {p['baseline_images']:,} images")
+    if "image_count" in p:
+        parts.append(f"{p['image_count']:,} images")
     if "file_bytes" in p:
         parts.append(f"file {_size(p['file_bytes'])}")
     return ", ".join(parts)

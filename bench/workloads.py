@@ -220,6 +220,38 @@ def info_large(ctx: Ctx) -> Workload:
     return _meta(ctx, "info")
 
 
+def small_images(ctx: Ctx, n: int) -> Path:
+    """A directory of ``n`` small dynamic VHDs (8 MiB virtual, empty), made once."""
+    d = ctx.inputs.dir / f"small-{n}"
+    ok = d.with_name(d.name + ".ok")
+    if not ok.exists():
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        r = ctx.run_quiet([ctx.py, "-c", "import sys\nfrom vhdkit.vhd import create\n"
+                           "for i in range(int(sys.argv[2])): create(f'{sys.argv[1]}/d{i:05d}.vhd', 8 << 20, sync=False)",
+                           str(d), str(n)])
+        if r.returncode:
+            raise RuntimeError(f"making {n} small VHDs: {r.stderr.strip()[-300:]}")
+        ok.touch()
+    return d
+
+
+@workload("info.batch", "check", "info of 1,000 small VHDs: one vhdkit call vs a shell loop of qemu-img info",
+          needs=[("info",)], issue=24, target="start-up paid once: well under the loop of a native tool")
+def info_batch(ctx: Ctx) -> Workload:
+    n = 100 if ctx.quick else 1000
+    d = small_images(ctx, n)
+    vk = " ".join(ctx.vk("info", json=False))
+    return Workload([
+        Variant("vhdkit", [Cmd.sh(f"{vk} --json {d}/*.vhd")], ours=True),
+        Variant("qemu-img info loop", [Cmd.sh(f'for f in {d}/*.vhd; do {QEMU} info --output=json "$f"; done')],
+                tools=[QEMU]),
+    ], basis=None, params={"image_count": n, "virtual_size": 8 << 20},
+        notes=["vhdkit: `vhdkit info --json DIR/*.vhd` (one process, one JSON object per line); the peer runs "
+               "`qemu-img info --output=json` once per image.  The startup row is the cost of one vhdkit call."])
+
+
 # -- packaging (issue 5) --------------------------------------------------------------------
 
 def _gzip_input(ctx: Ctx) -> tuple[DiskSpec, Path]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"startup", "convert.raw-dynamic", "convert.raw-fixed", "convert.dynamic-raw", "chain.read",
-            "coalesce", "check.large", "info.large", "gzip.compress", "gzip.decompress", "ova.pack",
+            "coalesce", "check.large", "info.large", "info.batch", "gzip.compress", "gzip.decompress", "ova.pack",
             "ova.unpack", "segments.split", "segments.join", "registry.list-10k", "registry.list-100k",
             "registry.show-10k", "registry.show-100k", "registry.upload", "registry.download", "registry.download-cli",
             "pipeline.import", "pipeline.export"}
