@@ -31,6 +31,9 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     VHDKIT_API_* environment variables (see vhdkit/api/config.py; the request
     line plus headers are capped by VHDKIT_API_MAX_REQUEST_HEAD, 64 KiB).
 
+    A browser opening http://HOST:PORT/ gets the web control panel (README
+    "Control panel"); the API stays where it is.
+
     With --registry URL this host keeps no registry: it answers the same API
     by forwarding each call to the registry host's internal routes, and
     streams image data to and from Swift itself, so several API hosts can
@@ -52,6 +55,7 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     if registry_url:
         _check_forwarding(registry_url)
         os.environ["VHDKIT_REGISTRY_URL"] = registry_url
+    _check_import_filter()
     where = {"url": f"http://{host}:{port}", "data": os.environ["VHDKIT_HOME"],
              "workers": workers, "registry": registry_url or "local"}
     emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))"
@@ -70,6 +74,18 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
         proxy_headers=False,
         http="vhdkit.api.protocol:BoundedHttpToolsProtocol",
     )
+
+
+def _check_import_filter() -> None:
+    """The web-download URL filter (VHDKIT_IMPORT_*), checked before the server starts."""
+    from ..api.config import Settings
+    from ..api.webdownload import ImportFilter
+    from ..errors import InvalidInputError
+
+    try:
+        ImportFilter.from_settings(Settings.from_env())
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
 def _check_forwarding(url: str) -> None:
