@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import click
 
 from . import main
-from ._common import emit, qemu_json_option, sized
+from ._common import cli_message, emit, qemu_json_option, sized
 from ..errors import VhdkitError
 
 _RULES = ["auto", "current", "chs", "original"]
@@ -49,6 +49,42 @@ def _vhdx_text(d: Dict[str, Any]) -> List[str]:
             if pl.get(k):
                 lines.append(f"parent locator {k}: {pl[k]}")
     return lines
+
+
+def _each(images: Tuple[str, ...], as_json: bool, one: Callable[[str], Tuple[Dict[str, Any], bool]],
+          human: Callable[[Dict[str, Any]], str]) -> None:
+    """Run ``one(image) -> (result, ok)`` for every IMAGE in one process (start-up
+    is paid once).  One IMAGE: its result printed as always, its error the
+    command's error.  Several: with --json one compact JSON object per line,
+    else the human texts separated by a blank line; an image that cannot be
+    read is reported (``{"path", "error"}`` with --json, one line on stderr
+    otherwise) and the scan goes on; exit status 1 if any image failed."""
+    if len(images) == 1:
+        d, ok = one(images[0])
+        emit(d, as_json, human)
+        if not ok:
+            sys.exit(1)
+        return
+    import json
+
+    failed = False
+    for n, image in enumerate(images):
+        try:
+            d, ok = one(image)
+        except VhdkitError as exc:
+            failed = True
+            if as_json:
+                click.echo(json.dumps({"path": image, "error": exc.to_dict()}))
+            else:
+                click.echo(f"vhdkit: error: {image}: {cli_message(exc)}", err=True)
+            continue
+        failed = failed or not ok
+        click.echo(json.dumps(d, default=str) if as_json else ("\n" if n else "") + human(d))
+    if failed:
+        sys.exit(1)
+
+
+_IMAGES = click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(dir_okay=False))
 
 
 def _info_text(d: Dict[str, Any]) -> str:
@@ -97,45 +133,53 @@ def _chain_text(d: Dict[str, Any]) -> List[str]:
 
 
 @main.command("info")
-@click.argument("image", type=click.Path(dir_okay=False))
+@_IMAGES
 @click.option("--parent", "parents", multiple=True, type=click.Path(dir_okay=False),
               help="Explicit parent path (repeat for deeper layers, the leaf's parent first).")
 @click.option("--size-rule", type=click.Choice(_RULES), default="auto", show_default=True,
               help="How to choose the virtual size: by creator like qemu (auto), or force one.")
 @qemu_json_option
-def info_cmd(image: str, parents: tuple, size_rule: str, as_json: bool) -> None:
+def info_cmd(images: Tuple[str, ...], parents: tuple, size_rule: str, as_json: bool) -> None:
     """Show what a VHD or VHDX is: type, sizes, geometry, creator, UUID, BAT, parent chain.
 
     For a VHDX: both headers (which is current), the region table, the
     metadata, BAT entries by state, the parent locator and the log state.
 
+    Several images are described in one run: with --json one JSON object per
+    line ({"path", "error"} for one that cannot be read); exit status 1 if any
+    could not be read.
+
     \b
     Example:
       vhdkit info disk.vhd --json
       vhdkit info --output=json disk.vhd
+      vhdkit info --json images/*.vhd
     """
     from ..vhd import read
 
-    inf = read.info(image, size_rule=size_rule)
-    d = inf.to_dict()
-    if inf.disk_type == "differencing":
-        try:
-            with read.open(image, parents=list(parents) or None, size_rule=size_rule) as s:
-                d["chain"] = [c.to_dict() for c in s.chain]
-        except VhdkitError as exc:
-            d["chain"] = None
-            d["chain_error"] = exc.message
-    else:
-        d["chain"] = [d.copy()]
-    emit(d, as_json, _info_text)
+    def one(image: str) -> Tuple[Dict[str, Any], bool]:
+        inf = read.info(image, size_rule=size_rule)
+        d = inf.to_dict()
+        if inf.disk_type == "differencing":
+            try:
+                with read.open(image, parents=list(parents) or None, size_rule=size_rule) as s:
+                    d["chain"] = [c.to_dict() for c in s.chain]
+            except VhdkitError as exc:
+                d["chain"] = None
+                d["chain_error"] = exc.message
+        else:
+            d["chain"] = [d.copy()]
+        return d, True
+
+    _each(images, as_json, one, _info_text)
 
 
 @main.command("check")
-@click.argument("image", type=click.Path(dir_okay=False))
+@_IMAGES
 @click.option("--parents/--no-parents", default=True, show_default=True,
               help="Also resolve and check the parent chain of a differencing disk.")
 @qemu_json_option
-def check_cmd(image: str, parents: bool, as_json: bool) -> None:
+def check_cmd(images: Tuple[str, ...], parents: bool, as_json: bool) -> None:
     """Validate a VHD's structure; exit status 1 when any problem is found.
 
     Checks footer, footer copy, dynamic header, BAT layout, locators and the
@@ -143,14 +187,19 @@ def check_cmd(image: str, parents: bool, as_json: bool) -> None:
     of headers, region tables and log entries, overlapping regions, BAT
     entries inside the file and not overlapping, block states valid for the
     disk type, and a log replay still pending (VHDX_LOG_REPLAY_PENDING).
+    Several images are checked in one run: with --json one JSON object per
+    line; exit status 1 if any has problems.
 
     \b
     Example:
       vhdkit check disk.vhd --json
+      vhdkit check --json images/*.vhd
     """
     from ..vhd import read
 
-    rep = read.check(image, parents=parents)
+    def one(image: str) -> Tuple[Dict[str, Any], bool]:
+        rep = read.check(image, parents=parents)
+        return rep.to_dict(), rep.ok
 
     def human(d: Dict[str, Any]) -> str:
         if d["ok"]:
@@ -162,9 +211,7 @@ def check_cmd(image: str, parents: bool, as_json: bool) -> None:
             out.append(f"  {p['code']}{where}{layer}: {p['message']}")
         return "\n".join(out)
 
-    emit(rep.to_dict(), as_json, human)
-    if not rep.ok:
-        sys.exit(1)
+    _each(images, as_json, one, human)
 
 
 @main.command("map")

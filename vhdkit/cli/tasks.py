@@ -40,7 +40,7 @@ def _task_dict(t) -> dict:
     return d
 
 
-@main.group()
+@main.group("task")
 def task() -> None:
     """Import and export tasks (run by `vhdkit worker`).
 
@@ -156,7 +156,7 @@ def task_wait(task_id, timeout, data_dir, account, roles, as_json):
         sys.exit(1)
 
 
-@main.command()
+@main.command("worker")
 @data_option("Data directory shared with the API server and other workers.")
 @click.option("--once", is_flag=True, help="Run one pending task (if any) and exit.")
 @click.option("--until-idle", is_flag=True, help="Run tasks until none is pending, then exit.")
