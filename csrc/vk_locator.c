@@ -8,14 +8,16 @@
  * Resolution order: parents given by the caller; else relative locators
  * (next to the child), then absolute ones, then the header's parent name in
  * the child's directory.  The parent must be a regular file, inside
- * allowed_root if one is given, and carry the UUID the child names. */
+ * allowed_root if one is given, and carry the UUID the child names.  With
+ * no_locators (server code) only the caller's parent is tried; the message
+ * of that refusal names no path, since it may reach a customer. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "vk_image.h"
+#include "vkx.h"
 
 #define VK_LOCATOR_MAX 8192u   /* longest locator data we accept (bytes) */
 
@@ -156,6 +158,10 @@ static int try_candidate(const vk_layer *child, const char *cand, const char *ro
         err->code = VK_E_CHAIN;
         return VK_E_CHAIN;
     }
+    if (child->vx || parent->vx) {
+        if ((rc = vkx_parent_matches(child, parent, reason, err))) vk_layer_close(parent);
+        return rc;
+    }
     if (memcmp(parent->footer.uuid, child->hdr.parent_uuid, 16) != 0) {
         *reason = VK_PARENT_UUID;
         rc = vk_fail(err, VK_E_CHAIN, UINT64_MAX, "parent %s has a different UUID than %s expects", parent->path,
@@ -167,8 +173,8 @@ static int try_candidate(const vk_layer *child, const char *cand, const char *ro
     return VK_OK;
 }
 
-int vk_parent_open(const vk_layer *child, const char *explicit_path, const char *allowed_root, int *reason,
-                   int size_rule, vk_layer *parent, vk_err *err)
+int vk_parent_open(const vk_layer *child, const char *explicit_path, int no_locators, const char *allowed_root,
+                   int *reason, int size_rule, vk_layer *parent, vk_err *err)
 {
     char dir[VK_PATH_MAX], cand[VK_PATH_MAX], dec[1024];
     char *root_real = NULL;
@@ -178,6 +184,9 @@ int vk_parent_open(const vk_layer *child, const char *explicit_path, const char 
     memset(parent, 0, sizeof *parent);
     parent->fd = -1;
     *reason = VK_PARENT_MISSING;
+    if (!explicit_path && no_locators)
+        return vk_fail(err, VK_E_CHAIN, UINT64_MAX,
+                       "the differencing disk's parent was not given (its locators are not followed)");
     if (allowed_root) {
         root_real = realpath(allowed_root, NULL);
         if (!root_real) return vk_fail_errno(err, errno, UINT64_MAX, "cannot resolve allowed root %s", allowed_root);
@@ -192,7 +201,9 @@ int vk_parent_open(const vk_layer *child, const char *explicit_path, const char 
     for (int pass = 1; pass <= 3; pass++) {
         for (int i = 0; i < (pass == 3 ? 1 : 8); i++) {
             vk_err tmp;
-            if (pass < 3) {
+            if (child->vx) {
+                if (vkx_parent_candidate(child, pass, i, dir, cand, sizeof cand)) continue;
+            } else if (pass < 3) {
                 const vk_locator *l = &child->hdr.loc[i];
                 if (!l->code || vk_locator_decode(child->fd, child->file_size, l, dec, sizeof dec, &tmp))
                     continue;

@@ -145,7 +145,10 @@ MIGRATIONS: List[str] = [
         DELETE FROM image_properties WHERE image_id = NEW.id AND name = '{IMPORT_TASK_PROPERTY}';
     END;
     """,
-    # 4 -> 5: a failed task's remains (its image, segments, work directory)
+    # 4 -> 5: ids of deleted images, never handed out again (OpenStack
+    # OSSN-0075: a new image under an old id would be taken for the old one).
+    "CREATE TABLE retired_image_ids (id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);",
+    # 5 -> 6: a failed task's remains (its image, segments, work directory)
     # are removed once; 1 when that was done (see tasks.py, fencing).
     "ALTER TABLE tasks ADD COLUMN swept INTEGER NOT NULL DEFAULT 0;",
 ]
