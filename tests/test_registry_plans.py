@@ -190,7 +190,7 @@ def test_version_1_database_upgrades_in_place(tmp_path):
     r = Registry(str(home))
     try:
         c = r._conn()
-        assert c.execute("PRAGMA user_version").fetchone()[0] == regdb.SCHEMA_VERSION == 5
+        assert c.execute("PRAGMA user_version").fetchone()[0] == regdb.SCHEMA_VERSION == 6
         # 2 -> 3: the lease column of forwarded uploads, empty for every old row
         assert [r[0] for r in c.execute("SELECT upload_lease_until FROM images")] == [None] * 3
         # 3 -> 4: hidden images (Images API 2.7); no old image is hidden
