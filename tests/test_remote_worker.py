@@ -190,3 +190,43 @@ def test_remote_worker_killed_mid_task_loses_its_lease_and_the_task_is_retried(h
         data = c.get(f"/v2/images/{image_id}/file")
         assert data.status_code == 200 and hashlib.md5(data.content).hexdigest() == \
             c.get(f"/v2/images/{image_id}").json()["checksum"]
+
+
+def test_a_remote_worker_paused_past_its_lease_then_resumed_leaves_the_newer_attempts_image(host, customer, tmp_path):
+    """Fencing over the internal routes: worker A (paused mid-store with SIGSTOP)
+    resumes after worker B finished the task; A's registration carries its
+    stale lease and is refused, A removes only its own data in Swift."""
+    acct, st = customer
+    tid = _create(host, acct, {"type": "import", "input": {"import_from": "images/d.vhd",
+                                                           "image_properties": {"name": "paused"}}})
+    fast = {"VHDKIT_LEASE_SECONDS": "1", "VHDKIT_HEARTBEAT_SECONDS": "0.2"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VHDKIT_")}
+    env.update(host.env, VHDKIT_SEGMENT_SIZE=str(MiB), PYTHONPATH=str(ROOT), VHDKIT_TEST_KILL_AT_STAGE="store:stop",
+               **fast)
+    a = subprocess.Popen([sys.executable, "-m", "vhdkit", "worker", "--api", host.url, "--data", str(tmp_path / "a"),
+                          "--once", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{a.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert a.poll() is None and time.monotonic() < deadline, a.communicate()
+            time.sleep(0.02)
+        time.sleep(1.5)  # A's lease runs out on the API host
+        r = _worker(host, tmp_path / "b", "--once", env_extra=fast)
+        assert r.returncode == 0, r.stderr
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    _, err = a.communicate(timeout=120)
+    assert a.returncode == 0, err
+    assert "lease lost" in err, err  # A met the fence
+    t = _task(host, acct, tid)
+    assert t["status"] == "success", t
+    image_id = t["result"]["image_id"]
+    with host.http(f"{acct}:admin") as c:
+        img = c.get(f"/v2/images/{image_id}").json()
+        assert img["status"] == "active"
+        data = c.get(f"/v2/images/{image_id}/file").content
+    assert hashlib.md5(data).hexdigest() == img["checksum"] and len(data) == img["size"]
+    blobs = SwiftStore(SwiftConfig.from_env(host.env), host.env["VHDKIT_BLOB_ACCOUNT"])
+    bases = {re.match(r"[0-9a-f-]{36}\.[0-9a-f]{32}", o["name"]).group(0)
+             for o in blobs.listing("images") if o["name"].startswith(image_id)}
+    assert len(bases) == 1, bases  # B's registered data only: A removed its own

@@ -149,6 +149,18 @@ class NoSpaceError(StorageError):
     http_status = 413
 
 
+class OutOfSpaceError(NoSpaceError):
+    """The service's own storage (its database, blob store, work or object
+    store file system) is full: the server's fault, not the customer's, and
+    transient.  The message names no server path."""
+    code = "out_of_space"
+    http_status = 507
+    MESSAGE = "the service is out of storage space; try again later"
+
+    def __init__(self, message: str = MESSAGE, **kw):
+        super().__init__(message, **kw)
+
+
 # ---- native codes (csrc/vhdkit.h vk_code) -> exceptions: the one mapping ----
 NATIVE_CODES = {
     -1: StorageError,

@@ -2,6 +2,12 @@
 
 :func:`cleanup` (or :func:`plan` for a dry run) covers
 
+- tasks whose worker died for the last time (lease ran out after the last
+  attempt) are failed, and the remains of every failed task not swept yet
+  are removed (:func:`vhdkit.pipeline.sweep_failed`: an import's image, an
+  export's unpublished segments and sidecar, the task's work directory),
+  whatever their age: a failed task runs no more;
+
 - the registry's own cleanup (:meth:`Registry.cleanup`): uploads whose process
   died go back to ``queued`` and lose their partial data, unlocked upload
   lock files in ``blobs/tmp`` go, the trash (data of deleted images) is emptied;
@@ -53,6 +59,7 @@ class CleanupReport:
     swift_blobs: List[str] = field(default_factory=list)  # <id>.<token> of removed (or removable) blobs
     swift_objects: int = 0
     local_blobs: List[str] = field(default_factory=list)
+    failed_tasks: List[str] = field(default_factory=list)  # what failed tasks left: image:, object:, work/
     work_dirs: List[str] = field(default_factory=list)
     temp_files: List[str] = field(default_factory=list)
     kept_young: int = 0  # unreferenced items left alone because they are younger than the grace
@@ -171,6 +178,14 @@ def _work_dirs(reg, home: str, grace: float, dry_run: bool, rep: CleanupReport) 
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _failed_tasks(reg, home: str, dry_run: bool, rep: CleanupReport) -> None:
+    from .pipeline import PipelineConfig, sweep_failed
+
+    if not dry_run:
+        reg.expire_leases()
+    rep.failed_tasks = sweep_failed(reg, PipelineConfig.from_env(home), dry_run=dry_run)
+
+
 def _ts(v) -> float:
     if isinstance(v, (int, float)):
         return float(v)
@@ -214,7 +229,8 @@ def cleanup(reg, home: Optional[str] = None, *, grace: float = DEFAULT_GRACE, dr
     home = str(home if home is not None else reg.home)
     rep = CleanupReport(dry_run=dry_run, grace_seconds=grace)
     rep.registry = reg.cleanup_plan() if dry_run else reg.cleanup()
-    for step in (lambda: _swift_blobs(reg, grace, dry_run, rep), lambda: _local_blobs(reg, grace, dry_run, rep),
+    for step in (lambda: _failed_tasks(reg, home, dry_run, rep),
+                 lambda: _swift_blobs(reg, grace, dry_run, rep), lambda: _local_blobs(reg, grace, dry_run, rep),
                  lambda: _work_dirs(reg, home, grace, dry_run, rep), lambda: _temp_files(home, grace, dry_run, rep)):
         try:
             step()

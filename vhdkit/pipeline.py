@@ -7,7 +7,9 @@ Import (``{"type": "import", "input": {"import_from": "CONTAINER/OBJECT",
             directory next to the data directory
   validate  the native core: a VHD at all (else 396), fixed or dynamic (a
             differencing disk has a parent: 721), virtual size and file size
-            within limits (413, 609), ``check`` clean (397)
+            within limits (413, 609), ``check`` clean (397); a VHDX
+            (``"import_from_format": "vhdx"``) is validated alike and
+            converted to a dynamic VHD first (:mod:`vhdkit.vhdx_import`)
   package   gzip-compress and pack as an OVA (``0.vhd`` + descriptor + manifest)
   store     upload the OVA as the image's data (disk_format vhd, container_format
             ova, virtual_size from the VHD) -- the image turns active only now
@@ -28,12 +30,27 @@ Every failure ends the task ``failure`` with a message ``[code] reason`` and
 leaves nothing half-made: no active image, no orphan blob, no partial segments,
 no temporary files.  Workers claim tasks atomically with a lease; a worker that
 dies loses its lease and the task is retried once from the start (then failed).
+
+Fencing: an attempt runs under its :class:`~vhdkit.registry.tasks.Lease`
+(task, worker, attempt number).  Every registry write it makes is refused
+once a newer attempt holds the task (checked in the write's transaction); its
+writes to the customer's container are checked against the lease before each
+segment, and the export's manifest is published, and segments are deleted,
+while the registry's write lock is held with the lease checked.  Each attempt
+works in its own directory ``work/<task id>/<attempt>``, so an attempt that
+lost its lease removes only what it made itself.  A task that ends
+``failure`` (also when its worker died for the last time) is swept once by
+the next worker or by ``vhdkit cleanup`` (:func:`sweep_failed`): its image,
+its segments without a manifest and its work directory go.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import re
+import contextlib
 import shutil
 import signal
 import socket
@@ -48,9 +65,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import exportstream, ova, segments, streams
 from .errors import (ArchiveError, ChainError, ConflictError, FormatError, IntegrityError, InvalidInputError,
-                     NotFoundError, OutputLimitError, VhdkitError, public_message)
+                     NoSpaceError, NotFoundError, OutOfSpaceError, OutputLimitError, VhdkitError,
+                     public_message)
 from .registry import Caller, Registry
 from .registry.models import Task
+from .registry.tasks import Lease, task_image_id
 from .store import LocalStore, ObjectStore, validate_container_name
 
 __all__ = ["PipelineConfig", "TaskFailed", "Worker", "run_task", "validate_task_input", "task_failure_message",
@@ -61,9 +80,6 @@ log = logging.getLogger("vhdkit.pipeline")
 GB = 10 ** 9
 MiB = 1 << 20
 EXPORT_OPTIONS_PROPERTY = "com.rackspace__1__options"
-#: Namespace of the image ids an import task creates: uuid5(NS, task id), so a
-#: retried task finds (and replaces) what an earlier attempt left.
-_IMAGE_NS = _uuid.UUID("6f1a3c9e-2d7b-4c55-9a0e-5b8d7e1f0c42")
 
 #: Stable failure codes.  396, 413, 609 and 721 are the public Rackspace Cloud
 #: Images codes; the others are vhdkit's own.
@@ -141,7 +157,10 @@ class PipelineConfig:
 #: Test hook for the crash tests: a worker whose environment names a stage in
 #: VHDKIT_TEST_KILL_AT_STAGE kills itself (SIGKILL) at the first progress
 #: report inside that stage, i.e. with that stage's output half written.
-_KILL_AT = os.environ.get("VHDKIT_TEST_KILL_AT_STAGE") or None
+#: ``STAGE:stop`` stops it instead (SIGSTOP: a worker paused past its lease
+#: until someone sends SIGCONT), once.
+_KILL_AT, _, _KILL_HOW = (os.environ.get("VHDKIT_TEST_KILL_AT_STAGE") or "").partition(":")
+_KILL_SIG = signal.SIGSTOP if _KILL_HOW == "stop" else signal.SIGKILL
 
 
 class _Context:
@@ -149,8 +168,9 @@ class _Context:
 
     def __init__(self, reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str):
         self.reg, self.cfg, self.task, self.worker_id = reg, cfg, task, worker_id
+        self.lease = Lease(task.id, worker_id, int(task.attempts))
         self.caller = Caller(task.owner, frozenset(task.owner_roles or ()))
-        self.dir = cfg.work_root / task.id
+        self.dir = cfg.work_root / task.id / str(task.attempts)  # this attempt's own
         self.stage = "pending"
         self.done = 0
         self.total: Optional[int] = None
@@ -159,20 +179,42 @@ class _Context:
         #: (a streamed export that falls back to unpack, coalesce, split)
         self.timings: List[Tuple[str, float]] = []
 
-    def enter(self, stage: str, total: Optional[int] = None) -> None:
+    def enter(self, stage: str, total: Optional[int] = None, timed: bool = True) -> None:
+        """Start ``stage``; ``timed=False`` for a short step counted in the
+        previous stage's time (``publish`` in ``split``'s)."""
         if self.lost.is_set():
             raise ConflictError(f"task {self.task.id}: lease lost, stopping")
         self.stage, self.done, self.total = stage, 0, total
-        self.timings.append((stage, time.monotonic()))
+        if timed:
+            self.timings.append((stage, time.monotonic()))
 
     def progress(self, done: int, total: Optional[int] = None) -> None:
-        if _KILL_AT is not None and _KILL_AT == self.stage:  # crash-test hook, see _KILL_AT
-            os.kill(os.getpid(), signal.SIGKILL)
+        global _KILL_AT
+        if _KILL_AT and _KILL_AT == self.stage:  # crash-test hook, see _KILL_AT
+            if _KILL_SIG == signal.SIGSTOP:
+                _KILL_AT = ""
+            os.kill(os.getpid(), _KILL_SIG)
         if self.lost.is_set():
             raise ConflictError(f"task {self.task.id}: lease lost, stopping")
         self.done = done
         if total is not None:
             self.total = total
+
+    def check_lease(self) -> None:
+        """ConflictError ``lease_lost`` unless this attempt still holds the task
+        (asked of the registry, which also renews the lease)."""
+        self.reg.heartbeat(self.task.id, self.worker_id, lease_seconds=self.cfg.lease_seconds, stage=self.stage,
+                           bytes_done=self.done, bytes_total=self.total, attempt=self.lease.attempt)
+
+    def holding(self):
+        """A block during which no newer attempt can take the task: the local
+        registry's write lock held with the lease checked; over the network
+        (a remote worker) the lease checked just before."""
+        holding = getattr(self.reg, "holding", None)
+        if holding is not None:
+            return holding(self.lease)
+        self.check_lease()
+        return contextlib.nullcontext()
 
     def elapsed(self) -> Dict[str, float]:
         """Seconds per stage, summed over every time it was entered (so never negative)."""
@@ -183,8 +225,7 @@ class _Context:
         return {name: round(t, 3) for name, t in out.items()}
 
 
-def _image_id_for(task_id: str) -> str:
-    return str(_uuid.uuid5(_IMAGE_NS, task_id))
+_image_id_for = task_image_id
 
 
 def _copy(src, dst, ctx: _Context, chunk: int = 8 * MiB) -> int:
@@ -217,8 +258,8 @@ def _parse_import(inp: Dict[str, Any]) -> tuple:
     if any(seg in (".", "..") for seg in src.split("/")):
         raise TaskFailed(400, "import_from may not contain '.' or '..' path segments")
     fmt = inp.get("import_from_format", "vhd")
-    if fmt != "vhd":
-        raise TaskFailed(400, f"import_from_format must be 'vhd', not {fmt!r}")
+    if fmt not in ("vhd", "vhdx"):
+        raise TaskFailed(400, f"import_from_format must be 'vhd' or 'vhdx', not {fmt!r}")
     props = inp.get("image_properties", {})
     if not isinstance(props, dict):
         raise TaskFailed(400, "image_properties must be an object")
@@ -260,7 +301,8 @@ def _run_import(ctx: _Context) -> Dict[str, Any]:
     image_id = _image_id_for(ctx.task.id)
     _discard_image(reg, caller.account, image_id)  # what an earlier, interrupted attempt left
 
-    disk = ctx.dir / "0.vhd"
+    vhdx = ctx.task.input.get("import_from_format") == "vhdx"   # checked by _parse_import
+    disk = ctx.dir / ("source.vhdx" if vhdx else "0.vhd")
     ctx.enter("fetch", head.size)
     with store.get(container, obj) as src:
         local = _local_path(src)
@@ -274,7 +316,11 @@ def _run_import(ctx: _Context) -> Dict[str, Any]:
                 _copy(src, dst, ctx)
 
         ctx.enter("validate", head.size)
+        if vhdx:
+            from . import vhdx_import
+            disk = vhdx_import.to_vhd(disk, ctx.dir / "0.vhd", cfg)
         vi = _validate_vhd(disk, cfg)
+        ctx.progress(head.size)
 
         # package: main's ova.pack writes the OVA in one pass (no spool); the
         # registry then takes it in one hashed copy.
@@ -306,12 +352,17 @@ def _local_path(reader) -> Optional[str]:
 
 
 def _discard_image(reg: Registry, account: str, image_id: str) -> None:
-    """Delete an image an import attempt created (service identity; no-op if absent)."""
+    """Delete an image an import attempt created (service identity; no-op if
+    absent, and refused -- nothing happens -- when the calling attempt runs
+    fenced and lost its lease: the image may be a newer attempt's by now)."""
     svc = Caller.service(account)
     try:
         reg.delete_image(svc, image_id)
     except NotFoundError:
         pass
+    except ConflictError as e:
+        if e.code != "lease_lost":
+            raise
 
 
 # ------------------------------------------------------------------- export
@@ -369,7 +420,7 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
     reg, cfg, caller = ctx.reg, ctx.cfg, ctx.caller
     image_id, container = _parse_export(ctx.task.input)
     img = _authorize_export(reg, caller, image_id)
-    store = cfg.store(caller.account)
+    store = _FencedStore(cfg.store(caller.account), ctx)
     if container not in store.list_containers():
         raise TaskFailed(404, f"container {container!r} does not exist in account {caller.account}; "
                               f"create it first (`vhdkit object create-container {container}`, "
@@ -446,6 +497,35 @@ def _unpack_and_coalesce(ctx: _Context, img, data, stored: Optional["_StoredDisk
             raise TaskFailed(721, "the stored disks do not form a chain: a disk's parent UUID is not the "
                                   "UUID of the next disk in the package") from None
     shutil.rmtree(disks_dir, ignore_errors=True)
+
+
+class _FencedStore:
+    """The customer's object store as an export attempt may write it: each
+    segment is written only after the lease was checked; the manifest and
+    sidecar (the publish, stage ``publish``) and every delete happen inside
+    :meth:`_Context.holding`, so a stale attempt never publishes over, nor
+    deletes the segments of, a newer attempt's export."""
+
+    def __init__(self, inner: ObjectStore, ctx: _Context):
+        self.inner, self.ctx = inner, ctx
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def put(self, container: str, name: str, stream, **kw: Any):
+        self.ctx.check_lease()
+        return self.inner.put(container, name, stream, **kw)
+
+    def put_bytes(self, container: str, name: str, data: bytes, **kw: Any):
+        if self.ctx.stage != "publish":
+            self.ctx.enter("publish", timed=False)
+            self.ctx.progress(0)
+        with self.ctx.holding():
+            return self.inner.put_bytes(container, name, data, **kw)
+
+    def delete(self, container: str, name: str) -> None:
+        with self.ctx.holding():
+            self.inner.delete(container, name)
 
 
 def _check_stored_chain(chain: List[Path]) -> None:
@@ -540,7 +620,7 @@ def _export_streamed(ctx: _Context, sd: _StoredDisk, ova_path: str, store: Objec
     caller then splits; None is returned.  None too, with nothing written,
     when the disk is not one this pass handles (a fixed disk, say)."""
     skel = ctx.dir / "skeleton.vhd"
-    direct = isinstance(store, LocalStore)
+    direct = isinstance(getattr(store, "inner", store), LocalStore)
     try:
         with open(ova_path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool, \
                 exportstream.RenewedVhdStream(f, sd.offset, sd.size, sd.algo, sd.want, gz=sd.gz, bound=sd.bound,
@@ -611,6 +691,8 @@ def task_failure_message(task: Task, stage: str, exc: BaseException) -> str:
         number, reason = 397, f"the stored image failed validation: {exc.message}"
     elif isinstance(exc, InvalidInputError):
         number, reason = 400, exc.message
+    elif isinstance(exc, NoSpaceError) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        number, reason = 500, f"{task.type} failed in stage {stage}: {OutOfSpaceError.MESSAGE}"
     else:
         number, reason = 500, f"{task.type} failed in stage {stage}: internal error (see the server's log)"
     if number >= 500 or not isinstance(exc, TaskFailed):
@@ -637,6 +719,15 @@ def validate_task_input(type: str, inp: Any) -> None:
 RUNNERS: Dict[str, Callable[[_Context], Dict[str, Any]]] = {"import": _run_import, "export": _run_export}
 
 
+def _remove_own_dir(ctx: _Context) -> None:
+    """Remove this attempt's work directory (and the task's, once empty)."""
+    shutil.rmtree(ctx.dir, ignore_errors=True)
+    try:
+        ctx.dir.parent.rmdir()
+    except OSError:
+        pass  # another attempt's directory is still there, or it is gone already
+
+
 def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> Task:
     """Run one claimed task to its end (success or failure) and return it."""
     ctx = _Context(reg, cfg, task, worker_id)
@@ -645,32 +736,135 @@ def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> 
     def beat() -> None:
         while not stop.wait(cfg.heartbeat_seconds):
             try:
-                reg.heartbeat(task.id, worker_id, lease_seconds=cfg.lease_seconds, stage=ctx.stage,
-                              bytes_done=ctx.done, bytes_total=ctx.total)
+                ctx.check_lease()
             except ConflictError:
                 ctx.lost.set()
                 return
             except VhdkitError:
                 continue
 
-    shutil.rmtree(ctx.dir, ignore_errors=True)
-    ctx.dir.mkdir(parents=True)
+    # what earlier attempts of this task left (they lost the lease to this one), and a fresh own dir
+    for old in ctx.dir.parent.iterdir() if ctx.dir.parent.is_dir() else ():
+        if old.name.isdigit() and int(old.name) <= ctx.lease.attempt:
+            shutil.rmtree(old, ignore_errors=True)
     hb = threading.Thread(target=beat, name=f"heartbeat-{task.id}", daemon=True)
-    hb.start()
     status, result, message = "failure", None, ""
     try:
-        result = RUNNERS[task.type](ctx)
+        ctx.dir.mkdir(parents=True)
+        hb.start()
+        with reg.fenced(ctx.lease):
+            result = RUNNERS[task.type](ctx)
         result["timings"] = ctx.elapsed()
         status = "success"
     except Exception as e:  # noqa: BLE001 - a task must end, whatever broke
         message = task_failure_message(task, ctx.stage, e)
     finally:
         stop.set()
-        hb.join()
-        shutil.rmtree(ctx.dir, ignore_errors=True)
-    if ctx.lost.is_set():
+        if hb.is_alive():
+            hb.join()
+        _remove_own_dir(ctx)
+    try:
+        if ctx.lost.is_set():
+            raise ConflictError("lease lost", code="lease_lost")
+        out = reg.finish(task.id, worker_id, status=status, result=result, message=message,
+                         attempt=ctx.lease.attempt)
+    except ConflictError as e:
+        if e.code != "lease_lost":
+            raise
+        # a newer attempt holds the task (or it was failed meanwhile): its
+        # outcome is that attempt's; this one changed nothing it owns
         return reg.show_task(Caller.service(task.owner), task.id)
-    return reg.finish(task.id, worker_id, status=status, result=result, message=message)
+    if out.status == "failure":
+        sweep_failed(reg, cfg, [out])
+    return out
+
+
+def _objects_left_by(store: ObjectStore, container: str, name: str) -> List[str]:
+    """The segments and sidecar of ``container/name`` when no manifest object
+    publishes them (an export that never finished), else nothing."""
+    try:
+        store.head(container, name)
+        return []  # published: not remains (perhaps an earlier, successful export)
+    except NotFoundError:
+        pass
+    seg = re.compile(re.escape(name) + r"-\d+")
+    out = [o.name for o in store.list(container, f"{name}-") if seg.fullmatch(o.name)]
+    try:
+        store.head(container, segments.sidecar_name(name))
+        out.append(segments.sidecar_name(name))
+    except NotFoundError:
+        pass
+    return out
+
+
+def sweep_failed(reg: Registry, cfg: PipelineConfig, tasks: Optional[List[Task]] = None,
+                 dry_run: bool = False) -> List[str]:
+    """Remove what failed tasks made (default: every failed task not swept
+    yet): an import's image, an export's segments and sidecar when no
+    manifest published them and no other export of the same name is under
+    way, the temporary files of killed puts into its container (embedded
+    store), the task's work directory.  Returns what was (or, with
+    ``dry_run``, would be) removed, as ``image:<id>``,
+    ``object:<container>/<name>``, ``temp:<container>/<file>`` and ``work/<task id>``."""
+    removed: List[str] = []
+    for t in (reg.unswept_failures() if tasks is None else tasks):
+        svc = Caller.service(t.owner)
+        if t.type == "import":
+            image_id = task_image_id(t.id)
+            try:
+                img = reg.show_image(svc, image_id)
+                if img.owner == t.owner:
+                    if not dry_run:
+                        _discard_image(reg, t.owner, image_id)
+                    removed.append(f"image:{image_id}")
+            except NotFoundError:
+                pass
+        elif t.type == "export":
+            try:
+                image_id, container = _parse_export(t.input)
+            except TaskFailed:
+                image_id = container = None
+            refused = re.match(r"\[(400|403|404)\]", t.message or "")  # failed before writing anything
+            if image_id is not None and container is not None and not refused \
+                    and not _export_under_way(reg, svc, t):
+                try:
+                    store = cfg.store(t.owner)
+                    for obj in _objects_left_by(store, container, f"{image_id}.vhd"):
+                        if not dry_run:
+                            try:
+                                store.delete(container, obj)
+                            except NotFoundError:
+                                pass
+                        removed.append(f"object:{container}/{obj}")
+                    dead = getattr(store, "remove_dead_temps", None)  # the embedded store's killed puts
+                    if dead is not None and not dry_run:
+                        removed += [f"temp:{container}/{n}" for n in dead(container)]
+                except NotFoundError:
+                    pass  # the container is gone
+        d = cfg.work_root / t.id
+        if d.is_dir():
+            if not dry_run:
+                shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"work/{t.id}")
+        if not dry_run:
+            reg.mark_swept(t.id)
+    return removed
+
+
+def _export_under_way(reg: Registry, svc: Caller, t: Task) -> bool:
+    """Whether another export of the same image into the same container is
+    pending or running (its segments have the same names)."""
+    for status in ("pending", "processing"):
+        marker = None
+        while True:
+            page = reg.list_tasks(svc, {"type": "export", "status": status, "limit": "1000",
+                                        **({"marker": marker} if marker else {})})
+            if any(o.id != t.id and o.input == t.input for o in page.tasks):
+                return True
+            marker = page.next_marker
+            if not marker:
+                break
+    return False
 
 
 class Worker:
@@ -681,7 +875,9 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{_uuid.uuid4().hex[:8]}"
 
     def cleanup(self) -> int:
-        """Remove task directories no live task owns (left by a dead worker)."""
+        """Remove work directories no live attempt owns (left by a dead worker):
+        ``work/<task id>`` of a task that is not running, and within a running
+        task's directory those of its other, older attempts."""
         root = self.cfg.work_root
         if not root.is_dir():
             return 0
@@ -696,11 +892,21 @@ class Worker:
             if not live:
                 shutil.rmtree(d, ignore_errors=True)
                 removed += 1
+                continue
+            for a in d.iterdir() if d.is_dir() else ():
+                if a.name != str(t.attempts):
+                    shutil.rmtree(a, ignore_errors=True)
+                    removed += 1
         return removed
 
     def run_once(self) -> Optional[Task]:
-        """Claim and run one task; None when nothing was pending."""
+        """Claim and run one task; None when nothing was pending.  Failed tasks
+        not swept yet (their last worker died) are swept first."""
         task = self.reg.claim_task(self.id, lease_seconds=self.cfg.lease_seconds)
+        try:
+            sweep_failed(self.reg, self.cfg)
+        except VhdkitError as e:  # the next claim tries again
+            log.warning("sweeping failed tasks: %s", e)
         if task is None:
             return None
         return run_task(self.reg, self.cfg, task, self.id)

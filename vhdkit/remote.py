@@ -25,7 +25,9 @@ Bytes never pass through the API host:
 
 Leases work as for local workers: a remote worker that dies stops
 heartbeating, its lease runs out on the API host and another worker retries
-the task.
+the task.  Fencing too: inside :meth:`RemoteRegistry.fenced` every call
+carries the attempt's lease, and the registry host makes the call's writes
+under it (refused once a newer attempt holds the task).
 """
 from __future__ import annotations
 
@@ -136,11 +138,15 @@ class RemoteRegistry:
         self._upload_store = None
         self._fetched: List[str] = []
         self.upload_lease = upload_lease
+        self._local = threading.local()
 
     # -- plumbing
     def _op(self, op: str, **body: Any) -> dict:
         import httpx
 
+        lease = getattr(self._local, "lease", None)
+        if lease is not None:
+            body["lease"] = list(lease)
         try:
             r = self._http.post(f"/internal/v1/{op}", json=body)
         except httpx.HTTPError as e:
@@ -190,14 +196,28 @@ class RemoteRegistry:
         return self._t(self._op("claim", worker_id=worker_id, lease_seconds=lease_seconds))
 
     def heartbeat(self, task_id: str, worker_id: str, *, lease_seconds: float = 60.0, stage: Optional[str] = None,
-                  bytes_done: Optional[int] = None, bytes_total: Optional[int] = None) -> Task:
+                  bytes_done: Optional[int] = None, bytes_total: Optional[int] = None,
+                  attempt: Optional[int] = None) -> Task:
         return self._t(self._op("heartbeat", task_id=task_id, worker_id=worker_id, lease_seconds=lease_seconds,
-                                stage=stage, bytes_done=bytes_done, bytes_total=bytes_total))  # type: ignore
+                                stage=stage, bytes_done=bytes_done, bytes_total=bytes_total,
+                                attempt=attempt))  # type: ignore
 
     def finish(self, task_id: str, worker_id: str, *, status: str, result: Optional[Dict[str, Any]] = None,
-               message: str = "") -> Task:
+               message: str = "", attempt: Optional[int] = None) -> Task:
         return self._t(self._op("finish", task_id=task_id, worker_id=worker_id, status=status, result=result,
-                                message=message))  # type: ignore[return-value]
+                                message=message, attempt=attempt))  # type: ignore[return-value]
+
+    def fenced(self, lease):
+        """Within: this thread's calls carry ``lease`` (see the module doc)."""
+        from .registry.tasks import thread_lease
+
+        return thread_lease(self._local, lease)
+
+    def unswept_failures(self, limit: int = 50) -> List[Task]:
+        return [Task(**t) for t in self._op("unswept_failures", limit=limit)["tasks"]]
+
+    def mark_swept(self, task_id: str) -> None:
+        self._op("mark_swept", task_id=task_id)
 
     def show_task(self, caller: Caller, task_id: str) -> Task:
         return self._t(self._op("show_task", caller=_caller(caller), task_id=task_id))  # type: ignore

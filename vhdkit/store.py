@@ -249,6 +249,15 @@ def _oserror(e: OSError, what: str) -> VhdkitError:
     return StorageError(f"{what}: {e.strerror or e}", sys_errno=e.errno or 0)
 
 
+def _locked(path: str) -> int:
+    """An fd holding an exclusive flock on ``path`` (see maintenance: temp files)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 class _LocalReader(ObjectReader):
     def __init__(self, f: BinaryIO, info: ObjectInfo):
         self._f = f
@@ -374,8 +383,10 @@ class LocalStore(ObjectStore):
         md5 = hashlib.md5()
         n = 0
         tmp_data = tmp_meta = None
+        locks: List[int] = []  # temp files stay flocked until renamed: cleanup spares a live put's
         try:
             fd, tmp_data = tempfile.mkstemp(prefix=".tmp-", dir=dpath.parent)
+            locks.append(_locked(tmp_data))
             with open(fd, "wb") as out:
                 buf = bytearray(_CHUNK)
                 view = memoryview(buf)
@@ -408,6 +419,7 @@ class LocalStore(ObjectStore):
             d = info.to_dict()
             d.pop("container")
             fd, tmp_meta = tempfile.mkstemp(prefix=".tmp-", dir=mpath.parent)
+            locks.append(_locked(tmp_meta))
             with open(fd, "wb") as out:
                 out.write(json.dumps(d, sort_keys=True).encode("utf-8"))
                 out.flush()
@@ -432,6 +444,8 @@ class LocalStore(ObjectStore):
                         os.unlink(t)
                     except OSError:
                         pass
+            for lk in locks:
+                os.close(lk)
 
     def sync(self, container: str, names: Sequence[str]) -> None:
         dirs = set()
@@ -457,6 +471,23 @@ class LocalStore(ObjectStore):
             os.unlink(dpath)
         except OSError as e:
             raise _oserror(e, f"delete {container}/{name}") from None
+
+    def remove_dead_temps(self, container: str) -> List[str]:
+        """Remove the temporary files of puts into ``container`` whose process
+        died (a live put holds a flock on its own); returns their names."""
+        from .registry.blobs import is_locked
+
+        out = []
+        for sub in ("objects", "meta"):
+            d = self._cdir(container) / sub
+            for entry in os.scandir(d) if d.is_dir() else ():
+                if entry.name.startswith(".tmp-") and not is_locked(entry.path):
+                    try:
+                        os.unlink(entry.path)
+                        out.append(f"{sub}/{entry.name}")
+                    except FileNotFoundError:
+                        pass
+        return out
 
     def _names(self, container: str) -> Iterator[str]:
         mdir = self._cdir(container) / "meta"

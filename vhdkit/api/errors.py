@@ -13,6 +13,7 @@ body does not leak internals.
 """
 from __future__ import annotations
 
+import errno
 import logging
 from http import HTTPStatus
 from typing import Mapping, Optional
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import VhdkitError, public_message
+from ..errors import OutOfSpaceError, VhdkitError, public_message
 
 log = logging.getLogger("vhdkit.api")
 
@@ -74,6 +75,9 @@ async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.error("%s %s: out of space", request.method, request.url.path, exc_info=exc)
+        return error_response(OutOfSpaceError.http_status, OutOfSpaceError.MESSAGE)
     log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
     return error_response(500, "The server failed to complete the request; see its log.")
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import os
+from typing import Optional
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -42,6 +43,7 @@ from starlette.routing import Route
 
 from ..errors import InvalidInputError, VhdkitError
 from ..registry import Caller
+from ..registry.tasks import Lease
 from .errors import ApiError, error_response, status_of
 from .http import call, json_object, read_json, registry, write_call
 
@@ -93,8 +95,16 @@ async def _claim(request, reg, body):
     return _task(await write_call(request, reg.claim_task, _str(body, "worker_id"), lease_seconds=lease))
 
 
+def _attempt(body: dict) -> Optional[int]:
+    a = body.get("attempt")
+    if a is not None and (isinstance(a, bool) or not isinstance(a, int)):
+        raise InvalidInputError("attempt must be an integer")
+    return a
+
+
 async def _heartbeat(request, reg, body):
     kw = {k: body.get(k) for k in ("stage", "bytes_done", "bytes_total")}
+    kw["attempt"] = _attempt(body)
     t = await write_call(request, reg.heartbeat, _str(body, "task_id"), _str(body, "worker_id"),
                          lease_seconds=float(body.get("lease_seconds") or 60), **kw)
     return _task(t)
@@ -105,8 +115,21 @@ async def _finish(request, reg, body):
     if result is not None and not isinstance(result, dict):
         raise InvalidInputError("result must be an object")
     t = await write_call(request, reg.finish, _str(body, "task_id"), _str(body, "worker_id"),
-                         status=_str(body, "status"), result=result, message=str(body.get("message") or ""))
+                         status=_str(body, "status"), result=result, message=str(body.get("message") or ""),
+                         attempt=_attempt(body))
     return _task(t)
+
+
+async def _unswept_failures(request, reg, body):
+    limit = body.get("limit", 50)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidInputError("limit must be an integer from 1 to 1000")
+    return {"tasks": [dataclasses.asdict(t) for t in await call(reg.unswept_failures, limit)]}
+
+
+async def _mark_swept(request, reg, body):
+    await write_call(request, reg.mark_swept, _str(body, "task_id"))
+    return {}
 
 
 async def _show_task(request, reg, body):
@@ -258,7 +281,26 @@ async def _abort_upload(request, reg, body):
     return {}
 
 
+class _Fenced:
+    """The registry as a call carrying a worker's lease sees it: each method
+    runs with the lease fenced (``Registry.fenced``) in the thread that runs it."""
+
+    def __init__(self, reg, lease) -> None:
+        self._reg, self._lease = reg, lease
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._reg, name)
+        if not callable(attr):
+            return attr
+
+        def fenced(*a, **kw):
+            with self._reg.fenced(self._lease):
+                return attr(*a, **kw)
+        return fenced
+
+
 OPS = {"claim": _claim, "heartbeat": _heartbeat, "finish": _finish, "show_task": _show_task,
+       "unswept_failures": _unswept_failures, "mark_swept": _mark_swept,
        "show_image": _show_image, "create_image": _create_image, "delete_image": _delete_image,
        "open_data": _open_data, "register_blob": _register_blob,
        # an API host forwarding to this one
@@ -284,6 +326,8 @@ async def internal(request: Request) -> JSONResponse:
                             "other API hosts at that one")
     body = json_object(await read_json(request))
     try:
+        if body.get("lease") is not None:
+            reg = _Fenced(reg, Lease.parse(body["lease"]))
         return JSONResponse(await op(request, reg, body))
     except VhdkitError as exc:
         # the caller re-raises the same error (type, code, message): a forwarding

@@ -20,7 +20,7 @@ def _human(d: dict) -> str:
         lines.append(f"registry: reset {reg.get('reset_uploads', 0)} dead upload(s), removed "
                      f"{reg.get('removed_parts', 0)} upload lock file(s) and {reg.get('removed_blobs', 0)} "
                      "trashed blob(s)")
-    for key, what in (("swift_blobs", "unreferenced image blob(s) in Swift"),
+    for key, what in (("failed_tasks", "remain(s) of failed tasks"), ("swift_blobs", "unreferenced image blob(s) in Swift"),
                       ("local_blobs", "unreferenced local blob(s)"),
                       ("work_dirs", "stale task work dir(s)"), ("temp_files", "temporary file(s)")):
         items = d[key]
@@ -40,7 +40,9 @@ def _human(d: dict) -> str:
 def cleanup(data_dir, grace, dry_run, as_json):
     """Remove what dead or killed operations left behind.
 
-    Runs the registry's cleanup (uploads whose process died, upload lock
+    Fails tasks whose worker died for the last time and removes what every
+    failed task left (its image, unpublished export segments, work dir),
+    runs the registry's cleanup (uploads whose process died, upload lock
     files, the trash of deleted images), then removes image data in Swift
     and local blob files that no image references, work dirs of tasks that
     are not running and temporary files (.*.part, .*.tmp) of killed

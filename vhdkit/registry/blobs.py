@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from ..errors import IntegrityError, InvalidInputError, NoSpaceError, QuotaError, StorageError
+from ..errors import IntegrityError, InvalidInputError, OutOfSpaceError, QuotaError, StorageError
 
 CHUNK = 4 << 20
 
@@ -99,8 +99,8 @@ def file_digest(path: "str | int") -> Digest:
 
 
 def _os_error(exc: OSError, what: str) -> StorageError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpaceError(f"{what}: no space left", sys_errno=exc.errno)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the service's disk: its fault, no path told
+        return OutOfSpaceError(sys_errno=exc.errno)
     return StorageError(f"{what}: {exc.strerror or exc}", sys_errno=exc.errno or 0)
 
 

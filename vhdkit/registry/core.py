@@ -230,6 +230,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         if self._writer_pid != os.getpid():  # forked: a lock held by a thread of the parent stays held
             self._writer, self._writer_pid = threading.RLock(), os.getpid()
         with self._writer, _db.immediate(self._conn()) as conn:
+            self._check_fence(conn)  # type: ignore[attr-defined]  (tasks.py: a worker's lease)
             yield conn
 
     def _read(self):

@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 from typing import Iterator, List, Tuple
 
-from ..errors import StorageError, UnsupportedError
+from ..errors import OutOfSpaceError, StorageError, UnsupportedError
 from .models import IMPORT_TASK_PROPERTY
 
 BUSY_TIMEOUT_S = 30.0
@@ -148,6 +148,9 @@ MIGRATIONS: List[str] = [
     # 4 -> 5: ids of deleted images, never handed out again (OpenStack
     # OSSN-0075: a new image under an old id would be taken for the old one).
     "CREATE TABLE retired_image_ids (id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);",
+    # 5 -> 6: a failed task's remains (its image, segments, work directory)
+    # are removed once; 1 when that was done (see tasks.py, fencing).
+    "ALTER TABLE tasks ADD COLUMN swept INTEGER NOT NULL DEFAULT 0;",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -204,17 +207,39 @@ def _split(script: str) -> Iterator[str]:
         yield buf.strip()
 
 
+def is_full(exc: BaseException) -> bool:
+    """Whether a SQLite error means the database's file system is full."""
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                                               or "disk is full" in str(exc))
+
+
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction taken up front (no lost updates, no upgrade deadlock)."""
+    """A write transaction taken up front (no lost updates, no upgrade deadlock).
+    A full file system is :class:`OutOfSpaceError` (nothing of the transaction stays)."""
     _begin(conn, "BEGIN IMMEDIATE")
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        _rollback(conn)
+        if is_full(exc):
+            raise OutOfSpaceError() from None
         raise
-    else:
+    except BaseException:
+        _rollback(conn)
+        raise
+    try:
         conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _rollback(conn)
+        if is_full(exc):
+            raise OutOfSpaceError() from None
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 @contextlib.contextmanager
@@ -231,4 +256,6 @@ def _begin(conn: sqlite3.Connection, stmt: str) -> None:
     try:
         conn.execute(stmt)
     except sqlite3.OperationalError as exc:
+        if is_full(exc):
+            raise OutOfSpaceError() from None
         raise StorageError(f"registry database busy or unavailable: {exc}") from None

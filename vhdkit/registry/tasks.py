@@ -6,13 +6,23 @@ with :meth:`claim_task` (atomic: ``BEGIN IMMEDIATE``), renews its lease with
 :meth:`heartbeat` (also reporting the stage and bytes done) and ends it with
 :meth:`finish`.  A task whose lease expires is handed to the next claimer
 (retried from the start) until ``max_attempts`` claims were made; then it
-fails with a message.  A task expires 48 h after it ends."""
+fails with a message.  A task expires 48 h after it ends.
+
+Fencing: each claim is one attempt, named by its :class:`Lease` (task id,
+worker id, attempt number).  Inside :meth:`fenced` every write transaction
+of the calling thread first checks, in that same transaction, that the lease
+is still the task's current one, and refuses (ConflictError ``lease_lost``)
+otherwise: a worker that was paused past its lease and resumes cannot change
+anything a newer attempt owns.  A task that ends ``failure`` is *swept*
+once (:meth:`unswept_failures`, :meth:`mark_swept`): the pipeline removes
+what it made (see :func:`vhdkit.pipeline.sweep_failed`)."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import sqlite3
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
 from .models import TASK_STATUSES, TASK_TYPES, Task, TaskList, now_text
@@ -29,6 +39,33 @@ DEFAULT_LEASE_S = 60.0
 MAX_ATTEMPTS = 2
 MAX_INPUT_BYTES = 64 << 10
 TASK_SORT_KEYS = ("created_at", "updated_at", "id", "status", "type")
+#: Namespace of the image ids an import task creates: uuid5(NS, task id), so a
+#: retried task finds (and replaces) what an earlier attempt left.
+_IMAGE_NS = uuid.UUID("6f1a3c9e-2d7b-4c55-9a0e-5b8d7e1f0c42")
+
+
+def task_image_id(task_id: str) -> str:
+    """The id of the image an import task creates."""
+    return str(uuid.uuid5(_IMAGE_NS, task_id))
+
+
+class Lease(NamedTuple):
+    """The fencing token of one attempt at a task."""
+
+    task_id: str
+    worker_id: str
+    attempt: int
+
+    @classmethod
+    def of(cls, task: Task) -> "Lease":
+        return cls(task.id, task.worker_id or "", int(task.attempts))
+
+    @classmethod
+    def parse(cls, v: Any) -> "Lease":
+        if (not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, str) and x for x in v[:2])
+                or isinstance(v[2], bool) or not isinstance(v[2], int)):
+            raise InvalidInputError("lease must be [task_id, worker_id, attempt]")
+        return cls(v[0], v[1], v[2])
 
 
 def _task(r: sqlite3.Row) -> Task:
@@ -41,6 +78,17 @@ def _task(r: sqlite3.Row) -> Task:
         worker_id=r["worker_id"], lease_expires_at=r["lease_expires_at"], attempts=r["attempts"],
         stage=r["stage"], bytes_done=r["bytes_done"], bytes_total=r["bytes_total"],
         owner_roles=[x for x in r["owner_roles"].split(",") if x])
+
+
+@contextlib.contextmanager
+def thread_lease(local, lease: Optional[Lease]) -> Iterator[None]:
+    """Set ``local.lease`` (a ``threading.local``) for the block."""
+    prev = getattr(local, "lease", None)
+    local.lease = lease
+    try:
+        yield
+    finally:
+        local.lease = prev
 
 
 class TasksMixin:
@@ -138,17 +186,7 @@ class TasksMixin:
             raise InvalidInputError("worker_id is required")
         now = self._now()
         with self._write() as conn:
-            for r in conn.execute("SELECT id, attempts FROM tasks WHERE status = 'processing' "
-                                  "AND lease_expires_at < ?", (now,)).fetchall():
-                if r["attempts"] >= self.max_task_attempts:
-                    conn.execute(
-                        "UPDATE tasks SET status = 'failure', message = ?, worker_id = NULL, "
-                        "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",
-                        (f"the worker running this task stopped responding (after {r['attempts']} attempts)",
-                         now, now_text(self._now_dt() + TASK_TTL), r["id"]))
-                else:
-                    conn.execute("UPDATE tasks SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, "
-                                 "updated_at = ? WHERE id = ?", (now, r["id"]))
+            self._expire_leases(conn)
             sql = "SELECT id FROM tasks WHERE status = 'pending'"
             args: list = []
             if types:
@@ -164,20 +202,79 @@ class TasksMixin:
             out = conn.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone()
         return _task(out)
 
-    def _held(self: "Registry", conn: sqlite3.Connection, task_id: str, worker_id: str) -> sqlite3.Row:  # type: ignore[misc]
+    def _expire_leases(self: "Registry", conn: sqlite3.Connection) -> None:  # type: ignore[misc]
+        """Tasks whose lease ran out go back to pending, or fail after their last attempt."""
+        now = self._now()
+        for r in conn.execute("SELECT id, attempts FROM tasks WHERE status = 'processing' "
+                              "AND lease_expires_at < ?", (now,)).fetchall():
+            if r["attempts"] >= self.max_task_attempts:
+                conn.execute(
+                    "UPDATE tasks SET status = 'failure', message = ?, worker_id = NULL, "
+                    "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",
+                    (f"[500] the worker running this task stopped responding (after {r['attempts']} attempts)",
+                     now, now_text(self._now_dt() + TASK_TTL), r["id"]))
+            else:
+                conn.execute("UPDATE tasks SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, "
+                             "updated_at = ? WHERE id = ?", (now, r["id"]))
+
+    def expire_leases(self: "Registry") -> None:  # type: ignore[misc]
+        """:meth:`_expire_leases` in its own transaction (what ``vhdkit cleanup`` runs first)."""
+        with self._write() as conn:
+            self._expire_leases(conn)
+
+    def _held(self: "Registry", conn: sqlite3.Connection, task_id: str, worker_id: str,  # type: ignore[misc]
+              attempt: Optional[int] = None) -> sqlite3.Row:
         row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"task {task_id} not found")
-        if row["status"] != "processing" or row["worker_id"] != worker_id:
-            raise ConflictError(f"worker {worker_id} no longer holds task {task_id} (lease lost)")
+        if (row["status"] != "processing" or row["worker_id"] != worker_id
+                or (attempt is not None and row["attempts"] != attempt)):
+            raise ConflictError(f"worker {worker_id} no longer holds task {task_id} (lease lost)",
+                                code="lease_lost")
         return row
+
+    def fenced(self: "Registry", lease: Optional[Lease]):  # type: ignore[misc]
+        """Within: every write transaction of this thread is refused unless
+        ``lease`` is still the task's current attempt (checked in that
+        transaction; see the module doc).  None: no fence."""
+        return thread_lease(self._local, lease)
+
+    def _check_fence(self: "Registry", conn: sqlite3.Connection) -> None:  # type: ignore[misc]
+        lease = getattr(self._local, "lease", None)
+        if lease is not None:
+            self._held(conn, lease.task_id, lease.worker_id, lease.attempt)
+
+    def check_lease(self: "Registry", lease: Lease) -> None:  # type: ignore[misc]
+        """ConflictError ``lease_lost`` unless ``lease`` is the task's current attempt."""
+        with self._write() as conn:
+            self._held(conn, lease.task_id, lease.worker_id, lease.attempt)
+
+    @contextlib.contextmanager
+    def holding(self: "Registry", lease: Lease) -> Iterator[None]:  # type: ignore[misc]
+        """Run the block while holding the registry's write lock with ``lease``
+        checked: no newer attempt can claim the task until the block ends (for
+        a short outside write, such as publishing an export's manifest)."""
+        with self._write() as conn:
+            self._held(conn, lease.task_id, lease.worker_id, lease.attempt)
+            yield
+
+    def unswept_failures(self: "Registry", limit: int = 50) -> List[Task]:  # type: ignore[misc]
+        """Failed tasks whose remains were not swept yet (oldest first)."""
+        rows = self._conn().execute("SELECT * FROM tasks WHERE status = 'failure' AND swept = 0 "
+                                    "ORDER BY updated_at, id LIMIT ?", (int(limit),)).fetchall()
+        return [_task(r) for r in rows]
+
+    def mark_swept(self: "Registry", task_id: str) -> None:  # type: ignore[misc]
+        with self._write() as conn:
+            conn.execute("UPDATE tasks SET swept = 1 WHERE id = ? AND status = 'failure'", (str(task_id),))
 
     def heartbeat(self: "Registry", task_id: str, worker_id: str, *,  # type: ignore[misc]
                   lease_seconds: float = DEFAULT_LEASE_S, stage: Optional[str] = None,
-                  bytes_done: Optional[int] = None, bytes_total: Optional[int] = None) -> Task:
+                  bytes_done: Optional[int] = None, bytes_total: Optional[int] = None,
+                  attempt: Optional[int] = None) -> Task:
         """Renew the lease and record progress; ConflictError when the lease was lost."""
         with self._write() as conn:
-            row = self._held(conn, task_id, worker_id)
+            row = self._held(conn, task_id, worker_id, attempt)
             conn.execute("UPDATE tasks SET lease_expires_at = ?, stage = ?, bytes_done = ?, bytes_total = ?, "
                          "updated_at = ? WHERE id = ?",
                          (self._lease_until(lease_seconds), stage if stage is not None else row["stage"],
@@ -187,7 +284,7 @@ class TasksMixin:
         return _task(out)
 
     def finish(self: "Registry", task_id: str, worker_id: str, *, status: str,  # type: ignore[misc]
-               result: Optional[Dict[str, Any]] = None, message: str = "") -> Task:
+               result: Optional[Dict[str, Any]] = None, message: str = "", attempt: Optional[int] = None) -> Task:
         """End a held task with ``success`` or ``failure``."""
         if status not in ("success", "failure"):
             raise InvalidInputError("a task finishes with 'success' or 'failure'")
@@ -195,7 +292,7 @@ class TasksMixin:
 
         res = json.dumps(result) if result is not None else None
         with self._write() as conn:
-            self._held(conn, task_id, worker_id)
+            self._held(conn, task_id, worker_id, attempt)
             now = self._now()
             conn.execute("UPDATE tasks SET status = ?, result = ?, message = ?, worker_id = NULL, "
                          "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",

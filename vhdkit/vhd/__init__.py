@@ -8,17 +8,23 @@ the top-level :mod:`vhdkit` package.
 from __future__ import annotations
 
 from .read import *  # noqa: F401,F403
-from .write import *  # noqa: F401,F403
 
-# .chain is imported on first use of one of its names (start-up time: a
-# convert or a download does not need it).
+#: Imported on first use of one of their names (start-up time: `vhdkit info`
+#: or `check` needs only .read); ``from vhdkit.vhd import *`` still gives
+#: .read's and .write's names, as when .write was imported eagerly.
+_LAZY = (".write", ".chain")
+_STAR = (".read", ".write")
 
 
 def __getattr__(name):
+    import importlib
+
+    if name == "__all__":
+        return [n for m in _STAR for n in importlib.import_module(m, __name__).__all__]
     if name.startswith("__"):
         raise AttributeError(name)
-    import importlib
-    chain = importlib.import_module(".chain", __name__)
-    if name in getattr(chain, "__all__", ()):
-        return getattr(chain, name)
+    for m in _LAZY:
+        mod = importlib.import_module(m, __name__)
+        if name in getattr(mod, "__all__", ()):
+            return getattr(mod, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
