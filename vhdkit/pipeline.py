@@ -28,6 +28,8 @@ Every failure ends the task ``failure`` with a message ``[code] reason`` and
 leaves nothing half-made: no active image, no orphan blob, no partial segments,
 no temporary files.  Workers claim tasks atomically with a lease; a worker that
 dies loses its lease and the task is retried once from the start (then failed).
+A worker stopped by SIGINT/SIGTERM gives its task back (claimable at once, the
+attempt not counted) after removing what the attempt made.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import exportstream, ova, segments, streams
 from .errors import ConflictError, IntegrityError, NotFoundError, VhdkitError
+from .interrupts import deferred
 from .registry import Caller, Registry
 from .registry.models import Task
 from .store import LocalStore, ObjectStore, validate_container_name
@@ -580,6 +583,12 @@ def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> 
             except VhdkitError:
                 continue
 
+    def end() -> None:  # stop the heartbeat, remove the task directory (once)
+        if not stop.is_set():
+            stop.set()
+            hb.join()
+            shutil.rmtree(ctx.dir, ignore_errors=True)
+
     shutil.rmtree(ctx.dir, ignore_errors=True)
     ctx.dir.mkdir(parents=True)
     hb = threading.Thread(target=beat, name=f"heartbeat-{task.id}", daemon=True)
@@ -595,13 +604,25 @@ def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> 
         message = f"[500] {task.type} failed in stage {ctx.stage}: {e.message}"
     except Exception as e:  # noqa: BLE001 - a task must end, whatever broke
         message = f"[500] {task.type} failed in stage {ctx.stage}: {type(e).__name__}: {e}"
+    except BaseException:  # the worker is stopped (SIGINT/SIGTERM): the task goes back at once
+        with deferred():
+            end()
+            _give_back(reg, task, worker_id)
+        raise
     finally:
-        stop.set()
-        hb.join()
-        shutil.rmtree(ctx.dir, ignore_errors=True)
+        end()
     if ctx.lost.is_set():
         return reg.show_task(Caller.service(task.owner), task.id)
     return reg.finish(task.id, worker_id, status=status, result=result, message=message)
+
+
+def _give_back(reg: Registry, task: Task, worker_id: str) -> None:
+    """Hand a task this worker holds back to the registry, claimable at once
+    (best effort: if the registry cannot be reached, the lease expires)."""
+    try:
+        reg.release_task(task.id, worker_id)
+    except VhdkitError:
+        pass
 
 
 class Worker:

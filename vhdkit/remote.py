@@ -199,6 +199,9 @@ class RemoteRegistry:
         return self._t(self._op("finish", task_id=task_id, worker_id=worker_id, status=status, result=result,
                                 message=message))  # type: ignore[return-value]
 
+    def release_task(self, task_id: str, worker_id: str) -> None:
+        self._op("release", task_id=task_id, worker_id=worker_id)
+
     def show_task(self, caller: Caller, task_id: str) -> Task:
         return self._t(self._op("show_task", caller=_caller(caller), task_id=task_id))  # type: ignore
 

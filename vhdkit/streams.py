@@ -132,13 +132,47 @@ def open_compressor(fileobj: BinaryIO, format: str = "gzip", *, level: Optional[
         from isal import igzip_threaded
 
         # igzip_threaded closes what it is given: shield the caller's file.
-        return igzip_threaded.open(_Unclosable(fileobj), "wb", compresslevel=_isal_level(level), threads=n)
+        raw = _gzip_writer_class()(_Unclosable(fileobj), "wb", level=_isal_level(level), threads=n)
+        return igzip_threaded.FlushableBufferedWriter(raw, buffer_size=CHUNK)  # type: ignore[return-value]
     if format == "zstd":
         lvl = 3 if level is None else level
         if not 1 <= lvl <= 22:
             raise InvalidInputError(f"zstd level must be 1..22, not {lvl}")
         return _ZstdWriter(fileobj, lvl, n)  # type: ignore[return-value]
     raise InvalidInputError(f"unknown compression format {format!r} (use gzip or zstd)")
+
+
+_GZIP_WRITER = None
+
+
+def _gzip_writer_class():
+    """isal's parallel gzip writer, with every call that hands blocks to its
+    threads (or waits for them) made a :func:`~vhdkit.interrupts.deferred`
+    section: a SIGINT/SIGTERM raised half-way through one (between taking a
+    block number and queueing the block, say) would leave its writer thread
+    waiting for a block that never comes, and the closing flush would wait
+    forever.  Each section lasts at most the compression of a few blocks."""
+    global _GZIP_WRITER
+    if _GZIP_WRITER is None:
+        from isal import igzip_threaded
+
+        from .interrupts import deferred
+
+        class _GzipWriter(igzip_threaded._ThreadedGzipWriter):
+            def write(self, b) -> int:
+                with deferred():
+                    return super().write(b)
+
+            def flush(self) -> None:
+                with deferred():
+                    super().flush()
+
+            def close(self) -> None:
+                with deferred():
+                    super().close()
+
+        _GZIP_WRITER = _GzipWriter
+    return _GZIP_WRITER
 
 
 class _Unclosable(io.RawIOBase):

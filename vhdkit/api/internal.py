@@ -109,6 +109,11 @@ async def _finish(request, reg, body):
     return _task(t)
 
 
+async def _release(request, reg, body):
+    await write_call(request, reg.release_task, _str(body, "task_id"), _str(body, "worker_id"))
+    return {}
+
+
 async def _show_task(request, reg, body):
     return _task(await call(reg.show_task, _caller(body), _str(body, "task_id")))
 
@@ -258,7 +263,7 @@ async def _abort_upload(request, reg, body):
     return {}
 
 
-OPS = {"claim": _claim, "heartbeat": _heartbeat, "finish": _finish, "show_task": _show_task,
+OPS = {"claim": _claim, "heartbeat": _heartbeat, "finish": _finish, "release": _release, "show_task": _show_task,
        "show_image": _show_image, "create_image": _create_image, "delete_image": _delete_image,
        "open_data": _open_data, "register_blob": _register_blob,
        # an API host forwarding to this one

@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .. import errors
 from ..fileutil import atomic_fd
+from ..interrupts import deferred
 from ..native import check, ffi, lib, new_err
 
 __all__ = [
@@ -249,8 +250,9 @@ def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[P
         box["rc"] = fn()
 
     t = threading.Thread(target=work, name="vhdkit-native", daemon=True)
-    t.start()
     try:
+        with deferred():  # an interrupted start() would leave the thread running unjoined
+            t.start()
         while t.is_alive():
             t.join(0.05)
             done = int(counter[0])
@@ -260,7 +262,8 @@ def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[P
                 progress(done, total)
     except BaseException:
         cancel[0] = 1
-        t.join()
+        if t.ident is not None:
+            t.join()    # the native call uses opts, res and err: they must outlive it
         raise
     if progress is not None:
         progress(int(counter[0]), total)

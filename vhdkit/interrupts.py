@@ -1,0 +1,95 @@
+"""Stopping on SIGINT and SIGTERM: the one place that turns these signals
+into an exception.
+
+:func:`install` (the command line calls it) makes both signals raise
+:class:`Stopped` in the main thread, wherever it is, so a long operation
+unwinds at once: every ``finally`` and ``except BaseException`` on the way
+runs (temporary files are removed, a worker gives its task back) and the
+process exits ``128 + signal`` (130 for SIGINT, 143 for SIGTERM).
+
+Code that an exception must not break into half-way (handing a block to the
+parallel gzip writer's threads, giving a task back) runs inside
+:func:`deferred`: a signal arriving meanwhile is raised when the section
+ends.  A second signal while the first one's unwinding runs stops the
+process at once, as the signal's default action would (a temporary file
+then left behind is removed by the next write of the same output).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Optional
+
+__all__ = ["Stopped", "install", "deferred"]
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread by SIGINT or SIGTERM once :func:`install` ran.
+
+    A KeyboardInterrupt, so ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        #: The shell's convention for "ended by this signal".
+        self.exit_status = 128 + signum
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_depth = 0                     # nesting of deferred() sections in the main thread
+_pending: Optional[int] = None  # a signal that arrived inside one
+_stopping = False              # Stopped was raised (or is pending): a second signal is forceful
+
+
+def _handler(signum: int, frame) -> None:
+    global _pending, _stopping
+    if _stopping:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _stopping = True
+    if _depth:
+        _pending = signum
+        return
+    raise Stopped(signum)
+
+
+def install() -> None:
+    """Make SIGINT and SIGTERM raise :class:`Stopped` (main thread only).  A
+    signal that was ignored when the process started stays ignored (``nohup``,
+    a background job of a non-interactive shell)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _handler)
+
+
+class _Deferred:
+    """See :func:`deferred`."""
+
+    __slots__ = ("main",)
+
+    def __enter__(self) -> None:
+        global _depth
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            _depth += 1
+
+    def __exit__(self, *exc) -> None:
+        global _depth, _pending
+        if not self.main:
+            return
+        _depth -= 1
+        if _depth == 0 and _pending is not None:
+            signum, _pending = _pending, None
+            raise Stopped(signum)
+
+
+def deferred() -> _Deferred:
+    """A section SIGINT/SIGTERM must not break into: a signal arriving inside
+    is raised as :class:`Stopped` when the (outermost) section ends.  Keep such
+    sections short: a stop waits for them."""
+    return _Deferred()
