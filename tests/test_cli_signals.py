@@ -107,11 +107,12 @@ def fed(n):
 def temp_grown(d: Path, n: int):
     """True once a temporary file (a dot file) under ``d`` holds ``n`` bytes."""
     def when(_f):
-        for p in d.rglob(".*"):
+        for p in d.rglob("*"):
             try:
-                if p.is_file() and p.stat().st_size >= n:
+                if any(x.startswith(".") for x in p.relative_to(d).parts) and p.is_file() \
+                        and p.stat().st_size >= n:
                     return True
-            except OSError:
+            except (OSError, ValueError):
                 pass
         return False
     return when

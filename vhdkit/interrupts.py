@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Optional
+from typing import Any, Callable, Optional
 
-__all__ = ["Stopped", "install", "deferred"]
+__all__ = ["Stopped", "install", "deferred", "Background"]
 
 
 class Stopped(KeyboardInterrupt):
@@ -93,3 +93,42 @@ def deferred() -> _Deferred:
     is raised as :class:`Stopped` when the (outermost) section ends.  Keep such
     sections short: a stop waits for them."""
     return _Deferred()
+
+
+class Background:
+    """``fn()`` in a daemon thread (a native call that drops the GIL), waited
+    for with :meth:`wait`, which an interruption never corrupts.
+
+    ``Thread.join`` is not used: on Python 3.11 a join interrupted by a
+    signal handler's exception may mark a still running thread as stopped,
+    so that the next join returns at once while the thread still uses the
+    buffers its caller is about to free."""
+
+    def __init__(self, fn: Callable[[], Any], name: str):
+        self.result: Any = None
+        self._done = threading.Event()
+
+        def work() -> None:
+            try:
+                self.result = fn()
+            finally:
+                self._done.set()
+
+        self._thread = threading.Thread(target=work, name=name, daemon=True)
+
+    def start(self) -> "Background":
+        with deferred():  # not broken into half-way: afterwards the thread runs
+            self._thread.start()
+        return self
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    @property
+    def running(self) -> bool:
+        return self.started and not self._done.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """True once ``fn`` returned (or raised)."""
+        return self._done.wait(timeout)

@@ -59,8 +59,8 @@ def _info_text(d: Dict[str, Any]) -> str:
 
 
 @main.command("info")
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--parent", "parents", multiple=True, type=click.Path(dir_okay=False),
+@click.argument("image")
+@click.option("--parent", "parents", multiple=True, 
               help="Explicit parent path (repeat for deeper layers, the leaf's parent first).")
 @click.option("--size-rule", type=click.Choice(_RULES), default="auto", show_default=True,
               help="How to choose the virtual size: by creator like qemu (auto), or force one.")
@@ -89,7 +89,7 @@ def info_cmd(image: str, parents: tuple, size_rule: str, as_json: bool) -> None:
 
 
 @main.command("check")
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image")
 @click.option("--parents/--no-parents", default=True, show_default=True,
               help="Also resolve and check the parent chain of a differencing disk.")
 @json_option
@@ -123,8 +123,8 @@ def check_cmd(image: str, parents: bool, as_json: bool) -> None:
 
 
 @main.command("map")
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--parent", "parents", multiple=True, type=click.Path(dir_okay=False),
+@click.argument("image")
+@click.option("--parent", "parents", multiple=True, 
               help="Explicit parent path (repeat for deeper layers).")
 @json_option
 def map_cmd(image: str, parents: tuple, as_json: bool) -> None:

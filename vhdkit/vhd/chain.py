@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import threading
 import urllib.parse
 import uuid as _uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .. import errors
-from ..interrupts import deferred
+from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
 from ..progress import Progress
 from . import read as _read
@@ -306,20 +305,17 @@ def _poll(fn, done, total, progress, keep=()):
     objects it uses (``keep``) are kept alive for it."""
     if progress is None:
         return fn()
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.setdefault("rc", fn()), name="vhdkit-merge", daemon=True)
+    job = Background(fn, "vhdkit-merge")
     try:
-        with deferred():  # not broken into half-way: the thread is running, or not started
-            t.start()
-        while t.is_alive():
-            t.join(0.1)
+        job.start()
+        while not job.wait(0.1):
             progress(done(), total)
     except BaseException:
-        if t.is_alive():
+        if job.running:
             _ABANDONED.append(keep)
         raise
     progress(done(), total)
-    return box["rc"]
+    return job.result
 
 
 def coalesce_into_parent(child: PathLike, *, parents: Optional[Sequence[PathLike]] = None,

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .. import errors
 from ..fileutil import atomic_fd
-from ..interrupts import deferred
+from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
 
 __all__ = [
@@ -244,17 +244,10 @@ def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[P
     cancel = ffi.new("int *")
     opts.progress = counter
     opts.cancel = cancel
-    box: dict = {}
-
-    def work() -> None:
-        box["rc"] = fn()
-
-    t = threading.Thread(target=work, name="vhdkit-native", daemon=True)
+    job = Background(fn, "vhdkit-native")
     try:
-        with deferred():  # an interrupted start() would leave the thread running unjoined
-            t.start()
-        while t.is_alive():
-            t.join(0.05)
+        job.start()
+        while not job.wait(0.05):
             done = int(counter[0])
             if out is not None:
                 out.writeback(done)
@@ -262,12 +255,12 @@ def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[P
                 progress(done, total)
     except BaseException:
         cancel[0] = 1
-        if t.ident is not None:
-            t.join()    # the native call uses opts, res and err: they must outlive it
+        if job.started:
+            job.wait()    # the native call uses opts, res and err: they must outlive it
         raise
     if progress is not None:
         progress(int(counter[0]), total)
-    return box["rc"]
+    return job.result
 
 
 @contextmanager
@@ -395,6 +388,8 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, o
         src_format = "raw"
     elif not os.path.exists(srcs):
         raise errors.NotFoundError(f"no such file: {srcs}")
+    elif os.path.isdir(srcs):
+        raise errors.InvalidInputError(f"{srcs} is a directory (give a file)")
     elif src_format is None:
         src_format = _detect_format(srcs)
     if srcs != "-" and dsts != "-" and os.path.exists(dsts) and os.path.samefile(srcs, dsts):
