@@ -73,11 +73,15 @@ def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = 
     it and leave ``path`` as it was.  The fd is closed on exit.  The file
     gets mode 0666 minus the umask, as a new file would (``umask_mode=False``
     keeps the temporary file's 0600)."""
+    from .interrupts import deferred
+
     p = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(p))
-    fd, tmp = locked_temp(parent, os.path.basename(p), suffix)
+    fd = -1
     ok = False
     try:
+        with deferred():  # a SIGINT/SIGTERM lands after fd and tmp are known: the finally removes tmp
+            fd, tmp = locked_temp(parent, os.path.basename(p), suffix)
         if umask_mode:
             umask = os.umask(0)
             os.umask(umask)
@@ -94,6 +98,8 @@ def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = 
             finally:
                 os.close(dfd)
     finally:
+        if fd < 0:
+            return
         os.close(fd)
         if not ok:
             try:

@@ -21,7 +21,7 @@ import signal
 import threading
 from typing import Any, Callable, Optional
 
-__all__ = ["Stopped", "install", "deferred", "Background"]
+__all__ = ["Stopped", "install", "deferred", "stopping", "Background"]
 
 
 class Stopped(KeyboardInterrupt):
@@ -40,16 +40,22 @@ class Stopped(KeyboardInterrupt):
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _depth = 0                     # nesting of deferred() sections in the main thread
 _pending: Optional[int] = None  # a signal that arrived inside one
-_stopping = False              # Stopped was raised (or is pending): a second signal is forceful
+_stopping: Optional[int] = None  # the signal that stopped us (raised or pending): a second one is forceful
+
+
+def stopping() -> Optional[int]:
+    """The signal that is stopping the process, if any: an error raised while
+    it unwinds (a lock an interrupted wait left broken, say) is part of the stop."""
+    return _stopping
 
 
 def _handler(signum: int, frame) -> None:
     global _pending, _stopping
-    if _stopping:
+    if _stopping is not None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    _stopping = True
+    _stopping = signum
     if _depth:
         _pending = signum
         return

@@ -51,6 +51,7 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Union
 
 from . import streams
 from .fileutil import atomic_file
+from .interrupts import deferred
 from .errors import ArchiveError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
 
 __all__ = [
@@ -752,8 +753,10 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConflictError(f"{dst} exists and is not an empty directory")
     parent = dst.parent if str(dst.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    tmp = None
     try:
+        with deferred():  # a SIGINT/SIGTERM lands after tmp is known: the cleanup below removes it
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
         rep = _scan(path, hash_data=True, dest=tmp, decompress=decompress, max_output=max_output,
                     progress=progress)
         if require_valid and rep.problems:
@@ -766,5 +769,6 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
                 m.extracted_to = str(dst / m.name)
         return rep
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -18,21 +18,27 @@ class VhdkitGroup(click.Group):
     is removed on the way out, and the exit status is 130 or 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from ..interrupts import Stopped, install
+        from ..interrupts import Stopped, install, stopping
 
         install()
         try:
             return super().invoke(ctx)
-        except VhdkitError as exc:
-            fail(ctx, exc.message)
-        except Stopped as exc:
-            click.echo(f"vhdkit: stopped by {exc.name}", err=True)
-            ctx.exit(exc.exit_status)
-        except BrokenPipeError:  # e.g. `vhdkit ... | head`
-            sys.stderr.close()
-            ctx.exit(1)
-        except OSError as exc:
-            fail(ctx, os_error_message(exc))
+        except click.exceptions.Exit:
+            raise
+        except BaseException as exc:
+            signum = stopping()
+            if signum is not None:  # whatever the unwinding raised, the command was stopped
+                stop = exc if isinstance(exc, Stopped) else Stopped(signum)
+                click.echo(f"vhdkit: stopped by {stop.name}", err=True)
+                ctx.exit(stop.exit_status)
+            if isinstance(exc, VhdkitError):
+                fail(ctx, exc.message)
+            if isinstance(exc, BrokenPipeError):  # e.g. `vhdkit ... | head`
+                sys.stderr.close()
+                ctx.exit(1)
+            if isinstance(exc, OSError):
+                fail(ctx, os_error_message(exc))
+            raise
 
 
 def fail(ctx: click.Context, message: str) -> None:

@@ -106,6 +106,11 @@ class RepairResult(_Dict):
     action: str          # "none" | "end-footer-restored" | "backup-footer-restored" | "end-footer-appended" | "fixed-tail-cut"
     footer_offset: int
     dry_run: bool
+    #: Blocks whose data lay past the end of a cut-short image: after the
+    #: repair they read as zeros (or from the parent).  Each is a dict
+    #: ``{"block", "start", "end"}`` (virtual bytes [start, end)).  Non-empty
+    #: only with ``force`` (or ``dry_run``): otherwise repair refuses.
+    lost: list = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -465,16 +470,43 @@ _ACTIONS = {0: "none", 1: "end-footer-restored", 2: "backup-footer-restored", 3:
             4: "fixed-tail-cut"}
 
 
-def repair(path: PathLike, *, dry_run: bool = False) -> RepairResult:
+def repair(path: PathLike, *, dry_run: bool = False, force: bool = False) -> RepairResult:
     """Restore a damaged end footer from the copy at offset 0, or the copy at
     0 from the end footer (like ``vhd-util repair``).  Refuses when both are
-    damaged or when they disagree in a way that cannot be decided."""
-    res = ffi.new("vk_repair_result *")
+    damaged or when they disagree in a way that cannot be decided.
+
+    A dynamic image cut short inside its data gets a new end footer after
+    its last block, and the blocks whose data lay past the cut then read as
+    zeros (or from the parent): that repair is refused with
+    :class:`~vhdkit.errors.DataLossError` naming those blocks (its ``lost``)
+    unless ``force``; ``RepairResult.lost`` names them again."""
+    p = os.fsencode(path)
     err = new_err()
-    check(lib.vk_repair(os.fsencode(path), int(bool(dry_run)), res, err), err)
+    probe = ffi.new("vk_repair_result *")
+    check(lib.vk_repair(p, lib.VK_REPAIR_DRY_RUN, probe, err), err)   # how many blocks would be lost
+    n = int(probe.lost_count)
+    res = ffi.new("vk_repair_result *")
+    arr = ffi.new("vk_lost_range[]", n) if n else ffi.NULL
+    res.lost, res.lost_cap = arr, n
+    flags = (lib.VK_REPAIR_DRY_RUN if dry_run else 0) | (lib.VK_REPAIR_FORCE if force else 0)
+    rc = lib.vk_repair(p, flags, res, err)
+    lost = [{"block": int(arr[i].block), "start": int(arr[i].start), "end": int(arr[i].end)}
+            for i in range(min(n, int(res.lost_count)))]
+    if rc < 0 and res.lost_count and not force:   # refused (VK_E_CONFLICT): it would lose them
+        raise errors.DataLossError(
+            f"repairing {os.fspath(path)} would lose data: {int(res.lost_count)} block(s) lay past the end of "
+            f"the cut file and would read as zeros ({describe_ranges(lost)})", lost=lost)
+    check(rc, err)
     return RepairResult(path=os.fspath(path), disk_type=_DISK_TYPES.get(int(res.disk_type), "unknown"),
                         action=_ACTIONS.get(int(res.action), "unknown"),
-                        footer_offset=int(res.footer_offset), dry_run=bool(dry_run))
+                        footer_offset=int(res.footer_offset), dry_run=bool(dry_run), lost=lost)
+
+
+def describe_ranges(lost: list, most: int = 6) -> str:
+    """``virtual bytes [a, b) (block i), ...`` for the first ``most`` of ``lost``."""
+    s = ", ".join(f"[{r['start']}, {r['end']}) (block {r['block']})" for r in lost[:most])
+    more = f" and {len(lost) - most} more" if len(lost) > most else ""
+    return f"virtual bytes {s}{more}"
 
 
 # ---- compare ------------------------------------------------------------------
