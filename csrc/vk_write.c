@@ -499,7 +499,7 @@ static void vk_rw_lost(const vk_rw *rw, vk_repair_result *res)
         uint64_t at = (uint64_t)rw->bat[i] * VK_SECTOR, data = at + bm;
         if (data + bs <= cut) continue;
         uint64_t start = i * bs, end = start + bs;
-        if (data < cut) start += (cut - data) / VK_SECTOR * VK_SECTOR;  /* the bitmap and some sectors survive */
+        if (data < cut) start += cut - data;  /* the bitmap and the bytes before the cut survive */
         if (end > vsize) end = vsize;
         if (start >= end) continue;
         if (res->lost && res->lost_count < res->lost_cap)

@@ -45,6 +45,7 @@ import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Union
@@ -323,9 +324,20 @@ def _disk_infos(paths: Sequence[Path]) -> list:
             if inf.parent_uuid != infos[i + 1].uuid:
                 raise ChainError(f"{p}: its parent UUID {inf.parent_uuid} is not the UUID of {paths[i + 1]} "
                                  f"({infos[i + 1].uuid})")
-        elif len(infos) > 1 and inf.disk_type == "differencing":
-            raise ChainError(f"{p} is a differencing disk: the chain's base is missing")
+        elif inf.disk_type == "differencing":
+            raise ChainError(f"{p} is a differencing disk: a package of it without its parents could never be "
+                             f"read; give the whole chain, leaf first ({_chain_hint(paths)})")
     return infos
+
+
+def _chain_hint(paths: Sequence[Path]) -> str:
+    """The chain ``vhdkit chain`` resolves from ``paths[0]``, as a hint, or how to find it."""
+    try:
+        from .vhd.chain import chain_info
+
+        return "here: " + " ".join(x.path for x in chain_info(str(paths[0])))
+    except Exception:  # noqa: BLE001 - only a hint; the refusal stands
+        return f"`vhdkit chain {paths[0]}` lists it"
 
 
 def _tar_header(name: str, size: int, mtime: int) -> bytes:
@@ -491,10 +503,13 @@ def _safe_name(raw: str) -> str:
 class _HashReader(io.RawIOBase):
     """Reads ``f`` hashing what passes (sha256 and/or sha1)."""
 
+    HEAD = 64 << 10
+
     def __init__(self, f, algos: Sequence[str]):
         self.f = f
         self.hs = {a: hashlib.new(a) for a in algos}
         self.n = 0
+        self.head = bytearray()  # the member's first bytes (see _is_differencing)
 
     def readable(self) -> bool:
         return True
@@ -505,8 +520,26 @@ class _HashReader(io.RawIOBase):
             view = memoryview(b)[:n]
             for h in self.hs.values():
                 h.update(view)
+            if len(self.head) < self.HEAD:
+                self.head += view[:self.HEAD - len(self.head)]
             self.n += n
         return n
+
+
+#: VHD specification: a dynamic or differencing disk starts with a copy of its
+#: footer, whose "Disk Type" (big-endian, offset 60) is 4 for a differencing disk.
+_VHD_COOKIE, _VHD_DISK_TYPE_AT, _VHD_DIFFERENCING = b"conectix", 60, 4
+
+
+def _is_differencing(head: bytes) -> bool:
+    """Whether a disk member (its first stored bytes, gzip or not) is a differencing VHD."""
+    if head[:2] == streams.GZIP_MAGIC:
+        try:
+            head = zlib.decompressobj(31).decompress(bytes(head), 512)
+        except zlib.error:
+            return False
+    return (head[:8] == _VHD_COOKIE and len(head) >= 64
+            and int.from_bytes(head[_VHD_DISK_TYPE_AT:_VHD_DISK_TYPE_AT + 4], "big") == _VHD_DIFFERENCING)
 
 
 def _kind(name: str) -> str:
@@ -530,6 +563,7 @@ def _scan(path: Pathish, *, hash_data: bool, dest: Optional[Path] = None, decomp
         raise NotFoundError(f"{p}: no such file") from None
     except OSError as e:
         raise ArchiveError(f"{p}: cannot open: {e}") from None
+    differencing: set = set()  # disk members that are differencing VHDs
     with fobj:
         head = fobj.read(4)
         fobj.seek(0)
@@ -625,6 +659,8 @@ def _scan(path: Pathish, *, hash_data: bool, dest: Optional[Path] = None, decomp
                         pass
                 if reader.n != m.size:
                     raise ArchiveError(f"{p}: member {name!r} is truncated")
+                if _is_differencing(reader.head):
+                    differencing.add(name)
                 for a, h in reader.hs.items():
                     setattr(mi, a, h.hexdigest())
                 done += m.size
@@ -639,6 +675,7 @@ def _scan(path: Pathish, *, hash_data: bool, dest: Optional[Path] = None, decomp
             if src is not fobj:
                 src.close()
     _finish(rep, desc, manifest)
+    _check_parents(rep, desc, differencing)
     return rep
 
 
@@ -686,6 +723,18 @@ def _extract(dest: Path, name: str, reader: BinaryIO, gz: bool, bound: int, p: P
             st = streams.decompress(reader, out, format="gzip", max_output=bound, name=f"{p}:{name}")
             return st.bytes_out
         return streams.copy_stream(reader, out)
+
+
+def _check_parents(rep: OvaReport, desc: Optional[Descriptor], differencing: set) -> None:
+    """A differencing disk needs its parent in the package (the descriptor's
+    parentRef naming another disk); without it the package can never be read."""
+    disks = {d.disk_id: d for d in desc.disks} if desc is not None else {}
+    for name in sorted(differencing):
+        f = desc.file_by_href(name) if desc is not None else None
+        d = desc.disk_for_file(f.id) if f is not None and desc is not None else None
+        if d is None or d.parent_ref is None or d.parent_ref not in disks or disks[d.parent_ref] is d:
+            rep.problems.append(f"{name!r} is a differencing VHD but the package holds no parent disk for it: "
+                                "it cannot be read")
 
 
 def _finish(rep: OvaReport, desc: Optional[Descriptor], manifest: Optional[Dict[str, tuple]]) -> None:
