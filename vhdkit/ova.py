@@ -726,13 +726,18 @@ def _extract(dest: Path, name: str, reader: BinaryIO, gz: bool, bound: int, p: P
 
 
 def _check_parents(rep: OvaReport, desc: Optional[Descriptor], differencing: set) -> None:
-    """A differencing disk needs its parent in the package (the descriptor's
-    parentRef naming another disk); without it the package can never be read."""
+    """A differencing disk needs its parent in the package: the disk the
+    descriptor's parentRef names, or in a snapshot chain ``0.vhd`` … ``N.vhd``
+    the next one.  Without it the package can never be read."""
     disks = {d.disk_id: d for d in desc.disks} if desc is not None else {}
+    names = {m.name for m in rep.members}
     for name in sorted(differencing):
         f = desc.file_by_href(name) if desc is not None else None
         d = desc.disk_for_file(f.id) if f is not None and desc is not None else None
-        if d is None or d.parent_ref is None or d.parent_ref not in disks or disks[d.parent_ref] is d:
+        if d is not None and d.parent_ref in disks and disks[d.parent_ref] is not d:
+            continue
+        m = re.fullmatch(r"(\d+)\.vhd", name)
+        if m is None or f"{int(m.group(1)) + 1}.vhd" not in names:
             rep.problems.append(f"{name!r} is a differencing VHD but the package holds no parent disk for it: "
                                 "it cannot be read")
 
