@@ -21,6 +21,9 @@ from vhdkit.vhd import chain, read
 from helpers_chain import MiB, ChainModel
 from vhdref import RefVhd
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 HOOK = "VHDKIT_TEST_ABORT_AFTER_WRITES"
 
 

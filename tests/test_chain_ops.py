@@ -24,6 +24,9 @@ from helpers_chain import MiB, ChainModel, chain_paths_leaf_first, digest, rando
 from helpers_vhd import pyvhdi_read, qemu_info, qemu_raw, vhdiinfo
 from vhdref import RefVhd, write_vhd
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 
 def cli(*args, check=True):
     r = subprocess.run([sys.executable, "-m", "vhdkit", *map(str, args)], capture_output=True, text=True)

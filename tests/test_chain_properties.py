@@ -17,6 +17,10 @@ from vhdkit.vhd import chain, read
 from helpers_chain import MiB, ChainModel, chain_paths_leaf_first
 from helpers_vhd import pyvhdi_read, qemu_raw
 from vhdref import RefVhd
+import pytest
+
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
 
 BLOCKS = [4096, 64 << 10, 512 << 10, 2 * MiB]
 

@@ -13,6 +13,10 @@ import vhdkit
 from helpers_vhd import qemu_raw
 from helpers_write import dynamic_layout
 import vhdref
+import pytest
+
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
 
 KiB = 1024
 

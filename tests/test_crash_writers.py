@@ -26,6 +26,9 @@ from helpers_crash import (count_events, leftovers, record, run_event_kill, run_
 from vhdkit.errors import VhdkitError
 from vhdkit.vhd import write as vw
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 U1 = _uuid.UUID("11111111-2222-4333-8444-555555555555")
 BS = 512 * 1024   # the writer's smallest block size
 

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 HERE = Path(__file__).resolve().parent
 CASES = sorted(p for p in (HERE / "fuzz_regressions").glob("*/*") if p.is_file())
 

@@ -26,6 +26,9 @@ from vhdkit.errors import (ArchiveError, IntegrityError, InvalidInputError, NotF
                            VhdkitError)
 from vhdkit.store import LocalStore
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 GZ = gzip.compress(b"hello world\n" * 1000)
 
 

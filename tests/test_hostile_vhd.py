@@ -24,6 +24,9 @@ from helpers_hostile import (bat, patch_footer, patch_header, set_bat, set_locat
 from vhdkit.errors import (ChainError, ChecksumError, FormatError, InvalidInputError, NotFoundError,
                            OutOfRangeError, UnsupportedError, VhdkitError)
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 BS = 4096                       # small blocks: several in a few KiB
 SIZE = 8 * BS
 TiB = 1 << 40

@@ -16,6 +16,9 @@ from vhdkit.errors import ArchiveError, ChainError, ConflictError, IntegrityErro
 from conftest import require_tool
 from helpers_packaging import differencing_child, hand_ovf, make_tar, qemu_vhd, run_cli
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 NS = {"ovf": "http://schemas.dmtf.org/ovf/envelope/1"}
 VBOX_URI = "http://go.microsoft.com/fwlink/?LinkId=137171"
 XENCENTER_URI = "http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx"

@@ -12,6 +12,10 @@ import vhdkit.segments as seg
 import vhdkit.streams as streams
 from vhdkit.errors import ArchiveError, IntegrityError
 from vhdkit.store import LocalStore
+import pytest
+
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

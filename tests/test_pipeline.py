@@ -24,6 +24,9 @@ from vhdkit.registry import Caller, Registry
 
 import vhdref
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 MiB = 1 << 20
 A = Caller.parse("acct-a", "cloudImages:admin")
 B = Caller.parse("acct-b", "cloudImages:admin")

@@ -14,6 +14,9 @@ from vhdkit.errors import IntegrityError, InvalidInputError, NotFoundError, Reso
 from vhdkit.store import ObjectStore
 from helpers_packaging import run_cli
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 
 SEG = 1000
 

@@ -15,6 +15,9 @@ from vhdkit.errors import ArchiveError, InvalidInputError
 from conftest import require_tool
 from helpers_packaging import run_cli, vhd_like
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 DATA = vhd_like(5 << 20)  # several ISA-L blocks, so the parallel path is exercised
 
 

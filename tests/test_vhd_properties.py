@@ -6,12 +6,16 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vhdkit
 
 from vhdref import RefVhd, write_vhd
+
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -22,6 +22,9 @@ from helpers_vhd import (SAMPLES_README, file_sha256, pyvhdi_read, qemu_info, qe
                          random_sectors, run_peer, sample_table, stream_sha256, vhdiinfo)
 from vhdref import RefVhd, write_vhd
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 SAMPLES = sample_table(SAMPLES_README) if SAMPLES_README.exists() else {}
 MiB = 1 << 20
 

@@ -18,6 +18,9 @@ from helpers_vhd import SAMPLES_README, file_sha256, qemu_info, qemu_raw, sample
 from helpers_write import (block_pattern_raw, dynamic_layout, footer_fields, footer_ok, footers, vhdkit_cli)
 import vhdref
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 MiB = 1 << 20
 
 

@@ -18,6 +18,9 @@ from vhdkit import fileutil
 from helpers_vhd import qemu_raw
 from helpers_write import block_pattern_raw as _bpr, vhdkit_cli
 
+# Reaches the native core: runs again in scripts/test's sanitizer pass.
+pytestmark = pytest.mark.native
+
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
 
