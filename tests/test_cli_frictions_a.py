@@ -94,6 +94,7 @@ def _lost_ranges_read_as_zeros_only(path: Path, data: bytes, lost):
     assert got == want, "the named ranges read as zeros, and nothing else changed"
 
 
+@pytest.mark.native  # the native core on a damaged image: again in the sanitizer pass
 def test_repair_refuses_to_turn_lost_data_into_zeros_and_names_the_blocks(tmp_path):
     data, cut = _cut_dynamic(tmp_path, 12_000_000)
     v = tmp_path / "cut.vhd"
@@ -116,6 +117,7 @@ def test_repair_refuses_to_turn_lost_data_into_zeros_and_names_the_blocks(tmp_pa
     _lost_ranges_read_as_zeros_only(v, data, refused["lost"])
 
 
+@pytest.mark.native  # the native core on a damaged image: again in the sanitizer pass
 def test_repair_force_json_lists_the_lost_blocks(tmp_path):
     data, _ = _cut_dynamic(tmp_path, 12_000_000)
     v = tmp_path / "cut.vhd"
@@ -125,6 +127,7 @@ def test_repair_force_json_lists_the_lost_blocks(tmp_path):
     _lost_ranges_read_as_zeros_only(v, data, d["lost"])
 
 
+@pytest.mark.native  # the native core on a damaged image: again in the sanitizer pass
 def test_repair_that_loses_nothing_needs_no_force(tmp_path):
     data, _ = _cut_dynamic(tmp_path, 0)
     whole = (tmp_path / "d.vhd").read_bytes()
@@ -135,6 +138,7 @@ def test_repair_that_loses_nothing_needs_no_force(tmp_path):
     assert vhdkit("check", v).returncode == 0
 
 
+@pytest.mark.native  # the native core on a damaged image: again in the sanitizer pass
 def test_python_repair_refuses_unless_forced(tmp_path):
     import vhdkit as api
     from vhdkit.errors import DataLossError
@@ -157,6 +161,7 @@ def chain(tmp_path):
     return tmp_path / "leaf.vhd", tmp_path / "base.vhd"
 
 
+@pytest.mark.native  # the native core on a damaged image: again in the sanitizer pass
 def test_ova_pack_refuses_a_differencing_disk_without_its_parents(tmp_path, chain):
     leaf, base = chain
     r = vhdkit("ova", "pack", leaf, "-o", tmp_path / "lone.ova")
@@ -169,6 +174,7 @@ def test_ova_pack_refuses_a_differencing_disk_without_its_parents(tmp_path, chai
     assert vhdkit("ova", "verify", tmp_path / "chain.ova").returncode == 0
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("compress", ["gzip", "none"])
 def test_ova_verify_flags_a_package_of_a_lone_differencing_disk(tmp_path, chain, compress):
     """A package as today's `ova pack` made it: the leaf alone."""
