@@ -32,10 +32,17 @@ def __getattr__(name):
         return ["VhdkitError", *_format_api().__all__]
     if name.startswith("__"):
         raise AttributeError(name)
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule (`from vhdkit import ova`): it, not the format API, is wanted
+        return importlib.import_module(f".{name}", __name__)
     try:
-        return getattr(_format_api(), name)
+        value = getattr(_format_api(), name)
     except AttributeError:
         raise AttributeError(f"module 'vhdkit' has no attribute {name!r}") from None
+    globals()[name] = value  # found once: later lookups are plain attribute reads
+    return value
 
 
 def __dir__():

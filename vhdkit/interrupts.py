@@ -21,7 +21,7 @@ import signal
 import threading
 from typing import Any, Callable, Optional
 
-__all__ = ["Stopped", "install", "deferred", "stopping", "Background"]
+__all__ = ["Stopped", "install", "release", "deferred", "stopping", "Background"]
 
 
 class Stopped(KeyboardInterrupt):
@@ -62,15 +62,31 @@ def _handler(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
-def install() -> None:
+_held = False                  # install(hold=True) opened a deferred section
+
+
+def install(hold: bool = False) -> None:
     """Make SIGINT and SIGTERM raise :class:`Stopped` (main thread only).  A
     signal that was ignored when the process started stays ignored (``nohup``,
-    a background job of a non-interactive shell)."""
+    a background job of a non-interactive shell).  ``hold``: a signal is kept
+    until :func:`release` (a program's start-up, before it can clean up)."""
+    global _depth, _held
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in _SIGNALS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
+        if signal.getsignal(sig) not in (signal.SIG_IGN, _handler):
             signal.signal(sig, _handler)
+    if hold and not _held:
+        _held = True
+        _depth += 1
+
+
+def release() -> None:
+    """End :func:`install`'s hold: a signal that came meanwhile is raised now."""
+    global _held
+    if _held and threading.current_thread() is threading.main_thread():
+        _held = False
+        _Deferred.__exit__(_HELD)
 
 
 class _Deferred:
@@ -92,6 +108,10 @@ class _Deferred:
         if _depth == 0 and _pending is not None:
             signum, _pending = _pending, None
             raise Stopped(signum)
+
+
+_HELD = _Deferred()
+_HELD.main = True
 
 
 def deferred() -> _Deferred:

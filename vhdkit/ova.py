@@ -377,6 +377,8 @@ def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] =
     compress = None if compress == "none" else compress
     paths = [Path(d) for d in disks]
     for p in paths:
+        if p.is_dir():
+            raise InvalidInputError(f"{p} is a directory (give a file)")
         if not p.is_file():
             raise NotFoundError(f"{p}: no such file")
     out = Path(output)

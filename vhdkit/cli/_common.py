@@ -18,10 +18,11 @@ class VhdkitGroup(click.Group):
     is removed on the way out, and the exit status is 130 or 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from ..interrupts import Stopped, install, stopping
+        from ..interrupts import Stopped, install, release, stopping
 
         install()
         try:
+            release()   # a signal during start-up (see vhdkit.__main__) stops the command now
             return super().invoke(ctx)
         except click.exceptions.Exit:
             raise
