@@ -125,7 +125,7 @@ def main() -> None:
               + ", ".join(f"{p.name} {p.stat().st_size >> 20} MiB" for p in (base, mid, leaf)), file=sys.stderr)
         ours, theirs = d / "ours.vhd", d / "qemu.vhd"
         jobs = {
-            "vhdkit coalesce -o": [py, "-m", "vhdkit", "coalesce", str(leaf), "-o", str(ours), "--json"],
+            "vhdkit coalesce -o": [py, "-m", "vhdkit", "coalesce", str(leaf), "-o", str(ours), "--json", "--force"],
             "qemu-img convert raw->vpc dynamic": ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
                                                   "subformat=dynamic", str(raw), str(theirs)],
             # vhdkit fsyncs its output before the atomic rename; qemu-img does not

@@ -82,9 +82,9 @@ def main() -> None:
         q_dyn = [qemu, "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", src, out_q]
         q_raw = [qemu, "convert", "-f", "vpc", "-O", "raw", dyn, out_q]
         cp = ["cp", "--sparse=always", src, out_q]
-        v_dyn = [*vk, "convert", "-f", "raw", src, out_v, "--type", "dynamic"]
-        v_raw = [*vk, "convert", "-f", "vhd", dyn, out_v, "-O", "raw"]
-        v_fix = [*vk, "convert", "-f", "raw", src, out_v, "--type", "fixed"]
+        v_dyn = [*vk, "convert", "-f", "raw", "-O", "vhd", src, out_v, "--type", "dynamic", "--force"]
+        v_raw = [*vk, "convert", "-f", "vhd", dyn, out_v, "-O", "raw", "--force"]
+        v_fix = [*vk, "convert", "-f", "raw", "-O", "vhd", src, out_v, "--type", "fixed", "--force"]
         # (job, peer description, peer command, vhdkit command).  Neither
         # qemu-img nor cp syncs its output: vhdkit --no-sync is the like-for-
         # like comparison; vhdkit's default (fsync before the rename) is

@@ -47,9 +47,9 @@ hf compress --runs $RUNS \
   -n "pigz -p 2 -1" "pigz -p 2 -1 -c $L1"
 echo "== the same into a file (ours: temp + fsync + rename; peer: + sync FILE)"
 hf compress-file --runs $RUNS \
-  -n "vhdkit compress -o FILE" "$VK compress $L1 -o $W/ours.gz --level 1" \
+  -n "vhdkit compress -o FILE" "$VK compress $L1 -o $W/ours.gz --level 1 --force" \
   -n "pigz -p 2 -1 > FILE; sync FILE" "sh -c 'pigz -p 2 -1 -c $L1 > $W/pigz.gz && sync $W/pigz.gz'"
-python -m vhdkit compress "$L1" -o "$W/ours.gz" --level 1
+python -m vhdkit compress "$L1" -o "$W/ours.gz" --level 1 --force
 pigz -p 2 -1 -c "$L1" > "$W/pigz.gz"
 gzip -t "$W/ours.gz"
 echo "sizes: ours $(stat -c %s "$W/ours.gz")  pigz $(stat -c %s "$W/pigz.gz")  input $(stat -c %s "$L1")" \
@@ -57,20 +57,20 @@ echo "sizes: ours $(stat -c %s "$W/ours.gz")  pigz $(stat -c %s "$W/pigz.gz")  i
 
 fi
 if want decompress; then
-[[ -f "$W/ours.gz" ]] || python -m vhdkit compress "$L1" -o "$W/ours.gz" --level 1
+[[ -f "$W/ours.gz" ]] || python -m vhdkit compress "$L1" -o "$W/ours.gz" --level 1 --force
 echo "== gzip decompression (stdout to /dev/null)"
 hf decompress --runs $RUNS \
   -n "vhdkit decompress" "$VK decompress $W/ours.gz -o -" \
   -n "gzip -dc" "gzip -dc $W/ours.gz" \
   -n "pigz -dc" "pigz -dc $W/ours.gz"
-$VK decompress "$W/ours.gz" -o "$W/d.raw"; cmp "$W/d.raw" "$L1"
+$VK decompress "$W/ours.gz" -o "$W/d.raw" --force; cmp "$W/d.raw" "$L1"
 
 fi
 if want ova; then
 echo "== ova pack of a ${GIB2} MiB dynamic VHD vs compressing it alone (both fsync)"
 hf ova --runs $BIG_RUNS \
-  -n "vhdkit ova pack" "$VK ova pack $DYN -o $W/dyn.ova" \
-  -n "vhdkit compress" "$VK compress $DYN -o $W/dyn.vhd.gz" \
+  -n "vhdkit ova pack" "$VK ova pack $DYN -o $W/dyn.ova --force" \
+  -n "vhdkit compress" "$VK compress $DYN -o $W/dyn.vhd.gz --force" \
   -n "pigz -p 2 -1; sync" "sh -c 'pigz -p 2 -1 -c $DYN > $W/dyn.pigz.gz && sync $W/dyn.pigz.gz'"
 
 fi
@@ -88,7 +88,7 @@ if want join; then
 $VK segments split "$L2" --name big --segment-size 200M --container c >/dev/null
 rm -rf "$W/split"; mkdir -p "$W/split" && split -b 200M "$L2" "$W/split/seg-"
 hf join --runs $BIG_RUNS \
-  -n "vhdkit segments join" "$VK segments join c big -o $W/joined.raw" \
+  -n "vhdkit segments join" "$VK segments join c big -o $W/joined.raw --force" \
   -n "cat" "sh -c 'cat $W/split/seg-* > $W/joined2.raw'" \
   -n "cat + md5sum + sha256sum + sync" "sh -c 'cat $W/split/seg-* > $W/joined2.raw && md5sum $W/split/seg-* >/dev/null && sha256sum $W/joined2.raw >/dev/null && sync $W/joined2.raw'"
 cmp "$W/joined.raw" "$L2"
@@ -103,13 +103,13 @@ rss() { local label=$1; shift
   printf '%-28s %8d KiB\n' "$label" "$(tail -1 "$W/rss.txt")" | tee -a "$OUT/packaging-rss.txt"; }
 : > "$OUT/packaging-rss.txt"
 rm -rf "$W/home" "$W/unp" "$W/sparse.ova"
-rss "compress" python -m vhdkit compress "$S" -o "$W/sparse.vhd.gz"
-rss "decompress" python -m vhdkit decompress "$W/sparse.vhd.gz" -o "$W/sparse.back"
-rss "ova pack" python -m vhdkit ova pack "$S" -o "$W/sparse.ova"
+rss "compress" python -m vhdkit compress "$S" -o "$W/sparse.vhd.gz" --force
+rss "decompress" python -m vhdkit decompress "$W/sparse.vhd.gz" -o "$W/sparse.back" --force
+rss "ova pack" python -m vhdkit ova pack "$S" -o "$W/sparse.ova" --force
 rss "ova verify" python -m vhdkit ova verify "$W/sparse.ova"
 rss "ova unpack" python -m vhdkit ova unpack "$W/sparse.ova" -d "$W/unp"
 rss "segments split (1G)" python -m vhdkit segments split "$S" --name sp --segment-size 1G --container c
-rss "segments join" python -m vhdkit segments join c sp -o "$W/sparse.joined"
+rss "segments join" python -m vhdkit segments join c sp -o "$W/sparse.joined" --force
 rss "pigz -p 2 -1 (peer)" pigz -p 2 -1 -k -f "$S"
 rm -rf "$W/unp" "$W/sparse.back" "$W/sparse.joined" "$W/home" "$S.gz"
 fi

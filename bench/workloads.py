@@ -227,7 +227,7 @@ def gzip_compress(ctx: Ctx) -> Workload:
                 "size_vs_pigz": (ours / sizes["pigz -p 2 -1"]) if ours and sizes.get("pigz -p 2 -1") else None}
     return Workload([
         Variant("vhdkit", [Cmd(ctx.vk("compress", str(src), "-o", str(outs["vhdkit"]), "--level", "1"))], ours=True,
-                output=str(outs["vhdkit"]), verify=lambda: ok_run(["gzip", "-t", str(outs["vhdkit"])], "gzip -t")),
+                setup=ctx.clean(outs["vhdkit"]), output=str(outs["vhdkit"]), verify=lambda: ok_run(["gzip", "-t", str(outs["vhdkit"])], "gzip -t")),
         Variant("gzip -1", [Cmd(["gzip", "-1", "-c"], stdin=str(src), stdout=str(outs["gzip"]))],
                 output=str(outs["gzip"])),
         Variant("pigz -p 2 -1", [Cmd(["pigz", "-p", "2", "-1", "-c"], stdin=str(src), stdout=str(outs["pigz"]))],
@@ -290,7 +290,7 @@ def ova_unpack(ctx: Ctx) -> Workload:
     ova = src.with_name(src.name + ".vhdkit.ova")
     if not ova.exists():
         tmp = ova.with_name(ova.name + ".tmp.ova")
-        r = ctx.run_quiet(ctx.vk("ova", "pack", str(src), "-o", str(tmp)))
+        r = ctx.run_quiet(ctx.vk("ova", "pack", str(src), "-o", str(tmp), "--force"))
         if r.returncode:
             raise RuntimeError(f"vhdkit ova pack (making the input): {r.stderr.strip()[-300:]}")
         os.replace(tmp, ova)

@@ -263,8 +263,7 @@ static int vk_modify_fixed(vk_rw *rw, const vk_modify_opts *o, vk_footer *nf, vk
         int rc = vk_nonzero_in(rw, nsz, old, &found, err);
         if (rc) return rc;
         if (found)
-            return vk_fail(err, VK_E_NOSPACE, nsz, "shrinking to %llu bytes would discard non-zero data; "
-                           "use force to discard it", (unsigned long long)nsz);
+            return vk_fail(err, VK_E_NOSPACE, nsz, "shrinking to %llu bytes would discard non-zero data", (unsigned long long)nsz);
     }
     int rc;
     if (nsz > old) {
@@ -337,8 +336,7 @@ static int vk_modify_dynamic(vk_rw *rw, const vk_modify_opts *o, vk_footer *nf, 
             lose |= found;
         }
         if (lose && !o->force)
-            return vk_fail(err, VK_E_NOSPACE, nsz, "shrinking to %llu bytes would discard allocated data; "
-                           "use force to discard it", (unsigned long long)nsz);
+            return vk_fail(err, VK_E_NOSPACE, nsz, "shrinking to %llu bytes would discard allocated data", (unsigned long long)nsz);
         /* Forget what lies beyond first (so growing again reads zeros and
          * no state has allocated blocks past the size), then commit. */
         rc = VK_OK;

@@ -67,6 +67,22 @@ def test_customers_cannot_publicize_or_set_owner(reg):
     assert (img.visibility, img.owner) == ("public", "acct-x")
 
 
+def test_only_the_service_moves_an_image_to_another_owner(reg):
+    """Tempest's admin test_update_image_owner_param: the operator replaces
+    ``owner``; customers cannot, and nobody removes it."""
+    img = reg.create_image(service("acct-1"), owner="acct-1", name="moved")
+    op = [{"op": "replace", "path": "/owner", "value": "acct-2"}]
+    with pytest.raises((ForbiddenError, NotFoundError)):
+        reg.update_image(admin(), img.id, op)
+    assert reg.update_image(service("acct-1"), img.id, op).owner == "acct-2"
+    with pytest.raises(ForbiddenError):
+        reg.update_image(service("acct-2"), img.id, [{"op": "remove", "path": "/owner"}])
+    with pytest.raises(InvalidInputError):
+        reg.update_image(service("acct-2"), img.id, [{"op": "replace", "path": "/owner", "value": "bad id!"}])
+    with pytest.raises(InvalidInputError):
+        reg.update_image(service("acct-2"), img.id, [{"op": "replace", "path": "/owner", "value": 7}])
+
+
 def test_json_patch_semantics(reg):
     img = make_image(reg, name="a")
     p = lambda *ops: reg.update_image(admin(), img.id, [dict(zip(("op", "path", "value"), o)) for o in ops])

@@ -217,7 +217,8 @@ def test_list_matches_model_long(specs, queries):
     {"protected": "yes"}, {"size_min": "-1"}, {"size_max": "big"}, {"limit": "-1"}, {"limit": "x"},
     {"created_at": "after:2020-01-01T00:00:00Z"}, {"created_at": "gt:yesterday"}, {"marker": "nope"},
     {"disk_format": "exe"}, {"container_format": "in:"}, {"checksum": ["a", "b"]}, {"self": "x"},
-    {"min_ram": "1"}, {"virtual_size": "1"}, {"tag": ""},
+    {"min_ram": "x"}, {"virtual_size": "-1"}, {"size": "1.5"}, {"changes-since": "2020-01-01T00:00:00Z"},
+    {"tag": ""},
 ])
 def test_bad_list_parameters_are_errors(reg, params):
     make_image(reg)

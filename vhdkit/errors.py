@@ -7,7 +7,7 @@ for scripts and task messages, and the HTTP status the API layer answers with.
 from __future__ import annotations
 
 import errno as _errno
-from typing import Optional
+from typing import Optional, Tuple
 
 
 class VhdkitError(Exception):
@@ -16,7 +16,15 @@ class VhdkitError(Exception):
     code = "error"
     http_status = 500
 
-    def __init__(self, message: str, *, offset: Optional[int] = None, code: Optional[str] = None):
+    def __init__(self, message: str, *, offset: Optional[int] = None, code: Optional[str] = None,
+                 override: Optional[Tuple[str, str]] = None):
+        #: A refusal the caller may override: ``(keyword, what it does)``, e.g.
+        #: ``("overwrite", "replace it")``.  ``message`` names the Python keyword;
+        #: the command line names its flag instead (``refusal``).
+        self.override = override
+        self.refusal = message
+        if override is not None:
+            message = f"{message} (pass {override[0]}=True to {override[1]})"
         super().__init__(message)
         self.message = message
         self.offset = offset
@@ -134,10 +142,11 @@ class StorageError(VhdkitError, OSError):
     """A system call failed (I/O error, permission, ...)."""
     code = "io"
 
-    def __init__(self, message: str, *, offset: Optional[int] = None, sys_errno: int = 0, code=None):
-        VhdkitError.__init__(self, message, offset=offset, code=code)
+    def __init__(self, message: str, *, offset: Optional[int] = None, sys_errno: int = 0, code=None,
+                 override: Optional[Tuple[str, str]] = None):
+        VhdkitError.__init__(self, message, offset=offset, code=code, override=override)
         self.errno = sys_errno or None
-        self.strerror = message
+        self.strerror = self.message
 
 
 class NoSpaceError(StorageError):

@@ -63,16 +63,45 @@ def remove_dead_temps(directory: Union[str, os.PathLike], name: str, suffix: str
     return gone
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it
+    (/proc/self/status): setting it to read it would, for an instant, give
+    files other threads create (a worker's heartbeat, the API server's)
+    the wrong mode.  Elsewhere it is set to 077 for that instant, the safe
+    direction."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def refuse_existing(path: Union[str, os.PathLike], overwrite: bool) -> None:
+    """The overwrite rule of every vhdkit writer of a named file: an existing
+    ``path`` is replaced only when ``overwrite`` is true (``-``, stdout, is no
+    file).  The error names the override (``overwrite=True``; ``--force`` on
+    the command line)."""
+    p = os.fspath(path)
+    if not overwrite and p != "-" and os.path.lexists(p):
+        from .errors import ConflictError
+
+        raise ConflictError(f"{p} exists", override=("overwrite", "replace it"))
+
+
 @contextmanager
-def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = True,
-              umask_mode: bool = True) -> Iterator[int]:
+def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = True) -> Iterator[int]:
     """The mechanism under every vhdkit write of a named file: yield the fd of
     a locked temporary file next to ``path`` (see :func:`locked_temp`); when
     the body succeeds, fsync it (unless ``sync`` is false), rename it over
     ``path`` while still locked, and fsync the directory; on any error remove
     it and leave ``path`` as it was.  The fd is closed on exit.  The file
-    gets mode 0666 minus the umask, as a new file would (``umask_mode=False``
-    keeps the temporary file's 0600)."""
+    gets mode 0666 minus the umask, as a file made by ``cp`` or qemu-img
+    would (the temporary file is 0600 until then)."""
     from .interrupts import deferred
 
     p = os.fspath(path)
@@ -82,10 +111,7 @@ def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = 
     try:
         with deferred():  # a SIGINT/SIGTERM lands after fd and tmp are known: the finally removes tmp
             fd, tmp = locked_temp(parent, os.path.basename(p), suffix)
-        if umask_mode:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
         yield fd
         if sync:
             os.fsync(fd)
@@ -98,14 +124,13 @@ def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = 
             finally:
                 os.close(dfd)
     finally:
-        if fd < 0:
-            return
-        os.close(fd)
-        if not ok:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        if fd >= 0:
+            os.close(fd)
+            if not ok:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
 
 
 @contextmanager
@@ -115,6 +140,6 @@ def atomic_file(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[Bin
     any error the temporary file is removed and ``path`` is left as it was.
     A temporary file left by a killed writer of the same path is removed by
     the next write of that path."""
-    with atomic_fd(path, ".tmp", umask_mode=False) as fd:
+    with atomic_fd(path, ".tmp") as fd:
         with open(fd, mode, closefd=False) as f:
             yield f  # type: ignore[misc]

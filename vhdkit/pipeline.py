@@ -45,7 +45,7 @@ import uuid as _uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import exportstream, ova, segments, streams
 from .errors import ConflictError, IntegrityError, NotFoundError, VhdkitError
@@ -92,7 +92,7 @@ class TaskFailed(VhdkitError):
 class PipelineConfig:
     """Where a worker keeps its data and what it accepts.
 
-    ``home`` is the data directory (``VHDKIT_HOME``); the registry lives there,
+    ``home`` is the data directory (:func:`vhdkit.home.data_home`); the registry lives there,
     the embedded object store in ``home/objects`` (one directory per account),
     and task directories in ``home/work`` (removed on success, failure and restart).
     """
@@ -111,7 +111,9 @@ class PipelineConfig:
 
     @classmethod
     def from_env(cls, home: Optional[os.PathLike | str] = None, **kw: Any) -> "PipelineConfig":
-        h = Path(home if home is not None else os.environ.get("VHDKIT_HOME", ".vhdkit"))
+        from .home import data_home
+
+        h = Path(data_home(home))
         env = {"max_virtual_size": ("VHDKIT_MAX_VIRTUAL_SIZE", int),
                "max_file_size": ("VHDKIT_MAX_FILE_SIZE", int),
                "segment_size": ("VHDKIT_SEGMENT_SIZE", int),
@@ -151,13 +153,15 @@ class _Context:
         self.done = 0
         self.total: Optional[int] = None
         self.lost = threading.Event()
-        self.timings: Dict[str, float] = {}
+        #: (stage, start) in the order entered; a stage may be entered again
+        #: (a streamed export that falls back to unpack, coalesce, split)
+        self.timings: List[Tuple[str, float]] = []
 
     def enter(self, stage: str, total: Optional[int] = None) -> None:
         if self.lost.is_set():
             raise ConflictError(f"task {self.task.id}: lease lost, stopping")
         self.stage, self.done, self.total = stage, 0, total
-        self.timings[stage] = time.monotonic()
+        self.timings.append((stage, time.monotonic()))
 
     def progress(self, done: int, total: Optional[int] = None) -> None:
         if _KILL_AT is not None and _KILL_AT == self.stage:  # crash-test hook, see _KILL_AT
@@ -169,13 +173,12 @@ class _Context:
             self.total = total
 
     def elapsed(self) -> Dict[str, float]:
-        now = time.monotonic()
-        stages = list(self.timings.items())
-        out = {}
-        for i, (name, start) in enumerate(stages):
-            end = stages[i + 1][1] if i + 1 < len(stages) else now
-            out[name] = round(end - start, 3)
-        return out
+        """Seconds per stage, summed over every time it was entered (so never negative)."""
+        ends = [start for _, start in self.timings[1:]] + [time.monotonic()]
+        out: Dict[str, float] = {}
+        for (name, start), end in zip(self.timings, ends):
+            out[name] = out.get(name, 0.0) + (end - start)
+        return {name: round(t, 3) for name, t in out.items()}
 
 
 def _image_id_for(task_id: str) -> str:
@@ -374,7 +377,8 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
     store = cfg.store(caller.account)
     if container not in store.list_containers():
         raise TaskFailed(404, f"container {container!r} does not exist in account {caller.account}; "
-                              "create it first")
+                              f"create it first (`vhdkit object create-container {container}`, "
+                              f"or `swift post {container}`)")
 
     data = reg.open_data(caller, image_id)
     name = f"{image_id}.vhd"

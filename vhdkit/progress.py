@@ -7,7 +7,8 @@ import time
 from typing import Optional, TextIO
 
 
-def _fmt_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """``1.5 GiB``: binary units, one decimal (bytes as a whole number)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -42,9 +43,9 @@ class Progress:
         rate = done / elapsed
         if self.total:
             pct = 100.0 * done / self.total
-            msg = f"\r{self.label}: {pct:5.1f}% {_fmt_bytes(done)}/{_fmt_bytes(self.total)} {_fmt_bytes(rate)}/s"
+            msg = f"\r{self.label}: {pct:5.1f}% {human_bytes(done)}/{human_bytes(self.total)} {human_bytes(rate)}/s"
         else:
-            msg = f"\r{self.label}: {_fmt_bytes(done)} {_fmt_bytes(rate)}/s"
+            msg = f"\r{self.label}: {human_bytes(done)} {human_bytes(rate)}/s"
         self.stream.write(msg + "\x1b[K")
         self.stream.flush()
 

@@ -36,7 +36,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO, Callable, List, Optional, Union
+from typing import BinaryIO, Callable, Iterator, List, Optional, Union
 
 from .errors import IntegrityError, InvalidInputError, NotFoundError, ResourceLimitError
 from .fileutil import atomic_file
@@ -48,6 +48,8 @@ __all__ = [
     "split",
     "join",
     "load_manifest",
+    "checked_manifest",
+    "verified_chunks",
     "sidecar_name",
     "segment_name",
     "dlo_etag",
@@ -353,8 +355,12 @@ def _start_writeback(out: BinaryIO) -> None:
         pass
 
 
-def _write_segments(store: ObjectStore, man: SegmentManifest, out: BinaryIO,
-                    progress: Optional[ProgressFn]) -> None:
+def verified_chunks(store: ObjectStore, man: SegmentManifest,
+                    on_segment: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
+    """The bytes of every segment of ``man`` in order, each segment's size and
+    md5 and then the whole stream's sha256 checked as they pass (IntegrityError
+    naming the segment; a consumer has then seen only a prefix of the data).
+    ``on_segment(done)`` runs after each segment is verified."""
     c = man.container
     with ThreadPoolExecutor(1) as pool:
         sha = hashlib.sha256()  # in this thread, while md5 runs in the worker
@@ -380,25 +386,42 @@ def _write_segments(store: ObjectStore, man: SegmentManifest, out: BinaryIO,
                         raise IntegrityError(f"segment {c}/{seg.name} is longer than {seg.size} bytes")
                     fut = pool.submit(md5.update, data)  # hashlib drops the GIL on big buffers
                     sha.update(data)
-                    out.write(data)
+                    last = got == seg.size
+                    if not last:
+                        yield data
                     fut.result()
+                    if last:  # the segment's last bytes leave only once its md5 is known
+                        break
             if got != seg.size:
                 raise IntegrityError(f"segment {c}/{seg.name} is short: {got} bytes, expected {seg.size}")
             if md5.hexdigest() != seg.md5:
                 raise IntegrityError(f"segment {c}/{seg.name} is altered or out of order: md5 "
                                      f"{md5.hexdigest()}, expected {seg.md5}")
             done += got
-            _start_writeback(out)
-            if progress is not None:
-                progress(done, man.size)
-        if sha.hexdigest() != man.sha256:
+            if seg is man.segments[-1] and sha.hexdigest() != man.sha256:
+                raise IntegrityError(f"{c}/{man.name}: sha256 of the joined stream does not match the manifest")
+            yield data
+            if on_segment is not None:
+                on_segment(done)
+        if not man.segments and sha.hexdigest() != man.sha256:
             raise IntegrityError(f"{c}/{man.name}: sha256 of the joined stream does not match the manifest")
 
 
-def join(store: ObjectStore, container: str, name: str, out: Union[BinaryIO, str, os.PathLike], *,
-         progress: Optional[ProgressFn] = None) -> SegmentManifest:
-    """Stream the segments of ``container/name`` into ``out`` (a writable file,
-    or a path written atomically), verifying everything; returns the manifest."""
+def _write_segments(store: ObjectStore, man: SegmentManifest, out: BinaryIO,
+                    progress: Optional[ProgressFn]) -> None:
+    def segment_done(done: int) -> None:
+        _start_writeback(out)
+        if progress is not None:
+            progress(done, man.size)
+
+    for data in verified_chunks(store, man, segment_done):
+        out.write(data)
+
+
+def checked_manifest(store: ObjectStore, container: str, name: str) -> SegmentManifest:
+    """The sidecar of ``container/name`` once the manifest object and the
+    listing agree with it (no segment missing or extra); the segments' bytes
+    are checked by :func:`verified_chunks`."""
     man = load_manifest(store, container, name)
     try:
         mobj = store.head(container, name)
@@ -416,6 +439,14 @@ def join(store: ObjectStore, container: str, name: str, out: Union[BinaryIO, str
     if missing:
         raise IntegrityError(f"segment {container}/{missing[0]} is missing"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return man
+
+
+def join(store: ObjectStore, container: str, name: str, out: Union[BinaryIO, str, os.PathLike], *,
+         progress: Optional[ProgressFn] = None) -> SegmentManifest:
+    """Stream the segments of ``container/name`` into ``out`` (a writable file,
+    or a path written atomically), verifying everything; returns the manifest."""
+    man = checked_manifest(store, container, name)
     if hasattr(out, "write"):
         _write_segments(store, man, out, progress)  # type: ignore[arg-type]
         return man

@@ -216,8 +216,10 @@ class ObjectStore(abc.ABC):
 
 # ----------------------------------------------------------- local backend
 def default_root() -> Path:
-    """``$VHDKIT_HOME/objects`` (``./.vhdkit/objects`` by default)."""
-    return Path(os.environ.get("VHDKIT_HOME", ".vhdkit")) / "objects"
+    """``objects`` in the data directory (:func:`vhdkit.home.data_home`)."""
+    from .home import data_home
+
+    return Path(data_home()) / "objects"
 
 
 def _encode(name: str) -> str:

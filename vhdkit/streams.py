@@ -510,11 +510,15 @@ def _abandon(z) -> None:
 
 
 def decompress(src: BinaryIO, dst: BinaryIO, *, format: str = "auto", max_output: Optional[int] = None,
-               progress: Optional[ProgressFn] = None, name: str = "input") -> StreamStats:
-    """Decompress ``src`` into ``dst``; raises ArchiveError on bad/truncated input."""
+               progress: Optional[ProgressFn] = None, name: str = "input",
+               total: Optional[int] = None) -> StreamStats:
+    """Decompress ``src`` into ``dst``; raises ArchiveError on bad/truncated input.
+    ``progress(done, total)`` counts compressed bytes read, of ``total`` (the
+    input's size, when known): the output's size is not known in advance."""
     counted = _ReadCounter(src)
     z = open_decompressor(counted, format, max_output=max_output, name=name)  # type: ignore[arg-type]
     fmt = "zstd" if isinstance(z.raw, _ZstdReader) else "gzip"  # type: ignore[attr-defined]
+    tick = None if progress is None else (lambda _out, _t: progress(counted.n, total))  # type: ignore[misc]
     with z:
-        n = copy_stream(z, dst, progress=progress)
+        n = copy_stream(z, dst, progress=tick)
     return StreamStats(fmt, counted.n, n)

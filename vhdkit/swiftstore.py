@@ -532,6 +532,7 @@ def open_configured_store(account: str, home: Optional[os.PathLike | str] = None
         return SwiftStore(SwiftConfig.from_env(dict(e)), account)
     if spec and not spec.startswith(("dir:", "file:")):
         raise InvalidInputError(f"VHDKIT_STORE {spec!r}: expected swift+http(s)://… or dir:PATH")
-    root = Path(spec.split(":", 1)[1]) if spec else Path(home if home is not None else
-                                                          os.environ.get("VHDKIT_HOME", ".vhdkit")) / "objects"
+    from .home import data_home
+
+    root = Path(spec.split(":", 1)[1]) if spec else Path(data_home(home)) / "objects"
     return LocalStore(root, account)

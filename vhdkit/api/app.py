@@ -14,7 +14,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from . import images, internal, members, schemas, tasks, versions
+from . import images, imports, internal, members, objects, panel, schemas, tasks, versions
 from .config import Settings
 from .errors import EXCEPTION_HANDLERS
 from .http import NegotiationMiddleware
@@ -36,20 +36,26 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
         # own and slow uploads cannot starve every other request.
         app.state.write_limiter = anyio.CapacityLimiter(1)
         app.state.upload_limiter = anyio.CapacityLimiter(UPLOAD_SLOTS)
+        app.state.web_downloads = imports.WebDownloads(settings)
         try:
             yield
         finally:
+            app.state.web_downloads.stop()
             if own:
                 close = getattr(app.state.registry, "close", None)
                 if close is not None:
                     close()
 
     app = Starlette(
-        routes=versions.ROUTES + schemas.ROUTES + images.ROUTES + members.ROUTES + tasks.ROUTES + internal.ROUTES,
-        middleware=[Middleware(NegotiationMiddleware)],
+        routes=(versions.ROUTES + schemas.ROUTES + images.ROUTES + imports.ROUTES + members.ROUTES + tasks.ROUTES
+                + internal.ROUTES + objects.ROUTES + panel.ROUTES),
+        middleware=[Middleware(panel.PanelMiddleware), Middleware(NegotiationMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # Glance answers a path it does not know with 404 (``GET /v2/images/`` is
+    # no image), never with a redirect to a neighbouring route
+    app.router.redirect_slashes = False
     app.state.settings = settings
     if registry is not None:
         app.state.registry = registry
@@ -63,9 +69,10 @@ def _open_registry(settings: Settings):
     if settings.registry_url:
         import os
 
+        from ..home import data_home
         from ..remote import RemoteRegistry
 
-        scratch = os.path.abspath(settings.data_dir or os.path.join(".", ".vhdkit"))
+        scratch = os.path.abspath(data_home(settings.data_dir))
         reg = RemoteRegistry(settings.registry_url, scratch=scratch, upload_lease=settings.upload_lease)
         reg.upload_store()   # image data must be in Swift: fail at start, not at the first upload
         return reg

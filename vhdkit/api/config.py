@@ -7,6 +7,10 @@ from dataclasses import dataclass, fields
 from typing import Mapping, Optional
 
 
+#: the interoperable import methods this server implements (api/imports.py)
+IMPORT_METHODS = ("glance-direct", "web-download")
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Optional[str] = None       # VHDKIT_HOME (the registry's default when None)
@@ -19,6 +23,20 @@ class Settings:
     chunk_size: int = 1 << 20             # bytes per streamed download chunk
     registry_url: Optional[str] = None    # forward registry calls to this registry host (vhdkit serve --registry)
     upload_lease: float = 60.0            # seconds of a forwarded upload's lease (renewed every third)
+    # interoperable image import (Images API 2.6): the methods offered, and
+    # the filter of web-download URLs (see api/webdownload.py): comma lists,
+    # an allow list (when set) replaces the deny list beside it
+    import_methods: str = "glance-direct,web-download"
+    import_allowed_schemes: str = "http,https"
+    import_disallowed_schemes: str = ""
+    import_allowed_hosts: str = ""        # names, addresses, networks; may be private (explicitly allowed)
+    import_disallowed_hosts: str = ""
+    import_allowed_ports: str = "80,443"
+    import_disallowed_ports: str = ""
+    import_slots: int = 4                 # web-downloads running at once per process (503 beyond)
+    # ---- identity (vhdkit/api/auth.py; README "Identity") ----
+    auth: str = "headers"                 # "headers" (trusted upstream) or "keystone" (validate X-Auth-Token)
+    keystone_url: Optional[str] = None    # Keystone v3 auth URL, e.g. http://keystone:5000/v3
 
     ENV = {
         "data_dir": "VHDKIT_HOME",
@@ -31,7 +49,29 @@ class Settings:
         "chunk_size": "VHDKIT_API_CHUNK_SIZE",
         "registry_url": "VHDKIT_REGISTRY_URL",
         "upload_lease": "VHDKIT_API_UPLOAD_LEASE",
+        "import_methods": "VHDKIT_IMPORT_METHODS",
+        "import_allowed_schemes": "VHDKIT_IMPORT_ALLOWED_SCHEMES",
+        "import_disallowed_schemes": "VHDKIT_IMPORT_DISALLOWED_SCHEMES",
+        "import_allowed_hosts": "VHDKIT_IMPORT_ALLOWED_HOSTS",
+        "import_disallowed_hosts": "VHDKIT_IMPORT_DISALLOWED_HOSTS",
+        "import_allowed_ports": "VHDKIT_IMPORT_ALLOWED_PORTS",
+        "import_disallowed_ports": "VHDKIT_IMPORT_DISALLOWED_PORTS",
+        "import_slots": "VHDKIT_IMPORT_SLOTS",
+        "auth": "VHDKIT_AUTH",
+        "keystone_url": "VHDKIT_KEYSTONE_URL",
     }
+
+    def too_slow(self, received: int, elapsed: float) -> bool:
+        """Whether a transfer that moved ``received`` bytes in ``elapsed``
+        seconds is an endless trickle to cut off (uploads, web-downloads)."""
+        return elapsed > self.upload_rate_grace and received < self.upload_min_rate * elapsed
+
+    def enabled_import_methods(self) -> list:
+        """The import methods offered (none on a forwarding host: the
+        registry host runs imports)."""
+        if self.registry_url:
+            return []
+        return [m for m in (x.strip() for x in self.import_methods.split(",")) if m in IMPORT_METHODS]
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -41,7 +81,10 @@ class Settings:
             raw = env.get(cls.ENV[f.name])
             if raw is None or raw == "":
                 continue
-            kw[f.name] = raw if f.default is None else type(f.default)(raw)
+            try:
+                kw[f.name] = raw if f.default is None else type(f.default)(raw)
+            except ValueError:
+                raise ValueError(f"{cls.ENV[f.name]}: {raw!r} is not a number") from None
         return cls(**kw)
 
     def to_env(self) -> dict:

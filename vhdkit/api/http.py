@@ -22,6 +22,13 @@ from .errors import ApiError, error_response
 JSON = "application/json"
 OCTET = "application/octet-stream"
 JSON_PATCH = "application/openstack-images-v2.1-json-patch"
+#: Glance's two PATCH dialects: 2.1 is RFC 6902 (``{"op": "add", "path": "/x",
+#: "value": ...}``); 2.0, an earlier JSON-patch draft, names the operation by
+#: its key (``{"add": "/x", "value": ...}``) and is what Tempest sends.
+JSON_PATCH_20 = "application/openstack-images-v2.0-json-patch"
+JSON_PATCHES = (JSON_PATCH_20, JSON_PATCH)
+#: the control panel's static files (vhdkit/api/panel.py), exempt from JSON-only negotiation
+PANEL_PREFIX = "/panel/"
 
 
 def settings(request: Request) -> Settings:
@@ -38,7 +45,10 @@ def require_content_type(request: Request, *allowed: str, optional: bool = False
     got = media_type(request)
     if got in allowed or (optional and not got):
         return
-    raise ApiError(415, f"Content-Type {got or '(none)'!r} is not supported here; use {' or '.join(allowed)}")
+    # Accept-Patch names what a PATCH takes (RFC 5789), as Glance sends it
+    headers = {"Accept-Patch": ", ".join(allowed)} if request.method == "PATCH" else None
+    raise ApiError(415, f"Content-Type {got or '(none)'!r} is not supported here; use {' or '.join(allowed)}",
+                   headers)
 
 
 def declared_length(request: Request) -> Optional[int]:
@@ -135,9 +145,9 @@ class NegotiationMiddleware:
             for name, value in scope.get("headers", ()):
                 if name == b"accept":
                     accept = value.decode("latin-1")
-            if accept.strip():
+            if accept.strip() and not scope["path"].startswith(PANEL_PREFIX):
                 offered = [JSON]
-                if scope["path"].endswith("/file"):
+                if scope["path"].endswith("/file") or scope["path"].startswith("/store/v1/"):
                     offered.append(OCTET)
                 if not any(_accepts(accept, o) for o in offered):
                     resp = error_response(406, f"Cannot answer with {accept!r}; this server speaks "
@@ -195,8 +205,7 @@ class UploadStream(io.RawIOBase):
             if self.declared is not None and self.received != self.declared:
                 raise ApiError(400, f"Only {self.received} of the {self.declared} declared bytes arrived")
             return
-        elapsed = time.monotonic() - self._started
-        if elapsed > cfg.upload_rate_grace and self.received < cfg.upload_min_rate * elapsed:
+        if cfg.too_slow(self.received, time.monotonic() - self._started):
             raise ApiError(408, f"The upload is slower than {cfg.upload_min_rate} bytes/s; it was abandoned")
 
     async def _next(self) -> bytes:

@@ -13,9 +13,11 @@ from starlette.routing import Route
 from .auth import caller
 from ..errors import ConflictError
 from .errors import ApiError
-from .http import (JSON_PATCH, OCTET, UploadStream, call, clean_text, collection_links, json_object,
-                   query_pairs, read_json, registry, require_content_type, settings, write_call)
+from .http import (JSON_PATCH_20, JSON_PATCHES, OCTET, UploadStream, call, clean_text, collection_links,
+                   json_object, media_type, query_pairs, read_json, registry, require_content_type, settings,
+                   write_call)
 from ..registry import tag_problem
+from ..registry.models import PATCH_OPS
 from .schemas import UUID_PATTERN
 
 _UUID = re.compile(UUID_PATTERN)
@@ -47,7 +49,11 @@ async def create_image(request: Request) -> JSONResponse:
         for tag in tags:
             check_tag(tag)
     image = (await write_call(request, registry(request).create_image, who, body)).to_dict()
-    return JSONResponse(image, status_code=201, headers={"Location": image["self"]})
+    headers = {"Location": image["self"]}
+    methods = settings(request).enabled_import_methods()
+    if methods:  # as Glance: clients (openstacksdk's use_import) look for it here
+        headers["OpenStack-image-import-methods"] = ",".join(methods)
+    return JSONResponse(image, status_code=201, headers=headers)
 
 
 async def list_images(request: Request) -> JSONResponse:
@@ -69,9 +75,11 @@ async def show_image(request: Request) -> JSONResponse:
 async def update_image(request: Request) -> JSONResponse:
     who = caller(request)
     iid = image_id(request)
-    ops = await read_json(request, content_types=(JSON_PATCH,))
+    ops = await read_json(request, content_types=JSON_PATCHES)
     if not isinstance(ops, list):
         raise ApiError(400, "A JSON-patch body must be a list of operations")
+    if media_type(request) == JSON_PATCH_20:
+        ops = [_from_patch_20(json_object(op, "Each patch operation")) for op in ops]
     for op in ops:
         json_object(op, "Each patch operation")
         if op.get("path") == "/tags" and isinstance(op.get("value"), list):
@@ -79,6 +87,19 @@ async def update_image(request: Request) -> JSONResponse:
                 check_tag(tag)
     image = await write_call(request, registry(request).update_image, who, iid, ops)
     return JSONResponse(image.to_dict())
+
+
+def _from_patch_20(op: dict) -> dict:
+    """An operation of the 2.0 dialect (``{"replace": "/name", "value": ...}``)
+    in the 2.1 form the registry takes: exactly one member names the operation
+    and holds the path."""
+    named = [k for k in PATCH_OPS if k in op]
+    if len(named) != 1:
+        raise ApiError(400, 'Operation objects must contain exactly one member named "add", "remove", or "replace"')
+    out = {"op": named[0], "path": op[named[0]]}
+    if "value" in op:
+        out["value"] = op["value"]
+    return out
 
 
 async def delete_image(request: Request) -> Response:
@@ -98,20 +119,27 @@ async def reactivate(request: Request) -> Response:
 
 # ---- data ---------------------------------------------------------------------------
 
-async def upload(request: Request) -> Response:
+async def receive_data(request: Request, *, stage: bool = False) -> None:
+    """Stream the request body into the image's data (``stage``: staged for
+    an import, see api/imports.py) through the registry's one upload path."""
     who = caller(request)
     iid = image_id(request)
     require_content_type(request, OCTET)
     stream = UploadStream(request, settings(request))
     if stream.error is not None:
         raise stream.error
+    kw = {"stage": True} if stage else {}
     try:
         await call(registry(request).upload, who, iid, stream, size=stream.declared,
-                   limiter=request.app.state.upload_limiter)
+                   limiter=request.app.state.upload_limiter, **kw)
     except Exception:
         if stream.error is not None:  # our limit or timeout made the registry give up
             raise stream.error from None
         raise
+
+
+async def upload(request: Request) -> Response:
+    await receive_data(request)
     return Response(status_code=204)
 
 

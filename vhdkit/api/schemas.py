@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .auth import caller
-from ..registry.models import MAX_TAG
+from ..registry.models import MAX_TAG, STATUSES
 from .errors import ApiError
 
 UUID_PATTERN = ("^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
@@ -19,8 +19,7 @@ UUID_PATTERN = ("^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
 
 DISK_FORMATS = ["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"]
 CONTAINER_FORMATS = ["ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"]
-IMAGE_STATUSES = ["queued", "saving", "active", "killed", "deleted", "deactivated",
-                  "importing", "pending_delete"]
+IMAGE_STATUSES = list(STATUSES)
 VISIBILITIES = ["community", "public", "private", "shared"]
 MEMBER_STATUSES = ["pending", "accepted", "rejected"]
 TASK_TYPES = ["import", "export"]
@@ -63,6 +62,8 @@ IMAGE_PROPERTIES = {
                 "description": "Amount of ram (in MB) required to boot image."},
     "min_disk": {"type": "integer", "minimum": 0,
                  "description": "Amount of disk space (in GB) required to boot image."},
+    "os_hidden": {"type": "boolean",
+                  "description": "If true, image will not appear in default image list response."},
     "self": _ro({"type": "string"}, "An image self url"),
     "file": _ro({"type": "string"}, "An image file url"),
     "schema": _ro({"type": "string"}, "An image schema url"),

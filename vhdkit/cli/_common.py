@@ -1,6 +1,7 @@
 """Shared CLI plumbing: error handling to exit codes, --json emission, sizes."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -33,7 +34,7 @@ class VhdkitGroup(click.Group):
                 click.echo(f"vhdkit: stopped by {stop.name}", err=True)
                 ctx.exit(stop.exit_status)
             if isinstance(exc, VhdkitError):
-                fail(ctx, exc.message)
+                fail(ctx, cli_message(exc))
             if isinstance(exc, BrokenPipeError):  # e.g. `vhdkit ... | head`
                 sys.stderr.close()
                 ctx.exit(1)
@@ -59,9 +60,46 @@ def os_error_message(exc: OSError) -> str:
     return f"{' -> '.join(map(str, names))}: {what}" if names else what
 
 
+#: The flag that overrides every refusal of the command line (see VhdkitError.override).
+FORCE = "--force"
+
+
+def cli_message(exc: VhdkitError) -> str:
+    """The error's message as the command line says it: flags, not Python keywords."""
+    if exc.override is None:
+        return exc.message
+    return f"{exc.refusal} (use {FORCE} to {exc.override[1]})"
+
+
+def force_option(f: Callable) -> Callable:
+    """--force: replace an existing output file (the rule: :func:`vhdkit.fileutil.refuse_existing`)."""
+    return click.option(FORCE, "force", is_flag=True, help="Replace the output file if it exists.")(f)
+
+
+def refuse_terminal(path: str, what: str = "binary data") -> None:
+    """Binary output never goes to a terminal (as ``glance image-download``):
+    with PATH "-" stdout must be redirected."""
+    if path == "-" and sys.stdout.isatty():
+        raise click.UsageError(f"refusing to write {what} to a terminal: give -o FILE or redirect stdout")
+
+
 def json_option(f: Callable) -> Callable:
     """The --json flag every command offers."""
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
+
+
+def qemu_json_option(f: Callable) -> Callable:
+    """--json, and qemu-img's spelling of it, --output=json|human."""
+    import functools
+
+    @click.option("--output", "output_format_", type=click.Choice(["human", "json"]), default=None,
+                  help="human or json (qemu-img's spelling of --json).")
+    @json_option
+    @functools.wraps(f)
+    def wrapper(*args: Any, output_format_: Optional[str], as_json: bool, **kw: Any) -> Any:
+        return f(*args, as_json=as_json or output_format_ == "json", **kw)
+
+    return wrapper
 
 
 def emit(obj: Any, as_json: bool, human: Optional[Callable[[Any], str]] = None) -> None:
@@ -75,6 +113,15 @@ def emit(obj: Any, as_json: bool, human: Optional[Callable[[Any], str]] = None) 
 
 
 _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def sized(n: Optional[int]) -> str:
+    """A size for people and scripts alike: ``1610612736 bytes (1.5 GiB)``."""
+    if n is None:
+        return "-"
+    from ..progress import human_bytes
+
+    return f"{n} bytes" if abs(n) < 1024 else f"{n} bytes ({human_bytes(n)})"
 
 
 def parse_size(text: str) -> int:
@@ -103,3 +150,74 @@ class SizeType(click.ParamType):
 
 
 SIZE = SizeType()
+
+
+# ------------------------------------------- identity and data location
+# Every command that touches the registry, the object store or a worker's data
+# takes these options from here, so `--data`/VHDKIT_HOME and
+# `--account`/`--roles`/VHDKIT_ACCOUNT/VHDKIT_ROLES mean the same everywhere.
+
+def data_option(help_text: str = "Data directory (registry, object store, task work).") -> Callable:
+    """--data DIR [env VHDKIT_HOME]; the command receives ``data_dir`` (None: the default)."""
+    return click.option("--data", "data_dir", envvar="VHDKIT_HOME", metavar="DIR", default=None,
+                        help=f"{help_text} [env VHDKIT_HOME; default $XDG_DATA_HOME/vhdkit, "
+                             "i.e. ~/.local/share/vhdkit].")
+
+
+def identity_options(f: Callable) -> Callable:
+    """--account ID and --roles R1,R2 [env VHDKIT_ACCOUNT, VHDKIT_ROLES]."""
+    f = click.option("--roles", envvar="VHDKIT_ROLES", metavar="R1,R2", default=None,
+                     help="Your roles, comma-separated, e.g. cloudImages:admin [env VHDKIT_ROLES].")(f)
+    return click.option("--account", envvar="VHDKIT_ACCOUNT", metavar="ID", default=None,
+                        help="Your account (tenant) id [env VHDKIT_ACCOUNT].")(f)
+
+
+def caller_of(account: Optional[str], roles: Optional[str]):
+    """The registry identity the options name; a usage error (exit 2) without an account."""
+    from ..registry import Caller
+
+    if not account:
+        raise click.UsageError("no identity: give --account ID (or set VHDKIT_ACCOUNT), "
+                               "and your roles with --roles (or VHDKIT_ROLES)")
+    return Caller.parse(account, roles or "")
+
+
+def open_registry(data_dir: Optional[str], **kw: Any):
+    """The registry in ``data_dir`` (default :func:`vhdkit.home.data_home`);
+    says on stderr where a registry was created, so a wrong --data or
+    VHDKIT_HOME shows at once instead of as an empty list."""
+    from ..registry import Registry
+
+    reg = Registry(data_dir, **kw)
+    if reg.created:
+        click.echo(f"vhdkit: created a new registry in {reg.home}", err=True)
+    return reg
+
+
+# ------------------------------------------------------------ formats
+#: Format names on the command line: vhdkit's, and qemu-img's ("vpc" is its VHD).
+_FORMAT_NAMES = {"vhd": "vhd", "vpc": "vhd", "raw": "raw"}
+#: The output format a file name's extension says, as qemu-img users name files.
+_EXTENSIONS = {".vhd": "vhd", ".vpc": "vhd", ".raw": "raw", ".img": "raw"}
+FORMAT = click.Choice(sorted(_FORMAT_NAMES))
+
+
+def image_format(name: Optional[str]) -> Optional[str]:
+    """vhdkit's name of a format given with -f/-F/-O (None stays None: detect)."""
+    return None if name is None else _FORMAT_NAMES[name]
+
+
+def output_format(dst: str, given: Optional[str]) -> str:
+    """The one choice of an output format: -O if given, else DST's extension
+    (stdout, "-", is a VHD as before); an extension that says nothing is
+    refused rather than guessed."""
+    if given is not None:
+        return _FORMAT_NAMES[given]
+    if dst == "-":
+        return "vhd"
+    fmt = _EXTENSIONS.get(os.path.splitext(dst)[1].lower())
+    if fmt is None:
+        known = ", ".join(f"{e} ({f})" for e, f in _EXTENSIONS.items())
+        raise click.UsageError(f"cannot tell the output format from the name {dst!r}: give -O vhd (or vpc) "
+                               f"or -O raw, or use a known extension: {known}")
+    return fmt

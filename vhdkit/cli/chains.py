@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from . import main
-from ._common import SIZE, emit, json_option
+from ._common import FORMAT, SIZE, emit, force_option, json_option, output_format, refuse_terminal, sized
 from ..progress import Progress
 
 
@@ -34,14 +34,15 @@ def snapshot_cmd(parent, child, size, block_size, parents, force, as_json):
     from ..vhd.chain import snapshot
     r = snapshot(parent, child, size=size, block_size=block_size, parents=list(parents) or None, overwrite=force)
     emit(r.to_dict(), as_json,
-         lambda d: f"{d['path']}: differencing VHD over {d['parent']}, {d['virtual_size']} bytes, "
-                   f"block size {d['block_size']}, uuid {d['uuid']}")
+         lambda d: f"{d['path']}: differencing VHD over {d['parent']}, {sized(d['virtual_size'])}, "
+                   f"block size {sized(d['block_size'])}, uuid {d['uuid']}")
 
 
 @main.command("coalesce")
 @click.argument("leaf")
 @click.option("-o", "--output", "out", default=None, help="Write the flattened chain to this new file.")
-@click.option("-O", "out_format", type=click.Choice(["vhd", "raw"]), default="vhd", show_default=True)
+@click.option("-O", "out_format", type=FORMAT, default=None,
+              help="-o's format: vhd (or vpc) or raw; default from its extension (as convert).")
 @click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default="dynamic", show_default=True)
 @click.option("--block-size", type=SIZE, default=None, help="Dynamic output block size (default 2M).")
 @click.option("--into-parent", is_flag=True, help="Merge LEAF into its parent in place (crash-safe, resumable).")
@@ -49,8 +50,9 @@ def snapshot_cmd(parent, child, size, block_size, parents, force, as_json):
               help="Explicit parent path of LEAF (leaf's parent first; repeatable).")
 @click.option("--no-sync", is_flag=True,
               help="-o: do not fsync the output (it is still renamed into place only when complete).")
+@force_option
 @json_option
-def coalesce_cmd(leaf, out, out_format, disk_type, block_size, into_parent, parents, no_sync, as_json):
+def coalesce_cmd(leaf, out, out_format, disk_type, block_size, into_parent, parents, no_sync, force, as_json):
     """Flatten the chain ending at LEAF into one standalone image (-o), or
     merge LEAF into its parent in place (--into-parent).
 
@@ -76,13 +78,15 @@ def coalesce_cmd(leaf, out, out_format, disk_type, block_size, into_parent, pare
              lambda d: f"merged {d['bytes_merged']} bytes of {d['child']} into {d['parent']} "
                        f"({d['blocks_allocated']} new blocks{', resumed' if d['resumed'] else ''})")
         return
+    out_format = output_format(out, out_format)
+    refuse_terminal(out, "image data")
     with Progress(f"coalesce {leaf}") as prog:
         r = chain.coalesce(leaf, out, type=disk_type, out_format=out_format, block_size=block_size,
-                           parents=list(parents) or None, progress=prog, sync=not no_sync)
+                           parents=list(parents) or None, progress=prog, sync=not no_sync, overwrite=force)
     if out != "-":
         emit(r.to_dict(), as_json,
-             lambda d: f"{d['path']}: {d['disk_type'] or 'raw'}, {d['virtual_size']} bytes from {d['layers']} "
-                       f"layers; read {d['bytes_read']} bytes for {d['data_needed']} bytes of data "
+             lambda d: f"{d['path']}: {d['disk_type'] or 'raw'}, {sized(d['virtual_size'])} from {d['layers']} "
+                       f"layers; read {sized(d['bytes_read'])} for {sized(d['data_needed'])} of data "
                        f"(ratio {d['read_ratio']:.4f})")
 
 
@@ -110,8 +114,8 @@ def _human_chain(layers) -> str:
     lines = []
     for d in layers:
         how = f", parent found by {d['parent_found_by']}" if d["parent_found_by"] else ""
-        lines.append(f"{d['index']}: {d['path']}  {d['disk_type']}, {d['virtual_size']} bytes, "
-                     f"{d['allocated_bytes']} allocated, uuid {d['uuid']}{how}")
+        lines.append(f"{d['index']}: {d['path']}  {d['disk_type']}, {sized(d['virtual_size'])}, "
+                     f"{sized(d['allocated_bytes'])} allocated, uuid {d['uuid']}{how}")
     return "\n".join(lines)
 
 

@@ -5,11 +5,26 @@ Thin layer over :mod:`vhdkit.vhd.write`: parse options, call, print.
 from __future__ import annotations
 
 import sys
+from typing import Optional
+
 import click
 
 from . import main
-from ._common import SIZE, emit, fail, json_option
+from ._common import (FORMAT, SIZE, emit, fail, force_option, image_format, json_option, output_format,
+                      refuse_terminal, sized)
 from ..progress import Progress
+
+def _qemu_options(text: Optional[str]) -> dict:
+    """qemu-img's ``-o`` for VHD output: subformat=dynamic|fixed, force_size=on|off."""
+    out: dict = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, val = item.partition("=")
+        ok = {"subformat": ("dynamic", "fixed"), "force_size": ("on", "off")}.get(key)
+        if not sep or ok is None or val not in ok:
+            raise click.BadParameter(f"{item!r}: supported are subformat=dynamic|fixed and force_size=on|off",
+                                     param_hint="-o")
+        out[key] = val
+    return out
 
 
 def _size_note(r) -> None:
@@ -20,11 +35,11 @@ def _size_note(r) -> None:
 
 def _describe(d: dict) -> str:
     if d["format"] == "raw":
-        return f"{d['path']}: raw, {d['virtual_size']} bytes ({d['data_bytes']} bytes of data written)"
-    s = (f"{d['path']}: {d['disk_type']} VHD, {d['virtual_size']} bytes, "
+        return f"{d['path']}: raw, {sized(d['virtual_size'])}, {sized(d['data_bytes'])} of data written"
+    s = (f"{d['path']}: {d['disk_type']} VHD, {sized(d['virtual_size'])}, "
          f"CHS {'/'.join(map(str, d['geometry']))}, uuid {d['uuid']}")
     if d["disk_type"] == "dynamic":
-        s += f", {d['blocks_allocated']}/{d['max_table_entries']} blocks of {d['block_size']} bytes allocated"
+        s += f", {d['blocks_allocated']}/{d['max_table_entries']} blocks of {sized(d['block_size'])} allocated"
     return s
 
 
@@ -41,8 +56,8 @@ _NO_SYNC_HELP = ("Do not fsync the output (like cp and qemu-img): still written 
 def _layout_options(f):
     """--type, --block-size, --size-rule, --azure (shared by create and convert)."""
     opts = [
-        click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default="dynamic",
-                     show_default=True),
+        click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default=None,
+                     help="VHD type [default: dynamic]."),
         click.option("--block-size", type=SIZE, default=None, help="Dynamic block size (512K..256M, default 2M)."),
         click.option("--size-rule", type=click.Choice(["exact", "chs"]), default="exact", show_default=True,
                      help="exact: keep the size; chs: round up to a CHS-representable size like Virtual PC."),
@@ -68,7 +83,7 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, no_syn
       vhdkit create disk.vhd 10G --type dynamic
     """
     from ..vhd.write import create
-    r = create(out, size, type=disk_type, block_size=block_size, size_rule=size_rule, azure=azure,
+    r = create(out, size, type=disk_type or "dynamic", block_size=block_size, size_rule=size_rule, azure=azure,
                overwrite=force, sync=not no_sync)
     _finish(r, out, as_json)
 
@@ -76,34 +91,55 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, no_syn
 @main.command("convert")
 @click.argument("src")
 @click.argument("dst")
-@click.option("-f", "src_format", type=click.Choice(["raw", "vhd"]), default=None,
-              help="Input format (default: detected from the footer).")
-@click.option("-O", "out_format", type=click.Choice(["raw", "vhd"]), default="vhd", show_default=True,
-              help="Output format: a VHD (--type) or a sparse raw file.")
+@click.option("-f", "src_format", type=FORMAT, default=None,
+              help="Input format: vhd (or vpc) or raw (default: detected from the footer).")
+@click.option("-O", "out_format", type=FORMAT, default=None,
+              help="Output format: vhd (or vpc, qemu-img's name), a VHD of --type; or raw, a sparse raw file.  "
+                   "Default: from DST's extension (.vhd/.vpc: vhd; .raw/.img: raw; stdout: vhd); "
+                   "any other name needs -O.")
+@click.option("-o", "qemu_opts", metavar="subformat=dynamic|fixed[,force_size=on|off]",
+              help="qemu-img's VHD options: subformat is --type; force_size=off is --size-rule chs.")
 @_layout_options
 @click.option("--parent", "parents", multiple=True,
               help="Explicit parent path of a differencing SRC (leaf's parent first; repeatable).")
+@click.option("-p", "--progress", "show_progress", is_flag=True,
+              help="Show progress on stderr even when it is not a terminal (as qemu-img -p).")
+@force_option
 @click.option("--no-sync", is_flag=True, help=_NO_SYNC_HELP)
 @json_option
-def convert_cmd(src, dst, src_format, out_format, disk_type, block_size, size_rule, azure, parents, no_sync,
-                as_json):
+def convert_cmd(src, dst, src_format, out_format, qemu_opts, disk_type, block_size, size_rule, azure, parents,
+                show_progress, force, no_sync, as_json):
     """Convert SRC (raw or VHD: fixed, dynamic, differencing flattened) to DST.
 
     "-" as SRC reads raw data from stdin; "-" as DST writes raw or fixed
     output to stdout (a dynamic VHD needs a file: its BAT is written last).
-    DST appears only when complete, and is fsynced (durable) unless --no-sync.
+    DST appears only when complete, and is fsynced (durable) unless --no-sync;
+    an existing DST is replaced only with --force.  qemu-img's spellings
+    work: -O vpc, -o subformat=fixed, -p.
 
     \b
     Example:
       vhdkit convert disk.raw disk.vhd --type dynamic
+      vhdkit convert -p -O vpc -o subformat=fixed disk.raw disk.vhd
     """
     from ..vhd.write import convert
+    out_format = output_format(dst, out_format)
+    qo = _qemu_options(qemu_opts)
+    if qo and out_format != "vhd":
+        raise click.UsageError("-o sets VHD options; the output format is raw")
+    sub = qo.get("subformat")
+    if sub and disk_type and sub != disk_type:
+        raise click.UsageError(f"-o subformat={sub} contradicts --type {disk_type}")
+    disk_type = disk_type or sub or "dynamic"
+    if qo.get("force_size") == "off":
+        size_rule = "chs"
     if dst == "-" and out_format == "vhd" and disk_type == "dynamic" and not azure:
         raise click.UsageError("a dynamic VHD cannot be streamed to stdout; use --type fixed, -O raw or a file")
-    with Progress(f"convert {src}") as prog:
-        r = convert(src, dst, src_format=src_format, out_format=out_format, type=disk_type,
+    refuse_terminal(dst, "image data")
+    with Progress(f"convert {src}", enabled=True if show_progress else None) as prog:
+        r = convert(src, dst, src_format=image_format(src_format), out_format=out_format, type=disk_type,
                     block_size=block_size, size_rule=size_rule, azure=azure, parents=list(parents) or None,
-                    progress=prog, sync=not no_sync)
+                    progress=prog, sync=not no_sync, overwrite=force)
     _finish(r, dst, as_json)
 
 
@@ -125,10 +161,13 @@ def modify_cmd(image, new_uuid, uuid, timestamp, creator, size, size_rule, force
       vhdkit modify disk.vhd --new-uuid --size 20G
     """
     from ..vhd.write import modify
+    if new_uuid and uuid is not None:
+        raise click.UsageError("give either --new-uuid or --uuid, not both")
     r = modify(image, new_uuid=new_uuid, uuid=uuid, timestamp=timestamp, creator=creator, size=size,
                size_rule=size_rule, force=force)
     emit(r.to_dict(), as_json,
-         lambda d: f"{d['path']}: {d['disk_type']}, size {d['old_size']} -> {d['new_size']}, uuid {d['uuid']}"
+         lambda d: f"{d['path']}: {d['disk_type']}, size {sized(d['old_size'])} -> {sized(d['new_size'])}, "
+                   f"uuid {d['uuid']}"
                    + (", BAT relocated" if d["bat_relocated"] else ""))
 
 
@@ -172,8 +211,8 @@ def repair_cmd(image, dry_run, force, as_json):
 @main.command("compare")
 @click.argument("a")
 @click.argument("b")
-@click.option("-f", "a_format", type=click.Choice(["raw", "vhd"]), default=None, help="Format of A.")
-@click.option("-F", "b_format", type=click.Choice(["raw", "vhd"]), default=None, help="Format of B.")
+@click.option("-f", "a_format", type=FORMAT, default=None, help="Format of A (vhd, vpc or raw).")
+@click.option("-F", "b_format", type=FORMAT, default=None, help="Format of B (vhd, vpc or raw).")
 @json_option
 def compare_cmd(a, b, a_format, b_format, as_json):
     """Compare the contents of two images (exit 0 identical, 1 different, 2 error).
@@ -185,7 +224,7 @@ def compare_cmd(a, b, a_format, b_format, as_json):
     from ..errors import VhdkitError
     from ..vhd.write import compare
     try:
-        r = compare(a, b, a_format=a_format, b_format=b_format)
+        r = compare(a, b, a_format=image_format(a_format), b_format=image_format(b_format))
     except VhdkitError as exc:
         click.echo(f"vhdkit: error: {exc.message}", err=True)
         sys.exit(2)

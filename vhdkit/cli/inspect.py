@@ -7,38 +7,31 @@ from typing import Any, Dict, List
 import click
 
 from . import main
-from ._common import emit, json_option
+from ._common import emit, qemu_json_option, sized
 from ..errors import VhdkitError
 
 _RULES = ["auto", "current", "chs", "original"]
-
-
-def _human_size(n: int) -> str:
-    for unit, div in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= div:
-            return f"{n / div:.4g} {unit} ({n} bytes)"
-    return f"{n} bytes"
 
 
 def _info_text(d: Dict[str, Any]) -> str:
     lines = [
         f"image: {d['path']}",
         f"type: {d['disk_type']}",
-        f"virtual size: {_human_size(d['virtual_size'])} (rule: {d['size_rule']})",
-        f"current size: {d['current_size']}",
-        f"original size: {d['original_size']}",
-        f"CHS size: {d['chs_size']} (geometry {'/'.join(str(g) for g in d['geometry'])})",
+        f"virtual size: {sized(d['virtual_size'])} (rule: {d['size_rule']})",
+        f"current size: {sized(d['current_size'])}",
+        f"original size: {sized(d['original_size'])}",
+        f"CHS size: {sized(d['chs_size'])} (geometry {'/'.join(str(g) for g in d['geometry'])})",
         f"creator: {d['creator_app']!r} {d['creator_version']} on {d['creator_os']!r}",
         f"uuid: {d['uuid']}",
         f"timestamp: {d['timestamp']}",
         f"saved state: {'yes' if d['saved_state'] else 'no'}",
-        f"file size: {d['file_size']}",
+        f"file size: {sized(d['file_size'])}",
     ]
     if d["block_size"] is not None:
         lines += [
-            f"block size: {d['block_size']}",
+            f"block size: {sized(d['block_size'])}",
             f"BAT entries used/max: {d['bat_entries_used']}/{d['max_table_entries']}",
-            f"allocated: {_human_size(d['allocated_bytes'])}",
+            f"allocated: {sized(d['allocated_bytes'])}",
         ]
     if d["disk_type"] == "differencing":
         lines += [
@@ -64,13 +57,14 @@ def _info_text(d: Dict[str, Any]) -> str:
               help="Explicit parent path (repeat for deeper layers, the leaf's parent first).")
 @click.option("--size-rule", type=click.Choice(_RULES), default="auto", show_default=True,
               help="How to choose the virtual size: by creator like qemu (auto), or force one.")
-@json_option
+@qemu_json_option
 def info_cmd(image: str, parents: tuple, size_rule: str, as_json: bool) -> None:
     """Show what a VHD is: type, sizes, geometry, creator, UUID, BAT, parent chain.
 
     \b
     Example:
       vhdkit info disk.vhd --json
+      vhdkit info --output=json disk.vhd
     """
     from ..vhd import read
 
@@ -92,7 +86,7 @@ def info_cmd(image: str, parents: tuple, size_rule: str, as_json: bool) -> None:
 @click.argument("image")
 @click.option("--parents/--no-parents", default=True, show_default=True,
               help="Also resolve and check the parent chain of a differencing disk.")
-@json_option
+@qemu_json_option
 def check_cmd(image: str, parents: bool, as_json: bool) -> None:
     """Validate a VHD's structure; exit status 1 when any problem is found.
 
@@ -126,7 +120,7 @@ def check_cmd(image: str, parents: bool, as_json: bool) -> None:
 @click.argument("image")
 @click.option("--parent", "parents", multiple=True, 
               help="Explicit parent path (repeat for deeper layers).")
-@json_option
+@qemu_json_option
 def map_cmd(image: str, parents: tuple, as_json: bool) -> None:
     """Show which ranges of the virtual disk hold data, and in which layer (like qemu-img map).
 

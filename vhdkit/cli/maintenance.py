@@ -6,7 +6,7 @@ import sys
 import click
 
 from . import main
-from ._common import emit, json_option
+from ._common import data_option, emit, json_option, open_registry
 
 
 def _human(d: dict) -> str:
@@ -32,8 +32,7 @@ def _human(d: dict) -> str:
 
 
 @main.command("cleanup")
-@click.option("--data", "data_dir", envvar="VHDKIT_HOME", default=".vhdkit", show_default=True,
-              help="Data directory (registry host).")
+@data_option("Data directory (registry host).")
 @click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Seconds: unreferenced data, work dirs and temp files younger than this are kept.")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
@@ -54,10 +53,10 @@ def cleanup(data_dir, grace, dry_run, as_json):
       vhdkit cleanup --data /srv/vhdkit --dry-run --json
     """
     from ..maintenance import cleanup as run
-    from ..registry import Registry
 
     # cleanup=False: opening must not clean already (a dry run changes nothing; the report counts all)
-    rep = run(Registry(data_dir, cleanup=False), data_dir, grace=grace, dry_run=dry_run)
+    reg = open_registry(data_dir, cleanup=False)
+    rep = run(reg, reg.home, grace=grace, dry_run=dry_run)
     d = rep.to_dict()
     emit(d, as_json, _human)
     if rep.errors:

@@ -15,9 +15,9 @@ from typing import Iterator, Optional
 import click
 
 from . import main
-from ._common import SIZE, emit, json_option
+from ._common import SIZE, data_option, emit, force_option, identity_options, json_option, refuse_terminal, sized
 from ..errors import InvalidInputError
-from ..fileutil import atomic_file
+from ..fileutil import atomic_file, refuse_existing
 from ..progress import Progress
 
 _SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
@@ -67,8 +67,9 @@ def _size_of(path: str) -> Optional[int]:
 @click.option("--format", "fmt", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True)
 @click.option("--level", type=int, help="gzip 0-9 (default 1, mapped onto ISA-L 0-3); zstd 1-22 (default 3).")
 @click.option("--threads", type=int, default=0, help="Worker threads (default: all cores).")
+@force_option
 @json_option
-def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[int], threads: int,
+def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[int], threads: int, force: bool,
                  as_json: bool) -> None:
     """Compress IN (a file or - for stdin) with parallel gzip or zstd.
 
@@ -79,8 +80,8 @@ def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[in
     from .. import streams
 
     out = output or ("-" if input == "-" else input + _SUFFIX[fmt])
-    if out == "-" and sys.stdout.isatty():
-        raise click.UsageError("refusing to write compressed data to a terminal; use -o FILE")
+    refuse_terminal(out, "compressed data")
+    refuse_existing(out, force)
     total = _size_of(input)
     with _in(input) as src, _progress("compress", total) as prog:
         if out == "-":
@@ -92,7 +93,7 @@ def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[in
                 st = streams.compress(src, f, format=fmt, level=level, threads=threads or None,
                                       progress=prog, total=total)
     d = dict(st.to_dict(), input=input, output=out)
-    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {st.bytes_in} -> {st.bytes_out} bytes "
+    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {sized(st.bytes_in)} -> {sized(st.bytes_out)} "
                                           f"({100 * st.ratio:.1f}%)")
 
 
@@ -101,8 +102,10 @@ def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[in
 @click.option("-o", "--output", help="Output file, or - for stdout (default: IN without .gz/.zst; stdout for stdin).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "gzip", "zstd"]), default="auto", show_default=True)
 @click.option("--max-size", type=SIZE, help="Refuse output larger than this (gzip-bomb guard), e.g. 100G.")
+@force_option
 @json_option
-def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Optional[int], as_json: bool) -> None:
+def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Optional[int], force: bool,
+                   as_json: bool) -> None:
     """Decompress a gzip (any members) or zstd stream, verifying its checksums.
 
     \b
@@ -122,16 +125,20 @@ def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Option
                     break
             else:
                 raise click.UsageError("cannot derive the output name from IN; use -o")
-    with _in(input) as src, _progress("decompress", _size_of(input)) as prog:
+    refuse_terminal(out, "decompressed data")
+    refuse_existing(out, force)
+    total = _size_of(input)
+    with _in(input) as src, _progress("decompress", total) as prog:
         if out == "-":
             st = streams.decompress(src, sys.stdout.buffer, format=fmt, max_output=max_size,
-                                    progress=prog, name=input)
+                                    progress=prog, name=input, total=total)
             sys.stdout.buffer.flush()
         else:
             with atomic_file(out) as f:
-                st = streams.decompress(src, f, format=fmt, max_output=max_size, progress=prog, name=input)
+                st = streams.decompress(src, f, format=fmt, max_output=max_size, progress=prog, name=input,
+                                        total=total)
     d = dict(st.to_dict(), input=input, output=out)
-    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {st.bytes_in} -> {st.bytes_out} bytes")
+    _emit_summary(d, as_json, out != "-", f"{input} -> {out}: {sized(st.bytes_in)} -> {sized(st.bytes_out)}")
 
 
 # -------------------------------------------------------------------- ova
@@ -167,8 +174,9 @@ def _ova_human(rep) -> str:
 @click.option("--name", help="Package name (descriptor NAME.ovf; default from the disk or output).")
 @click.option("--level", type=int, help="gzip level 0-9 (default 1).")
 @click.option("--threads", type=int, default=0, help="Compression threads (default: all cores).")
+@force_option
 @json_option
-def ova_pack(disks, output, compression, name, level, threads, as_json) -> None:
+def ova_pack(disks, output, compression, name, level, threads, force, as_json) -> None:
     """Pack a VHD (or a chain, leaf first) into an OVA.
 
     A differencing disk needs its whole chain (`vhdkit chain LEAF` lists
@@ -183,10 +191,11 @@ def ova_pack(disks, output, compression, name, level, threads, as_json) -> None:
     """
     from .. import ova
 
+    refuse_existing(output, force)
     with _progress("pack", None) as prog:
         res = ova.pack(list(disks), output, compress=compression, name=name, level=level,
                        threads=threads or None, progress=prog)
-    emit(res, as_json, lambda r: f"{r['output']}: {len(r['disks'])} disk(s), {r['size']} bytes, "
+    emit(res, as_json, lambda r: f"{r['output']}: {len(r['disks'])} disk(s), {sized(r['size'])}, "
                                  f"compression {r['compression']}")
 
 
@@ -245,35 +254,50 @@ def ova_unpack(ova_path, dest, no_decompress, max_size, no_verify, as_json) -> N
         rep = ova.unpack(ova_path, dest, decompress=not no_decompress, max_output=max_size,
                          require_valid=not no_verify, progress=prog)
     emit(rep.to_dict(), as_json, lambda _d: "\n".join(
-        f"{m.extracted_to} ({m.extracted_size} bytes)" for m in rep.members if m.extracted_to))
+        f"{m.extracted_to} ({sized(m.extracted_size)})" for m in rep.members if m.extracted_to))
 
 
 # ---------------------------------------------------------- object store
+#: The store account when no identity is given (the directory store has no roles).
+_DEFAULT_ACCOUNT = "default"
+
+
 def _store_options(f):
+    """--store plus the data directory and identity every command takes (see
+    :func:`vhdkit.cli._common.identity_options`); the store checks no roles."""
     f = click.option("--store", "store_dir", envvar="VHDKIT_STORE",
-                     help="Store directory (default $VHDKIT_HOME/objects), or swift+http(s)://PROXY "
-                          "with VHDKIT_SWIFT_AUTH_URL/USER/KEY set.")(f)
-    f = click.option("--account", default="default", show_default=True, help="Account (tenant) name.")(f)
-    return f
+                     help="Store directory (default DATA/objects), or swift+http(s)://PROXY "
+                          "with VHDKIT_SWIFT_AUTH_URL/USER/KEY set [env VHDKIT_STORE].")(f)
+    return data_option()(identity_options(f))
 
 
-def _open_store(store_dir: Optional[str], account: str):
+def _open_store(store_dir: Optional[str], data_dir: Optional[str], account: Optional[str]):
+    """The object store of ``account`` (default: account ``default``)."""
     from ..store import open_store
 
+    account = account or _DEFAULT_ACCOUNT
     if store_dir and store_dir.startswith(("swift+", "dir:")):
         from ..swiftstore import open_configured_store
 
         return open_configured_store(account, env={**os.environ, "VHDKIT_STORE": store_dir})
+    if not store_dir:
+        from ..home import data_home
+
+        store_dir = os.path.join(data_home(data_dir), "objects")
     return open_store(store_dir, account)
 
 
 @main.group("object")
 def object_group() -> None:
-    """Objects in the local object store (containers of named objects).
+    """Objects in your account's object store (containers of named objects).
+
+    The account is --account or VHDKIT_ACCOUNT (account "default" when
+    neither is set); the store is DATA/objects, or --store / VHDKIT_STORE.
 
     \b
     Example:
       vhdkit object put images disk.vhd ./disk.vhd
+      vhdkit object create-container exports
     """
 
 
@@ -287,6 +311,24 @@ def _parse_meta(items) -> dict:
     return meta
 
 
+@object_group.command("create-container")
+@click.argument("container")
+@_store_options
+@json_option
+def object_create_container(container, store_dir, data_dir, account, roles, as_json) -> None:
+    """Create CONTAINER (nothing happens if it exists), e.g. to receive exports.
+
+    \b
+    Example:
+      vhdkit object create-container exports --account A
+    """
+    st = _open_store(store_dir, data_dir, account)
+    existed = container in st.list_containers()
+    st.create_container(container)
+    emit({"container": container, "created": not existed}, as_json,
+         lambda d: f"{'created container' if d['created'] else 'container exists:'} {container}")
+
+
 @object_group.command("put")
 @click.argument("container")
 @click.argument("name")
@@ -294,27 +336,29 @@ def _parse_meta(items) -> dict:
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Object metadata (repeatable).")
 @_store_options
 @json_option
-def object_put(container, name, source, meta, store_dir, account, as_json) -> None:
+def object_put(container, name, source, meta, store_dir, data_dir, account, roles, as_json) -> None:
     """Store FILE (or stdin) as CONTAINER/NAME, atomically (container created if needed).
 
     \b
     Example:
       vhdkit object put images disk.vhd disk.vhd --meta os=linux
     """
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     st.create_container(container)
     with _in(source) as f:
         info = st.put(container, name, f, metadata=_parse_meta(meta))
-    emit(info.to_dict(), as_json, lambda d: f"{container}/{name}: {d['size']} bytes, etag {d['etag']}")
+    emit(info.to_dict(), as_json, lambda d: f"{container}/{name}: {sized(d['size'])}, etag {d['etag']}")
 
 
 @object_group.command("get")
 @click.argument("container")
 @click.argument("name")
-@click.option("-o", "--output", default="-", show_default=True, help="Output file or - for stdout.")
+@click.option("-o", "--output", default="-", show_default=True,
+              help="Output file or - for stdout (which must not be a terminal).")
+@force_option
 @_store_options
 @json_option
-def object_get(container, name, output, store_dir, account, as_json) -> None:
+def object_get(container, name, output, force, store_dir, data_dir, account, roles, as_json) -> None:
     """Write CONTAINER/NAME to a file (atomically) or stdout.
 
     \b
@@ -323,7 +367,9 @@ def object_get(container, name, output, store_dir, account, as_json) -> None:
     """
     from ..streams import copy_stream
 
-    st = _open_store(store_dir, account)
+    refuse_terminal(output, "object data")
+    refuse_existing(output, force)
+    st = _open_store(store_dir, data_dir, account)
     with st.get(container, name) as r:
         if output == "-":
             copy_stream(r, sys.stdout.buffer)
@@ -332,7 +378,7 @@ def object_get(container, name, output, store_dir, account, as_json) -> None:
             with atomic_file(output) as f:
                 copy_stream(r, f)
         info = r.info
-    _emit_summary(info.to_dict(), as_json, output != "-", f"{container}/{name} -> {output}: {info.size} bytes")
+    _emit_summary(info.to_dict(), as_json, output != "-", f"{container}/{name} -> {output}: {sized(info.size)}")
 
 
 @object_group.command("stat")
@@ -340,15 +386,26 @@ def object_get(container, name, output, store_dir, account, as_json) -> None:
 @click.argument("name")
 @_store_options
 @json_option
-def object_stat(container, name, store_dir, account, as_json) -> None:
+def object_stat(container, name, store_dir, data_dir, account, roles, as_json) -> None:
     """Show an object's size, etag and metadata.
 
     \b
     Example:
       vhdkit object stat images disk.vhd --json
     """
-    info = _open_store(store_dir, account).head(container, name)
-    emit(info.to_dict(), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+    info = _open_store(store_dir, data_dir, account).head(container, name)
+    emit(info.to_dict(), as_json, _stat_text)
+
+
+def _stat_text(d: dict) -> str:
+    """``key: value`` lines as ``swift stat`` prints them: ISO time, one line per metadata key."""
+    import datetime as _dt
+
+    when = _dt.datetime.fromtimestamp(d["last_modified"], _dt.timezone.utc)
+    lines = [f"container: {d['container']}", f"object: {d['name']}", f"size: {sized(d['size'])}",
+             f"etag: {d['etag']}", f"content type: {d['content_type']}",
+             f"last modified: {when.isoformat(timespec='seconds').replace('+00:00', 'Z')}"]
+    return "\n".join(lines + [f"meta {k}: {v}" for k, v in sorted(d["metadata"].items())])
 
 
 @object_group.command("list")
@@ -356,14 +413,14 @@ def object_stat(container, name, store_dir, account, as_json) -> None:
 @click.option("--prefix", default="", help="Only names starting with this.")
 @_store_options
 @json_option
-def object_list(container, prefix, store_dir, account, as_json) -> None:
+def object_list(container, prefix, store_dir, data_dir, account, roles, as_json) -> None:
     """List containers, or the objects of CONTAINER.
 
     \b
     Example:
       vhdkit object list images --prefix disk.vhd-
     """
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     if container is None:
         names = st.list_containers()
         emit(names, as_json, lambda d: "\n".join(d))
@@ -377,14 +434,14 @@ def object_list(container, prefix, store_dir, account, as_json) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @_store_options
 @json_option
-def object_delete(container, names, store_dir, account, as_json) -> None:
+def object_delete(container, names, store_dir, data_dir, account, roles, as_json) -> None:
     """Delete objects.
 
     \b
     Example:
       vhdkit object delete images disk.vhd
     """
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     for n in names:
         st.delete(container, n)
     emit({"deleted": list(names)}, as_json, lambda d: "\n".join(f"deleted {container}/{n}" for n in d["deleted"]))
@@ -409,7 +466,8 @@ def segments_group() -> None:
 @click.option("--digits", type=int, default=5, show_default=True, help="Segment number width.")
 @_store_options
 @json_option
-def segments_split(input, name, container, segment_size, digits, store_dir, account, as_json) -> None:
+def segments_split(input, name, container, segment_size, digits, store_dir, data_dir, account, roles,
+                   as_json) -> None:
     """Upload IN as segments with a zero-byte manifest and a JSON sidecar.
 
     \b
@@ -418,22 +476,23 @@ def segments_split(input, name, container, segment_size, digits, store_dir, acco
     """
     from .. import segments
 
-    st = _open_store(store_dir, account)
+    st = _open_store(store_dir, data_dir, account)
     total = _size_of(input)
     with _in(input) as f, _progress("split", total) as prog:
         man = segments.split(st, container, name, f, segment_size=segment_size, digits=digits,
                              total=total, progress=prog)
     emit(man.to_dict(), as_json, lambda d: f"{container}/{name}: {len(d['segments'])} segment(s), "
-                                           f"{d['size']} bytes, sha256 {d['sha256']}")
+                                           f"{sized(d['size'])}, sha256 {d['sha256']}")
 
 
 @segments_group.command("join")
 @click.argument("container")
 @click.argument("name")
 @click.option("-o", "--output", required=True, help="Output file (written atomically) or - for stdout.")
+@force_option
 @_store_options
 @json_option
-def segments_join(container, name, output, store_dir, account, as_json) -> None:
+def segments_join(container, name, output, force, store_dir, data_dir, account, roles, as_json) -> None:
     """Join and verify the segments of CONTAINER/NAME.
 
     \b
@@ -442,7 +501,9 @@ def segments_join(container, name, output, store_dir, account, as_json) -> None:
     """
     from .. import segments
 
-    st = _open_store(store_dir, account)
+    refuse_terminal(output, "the joined object")
+    refuse_existing(output, force)
+    st = _open_store(store_dir, data_dir, account)
     with _progress("join", None) as prog:
         if output == "-":
             man = segments.join(st, container, name, sys.stdout.buffer, progress=prog)
@@ -450,4 +511,4 @@ def segments_join(container, name, output, store_dir, account, as_json) -> None:
         else:
             man = segments.join(st, container, name, output, progress=prog)
     _emit_summary(man.to_dict(), as_json, output != "-",
-                  f"{container}/{name} -> {output}: {man.size} bytes verified (sha256 {man.sha256})")
+                  f"{container}/{name} -> {output}: {sized(man.size)} verified (sha256 {man.sha256})")

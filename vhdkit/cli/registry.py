@@ -2,8 +2,9 @@
 
 ``vhdkit image create|list|show|update|delete|upload|download|deactivate|reactivate``,
 ``vhdkit image tag add|remove``, ``vhdkit member add|list|show|accept|reject|remove``.
-Identity: ``--account``/``--roles`` or ``VHDKIT_ACCOUNT``/``VHDKIT_ROLES``; data
-directory: ``--data`` or ``VHDKIT_HOME`` (default ``./.vhdkit``).
+Identity and data directory: :func:`vhdkit.cli._common.identity_options` and
+:func:`~vhdkit.cli._common.data_option`.  IMAGE arguments take an id, a name or
+a unique id prefix.
 """
 from __future__ import annotations
 
@@ -14,34 +15,75 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from ..fileutil import atomic_fd
+from ..fileutil import atomic_fd, refuse_existing
 from ..progress import Progress
 from . import main
-from ._common import SIZE, emit, json_option
+from ._common import (SIZE, caller_of, data_option, emit, force_option, identity_options, json_option,
+                      open_registry, refuse_terminal, sized)
 
 
 def _registry_options(f: Callable) -> Callable:
-    """--data/--account/--roles; the command receives ``reg`` and ``caller``."""
+    """--data/--account/--roles; the command receives ``reg`` and ``caller``,
+    and an ``image_id`` (or ``image_ids``) argument resolved from a name or a
+    unique id prefix (see :func:`_resolve_image`)."""
 
-    @click.option("--data", "data_dir", envvar="VHDKIT_HOME", metavar="DIR",
-                  help="Registry data directory [env VHDKIT_HOME; default ./.vhdkit].")
-    @click.option("--account", envvar="VHDKIT_ACCOUNT", metavar="ID",
-                  help="Your account (tenant) id [env VHDKIT_ACCOUNT].")
-    @click.option("--roles", envvar="VHDKIT_ROLES", metavar="R1,R2",
-                  help="Your roles, comma-separated, e.g. cloudImages:admin [env VHDKIT_ROLES].")
+    @data_option("Registry data directory.")
+    @identity_options
     @functools.wraps(f)
     def wrapper(data_dir, account, roles, **kw):
-        from ..errors import InvalidInputError
-        from ..registry import Caller, Registry
-
-        try:
-            caller = Caller.from_env(account, roles)
-        except InvalidInputError as exc:
-            raise click.UsageError(exc.message)
-        with Registry(data_dir) as reg:
-            return f(reg=reg, caller=caller, **kw)
+        who = caller_of(account, roles)
+        with open_registry(data_dir) as reg:
+            if kw.get("image_id") is not None:
+                kw["image_id"] = _resolve_image(reg, who, kw["image_id"])
+            if kw.get("image_ids"):
+                kw["image_ids"] = tuple(_resolve_image(reg, who, i) for i in kw["image_ids"])
+            return f(reg=reg, caller=who, **kw)
 
     return wrapper
+
+
+_HEX = frozenset("0123456789abcdef-")
+#: The shortest id prefix that names an image (as git's shortest abbreviation).
+_MIN_PREFIX = 4
+
+
+def _resolve_image(reg, who, ref: str) -> str:
+    """The id of the image ``ref`` names, as the ``openstack`` client finds
+    one: an exact id, else a unique name among the images the caller can see,
+    else a unique id prefix of at least 4 characters.  Several matches are an
+    error listing them; no match is left to the command (its not-found
+    message names ``ref``)."""
+    from ..errors import InvalidInputError, NotFoundError
+
+    try:
+        return reg.show_image(who, ref).id
+    except NotFoundError:
+        pass
+    found, what = list(_all_visible(reg, who, [("name", ref)])), "the name"
+    prefix = ref.lower()
+    if not found and len(prefix) >= _MIN_PREFIX and set(prefix) <= _HEX:
+        found, what = [], "the id prefix"
+        for i in _all_visible(reg, who, [("sort", "id:asc")]):
+            if i.id.startswith(prefix):
+                found.append(i)
+            elif i.id > prefix:
+                break
+    if len(found) == 1:
+        return found[0].id
+    if found:
+        listing = ", ".join(f"{i.id} ({i.name or 'no name'}, {i.status}, owner {i.owner})" for i in found)
+        raise InvalidInputError(f"{len(found)} images match {what} {ref!r}: {listing}; give the id of one")
+    return ref
+
+
+def _all_visible(reg, who, params):
+    params = [("visibility", "all"), ("limit", "1000")] + params
+    while True:
+        page = reg.list_images(who, params)
+        yield from page.images
+        if not page.next_marker:
+            return
+        params = [p for p in params if p[0] != "marker"] + [("marker", page.next_marker)]
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -59,6 +101,8 @@ def _kv(d: Dict[str, Any]) -> str:
     for k, v in d.items():
         if isinstance(v, (list, dict)):
             v = json.dumps(v, ensure_ascii=False)
+        elif k in ("size", "virtual_size") and isinstance(v, int):
+            v = sized(v)
         out.append(f"{k.ljust(w)}  {'' if v is None else v}")
     return "\n".join(out)
 
@@ -79,6 +123,10 @@ def _props(pairs: Sequence[str]) -> Dict[str, str]:
 def image() -> None:
     """Images in the registry (OpenStack Images v2 semantics).
 
+    Wherever a command takes IMAGE_ID, an image name or a unique id prefix
+    (4 characters or more) works too, as in the openstack client; a name or
+    prefix that matches several images is refused with the list of them.
+
     \b
     Example:
       vhdkit image create --name web --disk-format vhd --container-format ova --account A --roles admin
@@ -92,7 +140,7 @@ _VIS = click.Choice(["public", "private", "shared", "community"])
 
 @image.command("create")
 @click.option("--name")
-@click.option("--id", "image_id", help="Use this UUID instead of a new one.")
+@click.option("--id", "new_id", help="Use this UUID instead of a new one.")
 @click.option("--disk-format", type=_FMT)
 @click.option("--container-format", type=_CFMT)
 @click.option("--visibility", type=_VIS)
@@ -101,10 +149,10 @@ _VIS = click.Choice(["public", "private", "shared", "community"])
 @click.option("--min-ram", type=int)
 @click.option("--tag", "tags", multiple=True, help="Repeatable.")
 @click.option("--property", "props", multiple=True, metavar="KEY=VALUE", help="Extra property; repeatable.")
-@click.option("--file", "file", help="Upload this file right away.")
+@click.option("--file", "file", help="Upload this file right away (needs --disk-format and --container-format).")
 @_registry_options
 @json_option
-def image_create(reg, caller, name, image_id, disk_format, container_format, visibility, protected,
+def image_create(reg, caller, name, new_id, disk_format, container_format, visibility, protected,
                  min_disk, min_ram, tags, props, file, as_json):
     """Create an image (queued until data is uploaded).
 
@@ -112,8 +160,11 @@ def image_create(reg, caller, name, image_id, disk_format, container_format, vis
     Example:
       vhdkit image create --name web --disk-format vhd --container-format bare --tag prod --file web.vhd
     """
+    if file and not (disk_format and container_format):
+        raise click.UsageError("--file needs --disk-format and --container-format (e.g. --disk-format vhd "
+                               "--container-format bare); no image was created")
     body: Dict[str, Any] = _props(props)
-    for k, v in (("name", name), ("id", image_id), ("disk_format", disk_format),
+    for k, v in (("name", name), ("id", new_id), ("disk_format", disk_format),
                  ("container_format", container_format), ("visibility", visibility),
                  ("protected", protected), ("min_disk", min_disk), ("min_ram", min_ram)):
         if v is not None:
@@ -124,7 +175,14 @@ def image_create(reg, caller, name, image_id, disk_format, container_format, vis
         open(file, "rb").close()  # a file problem is reported before an image exists
     img = reg.create_image(caller, body)
     if file:
-        img = _upload(reg, caller, img.id, file, None)
+        from ..errors import VhdkitError
+
+        try:
+            img = _upload(reg, caller, img.id, file, None)
+        except VhdkitError as exc:
+            exc.message = (f"image {img.id} was created but uploading {file} failed: {exc.message}; upload again "
+                           f"with `vhdkit image upload {img.id} FILE` or remove it with `vhdkit image delete {img.id}`")
+            raise
     emit(img.to_dict(), as_json, _kv)
 
 
@@ -176,7 +234,8 @@ def image_list(reg, caller, name, status, visibility, member_status, owner, tags
     if page.next_marker and not all_pages:
         out["next_marker"] = page.next_marker
     emit(out, as_json, lambda o: _table(
-        [(i["id"], i["name"], i["status"], i["visibility"], i["size"], i["owner"]) for i in o["images"]],
+        [(i["id"], i["name"], i["status"], i["visibility"], sized(i["size"]), i["owner"])
+         for i in o["images"]],
         ["ID", "Name", "Status", "Visibility", "Size", "Owner"])
         + (f"\n(more: --marker {o['next_marker']})" if "next_marker" in o else ""))
 
@@ -256,6 +315,10 @@ def image_delete(reg, caller, image_ids, as_json):
 
 
 def _upload(reg, caller, image_id: str, path: str, virtual_size: Optional[int]):
+    img = reg.show_image(caller, image_id)
+    if not (img.disk_format and img.container_format):
+        raise click.UsageError(f"image {image_id} needs a disk and container format before data: "
+                               f"vhdkit image update {image_id} --disk-format vhd --container-format bare")
     if path == "-":
         stream = sys.stdin.buffer
         total = None
@@ -289,7 +352,8 @@ def image_upload(reg, caller, image_id, file, virtual_size, as_json):
 @image.command("download")
 @click.argument("image_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
-              help="Write here (default stdout).")
+              help="Write here (default stdout, which must not be a terminal).")
+@force_option
 @click.option("--offset", type=SIZE, default=0, help="First byte.")
 @click.option("--length", type=SIZE, default=None, help="Number of bytes.")
 @click.option("--no-sync", is_flag=True,
@@ -300,7 +364,7 @@ def image_upload(reg, caller, image_id, file, virtual_size, as_json):
                    "size, checksum and os_hash_value (whole image to a file only).")
 @_registry_options
 @json_option
-def image_download(reg, caller, image_id, output, offset, length, no_sync, verify, as_json):
+def image_download(reg, caller, image_id, output, force, offset, length, no_sync, verify, as_json):
     """Download an image's data (or a byte range).
 
     With -o FILE the data goes to a temporary .FILE.*.part (copied in the
@@ -315,6 +379,8 @@ def image_download(reg, caller, image_id, output, offset, length, no_sync, verif
     Example:
       vhdkit image download ID -o disk.vhd
     """
+    refuse_terminal(output, "image data")
+    refuse_existing(output, force)
     h = reg.open_data(caller, image_id)
     total = (h.size - offset) if length is None else min(length, max(h.size - offset, 0))
     if verify and (output == "-" or offset or (length is not None and length < h.size)):
@@ -333,7 +399,7 @@ def image_download(reg, caller, image_id, output, offset, length, no_sync, verif
                     _verify_download(fd, h.image)
     if output != "-":
         emit({"image_id": image_id, "output": output, "bytes": n, "checksum": h.checksum,
-              "verified": verify}, as_json, lambda o: f"wrote {o['bytes']} bytes to {o['output']}")
+              "verified": verify}, as_json, lambda o: f"wrote {sized(o['bytes'])} to {o['output']}")
 
 
 def _verify_download(fd: int, img: Any) -> None:
@@ -394,6 +460,8 @@ _tag_cmd("remove", "delete_tag", "Remove tags.\n\n\b\nExample:\n  vhdkit image t
 @main.group("member")
 def member() -> None:
     """Share images between accounts (members of shared images).
+
+    IMAGE_ID may also be an image name or a unique id prefix (see `vhdkit image --help`).
 
     \b
     Example:

@@ -6,14 +6,13 @@ import os
 import click
 
 from . import main
-from ._common import emit, json_option
+from ._common import data_option, emit, json_option
 
 
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9292, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Registry data directory (default: $VHDKIT_HOME or ./.vhdkit).")
+@data_option("Registry data directory.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (they share the registry's data directory).")
 @click.option("--registry", "registry_url", default=None, metavar="URL",
@@ -32,6 +31,9 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     VHDKIT_API_* environment variables (see vhdkit/api/config.py; the request
     line plus headers are capped by VHDKIT_API_MAX_REQUEST_HEAD, 64 KiB).
 
+    A browser opening http://HOST:PORT/ gets the web control panel (README
+    "Control panel"); the API stays where it is.
+
     With --registry URL this host keeps no registry: it answers the same API
     by forwarding each call to the registry host's internal routes, and
     streams image data to and from Swift itself, so several API hosts can
@@ -45,13 +47,16 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     """
     import uvicorn
 
-    if data_dir is not None:
-        os.environ["VHDKIT_HOME"] = os.path.abspath(data_dir)
+    from ..home import data_home
+
+    # every uvicorn worker process finds the data directory through VHDKIT_HOME
+    os.environ["VHDKIT_HOME"] = os.path.abspath(data_home(data_dir))
     registry_url = registry_url or os.environ.get("VHDKIT_REGISTRY_URL") or None
     if registry_url:
         _check_forwarding(registry_url)
         os.environ["VHDKIT_REGISTRY_URL"] = registry_url
-    where = {"url": f"http://{host}:{port}", "data": os.environ.get("VHDKIT_HOME") or os.path.abspath(".vhdkit"),
+    _check_import_filter()
+    where = {"url": f"http://{host}:{port}", "data": os.environ["VHDKIT_HOME"],
              "workers": workers, "registry": registry_url or "local"}
     emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))"
          + (f", forwarding to the registry host {w['registry']}" if registry_url else ""))
@@ -69,6 +74,18 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
         proxy_headers=False,
         http="vhdkit.api.protocol:BoundedHttpToolsProtocol",
     )
+
+
+def _check_import_filter() -> None:
+    """The web-download URL filter (VHDKIT_IMPORT_*), checked before the server starts."""
+    from ..api.config import Settings
+    from ..api.webdownload import ImportFilter
+    from ..errors import InvalidInputError
+
+    try:
+        ImportFilter.from_settings(Settings.from_env())
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
 def _check_forwarding(url: str) -> None:

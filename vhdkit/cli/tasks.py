@@ -9,28 +9,18 @@ from typing import Optional
 import click
 
 from . import main
-from ._common import emit, json_option
-from ..errors import InvalidInputError
+from ._common import caller_of, data_option, emit, identity_options, json_option, open_registry
 
 _TERMINAL = ("success", "failure")
 
 
 def _identity(f):
-    f = click.option("--roles", envvar="VHDKIT_ROLES", default=None,
-                     help="Comma-separated roles (default: $VHDKIT_ROLES).")(f)
-    f = click.option("--account", envvar="VHDKIT_ACCOUNT", default=None,
-                     help="Account (tenant) id of the caller (default: $VHDKIT_ACCOUNT).")(f)
-    f = click.option("--data", "data_dir", envvar="VHDKIT_HOME", default=".vhdkit", show_default=True,
-                     help="Data directory (default: $VHDKIT_HOME or ./.vhdkit).")(f)
-    return f
+    return data_option()(identity_options(f))
 
 
-def _open(data_dir: str, account: Optional[str], roles: Optional[str]):
-    from ..registry import Caller, Registry
-
-    if not account:
-        raise InvalidInputError("who is asking? give --account (or set VHDKIT_ACCOUNT)")
-    return Registry(data_dir), Caller.parse(account, roles or "")
+def _open(data_dir: Optional[str], account: Optional[str], roles: Optional[str]):
+    who = caller_of(account, roles)
+    return open_registry(data_dir), who
 
 
 def _task_line(t: dict) -> str:
@@ -149,7 +139,9 @@ def task_wait(task_id, timeout, data_dir, account, roles, as_json):
         if t.status in _TERMINAL:
             break
         if time.monotonic() > deadline:
-            raise click.ClickException(f"task {task_id} still {t.status} after {timeout:.0f} s")
+            hint = ("; no worker has claimed it: is `vhdkit worker` running on this data directory?"
+                    if t.status == "pending" else "")
+            raise click.ClickException(f"task {task_id} still {t.status} after {timeout:g} s{hint}")
         if tty:
             click.echo("\r" + _task_line(_task_dict(t))[:150] + "\x1b[K", err=True, nl=False)
         time.sleep(0.2)
@@ -162,8 +154,7 @@ def task_wait(task_id, timeout, data_dir, account, roles, as_json):
 
 
 @main.command()
-@click.option("--data", "data_dir", envvar="VHDKIT_HOME", default=".vhdkit", show_default=True,
-              help="Data directory shared with the API server and other workers.")
+@data_option("Data directory shared with the API server and other workers.")
 @click.option("--once", is_flag=True, help="Run one pending task (if any) and exit.")
 @click.option("--until-idle", is_flag=True, help="Run tasks until none is pending, then exit.")
 @click.option("--poll", type=float, default=1.0, show_default=True, help="Seconds between polls when idle.")
@@ -197,13 +188,15 @@ def worker(data_dir, once, until_idle, poll, worker_id, api_url, as_json):
     if api_url:
         from ..remote import RemoteRegistry, RemoteWorker
 
+        from ..home import data_home
+
+        data_dir = data_home(data_dir)
         rw = RemoteWorker(RemoteRegistry(api_url, scratch=os.path.join(data_dir, "remote-data")),
                           PipelineConfig.from_env(data_dir), worker_id)
         w, closer = rw, rw.close
     else:
-        from ..registry import Registry
-
-        w = Worker(Registry(data_dir), PipelineConfig.from_env(data_dir), worker_id)
+        reg = open_registry(data_dir)
+        w = Worker(reg, PipelineConfig.from_env(reg.home), worker_id)
     try:
         if once:
             t = w.run_once()

@@ -2,7 +2,7 @@
 protected properties (OpenStack Images v2 semantics).
 
     from vhdkit.registry import Registry, Caller
-    reg = Registry("/data")                       # or $VHDKIT_HOME, ./.vhdkit
+    reg = Registry("/data")                       # or None: vhdkit.home.data_home()
     me = Caller.parse("acct-a", "cloudImages:admin")
     img = reg.create_image(me, name="web", disk_format="vhd", container_format="bare")
     reg.upload_file(me, img.id, "disk.vhd")

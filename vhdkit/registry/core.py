@@ -18,7 +18,8 @@ from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundE
 from . import blobs as _blobs
 from . import db as _db
 from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, MAX_PROPERTY_NAME,
-                     MAX_PROPERTY_VALUE, MAX_TAG, READONLY_FIELDS, RESERVED_FIELDS, TRANSITIONS,
+                     MAX_PROPERTY_VALUE, MAX_TAG, PATCH_OPS, READONLY_FIELDS, RESERVED_FIELDS,
+                     RESERVED_NAMESPACE, TRANSITIONS,
                      VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text, property_name_problem, tag_problem)
 from .data import DataMixin, ImageData, UploadWriter  # noqa: F401 (re-exported)
 from .rbac import Caller, require_role, require_scope
@@ -37,7 +38,7 @@ DEFAULT_SIZE_CAP = 1 << 40
 
 _IMAGE_COLS = ("id, name, status, visibility, protected, owner, created_at, updated_at, checksum, "
                "os_hash_algo, os_hash_value, size, virtual_size, disk_format, container_format, "
-               "min_disk, min_ram")
+               "min_disk, min_ram, os_hidden")
 
 
 def _validate_uuid(image_id: str) -> str:
@@ -73,9 +74,9 @@ def _check_field(name: str, value: Any, caller: Caller) -> Any:
         if value == "public" and not caller.is_service:
             raise ForbiddenError("only the service may make an image public")
         return value
-    if name == "protected":
+    if name in ("protected", "os_hidden"):
         if not isinstance(value, bool):
-            raise InvalidInputError("protected must be true or false")
+            raise InvalidInputError(f"{name} must be true or false")
         return int(value)
     if name in ("disk_format", "container_format"):
         allowed = DISK_FORMATS if name == "disk_format" else CONTAINER_FORMATS
@@ -97,6 +98,12 @@ def _check_field(name: str, value: Any, caller: Caller) -> Any:
     raise InvalidInputError(f"unknown field {name!r}")  # pragma: no cover
 
 
+def _check_not_reserved(name: str) -> None:
+    """403 for a property in Glance's reserved namespace (Glance's wording)."""
+    if name.startswith(RESERVED_NAMESPACE):
+        raise ForbiddenError(f"Attribute '{name}' is reserved.")
+
+
 def _patch_path(path: Any) -> str:
     if isinstance(path, list) and len(path) == 1 and isinstance(path[0], str):
         return path[0]
@@ -114,7 +121,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     """A file-based image registry on a data directory.
 
     ``Registry(home=None)`` opens (creating if needed) ``home`` -- default
-    ``$VHDKIT_HOME`` or ``./.vhdkit`` -- and runs a quick :meth:`cleanup`.
+    :func:`vhdkit.home.data_home` -- and runs a quick :meth:`cleanup`.
     Safe to share between threads; several processes may open the same
     directory at once.
     """
@@ -122,13 +129,17 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     def __init__(self, home: Optional[str] = None, *, protections: "PropertyProtections | str | None" = None,
                  quotas: Optional[Mapping[str, int]] = None, size_cap: int = DEFAULT_SIZE_CAP,
                  clock: Optional[Callable[[], _dt.datetime]] = None, cleanup: bool = True):
-        home = home or os.environ.get("VHDKIT_HOME") or os.path.join(".", ".vhdkit")
+        from ..home import data_home
+
+        home = data_home(home)
         self.home = os.path.abspath(home)
         try:
             os.makedirs(self.home, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create data directory {self.home}: {exc.strerror}") from None
         self.db_path = os.path.join(self.home, "registry.db")
+        #: True when this open made a new, empty registry (the CLI says where)
+        self.created = not os.path.exists(self.db_path)
         self.blobs = _blobs.BlobStore(os.path.join(self.home, "blobs"))
         if protections is None:
             protections = os.environ.get("VHDKIT_PROPERTY_PROTECTIONS")
@@ -243,7 +254,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                     updated_at=r["updated_at"], checksum=r["checksum"], os_hash_algo=r["os_hash_algo"],
                     os_hash_value=r["os_hash_value"], size=r["size"], virtual_size=r["virtual_size"],
                     disk_format=r["disk_format"], container_format=r["container_format"],
-                    min_disk=r["min_disk"], min_ram=r["min_ram"])
+                    min_disk=r["min_disk"], min_ram=r["min_ram"], os_hidden=bool(r["os_hidden"]))
             for r in conn.execute(f"SELECT image_id, tag FROM image_tags WHERE image_id IN ({qs}) "
                                   f"ORDER BY image_id, tag", chunk):
                 out[r[0]].tags.append(r[1])
@@ -316,8 +327,8 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                 raise ForbiddenError("attribute 'owner' may be set only by the service")
             Caller(owner)  # validates the id
         owner = owner or caller.account
-        cols: Dict[str, Any] = {"name": None, "visibility": "shared", "protected": 0,
-                                "disk_format": None, "container_format": None, "min_disk": 0, "min_ram": 0}
+        cols: Dict[str, Any] = {"name": None, "visibility": "shared", "protected": 0, "disk_format": None,
+                                "container_format": None, "min_disk": 0, "min_ram": 0, "os_hidden": 0}
         tags: List[str] = []
         props: Dict[str, str] = {}
         for k, v in body.items():
@@ -331,6 +342,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                 cols[k] = _check_field(k, v, caller)
             else:
                 _check_prop_name(k)
+                _check_not_reserved(k)
                 if not isinstance(v, str) or len(v) > MAX_PROPERTY_VALUE:
                     raise InvalidInputError(f"property '{k}' must be a string (at most {MAX_PROPERTY_VALUE} characters)")
                 self._check_prop(caller, k, "create")
@@ -343,10 +355,10 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                 raise ConflictError(f"image {image_id} already exists")
             conn.execute(
                 "INSERT INTO images (id, name, status, visibility, protected, owner, disk_format, "
-                "container_format, min_disk, min_ram, created_at, updated_at) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "container_format, min_disk, min_ram, os_hidden, created_at, updated_at) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (image_id, cols["name"], cols["visibility"], cols["protected"], owner, cols["disk_format"],
-                 cols["container_format"], cols["min_disk"], cols["min_ram"], now, now))
+                 cols["container_format"], cols["min_disk"], cols["min_ram"], cols["os_hidden"], now, now))
             conn.executemany("INSERT INTO image_tags (image_id, tag) VALUES (?, ?)", [(image_id, t) for t in tags])
             conn.executemany("INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
                              [(image_id, k, v) for k, v in props.items()])
@@ -402,8 +414,8 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
             if not isinstance(ch, Mapping):
                 raise InvalidInputError("each JSON-patch operation must be an object")
             op = ch.get("op")
-            if op not in ("add", "replace", "remove"):
-                raise InvalidInputError(f"unsupported JSON-patch op {op!r}: use add, replace or remove")
+            if op not in PATCH_OPS:
+                raise InvalidInputError(f"unsupported JSON-patch op {op!r}: use {', '.join(PATCH_OPS)}")
             path = _patch_path(ch.get("path"))
             if op != "remove" and "value" not in ch:
                 raise InvalidInputError(f"JSON-patch op {op} {path!r} needs a value")
@@ -417,7 +429,12 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
             for op, path, value in ops:
                 if path in READONLY_FIELDS:
                     raise ForbiddenError(f"attribute '{path}' is read-only")
-                if path in RESERVED_FIELDS or path == "owner":
+                if path == "owner" and caller.is_service and op != "remove":   # the operator moves an image
+                    if not isinstance(value, str):
+                        raise InvalidInputError("owner must be an account id")
+                    cols["owner"] = Caller(value).account   # validates the id
+                    continue
+                if path in RESERVED_FIELDS:
                     raise ForbiddenError(f"attribute '{path}' is reserved")
                 if path in WRITABLE_FIELDS:
                     if op == "remove":
@@ -432,6 +449,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                         cols[path] = v
                     continue
                 _check_prop_name(path)
+                _check_not_reserved(path)
                 exists = path in props and (path in readable or path not in img.properties)
                 if op == "remove":
                     if not exists:

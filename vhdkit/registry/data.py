@@ -12,15 +12,20 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, List,
 from ..errors import (ConflictError, ForbiddenError, IntegrityError, InvalidInputError, NotFoundError, QuotaError,
                       VhdkitError)
 from . import blobs as _blobs
-from .models import Image
+from .models import IMPORT_STORE_PROPERTIES, IMPORT_TASK_PROPERTY, Image
 from .rbac import Caller
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Registry  # noqa: F401
 
 Progress = Optional[Callable[[int, Optional[int]], None]]
-_UPLOADING = ("SELECT id, upload_token, upload_lease_until FROM images WHERE status IN ('saving', 'importing') "
-              "AND upload_token IS NOT NULL")
+_UPLOADING = ("SELECT id, upload_token, upload_lease_until FROM images WHERE status IN "
+              "('saving', 'uploading', 'importing') AND upload_token IS NOT NULL")
+#: the status an upload holds the image in -> the statuses it may start from.
+#: ``saving``: data upload (``importing`` stays: the pipeline's import task);
+#: ``uploading``: data staged for an interoperable import (``glance-direct``);
+#: ``importing``: an interoperable import fetching the data (``web-download``).
+_UPLOAD_FROM = {"saving": ("queued", "importing"), "uploading": ("queued",), "importing": ("queued",)}
 #: bounds of a forwarded upload's lease, seconds
 MIN_LEASE_S, MAX_LEASE_S = 1.0, 3600.0
 
@@ -50,17 +55,19 @@ class ImageData:
 
 
 class DataMixin:
-    def open_upload(self: "Registry", caller: Caller, image_id: str) -> "UploadWriter":
+    def open_upload(self: "Registry", caller: Caller, image_id: str, *, into: str = "saving") -> "UploadWriter":
         """Start an upload to a ``queued`` (or ``importing``) image and return a
         writable file object; ``write()`` to it, then ``commit()`` (the image
         turns active) or ``abort()`` (it returns to queued).  Used as a context
         manager it aborts unless committed.  For producers that write (a tar or
-        gzip writer): no second pass over the data."""
+        gzip writer): no second pass over the data.  ``into``: the status the
+        image holds meanwhile (see ``_UPLOAD_FROM``); ``importing`` also sets
+        the image's ``os_glance_import_task``, removed when the status changes."""
         token = uuid.uuid4().hex
         up = self.blobs.new_upload(str(image_id), token).open()
         up.limit = self.size_cap
         try:
-            img = self._start_upload(caller, image_id, token, lease_until=None)
+            img = self._start_upload(caller, image_id, token, lease_until=None, into=into)
         except BaseException:
             up.discard()
             up.release()
@@ -68,10 +75,12 @@ class DataMixin:
         return UploadWriter(self, caller, img, up)
 
     def _start_upload(self: "Registry", caller: Caller, image_id: str, token: str,
-                      lease_until: Optional[str]) -> Image:
-        """Mark the image ``saving`` (``importing`` stays) under ``token``.  A
-        lapsed forwarded upload (its lease ran out: the API host that made it
-        died) is reset first, so the image does not stay stuck until a cleanup."""
+                      lease_until: Optional[str], into: str = "saving") -> Image:
+        """Mark the image ``into`` (``saving``: ``importing`` stays) under
+        ``token``.  A lapsed forwarded upload (its lease ran out: the API host
+        that made it died) is reset first, so the image does not stay stuck
+        until a cleanup."""
+        allowed = _UPLOAD_FROM[into]
         reaped = False
         with self._write() as conn:
             img = self._get_for("upload_data", caller, image_id, conn)
@@ -80,14 +89,21 @@ class DataMixin:
             if img.status == "saving" and row[1] is not None and not self._upload_alive(img.id, row[0], row[1]):
                 self._trash(conn, [self.blobs.final_rel(img.id, row[0])])
                 img.status, reaped = "queued", True
-            if img.status not in ("queued", "importing"):
-                raise ConflictError(f"image {img.id} is '{img.status}': data can be uploaded "
+            if img.status == "importing" and row[0] is not None and self._upload_alive(img.id, row[0], row[1]):
+                raise ConflictError(f"image {img.id} is being imported: it takes no other data meanwhile")
+            if img.status not in allowed:
+                raise ConflictError(f"image {img.id} is '{img.status}': data can be "
+                                    f"{'uploaded' if into == 'saving' else 'staged or imported'} "
                                     "only to a queued image")
             if not img.disk_format or not img.container_format:
-                raise InvalidInputError("set disk_format and container_format before uploading data")
-            img.status = "saving" if img.status == "queued" else "importing"
+                if into == "saving":
+                    raise InvalidInputError("set disk_format and container_format before uploading data")
+                raise ConflictError("set disk_format and container_format before staging or importing data")
+            img.status = "importing" if img.status == "importing" else into
             conn.execute("UPDATE images SET status = ?, upload_token = ?, upload_lease_until = ?, "
                          "updated_at = ? WHERE id = ?", (img.status, token, lease_until, self._now(), img.id))
+            if into == "importing":  # Glance's import lock, shown while the import runs (db.py's trigger ends it)
+                self._mark_import(conn, img.id, {IMPORT_TASK_PROPERTY: str(uuid.uuid4())})
         if reaped:
             self._empty_trash()
         return img
@@ -150,17 +166,36 @@ class DataMixin:
             self._empty_trash()
 
     def upload(self: "Registry", caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
-               virtual_size: Optional[int] = None, progress: Progress = None) -> Image:
+               virtual_size: Optional[int] = None, progress: Progress = None, stage: bool = False) -> Image:
         """Store ``stream`` as the image's data and make it active.
 
         The image must be ``queued`` (or ``importing``) with disk and container
         formats set.  Size, md5 and sha512 are computed in one pass; ``size``,
         when given, must match.  ``virtual_size`` is recorded as given, else
         read from the data when disk_format is ``vhd``.  On any failure the image
-        returns to ``queued`` and nothing is left behind."""
-        with self.open_upload(caller, image_id) as w:
-            w._up.write_from(stream, progress=progress, total=size)
-            return w.commit(size=size, virtual_size=virtual_size)
+        returns to ``queued`` and nothing is left behind.
+
+        ``stage``: Glance's ``PUT /v2/images/{id}/stage``: the same upload and
+        checks, but the image ends ``uploading`` with the data kept for an
+        import (:meth:`import_staged`) instead of active."""
+        with self.open_upload(caller, image_id, into="uploading" if stage else "saving") as w:
+            return w.fill(stream, size=size, virtual_size=virtual_size, progress=progress)
+
+    def import_staged(self: "Registry", caller: Caller, image_id: str) -> Image:
+        """Glance's ``glance-direct`` import: an ``uploading`` image whose data
+        was staged (and checked) by :meth:`upload` with ``stage`` turns active.
+        Conflict unless the image is staged."""
+        with self._write() as conn:
+            img = self._get_for("upload_data", caller, image_id, conn)
+            row = conn.execute("SELECT blob, upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
+            if img.status != "uploading" or not row["blob"] or row["upload_token"]:
+                raise ConflictError(f"image {img.id} is '{img.status}': its data must be staged "
+                                    "before the 'glance-direct' method can be used")
+            conn.execute("UPDATE images SET status = 'active', updated_at = ? WHERE id = ?", (self._now(), img.id))
+            self._mark_import(conn, img.id, {})
+            out = self._load(conn, img.id)
+        assert out is not None
+        return self._present(caller, out)
 
     def upload_file(self: "Registry", caller: Caller, image_id: str, path: str, **kw: Any) -> Image:
         """:meth:`upload` from a file (``size`` checked against the file's size)."""
@@ -211,15 +246,24 @@ class DataMixin:
         if man.size != size:
             raise IntegrityError(f"blob {blob}: Swift's sidecar records {man.size} bytes, not {size}")
 
+    def _mark_import(self: "Registry", conn, image_id: str, extra: Dict[str, str]) -> None:
+        """The properties an interoperable import shows on its image, as Glance."""
+        props = dict.fromkeys(IMPORT_STORE_PROPERTIES, "")
+        props.update(extra)
+        conn.executemany("INSERT OR REPLACE INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
+                         [(image_id, k, v) for k, v in props.items()])
+
     def _activate(self: "Registry", conn, image_id: str, size: int, md5: str, sha512: str,
-                  virtual_size: Optional[int], blob: str) -> Image:
+                  virtual_size: Optional[int], blob: str, status: str = "active") -> Image:
+        """Record the data and its checksums; the image turns ``status``
+        (``active``, or ``uploading`` for staged data)."""
         if virtual_size is not None and (not isinstance(virtual_size, int) or isinstance(virtual_size, bool)
                                          or virtual_size < 0):
             raise InvalidInputError("virtual_size must be a non-negative integer")
         conn.execute(
-            "UPDATE images SET status = 'active', size = ?, checksum = ?, os_hash_algo = 'sha512', "
+            "UPDATE images SET status = ?, size = ?, checksum = ?, os_hash_algo = 'sha512', "
             "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, upload_lease_until = NULL, "
-            "updated_at = ? WHERE id = ?", (size, md5, sha512, virtual_size, blob, self._now(), image_id))
+            "updated_at = ? WHERE id = ?", (status, size, md5, sha512, virtual_size, blob, self._now(), image_id))
         out = self._load(conn, image_id)
         assert out is not None
         return out
@@ -439,9 +483,25 @@ class UploadWriter(io.RawIOBase):
     def bytes_written(self) -> int:
         return self._up.size
 
+    def fill(self, stream: BinaryIO, *, size: Optional[int] = None, virtual_size: Optional[int] = None,
+             progress: Progress = None) -> Image:
+        """Copy ``stream`` to the end, then :meth:`commit` (aborted on any failure).
+
+        Every upload of data a caller sends or names goes through here:
+        ``PUT /file`` and the CLI (:meth:`Registry.upload`), staging for
+        ``glance-direct`` (``upload(stage=True)``) and ``web-download``
+        (api/imports.py); a check of uploaded data belongs here or in
+        :meth:`commit` so that it applies to all of them."""
+        try:
+            self._up.write_from(stream, progress=progress, total=size)
+        except BaseException:
+            self.abort()
+            raise
+        return self.commit(size=size, virtual_size=virtual_size)
+
     def commit(self, *, size: Optional[int] = None, virtual_size: Optional[int] = None) -> Image:
         """Finish: check ``size`` if given, fsync, rename, record the hashes and
-        make the image active."""
+        make the image active (``uploading`` when the upload stages data)."""
         if self._done:
             raise ValueError("upload already committed or aborted")
         reg, up, img = self._reg, self._up, self._img
@@ -459,7 +519,8 @@ class UploadWriter(io.RawIOBase):
                 row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
                 if row is None or row[0] != up.token:
                     raise ConflictError(f"image {img.id} was deleted or reset during the upload")
-                out = reg._activate(conn, img.id, digest.size, digest.md5, digest.sha512, virtual_size, rel)
+                out = reg._activate(conn, img.id, digest.size, digest.md5, digest.sha512, virtual_size, rel,
+                                    status="uploading" if img.status == "uploading" else "active")
         except BaseException:
             self.abort()
             raise

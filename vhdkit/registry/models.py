@@ -10,11 +10,13 @@ from typing import Any, Dict, List, Optional
 
 # ---- vocabulary ----
 STATUSES = ("queued", "saving", "active", "killed", "deleted", "deactivated",
-            "importing", "pending_delete")
+            "uploading", "importing", "pending_delete")
 #: allowed status transitions (Glance's image state machine, trimmed to what we do)
 TRANSITIONS = {
-    "queued": {"saving", "importing", "active", "deleted", "killed"},
+    "queued": {"saving", "uploading", "importing", "active", "deleted", "killed"},
     "saving": {"active", "queued", "killed", "deleted"},
+    # interoperable import: data staged (uploading), then imported
+    "uploading": {"importing", "active", "queued", "killed", "deleted"},
     "importing": {"active", "queued", "killed", "deleted"},
     "active": {"deactivated", "pending_delete", "deleted"},
     "deactivated": {"active", "pending_delete", "deleted"},
@@ -34,14 +36,27 @@ READONLY_FIELDS = ("id", "status", "checksum", "size", "virtual_size", "created_
                    "updated_at", "self", "file", "schema", "os_hash_algo", "os_hash_value")
 #: Base fields a caller may set (create / PATCH) subject to update permission.
 WRITABLE_FIELDS = ("name", "visibility", "protected", "disk_format", "container_format",
-                   "min_disk", "min_ram", "tags")
+                   "min_disk", "min_ram", "tags", "os_hidden")
 #: Base fields only the service identity may change.
-RESERVED_FIELDS = ("owner", "locations", "direct_url", "os_hidden", "deleted", "deleted_at")
+RESERVED_FIELDS = ("owner", "locations", "direct_url", "deleted", "deleted_at")
+#: Glance's reserved property namespace: no caller may create, change or
+#: remove a property named so (403); the registry sets the few it shows
+#: (import state: ``os_glance_import_task``, ``os_glance_failed_import``).
+RESERVED_NAMESPACE = "os_glance_"
+#: the id of the import running on an image (Glance's import lock), present
+#: only while the image is ``importing``
+IMPORT_TASK_PROPERTY = "os_glance_import_task"
+#: the per-store import progress Glance keeps on an imported image; with one
+#: store both stay empty, as on a single-store Glance
+IMPORT_STORE_PROPERTIES = ("os_glance_importing_to_stores", "os_glance_failed_import")
 BASE_FIELDS = READONLY_FIELDS + WRITABLE_FIELDS + ("owner",)
 #: Sort keys accepted by list (whitelist; mapped to columns in query.py).
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id",
              "created_at", "updated_at", "virtual_size", "min_disk", "min_ram",
              "owner", "visibility")
+
+#: JSON-patch operations an image update takes
+PATCH_OPS = ("add", "remove", "replace")
 
 MAX_NAME = 255
 MAX_TAG = 255
@@ -113,6 +128,7 @@ class Image:
     container_format: Optional[str] = None
     min_disk: int = 0
     min_ram: int = 0
+    os_hidden: bool = False
     tags: List[str] = field(default_factory=list)
     properties: Dict[str, str] = field(default_factory=dict)
 
@@ -125,7 +141,7 @@ class Image:
             "os_hash_value": self.os_hash_value, "size": self.size,
             "virtual_size": self.virtual_size, "disk_format": self.disk_format,
             "container_format": self.container_format, "min_disk": self.min_disk,
-            "min_ram": self.min_ram, "owner": self.owner, "tags": list(self.tags),
+            "min_ram": self.min_ram, "os_hidden": self.os_hidden, "owner": self.owner, "tags": list(self.tags),
             "created_at": api_time(self.created_at), "updated_at": api_time(self.updated_at),
             "self": f"/v2/images/{self.id}", "file": f"/v2/images/{self.id}/file",
             "schema": "/v2/schemas/image",

@@ -40,14 +40,18 @@ IN_FILTERS: Dict[str, Optional[Sequence[str]]] = {
     "name": None, "id": None, "status": STATUSES, "disk_format": DISK_FORMATS,
     "container_format": CONTAINER_FORMATS,
 }
-EXACT_FILTERS = ("owner", "checksum", "os_hash_value")
+EXACT_FILTERS = ("owner", "checksum", "os_hash_algo", "os_hash_value")
+#: integer base fields a list may be filtered on, exactly (as Glance)
+INT_FILTERS = ("size", "virtual_size", "min_disk", "min_ram")
+#: boolean base fields a list may be filtered on
+BOOL_FILTERS = ("protected", "os_hidden")
 TIME_FILTERS = ("created_at", "updated_at")
 TIME_OPS = ("gt", "gte", "eq", "neq", "lt", "lte")
 CONTROL = ("limit", "marker", "sort", "sort_key", "sort_dir")
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 #: every base-field key this module understands as a filter
-KNOWN_FILTERS = tuple(IN_FILTERS) + EXACT_FILTERS + TIME_FILTERS + (
-    "visibility", "member_status", "protected", "size_min", "size_max", "tag", "os_hidden")
+KNOWN_FILTERS = tuple(IN_FILTERS) + EXACT_FILTERS + INT_FILTERS + BOOL_FILTERS + TIME_FILTERS + (
+    "visibility", "member_status", "size_min", "size_max", "tag")
 
 Params = Union[Mapping[str, Union[str, Sequence[str]]], Iterable[Tuple[str, str]]]
 
@@ -62,6 +66,9 @@ class ListQuery:
     sort: List[Tuple[str, str]] = field(default_factory=list)          # (key, 'asc'|'desc')
     marker: Optional[str] = None
     limit: int = DEFAULT_LIMIT
+    #: Images API 2.7: hidden images are listed only when ``os_hidden=true``
+    #: asks for them (and then only they are)
+    os_hidden: bool = False
 
 
 def param_pairs(params: Optional[Params], extra: Optional[Mapping[str, Any]] = None) -> List[Tuple[str, str]]:
@@ -142,6 +149,13 @@ def _int(key: str, value: str, lo: int = 0) -> int:
     return n
 
 
+def _bool(key: str, value: str) -> bool:
+    b = _BOOLS.get(value.lower())
+    if b is None:
+        raise InvalidInputError(f"{key} must be true or false, not {value!r}")
+    return b
+
+
 def parse_sort(sort: List[str], sort_keys: List[str], sort_dirs: List[str]) -> List[Tuple[str, str]]:
     if sort and (sort_keys or sort_dirs):
         raise InvalidInputError("use either 'sort' or 'sort_key'/'sort_dir', not both")
@@ -219,24 +233,22 @@ def parse_list_params(params: Optional[Params]) -> ListQuery:
             q.where.append((f"i.{key} IN ({','.join('?' * len(vals))})", vals))
         elif key in EXACT_FILTERS:
             q.where.append((f"i.{key} = ?", [value]))
+        elif key in INT_FILTERS:
+            q.where.append((f"i.{key} = ?", [_int(key, value)]))
         elif key == "protected":
             if value not in ("true", "false"):
                 raise InvalidInputError(f"protected must be true or false, not {value!r}")
             q.where.append(("i.protected = ?", [1 if value == "true" else 0]))
+        elif key == "os_hidden":
+            q.os_hidden = _bool(key, value)
+        elif key == "changes-since":
+            raise InvalidInputError('The "changes-since" filter is no longer available on v2.')
         elif key == "size_min":
             q.where.append(("i.size >= ?", [_int(key, value)]))
         elif key == "size_max":
             q.where.append(("i.size <= ?", [_int(key, value)]))
         elif key in TIME_FILTERS:
             q.where.append(time_condition(f"i.{key}", value))
-        elif key == "os_hidden":
-            # Images v2.7: no image here is hidden (os_hidden is reserved, never
-            # set), so true matches nothing and false everything.  openstacksdk's
-            # find_image sends it whatever version the server announces.
-            if value.lower() not in _BOOLS:
-                raise InvalidInputError(f"os_hidden must be true or false, not {value!r}")
-            if _BOOLS[value.lower()]:
-                q.where.append(("0 = 1", []))
         elif key in BASE_FIELDS or key in RESERVED_FIELDS:
             raise InvalidInputError(f"cannot filter on {key!r}")
         else:
@@ -348,8 +360,9 @@ def list_walks(q: ListQuery, account: Optional[str], marker_values: Optional[Seq
     them.  One walk per branch and marker level; each is sorted and cut on its
     own, so a page touches O(walks x page) rows whatever the registry's size
     (when the filters let most walked rows through)."""
-    common: List[str] = []
-    cparams: List[Any] = []
+    # hidden images are few: checked on the walked rows like any filter
+    common: List[str] = ["i.os_hidden = ?"]
+    cparams: List[Any] = [int(q.os_hidden)]
     for sql, ps in q.where:
         common.append(sql)
         cparams.extend(ps)

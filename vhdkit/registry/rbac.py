@@ -15,7 +15,6 @@ Order of checks for an operation on an existing image (so that nothing leaks):
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, NamedTuple, Optional, Union
@@ -105,16 +104,6 @@ class Caller:
         return cls(account, frozenset(roles))
 
     @classmethod
-    def from_env(cls, account: Optional[str] = None, roles: Optional[str] = None) -> "Caller":
-        """Identity from arguments, else VHDKIT_ACCOUNT / VHDKIT_ROLES."""
-        account = account or os.environ.get("VHDKIT_ACCOUNT")
-        if not account:
-            raise InvalidInputError("no identity: pass --account or set VHDKIT_ACCOUNT")
-        if roles is None:
-            roles = os.environ.get("VHDKIT_ROLES", "")
-        return cls.parse(account, roles)
-
-    @classmethod
     def service(cls, account: str) -> "Caller":
         """The pipeline/operator identity acting for ``account``."""
         return cls(account, frozenset({SERVICE}))
@@ -138,9 +127,10 @@ def role_allows(op: str, caller: Caller) -> bool:
 def require_role(op: str, caller: Caller) -> None:
     """403 unless one of the caller's roles may perform ``op``."""
     if not role_allows(op, caller):
+        allowed = ", ".join(sorted(MATRIX[op].roles & CUSTOMER_ROLES))
         raise ForbiddenError(
             f"account {caller.account} with roles [{', '.join(sorted(caller.roles)) or 'none'}] "
-            f"may not {op.replace('_', ' ')}")
+            f"may not {op.replace('_', ' ')} (allowed roles: {allowed})")
 
 
 def require_scope(op: str, caller: Caller, *, owner: str, member: Optional[str] = None) -> None:

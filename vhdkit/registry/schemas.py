@@ -33,6 +33,7 @@ def _image() -> Dict[str, Any]:
         "tags": {"type": "array", "items": {"type": "string", "maxLength": MAX_TAG}},
         "min_ram": {"type": "integer", "minimum": 0},
         "min_disk": {"type": "integer", "minimum": 0},
+        "os_hidden": {"type": "boolean"},
         "self": {"type": "string", "readOnly": True},
         "file": {"type": "string", "readOnly": True},
         "schema": {"type": "string", "readOnly": True},

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .. import errors
-from ..fileutil import atomic_fd
+from ..fileutil import atomic_fd, refuse_existing
 from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
 
@@ -279,16 +279,19 @@ def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterato
         yield _Output(sys.stdout.fileno(), True, False)
         return
     dst = os.fspath(dst)
-    if not overwrite and os.path.lexists(dst):
-        raise errors.ConflictError(f"{dst} exists (pass overwrite=True to replace it)")
+    refuse_existing(dst, overwrite)
     if os.path.isdir(dst):
         raise errors.InvalidInputError(f"{dst} is a directory")
     d = os.path.dirname(os.path.abspath(dst))
     stack = ExitStack()
     try:
         fd = stack.enter_context(atomic_fd(dst, ".part", sync))
-    except FileNotFoundError:
-        raise errors.NotFoundError(f"directory {d} does not exist") from None
+    except FileNotFoundError as e:
+        if not os.path.isdir(d):
+            raise errors.NotFoundError(f"directory {d} does not exist") from None
+        # the directory exists but refuses new files (e.g. /proc, /sys)
+        raise errors.StorageError(f"cannot create a file in {d}: this directory does not accept new files "
+                                  f"({e.strerror})", sys_errno=e.errno or 0) from None
     except OSError as e:
         raise errors.StorageError(f"cannot create a file in {d}: {e.strerror}", sys_errno=e.errno or 0) from None
     with stack:
@@ -458,7 +461,12 @@ def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None,
     o.force = int(bool(force))
     res = ffi.new("vk_modify_result *")
     err = new_err()
-    check(lib.vk_modify(os.fsencode(path), o, res, err), err)
+    try:
+        check(lib.vk_modify(os.fsencode(path), o, res, err), err)
+    except errors.NoSpaceError as exc:
+        if size is None or force or exc.errno:   # errno set: the disk is full, not a refused shrink
+            raise
+        raise errors.NoSpaceError(exc.message, offset=exc.offset, override=("force", "discard it")) from None
     return ModifyResult(
         path=os.fspath(path), disk_type=_DISK_TYPES.get(int(res.disk_type), "unknown"),
         old_size=int(res.old_size), new_size=int(res.new_size),
