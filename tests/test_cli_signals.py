@@ -147,8 +147,8 @@ POINTS = [1 * MiB, 24 * MiB]
 @pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("cmd", [
     ["compress", "-", "-o", "out", "--level", "9"],
-    ["convert", "-", "out", "--type", "dynamic"],
-    ["convert", "-", "out", "--type", "fixed"],
+    ["convert", "-", "out.vhd", "--type", "dynamic"],
+    ["convert", "-", "out.vhd", "--type", "fixed"],
 ])
 def test_stdin_writers_stop_and_leave_nothing(tmp_path, cmd, point, sig):
     rc, took, err = stop_at(_vhdkit(*cmd), sig, fed(point), cwd=tmp_path, feed=[_block(1), _block(2)])
