@@ -61,6 +61,12 @@ typedef struct vk_open_opts {
                                     parent must lie inside                 */
     int         size_rule;       /* a vk_size_rule                           */
     int         top_only;        /* 1: do not open parents (info, probe)     */
+    int         no_locators;     /* 1: parents come only from `parents`; a
+                                    differencing layer beyond them fails
+                                    (VK_E_CHAIN) without touching the file
+                                    system.  Locators are still decoded for
+                                    display (vk_image_locator), never
+                                    followed: the mode for server code.     */
 } vk_open_opts;
 
 typedef struct vk_image vk_image;   /* an opened VHD with its parent chain */

@@ -387,7 +387,8 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
         child.path = realpath(path, NULL);
         if (!child.path) { add(P, "INTERNAL", UINT64_MAX, "cannot resolve %s", path); goto out; }
         const char *explicit_path = depth < opts->n_parents ? opts->parents[depth] : NULL;
-        int rc = vk_parent_open(&child, explicit_path, opts->allowed_root, &reason, opts->size_rule, &parent, &e);
+        int rc = vk_parent_open(&child, explicit_path, opts->no_locators, opts->allowed_root, &reason, opts->size_rule,
+                                &parent, &e);
         free(child.path);
         if (rc) {
             static const char *codes[] = {"PARENT_MISSING", "PARENT_MISSING", "PARENT_UUID", "PARENT_OUTSIDE_ROOT",

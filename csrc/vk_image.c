@@ -251,7 +251,7 @@ int vk_image_open(const char *path, const vk_open_opts *opts, vk_image **out, vk
             goto fail;
         }
         vk_layer *P = &img->layer[img->n];
-        rc = vk_parent_open(&img->layer[img->n - 1], explicit_path, opts->allowed_root, &reason,
+        rc = vk_parent_open(&img->layer[img->n - 1], explicit_path, opts->no_locators, opts->allowed_root, &reason,
                             opts->size_rule, P, err);
         img->n++;   /* so a partly opened parent is closed on failure */
         if (rc) goto fail;

@@ -75,7 +75,8 @@ int vk_locator_candidate(uint32_t code, const char *decoded, const char *child_d
 enum { VK_PARENT_OK = 0, VK_PARENT_MISSING, VK_PARENT_UUID, VK_PARENT_OUTSIDE, VK_PARENT_INVALID };
 /* Resolve and open the parent of layer `child` into `parent`.  explicit may
  * be NULL.  Checks regular file, allowed_root, UUID. */
-int vk_parent_open(const vk_layer *child, const char *explicit_path, const char *allowed_root, int *reason,
+int vk_parent_open(const vk_layer *child, const char *explicit_path, int no_locators, const char *allowed_root,
+                   int *reason,
                    int size_rule, vk_layer *parent, vk_err *err);
 void vk_dirname(const char *path, char *out, size_t cap);
 

@@ -8,7 +8,9 @@
  * Resolution order: parents given by the caller; else relative locators
  * (next to the child), then absolute ones, then the header's parent name in
  * the child's directory.  The parent must be a regular file, inside
- * allowed_root if one is given, and carry the UUID the child names. */
+ * allowed_root if one is given, and carry the UUID the child names.  With
+ * no_locators (server code) only the caller's parent is tried; the message
+ * of that refusal names no path, since it may reach a customer. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,8 +169,8 @@ static int try_candidate(const vk_layer *child, const char *cand, const char *ro
     return VK_OK;
 }
 
-int vk_parent_open(const vk_layer *child, const char *explicit_path, const char *allowed_root, int *reason,
-                   int size_rule, vk_layer *parent, vk_err *err)
+int vk_parent_open(const vk_layer *child, const char *explicit_path, int no_locators, const char *allowed_root,
+                   int *reason, int size_rule, vk_layer *parent, vk_err *err)
 {
     char dir[VK_PATH_MAX], cand[VK_PATH_MAX], dec[1024];
     char *root_real = NULL;
@@ -178,6 +180,9 @@ int vk_parent_open(const vk_layer *child, const char *explicit_path, const char 
     memset(parent, 0, sizeof *parent);
     parent->fd = -1;
     *reason = VK_PARENT_MISSING;
+    if (!explicit_path && no_locators)
+        return vk_fail(err, VK_E_CHAIN, UINT64_MAX,
+                       "the differencing disk's parent was not given (its locators are not followed)");
     if (allowed_root) {
         root_real = realpath(allowed_root, NULL);
         if (!root_real) return vk_fail_errno(err, errno, UINT64_MAX, "cannot resolve allowed root %s", allowed_root);

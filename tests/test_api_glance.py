@@ -44,6 +44,8 @@ def listing(stdout: str) -> list:
     return [dict(zip(head, (c.strip() for c in ln.strip().strip("|").split("|")))) for ln in lines[1:]]
 
 
+#: The data these tests upload is random bytes: disk_format raw (a "vhd" upload
+#: must be a real VHD, see test_security.py).
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("glance-data") / "disk.raw"
@@ -52,7 +54,7 @@ def disk(tmp_path_factory) -> Path:
 
 
 def create(server, token, *args) -> dict:
-    out = table(server.glance(token, "image-create", "--disk-format", "vhd", "--container-format", "bare",
+    out = table(server.glance(token, "image-create", "--disk-format", "raw", "--container-format", "bare",
                               *args).stdout)
     assert out["id"], out
     return out
@@ -88,7 +90,7 @@ def test_cli_create_with_file_uploads_in_one_command(api_server, disk):
 
 def lib_image(server, token=OWNER, data: Path = None, **fields):
     gc = server.glance_lib(token)
-    img = gc.images.create(**{"disk_format": "vhd", "container_format": "bare", **fields})
+    img = gc.images.create(**{"disk_format": "raw", "container_format": "bare", **fields})
     if data is not None:
         with open(data, "rb") as f:
             gc.images.upload(img.id, f)
@@ -178,8 +180,9 @@ def test_cli_deactivate_reactivate_delete(api_server, disk, tmp_path):
 
 
 def test_cli_tasks_create_list_show(api_server):
-    task_input = {"import_from": "file:///nowhere/disk.vhd", "import_from_format": "vhd",
-                  "image_properties": {"name": "from-task", "disk_format": "vhd", "container_format": "bare"}}
+    # the input is checked when the task is created (a Glance-style file:// URL is 400 here)
+    task_input = {"import_from": "nowhere/disk.vhd", "import_from_format": "vhd",
+                  "image_properties": {"name": "from-task"}}
     task = table(api_server.glance(OWNER, "task-create", "--type", "import",
                                    "--input", json.dumps(task_input)).stdout)
     assert task["type"] == "import" and task["status"] == "pending" and task["owner"] == "acct-owner"
@@ -230,7 +233,7 @@ def test_library_round_trip(api_server, disk):
     from glanceclient import exc
 
     gc = api_server.glance_lib(OWNER)
-    img = gc.images.create(name="lib", disk_format="vhd", container_format="bare", colour="green")
+    img = gc.images.create(name="lib", disk_format="raw", container_format="bare", colour="green")
     assert img.status == "queued" and img["colour"] == "green"
     with open(disk, "rb") as f:
         gc.images.upload(img.id, f)

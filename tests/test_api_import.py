@@ -341,3 +341,19 @@ def test_imported_data_meets_the_upload_size_limit(tmp_path, web):
             done = wait_status(c, img, ("queued", "active"))
             assert done["status"] == "queued" and done["size"] is None
             assert "exceeds" in (s.log.read_text())   # the reason is in the server's log
+
+
+def test_staged_and_downloaded_data_is_inspected_like_an_upload(server, web):
+    """Data that claims to be a VHD but is not is refused on every way in: staging
+    answers 400, a web-download ends with the image back in ``queued`` and no data."""
+    with server.http(ADMIN) as c:
+        img = new_image(c, disk_format="vhd")
+        r = c.put(f"{img['self']}/stage", content=DATA, headers=OCTET)
+        assert r.status_code == 400, r.text
+        after = c.get(img["self"]).json()
+        assert after["status"] == "queued" and after["size"] is None
+
+        img = new_image(c, disk_format="vhd")
+        assert do_import(c, img, "web-download", uri=f"{web}/disk").status_code == 202
+        done = wait_status(c, img, ("queued", "active"))
+        assert done["status"] == "queued" and done["size"] is None, done

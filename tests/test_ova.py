@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+import vhdkit
 import vhdkit.ova as ova
 from vhdkit.errors import ArchiveError, ChainError, ConflictError, IntegrityError
 from conftest import require_tool
@@ -117,8 +118,24 @@ def test_chain_round_trip(tmp_path, chain):
     ids = [d.get("{%s}diskId" % NS["ovf"]) for d in disks]
     assert parent == [ids[1], ids[2], None]
     ova.unpack(out, tmp_path / "u")
-    for i, src in enumerate(chain):
-        assert (tmp_path / "u" / f"{i}.vhd").read_bytes() == src.read_bytes()
+    assert_unpacked_chain(tmp_path / "u", chain)
+
+
+def assert_unpacked_chain(dest, chain):
+    """The base comes back byte for byte.  Each differencing disk differs only
+    in its parent's name and locators, which now name the next unpacked disk, so
+    the chain is self-contained (issue 17); footers and data are unchanged."""
+    got = [dest / f"{i}.vhd" for i in range(len(chain))]
+    assert got[-1].read_bytes() == chain[-1].read_bytes()
+    for i in range(len(chain) - 1):
+        a, b = got[i].read_bytes(), chain[i].read_bytes()
+        assert a[:512] == b[:512] and a[-512:] == b[-512:]
+        ia, ib = vhdkit.info(got[i]), vhdkit.info(chain[i])
+        assert (ia.uuid, ia.parent_uuid, ia.allocated_bytes) == (ib.uuid, ib.parent_uuid, ib.allocated_bytes)
+        assert ia.parent_name == f"{i + 1}.vhd"
+    with vhdkit.open(got[0]) as x, vhdkit.open(chain[0], parents=chain[1:]) as y:
+        assert [L.path for L in x.chain] == [str(p.resolve()) for p in got]
+        assert x.read() == y.read()
 
 
 def test_chain_order_checked(tmp_path, chain):
@@ -145,8 +162,7 @@ def test_tgz_chain_layout_read(tmp_path, chain):
     assert rep.layout == "tgz" and [m.name for m in rep.disks] == ["0.vhd", "1.vhd", "2.vhd"]
     rep = ova.unpack(tgz, tmp_path / "u", require_valid=False)
     assert rep.problems == ["no manifest (.mf): the contents cannot be verified"]
-    for i, src in enumerate(chain):
-        assert (tmp_path / "u" / f"{i}.vhd").read_bytes() == src.read_bytes()
+    assert_unpacked_chain(tmp_path / "u", chain)
 
 
 def _other_tool_ova(tmp_path, disk, *, uri, algo="sha1", manifest_last=True, compress=False, name="vm"):

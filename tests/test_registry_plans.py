@@ -190,11 +190,13 @@ def test_version_1_database_upgrades_in_place(tmp_path):
     r = Registry(str(home))
     try:
         c = r._conn()
-        assert c.execute("PRAGMA user_version").fetchone()[0] == regdb.SCHEMA_VERSION == 4
+        assert c.execute("PRAGMA user_version").fetchone()[0] == regdb.SCHEMA_VERSION == 5
         # 2 -> 3: the lease column of forwarded uploads, empty for every old row
         assert [r[0] for r in c.execute("SELECT upload_lease_until FROM images")] == [None] * 3
         # 3 -> 4: hidden images (Images API 2.7); no old image is hidden
         assert [r[0] for r in c.execute("SELECT os_hidden FROM images")] == [0] * 3
+        # 4 -> 5: retired ids of deleted images; none yet
+        assert c.execute("SELECT count(*) FROM retired_image_ids").fetchone()[0] == 0
         idx = {x[0] for x in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {n for n, _ in regdb._list_indexes()} <= idx
         assert not {"ix_images_owner_name", "ix_images_owner_created"} & idx

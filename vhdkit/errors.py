@@ -7,6 +7,8 @@ for scripts and task messages, and the HTTP status the API layer answers with.
 from __future__ import annotations
 
 import errno as _errno
+import re as _re
+import socket as _socket
 from typing import Optional, Tuple
 
 
@@ -128,6 +130,12 @@ class ResourceLimitError(VhdkitError):
     http_status = 413
 
 
+class OutputLimitError(ArchiveError):
+    """Decompressed (or unpacked) output went past the bound the server set for it."""
+    code = "output_limit"
+    http_status = 413
+
+
 class ReadOnlyError(VhdkitError):
     code = "read_only"
     http_status = 409
@@ -182,3 +190,22 @@ def from_native(code: int, message: str, *, offset: Optional[int] = None, sys_er
     if issubclass(cls, StorageError):
         return cls(message, offset=offset, sys_errno=sys_errno)
     return cls(message, offset=offset)
+
+
+# ---- what a customer may read -------------------------------------------------
+#: An absolute path inside a message: starts at a word boundary, stops at blanks,
+#: quotes, brackets and the ``:`` that separates a path from what follows it.
+_ABS_PATH = _re.compile(r"(?<![\w.~-])/[^\s'\"(),;:<>]+")
+
+
+def public_message(text: str) -> str:
+    """``text`` as a customer of the server may read it: every absolute path
+    is cut to its last component (a customer's own file keeps its name, the
+    server's directories are not shown) and the server's host name is
+    removed.  Server code logs the full text and shows only this (task
+    messages, HTTP error bodies)."""
+    out = _ABS_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "(path)", text)
+    host = _socket.gethostname()
+    if len(host) > 2:
+        out = out.replace(host, "(server)")
+    return out

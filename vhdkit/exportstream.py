@@ -38,7 +38,8 @@ import time
 import uuid as _uuid
 from typing import List, Optional, Tuple
 
-from .errors import ArchiveError, IntegrityError, VhdkitError
+from .errors import ArchiveError, IntegrityError, OutputLimitError, VhdkitError
+from .ova import DiskOutputGuard
 
 __all__ = ["NotStreamable", "RenewedVhdStream", "renew_footer", "VHD_EPOCH"]
 
@@ -301,6 +302,9 @@ class RenewedVhdStream(io.RawIOBase):
         start = self._pos
         self._pos += len(data)
         self._capture(data, start)
+        if self._state == 3 and self._pos > self.expected_size + DiskOutputGuard.TAIL_SLACK:
+            raise OutputLimitError(f"{self.name}: the disk is longer than its BAT allows "
+                                   f"({self.expected_size} bytes)")
         if start == 0:
             self.copy_footer = bytes(data[:SECTOR])
             data = renew_footer(self.copy_footer, self.uuid, self.timestamp) + data[SECTOR:]

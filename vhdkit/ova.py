@@ -52,8 +52,8 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Union
 
 from . import streams
 from .fileutil import atomic_file
+from .errors import ArchiveError, ConflictError, IntegrityError, InvalidInputError, NotFoundError, OutputLimitError
 from .interrupts import deferred
-from .errors import ArchiveError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
 
 __all__ = [
     "OVF_NS",
@@ -693,15 +693,88 @@ def _check_declared(p: Path, mi: MemberInfo, f: OvfFile, desc: Descriptor) -> No
                            f"{f.size} bytes the descriptor declares; refused")
 
 
+def capacity_bound(capacity: int) -> int:
+    """Most bytes a VHD of ``capacity`` can take: its data plus footers,
+    header, BAT and bitmaps, far under 1/64 + 16 MiB."""
+    return capacity + capacity // 64 + (16 << 20)
+
+
 def _disk_bound(desc: Optional[Descriptor], f: Optional[OvfFile], max_output: Optional[int]) -> int:
-    if max_output is not None:
-        return max_output
+    """The cap on a decompressed disk: its declared capacity plus metadata room,
+    never more than ``max_output`` (the caller's limit, whatever the package says)."""
+    bound = MAX_DISK_BYTES
     if desc is not None and f is not None:
         d = desc.disk_for_file(f.id)
         if d is not None and d.capacity is not None:
-            # a VHD file is its data plus footer/header/BAT/bitmaps: far under 1/64 + 16 MiB
-            return d.capacity + d.capacity // 64 + (16 << 20)
-    return MAX_DISK_BYTES
+            bound = capacity_bound(d.capacity)
+    return bound if max_output is None else min(bound, max_output)
+
+
+class DiskOutputGuard:
+    """A writer for a decompressed disk that stops as soon as the output is
+    longer than the VHD it holds can be.  Starts from ``bound``; once a dynamic
+    VHD's footer copy, header and BAT have been written (they come first) the
+    bound tightens to the end of its last block plus the footer (and
+    :attr:`TAIL_SLACK` of alignment), read back
+    from ``f`` itself (so memory stays small).  A fixed disk keeps ``bound``.
+    Exceeding it raises :class:`~vhdkit.errors.OutputLimitError`."""
+
+    _SECTOR = 512
+    _MAX_META = 64 << 20   # where a dynamic VHD's header and BAT must start
+    _MAX_BAT = 16 << 20
+    #: room past the last block (creators align the footer: Windows to 4 KiB)
+    TAIL_SLACK = 1 << 20
+
+    def __init__(self, f: BinaryIO, bound: int, name: str):
+        self.f, self.bound, self.name = f, bound, name
+        self.pos = 0
+        self._next: Optional[int] = self._SECTOR    # the position the next parse needs
+        self._step = 0
+
+    def write(self, b) -> int:
+        n = self.f.write(b)
+        self.pos += len(b)
+        if self._next is not None and self.pos >= self._next:
+            self.f.flush()
+            self._parse()
+        if self.pos > self.bound:
+            raise OutputLimitError(f"{self.name}: the disk decompresses to more than the {self.bound} bytes "
+                                   "its VHD structure and the limits allow")
+        return n
+
+    def _pread(self, n: int, at: int) -> bytes:
+        return os.pread(self.f.fileno(), n, at)
+
+    def _parse(self) -> None:
+        import struct
+
+        if self._step == 0:
+            foot = self._pread(self._SECTOR, 0)
+            data_offset = struct.unpack_from(">Q", foot, 16)[0]
+            if (foot[:8] != b"conectix" or struct.unpack_from(">I", foot, 60)[0] not in (3, 4)
+                    or data_offset % self._SECTOR or not self._SECTOR <= data_offset <= self._MAX_META):
+                self._next = None     # not a dynamic disk (a fixed one): the bound stays
+                return
+            self._hdr, self._step, self._next = data_offset, 1, data_offset + 1024
+        elif self._step == 1:
+            h = self._pread(1024, self._hdr)
+            table, _, entries, block = struct.unpack_from(">QIII", h, 16)
+            if (h[:8] != b"cxsparse" or table % self._SECTOR or table > self._MAX_META
+                    or entries * 4 > self._MAX_BAT or block < self._SECTOR or block & (block - 1)):
+                self._next = None
+                return
+            self._table, self._entries, self._block = table, entries, block
+            self._step, self._next = 2, table + entries * 4
+        else:
+            self._next = None
+            bitmap = -(-(self._block // self._SECTOR) // 8)           # one bit per sector, in bytes
+            bitmap = -(-bitmap // self._SECTOR) * self._SECTOR        # rounded up to whole sectors
+            end = self._table + -(-self._entries * 4 // self._SECTOR) * self._SECTOR
+            bat = self._pread(self._entries * 4, self._table)
+            for (e,) in struct.iter_unpack(">I", bat):
+                if e != 0xFFFFFFFF:
+                    end = max(end, e * self._SECTOR + bitmap + self._block)
+            self.bound = min(self.bound, end + self._SECTOR + self.TAIL_SLACK)
 
 
 def _create(dest: Path, name: str) -> BinaryIO:
@@ -709,7 +782,7 @@ def _create(dest: Path, name: str) -> BinaryIO:
     target = dest / name
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return open(target, "xb")
+        return open(target, "xb+")  # read back by DiskOutputGuard
     except (FileExistsError, IsADirectoryError, NotADirectoryError):
         raise ArchiveError(f"member {name!r} conflicts with another member's path; refused") from None
 
@@ -722,7 +795,8 @@ def _write_small(dest: Path, name: str, data: bytes) -> None:
 def _extract(dest: Path, name: str, reader: BinaryIO, gz: bool, bound: int, p: Path) -> int:
     with _create(dest, name) as out:
         if gz:
-            st = streams.decompress(reader, out, format="gzip", max_output=bound, name=f"{p}:{name}")
+            st = streams.decompress(reader, DiskOutputGuard(out, bound, f"{p}:{name}"), format="gzip",  # type: ignore[arg-type]
+                                    max_output=bound, name=f"{p}:{name}")
             return st.bytes_out
         return streams.copy_stream(reader, out)
 
@@ -804,7 +878,12 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
     ``decompress`` is False.  ``max_output`` caps each decompressed disk
     (default: its declared capacity plus metadata room).  Extraction happens in
     a temporary directory next to ``dest`` that is renamed at the end; on any
-    refusal or (with ``require_valid``) verification problem nothing is left."""
+    refusal or (with ``require_valid``) verification problem nothing is left.
+    A snapshot chain ``0.vhd`` … ``N.vhd`` is relinked inside ``dest`` after
+    verification: each differencing ``N.vhd`` names ``N+1.vhd`` as its parent
+    (relative and absolute locators), so the unpacked chain is self-contained
+    (its rewritten headers no longer match the manifest's hashes of the
+    packed bytes; ``ova verify`` the archive, not the unpacked files)."""
     dst = Path(dest)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConflictError(f"{dst} exists and is not an empty directory")
@@ -823,8 +902,35 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
         for m in rep.members:
             if m.extracted_to:
                 m.extracted_to = str(dst / m.name)
-        return rep
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if decompress:
+        try:
+            _relink_chain(dst, rep)
+        except BaseException:
+            shutil.rmtree(dst, ignore_errors=True)
+            raise
+    return rep
+
+
+def _relink_chain(dst: Path, rep: OvaReport) -> None:
+    """Point each unpacked ``N.vhd`` of a snapshot chain at ``N+1.vhd`` beside
+    it (parent name and W2ru/W2ku/MacX locators, relative and absolute), so the
+    chain reads without the packer's original files -- and never from them.
+    Runs after the manifest was verified against the bytes as packed; the
+    rewritten headers are the only bytes that then differ.  Each disk is
+    opened with its explicit parents from the package, never its old locators."""
+    names = sorted(m.name for m in rep.disks)
+    want = [f"{i}.vhd" for i in range(len(names))]
+    if len(names) < 2 or names != sorted(want):
+        return
+    from .vhd.chain import reparent
+    from .vhd.read import probe
+
+    chain = [dst / n for n in want]
+    for i in range(len(chain) - 1):
+        if probe(chain[i]) == "differencing":
+            reparent(chain[i], chain[i + 1], parents=[str(p) for p in chain[i + 2:]] or None,
+                     follow_locators=False)

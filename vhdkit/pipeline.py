@@ -34,6 +34,7 @@ attempt not counted) after removing what the attempt made.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -48,13 +49,17 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import exportstream, ova, segments, streams
-from .errors import ConflictError, IntegrityError, NotFoundError, VhdkitError
+from .errors import (ArchiveError, ChainError, ConflictError, FormatError, IntegrityError, InvalidInputError,
+                     NotFoundError, OutputLimitError, VhdkitError, public_message)
 from .interrupts import deferred
 from .registry import Caller, Registry
 from .registry.models import Task
 from .store import LocalStore, ObjectStore, validate_container_name
 
-__all__ = ["PipelineConfig", "TaskFailed", "Worker", "run_task", "EXPORT_OPTIONS_PROPERTY", "CODES"]
+__all__ = ["PipelineConfig", "TaskFailed", "Worker", "run_task", "validate_task_input", "task_failure_message",
+           "EXPORT_OPTIONS_PROPERTY", "CODES"]
+
+log = logging.getLogger("vhdkit.pipeline")
 
 GB = 10 ** 9
 MiB = 1 << 20
@@ -68,9 +73,9 @@ _IMAGE_NS = _uuid.UUID("6f1a3c9e-2d7b-4c55-9a0e-5b8d7e1f0c42")
 CODES = {
     396: "not a VHD",
     397: "the VHD failed validation",
-    413: "virtual size too large",
+    413: "virtual size too large (or a package decompresses beyond the limit)",
     609: "file size too large",
-    721: "the VHD has a parent disk",
+    721: "the VHD has a parent disk (missing from, or not matching, the image)",
     400: "invalid task input",
     404: "not found",
     403: "not allowed",
@@ -205,9 +210,15 @@ def _parse_import(inp: Dict[str, Any]) -> tuple:
     if extra:
         raise TaskFailed(400, f"unknown import input field(s): {', '.join(sorted(extra))}")
     src = inp.get("import_from")
-    if not isinstance(src, str) or "/" not in src.strip("/"):
+    if src is None:
+        raise TaskFailed(400, "import_from is required")
+    if not isinstance(src, str):
+        raise TaskFailed(400, "import_from must be a string")
+    if "/" not in src.strip("/"):
         raise TaskFailed(400, "import_from must be 'CONTAINER/OBJECT'")
     container, obj = src.split("/", 1)
+    if any(seg in (".", "..") for seg in src.split("/")):
+        raise TaskFailed(400, "import_from may not contain '.' or '..' path segments")
     fmt = inp.get("import_from_format", "vhd")
     if fmt != "vhd":
         raise TaskFailed(400, f"import_from_format must be 'vhd', not {fmt!r}")
@@ -228,30 +239,14 @@ def _parse_import(inp: Dict[str, Any]) -> tuple:
 
 
 def _validate_vhd(path: Path, cfg: PipelineConfig):
-    from .vhd import check, info, probe
+    """The object as a disk the service takes (:func:`vhdkit.registry.inspect.check_disk`,
+    the same judgement as an uploaded VHD's), its info; else TaskFailed with the code."""
+    from .registry.inspect import DiskRefused, InspectLimits, check_disk
 
-    size = path.stat().st_size
-    if size > cfg.max_file_size:
-        raise TaskFailed(609, f"the file is {size} bytes; the limit is {cfg.max_file_size}")
-    kind = probe(path)
-    if kind is None:
-        raise TaskFailed(396, "the object is not a VHD (no valid VHD footer)")
-    if kind == "differencing":
-        raise TaskFailed(721, "the VHD is a differencing disk: it has a parent disk; "
-                              "coalesce it into a standalone VHD first")
     try:
-        vi = info(path)
-    except VhdkitError as e:
-        raise TaskFailed(397, f"the VHD cannot be opened: {e.message}") from None
-    if vi.virtual_size > cfg.max_virtual_size:
-        raise TaskFailed(413, f"the virtual size is {vi.virtual_size} bytes; "
-                              f"the limit is {cfg.max_virtual_size}")
-    rep = check(path, parents=False)
-    if not rep.ok:
-        p = rep.problems[0]
-        more = f" (and {len(rep.problems) - 1} more problems)" if len(rep.problems) > 1 else ""
-        raise TaskFailed(397, f"the VHD failed validation: {p.code}: {p.message}{more}")
-    return vi
+        return check_disk(str(path), InspectLimits(cfg.max_virtual_size, cfg.max_file_size), what="the object")
+    except DiskRefused as e:
+        raise TaskFailed(e.number, e.message) from None
 
 
 def _run_import(ctx: _Context) -> Dict[str, Any]:
@@ -331,10 +326,13 @@ def _parse_export(inp: Dict[str, Any]) -> tuple:
     if extra:
         raise TaskFailed(400, f"unknown export input field(s): {', '.join(sorted(extra))}")
     image_id, container = inp.get("image_uuid"), inp.get("receiving_swift_container")
-    if not isinstance(image_id, str) or not image_id:
-        raise TaskFailed(400, "image_uuid is required")
-    if not isinstance(container, str) or not container:
-        raise TaskFailed(400, "receiving_swift_container is required")
+    for key, val in (("image_uuid", image_id), ("receiving_swift_container", container)):
+        if val is None:
+            raise TaskFailed(400, f"{key} is required")
+        if not isinstance(val, str):
+            raise TaskFailed(400, f"{key} must be a string")
+        if not val:
+            raise TaskFailed(400, f"{key} must not be empty")
     bad = sorted(_BAD_CONTAINER_CHARS & set(container))
     if bad:
         raise TaskFailed(400, f"receiving_swift_container {container!r} may not contain "
@@ -384,6 +382,9 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
     name = f"{image_id}.vhd"
     out = ctx.dir / name
     stored = _single_disk(data.path) if img.container_format == "ova" else None
+    if stored is not None and stored.capacity > cfg.max_virtual_size:
+        raise TaskFailed(413, f"the stored package declares a disk of {stored.capacity} bytes; "
+                              f"the limit is {cfg.max_virtual_size}")
     if stored is not None:
         # the common case, one dynamic VHD, in one pass (see _export_streamed):
         # a result on the embedded store; else ``out`` written, or nothing
@@ -416,12 +417,14 @@ def _unpack_and_coalesce(ctx: _Context, img, data, stored: Optional["_StoredDisk
             chain, own_copy = [_unpack_single(ctx, stored, data.path, disks_dir / "disk.vhd")], True
         else:
             disks_dir.rmdir()
-            rep = ova.unpack(data.path, disks_dir, progress=ctx.progress)
+            rep = ova.unpack(data.path, disks_dir, progress=ctx.progress,
+                             max_output=ova.capacity_bound(ctx.cfg.max_virtual_size))
             chain = _chain_from(rep, disks_dir)
             own_copy = len(chain) == 1
     else:
         disks_dir.mkdir(parents=True)
         chain = [Path(data.path)]
+    _check_stored_chain(chain)
 
     ctx.enter("coalesce")
     if own_copy and probe(chain[0]) == "dynamic":
@@ -436,10 +439,31 @@ def _unpack_and_coalesce(ctx: _Context, img, data, stored: Optional["_StoredDisk
         modify(out, new_uuid=True, timestamp="now")
     else:
         # One pass over the chain: each sector read once, from the topmost
-        # layer holding it; the unpacked files' own locators are not trusted.
-        coalesce(chain[0], out, type="dynamic", parents=[str(p) for p in chain[1:]] or None,
-                 allowed_root=str(disks_dir) if len(chain) > 1 else None, progress=ctx.progress)
+        # layer holding it.  The chain is exactly the package's own disks:
+        # locators name paths the image's author chose and are never followed.
+        try:
+            coalesce(chain[0], out, type="dynamic", parents=[str(p) for p in chain[1:]] or None,
+                     allowed_root=str(disks_dir) if len(chain) > 1 else None, progress=ctx.progress,
+                     follow_locators=False)
+        except ChainError:
+            raise TaskFailed(721, "the stored disks do not form a chain: a disk's parent UUID is not the "
+                                  "UUID of the next disk in the package") from None
     shutil.rmtree(disks_dir, ignore_errors=True)
+
+
+def _check_stored_chain(chain: List[Path]) -> None:
+    """Refuse stored disks that are not VHDs (396) or whose chain is not closed
+    inside the package (721): the last disk must have no parent, since the
+    server never looks for one outside the image's own data."""
+    from .vhd import probe
+
+    kinds = [probe(p) for p in chain]
+    if any(k is None for k in kinds):
+        raise TaskFailed(396, "the stored image is not a VHD (no valid VHD footer)")
+    if kinds[-1] == "differencing":
+        what = "the stored VHD is" if len(chain) == 1 else "the base of the stored chain is"
+        raise TaskFailed(721, f"{what} a differencing disk whose parent is not part of the image; "
+                              "coalesce it into a standalone VHD (or upload the whole chain as an OVA) first")
 
 
 @dataclass
@@ -453,6 +477,7 @@ class _StoredDisk:
     want: str  # its manifest digest
     gz: bool
     bound: int  # cap on its decompressed size
+    capacity: int  # as the descriptor declares it
 
 
 def _single_disk(ova_path: str) -> Optional[_StoredDisk]:
@@ -487,7 +512,7 @@ def _single_disk(ova_path: str) -> Optional[_StoredDisk]:
         return None
     cap = desc.disks[0].capacity
     return _StoredDisk(m.name, m.offset_data, m.size, algo, want,
-                       (desc.files[0].compression or "").lower() == "gzip", cap + cap // 64 + (16 << 20))
+                       (desc.files[0].compression or "").lower() == "gzip", ova.capacity_bound(cap), cap)
 
 
 def _unpack_single(ctx: _Context, sd: _StoredDisk, ova_path: str, dest: Path) -> Path:
@@ -499,8 +524,8 @@ def _unpack_single(ctx: _Context, sd: _StoredDisk, ova_path: str, dest: Path) ->
         raw = exportstream._HashedSlice(f, sd.size, sd.algo, pool)
         src = streams.open_decompressor(raw, "gzip", max_output=sd.bound,
                                         name=f"{ova_path}:{sd.name}") if sd.gz else raw
-        with src, open(dest, "xb") as out:
-            _copy(src, out, ctx)
+        with src, open(dest, "xb+") as out:  # read back by DiskOutputGuard
+            _copy(src, ova.DiskOutputGuard(out, sd.bound, sd.name), ctx)
         if raw.left or raw.h.hexdigest() != sd.want:
             raise IntegrityError(f"the stored OVA's disk {sd.name!r} does not match its manifest {sd.algo}")
     return dest
@@ -568,6 +593,50 @@ def _chain_from(rep, disks_dir: Path) -> List[Path]:
 
 
 # ------------------------------------------------------------------- worker
+def task_failure_message(task: Task, stage: str, exc: BaseException) -> str:
+    """The ``[code] reason`` a customer reads for a task that ended with ``exc``.
+
+    Failures caused by the input get the client codes (a damaged package
+    400, decompression beyond its bound 413, a malformed VHD 397, a parent
+    not in the image 721); anything else is the server's fault (500) and
+    says no more than the stage.  No message carries a server path or host
+    name (:func:`vhdkit.errors.public_message`); the full text goes to the
+    log."""
+    if isinstance(exc, TaskFailed):
+        number, reason = exc.number, exc.message.split("] ", 1)[-1]
+    elif isinstance(exc, OutputLimitError):
+        number, reason = 413, f"the package decompresses beyond its limit: {exc.message}"
+    elif isinstance(exc, ChainError):
+        number, reason = 721, "a disk's parent is missing from the image or does not match it"
+    elif isinstance(exc, ArchiveError):
+        number, reason = 400, f"the image's package is unsafe or malformed: {exc.message}"
+    elif isinstance(exc, (FormatError, IntegrityError)):
+        number, reason = 397, f"the stored image failed validation: {exc.message}"
+    elif isinstance(exc, InvalidInputError):
+        number, reason = 400, exc.message
+    else:
+        number, reason = 500, f"{task.type} failed in stage {stage}: internal error (see the server's log)"
+    if number >= 500 or not isinstance(exc, TaskFailed):
+        log.error("task %s (%s) failed in stage %s: %s", task.id, task.type, stage, exc,
+                  exc_info=number >= 500)
+    return f"[{number}] {public_message(reason)}"
+
+
+def validate_task_input(type: str, inp: Any) -> None:
+    """Check a task's input as the worker will (InvalidInputError, 400): the
+    API calls this when the task is created, so a wrong type or a missing
+    field is refused at once."""
+    if not isinstance(inp, dict):
+        raise InvalidInputError("task input must be an object")
+    parse = {"import": _parse_import, "export": _parse_export}.get(type)
+    if parse is None:
+        raise InvalidInputError(f"invalid task type {type!r}")
+    try:
+        parse(inp)
+    except TaskFailed as e:
+        raise InvalidInputError(e.message.split("] ", 1)[-1]) from None
+
+
 RUNNERS: Dict[str, Callable[[_Context], Dict[str, Any]]] = {"import": _run_import, "export": _run_export}
 
 
@@ -602,12 +671,8 @@ def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> 
         result = RUNNERS[task.type](ctx)
         result["timings"] = ctx.elapsed()
         status = "success"
-    except TaskFailed as e:
-        message = e.message
-    except VhdkitError as e:
-        message = f"[500] {task.type} failed in stage {ctx.stage}: {e.message}"
     except Exception as e:  # noqa: BLE001 - a task must end, whatever broke
-        message = f"[500] {task.type} failed in stage {ctx.stage}: {type(e).__name__}: {e}"
+        message = task_failure_message(task, ctx.stage, e)
     except BaseException:  # the worker is stopped (SIGINT/SIGTERM): the task goes back at once
         with deferred():
             end()

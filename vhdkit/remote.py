@@ -302,15 +302,16 @@ class RemoteRegistry:
         return TaskList([Task(**t) for t in d["tasks"]], d.get("next_marker"))
 
     def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
-               virtual_size: Optional[int] = None, progress: Optional[Callable[[int, Optional[int]], None]] = None
-               ) -> Image:
+               virtual_size: Optional[int] = None, progress: Optional[Callable[[int, Optional[int]], None]] = None,
+               inspect: bool = False) -> Image:
         """Store ``stream`` as the image's data: the registry host reserves the
         image (``saving``, a token and a lease), this host streams the bytes into
         Swift itself, hashing them on the way (md5, sha512), renewing the lease
         meanwhile, and the registry host makes the image active.  On failure the
         image returns to ``queued`` and the stored part is removed; if this host
         dies instead, its lease runs out and the registry host's cleanup (or the
-        next upload to the image) does both."""
+        next upload to the image) does both.  ``inspect`` as for
+        :meth:`vhdkit.registry.Registry.upload`."""
         from .registry import blobs as _blobs
 
         lease = self.upload_lease
@@ -322,8 +323,12 @@ class RemoteRegistry:
         up.limit = cap if isinstance(cap, int) else None
         keeper = _LeaseKeeper(self, img.id, token, lease)
         sent = False
+        from .registry.inspect import inspect_upload
+
+        src = inspect_upload(stream, disk_format=img.disk_format, container_format=img.container_format,
+                             tmp_dir=self.scratch) if inspect else stream
         try:
-            up.write_from(stream, progress=progress, total=size)
+            up.write_from(src, progress=progress, total=size)
             digest = up.digest()
             if size is not None and digest.size != size:
                 raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
@@ -348,6 +353,8 @@ class RemoteRegistry:
         finally:
             keeper.stop()
             up.release()
+            if src is not stream:
+                src.close()
 
     def upload_store(self):
         """A blob store in this host's scratch directory whose data goes to Swift

@@ -32,7 +32,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Callable, Optional
 
-from .errors import ArchiveError, InvalidInputError, VhdkitError
+from .errors import ArchiveError, InvalidInputError, OutputLimitError, VhdkitError
 
 __all__ = [
     "FORMATS",
@@ -273,7 +273,7 @@ class _GzipReader(io.RawIOBase):
             raise
         self._out += n
         if self._max is not None and self._out > self._max:
-            raise ArchiveError(f"{self._name}: decompressed output exceeds the limit of {self._max} bytes")
+            raise OutputLimitError(f"{self._name}: decompressed output exceeds the limit of {self._max} bytes")
         return n
 
     def close(self) -> None:
@@ -312,8 +312,8 @@ class _ZstdReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _fail(self, msg: str) -> None:
-        raise ArchiveError(f"{self._name}: {msg}")
+    def _fail(self, msg: str, cls: type = ArchiveError) -> None:
+        raise cls(f"{self._name}: {msg}")
 
     def _more_input(self) -> bool:
         if not self._inbuf:
@@ -345,7 +345,7 @@ class _ZstdReader(io.RawIOBase):
             if out:
                 self._out += len(out)
                 if self._max is not None and self._out > self._max:
-                    self._fail(f"decompressed output exceeds the limit of {self._max} bytes")
+                    self._fail(f"decompressed output exceeds the limit of {self._max} bytes", OutputLimitError)
                 self._pending = memoryview(out)
                 return True
 

@@ -18,13 +18,16 @@ from urllib.parse import unquote
 
 from starlette.requests import Request
 
+from ..registry.rbac import ACCOUNT_RE
 from .errors import ApiError
 
-ACCOUNT_RE = re.compile(r"[A-Za-z0-9_.@:+-]{1,255}\Z")
 ROLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 MAX_ROLES = 32
 #: Roles no HTTP caller may claim: the registry's operator/pipeline identity.
 RESERVED_ROLES = frozenset({"vhdkit:service"})
+
+#: Headers that say who the caller is: each may appear at most once.
+IDENTITY_HEADERS = ("X-Tenant-Id", "X-Project-Id", "X-Roles", "X-Auth-Token")
 
 _CHALLENGE = {"WWW-Authenticate": 'Token realm="vhdkit"'}
 
@@ -52,7 +55,15 @@ def identity(headers) -> Tuple[str, Tuple[str, ...]]:
     proxy (keystonemiddleware) sets next to the opaque token it validated, and
     what a client without a token plugin (openstacksdk ``auth_type: none``,
     whose token is the literal ``notused``) can send.
+    A header of :data:`IDENTITY_HEADERS` given more than once is 400: a proxy
+    that appends its value to the client's instead of replacing it must not
+    leave the choice to whichever copy is read.
     """
+    getlist = getattr(headers, "getlist", None)
+    if getlist is not None:
+        for name in IDENTITY_HEADERS:
+            if len(getlist(name)) > 1:
+                raise ApiError(400, f"the identity header {name} was sent more than once")
     account = headers.get("x-tenant-id") or headers.get("x-project-id")
     if account is not None:
         account, roles = account.strip(), headers.get("x-roles", "")
@@ -66,7 +77,8 @@ def identity(headers) -> Tuple[str, Tuple[str, ...]]:
         if not sep:
             raise _unauthorized("X-Auth-Token must be '<account>:<role>[,<role>...]'")
     if not ACCOUNT_RE.match(account):
-        raise _unauthorized("an account id may hold only letters, digits and _ . @ : + - (at most 255)")
+        raise _unauthorized("an account id may hold only letters, digits and _ . @ : + - (at most 255), "
+                            "and may not start with '.'")
     return account, _roles(roles)
 
 

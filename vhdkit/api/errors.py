@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import VhdkitError
+from ..errors import VhdkitError, public_message
 
 log = logging.getLogger("vhdkit.api")
 
@@ -58,7 +58,9 @@ async def _vhdkit_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
-    return error_response(status, exc.message)
+    if status == 500:  # an unexpected fault of the server: its details (paths, errno texts) stay in the log
+        return error_response(status, "The server failed to complete the request; see its log.")
+    return error_response(status, public_message(exc.message))
 
 
 async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:

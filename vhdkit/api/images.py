@@ -130,7 +130,8 @@ async def receive_data(request: Request, *, stage: bool = False) -> None:
         raise stream.error
     kw = {"stage": True} if stage else {}
     try:
-        await call(registry(request).upload, who, iid, stream, size=stream.declared,
+        # a customer's bytes: inspected (registry.inspect) on this host or a forwarding one
+        await call(registry(request).upload, who, iid, stream, size=stream.declared, inspect=True,
                    limiter=request.app.state.upload_limiter, **kw)
     except Exception:
         if stream.error is not None:  # our limit or timeout made the registry give up

@@ -81,7 +81,7 @@ class WebDownloads:
                 self._running.add(download)
             if self._stop.is_set():
                 raise FetchFailed("the server is shutting down")
-            writer.fill(download)
+            writer.fill(download, inspect=True)  # a customer-named URL's bytes
             log.info("web-download of image %s finished", writer.image_id)
         except (UrlRefused, FetchFailed) as exc:
             log.warning("web-download of image %s failed: %s", writer.image_id, exc)

@@ -244,9 +244,14 @@ def ova_verify(ova_path, as_json) -> None:
 def ova_unpack(ova_path, dest, no_decompress, max_size, no_verify, as_json) -> None:
     """Unpack an OVA safely into a new directory (nothing left behind on failure).
 
+    The manifest is verified first; a snapshot chain 0.vhd … N.vhd is then
+    relinked inside DEST (each N.vhd's parent locators name N+1.vhd, relative
+    and absolute), so it reads without the packer's original files.
+
     \b
     Example:
       vhdkit ova unpack disk.ova -d ./disk
+      vhdkit ova unpack snap.ova -d ./snap && vhdkit chain ./snap/0.vhd
     """
     from .. import ova
 

@@ -351,7 +351,8 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self._quota("properties", len(props))
         now = self._now()
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone():
+            if conn.execute("SELECT 1 FROM images WHERE id = ? UNION ALL SELECT 1 FROM retired_image_ids "
+                            "WHERE id = ?", (image_id, image_id)).fetchone():
                 raise ConflictError(f"image {image_id} already exists")
             conn.execute(
                 "INSERT INTO images (id, name, status, visibility, protected, owner, disk_format, "
@@ -487,6 +488,10 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         return self._present(caller, out)
 
     def delete_image(self, caller: Caller, image_id: str) -> None:
+        """Delete the image and its data.  Its id is retired: creating an image
+        with it again is 409 for everyone (OSSN-0075) -- except when the
+        service identity deletes (the pipeline undoing its own attempt, whose
+        retry re-creates the image under the id its task derives)."""
         with self._write() as conn:
             img = self._get_for("delete_image", caller, image_id, conn)
             if img.protected:
@@ -501,6 +506,9 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                           self.blobs.final_rel(img.id, tok)]
             self._trash(conn, trash)
             conn.execute("DELETE FROM images WHERE id = ?", (img.id,))
+            if not caller.is_service:
+                conn.execute("INSERT OR IGNORE INTO retired_image_ids (id, deleted_at) VALUES (?, ?)",
+                             (img.id, self._now()))
         self._empty_trash()
 
     def _transition(self, caller: Caller, op: str, image_id: str, frm: Iterable[str], to: str) -> Image:

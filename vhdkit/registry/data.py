@@ -166,20 +166,23 @@ class DataMixin:
             self._empty_trash()
 
     def upload(self: "Registry", caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
-               virtual_size: Optional[int] = None, progress: Progress = None, stage: bool = False) -> Image:
+               virtual_size: Optional[int] = None, progress: Progress = None, stage: bool = False,
+               inspect: bool = False) -> Image:
         """Store ``stream`` as the image's data and make it active.
 
         The image must be ``queued`` (or ``importing``) with disk and container
         formats set.  Size, md5 and sha512 are computed in one pass; ``size``,
         when given, must match.  ``virtual_size`` is recorded as given, else
-        read from the data when disk_format is ``vhd``.  On any failure the image
-        returns to ``queued`` and nothing is left behind.
+        read from the data when disk_format is ``vhd``.  With ``inspect`` (every
+        upload of a customer's bytes: the Images API) the data is inspected on
+        the way in (:func:`vhdkit.registry.inspect.inspect_upload`).  On any
+        failure the image returns to ``queued`` and nothing is left behind.
 
         ``stage``: Glance's ``PUT /v2/images/{id}/stage``: the same upload and
         checks, but the image ends ``uploading`` with the data kept for an
         import (:meth:`import_staged`) instead of active."""
         with self.open_upload(caller, image_id, into="uploading" if stage else "saving") as w:
-            return w.fill(stream, size=size, virtual_size=virtual_size, progress=progress)
+            return w.fill(stream, size=size, virtual_size=virtual_size, progress=progress, inspect=inspect)
 
     def import_staged(self: "Registry", caller: Caller, image_id: str) -> Image:
         """Glance's ``glance-direct`` import: an ``uploading`` image whose data
@@ -484,19 +487,29 @@ class UploadWriter(io.RawIOBase):
         return self._up.size
 
     def fill(self, stream: BinaryIO, *, size: Optional[int] = None, virtual_size: Optional[int] = None,
-             progress: Progress = None) -> Image:
+             progress: Progress = None, inspect: bool = False) -> Image:
         """Copy ``stream`` to the end, then :meth:`commit` (aborted on any failure).
 
         Every upload of data a caller sends or names goes through here:
         ``PUT /file`` and the CLI (:meth:`Registry.upload`), staging for
         ``glance-direct`` (``upload(stage=True)``) and ``web-download``
-        (api/imports.py); a check of uploaded data belongs here or in
-        :meth:`commit` so that it applies to all of them."""
+        (api/imports.py).  ``inspect`` (a customer's bytes) runs the stream
+        through :func:`vhdkit.registry.inspect.inspect_upload`, which refuses
+        data that is not what its disk and container formats claim."""
+        src = stream
         try:
-            self._up.write_from(stream, progress=progress, total=size)
+            if inspect:
+                from .inspect import inspect_upload
+
+                src = inspect_upload(stream, disk_format=self._img.disk_format,
+                                     container_format=self._img.container_format, tmp_dir=self._reg.blobs.root)
+            self._up.write_from(src, progress=progress, total=size)
         except BaseException:
             self.abort()
             raise
+        finally:
+            if src is not stream:
+                src.close()
         return self.commit(size=size, virtual_size=virtual_size)
 
     def commit(self, *, size: Optional[int] = None, virtual_size: Optional[int] = None) -> Image:

@@ -145,6 +145,9 @@ MIGRATIONS: List[str] = [
         DELETE FROM image_properties WHERE image_id = NEW.id AND name = '{IMPORT_TASK_PROPERTY}';
     END;
     """,
+    # 4 -> 5: ids of deleted images, never handed out again (OpenStack
+    # OSSN-0075: a new image under an old id would be taken for the old one).
+    "CREATE TABLE retired_image_ids (id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -79,7 +79,12 @@ MATRIX: Dict[str, Rule] = {
     "reactivate":     Rule(_A, "owner", "POST /v2/images/{id}/actions/reactivate (ext)"),
 }
 
-_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.@:+-]{1,255}$")
+#: An account id: letters, digits and ``_ . @ : + -``, at most 255, not starting
+#: with ``.`` (so never ``.``, ``..`` or a hidden name: the object store and the
+#: data directory keep one directory per account, named by this id).  Every
+#: door an account id comes through (HTTP headers, member ids, the CLI, task
+#: owners) checks it with this one pattern.
+ACCOUNT_RE = re.compile(r"[A-Za-z0-9_@:+-][A-Za-z0-9_.@:+-]{0,254}\Z")
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class Caller:
     roles: FrozenSet[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.account, str) or not _ACCOUNT_RE.match(self.account):
+        if not isinstance(self.account, str) or not ACCOUNT_RE.match(self.account):
             raise InvalidInputError(f"invalid account id {self.account!r}")
         object.__setattr__(self, "roles", frozenset(r.strip() for r in self.roles if r.strip()))
 

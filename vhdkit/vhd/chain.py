@@ -136,10 +136,11 @@ def _parent_ref(parent_path: str, child_path: str):
     return ref, keep
 
 
-def _open_img(path: PathLike, parents=None, allowed_root=None):
+def _open_img(path: PathLike, parents=None, allowed_root=None, follow_locators: bool = True):
     if isinstance(parents, (str, os.PathLike)):
         parents = [parents]
-    return _read._open_native(path, _read._Opts(list(parents) if parents else None, allowed_root, "auto"))
+    return _read._open_native(path, _read._Opts(list(parents) if parents else None, allowed_root, "auto",
+                                                follow_locators=follow_locators))
 
 
 def _require(path: PathLike) -> str:
@@ -228,12 +229,15 @@ class CoalesceResult(_DictMixin):
 def coalesce(leaf: PathLike, out: PathLike, *, type: str = "dynamic", out_format: str = "vhd",
              block_size: Optional[int] = None, parents: Optional[Sequence[PathLike]] = None,
              allowed_root: Optional[PathLike] = None, overwrite: bool = True,
-             progress: Optional[Progress] = None, sync: bool = True) -> CoalesceResult:
+             progress: Optional[Progress] = None, sync: bool = True,
+             follow_locators: bool = True) -> CoalesceResult:
     """Flatten the chain ending at ``leaf`` into one standalone image ``out``
     (a dynamic or fixed VHD, or raw with ``out_format="raw"``), in one
     streaming pass: each allocated sector is read once, from the topmost
     layer that holds it; all-zero blocks stay unallocated.  The output gets a
-    new UUID, the current time and no parent fields; it appears atomically."""
+    new UUID, the current time and no parent fields; it appears atomically.
+    ``follow_locators=False``: the chain is exactly ``leaf`` + ``parents``
+    (see :func:`vhdkit.vhd.read.open`)."""
     src, dst = _require(leaf), os.fspath(out)
     if out_format not in ("vhd", "raw"):
         raise errors.InvalidInputError(f"output format must be 'vhd' or 'raw', got {out_format!r}")
@@ -244,7 +248,7 @@ def coalesce(leaf: PathLike, out: PathLike, *, type: str = "dynamic", out_format
         raise errors.UnsupportedError("a dynamic VHD cannot be streamed to stdout; use a file, fixed or raw")
     if dst != "-" and os.path.exists(dst) and os.path.samefile(src, dst):
         raise errors.InvalidInputError("source and destination are the same file")
-    img = _open_img(src, parents, allowed_root)
+    img = _open_img(src, parents, allowed_root, follow_locators)
     try:
         depth = int(lib.vk_image_depth(img))
         for i in range(depth):
@@ -362,7 +366,8 @@ class ReparentResult(_DictMixin):
 
 
 def reparent(child: PathLike, new_parent: PathLike, *, unsafe: bool = False,
-             parents: Optional[Sequence[PathLike]] = None, allowed_root: Optional[PathLike] = None) -> ReparentResult:
+             parents: Optional[Sequence[PathLike]] = None, allowed_root: Optional[PathLike] = None,
+             follow_locators: bool = True) -> ReparentResult:
     """Point the differencing disk ``child`` at ``new_parent``: parent UUID,
     timestamp, name and locators are rewritten.  The new parent must carry
     the UUID the child expects unless ``unsafe`` (like ``qemu-img rebase
@@ -371,7 +376,7 @@ def reparent(child: PathLike, new_parent: PathLike, *, unsafe: bool = False,
     c, p = _require(child), _require(new_parent)
     if os.path.samefile(c, p):
         raise errors.ChainError(f"{c} cannot be its own parent")
-    img = _open_img(p, parents, allowed_root)
+    img = _open_img(p, parents, allowed_root, follow_locators)
     try:
         ref, _keep = _parent_ref(p, c)
         err = new_err()

@@ -155,7 +155,7 @@ class _Opts:
     """A vk_open_opts and the cdata it points to (kept alive together)."""
 
     def __init__(self, parents: Optional[Sequence[PathLike]], allowed_root: Optional[PathLike],
-                 size_rule: str, top_only: bool = False):
+                 size_rule: str, top_only: bool = False, follow_locators: bool = True):
         ffi = native.ffi
         self.c = ffi.new("vk_open_opts *")
         self._keep: list = []
@@ -171,6 +171,7 @@ class _Opts:
             self.c.allowed_root = root
         self.c.size_rule = _rule(size_rule)
         self.c.top_only = 1 if top_only else 0
+        self.c.no_locators = 0 if follow_locators else 1
 
 
 def _str(cbuf) -> str:
@@ -247,10 +248,10 @@ class VhdStream(io.RawIOBase):
     """
 
     def __init__(self, path: PathLike, *, parents: Optional[Sequence[PathLike]] = None,
-                 allowed_root: Optional[PathLike] = None, size_rule: str = "auto"):
+                 allowed_root: Optional[PathLike] = None, size_rule: str = "auto", follow_locators: bool = True):
         super().__init__()
         self.name = os.fspath(path)
-        self._img = _open_native(path, _Opts(parents, allowed_root, size_rule))
+        self._img = _open_native(path, _Opts(parents, allowed_root, size_rule, follow_locators=follow_locators))
         self._size = int(native.lib.vk_image_size(self._img))
         self._pos = 0
         self._chain: Optional[List[VhdInfo]] = None
@@ -404,7 +405,7 @@ class VhdStream(io.RawIOBase):
 # ---- module API --------------------------------------------------------------
 
 def open(path: PathLike, mode: str = "r", *, parents: Optional[Sequence[PathLike]] = None,
-         allowed_root: Optional[PathLike] = None, size_rule: str = "auto") -> VhdStream:
+         allowed_root: Optional[PathLike] = None, size_rule: str = "auto", follow_locators: bool = True) -> VhdStream:
     """Open the virtual disk of a VHD (with its parent chain) as a binary
     stream: mode ``"r"`` (``"rb"``) to read (:class:`VhdStream`), ``"r+"``
     (``"r+b"``, ``"rb+"``) to read and write
@@ -413,16 +414,21 @@ def open(path: PathLike, mode: str = "r", *, parents: Optional[Sequence[PathLike
 
     ``parents``: explicit parent paths, the leaf's parent first (used before
     the locators).  ``allowed_root``: refuse parents outside this directory.
+    ``follow_locators=False``: parents come only from ``parents`` (the mode
+    for server code: a file's locators name paths its author chose; they are
+    decoded for display but never followed).
     A bad mode raises ValueError, as :func:`io.open` does; writing to a
     stream opened ``"r"`` raises :class:`io.UnsupportedOperation`.
     """
+    kw: Dict[str, Any] = dict(parents=parents, allowed_root=allowed_root, size_rule=size_rule,
+                              follow_locators=follow_locators)
     if mode in ("r+", "r+b", "rb+"):   # writing: vhdkit.vhd.chain (chains helper)
         from .chain import VhdWriteStream
-        return VhdWriteStream(path, parents=parents, allowed_root=allowed_root, size_rule=size_rule)
+        return VhdWriteStream(path, **kw)
     if mode not in ("r", "rb"):
         raise InvalidInputError(f"invalid mode {mode!r}: vhdkit.open takes 'r' (read) or 'r+' (read and write); "
                                 "make a new VHD with vhdkit.create or vhdkit.convert")
-    return VhdStream(path, parents=parents, allowed_root=allowed_root, size_rule=size_rule)
+    return VhdStream(path, **kw)
 
 
 def info(path: PathLike, *, size_rule: str = "auto", parents: Optional[Sequence[PathLike]] = None,
@@ -437,15 +443,16 @@ def info(path: PathLike, *, size_rule: str = "auto", parents: Optional[Sequence[
 
 def check(path: PathLike, *, parents: Union[bool, Sequence[PathLike]] = True,
           allowed_root: Optional[PathLike] = None, size_rule: str = "auto",
-          max_problems: int = 1000) -> CheckReport:
+          max_problems: int = 1000, follow_locators: bool = True) -> CheckReport:
     """Validate a VHD's structure (and, with ``parents``, its chain).
 
     Problems are reported, not raised; an unreadable file gives one problem.
-    ``parents`` may also be a list of explicit parent paths.
+    ``parents`` may also be a list of explicit parent paths;
+    ``follow_locators`` as for :func:`open`.
     """
     ffi, lib = native.ffi, native.lib
     explicit = None if isinstance(parents, bool) else list(parents)
-    opts = _Opts(explicit, allowed_root, size_rule)
+    opts = _Opts(explicit, allowed_root, size_rule, follow_locators=follow_locators)
     cap = max(1, int(max_problems))
     arr = ffi.new("vk_problem[]", cap)
     n = ffi.new("size_t *")
