@@ -38,6 +38,8 @@ def _input_label(w: dict) -> str:
         parts.append(f"{p['allocated_bytes'] / p['virtual_size']:.0%} alloc")
     if "images" in p:
         parts.append(f"{p['images']:,} vs {p['baseline_images']:,} images")
+    if "image_count" in p:
+        parts.append(f"{p['image_count']:,} images")
     if "file_bytes" in p:
         parts.append(f"file {_size(p['file_bytes'])}")
     return ", ".join(parts)
@@ -63,7 +65,7 @@ def markdown(doc: dict) -> str:
             continue
         lines.extend(_rows(w))
     behind = behind_list(doc)
-    lines += ["", "Where vhdkit is behind its peer (median ratio > 1.0): " +
+    lines += ["", "Where vhdkit is behind a peer doing the same work (median ratio > 1.0; floors excluded): " +
               ("; ".join(behind) if behind else "none") + "."]
     targets = [f"- **{w['name']}** (issue #{w['issue']}): {w['target']}" for w in doc["workloads"]
                if w.get("target") and w.get("issue") and not w.get("scaling")]
@@ -101,7 +103,7 @@ def _rows(w: dict) -> list[str]:
     first = True
     for v in w["variants"]:
         st = v.get("stats")
-        name = f"**{v['name']}**" if v["ours"] else v["name"]
+        name = f"**{v['name']}**" if v["ours"] else v["name"] + (" (floor)" if v.get("floor") else "")
         head = f"{w['name']}" + ("" if w["status"] == "ok" else f" ({w['status']}: {w.get('reason', '')})")
         cell_w = head if first else ""
         cell_in = label if first else ""
@@ -121,12 +123,15 @@ def _rows(w: dict) -> list[str]:
 
 
 def behind_list(doc: dict) -> list[str]:
+    """Verdicts come only from pairs doing the same work: floors (less work
+    than vhdkit) and in-process references are shown but never listed."""
     out = []
     for w in doc["workloads"]:
         if w.get("scaling"):
             continue
+        floors = {v["name"] for v in w["variants"] if v.get("floor")}
         for peer, r in (w.get("ratios") or {}).items():
-            if r and r["median"] > 1.0 and not peer.startswith("(ref)"):
+            if r and r["median"] > 1.0 and not peer.startswith("(ref)") and peer not in floors:
                 out.append(f"{w['name']} vs {peer} ×{r['median']:.2f}")
     return out
 

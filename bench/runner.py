@@ -64,6 +64,9 @@ class Variant:
     output: Optional[str] = None                   # path whose size is reported
     tools: list[str] = field(default_factory=list)  # executables that must exist
     inner: Optional[str] = None  # the command writes {"seconds": per-operation median} here; that is its time
+    #: A lower bound that does less work than vhdkit (e.g. a bare ``cat`` with no
+    #: hashing or sync): shown, labelled "floor", never a verdict.
+    floor: bool = False
 
     def display(self, root: str = "") -> str:
         s = " && ".join(c.display() for c in self.steps)

@@ -126,7 +126,7 @@ def run_workload(d: WorkloadDef, ctx: Ctx, repeat: int, warmup: bool = True) -> 
     err = str(ctx.workdir / f"last-stderr.{os.getpid()}.txt")  # per harness process: runs may share a workdir
     active: list[Variant] = []
     for v in w.variants:
-        vr = {"name": v.name, "ours": v.ours, "command": v.display(str(ctx.workdir) + "/"), "runs": []}
+        vr = {"name": v.name, "ours": v.ours, "floor": v.floor, "command": v.display(str(ctx.workdir) + "/"), "runs": []}
         res["variants"].append(vr)
         miss = [t for t in v.tools if shutil.which(t) is None]
         if miss:

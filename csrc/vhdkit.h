@@ -106,6 +106,10 @@ typedef struct vk_info {
     char     parent_name[1024];  /* UTF-8 of the header's UTF-16BE name     */
     int      parent_name_valid;  /* 0 if the name is not valid UTF-16        */
     int      n_locators;         /* locator entries with a non-zero code     */
+    int      format;             /* 0 VHD, 1 VHDX (vk_image_vhdx_info has the rest;
+                                    disk_type is then fixed when
+                                    LeaveBlocksAllocated is set, differencing
+                                    when HasParent is)                       */
 } vk_info;
 
 typedef struct vk_locator_info {
@@ -161,6 +165,63 @@ int vk_image_map(vk_image *img, uint64_t start, vk_extent *out, size_t cap, size
  * check_parents: also resolve and check the parent chain (opts as for open). */
 int vk_check(const char *path, const vk_open_opts *opts, int check_parents,
              vk_problem *out, size_t cap, size_t *n_found, vk_err *err);
+
+/* ---- VHDX (vkx_*.c): read-only, through the same vk_image ------------- */
+typedef struct vk_vhdx_info {
+    char     creator[512];          /* UTF-8 of the file identifier's creator */
+    int      current_header;        /* 1 or 2                                 */
+    int      header_valid[2];
+    uint64_t header_seq[2];
+    uint8_t  file_write_guid[16];   /* of the current header, as stored      */
+    uint8_t  data_write_guid[16];
+    uint8_t  log_guid[16];
+    uint16_t version;
+    uint16_t log_version;
+    uint64_t log_offset;
+    uint32_t log_length;
+    int      log_replay_pending;    /* reads show the replayed disk          */
+    uint32_t log_entries;           /* entries of the active sequence        */
+    uint64_t log_sequence;          /* its head's sequence number            */
+    int      region_table;          /* 1 or 2: the copy in use               */
+    uint32_t n_regions;
+    uint64_t bat_offset;
+    uint64_t bat_length;
+    uint64_t metadata_offset;
+    uint64_t metadata_length;
+    uint32_t n_metadata;
+    uint32_t block_size;
+    uint32_t logical_sector_size;
+    uint32_t physical_sector_size;
+    int      leave_blocks_allocated;
+    int      has_parent;
+    uint64_t virtual_size;
+    uint8_t  page83[16];
+    uint64_t chunk_ratio;
+    uint64_t bat_entries;
+    uint64_t payload_blocks;
+    uint64_t blocks_by_state[8];    /* payload blocks by BAT state 0..7      */
+    uint64_t sector_bitmaps_present;
+    uint32_t n_locator_entries;
+    char     parent_linkage[64];
+    char     parent_linkage2[64];
+    char     relative_path[1024];
+    char     volume_path[1024];
+    char     absolute_win32_path[1024];
+} vk_vhdx_info;
+
+/* Is this file a VHDX ("vhdxfile" at offset 0)?  *is_vhdx = 1 or 0. */
+int vk_probe_vhdx(const char *path, int *is_vhdx, vk_err *err);
+int vk_image_vhdx_info(const vk_image *img, int layer, vk_vhdx_info *out, vk_err *err);
+
+typedef struct vk_vhdx_repair_result {
+    int      replayed;      /* 1 the log was written into the file          */
+    uint32_t log_entries;   /* entries of the active sequence (0: clean)    */
+    uint32_t writes;        /* replayed writes                              */
+} vk_vhdx_repair_result;
+
+/* Write a pending log replay into the file (crash-safe as the spec makes
+ * it: the log stays active until the replayed data is fsynced). */
+int vk_vhdx_repair(const char *path, int dry_run, vk_vhdx_repair_result *res, vk_err *err);
 
 /* ==== writing and converting (vk_write.c, vk_convert.c, ...) ============= */
 /*

@@ -76,6 +76,9 @@ int vk_snapshot(vk_image *parent, int out_fd, uint64_t size, uint32_t block_size
     memset(res, 0, sizeof *res);
     if (!parent) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "no parent image");
     const vk_layer *P = &parent->layer[0];
+    if (P->vx)
+        return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX, "%s is a VHDX: a VHD snapshot cannot have a VHDX parent "
+                       "(convert it to a VHD first)", P->path);
     if (size == 0) size = P->virtual_size;
     if ((rc = vk_size_plan_make(size, VK_RULE_EXACT, &plan, err))) return rc;
     uint32_t bs = block_size ? block_size : (P->footer.disk_type == VK_DISK_FIXED ? VK_DEFAULT_BLOCK : P->block_size);
@@ -235,6 +238,7 @@ int vk_coalesce_into_parent(vk_image *C, const char *journal_path, vk_merge_resu
     memset(res, 0, sizeof *res);
     if (!C || !journal_path) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "invalid arguments");
     vk_layer *L = &C->layer[0];
+    if (L->vx) return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX, "%s is a VHDX: vhdkit does not write VHDX", L->path);
     if (L->footer.disk_type != VK_DISK_DIFF || C->n < 2)
         return vk_fail(err, VK_E_INVALID, UINT64_MAX, "%s is not a differencing disk: nothing to merge", L->path);
 
@@ -332,7 +336,7 @@ int vk_reparent(const char *child_path, vk_image *NP, const vk_parent_ref *ref, 
     o.top_only = 1;
     if ((rc = vk_image_open(child_path, &o, &C, err))) return rc;
     vk_layer *L = &C->layer[0];
-    if (L->footer.disk_type != VK_DISK_DIFF) {
+    if (L->footer.disk_type != VK_DISK_DIFF || L->vx) {
         rc = vk_fail(err, VK_E_INVALID, UINT64_MAX, "%s is not a differencing disk", L->path);
         goto out;
     }

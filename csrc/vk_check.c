@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "vk_image.h"
+#include "vkx.h"
 
 typedef struct {
     vk_problem *out;
@@ -308,6 +308,65 @@ static void check_locators(probs *P, int fd, uint64_t file_size, const vk_footer
     if (!any) add(P, "LOCATOR_MISSING", ho + 576, "a differencing disk without parent locators");
 }
 
+/* The problem code of a vk_parent_open failure reason. */
+static const char *parent_code(int reason)
+{
+    static const char *codes[] = {"PARENT_MISSING", "PARENT_MISSING", "PARENT_UUID", "PARENT_OUTSIDE_ROOT",
+                                  "PARENT_INVALID"};
+    return codes[reason >= 0 && reason <= 4 ? reason : 1];
+}
+
+/* Check the parent ppath of the layer at depth, as layer depth + 1. */
+static void check_parent_file(probs *P, const char *ppath, const vk_open_opts *opts, int check_parents,
+                              dev_t *seen_dev, ino_t *seen_ino, int depth)
+{
+    int saved = P->layer;
+    P->layer = depth + 1;
+    check_file(P, ppath, opts, check_parents, seen_dev, seen_ino, depth + 1);
+    P->layer = saved;
+}
+
+static void note_problem(void *ctx, const char *code, uint64_t off, const char *msg)
+{
+    add(ctx, code, off, "%s", msg);
+}
+
+/* A VHDX layer: what the opener refuses (one problem with its code), what
+ * it tolerates (a torn header or region table copy), block overlaps, a
+ * pending log replay; then its parent, if asked. */
+static void check_vhdx(probs *P, const char *path, const vk_open_opts *opts, int check_parents,
+                       dev_t *seen_dev, ino_t *seen_ino, int depth)
+{
+    vk_layer L, parent;
+    vk_err e;
+    int reason;
+    if (vk_layer_open_noted(&L, path, VK_SIZE_AUTO, note_problem, P, &e)) goto out;
+    vkx_check_bat(L.vx);
+    if (L.vx->log_pending)
+        add(P, "VHDX_LOG_REPLAY_PENDING", L.vx->hdr[L.vx->current].log_offset,
+            "the log holds %u entries never applied (not closed cleanly): reads show the replayed disk; "
+            "'vhdkit repair' writes the replay into the file", L.vx->log_entries);
+    if (L.footer.disk_type != VK_DISK_DIFF || !check_parents) goto out;
+    const char *explicit_path = depth < opts->n_parents ? opts->parents[depth] : NULL;
+    if (vk_parent_open(&L, explicit_path, opts->no_locators, opts->allowed_root, &reason, opts->size_rule, &parent, &e)) {
+        add(P, parent_code(reason), UINT64_MAX, "%s", e.msg);
+        goto out;
+    }
+    char *ppath = strdup(parent.path);
+    int cycle = 0;
+    for (int i = 0; i <= depth; i++)
+        cycle |= seen_dev[i] == parent.dev && seen_ino[i] == parent.ino;
+    vk_layer_close(&parent);
+    if (!ppath) add(P, "INTERNAL", UINT64_MAX, "out of memory");
+    else if (cycle) add(P, "CHAIN_CYCLE", UINT64_MAX, "parent chain has a cycle: %s appears twice", ppath);
+    else if (depth + 1 >= VK_MAX_CHAIN_DEPTH)
+        add(P, "CHAIN_DEPTH", UINT64_MAX, "differencing chain is deeper than %d layers", VK_MAX_CHAIN_DEPTH);
+    else check_parent_file(P, ppath, opts, check_parents, seen_dev, seen_ino, depth);
+    free(ppath);
+out:
+    vk_layer_close(&L);
+}
+
 static void check_file(probs *P, const char *path, const vk_open_opts *opts, int check_parents,
                        dev_t *seen_dev, ino_t *seen_ino, int depth)
 {
@@ -335,6 +394,11 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
     }
     seen_dev[depth] = st.st_dev;
     seen_ino[depth] = st.st_ino;
+    if (vkx_is_vhdx(fd, file_size)) {
+        close(fd);
+        check_vhdx(P, path, opts, check_parents, seen_dev, seen_ino, depth);
+        return;
+    }
     if (file_size < 511) {
         add(P, "FILE_TOO_SMALL", 0, "file is %llu bytes, smaller than a VHD footer", (unsigned long long)file_size);
         goto out;
@@ -391,9 +455,7 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
                                 &parent, &e);
         free(child.path);
         if (rc) {
-            static const char *codes[] = {"PARENT_MISSING", "PARENT_MISSING", "PARENT_UUID", "PARENT_OUTSIDE_ROOT",
-                                          "PARENT_INVALID"};
-            add(P, codes[reason >= 0 && reason <= 4 ? reason : 1], UINT64_MAX, "%s", e.msg);
+            add(P, parent_code(reason), UINT64_MAX, "%s", e.msg);
             vk_layer_close(&parent);
             goto out;
         }
@@ -418,10 +480,7 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
         }
         close(fd);
         fd = -1;
-        int saved = P->layer;
-        P->layer = depth + 1;
-        check_file(P, ppath, opts, check_parents, seen_dev, seen_ino, depth + 1);
-        P->layer = saved;
+        check_parent_file(P, ppath, opts, check_parents, seen_dev, seen_ino, depth);
         free(ppath);
     }
 out:

@@ -107,6 +107,28 @@ int vk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, vk_err *er
     return VK_OK;
 }
 
+/* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum of
+ * VHDX structures; the 4 bytes at cksum_off count as zero. */
+uint32_t vk_crc32c(const uint8_t *buf, size_t len, size_t cksum_off)
+{
+    static uint32_t table[256];
+    static int ready;
+    if (!ready) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+            table[i] = c;
+        }
+        ready = 1;
+    }
+    uint32_t crc = 0xFFFFFFFFu;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t b = (i >= cksum_off && i - cksum_off < 4) ? 0 : buf[i];
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8);
+    }
+    return ~crc;
+}
+
 uint32_t vk_time_now(void)
 {
     long long t = (long long)time(NULL) - VK_EPOCH_OFFSET;

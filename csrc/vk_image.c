@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "vk_image.h"
+#include "vkx.h"
 
 static int is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
 
@@ -90,6 +90,7 @@ void vk_layer_close(vk_layer *L)
     free(L->path); L->path = NULL;
     free(L->bat); L->bat = NULL;
     free(L->bm); L->bm = NULL;
+    vkx_free(L->vx); L->vx = NULL;
 }
 
 static int layer_load_dynamic(vk_layer *L, vk_err *err)
@@ -159,6 +160,11 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
 
 int vk_layer_open(vk_layer *L, const char *path, int size_rule, vk_err *err)
 {
+    return vk_layer_open_noted(L, path, size_rule, NULL, NULL, err);
+}
+
+int vk_layer_open_noted(vk_layer *L, const char *path, int size_rule, vkx_note_fn note, void *note_ctx, vk_err *err)
+{
     struct stat st;
     uint8_t raw[512];
     int rc;
@@ -191,6 +197,7 @@ int vk_layer_open(vk_layer *L, const char *path, int size_rule, vk_err *err)
     L->path = realpath(path, NULL);
     if (!L->path) L->path = strdup(path);
     if (!L->path) return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "out of memory");
+    if (vkx_is_vhdx(L->fd, L->file_size)) return vkx_layer_open(L, note, note_ctx, err);
 
     if ((rc = vk_read_footer(L->fd, L->file_size, &L->footer, &L->footer_size, &L->footer_source, raw, err)))
         return rc;
@@ -310,6 +317,15 @@ int vk_image_info(const vk_image *img, int layer, vk_info *o, vk_err *err)
     o->footer_size = L->footer_size;
     o->footer_source = L->footer_source;
     o->file_size = L->file_size;
+    if (L->vx) {
+        o->format = 1;
+        o->current_size = o->original_size = L->virtual_size;
+        o->block_size = L->block_size;
+        o->bat_entries_used = L->bat_used;
+        o->allocated_bytes = (uint64_t)L->bat_used * L->block_size;
+        memcpy(o->uuid, L->vx->page83, 16);
+        return VK_OK;
+    }
     if (f->disk_type == VK_DISK_FIXED) {
         o->allocated_bytes = L->virtual_size;
         return VK_OK;
@@ -337,8 +353,8 @@ int vk_image_locator(const vk_image *img, int layer, int index, vk_locator_info 
     if ((rc = layer_arg(img, layer, err))) return rc;
     const vk_layer *L = &img->layer[layer];
     memset(o, 0, sizeof *o);
-    if (L->footer.disk_type == VK_DISK_FIXED)
-        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "a fixed disk has no locators");
+    if (L->footer.disk_type == VK_DISK_FIXED || L->vx)
+        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "a fixed disk or a VHDX has no VHD locators");
     for (int i = 0; i < 8; i++) {
         const vk_locator *l = &L->hdr.loc[i];
         if (!l->code) continue;

@@ -15,9 +15,12 @@
 /* BAT entries we hold in memory: 2040 GiB in 64 KiB blocks (128 MiB). */
 #define VK_MAX_BAT_ENTRIES  (1u << 25)
 
+struct vkx_disk;
+
 /* One opened file of a chain. */
 typedef struct vk_layer {
     int        fd;
+    struct vkx_disk *vx;        /* a VHDX (vkx.h), else NULL: a VHD */
     char      *path;            /* absolute (realpath) */
     dev_t      dev;
     ino_t      ino;
@@ -54,6 +57,10 @@ struct vk_image {
 
 /* vk_image.c */
 int  vk_layer_open(vk_layer *L, const char *path, int size_rule, vk_err *err);
+/* The same, passing a VHDX's non-fatal findings (and a fatal one) to note. */
+typedef void (*vkx_note_fn)(void *ctx, const char *code, uint64_t off, const char *msg);
+int  vk_layer_open_noted(vk_layer *L, const char *path, int size_rule, vkx_note_fn note, void *note_ctx,
+                         vk_err *err);
 void vk_layer_close(vk_layer *L);
 int  vk_read_footer(int fd, uint64_t file_size, vk_footer *f, int *fsize, int *fsource,
                     uint8_t raw[512], vk_err *err);

@@ -158,6 +158,10 @@ long vk_utf16_to_utf8(const uint8_t *in, size_t in_len, int big_endian,
 long vk_utf8_to_utf16(const char *in, size_t in_len, int big_endian,
                       uint8_t *out, size_t out_cap);
 
+/* CRC-32C (Castagnoli) over len bytes, the 4 bytes at cksum_off taken as
+ * zero (SIZE_MAX: none): the checksum of every VHDX structure. */
+uint32_t vk_crc32c(const uint8_t *buf, size_t len, size_t cksum_off);
+
 /* ---- I/O helpers: full pread/pwrite with EINTR and short-I/O loops ------ */
 int vk_pread_full(int fd, void *buf, size_t len, uint64_t off, vk_err *err);
 int vk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, vk_err *err);

@@ -17,7 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "vk_image.h"
+#include "vkx.h"
 
 #define VK_LOCATOR_MAX 8192u   /* longest locator data we accept (bytes) */
 
@@ -158,6 +158,10 @@ static int try_candidate(const vk_layer *child, const char *cand, const char *ro
         err->code = VK_E_CHAIN;
         return VK_E_CHAIN;
     }
+    if (child->vx || parent->vx) {
+        if ((rc = vkx_parent_matches(child, parent, reason, err))) vk_layer_close(parent);
+        return rc;
+    }
     if (memcmp(parent->footer.uuid, child->hdr.parent_uuid, 16) != 0) {
         *reason = VK_PARENT_UUID;
         rc = vk_fail(err, VK_E_CHAIN, UINT64_MAX, "parent %s has a different UUID than %s expects", parent->path,
@@ -197,7 +201,9 @@ int vk_parent_open(const vk_layer *child, const char *explicit_path, int no_loca
     for (int pass = 1; pass <= 3; pass++) {
         for (int i = 0; i < (pass == 3 ? 1 : 8); i++) {
             vk_err tmp;
-            if (pass < 3) {
+            if (child->vx) {
+                if (vkx_parent_candidate(child, pass, i, dir, cand, sizeof cand)) continue;
+            } else if (pass < 3) {
                 const vk_locator *l = &child->hdr.loc[i];
                 if (!l->code || vk_locator_decode(child->fd, child->file_size, l, dec, sizeof dec, &tmp))
                     continue;

@@ -11,7 +11,7 @@
  * block is one pread of the whole block. */
 #include <string.h>
 
-#include "vk_image.h"
+#include "vkx.h"
 
 int vk_layer_bitmap(vk_layer *L, uint32_t block, const uint8_t **bm, vk_err *err)
 {
@@ -70,6 +70,22 @@ static int read_layer(vk_image *img, int li, uint8_t *buf, size_t len, uint64_t 
         memset(buf + keep, 0, len - keep);
         len = keep;
     }
+    while (L->vx && len > 0) {
+        uint64_t n, foff;
+        int st;
+        if ((rc = vkx_classify(L->vx, off, len, &n, &st, &foff, err))) return rc;
+        if (st > 0) {
+            rc = vkx_pread(L->vx, buf, (size_t)n, foff, err);
+            img->bytes_read += n;
+        } else if (st == 0) {
+            memset(buf, 0, (size_t)n);
+        } else {
+            rc = read_absent(img, li, buf, (size_t)n, off, err);
+        }
+        if (rc) return rc;
+        buf += n; off += n; len -= (size_t)n;
+    }
+    if (L->vx) return VK_OK;
     if (L->footer.disk_type == VK_DISK_FIXED)
         return vk_pread_full(L->fd, buf, len, off, err);
 
@@ -134,10 +150,19 @@ static int classify(vk_image *img, int li, uint64_t off, uint64_t maxlen, uint64
     *foff = 0;
     if (off >= L->virtual_size) { *len = maxlen; *layer = -1; return VK_OK; }
     if (maxlen > L->virtual_size - off) maxlen = L->virtual_size - off;
+    int diff = L->footer.disk_type == VK_DISK_DIFF;
+    if (L->vx) {
+        int st;
+        if ((rc = vkx_classify(L->vx, off, maxlen, len, &st, foff, err))) return rc;
+        if (st > 0) { *layer = li; return VK_OK; }
+        *layer = -1;
+        if (st == 0) return VK_OK;
+        if (li + 1 < img->n) return classify(img, li + 1, off, *len, len, layer, foff, err);
+        return vk_fail(err, VK_E_CHAIN, UINT64_MAX, "%s opened without its parent", L->path);
+    }
     if (L->footer.disk_type == VK_DISK_FIXED) { *len = maxlen; *layer = li; *foff = off; return VK_OK; }
 
     uint64_t blk = off / L->block_size, in = off % L->block_size;
-    int diff = L->footer.disk_type == VK_DISK_DIFF;
     if (blk >= L->n_bat) {
         /* Past the table every block is absent: one run to maxlen, not one
          * per block (2040 GiB of 512-byte blocks is 4e9 blocks). */

@@ -58,6 +58,9 @@ int vk_image_make_writable(vk_image *img, vk_err *err)
     if (!img) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "no image");
     if (img->rw) return VK_OK;
     vk_layer *L = &img->layer[0];
+    if (L->vx)
+        return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX, "%s is a VHDX, which vhdkit reads but does not write "
+                       "(convert it to a VHD first)", L->path);
     if (L->footer_source != 0 || L->footer_size != VK_FOOTER_SIZE)
         return vk_fail(err, VK_E_FORMAT, UINT64_MAX,
                        "%s: the footer at the end of the file is damaged; run 'vhdkit repair' first", L->path);

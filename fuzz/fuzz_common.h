@@ -58,7 +58,7 @@ static void fz_write(const char *path, const uint8_t *data, size_t len)
 
 static void fz_cleanup(void)
 {
-    static const char *names[] = {"a.vhd", "parent.vhd", "grand.vhd", "out.img", NULL};
+    static const char *names[] = {"a.vhd", "parent.vhd", "grand.vhd", "out.img", "a.vhdx", "parent.vhdx", NULL};
     for (int i = 0; names[i]; i++) unlink(fz_path(0, names[i]));
     rmdir(fz_dir);
 }

@@ -29,7 +29,7 @@ import vhdref  # noqa: E402
 
 MAX_LEN = 256 * 1024
 SEP = b"VHDKIT-FUZZ-SPLIT"
-TARGETS = ["fuzz_open", "fuzz_check", "fuzz_chain", "fuzz_convert", "fuzz_modify"]
+TARGETS = ["fuzz_open", "fuzz_check", "fuzz_chain", "fuzz_convert", "fuzz_modify", "fuzz_vhdx"]
 SAMPLES = os.path.join(ROOT, "..", "shared", "samples")
 
 
@@ -152,6 +152,53 @@ def samples():
     return out
 
 
+def vhdx_patches(path: str) -> bytes:
+    """fuzz_vhdx's input form of a file: its non-zero KiB runs as patches
+    (u16 offset in KiB, u16 length, bytes)."""
+    data = open(path, "rb").read()
+    out = bytearray()
+    k = 0
+    while k * 1024 < len(data) and k < 0x10000:
+        if not any(data[k * 1024:(k + 1) * 1024]):
+            k += 1
+            continue
+        start = k
+        while k * 1024 < len(data) and any(data[k * 1024:(k + 1) * 1024]) and k - start < 63:
+            k += 1
+        chunk = data[start * 1024:k * 1024]
+        out += struct.pack("<HH", start, len(chunk)) + chunk
+    return bytes(out)
+
+
+def vhdx_seeds(tmp, rng):
+    """VHDX seeds for fuzz_vhdx: vhdxref dynamic, 4 KiB-sector, a log with
+    unapplied entries, a differencing leaf + parent; qemu-img's if present."""
+    import uuid
+    import vhdxref
+    size = 3 << 20
+    secs = {s: bytes([s & 0xFF]) * 512 for s in range(0, 6000, 97)}
+    seeds = []
+    p = os.path.join(tmp, "parent.vhdx")
+    g = vhdxref.write_vhdx(p, size, secs)
+    seeds.append(vhdx_patches(p))
+    c = os.path.join(tmp, "a.vhdx")
+    vhdxref.write_vhdx(c, size, {s: b"c" * 512 for s in range(3, 300, 7)}, kind="differencing",
+                       parent=(g, {"relative_path": "parent.vhdx"}))
+    seeds.append(vhdx_patches(c) + SEP + vhdx_patches(p))
+    vhdxref.write_vhdx(c, size, secs, unapplied=[3 << 20, (2 << 20) + 65536], zeroed=[(4 << 20) + 8192],
+                       stale_entry=True)
+    seeds.append(vhdx_patches(c))
+    vhdxref.write_vhdx(c, size, {s: b"4" * 4096 for s in range(0, 700, 33)}, logical=4096)
+    seeds.append(vhdx_patches(c))
+    try:
+        q = os.path.join(tmp, "q.vhdx")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", "-o", "block_size=1M", q, "8M"], check=True)
+        seeds.append(vhdx_patches(q))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return seeds
+
+
 def main(dest: str) -> int:
     rng = random.Random(20261130)
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,12 +207,15 @@ def main(dest: str) -> int:
             singles.append(open(item, "rb").read() if isinstance(item, str) else item)
         singles += samples()
         chains = ref_chains(tmp, rng)
+        vhdx = vhdx_seeds(tmp, rng)
     singles = [s[:MAX_LEN] for s in singles]
     total = 0
     for t in TARGETS:
         d = os.path.join(dest, t)
         os.makedirs(d, exist_ok=True)
         seeds = singles + chains if t in ("fuzz_chain", "fuzz_check", "fuzz_open") else singles
+        if t == "fuzz_vhdx":
+            seeds = vhdx
         if t == "fuzz_chain":
             seeds = seeds + [s + SEP + s for s in singles[:4]]
         for s in seeds:

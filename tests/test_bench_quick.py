@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"startup", "convert.raw-dynamic", "convert.raw-fixed", "convert.dynamic-raw", "chain.read",
-            "coalesce", "check.large", "info.large", "gzip.compress", "gzip.decompress", "ova.pack",
+            "coalesce", "check.large", "info.large", "info.batch", "gzip.compress", "gzip.decompress", "ova.pack",
             "ova.unpack", "segments.split", "segments.join", "registry.list-10k", "registry.list-100k",
             "registry.show-10k", "registry.show-100k", "registry.upload", "registry.download", "registry.download-cli",
             "pipeline.import", "pipeline.export"}
@@ -45,3 +45,24 @@ def test_quick_run_writes_valid_results(tmp_path):
     start = next(w for w in doc["workloads"] if w["name"] == "startup")
     assert start["status"] == "ok"
     assert (results / files[0].name.replace(".json", ".md")).read_text().startswith("Measured")
+    # the bare peers are floors: shown, never a verdict
+    from bench.report import behind_list
+    floors = {(w["name"], v["name"]) for w in doc["workloads"] for v in w["variants"] if v.get("floor")}
+    assert {("coalesce", "cat layers"), ("segments.join", "cat"), ("ova.unpack", "tar -xO | pigz -dc")} <= floors
+    assert [b for b in behind_list(doc) if any(b.startswith(f"{w} vs {v} ×") for w, v in floors)] == []
+
+
+def test_floors_are_labelled_and_never_a_verdict():
+    from bench.report import _rows, behind_list
+    stats = {"median": 1.0, "min": 1.0, "max": 1.0, "maxrss_mib": 1, "cv": 0}
+    w = {"name": "segments.join", "status": "ok", "params": {},
+         "variants": [{"name": "vhdkit", "ours": True, "stats": stats},
+                      {"name": "cat", "ours": False, "floor": True, "stats": stats},
+                      {"name": "cat + hashes", "ours": False, "stats": stats},
+                      {"name": "(ref) api", "ours": False, "stats": stats}],
+         "ratios": {"cat": {"median": 5.0, "min": 5.0, "max": 5.0, "n": 3},
+                    "cat + hashes": {"median": 1.2, "min": 1.1, "max": 1.3, "n": 3},
+                    "(ref) api": {"median": 9.0, "min": 9.0, "max": 9.0, "n": 3}}}
+    assert behind_list({"workloads": [w]}) == ["segments.join vs cat + hashes ×1.20"]
+    assert any("cat (floor)" in r for r in _rows(w))
+

@@ -231,6 +231,13 @@ def test_upload_of_data_that_is_not_a_vhd_is_refused(api_server):
     _upload_refused(api_server, b"#!/bin/sh\necho this is no disk\n" * 100, "not a VHD")
 
 
+def test_upload_of_a_vhd_over_the_virtual_size_limit_is_refused(api_server, tmp_path):
+    # a dynamic VHD is mostly metadata: 50 GiB of virtual disk in a ~100 KiB file
+    big = make_disk(tmp_path, "big.vhd", size="50G")
+    assert big.stat().st_size < MiB
+    _upload_refused(api_server, big.read_bytes(), "virtual size")
+
+
 def test_upload_of_an_ova_with_dotdot_members_is_refused(api_server, tmp_path):
     d = make_disk(tmp_path, "d.vhd")
     p = tmp_path / "evil.ova"
@@ -308,6 +315,18 @@ def test_export_of_bad_stored_data_fails_with_the_client_code(api_server, tmp_pa
     legacy = plant_legacy(api_server, ATTACKER, p, container_format=fmt)
     t = export(api_server, ATTACKER, legacy)
     assert t["status"] == "failure" and t["message"].startswith(f"[{code}] "), t
+    assert_no_server_detail(api_server, t["message"])
+    assert container_objects(api_server, ATTACKER) == []
+
+
+def test_export_of_a_stored_package_declaring_more_than_the_limit_fails_413(api_server, tmp_path):
+    """The declared capacity is judged before any byte is decompressed."""
+    d = make_disk(tmp_path, "d.vhd").read_bytes()
+    p = tmp_path / "declares-too-much.ova"
+    _pack_raw(p, [("0.vhd", d)], capacity=50 * GiB)
+    legacy = plant_legacy(api_server, ATTACKER, p, container_format="ova")
+    t = export(api_server, ATTACKER, legacy)
+    assert t["status"] == "failure" and t["message"].startswith("[413] "), t
     assert_no_server_detail(api_server, t["message"])
     assert container_objects(api_server, ATTACKER) == []
 

@@ -7,7 +7,9 @@ Import (``{"type": "import", "input": {"import_from": "CONTAINER/OBJECT",
             directory next to the data directory
   validate  the native core: a VHD at all (else 396), fixed or dynamic (a
             differencing disk has a parent: 721), virtual size and file size
-            within limits (413, 609), ``check`` clean (397)
+            within limits (413, 609), ``check`` clean (397); a VHDX
+            (``"import_from_format": "vhdx"``) is validated alike and
+            converted to a dynamic VHD first (:mod:`vhdkit.vhdx_import`)
   package   gzip-compress and pack as an OVA (``0.vhd`` + descriptor + manifest)
   store     upload the OVA as the image's data (disk_format vhd, container_format
             ova, virtual_size from the VHD) -- the image turns active only now
@@ -220,8 +222,8 @@ def _parse_import(inp: Dict[str, Any]) -> tuple:
     if any(seg in (".", "..") for seg in src.split("/")):
         raise TaskFailed(400, "import_from may not contain '.' or '..' path segments")
     fmt = inp.get("import_from_format", "vhd")
-    if fmt != "vhd":
-        raise TaskFailed(400, f"import_from_format must be 'vhd', not {fmt!r}")
+    if fmt not in ("vhd", "vhdx"):
+        raise TaskFailed(400, f"import_from_format must be 'vhd' or 'vhdx', not {fmt!r}")
     props = inp.get("image_properties", {})
     if not isinstance(props, dict):
         raise TaskFailed(400, "image_properties must be an object")
@@ -263,7 +265,8 @@ def _run_import(ctx: _Context) -> Dict[str, Any]:
     image_id = _image_id_for(ctx.task.id)
     _discard_image(reg, caller.account, image_id)  # what an earlier, interrupted attempt left
 
-    disk = ctx.dir / "0.vhd"
+    vhdx = ctx.task.input.get("import_from_format") == "vhdx"   # checked by _parse_import
+    disk = ctx.dir / ("source.vhdx" if vhdx else "0.vhd")
     ctx.enter("fetch", head.size)
     with store.get(container, obj) as src:
         local = _local_path(src)
@@ -277,6 +280,9 @@ def _run_import(ctx: _Context) -> Dict[str, Any]:
                 _copy(src, dst, ctx)
 
         ctx.enter("validate", head.size)
+        if vhdx:
+            from . import vhdx_import
+            disk = vhdx_import.to_vhd(disk, ctx.dir / "0.vhd", cfg)
         vi = _validate_vhd(disk, cfg)
 
         # package: main's ova.pack writes the OVA in one pass (no spool); the

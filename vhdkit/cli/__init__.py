@@ -13,29 +13,44 @@ for scripts.
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
 from ._common import VhdkitGroup
 
-#: The command modules, each registering its commands on `main` when imported.
-_MODULES = ("inspect", "convert", "chains", "packaging", "registry", "tasks", "serve", "maintenance")
-#: Where the common commands live, so that running one imports only its module
-#: (start-up time matters for a command-line tool); anything else, and --help,
-#: imports every module.
-_WHERE = {"info": "inspect", "check": "inspect", "map": "inspect",
-          "create": "convert", "convert": "convert", "modify": "convert", "repair": "convert",
-          "compare": "convert", "snapshot": "chains", "coalesce": "chains", "reparent": "chains",
-          "chain": "chains", "compress": "packaging", "decompress": "packaging", "ova": "packaging",
-          "object": "packaging", "segments": "packaging", "image": "registry", "member": "registry",
-          "task": "tasks", "worker": "tasks", "serve": "serve", "cleanup": "maintenance"}
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _modules() -> list:
+    """The command modules (every module here not starting with "_"), each
+    registering its commands on `main` when imported."""
+    return sorted(f[:-3] for f in os.listdir(_HERE) if f.endswith(".py") and not f.startswith("_"))
+
+
+def _module_of(name: str):
+    """The module that registers command ``name``, read from the modules' own
+    ``@main.command("NAME")`` / ``@main.group("NAME")`` lines (derived, not a
+    hand-kept map), so that running a command imports only its module:
+    start-up time matters for a command-line tool.  None if no module says so."""
+    decls = (f'@main.command("{name}")', f'@main.group("{name}")')
+    for m in _modules():
+        try:
+            with open(os.path.join(_HERE, f"{m}.py"), encoding="utf-8") as f:
+                text = f.read()
+        except OSError:  # no source (e.g. a bytecode-only install): the caller loads every module
+            return None
+        if any(d in text for d in decls):
+            return m
+    return None
 
 
 class _LazyGroup(VhdkitGroup):
-    """Imports a command's module when the command is first looked up."""
+    """Imports a command's module when the command is first looked up;
+    anything else, and --help, imports every module."""
 
     def _load_all(self) -> None:
-        for m in _MODULES:
+        for m in _modules():
             importlib.import_module(f"{__name__}.{m}")
 
     def list_commands(self, ctx: click.Context):
@@ -44,8 +59,9 @@ class _LazyGroup(VhdkitGroup):
 
     def get_command(self, ctx: click.Context, name: str):
         if name not in self.commands:
-            if name in _WHERE:
-                importlib.import_module(f"{__name__}.{_WHERE[name]}")
+            where = _module_of(name)
+            if where is not None:
+                importlib.import_module(f"{__name__}.{where}")
             if name not in self.commands:
                 self._load_all()
         return super().get_command(ctx, name)

@@ -200,11 +200,14 @@ _FORMAT_NAMES = {"vhd": "vhd", "vpc": "vhd", "raw": "raw"}
 #: The output format a file name's extension says, as qemu-img users name files.
 _EXTENSIONS = {".vhd": "vhd", ".vpc": "vhd", ".raw": "raw", ".img": "raw"}
 FORMAT = click.Choice(sorted(_FORMAT_NAMES))
+#: Input formats (-f/-F): the above, and VHDX, which vhdkit reads but does not write.
+_INPUT_FORMAT_NAMES = {**_FORMAT_NAMES, "vhdx": "vhdx"}
+INPUT_FORMAT = click.Choice(sorted(_INPUT_FORMAT_NAMES))
 
 
 def image_format(name: Optional[str]) -> Optional[str]:
     """vhdkit's name of a format given with -f/-F/-O (None stays None: detect)."""
-    return None if name is None else _FORMAT_NAMES[name]
+    return None if name is None else _INPUT_FORMAT_NAMES[name]
 
 
 def output_format(dst: str, given: Optional[str]) -> str:

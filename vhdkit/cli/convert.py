@@ -10,8 +10,8 @@ from typing import Optional
 import click
 
 from . import main
-from ._common import (FORMAT, SIZE, emit, fail, force_option, image_format, json_option, output_format,
-                      refuse_terminal, sized)
+from ._common import (FORMAT, INPUT_FORMAT, SIZE, emit, fail, force_option, image_format, json_option,
+                      output_format, refuse_terminal, sized)
 from ..progress import Progress
 
 def _qemu_options(text: Optional[str]) -> dict:
@@ -91,8 +91,9 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, no_syn
 @main.command("convert")
 @click.argument("src")
 @click.argument("dst")
-@click.option("-f", "src_format", type=FORMAT, default=None,
-              help="Input format: vhd (or vpc) or raw (default: detected from the footer).")
+@click.option("-f", "src_format", type=INPUT_FORMAT, default=None,
+              help="Input format: vhd (or vpc), vhdx or raw (default: detected from the footer or the VHDX "
+                   "identifier).")
 @click.option("-O", "out_format", type=FORMAT, default=None,
               help="Output format: vhd (or vpc, qemu-img's name), a VHD of --type; or raw, a sparse raw file.  "
                    "Default: from DST's extension (.vhd/.vpc: vhd; .raw/.img: raw; stdout: vhd); "
@@ -109,7 +110,7 @@ def create_cmd(out, size, disk_type, block_size, size_rule, azure, force, no_syn
 @json_option
 def convert_cmd(src, dst, src_format, out_format, qemu_opts, disk_type, block_size, size_rule, azure, parents,
                 show_progress, force, no_sync, as_json):
-    """Convert SRC (raw or VHD: fixed, dynamic, differencing flattened) to DST.
+    """Convert SRC (raw, VHD or VHDX: fixed, dynamic, differencing flattened) to DST.
 
     "-" as SRC reads raw data from stdin; "-" as DST writes raw or fixed
     output to stdout (a dynamic VHD needs a file: its BAT is written last).
@@ -184,6 +185,8 @@ def repair_cmd(image, dry_run, force, as_json):
     last block, but the blocks whose data lay past the cut then read as
     zeros: that repair is refused, naming those blocks (virtual byte
     ranges), unless --force.  Exit 1 when refused.
+    For a VHDX: write a pending log replay into the file (crash-safe: the log
+    stays active until the replayed data is on disk).
 
     \b
     Example:
@@ -211,8 +214,8 @@ def repair_cmd(image, dry_run, force, as_json):
 @main.command("compare")
 @click.argument("a")
 @click.argument("b")
-@click.option("-f", "a_format", type=FORMAT, default=None, help="Format of A (vhd, vpc or raw).")
-@click.option("-F", "b_format", type=FORMAT, default=None, help="Format of B (vhd, vpc or raw).")
+@click.option("-f", "a_format", type=INPUT_FORMAT, default=None, help="Format of A (vhd, vpc, vhdx or raw).")
+@click.option("-F", "b_format", type=INPUT_FORMAT, default=None, help="Format of B (vhd, vpc, vhdx or raw).")
 @json_option
 def compare_cmd(a, b, a_format, b_format, as_json):
     """Compare the contents of two images (exit 0 identical, 1 different, 2 error).

@@ -40,7 +40,7 @@ def _task_dict(t) -> dict:
     return d
 
 
-@main.group()
+@main.group("task")
 def task() -> None:
     """Import and export tasks (run by `vhdkit worker`).
 
@@ -54,12 +54,15 @@ def task() -> None:
 @click.argument("kind", type=click.Choice(["import", "export"]))
 @click.option("--from", "import_from", help="import: CONTAINER/OBJECT in your object store.")
 @click.option("--name", help="import: the new image's name.")
+@click.option("--format", "import_format", type=click.Choice(["vhd", "vhdx"]), default="vhd", show_default=True,
+              help="import: the object's format (a VHDX is converted to a dynamic VHD).")
 @click.option("--image", "image_uuid", help="export: the image id.")
 @click.option("--container", help="export: the receiving container.")
 @click.option("--input", "raw_input", help="The task input as JSON (instead of the options above).")
 @_identity
 @json_option
-def task_create(kind, import_from, name, image_uuid, container, raw_input, data_dir, account, roles, as_json):
+def task_create(kind, import_from, name, import_format, image_uuid, container, raw_input, data_dir, account, roles,
+                as_json):
     """Create an import or export task.
 
     \b
@@ -75,7 +78,7 @@ def task_create(kind, import_from, name, image_uuid, container, raw_input, data_
     elif kind == "import":
         if not import_from:
             raise click.UsageError("import needs --from CONTAINER/OBJECT")
-        inp = {"import_from": import_from, "import_from_format": "vhd",
+        inp = {"import_from": import_from, "import_from_format": import_format,
                "image_properties": {"name": name} if name else {}}
     else:
         if not image_uuid or not container:
@@ -153,7 +156,7 @@ def task_wait(task_id, timeout, data_dir, account, roles, as_json):
         sys.exit(1)
 
 
-@main.command()
+@main.command("worker")
 @data_option("Data directory shared with the API server and other workers.")
 @click.option("--once", is_flag=True, help="Run one pending task (if any) and exit.")
 @click.option("--until-idle", is_flag=True, help="Run tasks until none is pending, then exit.")

@@ -194,13 +194,16 @@ def check_disk(path: str, limits: InspectLimits, *, what: str, parents: Optional
     disk over exactly those files) that the core checks clean, within limits;
     its :class:`~vhdkit.vhd.VhdInfo`, else :class:`DiskRefused`.  The one
     judgement of a customer's disk: upload inspection and the import task."""
-    from ..vhd import check, info, probe
+    from ..vhd import check, info, probe, probe_format
 
     size = os.stat(path).st_size
     if size > limits.max_file_size:
         raise DiskRefused(609, f"{what} is {size} bytes; the limit is {limits.max_file_size}")
     kind = probe(path)
     if kind is None:
+        if probe_format(path) == "vhdx":
+            raise DiskRefused(396, f"{what} is a VHDX, not a VHD: convert it (vhdkit convert IN.vhdx OUT.vhd), "
+                                   "or import it with import_from_format 'vhdx'")
         raise DiskRefused(396, f"{what} is not a VHD (no valid VHD footer)")
     if kind == "differencing" and not parents:
         raise _has_parent(what)

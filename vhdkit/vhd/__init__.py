@@ -7,31 +7,30 @@ the top-level :mod:`vhdkit` package.
 """
 from __future__ import annotations
 
-from . import read as _read
-from . import write as _write
 from .read import *  # noqa: F401,F403
-from .write import *  # noqa: F401,F403
 
-# .chain is imported on first use of one of its names (start-up time: a
-# convert or a download does not need it); ``__all__`` and ``dir()`` name
-# its names too (asking for them imports it).
-
-
-def _chain():
-    import importlib
-    return importlib.import_module(".chain", __name__)
+#: Imported on first use of one of their names (start-up time: `vhdkit info`
+#: or `check` needs only .read).  ``__all__`` (so ``from vhdkit.vhd import *``),
+#: ``dir()`` and ``help()`` name all three modules' names (asking imports them).
+_LAZY = (".write", ".chain")
+_PUBLIC = (".read", ".write", ".chain")
 
 
 def __getattr__(name):
+    """.write's and .chain's names, loaded on first use."""
+    import importlib
+
     if name == "__all__":
-        return [*_read.__all__, *_write.__all__, *_chain().__all__]
+        return [n for m in _PUBLIC for n in importlib.import_module(m, __name__).__all__]
     if name.startswith("__"):
         raise AttributeError(name)
-    chain = _chain()
-    if name in getattr(chain, "__all__", ()):
-        return getattr(chain, name)
+    for m in _LAZY:
+        mod = importlib.import_module(m, __name__)
+        if name in getattr(mod, "__all__", ()):
+            return getattr(mod, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
+    """This module's names and the whole format API."""
     return sorted(set(globals()) | set(__getattr__("__all__")))

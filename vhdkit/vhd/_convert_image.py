@@ -34,7 +34,7 @@ def compare_images(a: str, b: str, a_format, b_format, *, parents, allowed_root,
                 from ..errors import NotFoundError
                 raise NotFoundError(f"no such file: {path}")
             fmt = fmt or detect(path)
-            if fmt == "vhd":
+            if fmt in ("vhd", "vhdx"):
                 img = _open(path, parents, allowed_root)
                 handles.append(img)
                 sides.append((img, -1))

@@ -2,7 +2,9 @@
 
 - :func:`open` returns a :class:`VhdStream`, an :class:`io.RawIOBase` over
   the virtual disk (fixed, dynamic, or differencing through its whole chain),
-  so ``shutil.copyfileobj``, hashing and tarfile just work.
+  so ``shutil.copyfileobj``, hashing and tarfile just work.  A VHDX opens the
+  same way (its log replayed in memory, never written); :attr:`VhdInfo.vhdx`
+  holds what only a VHDX has.
 - :func:`info` describes the top layer (:class:`VhdInfo`), :func:`check`
   validates structure (:class:`CheckReport` of :class:`Problem`), :func:`probe`
   says cheaply whether a file is a VHD at all, :func:`map` lists extents.
@@ -26,7 +28,7 @@ from .. import native
 from ..errors import InvalidInputError
 
 __all__ = [
-    "open", "info", "check", "probe", "map",
+    "open", "info", "check", "probe", "probe_format", "map",
     "VhdStream", "VhdInfo", "CheckReport", "Problem", "Extent", "Locator",
     "SIZE_RULES", "DISK_TYPES",
 ]
@@ -84,6 +86,8 @@ class VhdInfo:
     parent_timestamp: Optional[_dt.datetime] = None
     parent_name: Optional[str] = None
     locators: List[Locator] = field(default_factory=list)
+    format: str = "vhd"                # "vhd" | "vhdx"
+    vhdx: Optional[Dict[str, Any]] = None   # VHDX headers, regions, metadata, BAT, log
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -182,6 +186,49 @@ def _time(ts: int) -> _dt.datetime:
     return _VHD_EPOCH + _dt.timedelta(seconds=int(ts))
 
 
+def _guid(b) -> str:
+    """A GUID stored as Windows stores it (first three fields little-endian)."""
+    return str(_uuid.UUID(bytes_le=bytes(b)))
+
+
+#: VHDX payload block states (BAT entry bits 0-2) by number
+VHDX_BLOCK_STATES = {0: "not_present", 1: "undefined", 2: "zero", 3: "unmapped", 6: "fully_present",
+                     7: "partially_present"}
+
+
+def _vhdx_info(img, layer: int) -> Dict[str, Any]:
+    ffi, lib = native.ffi, native.lib
+    err = native.new_err()
+    x = ffi.new("vk_vhdx_info *")
+    native.check(lib.vk_image_vhdx_info(img, layer, x, err), err)
+    return {
+        "creator": _str(x.creator),
+        "headers": [{"valid": bool(x.header_valid[i]), "sequence_number": int(x.header_seq[i]),
+                     "current": x.current_header == i + 1} for i in range(2)],
+        "version": x.version, "log_version": x.log_version,
+        "file_write_guid": _guid(x.file_write_guid), "data_write_guid": _guid(x.data_write_guid),
+        "log": {"guid": _guid(x.log_guid), "offset": x.log_offset, "length": x.log_length,
+                "replay_pending": bool(x.log_replay_pending), "entries": x.log_entries,
+                "sequence_number": x.log_sequence if x.log_replay_pending else None},
+        "region_table": {"copy": x.region_table, "entries": x.n_regions,
+                         "bat": {"offset": x.bat_offset, "length": x.bat_length},
+                         "metadata": {"offset": x.metadata_offset, "length": x.metadata_length}},
+        "metadata": {"entries": x.n_metadata, "block_size": x.block_size,
+                     "logical_sector_size": x.logical_sector_size,
+                     "physical_sector_size": x.physical_sector_size,
+                     "leave_blocks_allocated": bool(x.leave_blocks_allocated),
+                     "has_parent": bool(x.has_parent), "virtual_size": x.virtual_size,
+                     "page83_data": _guid(x.page83)},
+        "bat": {"entries": x.bat_entries, "chunk_ratio": x.chunk_ratio, "payload_blocks": x.payload_blocks,
+                "blocks_by_state": {name: int(x.blocks_by_state[n]) for n, name in VHDX_BLOCK_STATES.items()},
+                "sector_bitmaps_present": x.sector_bitmaps_present},
+        "parent_locator": None if not x.has_parent else {
+            "entries": x.n_locator_entries,
+            **{k: (_str(getattr(x, k)) or None) for k in
+               ("parent_linkage", "parent_linkage2", "relative_path", "volume_path", "absolute_win32_path")}},
+    }
+
+
 def _layer_info(img, layer: int) -> VhdInfo:
     ffi, lib = native.ffi, native.lib
     err = native.new_err()
@@ -189,10 +236,11 @@ def _layer_info(img, layer: int) -> VhdInfo:
     native.check(lib.vk_image_info(img, layer, ci, err), err)
     pbuf = ffi.new("char[]", 4096)
     native.check(lib.vk_image_path(img, layer, pbuf, 4096, err), err)
-    dynamic = ci.disk_type in (3, 4)
-    diff = ci.disk_type == 4
+    vhdx = _vhdx_info(img, layer) if ci.format == 1 else None
+    dynamic = ci.disk_type in (3, 4) or vhdx is not None
+    diff = ci.disk_type == 4 and vhdx is None
     locs: List[Locator] = []
-    if dynamic:
+    if dynamic and vhdx is None:
         cl = ffi.new("vk_locator_info *")
         for i in range(ci.n_locators):
             native.check(lib.vk_image_locator(img, layer, i, cl, err), err)
@@ -211,7 +259,7 @@ def _layer_info(img, layer: int) -> VhdInfo:
         creator_app=ffi.string(ci.creator_app).decode("latin-1"),
         creator_version=f"{ver >> 16}.{ver & 0xFFFF}",
         creator_os=ffi.string(ci.creator_os).decode("latin-1"),
-        uuid=_uuid.UUID(bytes=bytes(ci.uuid)),
+        uuid=_uuid.UUID(bytes_le=bytes(ci.uuid)) if vhdx is not None else _uuid.UUID(bytes=bytes(ci.uuid)),
         timestamp=_time(ci.timestamp),
         saved_state=bool(ci.saved_state),
         features=ci.features,
@@ -226,6 +274,8 @@ def _layer_info(img, layer: int) -> VhdInfo:
         parent_timestamp=_time(ci.parent_timestamp) if diff else None,
         parent_name=(_str(ci.parent_name) if ci.parent_name_valid else None) if diff else None,
         locators=locs,
+        format="vhdx" if vhdx is not None else "vhd",
+        vhdx=vhdx,
     )
 
 
@@ -475,6 +525,17 @@ def probe(path: PathLike) -> Optional[str]:
     t = native.ffi.new("uint32_t *")
     native.check(native.lib.vk_probe(_fspath(path), t, err), err)
     return DISK_TYPES.get(int(t[0]))
+
+
+def probe_format(path: PathLike) -> Optional[str]:
+    """"vhdx" if ``path`` starts with the VHDX identifier, "vhd" if it has a
+    VHD footer, else None (raw, or something else)."""
+    err = native.new_err()
+    x = native.ffi.new("int *")
+    native.check(native.lib.vk_probe_vhdx(_fspath(path), x, err), err)
+    if x[0]:
+        return "vhdx"
+    return "vhd" if probe(path) is not None else None
 
 
 def map(path: PathLike, **kw: Any) -> List[Extent]:  # noqa: A001 - mirrors `qemu-img map`

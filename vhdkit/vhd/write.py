@@ -104,6 +104,7 @@ class RepairResult(_Dict):
     path: str
     disk_type: str
     action: str          # "none" | "end-footer-restored" | "backup-footer-restored" | "end-footer-appended" | "fixed-tail-cut"
+                         # | "log-replayed" (VHDX)
     footer_offset: int
     dry_run: bool
     #: Blocks whose data lay past the end of a cut-short image: after the
@@ -351,10 +352,11 @@ def create(path: PathLike, size: int, *, type: str = "dynamic", block_size: Opti
 
 # ---- convert ------------------------------------------------------------------
 def _detect_format(path: str) -> str:
-    """'vhd' if the file has a VHD footer (a fixed VHD, which is raw data plus
-    a footer, is detected as VHD), else 'raw'."""
-    from .read import probe
-    return "vhd" if probe(path) is not None else "raw"
+    """'vhdx' if the file starts with the VHDX identifier, 'vhd' if it has a
+    VHD footer (a fixed VHD, which is raw data plus a footer, is detected as
+    VHD), else 'raw'."""
+    from .read import probe_format
+    return probe_format(path) or "raw"
 
 
 def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, out_format: str = "vhd",
@@ -362,13 +364,14 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, o
             azure: bool = False, uuid=None, timestamp=None, creator: Optional[str] = None,
             parents=None, allowed_root=None, overwrite: bool = True,
             progress: Optional[Progress] = None, sync: bool = True) -> WriteResult:
-    """Convert ``src`` (raw, or any VHD vhdkit reads: fixed, dynamic, or a
-    differencing leaf whose chain is flattened) into ``dst``.
+    """Convert ``src`` (raw, or any VHD or VHDX vhdkit reads: fixed, dynamic,
+    or a differencing leaf whose chain is flattened) into ``dst``.
 
     ``out_format`` "raw" writes a sparse raw file; "vhd" writes ``type``
     "fixed" or "dynamic" (all-zero blocks are not allocated).  ``src`` "-" is
     raw data on stdin; ``dst`` "-" streams raw or fixed output to stdout.
-    ``src_format`` None detects the format from the footer.
+    ``src_format`` None detects the format from the footer (or the VHDX
+    identifier); a ``src_format`` the file is not is refused.
 
     The output appears only when complete (temporary file + rename).  With
     ``sync`` (the default) it is also durable: written back to disk while the
@@ -387,8 +390,8 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, o
     if dsts == "-" and kind == "dynamic":
         raise errors.UnsupportedError("a dynamic VHD cannot be streamed to stdout (its BAT is written last); "
                                       "write it to a file, or use --type fixed or -O raw")
-    if src_format not in (None, "raw", "vhd"):
-        raise errors.InvalidInputError(f"input format must be 'raw' or 'vhd', got {src_format!r}")
+    if src_format not in (None, "raw", "vhd", "vhdx"):
+        raise errors.InvalidInputError(f"input format must be 'raw', 'vhd' or 'vhdx', got {src_format!r}")
     if srcs == "-":
         if src_format == "vhd":
             raise errors.UnsupportedError("a VHD cannot be read from stdin (its footer is at the end); "
@@ -400,6 +403,10 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, o
         raise errors.InvalidInputError(f"{srcs} is a directory (give a file)")
     elif src_format is None:
         src_format = _detect_format(srcs)
+    elif src_format in ("vhd", "vhdx"):
+        real = _detect_format(srcs)
+        if real in ("vhd", "vhdx") and real != src_format:
+            raise errors.FormatError(f"{srcs} is a {real.upper()}, not a {src_format.upper()}")
     if srcs != "-" and dsts != "-" and os.path.exists(dsts) and os.path.samefile(srcs, dsts):
         raise errors.InvalidInputError("source and destination are the same file")
     rule = _rule(size_rule, azure and kind == "fixed")
@@ -487,7 +494,19 @@ def repair(path: PathLike, *, dry_run: bool = False, force: bool = False) -> Rep
     its last block, and the blocks whose data lay past the cut then read as
     zeros (or from the parent): that repair is refused with
     :class:`~vhdkit.errors.DataLossError` naming those blocks (its ``lost``)
-    unless ``force``; ``RepairResult.lost`` names them again."""
+    unless ``force``; ``RepairResult.lost`` names them again.
+
+    A VHDX whose log holds entries never applied gets the log replayed into
+    the file (action ``log-replayed``), crash-safe as the VHDX specification
+    makes it: the log stays active until the replayed data is on disk."""
+    if _detect_format(os.fspath(path)) == "vhdx":
+        xr = ffi.new("vk_vhdx_repair_result *")
+        err = new_err()
+        check(lib.vk_vhdx_repair(os.fsencode(path), int(bool(dry_run)), xr, err), err)
+        from .read import info as _info
+        return RepairResult(path=os.fspath(path), disk_type=_info(path).disk_type,
+                            action="log-replayed" if xr.log_entries else "none", footer_offset=0,
+                            dry_run=bool(dry_run))
     p = os.fsencode(path)
     err = new_err()
     probe = ffi.new("vk_repair_result *")
