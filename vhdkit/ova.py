@@ -52,7 +52,7 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Union
 
 from . import streams
 from .fileutil import atomic_file
-from .errors import ArchiveError, ConflictError, IntegrityError, InvalidInputError, NotFoundError, OutputLimitError
+from .errors import ArchiveError, ChainError, ConflictError, IntegrityError, InvalidInputError, NotFoundError, OutputLimitError
 from .interrupts import deferred
 
 __all__ = [
@@ -312,7 +312,6 @@ def _sha256_file(path: Path, progress=None) -> str:
 
 def _disk_infos(paths: Sequence[Path]) -> list:
     """VhdInfo of each disk; a chain must link leaf -> ... -> base by parent UUID."""
-    from .errors import ChainError
     from .vhd.read import info as vhd_info  # lazy: the format layer needs the native build
 
     infos = [vhd_info(str(p)) for p in paths]
@@ -475,6 +474,8 @@ class OvaReport:
     name: Optional[str] = None
     problems: List[str] = field(default_factory=list)
     hashed: bool = False
+    #: differencing disks whose parent the package lacks (each also a problem)
+    orphans: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -814,6 +815,7 @@ def _check_parents(rep: OvaReport, desc: Optional[Descriptor], differencing: set
             continue
         m = re.fullmatch(r"(\d+)\.vhd", name)
         if m is None or f"{int(m.group(1)) + 1}.vhd" not in names:
+            rep.orphans.append(name)
             rep.problems.append(f"{name!r} is a differencing VHD but the package holds no parent disk for it: "
                                 "it cannot be read")
 
@@ -895,7 +897,8 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
         rep = _scan(path, hash_data=True, dest=tmp, decompress=decompress, max_output=max_output,
                     progress=progress)
         if require_valid and rep.problems:
-            raise IntegrityError(f"{path}: " + "; ".join(rep.problems))
+            # a parent missing from the package is a chain fault (the public [721]), not a damaged file
+            raise (ChainError if rep.orphans else IntegrityError)(f"{path}: " + "; ".join(rep.problems))
         if dst.exists():
             dst.rmdir()
         os.rename(tmp, dst)
