@@ -22,7 +22,7 @@ typedef enum {
     VK_E_RANGE         = -7,   /* offset or length outside the image/file    */
     VK_E_CHAIN         = -8,   /* parent missing, mismatched, cycle, depth   */
     VK_E_NOTFOUND      = -9,   /* a file that should exist does not          */
-    VK_E_EXISTS        = -10,  /* refusing to overwrite                      */
+    VK_E_EXISTS        = -10,  /* refusing to overwrite (or to lose data)    */
     VK_E_INTERRUPTED   = -11,  /* stopped by a cancel flag or a test hook    */
     VK_E_READONLY      = -12,  /* write to an image opened read-only         */
     VK_E_NOSPACE       = -13   /* image/BAT has no room for the operation    */
@@ -325,6 +325,14 @@ typedef struct vk_modify_result {
  * VHDKIT_TEST_ABORT_AFTER_WRITES=N stops with VK_E_INTERRUPTED after N writes. */
 int vk_modify(const char *path, const vk_modify_opts *opts, vk_modify_result *res, vk_err *err);
 
+/* A block whose data lay past the end of a cut-short dynamic image: after
+ * the repair (action 3) the virtual bytes [start, end) read as zeros (or
+ * from the parent) instead of what was written there. */
+typedef struct vk_lost_range {
+    uint64_t start, end;
+    uint32_t block;
+} vk_lost_range;
+
 typedef struct vk_repair_result {
     int action;             /* 0 nothing to do, 1 end footer rewritten from copy at 0,
                                2 copy at 0 rewritten from end footer,
@@ -333,9 +341,18 @@ typedef struct vk_repair_result {
                                  left zeros/footer copies after the data) */
     uint32_t disk_type;
     uint64_t footer_offset; /* where the end footer now is                  */
+    uint64_t lost_count;    /* blocks that read differently after the repair */
+    vk_lost_range *lost;    /* in: caller's array of lost_cap entries (or NULL);
+                               out: the first lost_cap of them, by block      */
+    uint64_t lost_cap;      /* in                                            */
 } vk_repair_result;
 
-int vk_repair(const char *path, int dry_run, vk_repair_result *res, vk_err *err);
+#define VK_REPAIR_DRY_RUN 1 /* only report what would be done               */
+#define VK_REPAIR_FORCE   2 /* repair even when blocks are lost (lost_count)  */
+
+/* Repairs only what loses nothing unless VK_REPAIR_FORCE: a repair that
+ * would lose blocks fails VK_E_EXISTS (lost_count and lost filled in). */
+int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err);
 
 /* Zero detection (word-wise): 1 if len bytes at p are all zero. */
 int vk_is_zero(const uint8_t *p, size_t len);

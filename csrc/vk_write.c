@@ -486,11 +486,36 @@ static int vk_repair_fixed_tail(vk_rw *rw, int dry_run, vk_repair_result *res, v
     return rc;
 }
 
-int vk_repair(const char *path, int dry_run, vk_repair_result *res, vk_err *err)
+/* The blocks of a dynamic image cut at rw->file_size whose bitmap or data
+ * lay past the cut, and the virtual bytes of each that are gone. */
+static void vk_rw_lost(const vk_rw *rw, vk_repair_result *res)
+{
+    uint64_t cut = rw->file_size, bs = rw->hdr.block_size, vsize = rw->c0.current_size;
+    uint64_t bm = vk_bitmap_bytes(rw->hdr.block_size);
+    for (uint64_t i = 0; i < rw->hdr.max_table_entries; i++) {
+        if (rw->bat[i] == VK_BAT_UNUSED) continue;
+        uint64_t at = (uint64_t)rw->bat[i] * VK_SECTOR, data = at + bm;
+        if (data + bs <= cut) continue;
+        uint64_t start = i * bs, end = start + bs;
+        if (data < cut) start += cut - data;  /* the bitmap and the bytes before the cut survive */
+        if (end > vsize) end = vsize;
+        if (start >= end) continue;
+        if (res->lost && res->lost_count < res->lost_cap)
+            res->lost[res->lost_count] = (vk_lost_range){ start, end, (uint32_t)i };
+        res->lost_count++;
+    }
+}
+
+int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
 {
     vk_rw rw;
+    int dry_run = flags & VK_REPAIR_DRY_RUN;
+    vk_lost_range *lost = res->lost;
+    uint64_t lost_cap = res->lost_cap;
     vk_err_clear(err);
     memset(res, 0, sizeof *res);
+    res->lost = lost;
+    res->lost_cap = lost_cap;
     int rc = vk_rw_open(&rw, path, !dry_run, err);
     if (rc) goto out;
     rw.abort_after = -1;
@@ -547,10 +572,16 @@ int vk_repair(const char *path, int dry_run, vk_repair_result *res, vk_err *err)
         where = last >= used ? last : used;
         src = rw.c0b;
         res->action = where == rw.file_size - VK_FOOTER_SIZE ? 1 : 3;
+        if (res->action == 3) vk_rw_lost(&rw, res);
     }
     res->disk_type = rw.c0.disk_type;
     res->footer_offset = where == 0 ? rw.file_size - VK_FOOTER_SIZE : where;
     if (dry_run) goto out;
+    if (res->lost_count && !(flags & VK_REPAIR_FORCE)) {
+        rc = vk_fail(err, VK_E_EXISTS, rw.file_size, "repairing %s would lose the data of %llu block(s) "
+                     "past the end of the cut file", path, (unsigned long long)res->lost_count);
+        goto out;
+    }
     rc = vk_pwrite_full(rw.fd, src, VK_FOOTER_SIZE, where, err);
     if (!rc && where != 0 && where + VK_FOOTER_SIZE != rw.file_size &&
         ftruncate(rw.fd, (off_t)(where + VK_FOOTER_SIZE)) != 0)

@@ -8,13 +8,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *p = fz_path(0, "a.vhd");
     vk_err err;
-    vk_repair_result rr;
+    vk_repair_result rr = {0};
     vk_modify_result mr;
     vk_modify_opts m;
 
     fz_write(p, data, size);
     vk_repair(p, 1, &rr, &err);
-    vk_repair(p, 0, &rr, &err);
+    vk_repair(p, VK_REPAIR_FORCE, &rr, &err);
     memset(&m, 0, sizeof m);
     m.set_uuid = 1;
     memset(m.uuid, 0xab, 16);

@@ -1,6 +1,12 @@
 """vhdkit: VHD/OVA disk-image toolkit with a native C core.
 
-Format layer (:mod:`vhdkit.vhd`): open/read/check/create/convert VHDs.
+The format API is here at the top level (``vhdkit.__all__`` lists it):
+``open`` (a VHD's virtual disk as a binary stream, ``"r"`` or ``"r+"``),
+``info``, ``check``, ``map``, ``probe``, ``create``, ``convert``, ``modify``,
+``repair``, ``compare``, ``snapshot``, ``coalesce``, ``coalesce_into_parent``,
+``reparent``, ``chain_info`` and their result types; errors derive from
+``VhdkitError`` (:mod:`vhdkit.errors`).
+
 Packaging: :mod:`vhdkit.streams`, :mod:`vhdkit.ova`, :mod:`vhdkit.segments`,
 :mod:`vhdkit.store`.  Registry: :mod:`vhdkit.registry`.  Pipeline:
 :mod:`vhdkit.pipeline`.  HTTP API: :mod:`vhdkit.api`.
@@ -11,16 +17,34 @@ __version__ = "0.1.0"
 
 from .errors import VhdkitError  # noqa: F401
 
+# The format API is loaded on first use, so that importing vhdkit (e.g. for
+# the registry alone) neither needs the native build nor pays its start-up.
+
+
+def _format_api():
+    import importlib
+    return importlib.import_module(".vhd", __name__)
+
 
 def __getattr__(name):
-    # The format API is re-exported lazily so that importing vhdkit (e.g. for
-    # the registry alone) does not require the native build.
+    """The format API (``vhdkit.vhd``), loaded on first use."""
+    if name == "__all__":
+        return ["VhdkitError", *_format_api().__all__]
     if name.startswith("__"):
         raise AttributeError(name)
-    import importlib
+    import importlib.util
 
-    vhd = importlib.import_module(".vhd", __name__)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule (`from vhdkit import ova`): it, not the format API, is wanted
+        return importlib.import_module(f".{name}", __name__)
     try:
-        return getattr(vhd, name)
+        value = getattr(_format_api(), name)
     except AttributeError:
         raise AttributeError(f"module 'vhdkit' has no attribute {name!r}") from None
+    globals()[name] = value  # found once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__():
+    """This module's names and the whole public API."""
+    return sorted(set(globals()) | set(__getattr__("__all__")))

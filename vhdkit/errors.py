@@ -105,6 +105,19 @@ class ConflictError(VhdkitError):
     http_status = 409
 
 
+class DataLossError(ConflictError):
+    """The operation would lose data and was not forced; ``lost`` says what
+    (for a repair: the blocks, as virtual byte ranges)."""
+    code = "data_loss"
+
+    def __init__(self, message: str, *, lost: Optional[list] = None, **kw):
+        super().__init__(message, **kw)
+        self.lost = list(lost or [])
+
+    def to_dict(self) -> dict:
+        return dict(super().to_dict(), lost=self.lost)
+
+
 class QuotaError(VhdkitError):
     """A quota or size limit would be exceeded."""
     code = "quota"

@@ -102,11 +102,15 @@ def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = 
     it and leave ``path`` as it was.  The fd is closed on exit.  The file
     gets mode 0666 minus the umask, as a file made by ``cp`` or qemu-img
     would (the temporary file is 0600 until then)."""
+    from .interrupts import deferred
+
     p = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(p))
-    fd, tmp = locked_temp(parent, os.path.basename(p), suffix)
+    fd = -1
     ok = False
     try:
+        with deferred():  # a SIGINT/SIGTERM lands after fd and tmp are known: the finally removes tmp
+            fd, tmp = locked_temp(parent, os.path.basename(p), suffix)
         os.fchmod(fd, 0o666 & ~current_umask())
         yield fd
         if sync:
@@ -120,12 +124,13 @@ def atomic_fd(path: Union[str, os.PathLike], suffix: str = ".tmp", sync: bool = 
             finally:
                 os.close(dfd)
     finally:
-        os.close(fd)
-        if not ok:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        if fd >= 0:
+            os.close(fd)
+            if not ok:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
 
 
 @contextmanager

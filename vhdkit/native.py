@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
     ) from exc
 
 #: Must equal VK_ABI_VERSION in csrc/vk_internal.h.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 if lib.vk_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(

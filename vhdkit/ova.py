@@ -45,13 +45,15 @@ import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Union
 
 from . import streams
 from .fileutil import atomic_file
-from .errors import ArchiveError, ConflictError, IntegrityError, InvalidInputError, NotFoundError, OutputLimitError
+from .errors import ArchiveError, ChainError, ConflictError, IntegrityError, InvalidInputError, NotFoundError, OutputLimitError
+from .interrupts import deferred
 
 __all__ = [
     "OVF_NS",
@@ -310,7 +312,6 @@ def _sha256_file(path: Path, progress=None) -> str:
 
 def _disk_infos(paths: Sequence[Path]) -> list:
     """VhdInfo of each disk; a chain must link leaf -> ... -> base by parent UUID."""
-    from .errors import ChainError
     from .vhd.read import info as vhd_info  # lazy: the format layer needs the native build
 
     infos = [vhd_info(str(p)) for p in paths]
@@ -322,9 +323,20 @@ def _disk_infos(paths: Sequence[Path]) -> list:
             if inf.parent_uuid != infos[i + 1].uuid:
                 raise ChainError(f"{p}: its parent UUID {inf.parent_uuid} is not the UUID of {paths[i + 1]} "
                                  f"({infos[i + 1].uuid})")
-        elif len(infos) > 1 and inf.disk_type == "differencing":
-            raise ChainError(f"{p} is a differencing disk: the chain's base is missing")
+        elif inf.disk_type == "differencing":
+            raise ChainError(f"{p} is a differencing disk: a package of it without its parents could never be "
+                             f"read; give the whole chain, leaf first ({_chain_hint(paths)})")
     return infos
+
+
+def _chain_hint(paths: Sequence[Path]) -> str:
+    """The chain ``vhdkit chain`` resolves from ``paths[0]``, as a hint, or how to find it."""
+    try:
+        from .vhd.chain import chain_info
+
+        return "here: " + " ".join(x.path for x in chain_info(str(paths[0])))
+    except Exception:  # noqa: BLE001 - only a hint; the refusal stands
+        return f"`vhdkit chain {paths[0]}` lists it"
 
 
 def _tar_header(name: str, size: int, mtime: int) -> bytes:
@@ -364,6 +376,8 @@ def pack(disks: Sequence[Pathish], output: Pathish, *, compress: Optional[str] =
     compress = None if compress == "none" else compress
     paths = [Path(d) for d in disks]
     for p in paths:
+        if p.is_dir():
+            raise InvalidInputError(f"{p} is a directory (give a file)")
         if not p.is_file():
             raise NotFoundError(f"{p}: no such file")
     out = Path(output)
@@ -460,6 +474,8 @@ class OvaReport:
     name: Optional[str] = None
     problems: List[str] = field(default_factory=list)
     hashed: bool = False
+    #: differencing disks whose parent the package lacks (each also a problem)
+    orphans: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -490,10 +506,13 @@ def _safe_name(raw: str) -> str:
 class _HashReader(io.RawIOBase):
     """Reads ``f`` hashing what passes (sha256 and/or sha1)."""
 
+    HEAD = 64 << 10
+
     def __init__(self, f, algos: Sequence[str]):
         self.f = f
         self.hs = {a: hashlib.new(a) for a in algos}
         self.n = 0
+        self.head = bytearray()  # the member's first bytes (see _is_differencing)
 
     def readable(self) -> bool:
         return True
@@ -504,8 +523,26 @@ class _HashReader(io.RawIOBase):
             view = memoryview(b)[:n]
             for h in self.hs.values():
                 h.update(view)
+            if len(self.head) < self.HEAD:
+                self.head += view[:self.HEAD - len(self.head)]
             self.n += n
         return n
+
+
+#: VHD specification: a dynamic or differencing disk starts with a copy of its
+#: footer, whose "Disk Type" (big-endian, offset 60) is 4 for a differencing disk.
+_VHD_COOKIE, _VHD_DISK_TYPE_AT, _VHD_DIFFERENCING = b"conectix", 60, 4
+
+
+def _is_differencing(head: bytes) -> bool:
+    """Whether a disk member (its first stored bytes, gzip or not) is a differencing VHD."""
+    if head[:2] == streams.GZIP_MAGIC:
+        try:
+            head = zlib.decompressobj(31).decompress(bytes(head), 512)
+        except zlib.error:
+            return False
+    return (head[:8] == _VHD_COOKIE and len(head) >= 64
+            and int.from_bytes(head[_VHD_DISK_TYPE_AT:_VHD_DISK_TYPE_AT + 4], "big") == _VHD_DIFFERENCING)
 
 
 def _kind(name: str) -> str:
@@ -529,6 +566,7 @@ def _scan(path: Pathish, *, hash_data: bool, dest: Optional[Path] = None, decomp
         raise NotFoundError(f"{p}: no such file") from None
     except OSError as e:
         raise ArchiveError(f"{p}: cannot open: {e}") from None
+    differencing: set = set()  # disk members that are differencing VHDs
     with fobj:
         head = fobj.read(4)
         fobj.seek(0)
@@ -624,6 +662,8 @@ def _scan(path: Pathish, *, hash_data: bool, dest: Optional[Path] = None, decomp
                         pass
                 if reader.n != m.size:
                     raise ArchiveError(f"{p}: member {name!r} is truncated")
+                if _is_differencing(reader.head):
+                    differencing.add(name)
                 for a, h in reader.hs.items():
                     setattr(mi, a, h.hexdigest())
                 done += m.size
@@ -638,6 +678,7 @@ def _scan(path: Pathish, *, hash_data: bool, dest: Optional[Path] = None, decomp
             if src is not fobj:
                 src.close()
     _finish(rep, desc, manifest)
+    _check_parents(rep, desc, differencing)
     return rep
 
 
@@ -761,6 +802,24 @@ def _extract(dest: Path, name: str, reader: BinaryIO, gz: bool, bound: int, p: P
         return streams.copy_stream(reader, out)
 
 
+def _check_parents(rep: OvaReport, desc: Optional[Descriptor], differencing: set) -> None:
+    """A differencing disk needs its parent in the package: the disk the
+    descriptor's parentRef names, or in a snapshot chain ``0.vhd`` … ``N.vhd``
+    the next one.  Without it the package can never be read."""
+    disks = {d.disk_id: d for d in desc.disks} if desc is not None else {}
+    names = {m.name for m in rep.members}
+    for name in sorted(differencing):
+        f = desc.file_by_href(name) if desc is not None else None
+        d = desc.disk_for_file(f.id) if f is not None and desc is not None else None
+        if d is not None and d.parent_ref in disks and disks[d.parent_ref] is not d:
+            continue
+        m = re.fullmatch(r"(\d+)\.vhd", name)
+        if m is None or f"{int(m.group(1)) + 1}.vhd" not in names:
+            rep.orphans.append(name)
+            rep.problems.append(f"{name!r} is a differencing VHD but the package holds no parent disk for it: "
+                                "it cannot be read")
+
+
 def _finish(rep: OvaReport, desc: Optional[Descriptor], manifest: Optional[Dict[str, tuple]]) -> None:
     names = {m.name for m in rep.members}
     if rep.descriptor is None:
@@ -831,12 +890,15 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConflictError(f"{dst} exists and is not an empty directory")
     parent = dst.parent if str(dst.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    tmp = None
     try:
+        with deferred():  # a SIGINT/SIGTERM lands after tmp is known: the cleanup below removes it
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
         rep = _scan(path, hash_data=True, dest=tmp, decompress=decompress, max_output=max_output,
                     progress=progress)
         if require_valid and rep.problems:
-            raise IntegrityError(f"{path}: " + "; ".join(rep.problems))
+            # a parent missing from the package is a chain fault (the public [721]), not a damaged file
+            raise (ChainError if rep.orphans else IntegrityError)(f"{path}: " + "; ".join(rep.problems))
         if dst.exists():
             dst.rmdir()
         os.rename(tmp, dst)
@@ -844,7 +906,8 @@ def unpack(path: Pathish, dest: Pathish, *, decompress: bool = True, max_output:
             if m.extracted_to:
                 m.extracted_to = str(dst / m.name)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     if decompress:
         try:

@@ -42,6 +42,9 @@ lost its lease removes only what it made itself.  A task that ends
 ``failure`` (also when its worker died for the last time) is swept once by
 the next worker or by ``vhdkit cleanup`` (:func:`sweep_failed`): its image,
 its segments without a manifest and its work directory go.
+
+A worker stopped by SIGINT/SIGTERM gives its task back (claimable at once, the
+attempt not counted) after removing what the attempt made.
 """
 from __future__ import annotations
 
@@ -67,6 +70,7 @@ from . import exportstream, ova, segments, streams
 from .errors import (ArchiveError, ChainError, ConflictError, FormatError, IntegrityError, InvalidInputError,
                      NoSpaceError, NotFoundError, OutOfSpaceError, OutputLimitError, VhdkitError,
                      public_message)
+from .interrupts import deferred
 from .registry import Caller, Registry
 from .registry.models import Task
 from .registry.tasks import Lease, task_image_id
@@ -743,6 +747,13 @@ def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> 
             except VhdkitError:
                 continue
 
+    def end() -> None:  # stop the heartbeat, remove this attempt's own directory (once)
+        if not stop.is_set():
+            stop.set()
+            if hb.is_alive():
+                hb.join()
+            _remove_own_dir(ctx)
+
     # what earlier attempts of this task left (they lost the lease to this one), and a fresh own dir
     for old in ctx.dir.parent.iterdir() if ctx.dir.parent.is_dir() else ():
         if old.name.isdigit() and int(old.name) <= ctx.lease.attempt:
@@ -758,11 +769,13 @@ def run_task(reg: Registry, cfg: PipelineConfig, task: Task, worker_id: str) -> 
         status = "success"
     except Exception as e:  # noqa: BLE001 - a task must end, whatever broke
         message = task_failure_message(task, ctx.stage, e)
+    except BaseException:  # the worker is stopped (SIGINT/SIGTERM): the task goes back at once
+        with deferred():
+            end()
+            _give_back(reg, task, worker_id, ctx.lease.attempt)
+        raise
     finally:
-        stop.set()
-        if hb.is_alive():
-            hb.join()
-        _remove_own_dir(ctx)
+        end()
     try:
         if ctx.lost.is_set():
             raise ConflictError("lease lost", code="lease_lost")
@@ -865,6 +878,15 @@ def _export_under_way(reg: Registry, svc: Caller, t: Task) -> bool:
             if not marker:
                 break
     return False
+
+
+def _give_back(reg: Registry, task: Task, worker_id: str, attempt: int) -> None:
+    """Hand a task this attempt holds back to the registry, claimable at once
+    (best effort: if the registry cannot be reached, the lease expires)."""
+    try:
+        reg.release_task(task.id, worker_id, attempt)
+    except VhdkitError:
+        pass
 
 
 class Worker:

@@ -219,6 +219,9 @@ class RemoteRegistry:
     def mark_swept(self, task_id: str) -> None:
         self._op("mark_swept", task_id=task_id)
 
+    def release_task(self, task_id: str, worker_id: str, attempt: Optional[int] = None) -> None:
+        self._op("release", task_id=task_id, worker_id=worker_id, attempt=attempt)
+
     def show_task(self, caller: Caller, task_id: str) -> Task:
         return self._t(self._op("show_task", caller=_caller(caller), task_id=task_id))  # type: ignore
 

@@ -35,6 +35,8 @@ import re
 import tempfile
 import time
 import urllib.parse
+
+from .interrupts import deferred
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence
@@ -385,8 +387,9 @@ class LocalStore(ObjectStore):
         tmp_data = tmp_meta = None
         locks: List[int] = []  # temp files stay flocked until renamed: cleanup spares a live put's
         try:
-            fd, tmp_data = tempfile.mkstemp(prefix=".tmp-", dir=dpath.parent)
-            locks.append(_locked(tmp_data))
+            with deferred():  # a stop lands after the name is known, so the finally removes it
+                fd, tmp_data = tempfile.mkstemp(prefix=".tmp-", dir=dpath.parent)
+                locks.append(_locked(tmp_data))
             with open(fd, "wb") as out:
                 buf = bytearray(_CHUNK)
                 view = memoryview(buf)
@@ -418,17 +421,19 @@ class LocalStore(ObjectStore):
                               content_type or "application/octet-stream", meta)
             d = info.to_dict()
             d.pop("container")
-            fd, tmp_meta = tempfile.mkstemp(prefix=".tmp-", dir=mpath.parent)
-            locks.append(_locked(tmp_meta))
+            with deferred():
+                fd, tmp_meta = tempfile.mkstemp(prefix=".tmp-", dir=mpath.parent)
+                locks.append(_locked(tmp_meta))
             with open(fd, "wb") as out:
                 out.write(json.dumps(d, sort_keys=True).encode("utf-8"))
                 out.flush()
                 if durable:
                     os.fsync(out.fileno())
-            os.replace(tmp_data, dpath)
-            tmp_data = None
-            os.replace(tmp_meta, mpath)
-            tmp_meta = None
+            with deferred():
+                os.replace(tmp_data, dpath)
+                tmp_data = None
+                os.replace(tmp_meta, mpath)
+                tmp_meta = None
             if durable:
                 _fsync_dir(dpath.parent)
                 _fsync_dir(mpath.parent)

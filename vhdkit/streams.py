@@ -32,7 +32,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Callable, Optional
 
-from .errors import ArchiveError, InvalidInputError, OutputLimitError
+from .errors import ArchiveError, InvalidInputError, OutputLimitError, VhdkitError
 
 __all__ = [
     "FORMATS",
@@ -132,13 +132,79 @@ def open_compressor(fileobj: BinaryIO, format: str = "gzip", *, level: Optional[
         from isal import igzip_threaded
 
         # igzip_threaded closes what it is given: shield the caller's file.
-        return igzip_threaded.open(_Unclosable(fileobj), "wb", compresslevel=_isal_level(level), threads=n)
+        raw = _gzip_writer_class()(_Unclosable(fileobj), "wb", level=_isal_level(level), threads=n)
+        return igzip_threaded.FlushableBufferedWriter(raw, buffer_size=CHUNK)  # type: ignore[return-value]
     if format == "zstd":
         lvl = 3 if level is None else level
         if not 1 <= lvl <= 22:
             raise InvalidInputError(f"zstd level must be 1..22, not {lvl}")
         return _ZstdWriter(fileobj, lvl, n)  # type: ignore[return-value]
     raise InvalidInputError(f"unknown compression format {format!r} (use gzip or zstd)")
+
+
+_GZIP_WRITER = None
+
+
+def _gzip_writer_class():
+    """isal's parallel gzip writer, with every call that hands blocks to its
+    threads (or waits for them) made a :func:`~vhdkit.interrupts.deferred`
+    section: a SIGINT/SIGTERM raised half-way through one (between taking a
+    block number and queueing the block, say) would leave its writer thread
+    waiting for a block that never comes, and the closing flush would wait
+    forever.  Each section lasts at most the compression of a few blocks."""
+    global _GZIP_WRITER
+    if _GZIP_WRITER is None:
+        from isal import igzip_threaded
+
+        from .interrupts import deferred
+
+        class _GzipWriter(igzip_threaded._ThreadedGzipWriter):
+            def write(self, b) -> int:
+                with deferred():
+                    return super().write(b)
+
+            def flush(self) -> None:
+                with deferred():
+                    super().flush()
+
+            def close(self) -> None:
+                with deferred():
+                    super().close()
+
+            def abort(self) -> None:
+                """Stop without finishing the stream (its output is being
+                thrown away): blocks still queued are dropped, and each
+                thread ends after at most the block it is compressing."""
+                import queue
+
+                from .errors import OperationInterrupted
+
+                with deferred():
+                    with self.lock:
+                        self.exception = self.exception or OperationInterrupted("compression aborted")
+                    self.running = False
+                    threads = [*self.compression_workers, self.output_worker]
+                    while any(t.is_alive() for t in threads):
+                        # empty every queue (a thread blocked on a full one goes on); the
+                        # compressors end on a None, the writer when its queue stays empty
+                        for q in self.input_queues + self.output_queues:
+                            try:
+                                while True:
+                                    q.get_nowait()
+                                    q.task_done()
+                            except (queue.Empty, ValueError):
+                                pass
+                        for q in self.input_queues:
+                            try:
+                                q.put_nowait(None)
+                            except queue.Full:
+                                pass
+                        for t in threads:
+                            t.join(0.01)
+                    self._closed = True
+
+        _GZIP_WRITER = _GzipWriter
+    return _GZIP_WRITER
 
 
 class _Unclosable(io.RawIOBase):
@@ -420,9 +486,27 @@ def compress(src: BinaryIO, dst: BinaryIO, *, format: str = "gzip", level: Optio
              total: Optional[int] = None) -> StreamStats:
     """Compress ``src`` (readable) into ``dst`` (writable) in bounded memory."""
     out = _Counter(dst)
-    with open_compressor(out, format, level=level, threads=threads) as z:  # type: ignore[arg-type]
+    z = open_compressor(out, format, level=level, threads=threads)  # type: ignore[arg-type]
+    try:
         n = copy_stream(src, z, progress=progress, total=total)
+    except BaseException:
+        _abandon(z)
+        raise
+    z.close()
     return StreamStats(format, n, out.n)
+
+
+def _abandon(z) -> None:
+    """Close a compressor whose output is being thrown away, as fast as it
+    can (a stop, a failed read): the parallel gzip writer drops its queued
+    blocks rather than compressing them for nothing."""
+    abort = getattr(getattr(z, "raw", None), "abort", None)
+    if abort is not None:
+        abort()
+    try:
+        z.close()
+    except (ValueError, OSError, VhdkitError):
+        pass
 
 
 def decompress(src: BinaryIO, dst: BinaryIO, *, format: str = "auto", max_output: Optional[int] = None,

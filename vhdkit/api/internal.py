@@ -132,6 +132,11 @@ async def _mark_swept(request, reg, body):
     return {}
 
 
+async def _release(request, reg, body):
+    await write_call(request, reg.release_task, _str(body, "task_id"), _str(body, "worker_id"), _attempt(body))
+    return {}
+
+
 async def _show_task(request, reg, body):
     return _task(await call(reg.show_task, _caller(body), _str(body, "task_id")))
 
@@ -300,7 +305,7 @@ class _Fenced:
 
 
 OPS = {"claim": _claim, "heartbeat": _heartbeat, "finish": _finish, "show_task": _show_task,
-       "unswept_failures": _unswept_failures, "mark_swept": _mark_swept,
+       "unswept_failures": _unswept_failures, "mark_swept": _mark_swept, "release": _release,
        "show_image": _show_image, "create_image": _create_image, "delete_image": _delete_image,
        "open_data": _open_data, "register_blob": _register_blob,
        # an API host forwarding to this one

@@ -5,8 +5,10 @@ inspect (info, check, map), convert (create, convert, modify, repair, compare),
 chains (snapshot, coalesce, reparent, chain), packaging (compress, decompress, ova, segments,
 object), registry (image, member), tasks (task, worker), serve, maintenance (cleanup).
 
-Exit status: 0 success, 1 the operation failed (message on stderr), 2 usage
-error.  Results go to stdout, ``--json`` on every command for scripts.
+Exit status: 0 success, 1 the operation failed (message on stderr; file
+problems included), 2 usage error, 130/143 stopped by SIGINT/SIGTERM
+(:mod:`vhdkit.interrupts`).  Results go to stdout, ``--json`` on every command
+for scripts.
 """
 from __future__ import annotations
 

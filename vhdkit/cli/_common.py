@@ -11,17 +11,53 @@ from ..errors import VhdkitError
 
 
 class VhdkitGroup(click.Group):
-    """A click group that turns VhdkitError into a one-line message and exit 1."""
+    """The top-level group: the one place where failures become exit codes.
+
+    A VhdkitError, or an OSError about a file (missing, a directory,
+    unreadable, ...), is one line on stderr and exit 1.  SIGINT and SIGTERM
+    stop the command at once (:mod:`vhdkit.interrupts`): what it was writing
+    is removed on the way out, and the exit status is 130 or 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from ..interrupts import Stopped, install, release, stopping
+
+        install()
         try:
+            release()   # a signal during start-up (see vhdkit.__main__) stops the command now
             return super().invoke(ctx)
-        except VhdkitError as exc:
-            click.echo(f"vhdkit: error: {cli_message(exc)}", err=True)
-            ctx.exit(1)
-        except BrokenPipeError:  # e.g. `vhdkit ... | head`
-            sys.stderr.close()
-            ctx.exit(1)
+        except click.exceptions.Exit:
+            raise
+        except BaseException as exc:
+            signum = stopping()
+            if signum is not None:  # whatever the unwinding raised, the command was stopped
+                stop = exc if isinstance(exc, Stopped) else Stopped(signum)
+                click.echo(f"vhdkit: stopped by {stop.name}", err=True)
+                ctx.exit(stop.exit_status)
+            if isinstance(exc, VhdkitError):
+                fail(ctx, cli_message(exc))
+            if isinstance(exc, BrokenPipeError):  # e.g. `vhdkit ... | head`
+                sys.stderr.close()
+                ctx.exit(1)
+            if isinstance(exc, OSError):
+                fail(ctx, os_error_message(exc))
+            raise
+
+
+def fail(ctx: click.Context, message: str) -> None:
+    """Print ``vhdkit: error: MESSAGE`` on stderr and exit 1."""
+    click.echo(f"vhdkit: error: {message}", err=True)
+    ctx.exit(1)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed system call: the file, then what is wrong with it."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    names = [n for n in (exc.filename, exc.filename2) if n is not None]
+    if isinstance(exc, IsADirectoryError):
+        what = "is a directory (give a file)"
+    elif isinstance(exc, PermissionError):
+        what = "permission denied (not readable or not writable by you)"
+    return f"{' -> '.join(map(str, names))}: {what}" if names else what
 
 
 #: The flag that overrides every refusal of the command line (see VhdkitError.override).

@@ -10,8 +10,8 @@ from typing import Optional
 import click
 
 from . import main
-from ._common import (FORMAT, INPUT_FORMAT, SIZE, emit, force_option, image_format, json_option, output_format,
-                      refuse_terminal, sized)
+from ._common import (FORMAT, INPUT_FORMAT, SIZE, emit, fail, force_option, image_format, json_option,
+                      output_format, refuse_terminal, sized)
 from ..progress import Progress
 
 def _qemu_options(text: Optional[str]) -> dict:
@@ -174,11 +174,17 @@ def modify_cmd(image, new_uuid, uuid, timestamp, creator, size, size_rule, force
 
 @main.command("repair")
 @click.argument("image")
-@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be done.")
+@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be done (and what would be lost).")
+@click.option("--force", is_flag=True,
+              help="Repair even if blocks whose data lay past the end of a cut-short image then read as zeros.")
 @json_option
-def repair_cmd(image, dry_run, as_json):
+def repair_cmd(image, dry_run, force, as_json):
     """Restore IMAGE's end footer from the copy at offset 0, or the reverse.
 
+    A dynamic VHD cut short inside its data gets a new end footer after its
+    last block, but the blocks whose data lay past the cut then read as
+    zeros: that repair is refused, naming those blocks (virtual byte
+    ranges), unless --force.  Exit 1 when refused.
     For a VHDX: write a pending log replay into the file (crash-safe: the log
     stays active until the replayed data is on disk).
 
@@ -186,10 +192,23 @@ def repair_cmd(image, dry_run, as_json):
     Example:
       vhdkit repair disk.vhd
     """
-    from ..vhd.write import repair
-    r = repair(image, dry_run=dry_run)
-    emit(r.to_dict(), as_json,
-         lambda d: f"{d['path']}: {d['action']}" + (" (dry run)" if d["dry_run"] else ""))
+    from ..errors import DataLossError
+    from ..vhd.write import describe_ranges, repair
+    try:
+        r = repair(image, dry_run=dry_run, force=force)
+    except DataLossError as exc:
+        if as_json:
+            emit(dict(exc.to_dict(), path=image, refused=True), True)
+        fail(click.get_current_context(), f"{exc.message}; --force repairs it anyway")
+
+    def human(d):
+        s = f"{d['path']}: {d['action']}" + (" (dry run)" if d["dry_run"] else "")
+        if d["lost"]:
+            s += (f"\n{'would lose' if d['dry_run'] else 'LOST'}: {len(d['lost'])} block(s) now read as zeros: "
+                  f"{describe_ranges(d['lost'], most=len(d['lost']))}")
+        return s
+
+    emit(r.to_dict(), as_json, human)
 
 
 @main.command("compare")

@@ -179,6 +179,9 @@ def _ova_human(rep) -> str:
 def ova_pack(disks, output, compression, name, level, threads, force, as_json) -> None:
     """Pack a VHD (or a chain, leaf first) into an OVA.
 
+    A differencing disk needs its whole chain (`vhdkit chain LEAF` lists
+    it): alone it is refused, as the package could never be read.
+
     One pass: each disk is compressed once straight into a temporary archive
     next to OUT (sizes and hashes are filled in at the end), then renamed.
 

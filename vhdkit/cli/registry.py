@@ -149,8 +149,7 @@ _VIS = click.Choice(["public", "private", "shared", "community"])
 @click.option("--min-ram", type=int)
 @click.option("--tag", "tags", multiple=True, help="Repeatable.")
 @click.option("--property", "props", multiple=True, metavar="KEY=VALUE", help="Extra property; repeatable.")
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False),
-              help="Upload this file right away (needs --disk-format and --container-format).")
+@click.option("--file", "file", help="Upload this file right away (needs --disk-format and --container-format).")
 @_registry_options
 @json_option
 def image_create(reg, caller, name, new_id, disk_format, container_format, visibility, protected,
@@ -172,6 +171,8 @@ def image_create(reg, caller, name, new_id, disk_format, container_format, visib
             body[k] = v
     if tags:
         body["tags"] = list(tags)
+    if file and file != "-":
+        open(file, "rb").close()  # a file problem is reported before an image exists
     img = reg.create_image(caller, body)
     if file:
         from ..errors import VhdkitError
@@ -334,7 +335,7 @@ def _upload(reg, caller, image_id: str, path: str, virtual_size: Optional[int]):
 
 @image.command("upload")
 @click.argument("image_id")
-@click.argument("file", type=click.Path(allow_dash=True, dir_okay=False))
+@click.argument("file")
 @click.option("--virtual-size", type=SIZE, help="Record this virtual size (else read from a VHD).")
 @_registry_options
 @json_option

@@ -171,7 +171,9 @@ def worker(data_dir, once, until_idle, poll, worker_id, api_url, as_json):
     """Run import/export tasks from the registry in DATA (or behind --api).
 
     Any number of workers may share one data directory; each task runs once.
-    A worker that dies loses its lease and the task is retried once.  With
+    A worker that dies loses its lease and the task is retried once; one
+    stopped by SIGINT or SIGTERM gives its task back (claimable at once) and
+    exits 130 or 143.  With
     --api the worker may run on any host: it claims tasks, heartbeats and
     registers image data through the API host, and reads and writes the
     bytes in Swift directly.
@@ -204,10 +206,7 @@ def worker(data_dir, once, until_idle, poll, worker_id, api_url, as_json):
             out = {"worker": w.id, "task": _task_dict(t) if t else None}
             emit(out, as_json, lambda d: _task_line(d["task"]) if d["task"] else "no pending task")
             return
-        try:
-            n = w.run(until_idle=until_idle, poll=poll)
-        except KeyboardInterrupt:
-            n = None
+        n = w.run(until_idle=until_idle, poll=poll)  # SIGINT/SIGTERM: the task goes back, exit 130/143
     finally:
         if closer is not None:
             closer()

@@ -4,7 +4,8 @@ plus the lease protocol workers use.
 Statuses pending -> processing -> success | failure.  A worker takes a task
 with :meth:`claim_task` (atomic: ``BEGIN IMMEDIATE``), renews its lease with
 :meth:`heartbeat` (also reporting the stage and bytes done) and ends it with
-:meth:`finish`.  A task whose lease expires is handed to the next claimer
+:meth:`finish` (or gives it back with :meth:`release_task` when it is
+stopped).  A task whose lease expires is handed to the next claimer
 (retried from the start) until ``max_attempts`` claims were made; then it
 fails with a message.  A task expires 48 h after it ends.
 
@@ -282,6 +283,20 @@ class TasksMixin:
                           bytes_total if bytes_total is not None else row["bytes_total"], self._now(), task_id))
             out = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return _task(out)
+
+    def release_task(self: "Registry", task_id: str, worker_id: str,  # type: ignore[misc]
+                     attempt: Optional[int] = None) -> None:
+        """Give a held task back (its worker is stopping): pending again and
+        claimable at once, the attempt not counted.  Nothing happens when the
+        worker (or, given ``attempt``, that attempt) no longer holds it."""
+        with self._write() as conn:
+            try:
+                self._held(conn, task_id, worker_id, attempt)
+            except (ConflictError, NotFoundError):
+                return
+            conn.execute("UPDATE tasks SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, "
+                         "attempts = MAX(attempts - 1, 0), stage = NULL, bytes_done = NULL, bytes_total = NULL, "
+                         "updated_at = ? WHERE id = ?", (self._now(), task_id))
 
     def finish(self: "Registry", task_id: str, worker_id: str, *, status: str,  # type: ignore[misc]
                result: Optional[Dict[str, Any]] = None, message: str = "", attempt: Optional[int] = None) -> Task:

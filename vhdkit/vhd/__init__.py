@@ -10,17 +10,18 @@ from __future__ import annotations
 from .read import *  # noqa: F401,F403
 
 #: Imported on first use of one of their names (start-up time: `vhdkit info`
-#: or `check` needs only .read); ``from vhdkit.vhd import *`` still gives
-#: .read's and .write's names, as when .write was imported eagerly.
+#: or `check` needs only .read).  ``__all__`` (so ``from vhdkit.vhd import *``),
+#: ``dir()`` and ``help()`` name all three modules' names (asking imports them).
 _LAZY = (".write", ".chain")
-_STAR = (".read", ".write")
+_PUBLIC = (".read", ".write", ".chain")
 
 
 def __getattr__(name):
+    """.write's and .chain's names, loaded on first use."""
     import importlib
 
     if name == "__all__":
-        return [n for m in _STAR for n in importlib.import_module(m, __name__).__all__]
+        return [n for m in _PUBLIC for n in importlib.import_module(m, __name__).__all__]
     if name.startswith("__"):
         raise AttributeError(name)
     for m in _LAZY:
@@ -28,3 +29,8 @@ def __getattr__(name):
         if name in getattr(mod, "__all__", ()):
             return getattr(mod, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    """This module's names and the whole format API."""
+    return sorted(set(globals()) | set(__getattr__("__all__")))

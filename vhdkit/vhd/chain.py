@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import threading
 import urllib.parse
 import uuid as _uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .. import errors
+from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
 from ..progress import Progress
 from . import read as _read
@@ -297,20 +297,29 @@ def journal_path(parent: PathLike) -> str:
     return os.path.join(os.path.dirname(p), "." + os.path.basename(p) + ".coalesce-journal")
 
 
-def _poll(fn, done, total, progress):
+#: Native objects of merges abandoned by an interruption (see :func:`_poll`).
+_ABANDONED: list = []
+
+
+def _poll(fn, done, total, progress, keep=()):
     """Run a native call on a worker thread (cffi releases the GIL) and
     report ``done()`` to ``progress`` meanwhile.  An interruption of the
-    caller leaves the merge to finish or be killed: both are safe."""
+    caller leaves the merge to finish or to be stopped by the process's exit
+    (as safe as a kill: the journal lets a rerun finish it); the native
+    objects it uses (``keep``) are kept alive for it."""
     if progress is None:
         return fn()
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.setdefault("rc", fn()), name="vhdkit-merge", daemon=True)
-    t.start()
-    while t.is_alive():
-        t.join(0.1)
-        progress(done(), total)
+    job = Background(fn, "vhdkit-merge")
+    try:
+        job.start()
+        while not job.wait(0.1):
+            progress(done(), total)
+    except BaseException:
+        if job.running:
+            _ABANDONED.append(keep)
+        raise
     progress(done(), total)
-    return box["rc"]
+    return job.result
 
 
 def coalesce_into_parent(child: PathLike, *, parents: Optional[Sequence[PathLike]] = None,
@@ -333,11 +342,13 @@ def coalesce_into_parent(child: PathLike, *, parents: Optional[Sequence[PathLike
         res = ffi.new("vk_merge_result *")
         jp = journal_path(ppath)
         total = _read._layer_info(img, 0).allocated_bytes if progress is not None else None
-        rc = _poll(lambda: lib.vk_coalesce_into_parent(img, _b(jp), res, err),
-                   (lambda: int(res.bytes_merged)), total, progress)
+        jpb = _b(jp)
+        rc = _poll(lambda: lib.vk_coalesce_into_parent(img, jpb, res, err),
+                   (lambda: int(res.bytes_merged)), total, progress, keep=(img, jpb, res, err))
         check(rc, err)
     finally:
-        ffi.release(img)
+        if not any(k and k[0] is img for k in _ABANDONED):
+            ffi.release(img)
     return MergeResult(child=os.path.realpath(c), parent=ppath, bytes_merged=int(res.bytes_merged),
                        bytes_read=int(res.bytes_read), blocks_allocated=int(res.blocks_allocated),
                        writes=int(res.writes), resumed=bool(res.resumed))

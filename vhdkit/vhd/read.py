@@ -317,6 +317,9 @@ class VhdStream(io.RawIOBase):
     def writable(self) -> bool:
         return False
 
+    def write(self, b) -> int:  # type: ignore[override]
+        raise io.UnsupportedOperation(f"{self.name} is open for reading only: open it with mode 'r+' to write")
+
     def _live(self):
         if self.closed:
             raise ValueError("I/O operation on closed VHD stream")
@@ -453,14 +456,19 @@ class VhdStream(io.RawIOBase):
 
 def open(path: PathLike, mode: str = "r", *, parents: Optional[Sequence[PathLike]] = None,
          allowed_root: Optional[PathLike] = None, size_rule: str = "auto", follow_locators: bool = True) -> VhdStream:
-    """Open a VHD (with its parent chain) for reading.
+    """Open the virtual disk of a VHD (with its parent chain) as a binary
+    stream: mode ``"r"`` (``"rb"``) to read (:class:`VhdStream`), ``"r+"``
+    (``"r+b"``, ``"rb+"``) to read and write
+    (:class:`vhdkit.vhd.chain.VhdWriteStream`).  There is no ``"w"``: make a
+    new VHD with :func:`vhdkit.create` or :func:`vhdkit.convert`, then open it.
 
     ``parents``: explicit parent paths, the leaf's parent first (used before
     the locators).  ``allowed_root``: refuse parents outside this directory.
     ``follow_locators=False``: parents come only from ``parents`` (the mode
     for server code: a file's locators name paths its author chose; they are
     decoded for display but never followed).
-    Mode ``"r+"`` also allows writing (:class:`vhdkit.vhd.chain.VhdWriteStream`).
+    A bad mode raises ValueError, as :func:`io.open` does; writing to a
+    stream opened ``"r"`` raises :class:`io.UnsupportedOperation`.
     """
     kw: Dict[str, Any] = dict(parents=parents, allowed_root=allowed_root, size_rule=size_rule,
                               follow_locators=follow_locators)
@@ -468,7 +476,8 @@ def open(path: PathLike, mode: str = "r", *, parents: Optional[Sequence[PathLike
         from .chain import VhdWriteStream
         return VhdWriteStream(path, **kw)
     if mode not in ("r", "rb"):
-        raise InvalidInputError(f"vhdkit.open supports only mode 'r', not {mode!r}")
+        raise InvalidInputError(f"invalid mode {mode!r}: vhdkit.open takes 'r' (read) or 'r+' (read and write); "
+                                "make a new VHD with vhdkit.create or vhdkit.convert")
     return VhdStream(path, **kw)
 
 

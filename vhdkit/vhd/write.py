@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .. import errors
 from ..fileutil import atomic_fd, refuse_existing
+from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
 
 __all__ = [
@@ -106,6 +107,11 @@ class RepairResult(_Dict):
                          # | "log-replayed" (VHDX)
     footer_offset: int
     dry_run: bool
+    #: Blocks whose data lay past the end of a cut-short image: after the
+    #: repair they read as zeros (or from the parent).  Each is a dict
+    #: ``{"block", "start", "end"}`` (virtual bytes [start, end)).  Non-empty
+    #: only with ``force`` (or ``dry_run``): otherwise repair refuses.
+    lost: list = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -244,16 +250,10 @@ def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[P
     cancel = ffi.new("int *")
     opts.progress = counter
     opts.cancel = cancel
-    box: dict = {}
-
-    def work() -> None:
-        box["rc"] = fn()
-
-    t = threading.Thread(target=work, name="vhdkit-native", daemon=True)
-    t.start()
+    job = Background(fn, "vhdkit-native")
     try:
-        while t.is_alive():
-            t.join(0.05)
+        job.start()
+        while not job.wait(0.05):
             done = int(counter[0])
             if out is not None:
                 out.writeback(done)
@@ -261,11 +261,12 @@ def _run(fn: Callable[[], int], opts, total: Optional[int], progress: Optional[P
                 progress(done, total)
     except BaseException:
         cancel[0] = 1
-        t.join()
+        if job.started:
+            job.wait()    # the native call uses opts, res and err: they must outlive it
         raise
     if progress is not None:
         progress(int(counter[0]), total)
-    return box["rc"]
+    return job.result
 
 
 @contextmanager
@@ -398,6 +399,8 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, o
         src_format = "raw"
     elif not os.path.exists(srcs):
         raise errors.NotFoundError(f"no such file: {srcs}")
+    elif os.path.isdir(srcs):
+        raise errors.InvalidInputError(f"{srcs} is a directory (give a file)")
     elif src_format is None:
         src_format = _detect_format(srcs)
     elif src_format in ("vhd", "vhdx"):
@@ -482,10 +485,16 @@ _ACTIONS = {0: "none", 1: "end-footer-restored", 2: "backup-footer-restored", 3:
             4: "fixed-tail-cut"}
 
 
-def repair(path: PathLike, *, dry_run: bool = False) -> RepairResult:
+def repair(path: PathLike, *, dry_run: bool = False, force: bool = False) -> RepairResult:
     """Restore a damaged end footer from the copy at offset 0, or the copy at
     0 from the end footer (like ``vhd-util repair``).  Refuses when both are
     damaged or when they disagree in a way that cannot be decided.
+
+    A dynamic image cut short inside its data gets a new end footer after
+    its last block, and the blocks whose data lay past the cut then read as
+    zeros (or from the parent): that repair is refused with
+    :class:`~vhdkit.errors.DataLossError` naming those blocks (its ``lost``)
+    unless ``force``; ``RepairResult.lost`` names them again.
 
     A VHDX whose log holds entries never applied gets the log replayed into
     the file (action ``log-replayed``), crash-safe as the VHDX specification
@@ -498,12 +507,33 @@ def repair(path: PathLike, *, dry_run: bool = False) -> RepairResult:
         return RepairResult(path=os.fspath(path), disk_type=_info(path).disk_type,
                             action="log-replayed" if xr.log_entries else "none", footer_offset=0,
                             dry_run=bool(dry_run))
-    res = ffi.new("vk_repair_result *")
+    p = os.fsencode(path)
     err = new_err()
-    check(lib.vk_repair(os.fsencode(path), int(bool(dry_run)), res, err), err)
+    probe = ffi.new("vk_repair_result *")
+    check(lib.vk_repair(p, lib.VK_REPAIR_DRY_RUN, probe, err), err)   # how many blocks would be lost
+    n = int(probe.lost_count)
+    res = ffi.new("vk_repair_result *")
+    arr = ffi.new("vk_lost_range[]", n) if n else ffi.NULL
+    res.lost, res.lost_cap = arr, n
+    flags = (lib.VK_REPAIR_DRY_RUN if dry_run else 0) | (lib.VK_REPAIR_FORCE if force else 0)
+    rc = lib.vk_repair(p, flags, res, err)
+    lost = [{"block": int(arr[i].block), "start": int(arr[i].start), "end": int(arr[i].end)}
+            for i in range(min(n, int(res.lost_count)))]
+    if rc < 0 and res.lost_count and not force:   # refused (VK_E_CONFLICT): it would lose them
+        raise errors.DataLossError(
+            f"repairing {os.fspath(path)} would lose data: {int(res.lost_count)} block(s) lay past the end of "
+            f"the cut file and would read as zeros ({describe_ranges(lost)})", lost=lost)
+    check(rc, err)
     return RepairResult(path=os.fspath(path), disk_type=_DISK_TYPES.get(int(res.disk_type), "unknown"),
                         action=_ACTIONS.get(int(res.action), "unknown"),
-                        footer_offset=int(res.footer_offset), dry_run=bool(dry_run))
+                        footer_offset=int(res.footer_offset), dry_run=bool(dry_run), lost=lost)
+
+
+def describe_ranges(lost: list, most: int = 6) -> str:
+    """``virtual bytes [a, b) (block i), ...`` for the first ``most`` of ``lost``."""
+    s = ", ".join(f"[{r['start']}, {r['end']}) (block {r['block']})" for r in lost[:most])
+    more = f" and {len(lost) - most} more" if len(lost) > most else ""
+    return f"virtual bytes {s}{more}"
 
 
 # ---- compare ------------------------------------------------------------------
