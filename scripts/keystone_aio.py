@@ -54,8 +54,7 @@ log_file = {dir}/log/keystone.log
 debug = false
 
 [database]
-# (WAL and a long busy timeout: several gunicorn threads write at once, e.g.
-# each password check records the user's last activity)
+# (WAL, and a busy timeout for keystone-manage beside the server)
 connection = sqlite:///{dir}/keystone.db?timeout=60
 
 [token]
@@ -187,8 +186,13 @@ def start(d: Path, expiration: int = 3600) -> Path:
     env = dict(server_env(), OS_KEYSTONE_CONFIG_FILES=str(d / "keystone.conf"))
     (d / "keystone_wsgi.py").write_text(_ENTRY)
     log = open(d / "log" / "gunicorn.log", "wb")
-    proc = subprocess.Popen([str(VENV / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                             "--threads", "4", "--timeout", "120", "--no-control-socket", "--chdir", str(d),
+    # One request at a time: Keystone's SQLite transactions read, then write
+    # (each password check records the user's last activity), and two such
+    # transactions at once fail "database is locked" at once, whatever the busy
+    # timeout (WAL refuses to upgrade a stale read snapshot).  Keystone answers
+    # in milliseconds; a queue costs less than Tempest's 500s.
+    proc = subprocess.Popen([str(VENV / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                             "--threads", "1", "--timeout", "120", "--no-control-socket", "--chdir", str(d),
                              "keystone_wsgi:application"],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, cwd=str(d), env=env)
