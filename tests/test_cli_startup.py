@@ -134,3 +134,43 @@ def test_one_image_output_is_unchanged(images):
     assert r.stdout.startswith("{\n  ")                 # indented, as before
     r, _, _ = _run("info", str(Path(paths[0]).with_name("nope.vhd")))
     assert r.returncode == 1 and r.stderr.startswith("vhdkit: error: ")
+
+
+# ---- the fast path: the same commands through the program's entry point, without click
+
+_ENTRY = ("import json, runpy, sys\nsys.argv = ['vhdkit', *sys.argv[1:]]\ncode = 0\n"
+          "try:\n    runpy.run_module('vhdkit', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+          "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\nsys.exit(code)\n")
+
+
+def _fast_commands():
+    from vhdkit.cli import _fast
+    return sorted(_fast.COMMANDS)
+
+
+@pytest.mark.parametrize("words", _fast_commands(), ids=" ".join)
+def test_fast_commands_load_no_click_and_no_command_module(images, tmp_path, words):
+    """Derived from the fast path's own table: each of its commands, run as a
+    user runs it, loads neither click nor any click command module, nor the
+    heavy modules, nor the other domain's layer."""
+    d, paths = images
+    env = dict(os.environ)
+    if words[0] == "image":
+        home = tmp_path / "home"
+        with Registry(str(home)) as reg:
+            img = make_image(reg, data=b"x" * 4096, name="plain")
+        env.update(VHDKIT_HOME=str(home), VHDKIT_ACCOUNT=OWNER, VHDKIT_ROLES="cloudImages:admin")
+        args = [*words, *([img.id] if words[1] == "show" else [])]
+        unneeded = set(HEAVY) | set(REGISTRY_ONLY)
+    else:
+        args = [*words, *({"compare": paths[:2], "chain": [str(d / "child.vhd")]}.get(words[0], [paths[0]]))]
+        unneeded = set(HEAVY) | set(FORMAT_ONLY)
+    r = subprocess.run([sys.executable, "-c", _ENTRY, *args, "--json"], capture_output=True, text=True, cwd=ROOT,
+                       env=env)
+    *msgs, mods = r.stderr.strip().splitlines()
+    assert r.returncode == 0, msgs
+    json.loads(r.stdout)
+    mods = set(json.loads(mods))
+    assert "vhdkit.cli._fast" in mods
+    unneeded |= {"click", "vhdkit.cli._group", "vhdkit.cli._common"} | {f"vhdkit.cli.{m}" for m in cli._modules()}
+    assert _loaded(mods, unneeded) == []

@@ -15,15 +15,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import sys as _sys
+
 from .errors import VhdkitError  # noqa: F401
 
 # The format API is loaded on first use, so that importing vhdkit (e.g. for
 # the registry alone) neither needs the native build nor pays its start-up.
 
 
+def _submodule(name: str):
+    """``vhdkit.NAME``, imported (``__import__``: importlib costs start-up)."""
+    __import__(f"{__name__}.{name}")
+    return _sys.modules[f"{__name__}.{name}"]
+
+
 def _format_api():
-    import importlib
-    return importlib.import_module(".vhd", __name__)
+    return _submodule("vhd")
 
 
 def __getattr__(name):
@@ -32,11 +39,11 @@ def __getattr__(name):
         return ["VhdkitError", *_format_api().__all__]
     if name.startswith("__"):
         raise AttributeError(name)
-    import importlib.util
-
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        # a submodule (`from vhdkit import ova`): it, not the format API, is wanted
-        return importlib.import_module(f".{name}", __name__)
+    try:  # a submodule (`from vhdkit import ova`): it, not the format API, is wanted
+        return _submodule(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
     try:
         value = getattr(_format_api(), name)
     except AttributeError:

@@ -7,9 +7,10 @@ for scripts and task messages, and the HTTP status the API layer answers with.
 from __future__ import annotations
 
 import errno as _errno
-import re as _re
-import socket as _socket
-from typing import Optional, Tuple
+
+TYPE_CHECKING = False   # typing is not imported at run time: every command imports this module
+if TYPE_CHECKING:
+    from typing import Optional, Tuple
 
 
 class VhdkitError(Exception):
@@ -207,7 +208,7 @@ def from_native(code: int, message: str, *, offset: Optional[int] = None, sys_er
 # ---- what a customer may read -------------------------------------------------
 #: An absolute path inside a message: starts at a word boundary, stops at blanks,
 #: quotes, brackets and the ``:`` that separates a path from what follows it.
-_ABS_PATH = _re.compile(r"(?<![\w.~-])/[^\s'\"(),;:<>]+")
+_ABS_PATH = r"(?<![\w.~-])/[^\s'\"(),;:<>]+"
 
 
 def public_message(text: str) -> str:
@@ -216,8 +217,11 @@ def public_message(text: str) -> str:
     server's directories are not shown) and the server's host name is
     removed.  Server code logs the full text and shows only this (task
     messages, HTTP error bodies)."""
-    out = _ABS_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "(path)", text)
-    host = _socket.gethostname()
+    import re   # here: the command line, which never calls this, need not load it
+    import socket
+
+    out = re.sub(_ABS_PATH, lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "(path)", text)
+    host = socket.gethostname()
     if len(host) > 2:
         out = out.replace(host, "(server)")
     return out

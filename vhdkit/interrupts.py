@@ -17,9 +17,31 @@ then left behind is removed by the next write of the same output).
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from typing import Any, Callable, Optional
+import sys
+from _thread import get_ident
+
+try:  # `signal` without its enum wrappers (importing enum costs every command start-up)
+    import _signal as signal
+except ImportError:  # pragma: no cover - an interpreter without CPython's module
+    import signal
+
+TYPE_CHECKING = False   # typing is not imported at run time (start-up of every command)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+
+def _in_main_thread() -> bool:
+    """``threading.current_thread() is threading.main_thread()``, without
+    importing threading (start-up) unless something did: then threads may
+    run and threading knows the main one.  Until then only the main thread
+    runs, so the thread that imported this module is it."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        return threading.current_thread() is threading.main_thread()
+    return get_ident() == _MAIN
+
+
+_MAIN = get_ident()
 
 __all__ = ["Stopped", "install", "release", "deferred", "stopping", "Background"]
 
@@ -32,7 +54,9 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-        self.name = signal.Signals(signum).name
+        import signal as named
+
+        self.name = named.Signals(signum).name
         #: The shell's convention for "ended by this signal".
         self.exit_status = 128 + signum
 
@@ -71,7 +95,7 @@ def install(hold: bool = False) -> None:
     a background job of a non-interactive shell).  ``hold``: a signal is kept
     until :func:`release` (a program's start-up, before it can clean up)."""
     global _depth, _held
-    if threading.current_thread() is not threading.main_thread():
+    if not _in_main_thread():
         return
     for sig in _SIGNALS:
         if signal.getsignal(sig) not in (signal.SIG_IGN, _handler):
@@ -84,7 +108,7 @@ def install(hold: bool = False) -> None:
 def release() -> None:
     """End :func:`install`'s hold: a signal that came meanwhile is raised now."""
     global _held
-    if _held and threading.current_thread() is threading.main_thread():
+    if _held and _in_main_thread():
         _held = False
         _Deferred.__exit__(_HELD)
 
@@ -96,7 +120,7 @@ class _Deferred:
 
     def __enter__(self) -> None:
         global _depth
-        self.main = threading.current_thread() is threading.main_thread()
+        self.main = _in_main_thread()
         if self.main:
             _depth += 1
 
@@ -132,6 +156,8 @@ class Background:
 
     def __init__(self, fn: Callable[[], Any], name: str):
         self.result: Any = None
+        import threading
+
         self._done = threading.Event()
 
         def work() -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, TextIO
+
+TYPE_CHECKING = False   # typing is not imported at run time (start-up of every command)
+if TYPE_CHECKING:
+    from typing import Optional, TextIO
 
 
 def human_bytes(n: float) -> str:

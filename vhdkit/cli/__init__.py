@@ -9,15 +9,15 @@ Exit status: 0 success, 1 the operation failed (message on stderr; file
 problems included), 2 usage error, 130/143 stopped by SIGINT/SIGTERM
 (:mod:`vhdkit.interrupts`).  Results go to stdout, ``--json`` on every command
 for scripts.
+
+This package itself imports no click: the commands a script calls per image
+(info, check, map, chain, compare, image show, image list) run without it
+(:mod:`vhdkit.cli._fast`); :data:`main`, the click group, is loaded on first use
+(:mod:`vhdkit.cli._group`).
 """
 from __future__ import annotations
 
-import importlib
 import os
-
-import click
-
-from ._common import VhdkitGroup
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,34 +45,10 @@ def _module_of(name: str):
     return None
 
 
-class _LazyGroup(VhdkitGroup):
-    """Imports a command's module when the command is first looked up;
-    anything else, and --help, imports every module."""
+def __getattr__(name: str):
+    """``main`` (the click group) and the group class, loaded on first use."""
+    if name in ("main", "_LazyGroup"):
+        from . import _group
 
-    def _load_all(self) -> None:
-        for m in _modules():
-            importlib.import_module(f"{__name__}.{m}")
-
-    def list_commands(self, ctx: click.Context):
-        self._load_all()
-        return super().list_commands(ctx)
-
-    def get_command(self, ctx: click.Context, name: str):
-        if name not in self.commands:
-            where = _module_of(name)
-            if where is not None:
-                importlib.import_module(f"{__name__}.{where}")
-            if name not in self.commands:
-                self._load_all()
-        return super().get_command(ctx, name)
-
-
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vhdkit")
-def main() -> None:
-    """vhdkit: VHD/OVA disk-image toolkit.
-
-    \b
-    Example:
-      vhdkit info disk.vhd --json
-    """
+        return getattr(_group, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

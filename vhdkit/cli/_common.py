@@ -7,19 +7,16 @@ from typing import Any, Callable, Optional
 
 import click
 
-from ..errors import VhdkitError
+from ._plain import (FORCE, FORMAT_NAMES, INPUT_FORMAT_NAMES, cli_message, emit, failure,  # noqa: F401
+                     image_format, open_registry, os_error_message, sized)
 
 
 class VhdkitGroup(click.Group):
-    """The top-level group: the one place where failures become exit codes.
-
-    A VhdkitError, or an OSError about a file (missing, a directory,
-    unreadable, ...), is one line on stderr and exit 1.  SIGINT and SIGTERM
-    stop the command at once (:mod:`vhdkit.interrupts`): what it was writing
-    is removed on the way out, and the exit status is 130 or 143."""
+    """The top-level group: failures become exit codes in one place
+    (:func:`vhdkit.cli._plain.failure`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from ..interrupts import Stopped, install, release, stopping
+        from ..interrupts import install, release
 
         install()
         try:
@@ -28,47 +25,16 @@ class VhdkitGroup(click.Group):
         except click.exceptions.Exit:
             raise
         except BaseException as exc:
-            signum = stopping()
-            if signum is not None:  # whatever the unwinding raised, the command was stopped
-                stop = exc if isinstance(exc, Stopped) else Stopped(signum)
-                click.echo(f"vhdkit: stopped by {stop.name}", err=True)
-                ctx.exit(stop.exit_status)
-            if isinstance(exc, VhdkitError):
-                fail(ctx, cli_message(exc))
-            if isinstance(exc, BrokenPipeError):  # e.g. `vhdkit ... | head`
-                sys.stderr.close()
-                ctx.exit(1)
-            if isinstance(exc, OSError):
-                fail(ctx, os_error_message(exc))
-            raise
+            code = failure(exc)
+            if code is None:
+                raise
+            ctx.exit(code)
 
 
 def fail(ctx: click.Context, message: str) -> None:
     """Print ``vhdkit: error: MESSAGE`` on stderr and exit 1."""
     click.echo(f"vhdkit: error: {message}", err=True)
     ctx.exit(1)
-
-
-def os_error_message(exc: OSError) -> str:
-    """One line for a failed system call: the file, then what is wrong with it."""
-    what = exc.strerror or str(exc) or type(exc).__name__
-    names = [n for n in (exc.filename, exc.filename2) if n is not None]
-    if isinstance(exc, IsADirectoryError):
-        what = "is a directory (give a file)"
-    elif isinstance(exc, PermissionError):
-        what = "permission denied (not readable or not writable by you)"
-    return f"{' -> '.join(map(str, names))}: {what}" if names else what
-
-
-#: The flag that overrides every refusal of the command line (see VhdkitError.override).
-FORCE = "--force"
-
-
-def cli_message(exc: VhdkitError) -> str:
-    """The error's message as the command line says it: flags, not Python keywords."""
-    if exc.override is None:
-        return exc.message
-    return f"{exc.refusal} (use {FORCE} to {exc.override[1]})"
 
 
 def force_option(f: Callable) -> Callable:
@@ -102,26 +68,7 @@ def qemu_json_option(f: Callable) -> Callable:
     return wrapper
 
 
-def emit(obj: Any, as_json: bool, human: Optional[Callable[[Any], str]] = None) -> None:
-    """Print ``obj`` as JSON (``--json``) or through ``human`` (default: JSON too)."""
-    if as_json or human is None:
-        import json  # here: a command that prints no JSON (e.g. a download) need not load it
-
-        click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
-    else:
-        click.echo(human(obj))
-
-
 _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def sized(n: Optional[int]) -> str:
-    """A size for people and scripts alike: ``1610612736 bytes (1.5 GiB)``."""
-    if n is None:
-        return "-"
-    from ..progress import human_bytes
-
-    return f"{n} bytes" if abs(n) < 1024 else f"{n} bytes ({human_bytes(n)})"
 
 
 def parse_size(text: str) -> int:
@@ -182,32 +129,11 @@ def caller_of(account: Optional[str], roles: Optional[str]):
     return Caller.parse(account, roles or "")
 
 
-def open_registry(data_dir: Optional[str], **kw: Any):
-    """The registry in ``data_dir`` (default :func:`vhdkit.home.data_home`);
-    says on stderr where a registry was created, so a wrong --data or
-    VHDKIT_HOME shows at once instead of as an empty list."""
-    from ..registry import Registry
-
-    reg = Registry(data_dir, **kw)
-    if reg.created:
-        click.echo(f"vhdkit: created a new registry in {reg.home}", err=True)
-    return reg
-
-
 # ------------------------------------------------------------ formats
-#: Format names on the command line: vhdkit's, and qemu-img's ("vpc" is its VHD).
-_FORMAT_NAMES = {"vhd": "vhd", "vpc": "vhd", "raw": "raw"}
 #: The output format a file name's extension says, as qemu-img users name files.
 _EXTENSIONS = {".vhd": "vhd", ".vpc": "vhd", ".raw": "raw", ".img": "raw"}
-FORMAT = click.Choice(sorted(_FORMAT_NAMES))
-#: Input formats (-f/-F): the above, and VHDX, which vhdkit reads but does not write.
-_INPUT_FORMAT_NAMES = {**_FORMAT_NAMES, "vhdx": "vhdx"}
-INPUT_FORMAT = click.Choice(sorted(_INPUT_FORMAT_NAMES))
-
-
-def image_format(name: Optional[str]) -> Optional[str]:
-    """vhdkit's name of a format given with -f/-F/-O (None stays None: detect)."""
-    return None if name is None else _INPUT_FORMAT_NAMES[name]
+FORMAT = click.Choice(sorted(FORMAT_NAMES))
+INPUT_FORMAT = click.Choice(sorted(INPUT_FORMAT_NAMES))
 
 
 def output_format(dst: str, given: Optional[str]) -> str:
@@ -215,7 +141,7 @@ def output_format(dst: str, given: Optional[str]) -> str:
     (stdout, "-", is a VHD as before); an extension that says nothing is
     refused rather than guessed."""
     if given is not None:
-        return _FORMAT_NAMES[given]
+        return FORMAT_NAMES[given]
     if dst == "-":
         return "vhd"
     fmt = _EXTENSIONS.get(os.path.splitext(dst)[1].lower())

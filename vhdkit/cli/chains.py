@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from . import main
+from . import _reads, main
 from ._common import FORMAT, SIZE, emit, force_option, json_option, output_format, refuse_terminal, sized
 from ..progress import Progress
 
@@ -110,15 +110,6 @@ def reparent_cmd(child, new_parent, unsafe, parents, as_json):
     emit(r.to_dict(), as_json, lambda d: f"{d['child']}: parent is now {d['parent']} (uuid {d['parent_uuid']})")
 
 
-def _human_chain(layers) -> str:
-    lines = []
-    for d in layers:
-        how = f", parent found by {d['parent_found_by']}" if d["parent_found_by"] else ""
-        lines.append(f"{d['index']}: {d['path']}  {d['disk_type']}, {sized(d['virtual_size'])}, "
-                     f"{sized(d['allocated_bytes'])} allocated, uuid {d['uuid']}{how}")
-    return "\n".join(lines)
-
-
 @main.command("chain")
 @click.argument("leaf")
 @click.option("--parent", "parents", multiple=True, help="Explicit parent path of LEAF (repeatable).")
@@ -131,6 +122,4 @@ def chain_cmd(leaf, parents, as_json):
     Example:
       vhdkit chain snap2.vhd --json
     """
-    from ..vhd.chain import chain_info
-    layers = [x.to_dict() for x in chain_info(leaf, parents=list(parents) or None)]
-    emit(layers, as_json, _human_chain)
+    _reads.chain(leaf, parents, as_json)

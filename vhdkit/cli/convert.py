@@ -4,12 +4,11 @@ Thin layer over :mod:`vhdkit.vhd.write`: parse options, call, print.
 """
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import click
 
-from . import main
+from . import _reads, main
 from ._common import (FORMAT, INPUT_FORMAT, SIZE, emit, fail, force_option, image_format, json_option,
                       output_format, refuse_terminal, sized)
 from ..progress import Progress
@@ -224,12 +223,4 @@ def compare_cmd(a, b, a_format, b_format, as_json):
     Example:
       vhdkit compare disk.vhd disk.raw
     """
-    from ..errors import VhdkitError
-    from ..vhd.write import compare
-    try:
-        r = compare(a, b, a_format=image_format(a_format), b_format=image_format(b_format))
-    except VhdkitError as exc:
-        click.echo(f"vhdkit: error: {exc.message}", err=True)
-        sys.exit(2)
-    emit(r.to_dict(), as_json, lambda d: d["message"])
-    sys.exit(0 if r.identical else 1)
+    _reads.compare(a, b, a_format, b_format, as_json)

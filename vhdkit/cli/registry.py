@@ -11,100 +11,29 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import click
 
 from ..fileutil import atomic_fd, refuse_existing
 from ..progress import Progress
-from . import main
+from . import _reads, main
 from ._common import (SIZE, caller_of, data_option, emit, force_option, identity_options, json_option,
-                      open_registry, refuse_terminal, sized)
+                      refuse_terminal, sized)
 
 
 def _registry_options(f: Callable) -> Callable:
     """--data/--account/--roles; the command receives ``reg`` and ``caller``,
     and an ``image_id`` (or ``image_ids``) argument resolved from a name or a
-    unique id prefix (see :func:`_resolve_image`)."""
+    unique id prefix (see :func:`vhdkit.cli._reads.resolve_image`)."""
 
     @data_option("Registry data directory.")
     @identity_options
     @functools.wraps(f)
     def wrapper(data_dir, account, roles, **kw):
-        who = caller_of(account, roles)
-        with open_registry(data_dir) as reg:
-            if kw.get("image_id") is not None:
-                kw["image_id"] = _resolve_image(reg, who, kw["image_id"])
-            if kw.get("image_ids"):
-                kw["image_ids"] = tuple(_resolve_image(reg, who, i) for i in kw["image_ids"])
-            return f(reg=reg, caller=who, **kw)
+        return _reads.in_registry(data_dir, caller_of(account, roles), f, **kw)
 
     return wrapper
-
-
-_HEX = frozenset("0123456789abcdef-")
-#: The shortest id prefix that names an image (as git's shortest abbreviation).
-_MIN_PREFIX = 4
-
-
-def _resolve_image(reg, who, ref: str) -> str:
-    """The id of the image ``ref`` names, as the ``openstack`` client finds
-    one: an exact id, else a unique name among the images the caller can see,
-    else a unique id prefix of at least 4 characters.  Several matches are an
-    error listing them; no match is left to the command (its not-found
-    message names ``ref``)."""
-    from ..errors import InvalidInputError, NotFoundError
-
-    try:
-        return reg.show_image(who, ref).id
-    except NotFoundError:
-        pass
-    found, what = list(_all_visible(reg, who, [("name", ref)])), "the name"
-    prefix = ref.lower()
-    if not found and len(prefix) >= _MIN_PREFIX and set(prefix) <= _HEX:
-        found, what = [], "the id prefix"
-        for i in _all_visible(reg, who, [("sort", "id:asc")]):
-            if i.id.startswith(prefix):
-                found.append(i)
-            elif i.id > prefix:
-                break
-    if len(found) == 1:
-        return found[0].id
-    if found:
-        listing = ", ".join(f"{i.id} ({i.name or 'no name'}, {i.status}, owner {i.owner})" for i in found)
-        raise InvalidInputError(f"{len(found)} images match {what} {ref!r}: {listing}; give the id of one")
-    return ref
-
-
-def _all_visible(reg, who, params):
-    params = [("visibility", "all"), ("limit", "1000")] + params
-    while True:
-        page = reg.list_images(who, params)
-        yield from page.images
-        if not page.next_marker:
-            return
-        params = [p for p in params if p[0] != "marker"] + [("marker", page.next_marker)]
-
-
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
-    widths = [max([len(h)] + [len(r[n]) for r in cells]) for n, h in enumerate(headers)]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
-def _kv(d: Dict[str, Any]) -> str:
-    import json  # json is imported where used: `image download` prints none
-
-    w = max((len(k) for k in d), default=0)
-    out = []
-    for k, v in d.items():
-        if isinstance(v, (list, dict)):
-            v = json.dumps(v, ensure_ascii=False)
-        elif k in ("size", "virtual_size") and isinstance(v, int):
-            v = sized(v)
-        out.append(f"{k.ljust(w)}  {'' if v is None else v}")
-    return "\n".join(out)
 
 
 def _props(pairs: Sequence[str]) -> Dict[str, str]:
@@ -183,7 +112,7 @@ def image_create(reg, caller, name, new_id, disk_format, container_format, visib
             exc.message = (f"image {img.id} was created but uploading {file} failed: {exc.message}; upload again "
                            f"with `vhdkit image upload {img.id} FILE` or remove it with `vhdkit image delete {img.id}`")
             raise
-    emit(img.to_dict(), as_json, _kv)
+    emit(img.to_dict(), as_json, _reads.kv)
 
 
 @image.command("list")
@@ -210,34 +139,15 @@ def image_list(reg, caller, name, status, visibility, member_status, owner, tags
     Example:
       vhdkit image list --tag a --tag b --visibility shared --sort name:asc --json
     """
-    params: List[Tuple[str, str]] = []
-    for k, v in (("name", name), ("status", status), ("visibility", visibility),
-                 ("member_status", member_status), ("owner", owner), ("sort", sort),
-                 ("limit", limit), ("marker", marker)):
-        if v is not None:
-            params.append((k, str(v)))
-    params += [("tag", t) for t in tags]
-    params += list(_props(props).items())
+    props_d, filter_pairs = _props(props), []
     for f in filters:
         k, sep, v = f.partition("=")
         if not sep:
             raise click.BadParameter(f"expected KEY=VALUE, got {f!r}", param_hint="--filter")
-        params.append((k, v))
-    images = []
-    while True:
-        page = reg.list_images(caller, params)
-        images += page.images
-        if not all_pages or not page.next_marker:
-            break
-        params = [p for p in params if p[0] != "marker"] + [("marker", page.next_marker)]
-    out = {"images": [i.to_dict() for i in images]}
-    if page.next_marker and not all_pages:
-        out["next_marker"] = page.next_marker
-    emit(out, as_json, lambda o: _table(
-        [(i["id"], i["name"], i["status"], i["visibility"], sized(i["size"]), i["owner"])
-         for i in o["images"]],
-        ["ID", "Name", "Status", "Visibility", "Size", "Owner"])
-        + (f"\n(more: --marker {o['next_marker']})" if "next_marker" in o else ""))
+        filter_pairs.append((k, v))
+    params = _reads.list_query(name, status, visibility, member_status, owner, sort, limit, marker, tags,
+                               props_d, filter_pairs)
+    _reads.image_list(reg, caller, params, all_pages, as_json)
 
 
 @image.command("show")
@@ -251,7 +161,7 @@ def image_show(reg, caller, image_id, as_json):
     Example:
       vhdkit image show 0b6d7a3e-9a83-4b3e-8a1c-0f7e0c9e2d11
     """
-    emit(reg.show_image(caller, image_id).to_dict(), as_json, _kv)
+    _reads.image_show(reg, caller, image_id, as_json)
 
 
 @image.command("update")
@@ -295,7 +205,7 @@ def image_update(reg, caller, image_id, name, visibility, protected, min_disk, m
         ops += extra if isinstance(extra, list) else [extra]
     if not ops:
         raise click.UsageError("nothing to change")
-    emit(reg.update_image(caller, image_id, ops).to_dict(), as_json, _kv)
+    emit(reg.update_image(caller, image_id, ops).to_dict(), as_json, _reads.kv)
 
 
 @image.command("delete")
@@ -346,7 +256,7 @@ def image_upload(reg, caller, image_id, file, virtual_size, as_json):
     Example:
       vhdkit image upload ID disk.vhd
     """
-    emit(_upload(reg, caller, image_id, file, virtual_size).to_dict(), as_json, _kv)
+    emit(_upload(reg, caller, image_id, file, virtual_size).to_dict(), as_json, _reads.kv)
 
 
 @image.command("download")
@@ -419,7 +329,7 @@ def _action(name: str, method: str, help_text: str) -> None:
     @_registry_options
     @json_option
     def cmd(reg, caller, image_id, as_json):
-        emit(getattr(reg, method)(caller, image_id).to_dict(), as_json, _kv)
+        emit(getattr(reg, method)(caller, image_id).to_dict(), as_json, _reads.kv)
 
 
 _action("deactivate", "deactivate_image",
@@ -489,7 +399,7 @@ def member_add(reg, caller, image_id, member_id, as_json):
       vhdkit member add IMAGE_ID acct-b
     """
     m = reg.add_member(caller, image_id, member_id).to_dict()
-    emit(m, as_json, lambda o: _table([_member_row(o)], _MEMBER_HEADERS))
+    emit(m, as_json, lambda o: _reads.table([_member_row(o)], _MEMBER_HEADERS))
 
 
 @member.command("list")
@@ -505,7 +415,7 @@ def member_list(reg, caller, image_id, as_json):
     """
     ms = [m.to_dict() for m in reg.list_members(caller, image_id)]
     emit({"members": ms, "schema": "/v2/schemas/members"}, as_json,
-         lambda o: _table([_member_row(m) for m in o["members"]], _MEMBER_HEADERS))
+         lambda o: _reads.table([_member_row(m) for m in o["members"]], _MEMBER_HEADERS))
 
 
 @member.command("show")
@@ -520,7 +430,7 @@ def member_show(reg, caller, image_id, member_id, as_json):
     Example:
       vhdkit member show IMAGE_ID acct-b
     """
-    emit(reg.show_member(caller, image_id, member_id or caller.account).to_dict(), as_json, _kv)
+    emit(reg.show_member(caller, image_id, member_id or caller.account).to_dict(), as_json, _reads.kv)
 
 
 def _status_cmd(name: str, status: str) -> None:
@@ -532,7 +442,7 @@ def _status_cmd(name: str, status: str) -> None:
     @json_option
     def cmd(reg, caller, image_id, member_id, as_json):
         m = reg.update_member(caller, image_id, member_id or caller.account, status).to_dict()
-        emit(m, as_json, lambda o: _table([_member_row(o)], _MEMBER_HEADERS))
+        emit(m, as_json, lambda o: _reads.table([_member_row(o)], _MEMBER_HEADERS))
 
 
 _status_cmd("accept", "accepted")

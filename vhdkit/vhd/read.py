@@ -16,15 +16,12 @@ maximum, all others the footer's current size; ``"current"``, ``"chs"`` and
 """
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import os
-import threading
-import uuid as _uuid
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from _thread import allocate_lock as _lock
 
 from .. import native
+from .._record import asdict, factory, record
 from ..errors import InvalidInputError
 
 __all__ = [
@@ -33,18 +30,25 @@ __all__ = [
     "SIZE_RULES", "DISK_TYPES",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+TYPE_CHECKING = False   # typing and dataclasses are not imported at run time: `vhdkit info` needs only this
+if TYPE_CHECKING:
+    import datetime as _dt
+    import uuid as _uuid
+    from typing import Any, Dict, List, Optional, Sequence, Union
+
+    PathLike = Union[str, "os.PathLike[str]"]
 
 #: size_rule names -> vk_size_rule
 SIZE_RULES = {"auto": 0, "current": 1, "chs": 2, "original": 3}
 _RULE_NAMES = {v: k for k, v in SIZE_RULES.items()}
 #: footer disk type -> name
 DISK_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
-_VHD_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+#: The VHD epoch, 2000-01-01T00:00:00Z, in seconds of the Unix epoch.
+_VHD_EPOCH_UNIX = 946684800
 _MAX_READ = 1 << 30     # one native call reads at most this much
 
 
-@dataclass
+@record
 class Locator:
     """A parent locator entry of a differencing disk."""
     code: str            # "W2ru", "W2ku", "MacX", ...
@@ -57,7 +61,7 @@ class Locator:
         return asdict(self)
 
 
-@dataclass
+@record
 class VhdInfo:
     """Facts about one VHD file (one layer of a chain)."""
     path: str
@@ -85,7 +89,7 @@ class VhdInfo:
     parent_uuid: Optional[_uuid.UUID] = None
     parent_timestamp: Optional[_dt.datetime] = None
     parent_name: Optional[str] = None
-    locators: List[Locator] = field(default_factory=list)
+    locators: List[Locator] = factory(list)
     format: str = "vhd"                # "vhd" | "vhdx"
     vhdx: Optional[Dict[str, Any]] = None   # VHDX headers, regions, metadata, BAT, log
 
@@ -100,7 +104,7 @@ class VhdInfo:
         return d
 
 
-@dataclass
+@record
 class Problem:
     """One finding of :func:`check`: a stable code, the file offset, a message."""
     code: str
@@ -112,7 +116,7 @@ class Problem:
         return asdict(self)
 
 
-@dataclass
+@record
 class CheckReport:
     path: str
     problems: List[Problem]
@@ -128,7 +132,7 @@ class CheckReport:
         return {"path": self.path, "ok": self.ok, "problems": [p.to_dict() for p in self.problems]}
 
 
-@dataclass
+@record
 class Extent:
     """A run of the virtual disk, like a line of ``qemu-img map``."""
     offset: int
@@ -183,12 +187,34 @@ def _str(cbuf) -> str:
 
 
 def _time(ts: int) -> _dt.datetime:
-    return _VHD_EPOCH + _dt.timedelta(seconds=int(ts))
+    import datetime as _dt   # here: `vhdkit info` and `check` print times without datetime objects
+
+    return _dt.datetime.fromtimestamp(_VHD_EPOCH_UNIX + int(ts), _dt.timezone.utc)
+
+
+def _iso(ts: int) -> str:
+    """``_time(ts).isoformat()``."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(_VHD_EPOCH_UNIX + int(ts)))
+
+
+def _uuid_bytes(b, little_endian: bool = False) -> bytes:
+    """A UUID's 16 bytes in RFC 4122 order; ``little_endian``: stored as
+    Windows stores a GUID (first three fields little-endian), as in a VHDX."""
+    b = bytes(b)
+    return b[3::-1] + b[5:3:-1] + b[7:5:-1] + b[8:] if little_endian else b
+
+
+def _uuid_text(b: bytes) -> str:
+    """``str(uuid.UUID(bytes=b))``."""
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _guid(b) -> str:
     """A GUID stored as Windows stores it (first three fields little-endian)."""
-    return str(_uuid.UUID(bytes_le=bytes(b)))
+    return _uuid_text(_uuid_bytes(b, little_endian=True))
 
 
 #: VHDX payload block states (BAT entry bits 0-2) by number
@@ -229,13 +255,20 @@ def _vhdx_info(img, layer: int) -> Dict[str, Any]:
     }
 
 
-def _layer_info(img, layer: int) -> VhdInfo:
+def _layer_path(img, layer: int) -> str:
+    ffi, err = native.ffi, native.new_err()
+    pbuf = ffi.new("char[]", 4096)
+    native.check(native.lib.vk_image_path(img, layer, pbuf, 4096, err), err)
+    return os.fsdecode(ffi.string(pbuf))
+
+
+def _layer_fields(img, layer: int) -> Dict[str, Any]:
+    """A :class:`VhdInfo`'s fields, UUIDs as 16 bytes and times as seconds
+    since the VHD epoch (see :func:`_layer_info`, :func:`_layer_dict`)."""
     ffi, lib = native.ffi, native.lib
     err = native.new_err()
     ci = ffi.new("vk_info *")
     native.check(lib.vk_image_info(img, layer, ci, err), err)
-    pbuf = ffi.new("char[]", 4096)
-    native.check(lib.vk_image_path(img, layer, pbuf, 4096, err), err)
     vhdx = _vhdx_info(img, layer) if ci.format == 1 else None
     dynamic = ci.disk_type in (3, 4) or vhdx is not None
     diff = ci.disk_type == 4 and vhdx is None
@@ -247,8 +280,8 @@ def _layer_info(img, layer: int) -> VhdInfo:
             locs.append(Locator(_str(cl.code), cl.data_space, cl.data_length, cl.data_offset,
                                 _str(cl.path) if cl.valid else None))
     ver = ci.creator_version
-    return VhdInfo(
-        path=os.fsdecode(ffi.string(pbuf)),
+    return dict(
+        path=_layer_path(img, layer),
         disk_type=DISK_TYPES.get(ci.disk_type, str(ci.disk_type)),
         virtual_size=ci.virtual_size,
         size_rule=_RULE_NAMES[ci.size_rule],
@@ -259,8 +292,8 @@ def _layer_info(img, layer: int) -> VhdInfo:
         creator_app=ffi.string(ci.creator_app).decode("latin-1"),
         creator_version=f"{ver >> 16}.{ver & 0xFFFF}",
         creator_os=ffi.string(ci.creator_os).decode("latin-1"),
-        uuid=_uuid.UUID(bytes_le=bytes(ci.uuid)) if vhdx is not None else _uuid.UUID(bytes=bytes(ci.uuid)),
-        timestamp=_time(ci.timestamp),
+        uuid=_uuid_bytes(ci.uuid, little_endian=vhdx is not None),
+        timestamp=int(ci.timestamp),
         saved_state=bool(ci.saved_state),
         features=ci.features,
         file_size=ci.file_size,
@@ -270,13 +303,36 @@ def _layer_info(img, layer: int) -> VhdInfo:
         max_table_entries=ci.max_table_entries if dynamic else None,
         bat_entries_used=ci.bat_entries_used if dynamic else None,
         allocated_bytes=ci.allocated_bytes,
-        parent_uuid=_uuid.UUID(bytes=bytes(ci.parent_uuid)) if diff else None,
-        parent_timestamp=_time(ci.parent_timestamp) if diff else None,
+        parent_uuid=bytes(ci.parent_uuid) if diff else None,
+        parent_timestamp=int(ci.parent_timestamp) if diff else None,
         parent_name=(_str(ci.parent_name) if ci.parent_name_valid else None) if diff else None,
         locators=locs,
         format="vhdx" if vhdx is not None else "vhd",
         vhdx=vhdx,
     )
+
+
+def _layer_info(img, layer: int) -> VhdInfo:
+    import uuid as _uuid   # here: `vhdkit info` and `check` need no UUID objects (see _layer_dict)
+
+    f = _layer_fields(img, layer)
+    f["uuid"], f["timestamp"] = _uuid.UUID(bytes=f["uuid"]), _time(f["timestamp"])
+    if f["parent_uuid"] is not None:
+        f["parent_uuid"], f["parent_timestamp"] = _uuid.UUID(bytes=f["parent_uuid"]), _time(f["parent_timestamp"])
+    return VhdInfo(**f)
+
+
+def _layer_dict(img, layer: int) -> Dict[str, Any]:
+    """``_layer_info(img, layer).to_dict()``, without making UUID and datetime
+    objects (their modules cost a command's start-up more than its work)."""
+    f = _layer_fields(img, layer)
+    f["uuid"], f["timestamp"] = _uuid_text(f["uuid"]), _iso(f["timestamp"])
+    f["geometry"] = list(f["geometry"])
+    if f["parent_uuid"] is not None:
+        f["parent_uuid"], f["parent_timestamp"] = _uuid_text(f["parent_uuid"]), _iso(f["parent_timestamp"])
+    f["locators"] = [loc.to_dict() for loc in f["locators"]]
+    f["vhdx"] = asdict(f["vhdx"])
+    return {n: f[n] for n in VhdInfo.__record_fields__}
 
 
 def _open_native(path: PathLike, opts: _Opts):
@@ -305,7 +361,7 @@ class VhdStream(io.RawIOBase):
         self._size = int(native.lib.vk_image_size(self._img))
         self._pos = 0
         self._chain: Optional[List[VhdInfo]] = None
-        self._lock = threading.Lock()
+        self._lock = _lock()
 
     # -- io.RawIOBase
     def readable(self) -> bool:
@@ -414,6 +470,11 @@ class VhdStream(io.RawIOBase):
     def info(self) -> VhdInfo:
         return self.chain[0]
 
+    def chain_dicts(self) -> List[Dict[str, Any]]:
+        """``[c.to_dict() for c in self.chain]``, made without UUID and datetime objects."""
+        img = self._live()
+        return [_layer_dict(img, i) for i in range(self.depth)]
+
     def map(self) -> List[Extent]:
         """Extents of the whole disk: allocated (in which layer) or zeros."""
         img = self._live()
@@ -422,7 +483,7 @@ class VhdStream(io.RawIOBase):
         arr = ffi.new("vk_extent[]", cap)
         n_out = ffi.new("size_t *")
         err = native.new_err()
-        paths = [c.path for c in self.chain]
+        paths = [_layer_path(img, i) for i in range(self.depth)]
         out: List[Extent] = []
         pos = 0
         while pos < self._size:
@@ -487,6 +548,18 @@ def info(path: PathLike, *, size_rule: str = "auto", parents: Optional[Sequence[
     img = _open_native(path, _Opts(parents, allowed_root, size_rule, top_only=True))
     try:
         return _layer_info(img, 0)
+    finally:
+        native.ffi.release(img)
+
+
+def info_dict(path: PathLike, *, size_rule: str = "auto", parents: Optional[Sequence[PathLike]] = None,
+              allowed_root: Optional[PathLike] = None) -> Dict[str, Any]:
+    """``info(...).to_dict()``, made without UUID and datetime objects: the
+    command line's way (their modules cost more start-up than its work);
+    not in ``__all__``, the API's is :func:`info`."""
+    img = _open_native(path, _Opts(parents, allowed_root, size_rule, top_only=True))
+    try:
+        return _layer_dict(img, 0)
     finally:
         native.ffi.release(img)
 
