@@ -49,7 +49,7 @@ def main(argv=None) -> int:
                                                      "--quick: WORKDIR/results)")
     ap.add_argument("--list", action="store_true", help="list the workloads and exit")
     ap.add_argument("--update-readme", action="store_true",
-                    help="replace the 'Latest full table' section of bench/README.md with this run's table")
+                    help="replace the current table of bench/README.md (between its table markers) with this run's")
     args = ap.parse_args(argv)
 
     if args.list:
@@ -118,16 +118,31 @@ def main(argv=None) -> int:
     paths = report.write_all(doc, results, stem)
     print(report.markdown(doc))
     if args.update_readme:
-        readme = ROOT / "bench" / "README.md"
-        text = readme.read_text()
-        head = text.split("## Latest full table")[0]
-        cmd = "python -m bench " + " ".join(meta["argv"])
-        readme.write_text(head + "## Latest full table\n\n" + f"`{cmd.strip()}` — results in `bench/results/{stem}.*`\n\n"
-                          + report.markdown(doc))
-        log(f"updated {readme}")
+        update_readme(doc, log)
     for k, p in paths.items():
         log(f"wrote {k}: {p}")
     return 0
+
+
+#: bench/README.md's generated part lies between these lines.
+TABLE_BEGIN = "<!-- current table: written by `python -m bench --update-readme`; do not edit -->"
+TABLE_END = "<!-- end of the current table -->"
+
+
+def update_readme(doc: dict, log, readme: Path = ROOT / "bench" / "README.md") -> None:
+    """Replace the current table in ``readme`` with this run's (failed or
+    unavailable workloads are left out, and named on stderr)."""
+    text = readme.read_text()
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        raise SystemExit(f"{readme}: no table markers ({TABLE_BEGIN!r} ... {TABLE_END!r})")
+    head, rest = text.split(TABLE_BEGIN, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    readme.write_text(head + TABLE_BEGIN + "\n\n" + report.markdown(doc, readme=True) + "\n" + TABLE_END + tail)
+    left = [f"{w['name']} ({w['status']}: {w.get('reason', '')[:120]})" for w in doc["workloads"]
+            if not w.get("scaling") and w["status"] != "ok"]
+    if left:
+        log("left out of the README table: " + "; ".join(left))
+    log(f"updated {readme}")
 
 
 def _one_line(res: dict) -> str:

@@ -45,7 +45,12 @@ def _input_label(w: dict) -> str:
     return ", ".join(parts)
 
 
-def markdown(doc: dict) -> str:
+def markdown(doc: dict, readme: bool = False) -> str:
+    """The run's table.  ``readme``: the form bench/README.md keeps -- only
+    workloads that ran (no failed or unavailable rows), then each verdict with
+    its pair named; no date, commit or load (those stay in the results file)."""
+    if readme:
+        return _readme_table(doc)
     meta = doc["meta"]
     cvs = [v["stats"]["cv"] for w in doc["workloads"] for v in w["variants"]
            if v.get("stats") and len(v.get("runs", [])) > 1]
@@ -80,6 +85,49 @@ def markdown(doc: dict) -> str:
         lines += ["", "Derived figures:"] + extras
     if doc.get("scaling"):
         lines += ["", scaling_markdown(doc)]
+    return "\n".join(lines) + "\n"
+
+
+#: Ratios within this of 1.0 are parity (the machine is shared; see bench/README.md).
+PARITY = 0.10
+
+
+def verdicts(doc: dict) -> list[str]:
+    """One line per same-work pair (floors and in-process references excluded):
+    the workload, vhdkit's command against the peer's, the pairwise median and
+    the verdict."""
+    out = []
+    for w in doc["workloads"]:
+        if w.get("scaling") or w["status"] != "ok":
+            continue
+        floors = {v["name"] for v in w["variants"] if v.get("floor")}
+        for peer, r in (w.get("ratios") or {}).items():
+            if not r or peer.startswith("(ref)") or peer in floors:
+                continue
+            word = ("the same query at the smaller size: a ratio, not a race" if peer.startswith("vhdkit") else
+                    "parity" if abs(r["median"] - 1) <= PARITY else
+                    "vhdkit ahead" if r["median"] < 1 else "vhdkit behind")
+            out.append(f"- **{w['name']}**: vhdkit vs {peer}: ×{r['median']:.2f} "
+                       f"({r['min']:.2f}–{r['max']:.2f}), {word}")
+    return out
+
+
+def _readme_table(doc: dict) -> str:
+    ran = [w for w in doc["workloads"] if not w.get("scaling") and w["status"] == "ok"]
+    lines = [
+        f"`python -m bench {' '.join(doc['meta']['argv'])}`".replace("  ", " ").replace(" `", "`"),
+        "",
+        "| workload | input | tool | median s | min–max s | MB/s | peak RSS MiB | vhdkit / peer (median, min–max) |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for w in ran:
+        lines.extend(_rows(w))
+    lines += ["", "Verdicts (pairs doing the same work; ratio < 1: vhdkit faster; within "
+              f"±{PARITY:.0%}: parity):", ""] + verdicts({"workloads": ran})
+    extras = [f"- {w['name']}: " + ", ".join(f"{k} = {_num(v)}" for k, v in w["extra"].items() if k != "note")
+              for w in ran if w.get("extra")]
+    if extras:
+        lines += ["", "Derived figures:", ""] + extras
     return "\n".join(lines) + "\n"
 
 

@@ -71,6 +71,11 @@ class Ctx:
         """``python -m vhdkit ARGS --json`` (machine output, as scripts use it; stdout is discarded)."""
         return [self.py, "-m", "vhdkit", *args] + (["--json"] if json else [])
 
+    def vk_script(self) -> list[str]:
+        """The installed ``vhdkit`` script beside this interpreter (what a user runs), else ``python -m vhdkit``."""
+        script = Path(self.py).with_name("vhdkit")
+        return [str(script)] if script.exists() else [self.py, "-m", "vhdkit"]
+
     def tool(self, *args: str) -> list[str]:
         return [self.py, "-m", "bench.tools", *args]
 

@@ -72,12 +72,27 @@ def ok_run(argv: list[str], what: str) -> Optional[str]:
 
 # -- baseline -----------------------------------------------------------------------------
 
-@workload("startup", "baseline", "CLI start-up (`--help`): the fixed cost in every vhdkit figure")
-def startup(ctx: Ctx) -> Workload:
+def _startup(ctx: Ctx, command: str, peers: list) -> Workload:
+    img = small_images(ctx, 1) / "d00000.vhd"
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("--help", json=False))], ours=True),
-        Variant("qemu-img", [Cmd([QEMU, "--help"])], tools=[QEMU]),
-    ], basis=None, notes=["vhdkit runs as `python -m vhdkit`: interpreter and import time are in every vhdkit figure below."])
+        Variant("vhdkit", [Cmd([*ctx.vk_script(), command, str(img)])], ours=True),
+        *[Variant(name, [Cmd([*argv, str(img)])], tools=[argv[0]]) for name, argv in peers],
+        Variant("python -c pass", [Cmd([ctx.py, "-c", "pass"])], floor=True),
+    ], basis=None, params={"virtual_size": 8 << 20},
+        notes=["vhdkit runs as the installed `vhdkit` script (its interpreter, the project venv's), as a user "
+               "runs it; `python -c pass` is that interpreter alone (a floor: no work)."])
+
+
+@workload("startup.info", "baseline", "start-up: `vhdkit info` of a small VHD, start to exit", needs=[("info",)],
+          issue=24, target="≤ 40 ms and ≤ 2.5 × python -c pass")
+def startup_info(ctx: Ctx) -> Workload:
+    return _startup(ctx, "info", [("qemu-img info", [QEMU, "info"])])
+
+
+@workload("startup.check", "baseline", "start-up: `vhdkit check` of a small VHD, start to exit", needs=[("check",)],
+          issue=24, target="≤ 40 ms and ≤ 2.5 × python -c pass")
+def startup_check(ctx: Ctx) -> Workload:
+    return _startup(ctx, "check", [("vhdiinfo", ["vhdiinfo"])])
 
 
 # -- convert (issue 3) --------------------------------------------------------------------

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPECTED = {"startup", "convert.raw-dynamic", "convert.raw-fixed", "convert.dynamic-raw", "chain.read",
+EXPECTED = {"startup.info", "startup.check", "convert.raw-dynamic", "convert.raw-fixed", "convert.dynamic-raw", "chain.read",
             "coalesce", "check.large", "info.large", "info.batch", "gzip.compress", "gzip.decompress", "ova.pack",
             "ova.unpack", "segments.split", "segments.join", "registry.list-10k", "registry.list-100k",
             "registry.show-10k", "registry.show-100k", "registry.upload", "registry.download", "registry.download-cli",
@@ -42,7 +42,7 @@ def test_quick_run_writes_valid_results(tmp_path):
             for peer, ratio in w["ratios"].items():
                 assert ratio["n"] >= 1 and ratio["median"] > 0
     # the harness's own baseline needs nothing from vhdkit but its CLI
-    start = next(w for w in doc["workloads"] if w["name"] == "startup")
+    start = next(w for w in doc["workloads"] if w["name"] == "startup.info")
     assert start["status"] == "ok"
     assert (results / files[0].name.replace(".json", ".md")).read_text().startswith("Measured")
     # the bare peers are floors: shown, never a verdict
