@@ -12,7 +12,9 @@ imported -- more than a command that prints one result spends on its work.
 """
 from __future__ import annotations
 
-__all__ = ["record", "factory", "asdict", "fields"]
+import sys
+
+__all__ = ["record", "factory", "asdict", "fields", "plain_dict"]
 
 
 class factory:
@@ -29,10 +31,14 @@ def fields(obj) -> tuple:
     return obj.__record_fields__
 
 
-def record(cls):
+def record(cls=None, *, frozen: bool = False):
     """Make ``cls`` a record of its annotated fields (base classes' first).
     Like a dataclass: positional or keyword arguments, a field without a
-    default may not follow one with a default, ``__hash__`` is None."""
+    default may not follow one with a default, ``__hash__`` is None;
+    ``frozen``: fields cannot be set after ``__init__`` (``__post_init__``
+    sets them with ``object.__setattr__``) and records hash by their fields."""
+    if cls is None:
+        return lambda c: record(c, frozen=frozen)
     names: list = list(getattr(cls, "__record_fields__", ()))
     defaults: dict = dict(getattr(cls, "__record_defaults__", {}))
     for name in cls.__dict__.get("__annotations__", {}):
@@ -50,8 +56,18 @@ def record(cls):
     cls.__init__ = _init
     cls.__repr__ = _repr
     cls.__eq__ = _eq
-    cls.__hash__ = None
+    cls.__hash__ = _hash if frozen else None
+    if frozen:
+        cls.__setattr__ = cls.__delattr__ = _frozen
     return cls
+
+
+def _hash(self) -> int:
+    return hash(tuple(getattr(self, n) for n in self.__record_fields__))
+
+
+def _frozen(self, name, *value):
+    raise AttributeError(f"cannot assign to field {name!r} of a frozen {type(self).__name__}")
 
 
 def _init(self, *args, **kw) -> None:
@@ -104,3 +120,17 @@ def asdict(obj):
     if isinstance(obj, dict):
         return type(obj)((asdict(k), asdict(v)) for k, v in obj.items())
     return obj
+
+
+def plain_dict(obj) -> dict:
+    """:func:`asdict`, its UUID and datetime values as text (``str``,
+    ``isoformat``): a result as the command line prints it.  Neither module
+    is imported for this: a value of either type means it is loaded."""
+    d = asdict(obj)
+    uuid, dt = sys.modules.get("uuid"), sys.modules.get("datetime")
+    for k, v in d.items():
+        if uuid is not None and isinstance(v, uuid.UUID):
+            d[k] = str(v)
+        elif dt is not None and isinstance(v, dt.datetime):
+            d[k] = v.isoformat()
+    return d

@@ -7,7 +7,10 @@ from __future__ import annotations
 import fcntl
 import os
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator, Union
+
+TYPE_CHECKING = False   # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import BinaryIO, Iterator, Union
 
 
 def locked_temp(directory: Union[str, os.PathLike], name: str, suffix: str) -> "tuple[int, str]":

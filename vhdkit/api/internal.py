@@ -32,7 +32,6 @@ answer 421: workers point at the registry host.
 """
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import os
 from typing import Optional
@@ -41,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .._record import asdict
 from ..errors import InvalidInputError, VhdkitError
 from ..registry import Caller
 from ..registry.tasks import Lease
@@ -83,11 +83,11 @@ def _str(body: dict, key: str) -> str:
 
 
 def _task(t) -> dict:
-    return {"task": dataclasses.asdict(t) if t is not None else None}
+    return {"task": asdict(t) if t is not None else None}
 
 
 def _image(img) -> dict:
-    return {"image": dataclasses.asdict(img)}
+    return {"image": asdict(img)}
 
 
 async def _claim(request, reg, body):
@@ -124,7 +124,7 @@ async def _unswept_failures(request, reg, body):
     limit = body.get("limit", 50)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise InvalidInputError("limit must be an integer from 1 to 1000")
-    return {"tasks": [dataclasses.asdict(t) for t in await call(reg.unswept_failures, limit)]}
+    return {"tasks": [asdict(t) for t in await call(reg.unswept_failures, limit)]}
 
 
 async def _mark_swept(request, reg, body):
@@ -162,7 +162,7 @@ async def _open_data(request, reg, body):
     if not reg.blobs.is_remote(d.rel):
         raise ApiError(409, f"image {d.image.id}: its data is on the API host's disk, not in Swift; a worker "
                             "on another host needs VHDKIT_BLOB_STORE=swift on the API host")
-    return {"blob": d.rel, "size": d.size, "checksum": d.checksum, "image": dataclasses.asdict(d.image)}
+    return {"blob": d.rel, "size": d.size, "checksum": d.checksum, "image": asdict(d.image)}
 
 
 async def _register_blob(request, reg, body):
@@ -191,7 +191,7 @@ def _pairs(body: dict) -> list:
 
 
 def _obj(value) -> dict:
-    return dataclasses.asdict(value)
+    return asdict(value)
 
 
 async def _list_images(request, reg, body):

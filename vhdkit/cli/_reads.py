@@ -202,9 +202,9 @@ def _human_chain(layers) -> str:
 
 def chain(leaf: str, parents: tuple, as_json: bool) -> None:
     """``vhdkit chain``."""
-    from ..vhd.chain import chain_info
+    from ..vhd.chain import chain_dicts
 
-    layers = [x.to_dict() for x in chain_info(leaf, parents=list(parents) or None)]
+    layers = chain_dicts(leaf, parents=list(parents) or None)
     emit(layers, as_json, _human_chain)
 
 

@@ -34,15 +34,19 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, Optional
+
+from .._record import record
+
+TYPE_CHECKING = False   # typing and dataclasses are not imported at run time (start-up of `vhdkit image show`)
+if TYPE_CHECKING:
+    from typing import BinaryIO, Callable, Iterator, Optional
 
 from ..errors import IntegrityError, InvalidInputError, OutOfSpaceError, QuotaError, StorageError
 
 CHUNK = 4 << 20
 
 
-@dataclass
+@record
 class Digest:
     size: int
     md5: str

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+
+from .._record import factory, record
+
+TYPE_CHECKING = False   # typing and dataclasses are not imported at run time (start-up of `vhdkit image show`)
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
 
 # ---- vocabulary ----
 STATUSES = ("queued", "saving", "active", "killed", "deleted", "deactivated",
@@ -109,7 +113,7 @@ def api_time(stored: Optional[str]) -> Optional[str]:
     return stored[:19] + "Z"
 
 
-@dataclass
+@record
 class Image:
     id: str
     name: Optional[str]
@@ -129,8 +133,8 @@ class Image:
     min_disk: int = 0
     min_ram: int = 0
     os_hidden: bool = False
-    tags: List[str] = field(default_factory=list)
-    properties: Dict[str, str] = field(default_factory=dict)
+    tags: List[str] = factory(list)
+    properties: Dict[str, str] = factory(dict)
 
     def to_dict(self) -> Dict[str, Any]:
         """Glance's image JSON: extra properties at top level, links."""
@@ -151,7 +155,7 @@ class Image:
         return d
 
 
-@dataclass
+@record
 class ImageList:
     images: List[Image]
     next_marker: Optional[str]   # id of the last image when more follow, else None
@@ -161,7 +165,7 @@ class ImageList:
                 "first": "/v2/images", **({"next_marker": self.next_marker} if self.next_marker else {})}
 
 
-@dataclass
+@record
 class Member:
     image_id: str
     member_id: str
@@ -175,7 +179,7 @@ class Member:
                 "schema": "/v2/schemas/member"}
 
 
-@dataclass
+@record
 class Task:
     id: str
     type: str
@@ -195,7 +199,7 @@ class Task:
     bytes_done: Optional[int] = None
     bytes_total: Optional[int] = None
     #: roles of the caller that created the task (the pipeline acts with them)
-    owner_roles: List[str] = field(default_factory=list)
+    owner_roles: List[str] = factory(list)
 
     def to_dict(self, internal: bool = False) -> Dict[str, Any]:
         d: Dict[str, Any] = {
@@ -212,7 +216,7 @@ class Task:
         return d
 
 
-@dataclass
+@record
 class TaskList:
     tasks: List[Task]
     next_marker: Optional[str]

@@ -16,8 +16,13 @@ Order of checks for an operation on an existing image (so that nothing leaks):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, NamedTuple, Optional, Union
+from collections import namedtuple
+
+from .._record import factory, record
+
+TYPE_CHECKING = False   # typing and dataclasses are not imported at run time (start-up of `vhdkit image show`)
+if TYPE_CHECKING:
+    from typing import Dict, FrozenSet, Iterable, Optional, Union
 
 from ..errors import ForbiddenError, InvalidInputError
 
@@ -44,12 +49,11 @@ _C = CREATORS | ADMINS | {SERVICE}               # create
 _A = ADMINS | {SERVICE}                          # admin
 
 
-class Rule(NamedTuple):
-    roles: FrozenSet[str]
-    #: None: no image involved; "visible": any account that can see the image;
-    #: "owner": the owner account only; "member": the member account itself only.
-    scope: Optional[str]
-    api: str
+class Rule(namedtuple("Rule", ["roles", "scope", "api"])):
+    """``roles`` (a frozenset) may do it; ``scope``: None: no image involved;
+    "visible": any account that can see the image; "owner": the owner account
+    only; "member": the member account itself only; ``api`` the v2 call."""
+    __slots__ = ()
 
 
 #: THE operation matrix (RBAC.md "Operations", plus the operations RBAC.md does
@@ -87,12 +91,12 @@ MATRIX: Dict[str, Rule] = {
 ACCOUNT_RE = re.compile(r"[A-Za-z0-9_@:+-][A-Za-z0-9_.@:+-]{0,254}\Z")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Caller:
     """The identity an operation runs as: an account (tenant) id and its roles."""
 
     account: str
-    roles: FrozenSet[str] = field(default_factory=frozenset)
+    roles: FrozenSet[str] = factory(frozenset)
 
     def __post_init__(self) -> None:
         if not isinstance(self.account, str) or not ACCOUNT_RE.match(self.account):

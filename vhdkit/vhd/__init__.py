@@ -18,12 +18,13 @@ _PUBLIC = (".read", ".write", ".chain")
 
 def __getattr__(name):
     """.write's and .chain's names, loaded on first use."""
+    if name.startswith("_") and name != "__all__" or f".{name}" in _LAZY:
+        # a submodule or a private name: `from . import write` then imports the submodule itself
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
     if name == "__all__":
         return [n for m in _PUBLIC for n in importlib.import_module(m, __name__).__all__]
-    if name.startswith("__"):
-        raise AttributeError(name)
     for m in _LAZY:
         mod = importlib.import_module(m, __name__)
         if name in getattr(mod, "__all__", ()):

@@ -3,7 +3,10 @@ conversion or a comparison.  Uses the reader's native handle (read.py)."""
 from __future__ import annotations
 
 import os
-from typing import Callable
+
+TYPE_CHECKING = False   # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import Callable
 
 from ..native import check, ffi, lib, new_err
 from . import read as _read

@@ -8,12 +8,7 @@ docs/coalesce.md.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import urllib.parse
-import uuid as _uuid
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .. import errors
 from ..interrupts import Background
@@ -37,29 +32,31 @@ __all__ = [
     "journal_path",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
-_VHD_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+from .._record import factory, plain_dict, record
+from .read import _time
+
+TYPE_CHECKING = False   # typing, dataclasses, uuid, datetime, urllib are imported where used (start-up)
+if TYPE_CHECKING:
+    import datetime as _dt
+    import uuid as _uuid
+    from typing import Any, Dict, List, Optional, Sequence, Union
+
+    PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _b(p: PathLike) -> bytes:
     return os.fsencode(os.fspath(p))
 
 
-def _time(ts: int) -> _dt.datetime:
-    return _VHD_EPOCH + _dt.timedelta(seconds=int(ts))
-
-
 def _u(cbuf) -> _uuid.UUID:
+    import uuid as _uuid
+
     return _uuid.UUID(bytes=bytes(ffi.buffer(cbuf, 16)))
 
 
 class _DictMixin:
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)  # type: ignore[call-overload]
-        for k, v in d.items():
-            if isinstance(v, (_uuid.UUID, _dt.datetime)):
-                d[k] = v.isoformat() if isinstance(v, _dt.datetime) else str(v)
-        return d
+        return plain_dict(self)
 
 
 # ---- writing: vhdkit.open(path, "r+") -----------------------------------------
@@ -118,6 +115,8 @@ class VhdWriteStream(_read.VhdStream):
 def _parent_ref(parent_path: str, child_path: str):
     """Name and locators for a child at child_path pointing at parent_path:
     W2ru relative (Windows separators), W2ku absolute, MacX file URL."""
+    import urllib.parse
+
     pabs = os.path.realpath(parent_path)
     cdir = os.path.dirname(os.path.realpath(child_path)) if os.path.exists(child_path) else \
         os.path.realpath(os.path.dirname(os.path.abspath(child_path)))
@@ -152,7 +151,7 @@ def _require(path: PathLike) -> str:
 
 # ---- snapshot -------------------------------------------------------------------
 
-@dataclass
+@record
 class SnapshotResult(_DictMixin):
     path: str
     parent: str
@@ -199,7 +198,7 @@ def snapshot(parent: PathLike, child: PathLike, *, size: Optional[int] = None, b
 
 # ---- coalesce into a new image ----------------------------------------------------
 
-@dataclass
+@record
 class CoalesceResult(_DictMixin):
     path: str
     source: str
@@ -280,7 +279,7 @@ def coalesce(leaf: PathLike, out: PathLike, *, type: str = "dynamic", out_format
 
 # ---- coalesce into the parent, in place ---------------------------------------------
 
-@dataclass
+@record
 class MergeResult(_DictMixin):
     child: str
     parent: str
@@ -356,7 +355,7 @@ def coalesce_into_parent(child: PathLike, *, parents: Optional[Sequence[PathLike
 
 # ---- reparent ------------------------------------------------------------------
 
-@dataclass
+@record
 class ReparentResult(_DictMixin):
     child: str
     parent: str
@@ -390,7 +389,7 @@ def reparent(child: PathLike, new_parent: PathLike, *, unsafe: bool = False,
 
 # ---- chain listing -------------------------------------------------------------
 
-@dataclass
+@record
 class ChainLayer(_DictMixin):
     index: int                  # 0 = the leaf
     path: str
@@ -404,12 +403,14 @@ class ChainLayer(_DictMixin):
     parent_name: Optional[str]
     parent_found_by: Optional[str]   # how this layer's parent was found: "explicit",
     #                                  "W2ru", "W2ku", "MacX", "parent name"; None for the base
-    locators: List[Dict[str, Any]] = field(default_factory=list)
+    locators: List[Dict[str, Any]] = factory(list)
 
 
 def _candidate(code: str, text: str, child_dir: str) -> Optional[str]:
     """The local path a locator names, as the native resolver reads it."""
     if code == "MacX":
+        import urllib.parse
+
         s = text
         for pre in ("file://localhost/", "file://"):
             if s.startswith(pre):
@@ -429,42 +430,54 @@ def _candidate(code: str, text: str, child_dir: str) -> Optional[str]:
     return os.path.join(child_dir, s)
 
 
-def _found_by(layer: _read.VhdInfo, parent_path: str) -> Optional[str]:
-    d = os.path.dirname(layer.path)
+def _found_by(layer: Dict[str, Any], parent_path: str) -> Optional[str]:
+    """How the layer (``VhdInfo.to_dict()``) names ``parent_path``: the locator code, or "parent name"."""
+    d = os.path.dirname(layer["path"])
     target = os.path.realpath(parent_path)
-    ordered = [loc for loc in layer.locators if loc.path and loc.code in ("W2ru", "W2ku", "MacX")]
+    ordered = [loc for loc in layer["locators"] if loc["path"] and loc["code"] in ("W2ru", "W2ku", "MacX")]
     for want_abs in (False, True):
         for loc in ordered:
-            cand = _candidate(loc.code, loc.path or "", d)
+            cand = _candidate(loc["code"], loc["path"] or "", d)
             if cand is None:
                 continue
-            is_abs = loc.code == "MacX" or (loc.path or "").replace("\\", "/").startswith("/")
+            is_abs = loc["code"] == "MacX" or (loc["path"] or "").replace("\\", "/").startswith("/")
             if is_abs != want_abs:
                 continue
             if os.path.exists(cand) and os.path.realpath(cand) == target:
-                return loc.code
-    if layer.parent_name and os.path.realpath(
-            os.path.join(d, os.path.basename(layer.parent_name.replace("\\", "/")))) == target:
+                return loc["code"]
+    name = layer["parent_name"]
+    if name and os.path.realpath(os.path.join(d, os.path.basename(name.replace("\\", "/")))) == target:
         return "parent name"
     return None
+
+
+def chain_dicts(leaf: PathLike, *, parents: Optional[Sequence[PathLike]] = None,
+                allowed_root: Optional[PathLike] = None) -> List[Dict[str, Any]]:
+    """``[x.to_dict() for x in chain_info(...)]``, made without UUID objects:
+    the command line's way (their module costs more start-up than its work)."""
+    p = _require(leaf)
+    plist = [parents] if isinstance(parents, (str, os.PathLike)) else list(parents or [])
+    with _read.open(p, parents=plist or None, allowed_root=allowed_root) as s:
+        layers = s.chain_dicts()
+    out = []
+    for i, L in enumerate(layers):
+        how = None
+        if i + 1 < len(layers):
+            how = "explicit" if i < len(plist) else _found_by(L, layers[i + 1]["path"])
+        row = dict(L, index=i, parent_found_by=how)
+        out.append({n: row[n] for n in ChainLayer.__record_fields__})
+    return out
 
 
 def chain_info(leaf: PathLike, *, parents: Optional[Sequence[PathLike]] = None,
                allowed_root: Optional[PathLike] = None) -> List[ChainLayer]:
     """The chain from ``leaf`` to its base: each layer's UUID, sizes,
     allocated bytes, and how its parent was found."""
-    p = _require(leaf)
-    plist = [parents] if isinstance(parents, (str, os.PathLike)) else list(parents or [])
-    with _read.open(p, parents=plist or None, allowed_root=allowed_root) as s:
-        layers = s.chain
+    import uuid as _uuid
+
     out: List[ChainLayer] = []
-    for i, L in enumerate(layers):
-        how = None
-        if i + 1 < len(layers):
-            how = "explicit" if i < len(plist) else _found_by(L, layers[i + 1].path)
-        out.append(ChainLayer(index=i, path=L.path, disk_type=L.disk_type, uuid=L.uuid,
-                              virtual_size=L.virtual_size, allocated_bytes=L.allocated_bytes,
-                              file_size=L.file_size, block_size=L.block_size, parent_uuid=L.parent_uuid,
-                              parent_name=L.parent_name, parent_found_by=how,
-                              locators=[loc.to_dict() for loc in L.locators]))
+    for row in chain_dicts(leaf, parents=parents, allowed_root=allowed_root):
+        row["uuid"] = _uuid.UUID(row["uuid"])
+        row["parent_uuid"] = _uuid.UUID(row["parent_uuid"]) if row["parent_uuid"] else None
+        out.append(ChainLayer(**row))
     return out

@@ -13,15 +13,10 @@ Example::
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import stat
 import sys
-import threading
-import uuid as _uuid
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .. import errors
 from ..fileutil import atomic_fd, refuse_existing
@@ -33,10 +28,18 @@ __all__ = [
     "WriteResult", "ModifyResult", "RepairResult", "CompareResult", "SizePlan",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
-Progress = Callable[[int, Optional[int]], None]
+from .._record import factory, plain_dict, record
+from .read import _VHD_EPOCH_UNIX, _time as _vhd_to_ts
 
-_VHD_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+TYPE_CHECKING = False   # typing, dataclasses, uuid and datetime are imported where used (start-up)
+if TYPE_CHECKING:
+    import datetime as _dt
+    import uuid as _uuid
+    from typing import Callable, Iterator, Optional, Tuple, Union
+
+    PathLike = Union[str, "os.PathLike[str]"]
+    Progress = Callable[[int, Optional[int]], None]
+
 _RULES = {"exact": 0, "chs": 1, "azure": 2}
 _KINDS = {"raw": 0, "fixed": 2, "dynamic": 3}
 _KIND_NAMES = {v: k for k, v in _KINDS.items()}
@@ -47,14 +50,10 @@ _MAX_SIZE = 2040 << 30
 # ---- result objects -------------------------------------------------------
 class _Dict:
     def to_dict(self) -> dict:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, (_uuid.UUID, _dt.datetime)):
-                d[k] = str(v) if isinstance(v, _uuid.UUID) else v.isoformat()
-        return d
+        return plain_dict(self)
 
 
-@dataclass
+@record
 class SizePlan(_Dict):
     """How a requested size becomes a VHD's current size and geometry."""
     requested: int
@@ -64,7 +63,7 @@ class SizePlan(_Dict):
     adjusted: bool
 
 
-@dataclass
+@record
 class WriteResult(_Dict):
     """What :func:`create` and :func:`convert` wrote."""
     path: str
@@ -87,7 +86,7 @@ class WriteResult(_Dict):
     source_format: Optional[str] = None
 
 
-@dataclass
+@record
 class ModifyResult(_Dict):
     path: str
     disk_type: str
@@ -99,7 +98,7 @@ class ModifyResult(_Dict):
     writes: int
 
 
-@dataclass
+@record
 class RepairResult(_Dict):
     path: str
     disk_type: str
@@ -111,14 +110,14 @@ class RepairResult(_Dict):
     #: repair they read as zeros (or from the parent).  Each is a dict
     #: ``{"block", "start", "end"}`` (virtual bytes [start, end)).  Non-empty
     #: only with ``force`` (or ``dry_run``): otherwise repair refuses.
-    lost: list = field(default_factory=list)
+    lost: list = factory(list)
 
     @property
     def changed(self) -> bool:
         return self.action != "none"
 
 
-@dataclass
+@record
 class CompareResult(_Dict):
     a: str
     b: str
@@ -126,13 +125,15 @@ class CompareResult(_Dict):
     size_a: int
     size_b: int
     first_difference: Optional[int] = None   # byte offset, or None
-    message: str = field(default="")
+    message: str = ""
 
 
 # ---- helpers ----------------------------------------------------------------
 def _ts_to_vhd(ts: Union[None, str, int, float, _dt.datetime]) -> Optional[int]:
     if ts is None:
         return None
+    import datetime as _dt
+
     if isinstance(ts, str):
         if ts == "now":
             ts = _dt.datetime.now(_dt.timezone.utc)
@@ -145,14 +146,10 @@ def _ts_to_vhd(ts: Union[None, str, int, float, _dt.datetime]) -> Optional[int]:
         ts = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=_dt.timezone.utc)
-    secs = int((ts - _VHD_EPOCH).total_seconds())
+    secs = int(ts.timestamp() - _VHD_EPOCH_UNIX)
     if not 0 <= secs <= 0xFFFFFFFF:
         raise errors.InvalidInputError(f"timestamp {ts.isoformat()} is outside what a VHD stores (2000..2136)")
     return secs
-
-
-def _vhd_to_ts(secs: int) -> _dt.datetime:
-    return _VHD_EPOCH + _dt.timedelta(seconds=int(secs))
 
 
 def _creator_bytes(creator: Optional[str]) -> Optional[bytes]:
@@ -165,6 +162,8 @@ def _creator_bytes(creator: Optional[str]) -> Optional[bytes]:
 
 
 def _as_uuid(u: Union[None, str, _uuid.UUID]) -> Optional[_uuid.UUID]:
+    import uuid as _uuid
+
     if u is None or isinstance(u, _uuid.UUID):
         return u
     try:
@@ -230,6 +229,7 @@ class _Output:
             return
         self._synced_at = done
         self._busy = True
+        import threading
 
         def flush() -> None:
             try:
@@ -300,6 +300,8 @@ def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterato
 
 
 def _result(res, path: str, rule_name: str) -> WriteResult:
+    import uuid as _uuid
+
     kind = _KIND_NAMES.get(int(res.kind), "raw")
     is_vhd = kind != "raw"
     return WriteResult(
@@ -450,6 +452,8 @@ def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None,
     """
     if new_uuid and uuid is not None:
         raise errors.InvalidInputError("give either new_uuid or uuid, not both")
+    import uuid as _uuid
+
     o = ffi.new("vk_modify_opts *")
     u = _uuid.uuid4() if new_uuid else _as_uuid(uuid)
     if u is not None:
