@@ -6,7 +6,7 @@ For each size, the suite's ``pipeline.import`` and ``pipeline.export`` workloads
 (the same inputs, peers, verification and per-command RSS as ``python -m bench``:
 a dynamic VHD half allocated, a quarter random and a quarter text-like blocks)
 run once each, vhdkit first, the worker's output verified; the inputs of a size
-are deleted before the next size is generated.  Then two import tasks of
+are deleted before the next size is generated.  First, two import tasks of
 ``--pair-size`` images: one ``vhdkit worker --once`` after the other against two
 workers at once on the machine's cores.  Prints a Markdown table (time, MB/s of
 virtual disk, peak RSS of the largest process, i.e. the worker) and writes
@@ -103,7 +103,7 @@ def markdown(rows: list, meta: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.pipeline_scale", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="1G,4G,16G", help="virtual sizes, comma-separated (default 1G,4G,16G)")
+    ap.add_argument("--sizes", default="1G,4G,16G", help="virtual sizes, comma-separated (default 1G,4G,16G; '' none)")
     ap.add_argument("--pair-size", default="1G", help="size of each of the two images of the two-worker row "
                                                        "(0: skip that row)")
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "work" / "pipeline-scale"),
@@ -121,7 +121,13 @@ def main(argv=None) -> int:
     rows: list = []
     docs: list = []
     try:
-        for size in (parse_size(s) for s in args.sizes.split(",")):
+        pair = parse_size(args.pair_size)
+        if pair:
+            ctx = Ctx(workdir, pair, quick=True, log=log)
+            log(f"[two workers] 2 × {_size(pair)}")
+            rows += _two_workers(ctx, pair)
+            shutil.rmtree(workdir / "inputs", ignore_errors=True)
+        for size in (parse_size(s) for s in args.sizes.split(",") if s):
             ctx = Ctx(workdir, size, quick=True, log=log)
             for d in defs:
                 log(f"[{d.name}] {_size(size)}")
@@ -130,11 +136,6 @@ def main(argv=None) -> int:
                 rows += _rows(res, size)
                 log(markdown(rows[-len(res['variants']):], {**meta, "load_after": os.getloadavg()}))
             shutil.rmtree(workdir / "inputs", ignore_errors=True)   # the next size needs the space
-        pair = parse_size(args.pair_size)
-        if pair:
-            ctx = Ctx(workdir, pair, quick=True, log=log)
-            log(f"[two workers] 2 × {_size(pair)}")
-            rows += _two_workers(ctx, pair)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta["load_after"] = os.getloadavg()
