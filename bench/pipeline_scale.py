@@ -27,7 +27,7 @@ from . import workloads
 from .gen import parse_size
 from .report import _fmt_t, _size
 from .runner import Cmd, RunError, Variant, run_variant, summarize
-from .suite import REGISTRY, ROOT, Ctx, run_workload
+from .suite import REGISTRY, ROOT, Ctx, WorkloadDef, run_workload
 
 WORKLOADS = ("pipeline.import", "pipeline.export")
 
@@ -45,6 +45,15 @@ def _rows(res: dict, size: int) -> list:
     if res["status"] != "ok":
         out.append((res["name"], size, f"({res['status']}: {res.get('reason', '')})", None, None, None, "", False))
     return out
+
+
+def _vhdkit_alone(d: WorkloadDef) -> WorkloadDef:
+    """``d`` with its peers left out."""
+    def build(ctx: Ctx):
+        w = d.build(ctx)
+        w.variants = [v for v in w.variants if v.ours]
+        return w
+    return WorkloadDef(d.name, d.group, d.title, build, d.needs, d.issue, d.target)
 
 
 def _two_workers(ctx: Ctx, size: int) -> list:
@@ -104,6 +113,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.pipeline_scale", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1G,4G,16G", help="virtual sizes, comma-separated (default 1G,4G,16G; '' none)")
+    ap.add_argument("--peers-up-to", default=None, metavar="SIZE",
+                    help="above this size run vhdkit alone (its time and RSS; the peers' cost grows the same way)")
     ap.add_argument("--pair-size", default="1G", help="size of each of the two images of the two-worker row "
                                                        "(0: skip that row)")
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "work" / "pipeline-scale"),
@@ -129,7 +140,8 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir / "inputs", ignore_errors=True)
         for size in (parse_size(s) for s in args.sizes.split(",") if s):
             ctx = Ctx(workdir, size, quick=True, log=log)
-            for d in defs:
+            alone = args.peers_up_to is not None and size > parse_size(args.peers_up_to)
+            for d in (_vhdkit_alone(d) for d in defs) if alone else defs:
                 log(f"[{d.name}] {_size(size)}")
                 res = run_workload(d, ctx, repeat=1, warmup=False)
                 docs.append(res)

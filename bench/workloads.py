@@ -668,7 +668,7 @@ def pipeline_export(ctx: Ctx) -> Workload:
     import shutil
     spec = mixed(ctx)
     src = ctx.inputs.dynamic(spec)
-    gz = _pigz_made(ctx, src)
+    gz = src.with_name(src.name + ".pigz1.gz")   # made by the peers' setup (_pigz_made), vhdkit needs none
     base = src.with_name(src.name + ".imported")
     if not (base / "image.json").exists():
         shutil.rmtree(base, ignore_errors=True)
@@ -695,12 +695,12 @@ def pipeline_export(ctx: Ctx) -> Workload:
                 ours=True, setup=setup, verify=lambda: _task_ok(home)),
         Variant("pigz -dc > file; split -b 200M", [Cmd.sh(f"pigz -dc {gz} > {pdir}/disk.vhd && "
                                                          f"split -b 200M -a 5 -d {pdir}/disk.vhd {pdir}/seg-")],
-                setup=ctx.clean(pdir), tools=["pigz"], floor=True),
+                setup=lambda: (_pigz_made(ctx, src), ctx.clean(pdir)()), tools=["pigz"], floor=True),
         Variant("pigz -dc > file; split; md5sum+sha256sum; sync",
                 [Cmd.sh(f"pigz -dc {gz} > {qdir}/disk.vhd && split -b 200M -a 5 -d {qdir}/disk.vhd {qdir}/seg- && "
                         f"md5sum {qdir}/seg-* > /dev/null && sha256sum {qdir}/disk.vhd > /dev/null && "
                         f"sync {qdir}/seg-*")],
-                setup=ctx.clean(qdir), tools=["pigz"]),
+                setup=lambda: (_pigz_made(ctx, src), ctx.clean(qdir)()), tools=["pigz"]),
     ], basis=spec.size, params={**_disk_params(spec), "file_bytes": os.path.getsize(src)},
         notes=["the data dir holding the imported image is copied before each run (untimed).",
                "vhdkit hashes each segment (md5) and the stream (sha256) and fsyncs the segments; the same-work "
