@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-from dataclasses import dataclass, field
+from .._record import factory, record
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidInputError
@@ -56,14 +56,14 @@ KNOWN_FILTERS = tuple(IN_FILTERS) + EXACT_FILTERS + INT_FILTERS + BOOL_FILTERS +
 Params = Union[Mapping[str, Union[str, Sequence[str]]], Iterable[Tuple[str, str]]]
 
 
-@dataclass
+@record
 class ListQuery:
     visibility: Optional[str] = None          # None: default (own+public+accepted shared)
     member_status: str = "accepted"
-    tags: List[str] = field(default_factory=list)
-    properties: List[Tuple[str, str]] = field(default_factory=list)
-    where: List[Tuple[str, List[Any]]] = field(default_factory=list)   # (sql on alias i, params)
-    sort: List[Tuple[str, str]] = field(default_factory=list)          # (key, 'asc'|'desc')
+    tags: List[str] = factory(list)
+    properties: List[Tuple[str, str]] = factory(list)
+    where: List[Tuple[str, List[Any]]] = factory(list)   # (sql on alias i, params)
+    sort: List[Tuple[str, str]] = factory(list)          # (key, 'asc'|'desc')
     marker: Optional[str] = None
     limit: int = DEFAULT_LIMIT
     #: Images API 2.7: hidden images are listed only when ``os_hidden=true``
