@@ -231,6 +231,17 @@ int vk_check(const char *path, const vk_open_opts *opts, int check_parents,
              vk_problem *out, size_t cap, size_t *n_found, vk_err *err);
 
 /* ---- VHDX (vkx_*.c): read-only, through the same vk_image ------------- */
+/* VHDX payload block states (a BAT entry's low three bits), the index of
+ * vk_vhdx_info.blocks_by_state. */
+typedef enum {
+    VKX_PAYLOAD_NOT_PRESENT   = 0,
+    VKX_PAYLOAD_UNDEFINED     = 1,
+    VKX_PAYLOAD_ZERO          = 2,
+    VKX_PAYLOAD_UNMAPPED      = 3,
+    VKX_PAYLOAD_FULLY_PRESENT = 6,
+    VKX_PAYLOAD_PARTIALLY     = 7
+} vk_vhdx_block_state;
+
 typedef struct vk_vhdx_info {
     char     creator[512];          /* UTF-8 of the file identifier's creator */
     int      current_header;        /* 1 or 2                                 */
@@ -263,7 +274,7 @@ typedef struct vk_vhdx_info {
     uint64_t chunk_ratio;
     uint64_t bat_entries;
     uint64_t payload_blocks;
-    uint64_t blocks_by_state[8];    /* payload blocks by BAT state 0..7      */
+    uint64_t blocks_by_state[8];    /* payload blocks by vk_vhdx_block_state */
     uint64_t sector_bitmaps_present;
     uint32_t n_locator_entries;
     char     parent_linkage[64];
@@ -397,12 +408,19 @@ typedef struct vk_lost_range {
     uint32_t block;
 } vk_lost_range;
 
+typedef enum {
+    VK_REPAIR_NONE         = 0,   /* nothing to do                            */
+    VK_REPAIR_END_RESTORED = 1,   /* end footer rewritten from the copy at 0  */
+    VK_REPAIR_COPY_RESTORED = 2,  /* copy at 0 rewritten from the end footer  */
+    VK_REPAIR_END_APPENDED = 3,   /* footer appended (end footer missing or
+                                     truncated)                              */
+    VK_REPAIR_FIXED_CUT    = 4    /* fixed image cut back to its size (an
+                                     interrupted grow left zeros or footer
+                                     copies after the data)                  */
+} vk_repair_action;
+
 typedef struct vk_repair_result {
-    int action;             /* 0 nothing to do, 1 end footer rewritten from copy at 0,
-                               2 copy at 0 rewritten from end footer,
-                               3 footer appended (end footer was missing/truncated),
-                               4 fixed image cut back to its size (an interrupted grow
-                                 left zeros/footer copies after the data) */
+    int action;             /* a vk_repair_action                            */
     uint32_t disk_type;
     uint64_t footer_offset; /* where the end footer now is                  */
     uint64_t lost_count;    /* blocks that read differently after the repair */

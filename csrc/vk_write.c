@@ -450,7 +450,7 @@ static int vk_same_structure(const vk_footer *a, const vk_footer *b)
 /* A fixed image whose file is longer than its disk plus footer, where the
  * extra bytes are zeros or copies of the end footer, is what an interrupted
  * grow (vk_modify_fixed) leaves: roll it back to the old disk by putting the
- * footer right after the data and cutting the rest (action 4).  Extra bytes
+ * footer right after the data and cutting the rest (VK_REPAIR_FIXED_CUT).  Extra bytes
  * holding anything else are left alone. */
 static int vk_repair_fixed_tail(vk_rw *rw, int dry_run, vk_repair_result *res, vk_err *err)
 {
@@ -463,7 +463,7 @@ static int vk_repair_fixed_tail(vk_rw *rw, int dry_run, vk_repair_result *res, v
         if (rc) return rc;
         if (memcmp(b, z, VK_SECTOR) != 0 && memcmp(b, rw->endb, VK_SECTOR) != 0) return VK_OK;
     }
-    res->action = 4;
+    res->action = VK_REPAIR_FIXED_CUT;
     res->footer_offset = size;
     if (dry_run) return VK_OK;
     int rc = vk_pwrite_full(rw->fd, rw->endb, VK_FOOTER_SIZE, size, err);
@@ -535,8 +535,8 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
                          "refusing to guess which is right", path);
             goto out;
         }
-        if (vk_fits_header(&rw, &rw.end)) { src = rw.endb; where = 0; res->action = 2; }
-        else if (vk_fits_header(&rw, &rw.c0)) { src = rw.c0b; where = rw.file_size - VK_FOOTER_SIZE; res->action = 1; }
+        if (vk_fits_header(&rw, &rw.end)) { src = rw.endb; where = 0; res->action = VK_REPAIR_COPY_RESTORED; }
+        else if (vk_fits_header(&rw, &rw.c0)) { src = rw.c0b; where = rw.file_size - VK_FOOTER_SIZE; res->action = VK_REPAIR_END_RESTORED; }
         else {
             rc = vk_fail(err, VK_E_FORMAT, 0, "neither footer copy of %s fits its dynamic header; refusing", path);
             goto out;
@@ -546,7 +546,7 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
             rc = vk_fail(err, VK_E_FORMAT, 0, "the end footer of %s does not fit its dynamic header", path);
             goto out;
         }
-        src = rw.endb; where = 0; res->action = 2;
+        src = rw.endb; where = 0; res->action = VK_REPAIR_COPY_RESTORED;
     } else {
         if (!vk_fits_header(&rw, &rw.c0)) {
             rc = vk_fail(err, VK_E_FORMAT, 0, "the footer copy at 0 of %s does not fit its dynamic header", path);
@@ -558,8 +558,8 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
         uint64_t last = (rw.file_size - VK_FOOTER_SIZE) / VK_SECTOR * VK_SECTOR;
         where = last >= used ? last : used;
         src = rw.c0b;
-        res->action = where == rw.file_size - VK_FOOTER_SIZE ? 1 : 3;
-        if (res->action == 3) vk_rw_lost(&rw, res);
+        res->action = where == rw.file_size - VK_FOOTER_SIZE ? VK_REPAIR_END_RESTORED : VK_REPAIR_END_APPENDED;
+        if (res->action == VK_REPAIR_END_APPENDED) vk_rw_lost(&rw, res);
     }
     res->disk_type = rw.c0.disk_type;
     res->footer_offset = where == 0 ? rw.file_size - VK_FOOTER_SIZE : where;

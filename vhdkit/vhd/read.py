@@ -191,8 +191,10 @@ def _guid(b) -> str:
 
 
 #: VHDX payload block states (BAT entry bits 0-2) by number
-VHDX_BLOCK_STATES = {0: "not_present", 1: "undefined", 2: "zero", 3: "unmapped", 6: "fully_present",
-                     7: "partially_present"}
+VHDX_BLOCK_STATES = {native.lib.VKX_PAYLOAD_NOT_PRESENT: "not_present", native.lib.VKX_PAYLOAD_UNDEFINED: "undefined",
+                     native.lib.VKX_PAYLOAD_ZERO: "zero", native.lib.VKX_PAYLOAD_UNMAPPED: "unmapped",
+                     native.lib.VKX_PAYLOAD_FULLY_PRESENT: "fully_present",
+                     native.lib.VKX_PAYLOAD_PARTIALLY: "partially_present"}
 
 
 def _vhdx_info(img, layer: int) -> Dict[str, Any]:

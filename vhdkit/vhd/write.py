@@ -480,8 +480,9 @@ def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None,
         bat_relocated=bool(res.bat_relocated), writes=int(res.writes))
 
 
-_ACTIONS = {0: "none", 1: "end-footer-restored", 2: "backup-footer-restored", 3: "end-footer-appended",
-            4: "fixed-tail-cut"}
+_ACTIONS = {lib.VK_REPAIR_NONE: "none", lib.VK_REPAIR_END_RESTORED: "end-footer-restored",
+            lib.VK_REPAIR_COPY_RESTORED: "backup-footer-restored", lib.VK_REPAIR_END_APPENDED: "end-footer-appended",
+            lib.VK_REPAIR_FIXED_CUT: "fixed-tail-cut"}
 
 
 def repair(path: PathLike, *, dry_run: bool = False, force: bool = False) -> RepairResult:
