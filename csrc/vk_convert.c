@@ -365,7 +365,7 @@ typedef struct vk_worker {
 } vk_worker;
 
 /* Parallel path (seekable input and output): each worker (one per CPU, 2..4;
- * VHDKIT_WORKERS=N overrides, 1..8) reads a chunk,
+ * vk_options.io_threads overrides, 1..8) reads a chunk,
  * maps its zeros and writes it at its own offset, so reads and writes of
  * different chunks overlap without a hand-off between threads. */
 static void *vk_worker_main(void *arg)
@@ -607,9 +607,10 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
     pthread_mutex_init(&dyn.mu, NULL);
     uint64_t vend = 0;
     if (!src->stream && !out.stream) {
-        const char *w = getenv("VHDKIT_WORKERS");
+        vk_options opts;
+        vk_get_options(&opts);
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        int nw = w && *w ? atoi(w) : (int)(cpus < 2 ? 2 : cpus > 4 ? 4 : cpus);
+        int nw = opts.io_threads ? opts.io_threads : (int)(cpus < 2 ? 2 : cpus > 4 ? 4 : cpus);
         if (nw < 1 || nw > VK_WORKERS) nw = VK_WORKERS;
         rc = vk_run_parallel(&job, nw, err);
         vend = src->size;

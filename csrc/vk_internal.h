@@ -10,7 +10,7 @@
 #include <stdarg.h>
 #include "vhdkit.h"
 
-#define VK_ABI_VERSION 4
+#define VK_ABI_VERSION 5
 
 /* ---- sizes and limits ------------------------------------------------- */
 #define VK_SECTOR            512u

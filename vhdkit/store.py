@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                     VhdkitError)
+                     VhdkitError, from_oserror)
 
 __all__ = [
     "ObjectInfo",
@@ -216,8 +216,8 @@ class ObjectStore(abc.ABC):
 
 # ----------------------------------------------------------- local backend
 def default_root() -> Path:
-    """``objects`` in the data directory (:func:`vhdkit.home.data_home`)."""
-    from .home import data_home
+    """``objects`` in the configured data directory (:func:`vhdkit.config.data_home`)."""
+    from .config import data_home
 
     return Path(data_home()) / "objects"
 
@@ -237,18 +237,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _oserror(e: OSError, what: str) -> VhdkitError:
-    import errno
-
-    if e.errno == errno.ENOENT:
-        return NotFoundError(f"{what}: not found")
-    if e.errno == errno.ENOSPC:
-        from .errors import NoSpaceError
-
-        return NoSpaceError(f"{what}: no space left on device", sys_errno=e.errno)
-    return StorageError(f"{what}: {e.strerror or e}", sys_errno=e.errno or 0)
 
 
 def _locked(path: str) -> int:
@@ -321,7 +309,7 @@ class LocalStore(ObjectStore):
             (d / "objects").mkdir(parents=True, exist_ok=True)
             (d / "meta").mkdir(exist_ok=True)
         except OSError as e:
-            raise _oserror(e, f"create container {container!r}") from None
+            raise from_oserror(e, f"create container {container!r}") from None
 
     def delete_container(self, container: str) -> None:
         d = self._cdir(container)
@@ -343,9 +331,9 @@ class LocalStore(ObjectStore):
             with open(mpath, "rb") as f:
                 raw = f.read(64 << 10)
         except OSError as e:
-            if isinstance(_oserror(e, ""), NotFoundError):
+            if isinstance(from_oserror(e, ""), NotFoundError):
                 raise NotFoundError(f"object {container}/{name} not found") from None
-            raise _oserror(e, f"object {container}/{name}") from None
+            raise from_oserror(e, f"object {container}/{name}") from None
         try:
             d = json.loads(raw)
             info = ObjectInfo(container=container, name=d["name"], size=int(d["size"]), etag=str(d["etag"]),
@@ -370,7 +358,7 @@ class LocalStore(ObjectStore):
             try:
                 f = open(dpath, "rb")
             except OSError as e:
-                raise _oserror(e, f"object {container}/{name}") from None
+                raise from_oserror(e, f"object {container}/{name}") from None
             if os.fstat(f.fileno()).st_size == info.size:
                 return _LocalReader(f, info)
             f.close()  # raced with an overwrite: metadata and data disagree, look again
@@ -441,7 +429,7 @@ class LocalStore(ObjectStore):
         except OSError as e:
             if isinstance(e, VhdkitError):
                 raise
-            raise _oserror(e, f"put {container}/{name}") from None
+            raise from_oserror(e, f"put {container}/{name}") from None
         finally:
             for t in (tmp_data, tmp_meta):
                 if t is not None:
@@ -459,7 +447,7 @@ class LocalStore(ObjectStore):
                 try:
                     fd = os.open(path, os.O_RDONLY)
                 except OSError as e:
-                    raise _oserror(e, f"sync {container}/{name}") from None
+                    raise from_oserror(e, f"sync {container}/{name}") from None
                 try:
                     os.fsync(fd)
                 finally:
@@ -475,7 +463,7 @@ class LocalStore(ObjectStore):
             os.unlink(mpath)
             os.unlink(dpath)
         except OSError as e:
-            raise _oserror(e, f"delete {container}/{name}") from None
+            raise from_oserror(e, f"delete {container}/{name}") from None
 
     def remove_dead_temps(self, container: str) -> List[str]:
         """Remove the temporary files of puts into ``container`` whose process

@@ -30,10 +30,10 @@ acknowledged).  Connections are per thread.
 
 Parallel segment uploads.  ``put(..., durable=False)`` (what
 :func:`vhdkit.segments.split` uses for each segment) runs in the background
-when ``parallel`` > 1 (``VHDKIT_SWIFT_PARALLEL``, default 3): the caller's
+when ``parallel`` > 1 (the ``swift_parallel`` setting): the caller's
 thread reads the segment once, computing its md5, into a spool file (an
-unnamed temporary file in ``spool_dir``/``VHDKIT_SWIFT_SPOOL_DIR``, default
-the system temp dir: it vanishes when closed or when the process dies; the
+unnamed temporary file in ``spool_dir`` (``swift_spool_dir``, default the
+system temp dir): it vanishes when closed or when the process dies; the
 first 4 MiB stay in memory), and a pool of ``parallel`` threads sends the
 spools, each retried from its first byte on transient errors whatever the
 input was (the spool can always seek; Swift is also handed the md5 as the
@@ -61,8 +61,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
                      UnauthorizedError)
@@ -90,23 +89,23 @@ class SwiftConfig:
         self.parallel, self.spool_dir = parallel, spool_dir
 
     @classmethod
-    def from_env(cls, env: Optional[Dict[str, str]] = None) -> "SwiftConfig":
-        env = dict(os.environ if env is None else env)
-        store = env.get("VHDKIT_STORE", "")
-        auth = env.get("VHDKIT_SWIFT_AUTH_URL")
-        if not auth:
-            if not store.startswith("swift+"):
-                raise InvalidInputError("VHDKIT_STORE is not a swift+http(s):// URL and "
-                                        "VHDKIT_SWIFT_AUTH_URL is not set")
-            auth = store[len("swift+"):].rstrip("/") + "/auth/v1.0"
-        user, key = env.get("VHDKIT_SWIFT_USER"), env.get("VHDKIT_SWIFT_KEY")
-        if not user or not key:
+    def from_config(cls, cfg, blobs: bool = False) -> "SwiftConfig":
+        """The connection ``cfg`` (a :class:`vhdkit.config.Config`) names: for
+        customer containers (``store``), or for image data (``blob_store``,
+        whose ``swift+`` URL, if any, names the proxy)."""
+        proxy = cfg.blob_store[len("swift+"):] if blobs and cfg.blob_store.startswith("swift+") else None
+        auth = cfg.swift_auth(proxy)
+        if not cfg.swift_user or not cfg.swift_key:
             raise InvalidInputError("set VHDKIT_SWIFT_USER and VHDKIT_SWIFT_KEY for the Swift store")
-        try:
-            parallel = int(env.get("VHDKIT_SWIFT_PARALLEL") or 3)
-        except ValueError:
-            raise InvalidInputError("VHDKIT_SWIFT_PARALLEL must be a whole number") from None
-        return cls(auth, user, key, parallel=parallel, spool_dir=env.get("VHDKIT_SWIFT_SPOOL_DIR") or None)
+        return cls(auth, cfg.swift_user, cfg.swift_key, parallel=cfg.swift_parallel,
+                   spool_dir=cfg.swift_spool_dir)
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "SwiftConfig":
+        """:meth:`from_config` of the settings of ``env`` (default: this process's)."""
+        from .config import load
+
+        return cls.from_config(load(env=env))
 
 
 _token_cache: Dict[tuple, tuple] = {}
@@ -135,6 +134,8 @@ def _err(e: Exception, what: str):
         if st is None:
             return StorageError(f"{what}: {e.msg}")
         return StorageError(f"{what}: Swift answered {st} {e.http_reason or ''}".strip())
+    if isinstance(e, OSError) and e.errno is not None:  # a local spool file, or the connection
+        return from_oserror(e, what, service=True)
     return StorageError(f"{what}: {type(e).__name__}: {e}")
 
 
@@ -520,19 +521,17 @@ class _Counting:
 
 
 def open_configured_store(account: str, home: Optional[os.PathLike | str] = None,
-                          env: Optional[Dict[str, str]] = None) -> ObjectStore:
-    """The store the configuration names: Swift when ``VHDKIT_STORE`` is a
-    ``swift+http(s)://`` URL, else the directory store under ``home/objects``."""
-    e = os.environ if env is None else env
-    spec = e.get("VHDKIT_STORE", "")
-    if spec.startswith("swift+"):
-        u = urlsplit(spec[len("swift+"):])
-        if u.scheme not in ("http", "https") or not u.netloc:
-            raise InvalidInputError(f"VHDKIT_STORE {spec!r} is not swift+http(s)://HOST[:PORT]")
-        return SwiftStore(SwiftConfig.from_env(dict(e)), account)
-    if spec and not spec.startswith(("dir:", "file:")):
-        raise InvalidInputError(f"VHDKIT_STORE {spec!r}: expected swift+http(s)://… or dir:PATH")
-    from .home import data_home
+                          env: Optional[Mapping[str, str]] = None, config=None) -> ObjectStore:
+    """The object store the configuration names for ``account``: Swift when
+    the ``store`` setting is a ``swift+http(s)://`` URL, a directory for
+    ``dir:PATH``, else ``objects`` in the data directory (``home``, default the
+    configured one).  ``config`` is a :class:`vhdkit.config.Config` (default:
+    the settings of ``env``, itself defaulting to this process's)."""
+    from .config import data_home, load
 
-    root = Path(spec.split(":", 1)[1]) if spec else Path(data_home(home)) / "objects"
+    cfg = config if config is not None else load(env=env)
+    kind, where = cfg.object_store_kind()
+    if kind == "swift":
+        return SwiftStore(SwiftConfig.from_config(cfg), account)
+    root = Path(where) if kind == "dir" else Path(data_home(home, cfg)) / "objects"
     return LocalStore(root, account)
