@@ -194,10 +194,10 @@ static int vk_out_write(vk_out *o, const uint8_t *buf, size_t len, uint64_t off,
     return VK_OK;
 }
 
-/* pwrite in pieces of VK_WRITE_PIECE.  One 2 MiB pwrite into the page
- * cache was measured at anything from 0.6 to 7 s of system time per GiB on
- * ext4 (large-folio copies in a VM); 256 KiB pieces stay at 0.55-0.6 s, as
- * cp's 128 KiB writes do. */
+/* pwrite in pieces of VK_WRITE_PIECE.  A single large pwrite into the page
+ * cache can cost the kernel many times the system time of the same bytes in
+ * pieces (large-folio copies on ext4); pieces of the order cp writes keep a
+ * write at the cost of copying its pages. */
 static int vk_out_pwrite(vk_out *o, const uint8_t *buf, size_t len, uint64_t off, vk_err *err)
 {
     int rc = VK_OK;
@@ -236,9 +236,9 @@ static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
         size_t j = i;
         while (j < to && !s->gz[j / VK_GRANULE]) j = (j / VK_GRANULE + 1) * VK_GRANULE;
         if (j > to) j = to;
-        /* From the buffer: the bytes were read anyway for the zero map, and a
-         * pwrite of them costs less system time than copy_file_range (which
-         * reads the page cache a second time; measured on ext4). */
+        /* From the buffer: the bytes were read anyway for the zero map, so a
+         * pwrite of them costs less than copy_file_range, which would read
+         * the page cache a second time. */
         int rc = vk_out_pwrite(o, s->buf + i, j - i, file_off + (i - from), err);
         if (rc) return rc;
         __atomic_fetch_add(&o->data_bytes, j - i, __ATOMIC_RELAXED);
@@ -408,8 +408,8 @@ static void *vk_worker_main(void *arg)
         }
         /* Reads and zero maps run in parallel; writes take turns.  Two
          * threads writing one file contend for its inode lock, and the
-         * kernel spins the waiter on it: measured on ext4 in a VM, up to
-         * 7 s of system time for 1 GiB written instead of 0.6 s. */
+         * kernel spins the waiter on it, which costs far more system time
+         * than the writes themselves. */
         pthread_mutex_lock(&j->wmu);
         rc = vk_chunk_out(j, s, &err);
         pthread_mutex_unlock(&j->wmu);
