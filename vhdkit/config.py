@@ -18,14 +18,14 @@ argument; nothing else in the package reads ``VHDKIT_*`` from the environment.
 The native core takes its options as arguments (``vhdkit.native``); test-only
 hooks live in :mod:`vhdkit.testhooks`.
 
-Start-up cost: this module imports only ``os``, ``dataclasses`` and
-``typing``; ``tomllib`` is imported only when a configuration file exists.
+Start-up cost: this module imports only ``os`` and ``typing`` and builds no
+code at import (no dataclass machinery); ``tomllib`` is imported only when a
+configuration file exists.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 #: the interoperable import methods the API server implements (api/imports.py)
 IMPORT_METHODS = ("glance-direct", "web-download")
@@ -39,18 +39,37 @@ SOURCES = ("default", "file", "env", "flag")
 MASK = "********"
 
 
-def _s(default: Any, env: str, help: str, *, secret: bool = False, group: str) -> Any:
-    return field(default=default, metadata={"env": env, "help": help, "secret": secret, "group": group})
+class Setting:
+    """One row of the table: a setting's default (its type is the default's,
+    a string when the default is None), environment variable, help, whether
+    it is a secret, and its group.  Read on the class, a setting is its
+    default (``Config.lease_seconds``); on a :class:`Config`, its value."""
+
+    __slots__ = ("name", "default", "env", "help", "secret", "group")
+
+    def __init__(self, default: Any, env: str, help: str, *, secret: bool = False, group: str) -> None:
+        self.default, self.env, self.help, self.secret, self.group = default, env, help, secret, group
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        _TABLE.append(self)
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        return self.default   # only reached on the class: an instance holds every value itself
+
+
+_TABLE: List[Setting] = []
+_s = Setting
 
 
 _CLI, _STORE, _BLOBS, _PIPE, _CORE = "data and identity", "object store", "image data", "tasks", "native core"
 _API, _IMPORT, _KS = "HTTP API", "web-download import", "Keystone identity"
 
 
-@dataclass(frozen=True)
 class Config:
-    """The effective settings (see the module doc).  Construct it with keywords
-    (the rest keep their defaults) or through :func:`load`."""
+    """The effective settings (see the module doc), immutable.  Construct it
+    with keywords (the rest keep their defaults) or through :func:`load`."""
 
     # ---- where the data lives and who the command-line caller is
     data_dir: Optional[str] = _s(None, "VHDKIT_HOME", "data directory: registry, blobs, objects/, work/ "
@@ -157,7 +176,29 @@ class Config:
                                       "project set owners, make images public, see all images", group=_KS)
 
     #: where each value came from (name -> one of SOURCES); not a setting
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    sources: Mapping[str, str]
+
+    def __init__(self, *, sources: Optional[Mapping[str, str]] = None, **values: Any) -> None:
+        unknown = values.keys() - _BY_NAME.keys()
+        if unknown:
+            raise TypeError(f"Config() got unknown settings {sorted(unknown)}")
+        d = self.__dict__
+        for s in _TABLE:
+            d[s.name] = values.get(s.name, s.default)
+        d["sources"] = dict(sources or {})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Config is immutable: use with_flags()")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return all(getattr(self, s.name) == getattr(other, s.name) for s in _TABLE)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{n}={v['value']!r}" for n, v in self.shown().items()) + ")"
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -170,7 +211,8 @@ class Config:
         given = {k: _convert(k, v, f"--{k.replace('_', '-')}") for k, v in flags.items() if v is not None}
         if not given:
             return self
-        return replace(self, **given, sources={**self.sources, **{k: "flag" for k in given}})
+        values = {s.name: getattr(self, s.name) for s in _TABLE}
+        return Config(**{**values, **given}, sources={**self.sources, **{k: "flag" for k in given}})
 
     # ------------------------------------------------------------ reading
     def source(self, name: str) -> str:
@@ -179,11 +221,11 @@ class Config:
     def shown(self) -> Dict[str, Dict[str, Any]]:
         """Every setting with its value (secrets masked), source and variable."""
         out = {}
-        for f in settings():
-            v = getattr(self, f.name)
-            if f.metadata["secret"] and v:
+        for s in _TABLE:
+            v = getattr(self, s.name)
+            if s.secret and v:
                 v = MASK
-            out[f.name] = {"value": v, "source": self.source(f.name), "env": f.metadata["env"]}
+            out[s.name] = {"value": v, "source": self.source(s.name), "env": s.env}
         return out
 
     # ---- derived views, each parsed here only
@@ -237,14 +279,14 @@ class Config:
         return [m for m in (x.strip() for x in self.import_methods.split(",")) if m in IMPORT_METHODS]
 
 
-def settings() -> Iterator[Any]:
-    """The table: every setting's dataclass field (``metadata``: env, help, secret, group)."""
-    return (f for f in fields(Config) if f.name != "sources")
+def settings() -> Iterator[Setting]:
+    """The table: every :class:`Setting`, in the order of :class:`Config`."""
+    return iter(_TABLE)
 
 
-_FIELDS = {f.name: f for f in settings()}
+_BY_NAME: Dict[str, Setting] = {s.name: s for s in _TABLE}
 #: setting name -> its environment variable
-ENV: Dict[str, str] = {name: f.metadata["env"] for name, f in _FIELDS.items()}
+ENV: Dict[str, str] = {s.name: s.env for s in _TABLE}
 
 
 def env_name(name: str) -> str:
@@ -260,10 +302,10 @@ def _invalid(message: str) -> Exception:
 def _convert(name: str, raw: Any, where: str) -> Any:
     """``raw`` (a string from the environment or a flag, or a TOML value) as
     the setting's type: the type of its default, a string when that is None."""
-    f = _FIELDS.get(name)
-    if f is None:
+    s = _BY_NAME.get(name)
+    if s is None:
         raise _invalid(f"{where}: no setting {name!r}")
-    kind = str if f.default is None else type(f.default)
+    kind = str if s.default is None else type(s.default)
     if isinstance(raw, kind) and not isinstance(raw, bool):
         return raw
     if kind is str:
@@ -345,11 +387,11 @@ def markdown_table() -> str:
     """The table of docs/configuration.md (tests/test_config.py keeps them equal)."""
     rows = ["| setting (file key) | environment | default | meaning |", "|---|---|---|---|"]
     group = None
-    for f in settings():
-        if f.metadata["group"] != group:
-            group = f.metadata["group"]
+    for s in _TABLE:
+        if s.group != group:
+            group = s.group
             rows.append(f"| **{group}** | | | |")
-        d = "" if f.default in (None, "") else f"`{f.default}`"
-        secret = " (secret: masked by `config show`)" if f.metadata["secret"] else ""
-        rows.append(f"| `{f.name}` | `{f.metadata['env']}` | {d} | {f.metadata['help']}{secret} |")
+        d = "" if s.default in (None, "") else f"`{s.default}`"
+        secret = " (secret: masked by `config show`)" if s.secret else ""
+        rows.append(f"| `{s.name}` | `{s.env}` | {d} | {s.help}{secret} |")
     return "\n".join(rows) + "\n"

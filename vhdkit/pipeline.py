@@ -152,7 +152,7 @@ class PipelineConfig:
 
     def store(self, account: str) -> ObjectStore:
         """The account's object store: Swift when the ``store`` setting names one, else ``home/objects``."""
-        from .swiftstore import open_configured_store
+        from .store import open_configured_store
 
         return open_configured_store(account, self.home, config=self.settings)
 

@@ -39,7 +39,7 @@ import urllib.parse
 from .interrupts import deferred
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence
+from typing import BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
                      VhdkitError, from_oserror)
@@ -50,6 +50,7 @@ __all__ = [
     "ObjectStore",
     "LocalStore",
     "open_store",
+    "open_configured_store",
     "default_root",
     "validate_container_name",
     "validate_object_name",
@@ -518,3 +519,23 @@ class LocalStore(ObjectStore):
 def open_store(root: Optional[os.PathLike | str] = None, account: str = "default") -> LocalStore:
     """The local store under ``root`` (default :func:`default_root`) for ``account``."""
     return LocalStore(root if root is not None else default_root(), account)
+
+
+def open_configured_store(account: str, home: Optional[os.PathLike | str] = None,
+                          env: Optional[Mapping[str, str]] = None, config=None) -> ObjectStore:
+    """The one factory of object stores: the store the configuration names for
+    ``account``.  Swift when the ``store`` setting is a ``swift+http(s)://``
+    URL (:mod:`vhdkit.swiftstore`, imported only then), a directory for
+    ``dir:PATH``, else ``objects`` in the data directory (``home``, default the
+    configured one).  ``config`` is a :class:`vhdkit.config.Config` (default:
+    the settings of ``env``, itself defaulting to this process's)."""
+    from .config import data_home, load
+
+    cfg = config if config is not None else load(env=env)
+    kind, where = cfg.object_store_kind()
+    if kind == "swift":
+        from .swiftstore import SwiftConfig, SwiftStore
+
+        return SwiftStore(SwiftConfig.from_config(cfg), account)
+    root = Path(where) if kind == "dir" else Path(data_home(home, cfg)) / "objects"
+    return LocalStore(root, account)

@@ -279,18 +279,12 @@ def _store_options(f):
 
 def _open_store(store_dir: Optional[str], data_dir: Optional[str], account: Optional[str]):
     """The object store of ``account`` (default: account ``default``)."""
-    from ..store import open_store
+    from ..store import open_configured_store
 
+    if store_dir and not store_dir.startswith(("swift+", "dir:", "file:")):
+        store_dir = f"dir:{store_dir}"   # --store DIR: a directory
     cfg = settings(store=store_dir, data_dir=data_dir, account=account)
-    account = cfg.account or _DEFAULT_ACCOUNT
-    if cfg.store.startswith("swift+"):
-        from ..swiftstore import open_configured_store
-
-        return open_configured_store(account, config=cfg)
-    if not cfg.store:
-        return open_store(os.path.join(cfg.data_dir, "objects"), account)
-    # dir:PATH, or on the command line a plain directory
-    return open_store(cfg.store.split(":", 1)[1] if cfg.store.startswith("dir:") else cfg.store, account)
+    return open_configured_store(cfg.account or _DEFAULT_ACCOUNT, config=cfg)
 
 
 @main.group("object")
