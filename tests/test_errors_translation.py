@@ -55,7 +55,7 @@ def test_one_errno_map(code, caller_cls, service_cls):
         assert "/" not in theirs.message
     # the native core's own ENOENT agrees
     if code == errno.ENOENT:
-        assert type(errors.from_native(-1, "x", sys_errno=code)) is errors.NotFoundError
+        assert type(errors.from_native("VK_E_IO", "x", sys_errno=code)) is errors.NotFoundError
 
 
 def test_no_other_module_maps_errno_values():
