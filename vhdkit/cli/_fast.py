@@ -27,16 +27,18 @@ FLAG, VALUE, MULTI, CHOICE, INT = "flag", "value", "multi", "choice", "int"
 _JSON = {"--json": ("as_json", FLAG, True)}
 #: --json and qemu-img's spelling of it (vhdkit.cli._common.qemu_json_option)
 _QEMU_JSON = {**_JSON, "--output": ("output_format_", CHOICE, ("human", "json"))}
-#: --data, --account, --roles (vhdkit.cli._common.data_option, identity_options) and their variables
-_REGISTRY = {"--data": ("data_dir", VALUE, "VHDKIT_HOME"), "--account": ("account", VALUE, "VHDKIT_ACCOUNT"),
-             "--roles": ("roles", VALUE, "VHDKIT_ROLES")}
+#: --data, --account, --roles (vhdkit.cli._common.data_option, identity_options); unset, the
+#: settings (vhdkit.config: the environment, the configuration file) say
+_REGISTRY = {"--data": ("data_dir", VALUE, None), "--account": ("account", VALUE, None),
+             "--roles": ("roles", VALUE, None)}
 _PARENT = {"--parent": ("parents", MULTI, None)}
 
 
 class Spec:
     """A command's parameters: positional names (``"images+"``: one or more)
     and options ``{spelling: (destination, kind, extra)}``; ``extra`` is a
-    flag's value, a choice's values or a value option's environment variable."""
+    flag's value or a choice's values (None for the others: no option reads
+    the environment itself; vhdkit.config does)."""
 
     def __init__(self, args: tuple, options: dict, defaults: dict):
         self.args, self.options, self.defaults = args, options, defaults
@@ -80,7 +82,6 @@ def parse(argv: list):
         else:
             opts[dest] = None
     opts.update(spec.defaults)
-    given: set = set()
     positional: list = []
     rest = argv[len(words):]
     i = 0
@@ -121,7 +122,6 @@ def parse(argv: list):
             opts[dest].append(value)
         else:
             opts[dest] = value
-        given.add(dest)
     if spec.args[:1] == ("images+",):
         if not positional:
             return None
@@ -133,8 +133,6 @@ def parse(argv: list):
     for dest, kind, extra in spec.options.values():
         if kind == MULTI:
             opts[dest] = tuple(opts[dest])
-        elif kind == VALUE and extra and dest not in given:
-            opts[dest] = os.environ.get(extra) or None   # as click: an empty variable is unset
     return words, opts
 
 
@@ -155,7 +153,14 @@ def _call(words: tuple, o: dict):
         return lambda: _reads.chain(o["leaf"], o["parents"], as_json)
     if cmd == "compare":
         return lambda: _reads.compare(o["a"], o["b"], o["a_format"], o["b_format"], as_json)
-    if not o["account"]:
+    from ..config import load
+
+    try:
+        base = load()
+        ident = base.with_flags(account=o["account"], roles=o["roles"])     # as _common.caller_of
+    except ValueError:
+        return None                       # a malformed setting or flag: click's to say
+    if not ident.account:
         return None                       # click's "no identity" usage error
     if cmd == "show":
         work, kw = _reads.image_show, {"image_id": o["image_id"]}
@@ -171,8 +176,8 @@ def _call(words: tuple, o: dict):
     def registry_work():
         from ..registry import Caller
 
-        _reads.in_registry(o["data_dir"], Caller.parse(o["account"], o["roles"] or ""), work, as_json=as_json,
-                           **kw)
+        who = Caller.parse(ident.account, ident.roles or "")
+        _reads.in_registry(base.with_flags(data_dir=o["data_dir"]), who, work, as_json=as_json, **kw)
 
     return registry_work
 
