@@ -25,7 +25,10 @@ configuration file exists.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+TYPE_CHECKING = False   # typing is not imported at run time (every registry command loads this module)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 #: the interoperable import methods the API server implements (api/imports.py)
 IMPORT_METHODS = ("glance-direct", "web-download")
