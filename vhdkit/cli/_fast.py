@@ -7,8 +7,8 @@ options spelled as click accepts them, valid choices and values -- and runs
 the command through the same functions as the click commands
 (:mod:`vhdkit.cli._reads`, :mod:`vhdkit.cli._plain`).  Anything else -- help,
 ``--version``, another command, a usage error of any kind, an option
-spelling it does not know, a stream click would re-encode, shell completion
--- returns None before any work, and the click command line handles it.
+spelling it does not know, a stream click would re-encode -- returns None
+before any work, and the click command line handles it.
 So ``--help`` texts and usage errors are click's own, and output and exit
 status are those of the same code.  :data:`COMMANDS` mirrors the click
 commands' parameters; tests/test_cli_fast.py checks that it does.
@@ -16,7 +16,6 @@ commands' parameters; tests/test_cli_fast.py checks that it does.
 from __future__ import annotations
 
 import codecs
-import os
 import sys
 
 from ._plain import INPUT_FORMAT_NAMES
@@ -194,11 +193,10 @@ def streams_plain() -> bool:
     return True
 
 
-def run(argv: list, prog_name: str = "vhdkit"):
+def run(argv: list):
     """Run ``argv`` on the fast path and return the exit status, or None
-    (nothing done) when click must take it."""
-    if os.environ.get(f"_{prog_name.replace('-', '_').replace('.', '_')}_COMPLETE".upper()):
-        return None                       # shell completion: click's
+    (nothing done) when click must take it.  Shell completion is click's:
+    its scripts run the program without arguments, which this never takes."""
     parsed = parse(argv)
     if parsed is None or not streams_plain():
         return None
