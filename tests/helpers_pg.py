@@ -14,6 +14,11 @@ Fixtures (registered for every test module by conftest.py):
   ``pg_server.empty_database()`` for ``postgresql``), so every ``Registry``
   the test opens and every process it starts use that engine.  A module runs
   on both engines with ``pytestmark = pytest.mark.usefixtures("registry_url")``.
+- ``api_engine`` (module): the engine of a module's ``vhdkit serve``
+  (tests/helpers_api.py's ``api_server`` starts after it): by default None,
+  the environment as it is.  A module runs its server on both engines with
+  its own ``api_engine`` fixture, module-scoped with ``params=ENGINES``,
+  that does ``yield from engine_env(request)``.
 - ``empty_registry(url)``: delete every registry row (several registries in one
   test, e.g. one per Hypothesis example).
 
@@ -222,6 +227,26 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server) -> str:
     """The URL of a fresh, migrated PostgreSQL database for this test."""
     return pg_server.new_database()
+
+
+def engine_env(request) -> Iterator[Optional[str]]:
+    """For a module-scoped fixture parametrized with ENGINES: the database URL
+    of ``request.param`` (None: SQLite), exported as ``VHDKIT_DATABASE_URL``
+    while the fixture lives; PostgreSQL gets a new database."""
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "sqlite":
+            mp.delenv("VHDKIT_DATABASE_URL", raising=False)
+            yield None
+            return
+        url = request.getfixturevalue("pg_server").new_database()
+        mp.setenv("VHDKIT_DATABASE_URL", url)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api_engine() -> Optional[str]:
+    """The default: the engine the environment names (see the module doc)."""
+    return None
 
 
 @pytest.fixture(params=ENGINES)

@@ -79,7 +79,7 @@ def _open_registry(settings: Settings):
         reg.upload_store()   # image data must be in Swift: fail at start, not at the first upload
         return reg
     from ..registry import Registry
-    return Registry(settings.data_dir, size_cap=settings.max_image_size)
+    return Registry(settings.data_dir, size_cap=settings.max_image_size, database_url=settings.database_url)
 
 
 def app_factory() -> Starlette:
