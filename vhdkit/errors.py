@@ -174,26 +174,27 @@ class OutOfSpaceError(NoSpaceError):
         super().__init__(message, **kw)
 
 
-# ---- native codes (csrc/vhdkit.h vk_code) -> exceptions: the one mapping ----
+# ---- native codes (csrc/vhdkit.h vk_code, by name) -> exceptions: the one mapping ----
 NATIVE_CODES = {
-    -1: StorageError,
-    -2: ResourceLimitError,
-    -3: InvalidInputError,
-    -4: FormatError,
-    -5: ChecksumError,
-    -6: UnsupportedError,
-    -7: OutOfRangeError,
-    -8: ChainError,
-    -9: NotFoundError,
-    -10: ConflictError,
-    -11: OperationInterrupted,
-    -12: ReadOnlyError,
-    -13: NoSpaceError,
+    "VK_E_IO": StorageError,
+    "VK_E_NOMEM": ResourceLimitError,
+    "VK_E_INVALID": InvalidInputError,
+    "VK_E_FORMAT": FormatError,
+    "VK_E_CHECKSUM": ChecksumError,
+    "VK_E_UNSUPPORTED": UnsupportedError,
+    "VK_E_RANGE": OutOfRangeError,
+    "VK_E_CHAIN": ChainError,
+    "VK_E_NOTFOUND": NotFoundError,
+    "VK_E_EXISTS": ConflictError,
+    "VK_E_INTERRUPTED": OperationInterrupted,
+    "VK_E_READONLY": ReadOnlyError,
+    "VK_E_NOSPACE": NoSpaceError,
 }
 
 
-def from_native(code: int, message: str, *, offset: Optional[int] = None, sys_errno: int = 0) -> VhdkitError:
-    """Build the exception for a native ``vk_code`` (negative int)."""
+def from_native(code: str, message: str, *, offset: Optional[int] = None, sys_errno: int = 0) -> VhdkitError:
+    """Build the exception for a native ``vk_code``, named as the core names it
+    (``vk_code_name``: "VK_E_FORMAT", ...)."""
     if offset is not None and offset >= 2**64 - 1:
         offset = None
     cls = NATIVE_CODES.get(code, VhdkitError)
