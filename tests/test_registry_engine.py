@@ -126,6 +126,40 @@ def test_unreachable_postgresql_is_a_storage_error_without_secrets(tmp_path):
     assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
 
 
+def test_lost_postgresql_connection_is_a_storage_error_then_reconnects(pg_server, pg_url, tmp_path):
+    r = Registry(str(tmp_path), database_url=pg_url)
+    try:
+        make_image(r)
+        pg_server.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        f"WHERE datname = '{pg_url.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()")
+        with pytest.raises(StorageError, match="registry database unavailable"):
+            r.list_images(admin())
+        assert len(r.list_images(admin()).images) == 1     # the next transaction reconnects
+    finally:
+        r.close()
+
+
+def test_api_answers_503_json_while_postgresql_is_unreachable(pg_server, pg_url, tmp_path):
+    from starlette.testclient import TestClient
+
+    from vhdkit.api.app import create_app
+
+    r = Registry(str(tmp_path), database_url=pg_url)
+    try:
+        with TestClient(create_app(registry=r)) as c:
+            c.headers["X-Auth-Token"] = "acct-owner:admin"
+            assert c.get("/v2/images").status_code == 200
+            pg_server.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            f"WHERE datname = '{pg_url.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()")
+            resp = c.get("/v2/images")
+            assert resp.status_code == 503
+            msg = resp.json()["error"]["message"]
+            assert "unavailable" in msg and "127.0.0.1" not in msg and "port" not in msg
+            assert c.get("/v2/images").status_code == 200       # back once the database is
+    finally:
+        r.close()
+
+
 # ---- PostgreSQL plans: a page walks indexes, whatever the registry's size ----
 
 def _populate(url: str, n: int) -> None:

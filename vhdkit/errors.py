@@ -157,6 +157,15 @@ class StorageError(VhdkitError, OSError):
         self.strerror = self.message
 
 
+class DatabaseUnavailableError(StorageError):
+    """The registry's database cannot be reached (PostgreSQL down, network):
+    the server's side, and transient.  ``message`` says why (for the operator
+    and the log); a customer is shown only :attr:`PUBLIC`."""
+    code = "unavailable"
+    http_status = 503
+    PUBLIC = "the image registry is unavailable; try again later"
+
+
 class NoSpaceError(StorageError):
     code = "no_space"
     http_status = 413

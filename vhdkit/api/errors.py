@@ -61,7 +61,7 @@ async def _vhdkit_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
     if status == 500:  # an unexpected fault of the server: its details (paths, errno texts) stay in the log
         return error_response(status, "The server failed to complete the request; see its log.")
-    return error_response(status, public_message(exc.message))
+    return error_response(status, getattr(exc, "PUBLIC", None) or public_message(exc.message))
 
 
 async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:

@@ -22,7 +22,7 @@ import os
 import sqlite3
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import OutOfSpaceError, StorageError, UnsupportedError
+from ..errors import DatabaseUnavailableError, OutOfSpaceError, StorageError, UnsupportedError
 
 #: the one setting that chooses the registry's database (unset: SQLite in the data directory)
 DATABASE_URL_ENV = "VHDKIT_DATABASE_URL"
@@ -241,6 +241,7 @@ class PgConnection:
         self._psycopg = psycopg
         self.Error = psycopg.Error
         self._sql: dict = {}
+        self._in_txn = False
         self._c = self._connect()
 
     def _connect(self) -> Any:
@@ -257,8 +258,14 @@ class PgConnection:
         return out
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self._c.broken and self.in_transaction is False:
-            self._c = self._connect()          # the server went away between transactions
+        if sql == "BEGIN" or sql.startswith("BEGIN "):
+            if self._c.broken:
+                self._c = self._connect()      # the server went away between transactions
+            self._in_txn = True
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self._in_txn = False
+        elif self._c.broken and not self._in_txn:
+            self._c = self._connect()          # (never inside a transaction: its work is lost)
         try:
             return self._c.execute(self._translate(sql), tuple(params))
         except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
@@ -312,7 +319,8 @@ class PgConnection:
 def _storage_error(exc: BaseException) -> Exception:
     if is_full(exc):
         return OutOfSpaceError()
-    return StorageError(f"registry database unavailable: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}")
+    why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseUnavailableError(f"registry database unavailable: {why}")
 
 
 Connection = Any   # SqliteConnection | PgConnection
