@@ -23,6 +23,7 @@ import pytest
 from conftest import ROOT
 from helpers_api import ApiServer
 from helpers_swift import make_test_vhd
+from hooked import vhdkit_cmd
 from vhdkit import segments
 from vhdkit.swiftstore import SwiftConfig, SwiftStore
 
@@ -53,7 +54,7 @@ def customer(host, tmp_path):
     return acct, st
 
 
-def _worker(host, home, *args, token=TOKEN, env_extra=None, timeout=240):
+def _worker(host, home, *args, token=TOKEN, env_extra=None, timeout=240, hook=""):
     """`vhdkit worker --api` as a process on another host: its own empty home, no
     registry; the Swift and blob settings and the service token only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VHDKIT_")}
@@ -61,7 +62,7 @@ def _worker(host, home, *args, token=TOKEN, env_extra=None, timeout=240):
     if token is not None:
         env["VHDKIT_SERVICE_TOKEN"] = token
     env.update(VHDKIT_SEGMENT_SIZE=str(MiB), PYTHONPATH=str(ROOT), **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "vhdkit", "worker", "--api", host.url, "--data", str(home),
+    return subprocess.run([*vhdkit_cmd(kill_at_stage=hook), "worker", "--api", host.url, "--data", str(home),
                            *args, "--json"], env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -159,7 +160,7 @@ def test_remote_worker_killed_mid_task_loses_its_lease_and_the_task_is_retried(h
     tid = _create(host, acct, {"type": "import", "input": {"import_from": "images/d.vhd",
                                                            "image_properties": {"name": "k"}}})
     fast = {"VHDKIT_LEASE_SECONDS": "1", "VHDKIT_HEARTBEAT_SECONDS": "0.2"}
-    r = _worker(host, tmp_path / "a", "--once", env_extra={"VHDKIT_TEST_KILL_AT_STAGE": "store", **fast})
+    r = _worker(host, tmp_path / "a", "--once", hook="store", env_extra=fast)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
     t = _task(host, acct, tid)
     assert t["status"] == "processing"
@@ -201,9 +202,8 @@ def test_a_remote_worker_paused_past_its_lease_then_resumed_leaves_the_newer_att
                                                            "image_properties": {"name": "paused"}}})
     fast = {"VHDKIT_LEASE_SECONDS": "1", "VHDKIT_HEARTBEAT_SECONDS": "0.2"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("VHDKIT_")}
-    env.update(host.env, VHDKIT_SEGMENT_SIZE=str(MiB), PYTHONPATH=str(ROOT), VHDKIT_TEST_KILL_AT_STAGE="store:stop",
-               **fast)
-    a = subprocess.Popen([sys.executable, "-m", "vhdkit", "worker", "--api", host.url, "--data", str(tmp_path / "a"),
+    env.update(host.env, VHDKIT_SEGMENT_SIZE=str(MiB), PYTHONPATH=str(ROOT), **fast)
+    a = subprocess.Popen([*vhdkit_cmd(kill_at_stage="store:stop"), "worker", "--api", host.url, "--data", str(tmp_path / "a"),
                           "--once", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

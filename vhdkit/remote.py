@@ -165,13 +165,14 @@ class RemoteRegistry:
     def blobs(self):
         """The image-data container in Swift (the worker's VHDKIT_BLOB_STORE settings)."""
         if self._blobs is None:
+            from .config import load
             from .registry.blobs import SwiftBlobs
 
-            spec = os.environ.get("VHDKIT_BLOB_STORE", "")
-            if not (spec == "swift" or spec.startswith("swift+")):
+            cfg = load()
+            if not cfg.blobs_in_swift():
                 raise InvalidInputError("a remote worker needs VHDKIT_BLOB_STORE=swift (the API host's settings): "
                                         "image data must be in Swift to be shared between hosts")
-            self._blobs = SwiftBlobs.from_env(spec)
+            self._blobs = SwiftBlobs.from_config(cfg)
         return self._blobs
 
     def close(self) -> None:
@@ -382,9 +383,7 @@ class RemoteRegistry:
         if self._upload_store is None:
             from .registry.blobs import BlobStore
 
-            self.blobs()  # VHDKIT_BLOB_STORE must name Swift (clear error otherwise)
-            store = BlobStore(os.path.join(self.scratch, "blobs"))
-            assert store.remote is not None
+            store = BlobStore(os.path.join(self.scratch, "blobs"), self.blobs())  # Swift (clear error otherwise)
             self._upload_store = store
         return self._upload_store
 

@@ -13,7 +13,6 @@ body does not leak internals.
 """
 from __future__ import annotations
 
-import errno
 import logging
 from http import HTTPStatus
 from typing import Mapping, Optional
@@ -22,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import OutOfSpaceError, VhdkitError, public_message
+from ..errors import NoSpaceError, OutOfSpaceError, VhdkitError, from_oserror, public_message
 
 log = logging.getLogger("vhdkit.api")
 
@@ -61,6 +60,8 @@ async def _vhdkit_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
     if status == 500:  # an unexpected fault of the server: its details (paths, errno texts) stay in the log
         return error_response(status, "The server failed to complete the request; see its log.")
+    if isinstance(exc, NoSpaceError):  # behind the API a full file system is always the service's own
+        return error_response(status, OutOfSpaceError.MESSAGE)
     return error_response(status, getattr(exc, "PUBLIC", None) or public_message(exc.message))
 
 
@@ -75,7 +76,7 @@ async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and isinstance(from_oserror(exc, "", service=True), NoSpaceError):
         log.error("%s %s: out of space", request.method, request.url.path, exc_info=exc)
         return error_response(OutOfSpaceError.http_status, OutOfSpaceError.MESSAGE)
     log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)

@@ -51,9 +51,9 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     anyone who reaches the port can claim any account, so use it only on a
     trusted host or behind an authenticating proxy that sets these headers.
     With --auth keystone every request needs a Keystone token, validated
-    against --keystone-url (README "Identity").  Limits and timeouts come from the
-    VHDKIT_API_* environment variables (see vhdkit/api/config.py; the request
-    line plus headers are capped by VHDKIT_API_MAX_REQUEST_HEAD, 64 KiB).
+    against --keystone-url (README "Identity").  Every other setting (limits,
+    timeouts, the import filter) comes from the environment or the
+    configuration file: docs/configuration.md, `vhdkit config show`.
 
     A browser opening http://HOST:PORT/ gets the web control panel (README
     "Control panel"); the API stays where it is.
@@ -71,26 +71,16 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
       VHDKIT_KEYSTONE_PASSWORD=... vhdkit serve --auth keystone \\
           --keystone-url http://keystone:5000/v3 --keystone-user glance
     """
-    import uvicorn
+    from ..api.protocol import ServeConfig, run
 
-    _identity_settings(identity)
-
-    from ..home import data_home
-
-    # every uvicorn worker process finds the data directory through VHDKIT_HOME
-    os.environ["VHDKIT_HOME"] = os.path.abspath(data_home(data_dir))
-    registry_url = registry_url or os.environ.get("VHDKIT_REGISTRY_URL") or None
-    if registry_url:
-        _check_forwarding(registry_url)
-        os.environ["VHDKIT_REGISTRY_URL"] = registry_url
-    _check_import_filter()
-    where = {"url": f"http://{host}:{port}", "data": os.environ["VHDKIT_HOME"],
-             "workers": workers, "registry": registry_url or "local"}
+    settings = _settings(data_dir, registry_url, identity)
+    where = {"url": f"http://{host}:{port}", "data": settings.data_dir,
+             "workers": workers, "registry": settings.registry_url or "local"}
     emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))"
-         + (f", forwarding to the registry host {w['registry']}" if registry_url else ""))
-    uvicorn.run(
-        "vhdkit.api.app:app_factory",
-        factory=True,
+         + (f", forwarding to the registry host {w['registry']}" if settings.registry_url else ""))
+    # every worker process receives these settings with uvicorn's configuration
+    run(ServeConfig(
+        settings,
         host=host,
         port=port,
         workers=workers,
@@ -100,57 +90,47 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
         timeout_graceful_shutdown=10,
         server_header=False,
         proxy_headers=False,
-        http="vhdkit.api.protocol:BoundedHttpToolsProtocol",
-    )
+    ))
 
 
-def _identity_settings(flags: dict) -> None:
-    """Put the identity flags given into the environment (every uvicorn worker
-    reads its settings there, vhdkit/api/config.py) and check the result."""
+def _settings(data_dir, registry_url, identity: dict):
+    """The server's settings (flags over environment over file), checked
+    before it starts: identity, the web-download URL filter, forwarding."""
     from ..api.auth import provider_for
-    from ..api.config import Settings
+    from ..api.webdownload import ImportFilter
+    from ..config import load
     from ..errors import InvalidInputError
 
-    for name, value in flags.items():
-        if value is not None:
-            os.environ[Settings.ENV[name]] = str(value)
+    settings = load(flags=dict(identity, data_dir=data_dir, registry_url=registry_url))
+    settings = settings.with_flags(data_dir=os.path.abspath(settings.data_dir))
     try:
-        provider_for(Settings.from_env())
+        provider_for(settings)
     except (ValueError, ImportError) as exc:
         raise InvalidInputError(f"identity settings: {exc}") from None
-
-
-def _check_import_filter() -> None:
-    """The web-download URL filter (VHDKIT_IMPORT_*), checked before the server starts."""
-    from ..api.config import Settings
-    from ..api.webdownload import ImportFilter
-    from ..errors import InvalidInputError
-
     try:
-        ImportFilter.from_settings(Settings.from_env())
+        ImportFilter.from_settings(settings)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
+    if settings.registry_url:
+        _check_forwarding(settings)
+    return settings
 
 
-def _check_forwarding(url: str) -> None:
+def _check_forwarding(settings) -> None:
     """What an API host that forwards to a registry host needs, checked before it starts."""
     from ..errors import InvalidInputError
 
+    url = settings.registry_url
     if not url.startswith(("http://", "https://")):
         raise InvalidInputError(f"--registry {url!r} is not an http(s):// URL")
     if not os.environ.get("VHDKIT_SERVICE_TOKEN"):
         raise InvalidInputError("--registry needs the registry host's service token in VHDKIT_SERVICE_TOKEN")
     from ..registry.data import MAX_LEASE_S, MIN_LEASE_S
 
-    lease = os.environ.get("VHDKIT_API_UPLOAD_LEASE") or "60"
-    try:
-        ok = MIN_LEASE_S <= float(lease) <= MAX_LEASE_S
-    except ValueError:
-        ok = False
-    if not ok:
+    lease = settings.upload_lease
+    if not MIN_LEASE_S <= lease <= MAX_LEASE_S:
         raise InvalidInputError(f"VHDKIT_API_UPLOAD_LEASE {lease!r}: expected seconds from {MIN_LEASE_S:g} "
                                 f"to {MAX_LEASE_S:g}")
-    spec = os.environ.get("VHDKIT_BLOB_STORE", "")
-    if not (spec == "swift" or spec.startswith("swift+")):
+    if not settings.blobs_in_swift():
         raise InvalidInputError("--registry needs VHDKIT_BLOB_STORE=swift (the registry host's settings): image "
                                 "data must be in Swift for several API hosts to share it")

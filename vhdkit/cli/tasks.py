@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from . import main
-from ._common import caller_of, data_option, emit, identity_options, json_option, open_registry
+from ._common import caller_of, data_option, emit, identity_options, json_option, open_registry, settings
 
 _TERMINAL = ("success", "failure")
 
@@ -185,21 +185,21 @@ def worker(data_dir, once, until_idle, poll, worker_id, api_url, as_json):
     """
     import os
 
+    from .. import native
     from ..pipeline import PipelineConfig, Worker
 
+    cfg = settings(data_dir=data_dir)
+    native.set_options(io_threads=cfg.io_threads)
     closer = None
     if api_url:
         from ..remote import RemoteRegistry, RemoteWorker
 
-        from ..home import data_home
-
-        data_dir = data_home(data_dir)
-        rw = RemoteWorker(RemoteRegistry(api_url, scratch=os.path.join(data_dir, "remote-data")),
-                          PipelineConfig.from_env(data_dir), worker_id)
+        rw = RemoteWorker(RemoteRegistry(api_url, scratch=os.path.join(cfg.data_dir, "remote-data")),
+                          PipelineConfig.from_config(cfg), worker_id)
         w, closer = rw, rw.close
     else:
         reg = open_registry(data_dir)
-        w = Worker(reg, PipelineConfig.from_env(reg.home), worker_id)
+        w = Worker(reg, PipelineConfig.from_config(reg.config, reg.home), worker_id)
     try:
         if once:
             t = w.run_once()

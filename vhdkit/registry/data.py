@@ -504,10 +504,11 @@ class UploadWriter(io.RawIOBase):
         src = stream
         try:
             if inspect:
-                from .inspect import inspect_upload
+                from .inspect import InspectLimits, inspect_upload
 
                 src = inspect_upload(stream, disk_format=self._img.disk_format,
-                                     container_format=self._img.container_format, tmp_dir=self._reg.blobs.root)
+                                     container_format=self._img.container_format, tmp_dir=self._reg.blobs.root,
+                                     limits=InspectLimits.from_config(self._reg.config))
             self._up.write_from(src, progress=progress, total=size)
         except BaseException:
             self.abort()
