@@ -174,6 +174,19 @@ class OutOfSpaceError(NoSpaceError):
         super().__init__(message, **kw)
 
 
+class UnavailableError(StorageError):
+    """A service vhdkit depends on (the registry's database, the Swift of
+    image data and containers) did not answer or failed: transient, nothing
+    was changed by the call that met it.  The message names no host or path
+    (the cause goes to the log)."""
+    code = "unavailable"
+    http_status = 503
+    MESSAGE = "the service's storage is unavailable; try again later"
+
+    def __init__(self, message: str = MESSAGE, **kw):
+        super().__init__(message, **kw)
+
+
 # ---- native codes (csrc/vhdkit.h vk_code) -> exceptions: the one mapping ----
 NATIVE_CODES = {
     -1: StorageError,

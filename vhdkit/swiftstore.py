@@ -65,7 +65,7 @@ from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                     UnauthorizedError)
+                     UnauthorizedError, UnavailableError)
 from .store import (LocalStore, ObjectInfo, ObjectReader, ObjectStore, validate_container_name,
                     validate_metadata, validate_object_name)
 
@@ -132,9 +132,11 @@ def _err(e: Exception, what: str):
             return UnauthorizedError(f"{what}: Swift refused the credentials ({st})")
         if st == 422:
             return IntegrityError(f"{what}: Swift says the data does not match its ETag")
-        if st is None:
-            return StorageError(f"{what}: {e.msg}")
+        if st is None or st >= 500:   # no answer, or Swift failed: transient, the caller may retry
+            return UnavailableError(f"{what}: Swift: {e.msg} {st or ''} {e.http_reason or ''}".strip())
         return StorageError(f"{what}: Swift answered {st} {e.http_reason or ''}".strip())
+    if isinstance(e, OSError):        # the connection (requests' errors are OSErrors)
+        return UnavailableError(f"{what}: Swift: {type(e).__name__}: {e}")
     return StorageError(f"{what}: {type(e).__name__}: {e}")
 
 

@@ -21,8 +21,6 @@ class Settings:
     upload_min_rate: int = 1024           # bytes/s an upload must average ...
     upload_rate_grace: float = 60.0       # ... once it has run this many seconds
     chunk_size: int = 1 << 20             # bytes per streamed download chunk
-    registry_url: Optional[str] = None    # forward registry calls to this registry host (vhdkit serve --registry)
-    upload_lease: float = 60.0            # seconds of a forwarded upload's lease (renewed every third)
     # interoperable image import (Images API 2.6): the methods offered, and
     # the filter of web-download URLs (see api/webdownload.py): comma lists,
     # an allow list (when set) replaces the deny list beside it
@@ -58,8 +56,6 @@ class Settings:
         "upload_min_rate": "VHDKIT_API_UPLOAD_MIN_RATE",
         "upload_rate_grace": "VHDKIT_API_UPLOAD_RATE_GRACE",
         "chunk_size": "VHDKIT_API_CHUNK_SIZE",
-        "registry_url": "VHDKIT_REGISTRY_URL",
-        "upload_lease": "VHDKIT_API_UPLOAD_LEASE",
         "import_methods": "VHDKIT_IMPORT_METHODS",
         "import_allowed_schemes": "VHDKIT_IMPORT_ALLOWED_SCHEMES",
         "import_disallowed_schemes": "VHDKIT_IMPORT_DISALLOWED_SCHEMES",
@@ -89,10 +85,7 @@ class Settings:
         return elapsed > self.upload_rate_grace and received < self.upload_min_rate * elapsed
 
     def enabled_import_methods(self) -> list:
-        """The import methods offered (none on a forwarding host: the
-        registry host runs imports)."""
-        if self.registry_url:
-            return []
+        """The import methods offered."""
         return [m for m in (x.strip() for x in self.import_methods.split(",")) if m in IMPORT_METHODS]
 
     @classmethod

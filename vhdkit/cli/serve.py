@@ -15,10 +15,6 @@ from ._common import data_option, emit, json_option
 @data_option("Registry data directory.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (they share the registry's data directory).")
-@click.option("--registry", "registry_url", default=None, metavar="URL",
-              help="Forward every registry call to the registry host at URL (another `vhdkit serve`) instead "
-                   "of opening a registry here; needs VHDKIT_SERVICE_TOKEN and VHDKIT_BLOB_STORE=swift "
-                   "(default: $VHDKIT_REGISTRY_URL).")
 @click.option("--auth", type=click.Choice(["headers", "keystone"]), default=None,
               help="Where the caller's identity comes from: 'headers' (X-Auth-Token ACCOUNT:ROLES or "
                    "X-Tenant-Id/X-Roles; only for a trusted host or behind an authenticating proxy) or "
@@ -42,7 +38,7 @@ from ._common import data_option, emit, json_option
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @json_option
-def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level: str, as_json: bool,
+def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json: bool,
           **identity) -> None:
     """Serve the registry over HTTP as an OpenStack Images v2 API.
 
@@ -58,11 +54,9 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     A browser opening http://HOST:PORT/ gets the web control panel (README
     "Control panel"); the API stays where it is.
 
-    With --registry URL this host keeps no registry: it answers the same API
-    by forwarding each call to the registry host's internal routes, and
-    streams image data to and from Swift itself, so several API hosts can
-    serve one registry (see docs/deployment.md); --data then holds only
-    scratch files.
+    Several hosts may serve one registry: each `vhdkit serve` and `vhdkit
+    worker` opens the same database and the same blob store in Swift itself
+    (docs/deployment.md).
 
     \b
     Example:
@@ -79,15 +73,10 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
 
     # every uvicorn worker process finds the data directory through VHDKIT_HOME
     os.environ["VHDKIT_HOME"] = os.path.abspath(data_home(data_dir))
-    registry_url = registry_url or os.environ.get("VHDKIT_REGISTRY_URL") or None
-    if registry_url:
-        _check_forwarding(registry_url)
-        os.environ["VHDKIT_REGISTRY_URL"] = registry_url
     _check_import_filter()
     where = {"url": f"http://{host}:{port}", "data": os.environ["VHDKIT_HOME"],
-             "workers": workers, "registry": registry_url or "local"}
-    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))"
-         + (f", forwarding to the registry host {w['registry']}" if registry_url else ""))
+             "workers": workers}
+    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))")
     uvicorn.run(
         "vhdkit.api.app:app_factory",
         factory=True,
@@ -130,27 +119,3 @@ def _check_import_filter() -> None:
         ImportFilter.from_settings(Settings.from_env())
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
-
-
-def _check_forwarding(url: str) -> None:
-    """What an API host that forwards to a registry host needs, checked before it starts."""
-    from ..errors import InvalidInputError
-
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInputError(f"--registry {url!r} is not an http(s):// URL")
-    if not os.environ.get("VHDKIT_SERVICE_TOKEN"):
-        raise InvalidInputError("--registry needs the registry host's service token in VHDKIT_SERVICE_TOKEN")
-    from ..registry.data import MAX_LEASE_S, MIN_LEASE_S
-
-    lease = os.environ.get("VHDKIT_API_UPLOAD_LEASE") or "60"
-    try:
-        ok = MIN_LEASE_S <= float(lease) <= MAX_LEASE_S
-    except ValueError:
-        ok = False
-    if not ok:
-        raise InvalidInputError(f"VHDKIT_API_UPLOAD_LEASE {lease!r}: expected seconds from {MIN_LEASE_S:g} "
-                                f"to {MAX_LEASE_S:g}")
-    spec = os.environ.get("VHDKIT_BLOB_STORE", "")
-    if not (spec == "swift" or spec.startswith("swift+")):
-        raise InvalidInputError("--registry needs VHDKIT_BLOB_STORE=swift (the registry host's settings): image "
-                                "data must be in Swift for several API hosts to share it")

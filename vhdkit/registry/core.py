@@ -21,7 +21,7 @@ from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, 
                      MAX_PROPERTY_VALUE, MAX_TAG, PATCH_OPS, READONLY_FIELDS, RESERVED_FIELDS,
                      RESERVED_NAMESPACE, TRANSITIONS,
                      VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text, property_name_problem, tag_problem)
-from .data import DataMixin, ImageData, UploadWriter  # noqa: F401 (re-exported)
+from .data import DataMixin, ImageData, UploadWriter, upload_lease_from_env  # noqa: F401 (re-exported)
 from .rbac import Caller, require_role, require_scope
 from .sharing import MembersMixin
 from .tasks import TasksMixin
@@ -128,7 +128,8 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
 
     def __init__(self, home: Optional[str] = None, *, protections: "PropertyProtections | str | None" = None,
                  quotas: Optional[Mapping[str, int]] = None, size_cap: int = DEFAULT_SIZE_CAP,
-                 clock: Optional[Callable[[], _dt.datetime]] = None, cleanup: bool = True):
+                 clock: Optional[Callable[[], _dt.datetime]] = None, cleanup: bool = True,
+                 upload_lease: Optional[float] = None):
         from ..home import data_home
 
         home = data_home(home)
@@ -155,6 +156,8 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self.quotas: Dict[str, int] = dict(DEFAULT_QUOTAS)
         self.quotas.update(quotas or {})
         self.size_cap = size_cap
+        #: seconds of an upload's lease on its image (see :meth:`open_upload`)
+        self.upload_lease = upload_lease if upload_lease is not None else upload_lease_from_env()
         self._clock = clock
         self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
         self._local = threading.local()

@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 from typing import Iterator, List, Tuple
 
-from ..errors import OutOfSpaceError, StorageError, UnsupportedError
+from ..errors import OutOfSpaceError, StorageError, UnavailableError, UnsupportedError
 from .models import IMPORT_TASK_PROPERTY
 
 BUSY_TIMEOUT_S = 30.0
@@ -161,7 +161,7 @@ def connect(path: str) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
     except sqlite3.Error as exc:
-        raise StorageError(f"cannot open registry database {path}: {exc}") from None
+        raise UnavailableError(f"cannot open registry database {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -258,4 +258,4 @@ def _begin(conn: sqlite3.Connection, stmt: str) -> None:
     except sqlite3.OperationalError as exc:
         if is_full(exc):
             raise OutOfSpaceError() from None
-        raise StorageError(f"registry database busy or unavailable: {exc}") from None
+        raise UnavailableError(f"registry database busy or unavailable: {exc}") from None

@@ -1,0 +1,89 @@
+"""Several vhdkit hosts on loopback: `vhdkit serve` and `vhdkit worker`
+processes that open one registry database and keep image data in one Swift
+(the all-in-one of helpers_swift).  Each process stands for a host of its own:
+it gets its own data directory for scratch files whenever the database is
+not a file in a data directory (a PostgreSQL URL); on the embedded SQLite
+registry the processes share the directory that holds the database file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+
+from conftest import ROOT
+from helpers_api import ApiServer
+
+MiB = 1 << 20
+#: seconds of an upload's lease in these tests (renewed every third)
+LEASE = 3
+
+
+class Hosts:
+    """The settings every host of one deployment shares, and its processes."""
+
+    def __init__(self, root: Path, swift_env: Dict[str, str], db_env: Optional[Dict[str, str]] = None) -> None:
+        self.root = Path(root)
+        self.db_env = dict(db_env or {})
+        self.env = dict(swift_env, VHDKIT_BLOB_STORE="swift", VHDKIT_BLOB_ACCOUNT="mh" + uuid.uuid4().hex[:10],
+                        VHDKIT_BLOB_SEGMENT_SIZE=str(MiB), VHDKIT_SEGMENT_SIZE=str(MiB),
+                        VHDKIT_UPLOAD_LEASE_SECONDS=str(LEASE), **self.db_env)
+        self.servers = []
+
+    def data_for(self, name: str) -> Path:
+        """The data directory of host ``name``: its own, or on SQLite the shared one."""
+        return self.root / (name if self.db_env else "shared")
+
+    def server(self, name: str, **extra: str) -> ApiServer:
+        s = ApiServer(self.root / name, env=dict(self.env, **extra))
+        s.data = self.data_for(name)
+        s.env = s.extra_env
+        self.servers.append(s)
+        return s
+
+    def run_env(self, **extra: str) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VHDKIT_")}
+        env.update(self.env, PYTHONPATH=str(ROOT), **extra)
+        return env
+
+    def worker(self, name: str, *args: str, **extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "vhdkit", "worker", "--data", str(self.data_for(name)),
+                                 "--json", *args], env=self.run_env(**extra), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def cli(self, name: str, *args: str, timeout: float = 180, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vhdkit", *args, "--data", str(self.data_for(name))],
+                              env=self.run_env(**extra), capture_output=True, text=True, timeout=timeout)
+
+    def cleanup(self, name: str = "cleaner") -> dict:
+        r = self.cli(name, "cleanup", "--grace", "0", "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        return json.loads(r.stdout)
+
+    def blob_store(self):
+        from vhdkit.swiftstore import SwiftConfig, SwiftStore
+
+        return SwiftStore(SwiftConfig.from_env(self.env), self.env["VHDKIT_BLOB_ACCOUNT"])
+
+    def blob_objects(self, prefix: str = "") -> list:
+        try:
+            return [o.name for o in self.blob_store().list("images", prefix)]
+        except Exception:  # noqa: BLE001 - no container yet
+            return []
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def hosts(swift_env, tmp_path_factory):
+    """One deployment per test module (import this fixture where it is used)."""
+    h = Hosts(tmp_path_factory.mktemp("hosts"), swift_env)
+    yield h
+    h.stop()
