@@ -1,0 +1,1 @@
+"""Alembic revisions of the registry schema (see vhdkit/registry/engine.py)."""
