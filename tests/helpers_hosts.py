@@ -65,6 +65,19 @@ class Hosts:
         assert r.returncode == 0, r.stdout + r.stderr
         return json.loads(r.stdout)
 
+    def customer(self, acct: str, tmp: Path):
+        """A customer account in Swift with a VHD at `images/d.vhd` and an empty `exports`."""
+        from helpers_swift import make_test_vhd
+        from vhdkit.swiftstore import SwiftConfig, SwiftStore
+
+        st = SwiftStore(SwiftConfig.from_env(self.env), acct)
+        st.create_container("images")
+        st.create_container("exports")
+        make_test_vhd(tmp / "d.vhd")
+        with open(tmp / "d.vhd", "rb") as f:
+            st.put("images", "d.vhd", f)
+        return st
+
     def blob_store(self):
         from vhdkit.swiftstore import SwiftConfig, SwiftStore
 

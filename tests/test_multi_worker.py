@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers_hosts import MiB, hosts  # noqa: F401 - the fixture
-from helpers_swift import make_test_vhd
 from vhdkit import segments
-from vhdkit.swiftstore import SwiftConfig, SwiftStore
 
 FAST = {"VHDKIT_LEASE_SECONDS": "1", "VHDKIT_HEARTBEAT_SECONDS": "0.2"}
 
@@ -34,12 +32,7 @@ def api(hosts):
 def customer(hosts, tmp_path):
     """A customer account with a VHD in its Swift container `images` and an empty `exports`."""
     acct = "c" + uuid.uuid4().hex[:12]
-    st = SwiftStore(SwiftConfig.from_env(hosts.env), acct)
-    st.create_container("images")
-    st.create_container("exports")
-    make_test_vhd(tmp_path / "d.vhd")
-    with open(tmp_path / "d.vhd", "rb") as f:
-        st.put("images", "d.vhd", f)
+    st = hosts.customer(acct, tmp_path)
     return acct, st
 
 
