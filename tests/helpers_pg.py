@@ -175,12 +175,9 @@ class PgServer:
         """The template every test database is copied from: the registry schema
         at head (migrated once per session)."""
         self.admin(f"DROP DATABASE IF EXISTS {TEMPLATE}", f"CREATE DATABASE {TEMPLATE}")
-        url = self.url(TEMPLATE)
-        try:
-            from vhdkit.registry import engine
-        except ImportError:     # the registry without PostgreSQL support: an empty template
-            return
-        engine.open_database(url).close()
+        from vhdkit.registry import db
+
+        db.connect(self.url(TEMPLATE)).close()
 
     def new_database(self) -> str:
         name = f"t{os.getpid()}_{next(self._n)}"

@@ -19,6 +19,9 @@ from vhdkit.registry import Registry
 
 from helpers_registry import OWNER, admin, make_image
 
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
+
 N_PROCS = 8
 
 

@@ -16,6 +16,9 @@ from vhdkit.registry import Caller, Registry
 
 from helpers_registry import admin, make_image, reg  # noqa: F401
 
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
+
 ACCOUNTS = ["a1", "a2", "a3"]
 NAMES = ["x", "y", "Z", "é", None]
 VIS = ["public", "private", "shared", "community"]

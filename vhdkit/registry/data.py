@@ -32,6 +32,10 @@ _UPLOAD_FROM = {"saving": ("queued", "importing"), "uploading": ("queued",), "im
 UPLOAD_LEASE_S, MIN_LEASE_S, MAX_LEASE_S = 60.0, 1.0, 3600.0
 UPLOAD_LEASE_ENV = "VHDKIT_UPLOAD_LEASE_SECONDS"
 
+#: set one property (an upsert both engines know, SQLite >= 3.24)
+SET_PROPERTY = ("INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (image_id, name) DO UPDATE SET value = excluded.value")
+
 
 def upload_lease_from_env() -> float:
     raw = os.environ.get(UPLOAD_LEASE_ENV) or str(UPLOAD_LEASE_S)
@@ -190,7 +194,7 @@ class DataMixin:
         """The properties an interoperable import shows on its image, as Glance."""
         props = dict.fromkeys(IMPORT_STORE_PROPERTIES, "")
         props.update(extra)
-        conn.executemany("INSERT OR REPLACE INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
+        conn.executemany(SET_PROPERTY,
                          [(image_id, k, v) for k, v in props.items()])
 
     def _activate(self: "Registry", conn, image_id: str, size: int, md5: str, sha512: str,
@@ -272,7 +276,8 @@ class DataMixin:
     def _trash(self: "Registry", conn, rels: List[str]) -> None:
         """Record blobs (and upload files) to remove once nothing holds them (see :meth:`_empty_trash`)."""
         now = self._now()
-        conn.executemany("INSERT OR IGNORE INTO trash (path, created_at) VALUES (?, ?)", [(p, now) for p in rels])
+        conn.executemany("INSERT INTO trash (path, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                         [(p, now) for p in rels])
 
     def _empty_trash(self: "Registry") -> int:
         conn = self._conn()
