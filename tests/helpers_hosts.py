@@ -1,13 +1,14 @@
 """Several vhdkit hosts on loopback: `vhdkit serve` and `vhdkit worker`
-processes that open one registry database and keep image data in one Swift
-(the all-in-one of helpers_swift).  Each process stands for a host of its own:
-it gets its own data directory for scratch files whenever the database is
-not a file in a data directory (a PostgreSQL URL); on the embedded SQLite
-registry the processes share the directory that holds the database file."""
+processes that open one registry database (a PostgreSQL database of
+helpers_pg's server) and keep image data in one Swift (the all-in-one of
+helpers_swift).  Each process stands for a host of its own, with its own data
+directory for scratch files.  (Given no database URL, the processes share the
+data directory that holds the embedded SQLite registry instead.)"""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -94,9 +95,43 @@ class Hosts:
             s.stop()
 
 
+def database_env(pg_server) -> Dict[str, str]:
+    """The settings that point every host at one fresh PostgreSQL database."""
+    return {"VHDKIT_DATABASE_URL": pg_server.new_database()}
+
+
+def pg_stop(pg) -> list:
+    """Stop helpers_pg's server ``pg`` (fast shutdown) keeping its data;
+    returns what :func:`pg_start` needs to start it again as it was."""
+    args = open(f"/proc/{pg.proc.pid}/cmdline").read().split("\0")[:-1]
+    pg.proc.send_signal(signal.SIGINT)
+    pg.proc.wait(30)
+    return args
+
+
+def pg_start(pg, args: list) -> None:
+    """Start ``pg`` again (same data, port and settings) and wait until it answers."""
+    import time
+
+    from helpers_pg import _as_user
+
+    st = os.stat(pg.dir)
+    pg.proc = subprocess.Popen(args, cwd=pg.dir, env=dict(os.environ, LC_ALL="C.UTF-8", HOME=pg.dir),
+                               stdin=subprocess.DEVNULL, stdout=pg.log, stderr=subprocess.STDOUT,
+                               preexec_fn=_as_user(st.st_uid, st.st_gid, signal.SIGQUIT))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            pg.admin("SELECT 1")
+            return
+        except Exception:  # noqa: BLE001 - still starting
+            assert pg.proc.poll() is None and time.monotonic() < deadline, "postgres did not start again"
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
-def hosts(swift_env, tmp_path_factory):
+def hosts(swift_env, pg_server, tmp_path_factory):
     """One deployment per test module (import this fixture where it is used)."""
-    h = Hosts(tmp_path_factory.mktemp("hosts"), swift_env)
+    h = Hosts(tmp_path_factory.mktemp("hosts"), swift_env, database_env(pg_server))
     yield h
     h.stop()

@@ -167,7 +167,7 @@ def _wait_for_segments(hosts, iid, n=2):
 def test_a_host_killed_mid_upload_leaves_nothing_after_its_lease(hosts, host_a):
     owner = "kill" + uuid.uuid4().hex[:8]
     doomed = hosts.server("doomed").start()
-    data = os.urandom(8 * MiB)   # trickled over ~10 s: still flowing when it is killed
+    data = os.urandom(24 * MiB)   # trickled over ~30 s: still flowing when it is killed
     try:
         with host_a.http(f"{owner}:admin") as a:
             iid = _new_image(a)["id"]
@@ -256,6 +256,49 @@ def test_an_upload_over_a_hosts_limit_is_413_and_leaves_nothing(hosts, host_a):
         assert a.get(f"/v2/images/{iid}").json()["status"] == "queued"
     assert hosts.blob_objects(iid) == []
 
+
+
+def test_an_unreachable_database_is_503_json_and_loses_nothing(swift_env, tmp_path):
+    """PostgreSQL stopped under a running host: every call that needs the
+    registry is 503 with a JSON body naming no host or port; what needs none
+    still answers; started again, the host serves the same data, and the calls
+    refused meanwhile changed nothing."""
+    from helpers_hosts import Hosts, pg_start, pg_stop
+    from helpers_pg import PgServer
+
+    pg = PgServer()
+    own = Hosts(tmp_path, swift_env, {"VHDKIT_DATABASE_URL": pg.new_database()})
+    owner = "pgdown" + uuid.uuid4().hex[:8]
+    data = os.urandom(MiB + 5)
+    try:
+        with own.server("h") as h, h.http(f"{owner}:admin") as c:
+            iid = _new_image(c)["id"]
+            assert _put(c, iid, data).status_code == 204
+            args = pg_stop(pg)
+            try:
+                for r in (c.get("/v2/images"), c.get(f"/v2/images/{iid}"), c.post("/v2/images", json={"name": "x"}),
+                          _put(c, _new_image_id_unused(), os.urandom(10)), c.get(f"/v2/images/{iid}/file"),
+                          c.patch(f"/v2/images/{iid}", content=json.dumps([{"op": "add", "path": "/k", "value": "v"}]),
+                                  headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})):
+                    assert r.status_code == 503, r.text
+                    assert r.headers["content-type"].startswith("application/json")
+                    msg = r.json()["error"]["message"]
+                    assert "unavailable" in msg and "127.0.0.1" not in msg and str(pg.port) not in msg, msg
+                assert c.get("/versions").status_code == 200   # what needs no registry still works
+            finally:
+                pg_start(pg, args)
+            listed = c.get("/v2/images").json()["images"]
+            assert [i["id"] for i in listed] == [iid]          # the refused create made nothing
+            img = c.get(f"/v2/images/{iid}").json()
+            assert img["status"] == "active" and "k" not in img
+            assert c.get(f"/v2/images/{iid}/file").content == data
+    finally:
+        own.stop()
+        pg.stop()
+
+
+def _new_image_id_unused() -> str:
+    return str(uuid.uuid4())
 
 
 # ---- the HTTP and glanceclient suites, through one of several hosts --------------------

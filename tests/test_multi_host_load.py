@@ -1,5 +1,5 @@
 """Three `vhdkit serve` hosts and three `vhdkit worker` processes on one
-registry database (PostgreSQL when the registry has that engine) and one
+registry database (PostgreSQL, helpers_pg) and one
 Swift all-in-one, 60 s of mixed traffic from several client threads, one API
 host and one worker killed with SIGKILL half-way.  Then: no lost or doubled
 update, every task ran to success or to a clean failure (its attempts
@@ -21,7 +21,7 @@ import uuid
 import httpx
 import pytest
 
-from helpers_hosts import LEASE, MiB, Hosts
+from helpers_hosts import LEASE, MiB, Hosts, database_env
 from vhdkit.swiftstore import SwiftConfig, SwiftStore
 
 pytestmark = pytest.mark.slow
@@ -32,16 +32,6 @@ ACCOUNT = "load" + uuid.uuid4().hex[:8]        # every client's own images, and 
 PARTNER = "part" + uuid.uuid4().hex[:8]        # the account images are shared with
 FAST = {"VHDKIT_LEASE_SECONDS": "3", "VHDKIT_HEARTBEAT_SECONDS": "0.5"}
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
-
-
-def _engine_env(request) -> dict:
-    """The registry database every host opens: PostgreSQL when the registry
-    has that engine, else the embedded SQLite file in a shared directory."""
-    try:
-        import vhdkit.registry.engine  # noqa: F401
-    except ImportError:
-        return {}
-    return {"VHDKIT_DATABASE_URL": request.getfixturevalue("pg_server").new_database()}
 
 
 class Unknown(Exception):
@@ -206,8 +196,8 @@ class Client(threading.Thread):
 
 
 @pytest.fixture
-def cluster(request, swift_env, tmp_path):
-    hosts = Hosts(tmp_path, swift_env, _engine_env(request))
+def cluster(pg_server, swift_env, tmp_path):
+    hosts = Hosts(tmp_path, swift_env, database_env(pg_server))
     cl = Cluster(hosts)
     hosts.customer(ACCOUNT, tmp_path)
     try:

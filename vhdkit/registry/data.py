@@ -489,8 +489,11 @@ class UploadWriter(io.RawIOBase):
                     progress(done, total)
 
             self._up.write_from(src, progress=step, total=size)
-        except BaseException:
+        except BaseException as exc:
+            lost = self._lost(exc)
             self.abort()
+            if lost is not None:
+                raise lost from None
             raise
         finally:
             if src is not stream:
@@ -521,14 +524,33 @@ class UploadWriter(io.RawIOBase):
                                         code="upload_lost")
                 out = reg._activate(conn, img.id, digest.size, digest.md5, digest.sha512, virtual_size, rel,
                                     status="uploading" if img.status == "uploading" else "active")
-        except BaseException:
+        except BaseException as exc:
+            lost = self._lost(exc)
             self.abort()
+            if lost is not None:
+                raise lost from None
             raise
         self._done = True
         self._lease.stop()
         up.release()
         assert out is not None
         return reg._present(self._caller, out)
+
+    def _lost(self, exc: BaseException) -> Optional[ConflictError]:
+        """When the upload failed because it lost the image (reclaimed after its
+        lease ran out, or the image deleted: another process may have removed
+        its data under it), the error that says so; else None."""
+        if not isinstance(exc, VhdkitError) or isinstance(exc, ConflictError):
+            return None     # the caller's own reason (a conflict says what it is)
+        if self._lease.error is None:
+            try:
+                row = self._reg._conn().execute("SELECT upload_token FROM images WHERE id = ?",
+                                                (self._img.id,)).fetchone()
+            except VhdkitError:
+                return None
+            if row is not None and row[0] == self._up.token:
+                return None
+        return ConflictError(f"image {self._img.id} was deleted or reset during the upload", code="upload_lost")
 
     def abort(self) -> None:
         """Drop the data; the image returns to ``queued``."""

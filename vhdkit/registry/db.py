@@ -257,8 +257,11 @@ class PgConnection:
         return out
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self._c.broken and self.in_transaction is False:
-            self._c = self._connect()          # the server went away between transactions
+        if self._c.broken or self._c.closed:
+            # the server went away (restarted, or a connection lost): the
+            # transaction that met it has failed already (its error went up),
+            # so this statement begins anew (or rolls back) on a new connection
+            self._c = self._connect()
         try:
             return self._c.execute(self._translate(sql), tuple(params))
         except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
