@@ -2,12 +2,14 @@
 """`GET /v2/images/ID` requests per second through one `vhdkit serve` host and
 through three, all opening the same registry database.
 
-    python bench/multi_host.py [--seconds 10] [--rounds 2] [--database-url URL]
+    python bench/multi_host.py [--seconds 10] [--rounds 2] [--engine postgresql|sqlite] [--database-url URL]
 
 Starts three `vhdkit serve` processes on loopback (one uvicorn worker each)
-on one registry: the database at ``--database-url`` (each host with its own
-data directory), or without it the embedded SQLite registry in one shared
-data directory.  Creates one image, then alternates, ``--rounds`` times:
+on one registry: by default a PostgreSQL server of its own (the tests'
+helpers_pg: Debian's postgresql, initdb in a temporary directory), or the
+database at ``--database-url``, each host with its own data directory; with
+``--engine sqlite`` the embedded SQLite registry in one shared data
+directory.  Creates one image, then alternates, ``--rounds`` times:
 
 - ``one host``: `wrk -t2 -c12` on host 1;
 - ``three hosts``: three `wrk -t1 -c4` at once, one per host (the sum of
@@ -83,12 +85,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--database-url", default=None, help="the registry database all hosts open")
-    ap.add_argument("--engine", default=None, help="the name of the engine in the results (default from the URL)")
+    ap.add_argument("--engine", choices=["postgresql", "sqlite"], default="postgresql")
+    ap.add_argument("--database-url", default=None, help="a PostgreSQL database all hosts open (default: start one)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "multi_host")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vhdkit-multi-host-"))
     servers = []
+    pg = None
+    if a.engine == "postgresql" and not a.database_url:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from helpers_pg import PgServer
+
+        pg = PgServer()
+        a.database_url = pg.new_database()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VHDKIT_")}
         env["PYTHONPATH"] = str(ROOT)
@@ -101,6 +110,8 @@ def main() -> None:
     finally:
         for s in servers:
             s.stop()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -113,7 +124,9 @@ def _bench(a, servers: list) -> None:
         r.raise_for_status()
         iid = r.json()["id"]
     urls = [f"{s.url}/v2/images/{iid}" for s in servers]
-    engine = a.engine or (a.database_url.split(":", 1)[0].split("+")[0] if a.database_url else "sqlite")
+    engine = a.engine
+    for u in urls:    # every host answers (and has its connection open) before the clock starts
+        httpx.get(u, headers={"X-Auth-Token": WHO}).raise_for_status()
     samples = {"one host": [], "three hosts": []}
     for rnd in range(a.rounds):
         order = ["one host", "three hosts"] if rnd % 2 == 0 else ["three hosts", "one host"]

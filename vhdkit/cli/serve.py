@@ -12,7 +12,8 @@ from ._common import data_option, emit, json_option
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9292, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
-@data_option("Registry data directory.")
+@data_option("Data directory: the SQLite registry and image data, or with VHDKIT_DATABASE_URL and Swift "
+             "blobs only this host's scratch files.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (they share the registry's data directory).")
 @click.option("--auth", type=click.Choice(["headers", "keystone"]), default=None,
@@ -55,8 +56,9 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
     "Control panel"); the API stays where it is.
 
     Several hosts may serve one registry: each `vhdkit serve` and `vhdkit
-    worker` opens the same database and the same blob store in Swift itself
-    (docs/deployment.md).
+    worker` opens the same database (VHDKIT_DATABASE_URL=postgresql://...)
+    and the same blob store in Swift (VHDKIT_BLOB_STORE=swift) itself; see
+    docs/deployment.md.
 
     \b
     Example:

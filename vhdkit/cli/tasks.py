@@ -157,7 +157,8 @@ def task_wait(task_id, timeout, data_dir, account, roles, as_json):
 
 
 @main.command("worker")
-@data_option("Data directory shared with the API server and other workers.")
+@data_option("Data directory: the SQLite registry shared with the API server and other workers on this "
+             "host, or with VHDKIT_DATABASE_URL only this worker's scratch space.")
 @click.option("--once", is_flag=True, help="Run one pending task (if any) and exit.")
 @click.option("--until-idle", is_flag=True, help="Run tasks until none is pending, then exit.")
 @click.option("--poll", type=float, default=1.0, show_default=True, help="Seconds between polls when idle.")
