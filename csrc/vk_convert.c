@@ -29,24 +29,8 @@
 #define VK_WORKERS      8
 #define VK_SEGS         32
 
-typedef uint64_t __attribute__((may_alias)) vk_u64a;
-
 static int vk_raw_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err);
 
-int vk_is_zero(const uint8_t *p, size_t len)
-{
-    size_t i = 0;
-    /* Unaligned head, then 64 bytes per step (the compiler vectorises the
-     * OR-reduction), then the tail. */
-    while (i < len && ((uintptr_t)(p + i) & 7u)) if (p[i++]) return 0;
-    if (len - i >= 8 && *(const vk_u64a *)(p + i)) return 0;   /* data exits here */
-    for (; i + 64 <= len; i += 64) {
-        const vk_u64a *w = (const vk_u64a *)(p + i);
-        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) return 0;
-    }
-    for (; i < len; i++) if (p[i]) return 0;
-    return 1;
-}
 
 /* ---- the ring between reader thread and writer ------------------------ */
 typedef struct vk_slot {
@@ -515,10 +499,10 @@ static int vk_opts_check(const vk_write_opts *o, vk_err *err)
     if (o->kind != VK_OUT_RAW && o->kind != VK_OUT_FIXED && o->kind != VK_OUT_DYNAMIC)
         return vk_fail(err, VK_E_INVALID, UINT64_MAX, "unknown output kind %d", o->kind);
     if (o->kind == VK_OUT_DYNAMIC) {
-        uint32_t bs = o->block_size ? o->block_size : VK_DEFAULT_BLOCK;
-        if (bs < VK_MIN_BLOCK || bs > VK_MAX_BLOCK || (bs & (bs - 1)))
-            return vk_fail(err, VK_E_INVALID, UINT64_MAX,
-                           "block size %u is not a power of two between 512 KiB and 256 MiB", bs);
+        uint32_t bs = o->block_size ? o->block_size : VK_NEW_BLOCK_DEFAULT;
+        if (!vk_new_block_size_ok(bs))
+            return vk_fail(err, VK_E_INVALID, UINT64_MAX, "block size %u is not a power of two between %u KiB and %u MiB",
+                           bs, (unsigned)(VK_NEW_BLOCK_MIN >> 10), (unsigned)(VK_NEW_BLOCK_MAX >> 20));
         if (o->stream_out)
             return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX,
                            "a dynamic VHD cannot be written to a stream (its BAT is written last); write to a file");
@@ -575,7 +559,7 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
     memset(&dyn, 0, sizeof dyn);
     size_t chunk = VK_CHUNK;
     if (o->kind == VK_OUT_DYNAMIC) {
-        dyn.bs = o->block_size ? o->block_size : VK_DEFAULT_BLOCK;
+        dyn.bs = o->block_size ? o->block_size : VK_NEW_BLOCK_DEFAULT;
         dyn.bm = vk_bitmap_bytes(dyn.bs);
         uint64_t span = known ? res->plan.size : (o->size_hint ? o->size_hint : VK_MAX_VIRTUAL_SIZE);
         if (!known && span > VK_MAX_VIRTUAL_SIZE) span = VK_MAX_VIRTUAL_SIZE;

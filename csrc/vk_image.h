@@ -8,12 +8,7 @@
 #include <sys/types.h>
 #include "vk_internal.h"
 
-/* Sane limits for values read from files. */
-#define VK_MIN_BLOCK_SIZE   512u
-#define VK_MAX_BLOCK_SIZE   (1u << 30)
 #define VK_PATH_MAX         4096
-/* BAT entries we hold in memory: 2040 GiB in 64 KiB blocks (128 MiB). */
-#define VK_MAX_BAT_ENTRIES  (1u << 25)
 
 struct vkx_disk;
 

@@ -1,7 +1,7 @@
 """Import and export tasks end to end, on the embedded file-based default.
 
 Peers: qemu-img (content of what we export), vhdiinfo (the export is a
-standalone dynamic VHD), the spec-literal reference reader in tests/vhdref.py
+standalone dynamic VHD), the spec-literal reference reader in fixtures/vhdref.py
 (content of snapshot chains)."""
 from __future__ import annotations
 

@@ -157,6 +157,21 @@ class StorageError(VhdkitError, OSError):
         self.strerror = self.message
 
 
+class UnavailableError(StorageError):
+    """A service vhdkit depends on (the registry's database, the Swift of
+    image data and containers) did not answer or failed: the server's side,
+    and transient.  ``message`` says why (for the operator and the log); a
+    customer is shown only :attr:`PUBLIC`, which names no host or path."""
+    code = "unavailable"
+    http_status = 503
+    PUBLIC = "the service's storage is unavailable; try again later"
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """The registry's database cannot be reached (PostgreSQL down, network)."""
+    PUBLIC = "the image registry is unavailable; try again later"
+
+
 class NoSpaceError(StorageError):
     code = "no_space"
     http_status = 413
@@ -174,39 +189,27 @@ class OutOfSpaceError(NoSpaceError):
         super().__init__(message, **kw)
 
 
-class UnavailableError(StorageError):
-    """A service vhdkit depends on (the registry's database, the Swift of
-    image data and containers) did not answer or failed: transient, nothing
-    was changed by the call that met it.  The message names no host or path
-    (the cause goes to the log)."""
-    code = "unavailable"
-    http_status = 503
-    MESSAGE = "the service's storage is unavailable; try again later"
-
-    def __init__(self, message: str = MESSAGE, **kw):
-        super().__init__(message, **kw)
-
-
-# ---- native codes (csrc/vhdkit.h vk_code) -> exceptions: the one mapping ----
+# ---- native codes (csrc/vhdkit.h vk_code, by name) -> exceptions: the one mapping ----
 NATIVE_CODES = {
-    -1: StorageError,
-    -2: ResourceLimitError,
-    -3: InvalidInputError,
-    -4: FormatError,
-    -5: ChecksumError,
-    -6: UnsupportedError,
-    -7: OutOfRangeError,
-    -8: ChainError,
-    -9: NotFoundError,
-    -10: ConflictError,
-    -11: OperationInterrupted,
-    -12: ReadOnlyError,
-    -13: NoSpaceError,
+    "VK_E_IO": StorageError,
+    "VK_E_NOMEM": ResourceLimitError,
+    "VK_E_INVALID": InvalidInputError,
+    "VK_E_FORMAT": FormatError,
+    "VK_E_CHECKSUM": ChecksumError,
+    "VK_E_UNSUPPORTED": UnsupportedError,
+    "VK_E_RANGE": OutOfRangeError,
+    "VK_E_CHAIN": ChainError,
+    "VK_E_NOTFOUND": NotFoundError,
+    "VK_E_EXISTS": ConflictError,
+    "VK_E_INTERRUPTED": OperationInterrupted,
+    "VK_E_READONLY": ReadOnlyError,
+    "VK_E_NOSPACE": NoSpaceError,
 }
 
 
-def from_native(code: int, message: str, *, offset: Optional[int] = None, sys_errno: int = 0) -> VhdkitError:
-    """Build the exception for a native ``vk_code`` (negative int)."""
+def from_native(code: str, message: str, *, offset: Optional[int] = None, sys_errno: int = 0) -> VhdkitError:
+    """Build the exception for a native ``vk_code``, named as the core names it
+    (``vk_code_name``: "VK_E_FORMAT", ...)."""
     if offset is not None and offset >= 2**64 - 1:
         offset = None
     cls = NATIVE_CODES.get(code, VhdkitError)

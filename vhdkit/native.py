@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
     ) from exc
 
 #: Must equal VK_ABI_VERSION in csrc/vk_internal.h.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 if lib.vk_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
@@ -35,6 +35,7 @@ def check(rc: int, err) -> int:
     """Raise the mapped exception if ``rc`` is a negative vk_code; else return rc."""
     if rc < 0:
         code = err.code if err.code < 0 else rc
-        msg = ffi.string(err.msg).decode("utf-8", "replace") or ffi.string(lib.vk_code_name(code)).decode()
-        raise errors.from_native(code, msg, offset=int(err.offset), sys_errno=int(err.sys_errno))
+        name = ffi.string(lib.vk_code_name(code)).decode()
+        msg = ffi.string(err.msg).decode("utf-8", "replace") or name
+        raise errors.from_native(name, msg, offset=int(err.offset), sys_errno=int(err.sys_errno))
     return rc

@@ -68,7 +68,7 @@ def _open_registry(settings: Settings):
     """The registry this host serves: every API host and worker opens the same
     database and blob store itself (docs/deployment.md)."""
     from ..registry import Registry
-    return Registry(settings.data_dir, size_cap=settings.max_image_size)
+    return Registry(settings.data_dir, size_cap=settings.max_image_size, database_url=settings.database_url)
 
 
 def app_factory() -> Starlette:

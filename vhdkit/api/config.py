@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Mapping, Optional
 
+from ..registry.db import DATABASE_URL_ENV
 
 #: the interoperable import methods this server implements (api/imports.py)
 IMPORT_METHODS = ("glance-direct", "web-download")
@@ -14,6 +15,7 @@ IMPORT_METHODS = ("glance-direct", "web-download")
 @dataclass(frozen=True)
 class Settings:
     data_dir: Optional[str] = None       # VHDKIT_HOME (the registry's default when None)
+    database_url: Optional[str] = None   # postgresql://... (None: SQLite in data_dir); see registry/db.py
     max_json_body: int = 64 * 1024        # bytes of a JSON request body
     max_json_depth: int = 16              # nesting of arrays/objects in a JSON body
     max_image_size: int = 1 << 40         # bytes of uploaded image data (Glance's image_size_cap)
@@ -49,6 +51,7 @@ class Settings:
 
     ENV = {
         "data_dir": "VHDKIT_HOME",
+        "database_url": DATABASE_URL_ENV,
         "max_json_body": "VHDKIT_API_MAX_JSON_BODY",
         "max_json_depth": "VHDKIT_API_MAX_JSON_DEPTH",
         "max_image_size": "VHDKIT_API_MAX_IMAGE_SIZE",

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import OutOfSpaceError, UnavailableError, VhdkitError, public_message
+from ..errors import DatabaseUnavailableError, OutOfSpaceError, UnavailableError, VhdkitError, public_message
 
 log = logging.getLogger("vhdkit.api")
 
@@ -62,8 +62,8 @@ async def _vhdkit_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 500:  # an unexpected fault of the server: its details (paths, errno texts) stay in the log
         return error_response(status, "The server failed to complete the request; see its log.")
     if isinstance(exc, UnavailableError):  # which host or file did not answer stays in the log
-        return _unavailable()
-    return error_response(status, public_message(exc.message))
+        return error_response(status, exc.PUBLIC, {"Retry-After": "5"})
+    return error_response(status, getattr(exc, "PUBLIC", None) or public_message(exc.message))
 
 
 async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
@@ -74,10 +74,6 @@ async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
     elif exc.status_code == 405:
         detail = f"Method {request.method} is not allowed on {request.url.path}"
     return error_response(exc.status_code, detail, exc.headers)
-
-
-def _unavailable() -> JSONResponse:
-    return error_response(UnavailableError.http_status, UnavailableError.MESSAGE, {"Retry-After": "5"})
 
 
 def database_unreachable(exc: BaseException) -> bool:
@@ -95,7 +91,8 @@ def database_unreachable(exc: BaseException) -> bool:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     if database_unreachable(exc):
         log.error("%s %s: registry database unavailable", request.method, request.url.path, exc_info=exc)
-        return _unavailable()
+        return error_response(DatabaseUnavailableError.http_status, DatabaseUnavailableError.PUBLIC,
+                              {"Retry-After": "5"})
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         log.error("%s %s: out of space", request.method, request.url.path, exc_info=exc)
         return error_response(OutOfSpaceError.http_status, OutOfSpaceError.MESSAGE)

@@ -158,10 +158,26 @@ SIZE = SizeType()
 # `--account`/`--roles`/VHDKIT_ACCOUNT/VHDKIT_ROLES mean the same everywhere.
 
 def data_option(help_text: str = "Data directory (registry, object store, task work).") -> Callable:
-    """--data DIR [env VHDKIT_HOME]; the command receives ``data_dir`` (None: the default)."""
-    return click.option("--data", "data_dir", envvar="VHDKIT_HOME", metavar="DIR", default=None,
-                        help=f"{help_text} [env VHDKIT_HOME; default $XDG_DATA_HOME/vhdkit, "
-                             "i.e. ~/.local/share/vhdkit].")
+    """--data DIR [env VHDKIT_HOME]; the command receives ``data_dir`` (None: the default).
+    With it, --database-url URL [env VHDKIT_DATABASE_URL]: the registry's
+    database (see vhdkit/registry/db.py), exported for the registry and the
+    processes the command starts."""
+    def deco(f: Callable) -> Callable:
+        f = click.option("--database-url", metavar="URL", default=None, expose_value=False,
+                         callback=_set_database_url,
+                         help="The registry's database: postgresql://USER@HOST:PORT/DB "
+                              "[env VHDKIT_DATABASE_URL; default: SQLite in the data directory].")(f)
+        return click.option("--data", "data_dir", envvar="VHDKIT_HOME", metavar="DIR", default=None,
+                            help=f"{help_text} [env VHDKIT_HOME; default $XDG_DATA_HOME/vhdkit, "
+                                 "i.e. ~/.local/share/vhdkit].")(f)
+    return deco
+
+
+def _set_database_url(ctx: Any, param: Any, value: Optional[str]) -> None:
+    if value:
+        from ..registry.db import DATABASE_URL_ENV
+
+        os.environ[DATABASE_URL_ENV] = value
 
 
 def identity_options(f: Callable) -> Callable:

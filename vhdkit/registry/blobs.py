@@ -532,13 +532,11 @@ class SwiftUpload(Upload):
 
 def footer_virtual_size(tail: bytes) -> Optional[int]:
     """``current_size`` of a VHD footer in the last 512 bytes (None if they are no
-    valid footer: cookie and one's-complement checksum are checked)."""
-    if len(tail) != 512 or tail[:8] != b"conectix":
-        return None
-    stored = int.from_bytes(tail[64:68], "big")
-    if (~(sum(tail[:64]) + sum(tail[68:])) & 0xFFFFFFFF) != stored:
-        return None
-    return int.from_bytes(tail[48:56], "big")
+    valid footer: the native core checks cookie, checksum and disk type)."""
+    from ..vhd import layout
+
+    f = layout.footer(tail) if len(tail) == layout.FOOTER_BYTES else None
+    return None if f is None else f.current_size
 
 
 def iter_file(f: BinaryIO, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:

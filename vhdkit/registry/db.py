@@ -22,7 +22,7 @@ import os
 import sqlite3
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import OutOfSpaceError, StorageError, UnavailableError, UnsupportedError
+from ..errors import DatabaseUnavailableError, OutOfSpaceError, StorageError, UnsupportedError
 
 #: the one setting that chooses the registry's database (unset: SQLite in the data directory)
 DATABASE_URL_ENV = "VHDKIT_DATABASE_URL"
@@ -203,7 +203,7 @@ def _begin(conn: Any, stmt: str) -> None:
     except conn.Error as exc:
         if is_full(exc):
             raise OutOfSpaceError() from None
-        raise UnavailableError(f"registry database busy or unavailable: {exc}") from None
+        raise DatabaseUnavailableError(f"registry database busy or unavailable: {exc}") from None
 
 
 class _PgRow(tuple):
@@ -241,6 +241,7 @@ class PgConnection:
         self._psycopg = psycopg
         self.Error = psycopg.Error
         self._sql: dict = {}
+        self._in_txn = False
         self._c = self._connect()
 
     def _connect(self) -> Any:
@@ -257,11 +258,14 @@ class PgConnection:
         return out
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self._c.broken or self._c.closed:
-            # the server went away (restarted, or a connection lost): the
-            # transaction that met it has failed already (its error went up),
-            # so this statement begins anew (or rolls back) on a new connection
-            self._c = self._connect()
+        if sql == "BEGIN" or sql.startswith("BEGIN "):
+            if self._c.broken:
+                self._c = self._connect()      # the server went away between transactions
+            self._in_txn = True
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self._in_txn = False
+        elif self._c.broken and not self._in_txn:
+            self._c = self._connect()          # (never inside a transaction: its work is lost)
         try:
             return self._c.execute(self._translate(sql), tuple(params))
         except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
@@ -315,7 +319,8 @@ class PgConnection:
 def _storage_error(exc: BaseException) -> Exception:
     if is_full(exc):
         return OutOfSpaceError()
-    return UnavailableError(f"registry database unavailable: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}")
+    why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseUnavailableError(f"registry database unavailable: {why}")
 
 
 Connection = Any   # SqliteConnection | PgConnection
@@ -342,7 +347,7 @@ def _connect_sqlite(path: str) -> SqliteConnection:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False, factory=SqliteConnection)
     except sqlite3.Error as exc:
-        raise UnavailableError(f"cannot open registry database {path}: {exc}") from None
+        raise DatabaseUnavailableError(f"cannot open registry database {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")

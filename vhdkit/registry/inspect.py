@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,13 +144,15 @@ class _InspectingReader(io.RawIOBase):
     # -- while streaming
     def _early(self, head: bytes) -> None:
         if self.kind == "vhd":
-            if head[:8] == b"conectix":   # a footer copy: a dynamic or differencing disk
-                dtype = struct.unpack_from(">I", head, 60)[0]
-                size = struct.unpack_from(">Q", head, 48)[0]
-                if dtype == 4:
+            from ..vhd import layout
+
+            # a footer copy: a dynamic or differencing disk
+            f = layout.footer(head[:layout.FOOTER_BYTES]) if len(head) >= layout.FOOTER_BYTES else None
+            if f is not None:
+                if f.disk_type == layout.lib.VK_DISK_DIFF:
                     raise _refuse(_has_parent(_UPLOADED).message)
-                if size > self.limits.max_virtual_size:
-                    raise _refuse(_too_big(_UPLOADED, size, self.limits).message)
+                if f.current_size > self.limits.max_virtual_size:
+                    raise _refuse(_too_big(_UPLOADED, f.current_size, self.limits).message)
         else:
             from ..ova import _safe_name  # one rule for member names
             from ..errors import ArchiveError

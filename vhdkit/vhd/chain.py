@@ -19,6 +19,7 @@ from .. import errors
 from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
 from ..progress import Progress
+from . import layout
 from . import read as _read
 from . import write as _write
 
@@ -38,15 +39,13 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
-_VHD_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
 
 
 def _b(p: PathLike) -> bytes:
     return os.fsencode(os.fspath(p))
 
 
-def _time(ts: int) -> _dt.datetime:
-    return _VHD_EPOCH + _dt.timedelta(seconds=int(ts))
+_time = layout.to_datetime
 
 
 def _u(cbuf) -> _uuid.UUID:

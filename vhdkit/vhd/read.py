@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .. import native
 from ..errors import InvalidInputError
+from . import layout
+from .layout import DISK_TYPES
 
 __all__ = [
     "open", "info", "check", "probe", "probe_format", "map",
@@ -36,11 +38,9 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: size_rule names -> vk_size_rule
-SIZE_RULES = {"auto": 0, "current": 1, "chs": 2, "original": 3}
+SIZE_RULES = {"auto": native.lib.VK_SIZE_AUTO, "current": native.lib.VK_SIZE_CURRENT,
+              "chs": native.lib.VK_SIZE_CHS, "original": native.lib.VK_SIZE_ORIGINAL}
 _RULE_NAMES = {v: k for k, v in SIZE_RULES.items()}
-#: footer disk type -> name
-DISK_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
-_VHD_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
 _MAX_READ = 1 << 30     # one native call reads at most this much
 
 
@@ -182,8 +182,7 @@ def _str(cbuf) -> str:
     return native.ffi.string(cbuf).decode("utf-8", "replace")
 
 
-def _time(ts: int) -> _dt.datetime:
-    return _VHD_EPOCH + _dt.timedelta(seconds=int(ts))
+_time = layout.to_datetime
 
 
 def _guid(b) -> str:
@@ -192,8 +191,10 @@ def _guid(b) -> str:
 
 
 #: VHDX payload block states (BAT entry bits 0-2) by number
-VHDX_BLOCK_STATES = {0: "not_present", 1: "undefined", 2: "zero", 3: "unmapped", 6: "fully_present",
-                     7: "partially_present"}
+VHDX_BLOCK_STATES = {native.lib.VKX_PAYLOAD_NOT_PRESENT: "not_present", native.lib.VKX_PAYLOAD_UNDEFINED: "undefined",
+                     native.lib.VKX_PAYLOAD_ZERO: "zero", native.lib.VKX_PAYLOAD_UNMAPPED: "unmapped",
+                     native.lib.VKX_PAYLOAD_FULLY_PRESENT: "fully_present",
+                     native.lib.VKX_PAYLOAD_PARTIALLY: "partially_present"}
 
 
 def _vhdx_info(img, layer: int) -> Dict[str, Any]:
@@ -237,8 +238,8 @@ def _layer_info(img, layer: int) -> VhdInfo:
     pbuf = ffi.new("char[]", 4096)
     native.check(lib.vk_image_path(img, layer, pbuf, 4096, err), err)
     vhdx = _vhdx_info(img, layer) if ci.format == 1 else None
-    dynamic = ci.disk_type in (3, 4) or vhdx is not None
-    diff = ci.disk_type == 4 and vhdx is None
+    dynamic = ci.disk_type in (lib.VK_DISK_DYNAMIC, lib.VK_DISK_DIFF) or vhdx is not None
+    diff = ci.disk_type == lib.VK_DISK_DIFF and vhdx is None
     locs: List[Locator] = []
     if dynamic and vhdx is None:
         cl = ffi.new("vk_locator_info *")

@@ -27,6 +27,7 @@ from .. import errors
 from ..fileutil import atomic_fd, refuse_existing
 from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
+from . import layout
 
 __all__ = [
     "create", "convert", "modify", "repair", "compare", "size_plan",
@@ -36,12 +37,11 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 Progress = Callable[[int, Optional[int]], None]
 
-_VHD_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
-_RULES = {"exact": 0, "chs": 1, "azure": 2}
-_KINDS = {"raw": 0, "fixed": 2, "dynamic": 3}
+_RULES = {"exact": lib.VK_RULE_EXACT, "chs": lib.VK_RULE_CHS, "azure": lib.VK_RULE_AZURE}
+_KINDS = {"raw": lib.VK_OUT_RAW, "fixed": lib.VK_OUT_FIXED, "dynamic": lib.VK_OUT_DYNAMIC}
 _KIND_NAMES = {v: k for k, v in _KINDS.items()}
-_DISK_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
-_MAX_SIZE = 2040 << 30
+_DISK_TYPES = layout.DISK_TYPES
+_MAX_SIZE = layout.MAX_VIRTUAL_SIZE
 
 
 # ---- result objects -------------------------------------------------------
@@ -145,14 +145,13 @@ def _ts_to_vhd(ts: Union[None, str, int, float, _dt.datetime]) -> Optional[int]:
         ts = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=_dt.timezone.utc)
-    secs = int((ts - _VHD_EPOCH).total_seconds())
+    secs = layout.from_datetime(ts)
     if not 0 <= secs <= 0xFFFFFFFF:
         raise errors.InvalidInputError(f"timestamp {ts.isoformat()} is outside what a VHD stores (2000..2136)")
     return secs
 
 
-def _vhd_to_ts(secs: int) -> _dt.datetime:
-    return _VHD_EPOCH + _dt.timedelta(seconds=int(secs))
+_vhd_to_ts = layout.to_datetime
 
 
 def _creator_bytes(creator: Optional[str]) -> Optional[bytes]:
@@ -481,8 +480,9 @@ def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None,
         bat_relocated=bool(res.bat_relocated), writes=int(res.writes))
 
 
-_ACTIONS = {0: "none", 1: "end-footer-restored", 2: "backup-footer-restored", 3: "end-footer-appended",
-            4: "fixed-tail-cut"}
+_ACTIONS = {lib.VK_REPAIR_NONE: "none", lib.VK_REPAIR_END_RESTORED: "end-footer-restored",
+            lib.VK_REPAIR_COPY_RESTORED: "backup-footer-restored", lib.VK_REPAIR_END_APPENDED: "end-footer-appended",
+            lib.VK_REPAIR_FIXED_CUT: "fixed-tail-cut"}
 
 
 def repair(path: PathLike, *, dry_run: bool = False, force: bool = False) -> RepairResult:
