@@ -315,3 +315,8 @@ del test_cli_download_detects_corrupted_data  # noqa: F821
 def api_server(host_a):  # noqa: F811 - replaces the star-imported one: these suites run through host_a
     """For the suites re-run here: one of several hosts stands for `vhdkit serve`."""
     return host_a
+
+
+@pytest.fixture(scope="module")
+def api_engine(hosts):  # noqa: F811 - replaces the star-imported one (once, on the hosts' database)
+    return hosts.db_env["VHDKIT_DATABASE_URL"]
