@@ -397,7 +397,7 @@ typedef struct vk_modify_result {
 /* Rewrite footer (both copies), header and BAT as needed.  Every step leaves
  * an image that vk_repair (or check) can bring back: the end footer is
  * written last for dynamic images.  The test hook
- * VHDKIT_TEST_ABORT_AFTER_WRITES=N stops with VK_E_INTERRUPTED after N writes. */
+ * vk_options.abort_after_writes=N stops with VK_E_INTERRUPTED after N writes. */
 int vk_modify(const char *path, const vk_modify_opts *opts, vk_modify_result *res, vk_err *err);
 
 /* A block whose data lay past the end of a cut-short dynamic image: after
@@ -438,6 +438,21 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err);
 
 /* Zero detection (word-wise): 1 if len bytes at p are all zero. */
 int vk_is_zero(const uint8_t *p, size_t len);
+
+/* Process-wide options (vk_common.c).  The core reads no environment: the
+ * caller sets these (vhdkit.native.set_options), before the calls they are
+ * meant for. */
+typedef struct vk_options {
+    int  io_threads;          /* threads of a conversion between seekable files,
+                                 1..8; 0 = one per CPU, 2..4                  */
+    long abort_after_writes;  /* test hook: modify, repair, coalesce into the
+                                 parent and writes through an image opened
+                                 read-write stop with VK_E_INTERRUPTED after
+                                 this many writes; -1 = never                 */
+} vk_options;
+
+void vk_set_options(const vk_options *opts);
+void vk_get_options(vk_options *opts);
 
 /* ==== chains: snapshot, coalesce, reparent (vk_chain.c, ...) ============= */
 /*
@@ -498,7 +513,7 @@ typedef struct vk_merge_result {
 /* Merge the leaf of `child` (a differencing disk with its chain opened)
  * into its parent, in place.  journal_path: the intent journal (created
  * before the first write to the parent, removed after the final fsync).
- * The test hook VHDKIT_TEST_ABORT_AFTER_WRITES=N stops after N writes. */
+ * The test hook vk_options.abort_after_writes=N stops after N writes. */
 int vk_coalesce_into_parent(vk_image *child, const char *journal_path, vk_merge_result *res, vk_err *err);
 
 /* Point the differencing disk at child_path to the (opened) new parent:

@@ -10,6 +10,11 @@
 
 int vk_abi_version(void) { return VK_ABI_VERSION; }
 
+static vk_options vk_opts = {0, -1};
+
+void vk_set_options(const vk_options *opts) { vk_opts = *opts; }
+void vk_get_options(vk_options *opts) { *opts = vk_opts; }
+
 const char *vk_code_name(int code)
 {
     switch (code) {

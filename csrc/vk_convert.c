@@ -178,10 +178,10 @@ static int vk_out_write(vk_out *o, const uint8_t *buf, size_t len, uint64_t off,
     return VK_OK;
 }
 
-/* pwrite in pieces of VK_WRITE_PIECE.  One 2 MiB pwrite into the page
- * cache was measured at anything from 0.6 to 7 s of system time per GiB on
- * ext4 (large-folio copies in a VM); 256 KiB pieces stay at 0.55-0.6 s, as
- * cp's 128 KiB writes do. */
+/* pwrite in pieces of VK_WRITE_PIECE.  A single large pwrite into the page
+ * cache can cost the kernel many times the system time of the same bytes in
+ * pieces (large-folio copies on ext4); pieces of the order cp writes keep a
+ * write at the cost of copying its pages. */
 static int vk_out_pwrite(vk_out *o, const uint8_t *buf, size_t len, uint64_t off, vk_err *err)
 {
     int rc = VK_OK;
@@ -220,9 +220,9 @@ static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
         size_t j = i;
         while (j < to && !s->gz[j / VK_GRANULE]) j = (j / VK_GRANULE + 1) * VK_GRANULE;
         if (j > to) j = to;
-        /* From the buffer: the bytes were read anyway for the zero map, and a
-         * pwrite of them costs less system time than copy_file_range (which
-         * reads the page cache a second time; measured on ext4). */
+        /* From the buffer: the bytes were read anyway for the zero map, so a
+         * pwrite of them costs less than copy_file_range, which would read
+         * the page cache a second time. */
         int rc = vk_out_pwrite(o, s->buf + i, j - i, file_off + (i - from), err);
         if (rc) return rc;
         __atomic_fetch_add(&o->data_bytes, j - i, __ATOMIC_RELAXED);
@@ -349,7 +349,7 @@ typedef struct vk_worker {
 } vk_worker;
 
 /* Parallel path (seekable input and output): each worker (one per CPU, 2..4;
- * VHDKIT_WORKERS=N overrides, 1..8) reads a chunk,
+ * vk_options.io_threads overrides, 1..8) reads a chunk,
  * maps its zeros and writes it at its own offset, so reads and writes of
  * different chunks overlap without a hand-off between threads. */
 static void *vk_worker_main(void *arg)
@@ -392,8 +392,8 @@ static void *vk_worker_main(void *arg)
         }
         /* Reads and zero maps run in parallel; writes take turns.  Two
          * threads writing one file contend for its inode lock, and the
-         * kernel spins the waiter on it: measured on ext4 in a VM, up to
-         * 7 s of system time for 1 GiB written instead of 0.6 s. */
+         * kernel spins the waiter on it, which costs far more system time
+         * than the writes themselves. */
         pthread_mutex_lock(&j->wmu);
         rc = vk_chunk_out(j, s, &err);
         pthread_mutex_unlock(&j->wmu);
@@ -591,9 +591,10 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
     pthread_mutex_init(&dyn.mu, NULL);
     uint64_t vend = 0;
     if (!src->stream && !out.stream) {
-        const char *w = getenv("VHDKIT_WORKERS");
+        vk_options opts;
+        vk_get_options(&opts);
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        int nw = w && *w ? atoi(w) : (int)(cpus < 2 ? 2 : cpus > 4 ? 4 : cpus);
+        int nw = opts.io_threads ? opts.io_threads : (int)(cpus < 2 ? 2 : cpus > 4 ? 4 : cpus);
         if (nw < 1 || nw > VK_WORKERS) nw = VK_WORKERS;
         rc = vk_run_parallel(&job, nw, err);
         vend = src->size;

@@ -45,7 +45,7 @@ struct vk_image {
      * and the state of a leaf opened for writing (rw = 1). */
     uint64_t  bytes_read;
     int       rw;
-    long      abort_after;      /* test hook VHDKIT_TEST_ABORT_AFTER_WRITES, or -1 */
+    long      abort_after;      /* test hook vk_options.abort_after_writes, or -1 */
     uint32_t  writes;
     uint64_t  alloc_next;       /* end of everything the leaf references */
 };

@@ -10,7 +10,7 @@
 #include <stdarg.h>
 #include "vhdkit.h"
 
-#define VK_ABI_VERSION 5
+#define VK_ABI_VERSION 6
 
 /* ---- big-endian helpers ----------------------------------------------- */
 static inline uint16_t vk_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }

@@ -113,7 +113,7 @@ typedef struct vk_rw {
 static int vk_rw_step(vk_rw *rw, const void *buf, size_t len, uint64_t off, vk_err *err)
 {
     if (rw->abort_after >= 0 && rw->writes >= (uint32_t)rw->abort_after)
-        return vk_fail(err, VK_E_INTERRUPTED, off, "stopped by VHDKIT_TEST_ABORT_AFTER_WRITES after %u writes",
+        return vk_fail(err, VK_E_INTERRUPTED, off, "stopped by the abort_after_writes test hook after %u writes",
                        rw->writes);
     int rc = vk_pwrite_full(rw->fd, buf, len, off, err);
     if (!rc) rw->writes++;
@@ -123,7 +123,7 @@ static int vk_rw_step(vk_rw *rw, const void *buf, size_t len, uint64_t off, vk_e
 static int vk_rw_truncate(vk_rw *rw, uint64_t size, vk_err *err)
 {
     if (rw->abort_after >= 0 && rw->writes >= (uint32_t)rw->abort_after)
-        return vk_fail(err, VK_E_INTERRUPTED, size, "stopped by VHDKIT_TEST_ABORT_AFTER_WRITES after %u writes",
+        return vk_fail(err, VK_E_INTERRUPTED, size, "stopped by the abort_after_writes test hook after %u writes",
                        rw->writes);
     if (ftruncate(rw->fd, (off_t)size) != 0) return vk_fail_errno(err, errno, size, "cannot resize the image");
     rw->writes++;
@@ -206,8 +206,9 @@ static int vk_rw_open(vk_rw *rw, const char *path, int writable, vk_err *err)
     /* footers repair can trust: cookie, checksum and disk type intact */
     rw->end_ok = vk_footer_intact(rw->endb, &rw->end, NULL) == VK_OK;
     rw->c0_ok = vk_footer_intact(rw->c0b, &rw->c0, NULL) == VK_OK && rw->c0.disk_type != VK_DISK_FIXED;
-    const char *hook = getenv("VHDKIT_TEST_ABORT_AFTER_WRITES");
-    rw->abort_after = hook && *hook ? strtol(hook, NULL, 10) : -1;
+    vk_options opts;
+    vk_get_options(&opts);
+    rw->abort_after = opts.abort_after_writes;
     return VK_OK;
 }
 

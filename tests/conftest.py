@@ -55,3 +55,13 @@ def sample(samples_dir, tmp_path_factory):
 # the whole session here: imported into several test modules instead, each
 # module would get its own "session" fixture and start another Swift.
 pytest_plugins = ["helpers_swift", "helpers_keystone", "helpers_pg"]
+
+
+@pytest.fixture
+def abort_after_writes():
+    """Set the native writers' test hook (vhdkit/testhooks.py): ``abort_after_writes(n)``
+    stops them after n writes, ``abort_after_writes(None)`` never; reset after the test."""
+    from vhdkit import testhooks
+
+    yield testhooks.abort_after_writes
+    testhooks.abort_after_writes(None)

@@ -116,6 +116,15 @@ class PgServer:
                            preexec_fn=_as_user(uid, gid, signal.SIGKILL))
         if r.returncode != 0:
             pytest.fail(f"initdb failed: {r.stderr[-2000:]}")
+        self.log = open(os.path.join(self.dir, "postgres.log"), "wb")
+        for _attempt in range(5):     # a port picked free may be taken before postgres binds it
+            if self._run(bindir, data, env, uid, gid):
+                return
+        self.stop()
+        pytest.fail(f"postgres could not listen on a free port: {self._log_tail()}")
+
+    def _run(self, bindir: str, data: str, env: dict, uid: int, gid: int) -> bool:
+        """Start postgres on a free port; False if that port was taken meanwhile."""
         self.port = _free_port()
         # Throw-away data: no fsync, no durability waits (the tests check the
         # registry's semantics, not PostgreSQL's crash safety).
@@ -126,19 +135,21 @@ class PgServer:
         args = [os.path.join(bindir, "postgres"), "-D", data]
         for k, v in opts.items():
             args += ["-c", f"{k}={v}"]
-        self.log = open(os.path.join(self.dir, "postgres.log"), "wb")
         self.proc = subprocess.Popen(args, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, preexec_fn=_as_user(uid, gid, signal.SIGQUIT))
         self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         deadline = time.monotonic() + _STARTUP_S
         while True:
             if self.proc.poll() is not None:
+                if "could not bind" in self._log_tail() or "already in use" in self._log_tail():
+                    return False
+                self.stop()
                 pytest.fail(f"postgres exited at start: {self._log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
                 self.admin("SELECT 1")
-                break
+                return True
             except Exception:
                 if time.monotonic() > deadline:
                     self.stop()

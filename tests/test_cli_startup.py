@@ -25,7 +25,7 @@ HEAVY = ("numpy", "xxhash", "zstandard", "isal", "defusedxml", "starlette", "uvi
          "swiftclient", "hashlib", "concurrent.futures", "vhdkit.api", "vhdkit.pipeline", "vhdkit.remote",
          "vhdkit.swiftstore", "vhdkit.segments", "vhdkit.ova", "vhdkit.streams", "vhdkit.store",
          "vhdkit.exportstream", "vhdkit.maintenance", "psycopg", "sqlalchemy", "alembic")
-FORMAT_ONLY = ("vhdkit.registry", "vhdkit.home", "sqlite3")
+FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3")
 REGISTRY_ONLY = ("vhdkit.vhd", "vhdkit.native", "vhdkit._native", "_cffi_backend")
 
 _RUN = ("import sys\nfrom vhdkit.cli import main\n"

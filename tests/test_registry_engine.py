@@ -31,9 +31,7 @@ def test_alembic_head_is_the_cheap_check_head():
 
 
 def test_database_url_is_one_setting(monkeypatch, tmp_path):
-    monkeypatch.delenv(regdb.DATABASE_URL_ENV, raising=False)
-    assert regdb.database_url() is None
-    monkeypatch.setenv(regdb.DATABASE_URL_ENV, "mysql://x@h/db")
+    monkeypatch.setenv("VHDKIT_DATABASE_URL", "mysql://x@h/db")
     with pytest.raises(UnsupportedError, match="must start with postgresql://"):
         Registry(str(tmp_path))
 
@@ -51,7 +49,7 @@ def _pre_alembic_registry(home: Path, version: int) -> None:
 
 
 def test_pre_alembic_registry_at_head_is_stamped_in_place(tmp_path, monkeypatch):
-    monkeypatch.delenv(regdb.DATABASE_URL_ENV, raising=False)
+    monkeypatch.delenv("VHDKIT_DATABASE_URL", raising=False)
     home = tmp_path / "home"
     _pre_alembic_registry(home, regdb.HEAD)
     with Registry(str(home)) as r:
@@ -64,7 +62,7 @@ def test_pre_alembic_registry_at_head_is_stamped_in_place(tmp_path, monkeypatch)
 
 
 def test_newer_pre_alembic_registry_refused_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.delenv(regdb.DATABASE_URL_ENV, raising=False)
+    monkeypatch.delenv("VHDKIT_DATABASE_URL", raising=False)
     home = tmp_path / "home"
     _pre_alembic_registry(home, regdb.HEAD + 1)
     with pytest.raises(UnsupportedError) as e:

@@ -1,4 +1,4 @@
-"""Property rules of shared/RBAC.md: name vs other properties, the com.rackspace
+"""Property rules of docs/rbac.md: name vs other properties, the com.rackspace
 prefix, read-only base fields, and rules files in Glance's property-protections
 roles format."""
 from __future__ import annotations

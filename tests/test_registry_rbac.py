@@ -1,4 +1,4 @@
-"""The RBAC matrix (shared/RBAC.md), generated from vhdkit.registry.MATRIX:
+"""The RBAC matrix (docs/rbac.md), generated from vhdkit.registry.MATRIX:
 every operation x every role x owner/member/stranger is *performed*, and must
 succeed or fail exactly as the table and the ownership rules say.  A few rows
 are also spelled out literally from RBAC.md, so that a wrong table fails too."""

@@ -1,5 +1,5 @@
 """Sharing scenarios of the Rackspace Cloud Images FAQ and the member rules of
-shared/RBAC.md."""
+docs/rbac.md."""
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """The vhdkit exception hierarchy, and the one place where native error codes
-become exceptions (:func:`from_native`).
+(:func:`from_native`) and failed system calls (:func:`from_oserror`) become
+exceptions.
 
 Every exception carries a message a user can act on, a stable ``code`` string
 for scripts and task messages, and the HTTP status the API layer answers with.
@@ -50,6 +51,11 @@ class FormatError(VhdkitError):
     """An image, archive or manifest is malformed."""
     code = "format"
     http_status = 400
+
+
+class ValidationFailed(FormatError):
+    """A disk that opens failed ``check``; the message names the first problem."""
+    code = "validation"
 
 
 class ChecksumError(FormatError):
@@ -173,8 +179,10 @@ class DatabaseUnavailableError(UnavailableError):
 
 
 class NoSpaceError(StorageError):
+    """A file system is full (ENOSPC) or a disk quota is used up (EDQUOT).
+    Behind the API that is always the service's own storage: 507."""
     code = "no_space"
-    http_status = 413
+    http_status = 507
 
 
 class OutOfSpaceError(NoSpaceError):
@@ -218,6 +226,33 @@ def from_native(code: str, message: str, *, offset: Optional[int] = None, sys_er
     if issubclass(cls, StorageError):
         return cls(message, offset=offset, sys_errno=sys_errno)
     return cls(message, offset=offset)
+
+
+# ---- failed system calls -> exceptions: the one errno mapping ---------------
+_FULL = (_errno.ENOSPC, _errno.EDQUOT)
+
+
+def from_oserror(exc: OSError, what: str, *, service: bool = False) -> VhdkitError:
+    """The exception for ``exc``, a failed system call on ``what`` (the caller's
+    description of the file or operation, which starts the message).
+
+    - ENOSPC and EDQUOT: no space.  On the service's own files (``service``:
+      the blob store, the database directory, spool and work files) that is
+      :class:`OutOfSpaceError` (507, its message names no path); else
+      :class:`NoSpaceError`.
+    - ENOENT: :class:`NotFoundError` for what a caller names (an object, a
+      container, a file); on the service's own files it is the server's fault,
+      a :class:`StorageError`.
+    - anything else: :class:`StorageError` with the system's text.
+    """
+    e = exc.errno
+    if e in _FULL:
+        if service:
+            return OutOfSpaceError(sys_errno=e)
+        return NoSpaceError(f"{what}: no space left on device", sys_errno=e)
+    if e == _errno.ENOENT and not service:
+        return NotFoundError(f"{what}: not found")
+    return StorageError(f"{what}: {exc.strerror or exc}", sys_errno=e or 0)
 
 
 # ---- what a customer may read -------------------------------------------------

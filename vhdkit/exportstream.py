@@ -37,7 +37,7 @@ import time
 import uuid as _uuid
 from typing import List, Optional, Tuple
 
-from .errors import ArchiveError, IntegrityError, OutputLimitError, VhdkitError
+from .errors import ArchiveError, IntegrityError, OutputLimitError, ValidationFailed, VhdkitError
 from .ova import DiskOutputGuard
 from .vhd import layout
 from .vhd.layout import SECTOR, renew_footer
@@ -387,28 +387,20 @@ class RenewedVhdStream(io.RawIOBase):
         os.pwrite(self._skel, tail, self._pos - SECTOR)
         os.ftruncate(self._skel, self._pos)
         # ranges still uncopied lie past the end of the file: check reports that (BAT_PAST_EOF)
-        self._check("the stored VHD failed validation", 397)
+        self._check("the stored VHD failed validation", ValidationFailed)
         renewed = renew_footer(tail, self.uuid, self.timestamp)
         os.pwrite(self._skel, renew_footer(self.copy_footer, self.uuid, self.timestamp), 0)
         os.pwrite(self._skel, renewed, self._pos - SECTOR)
-        self._check("the exported VHD's renewed metadata failed validation", 500)
+        # the stored disk checked clean, so a problem now is in what this pass wrote
+        self._check("the exported VHD's renewed metadata failed validation", VhdkitError)
         return renewed
 
-    def _check(self, what: str, number: int) -> None:
+    def _check(self, what: str, error: type) -> None:
+        """Raise ``error`` naming the first problem ``check`` finds, if any."""
         from .vhd import check
 
         rep = check(self.skeleton, parents=False)
         if not rep.ok:
             p = rep.problems[0]
             more = f" (and {len(rep.problems) - 1} more problems)" if len(rep.problems) > 1 else ""
-            raise StreamCheckFailed(number, f"{what}: {p.code}: {p.message}{more}")
-
-
-class StreamCheckFailed(VhdkitError):
-    """The pass's final ``check`` found a problem; ``number`` is the task code."""
-
-    code = "check_failed"
-
-    def __init__(self, number: int, message: str):
-        super().__init__(message)
-        self.number = number
+            raise error(f"{what}: {p.code}: {p.message}{more}")

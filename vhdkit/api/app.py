@@ -25,7 +25,8 @@ UPLOAD_SLOTS = 16
 
 
 def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
-    """The app over ``registry`` (default: a Registry opened on ``settings.data_dir``)."""
+    """The app over ``registry`` (default: a Registry opened on ``settings.data_dir``).
+    Without ``settings``, those of this process's environment and configuration file."""
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
@@ -68,9 +69,11 @@ def _open_registry(settings: Settings):
     """The registry this host serves: every API host and worker opens the same
     database and blob store itself (docs/deployment.md)."""
     from ..registry import Registry
-    return Registry(settings.data_dir, size_cap=settings.max_image_size, database_url=settings.database_url)
+    return Registry(settings.data_dir, size_cap=settings.max_image_size, config=settings)
 
 
 def app_factory() -> Starlette:
-    """Entry point for ``uvicorn --factory`` (each worker process builds its own)."""
+    """Entry point for ``uvicorn --factory`` run by hand: the settings of the
+    environment and configuration file (``vhdkit serve`` hands its workers
+    theirs, vhdkit/api/protocol.py)."""
     return create_app(Settings.from_env())

@@ -48,9 +48,9 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
     anyone who reaches the port can claim any account, so use it only on a
     trusted host or behind an authenticating proxy that sets these headers.
     With --auth keystone every request needs a Keystone token, validated
-    against --keystone-url (README "Identity").  Limits and timeouts come from the
-    VHDKIT_API_* environment variables (see vhdkit/api/config.py; the request
-    line plus headers are capped by VHDKIT_API_MAX_REQUEST_HEAD, 64 KiB).
+    against --keystone-url (README "Identity").  Every other setting (limits,
+    timeouts, the import filter) comes from the environment or the
+    configuration file: docs/configuration.md, `vhdkit config show`.
 
     A browser opening http://HOST:PORT/ gets the web control panel (README
     "Control panel"); the API stays where it is.
@@ -67,21 +67,14 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
       VHDKIT_KEYSTONE_PASSWORD=... vhdkit serve --auth keystone \\
           --keystone-url http://keystone:5000/v3 --keystone-user glance
     """
-    import uvicorn
+    from ..api.protocol import ServeConfig, run
 
-    _identity_settings(identity)
-
-    from ..home import data_home
-
-    # every uvicorn worker process finds the data directory through VHDKIT_HOME
-    os.environ["VHDKIT_HOME"] = os.path.abspath(data_home(data_dir))
-    _check_import_filter()
-    where = {"url": f"http://{host}:{port}", "data": os.environ["VHDKIT_HOME"],
-             "workers": workers}
+    settings = _settings(data_dir, identity)
+    where = {"url": f"http://{host}:{port}", "data": settings.data_dir, "workers": workers}
     emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))")
-    uvicorn.run(
-        "vhdkit.api.app:app_factory",
-        factory=True,
+    # every worker process receives these settings with uvicorn's configuration
+    run(ServeConfig(
+        settings,
         host=host,
         port=port,
         workers=workers,
@@ -91,33 +84,28 @@ def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json:
         timeout_graceful_shutdown=10,
         server_header=False,
         proxy_headers=False,
-        http="vhdkit.api.protocol:BoundedHttpToolsProtocol",
-    )
+    ))
 
 
-def _identity_settings(flags: dict) -> None:
-    """Put the identity flags given into the environment (every uvicorn worker
-    reads its settings there, vhdkit/api/config.py) and check the result."""
+def _settings(data_dir, identity: dict):
+    """The server's settings (flags over environment over file), checked
+    before it starts: identity, the web-download URL filter, the upload lease."""
     from ..api.auth import provider_for
-    from ..api.config import Settings
+    from ..api.webdownload import ImportFilter
+    from ..config import load
     from ..errors import InvalidInputError
 
-    for name, value in flags.items():
-        if value is not None:
-            os.environ[Settings.ENV[name]] = str(value)
+    settings = load(flags=dict(identity, data_dir=data_dir))
+    settings = settings.with_flags(data_dir=os.path.abspath(settings.data_dir))
     try:
-        provider_for(Settings.from_env())
+        provider_for(settings)
     except (ValueError, ImportError) as exc:
         raise InvalidInputError(f"identity settings: {exc}") from None
-
-
-def _check_import_filter() -> None:
-    """The web-download URL filter (VHDKIT_IMPORT_*), checked before the server starts."""
-    from ..api.config import Settings
-    from ..api.webdownload import ImportFilter
-    from ..errors import InvalidInputError
-
     try:
-        ImportFilter.from_settings(Settings.from_env())
+        ImportFilter.from_settings(settings)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
+    from ..registry.data import check_upload_lease
+
+    check_upload_lease(settings.upload_lease)   # a lease out of bounds: refused before the server starts
+    return settings

@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from . import main
-from ._common import caller_of, data_option, emit, identity_options, json_option, open_registry
+from ._common import caller_of, data_option, emit, identity_options, json_option, open_registry, settings
 
 _TERMINAL = ("success", "failure")
 
@@ -176,11 +176,13 @@ def worker(data_dir, once, until_idle, poll, worker_id, as_json):
     Examples:
       vhdkit worker --data /srv/vhdkit --until-idle
     """
-
+    from .. import native
     from ..pipeline import PipelineConfig, Worker
 
+    cfg = settings(data_dir=data_dir)
+    native.set_options(io_threads=cfg.io_threads)
     reg = open_registry(data_dir)
-    w = Worker(reg, PipelineConfig.from_env(reg.home), worker_id)
+    w = Worker(reg, PipelineConfig.from_config(reg.config, reg.home), worker_id)
     if once:
         t = w.run_once()
         out = {"worker": w.id, "task": _task_dict(t) if t else None}

@@ -1,15 +1,14 @@
 """The blob store: image data files under ``<data>/blobs``, or in Swift.
 
-Backends, chosen by ``VHDKIT_BLOB_STORE`` when the registry opens:
+Backends, chosen by the ``blob_store`` setting (:mod:`vhdkit.config`,
+``VHDKIT_BLOB_STORE``) when the registry opens:
 
 - unset or ``local``: files under ``<data>/blobs`` (below);
 - ``swift`` (or ``swift+http(s)://PROXY``): objects in the container
-  ``VHDKIT_BLOB_CONTAINER`` (default ``images``) of the Swift account
-  ``VHDKIT_BLOB_ACCOUNT`` (default ``vhdkit-service``), with the Swift
-  credentials of :mod:`vhdkit.swiftstore` (``VHDKIT_SWIFT_AUTH_URL/USER/KEY``).
+  ``blob_container`` of the Swift account ``blob_account``, with the Swift
+  credentials of :mod:`vhdkit.swiftstore` (``swift_auth_url/user/key``).
   An image's data is a large object written by :func:`vhdkit.segments.split`:
-  segments ``<id>.<token>-00001`` … of ``VHDKIT_BLOB_SEGMENT_SIZE`` bytes
-  (default 200 MiB), the sidecar of checksums and the zero-byte DLO manifest
+  segments ``<id>.<token>-00001`` … of ``blob_segment_size`` bytes, the sidecar of checksums and the zero-byte DLO manifest
   ``<id>.<token>``; the registry records it as ``swift/<id>.<token>``.  The
   upload streams (bounded memory: a few chunks queued to the uploading
   thread), is hashed in the same single pass, and the image turns active only
@@ -37,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from ..errors import IntegrityError, InvalidInputError, OutOfSpaceError, QuotaError, StorageError, VhdkitError
+from ..errors import IntegrityError, QuotaError, StorageError, VhdkitError, from_oserror
 
 CHUNK = 4 << 20
 
@@ -92,16 +91,10 @@ def file_digest(path: "str | int") -> Digest:
                 sha.q.put(b)
                 size += len(b)
     except OSError as exc:
-        raise _os_error(exc, f"reading {path}") from None
+        raise from_oserror(exc, f"reading {path}") from None
     finally:
         m, s = md5.finish(), sha.finish()
     return Digest(size, m, s)
-
-
-def _os_error(exc: OSError, what: str) -> StorageError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the service's disk: its fault, no path told
-        return OutOfSpaceError(sys_errno=exc.errno)
-    return StorageError(f"{what}: {exc.strerror or exc}", sys_errno=exc.errno or 0)
 
 
 def fsync_dir(path: str) -> None:
@@ -151,18 +144,12 @@ class SwiftBlobs:
         self._made = False
 
     @classmethod
-    def from_env(cls, spec: str, env=None) -> "SwiftBlobs":
+    def from_config(cls, cfg) -> "SwiftBlobs":
+        """The image-data container that ``cfg`` (a :class:`vhdkit.config.Config`) names."""
         from ..swiftstore import SwiftConfig, SwiftStore
 
-        e = dict(os.environ if env is None else env)
-        if spec.startswith("swift+"):
-            e["VHDKIT_STORE"] = spec
-        try:
-            seg = int(e.get("VHDKIT_BLOB_SEGMENT_SIZE", str(200 << 20)))
-        except ValueError:
-            raise InvalidInputError("VHDKIT_BLOB_SEGMENT_SIZE must be a number of bytes") from None
-        store = SwiftStore(SwiftConfig.from_env(e), e.get("VHDKIT_BLOB_ACCOUNT", "vhdkit-service"))
-        return cls(store, e.get("VHDKIT_BLOB_CONTAINER", "images"), seg)
+        store = SwiftStore(SwiftConfig.from_config(cfg, blobs=True), cfg.blob_account)
+        return cls(store, cfg.blob_container, cfg.blob_segment_size)
 
     def ensure_container(self) -> None:
         if not self._made:
@@ -228,21 +215,17 @@ class SwiftBlobs:
         segments.join(self.store, self.container, self.name(rel), path)
 
 
-def _remote_from_env() -> Optional[SwiftBlobs]:
-    spec = os.environ.get("VHDKIT_BLOB_STORE", "")
-    if spec in ("", "local", "dir"):
-        return None
-    if spec == "swift" or spec.startswith("swift+"):
-        return SwiftBlobs.from_env(spec)
-    raise InvalidInputError(f"VHDKIT_BLOB_STORE {spec!r}: expected 'local', 'swift' or swift+http(s)://PROXY")
+def remote_blobs(cfg) -> Optional[SwiftBlobs]:
+    """The Swift backend of image data when ``cfg`` puts it in Swift, else None."""
+    return SwiftBlobs.from_config(cfg) if cfg.blobs_in_swift() else None
 
 
 class BlobStore:
-    def __init__(self, root: str):
+    def __init__(self, root: str, remote: Optional[SwiftBlobs] = None):
         self.root = root
         self.tmp = os.path.join(root, "tmp")
         os.makedirs(self.tmp, exist_ok=True)
-        self.remote = _remote_from_env()
+        self.remote = remote
 
     def final_rel(self, image_id: str, token: str) -> str:
         if self.remote is not None:
@@ -324,7 +307,7 @@ class Upload:
                 os.close(self.fd)
                 self.fd = -1
                 self.store.unlink(new)
-            raise _os_error(exc, f"cannot create {self.part}") from None
+            raise from_oserror(exc, f"cannot create {self.part}", service=True) from None
         return self
 
     def feed(self, b: "bytes | bytearray | memoryview") -> None:
@@ -357,7 +340,7 @@ class Upload:
             try:
                 n = os.write(self.fd, mv)
             except OSError as exc:
-                raise _os_error(exc, f"writing {self.part}") from None
+                raise from_oserror(exc, f"writing {self.part}", service=True) from None
             mv = mv[n:]
 
     def digest(self) -> Digest:
@@ -398,7 +381,7 @@ class Upload:
             fsync_dir(os.path.dirname(final))
             fsync_dir(self.store.tmp)
         except OSError as exc:
-            raise _os_error(exc, f"storing blob {self.rel}") from None
+            raise from_oserror(exc, f"storing blob {self.rel}", service=True) from None
         self.published = True
         return self.rel
 
@@ -587,7 +570,7 @@ def copy_range(path: str, out: BinaryIO, start: int, end: int,
                     if use_cfr and exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                         use_cfr = False
                         continue
-                    raise _os_error(exc, "copying image data") from None
+                    raise from_oserror(exc, "copying image data") from None   # into the caller's file
                 if w == 0:
                     raise StorageError(f"blob {path} is shorter than recorded")
                 off += w

@@ -13,19 +13,21 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError, StorageError
+from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError,
+                      from_oserror)
 from . import blobs as _blobs
 from . import db as _db
 from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, MAX_PROPERTY_NAME,
                      MAX_PROPERTY_VALUE, MAX_TAG, PATCH_OPS, READONLY_FIELDS, RESERVED_FIELDS,
                      RESERVED_NAMESPACE, TRANSITIONS,
                      VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text, property_name_problem, tag_problem)
-from .data import SET_PROPERTY, DataMixin, ImageData, UploadWriter, upload_lease_from_env  # noqa: F401 (re-exported)
+from .data import SET_PROPERTY, DataMixin, ImageData, UploadWriter, check_upload_lease  # noqa: F401 (re-exported)
 from .rbac import Caller, require_role, require_scope
 from .sharing import MembersMixin
 from .tasks import TasksMixin
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
     from .protections import PropertyProtections
     from .query import Params
 # .protections (a rules file's parser) and .query (list filters and sorting)
@@ -120,7 +122,10 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     """A file-based image registry on a data directory.
 
     ``Registry(home=None)`` opens (creating if needed) ``home`` -- default
-    :func:`vhdkit.home.data_home` -- and runs a quick :meth:`cleanup`.
+    the data directory of ``config`` -- and runs a quick :meth:`cleanup`.
+    ``config`` (a :class:`vhdkit.config.Config`; default: the settings of
+    this process's environment and configuration file) also chooses where
+    image data lives and the property protection rules.
     Safe to share between threads; several processes may open the same
     directory at once.
     """
@@ -128,23 +133,24 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     def __init__(self, home: Optional[str] = None, *, protections: "PropertyProtections | str | None" = None,
                  quotas: Optional[Mapping[str, int]] = None, size_cap: int = DEFAULT_SIZE_CAP,
                  clock: Optional[Callable[[], _dt.datetime]] = None, cleanup: bool = True,
-                 database_url: Optional[str] = None, upload_lease: Optional[float] = None):
-        from ..home import data_home
+                 config: "Optional[Config]" = None, database_url: Optional[str] = None):
+        from ..config import data_home, load
 
-        home = data_home(home)
-        self.home = os.path.abspath(home)
+        #: the settings this registry was opened with
+        self.config = cfg = config if config is not None else load()
+        self.home = os.path.abspath(data_home(home, cfg))
         try:
             os.makedirs(self.home, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create data directory {self.home}: {exc.strerror}") from None
-        #: the database URL (None: the SQLite file :attr:`db_path`); see db.database_url
-        self.database_url = _db.database_url(database_url)
+            raise from_oserror(exc, f"cannot create data directory {self.home}", service=True) from None
+        #: the database URL (None: the SQLite file :attr:`db_path`); see db.check_url
+        self.database_url = _db.check_url(database_url or cfg.database_url)
         self.db_path = os.path.join(self.home, "registry.db")
         #: True when this open made a new, empty registry (the CLI says where)
         self.created = not os.path.exists(self.db_path) if self.database_url is None else False
-        self.blobs = _blobs.BlobStore(os.path.join(self.home, "blobs"))
+        self.blobs = _blobs.BlobStore(os.path.join(self.home, "blobs"), _blobs.remote_blobs(cfg))
         if protections is None:
-            protections = os.environ.get("VHDKIT_PROPERTY_PROTECTIONS")
+            protections = cfg.property_protections
             if not protections:
                 p = os.path.join(self.home, "property-protections.conf")
                 protections = p if os.path.exists(p) else None
@@ -158,7 +164,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self.quotas.update(quotas or {})
         self.size_cap = size_cap
         #: seconds of an upload's lease on its image (see :meth:`open_upload`)
-        self.upload_lease = upload_lease if upload_lease is not None else upload_lease_from_env()
+        self.upload_lease = check_upload_lease(cfg.upload_lease)
         self._clock = clock
         self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
         self._local = threading.local()

@@ -27,26 +27,20 @@ _UPLOADING = ("SELECT id, upload_token, upload_lease_until FROM images WHERE sta
 #: ``uploading``: data staged for an interoperable import (``glance-direct``);
 #: ``importing``: an interoperable import fetching the data (``web-download``).
 _UPLOAD_FROM = {"saving": ("queued", "importing"), "uploading": ("queued",), "importing": ("queued",)}
-#: an upload's lease on its image (seconds; renewed every third of it), its
-#: bounds, and the setting that changes it
-UPLOAD_LEASE_S, MIN_LEASE_S, MAX_LEASE_S = 60.0, 1.0, 3600.0
-UPLOAD_LEASE_ENV = "VHDKIT_UPLOAD_LEASE_SECONDS"
+#: bounds of an upload's lease on its image, seconds (the setting: Config.upload_lease)
+MIN_LEASE_S, MAX_LEASE_S = 1.0, 3600.0
+
+
+def check_upload_lease(seconds: float) -> float:
+    if not MIN_LEASE_S <= seconds <= MAX_LEASE_S:
+        raise InvalidInputError(f"VHDKIT_UPLOAD_LEASE_SECONDS {seconds:g}: expected seconds from {MIN_LEASE_S:g} "
+                                f"to {MAX_LEASE_S:g}")
+    return float(seconds)
+
 
 #: set one property (an upsert both engines know, SQLite >= 3.24)
 SET_PROPERTY = ("INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?) "
                 "ON CONFLICT (image_id, name) DO UPDATE SET value = excluded.value")
-
-
-def upload_lease_from_env() -> float:
-    raw = os.environ.get(UPLOAD_LEASE_ENV) or str(UPLOAD_LEASE_S)
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not MIN_LEASE_S <= seconds <= MAX_LEASE_S:
-        raise InvalidInputError(f"{UPLOAD_LEASE_ENV} {raw!r}: expected seconds from {MIN_LEASE_S:g} to "
-                                f"{MAX_LEASE_S:g}")
-    return seconds
 
 
 class ImageData:
@@ -479,10 +473,12 @@ class UploadWriter(io.RawIOBase):
         src = stream
         try:
             if inspect:
-                from .inspect import inspect_upload
+                from .inspect import InspectLimits, inspect_upload
 
                 src = inspect_upload(stream, disk_format=self._img.disk_format,
-                                     container_format=self._img.container_format, tmp_dir=self._reg.blobs.root)
+                                     container_format=self._img.container_format, tmp_dir=self._reg.blobs.root,
+                                     limits=InspectLimits.from_config(self._reg.config))
+
             def step(done: int, total: Optional[int]) -> None:
                 self._lease.check()
                 if progress is not None:

@@ -3,7 +3,7 @@ interface on SQLite and PostgreSQL, transactions, and everything in SQL that
 differs between the two.  The registry modules write portable SQL with ``?``
 placeholders and ask :attr:`Connection.dialect` for the rest.
 
-- No URL (``VHDKIT_DATABASE_URL`` unset): the embedded SQLite file
+- No URL (the setting ``database_url``, ``VHDKIT_DATABASE_URL``, unset): the embedded SQLite file
   ``registry.db`` in the data directory.  Several processes may share it: WAL
   journal (readers never block the writer), a busy timeout, short
   transactions, ``BEGIN IMMEDIATE`` for every read-modify-write.
@@ -24,8 +24,6 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DatabaseUnavailableError, OutOfSpaceError, StorageError, UnsupportedError
 
-#: the one setting that chooses the registry's database (unset: SQLite in the data directory)
-DATABASE_URL_ENV = "VHDKIT_DATABASE_URL"
 BUSY_TIMEOUT_S = 30.0
 #: the newest schema revision (migrations/versions/r00NN_*.py; a test checks Alembic's head)
 HEAD = 6
@@ -38,10 +36,11 @@ _SORTABLE = ("name", "status", "container_format", "disk_format", "size", "id", 
              "updated_at", "virtual_size", "min_disk", "min_ram", "owner", "visibility")
 
 
-def database_url(url: Optional[str] = None) -> Optional[str]:
-    """The database URL in effect: ``url`` if given, else ``VHDKIT_DATABASE_URL``;
-    None means the embedded SQLite file.  Only ``postgresql://`` URLs are known."""
-    url = url or os.environ.get(DATABASE_URL_ENV) or None
+def check_url(url: Optional[str]) -> Optional[str]:
+    """The registry's database URL (the setting ``database_url``,
+    vhdkit/config.py) checked: None means the embedded SQLite file; only
+    ``postgresql://`` URLs are known."""
+    url = url or None
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
         raise UnsupportedError(f"database URL must start with postgresql:// (or be unset for SQLite), "
                                f"not {url.split(':', 1)[0]}:")

@@ -50,17 +50,20 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class InspectLimits:
-    """What an uploaded disk may be: the pipeline's own limits
-    (``VHDKIT_MAX_VIRTUAL_SIZE``, ``VHDKIT_MAX_FILE_SIZE``), one home for both."""
+    """What an uploaded disk may be: the pipeline's own limits (the
+    ``max_virtual_size`` and ``max_file_size`` settings), one home for both."""
 
     max_virtual_size: int
     max_file_size: int
 
     @classmethod
-    def from_env(cls) -> "InspectLimits":
-        from ..pipeline import PipelineConfig
+    def from_config(cls, cfg=None) -> "InspectLimits":
+        """The limits of ``cfg`` (a :class:`vhdkit.config.Config`; default: this
+        process's environment and configuration file)."""
+        if cfg is None:
+            from ..config import load
 
-        cfg = PipelineConfig.from_env(home=".")
+            cfg = load()
         return cls(cfg.max_virtual_size, cfg.max_file_size)
 
 
@@ -91,7 +94,7 @@ def inspect_upload(stream: BinaryIO, *, disk_format: Optional[str], container_fo
     if not needs_inspection(disk_format, container_format):
         return stream
     kind = "vhd" if container_format != "ova" else "ova" if disk_format == "vhd" else "ova-other"
-    return _InspectingReader(stream, kind, limits or InspectLimits.from_env(), tmp_dir)
+    return _InspectingReader(stream, kind, limits or InspectLimits.from_config(), tmp_dir)
 
 
 def _refuse(message: str) -> InvalidInputError:

@@ -293,7 +293,7 @@ def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterato
         raise errors.StorageError(f"cannot create a file in {d}: this directory does not accept new files "
                                   f"({e.strerror})", sys_errno=e.errno or 0) from None
     except OSError as e:
-        raise errors.StorageError(f"cannot create a file in {d}: {e.strerror}", sys_errno=e.errno or 0) from None
+        raise errors.from_oserror(e, f"cannot create a file in {d}") from None
     with stack:
         yield _Output(fd, False, sync)
 

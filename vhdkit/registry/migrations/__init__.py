@@ -23,9 +23,12 @@ def _sqlalchemy_engine(conn: Any, where: str) -> Any:
     if conn.dialect is _db.POSTGRESQL:
         url = "postgresql+psycopg://" + conn.url.split("://", 1)[1]
         return sa.create_engine(url, poolclass=NullPool)
-    # one transaction for the whole upgrade, taken up front (as every registry write)
-    engine = sa.create_engine("sqlite:///" + where, poolclass=NullPool,
-                              connect_args={"isolation_level": None, "timeout": _db.BUSY_TIMEOUT_S})
+    # The registry's own connection (autocommit, its PRAGMAs; the pool never
+    # closes it), one transaction for the whole upgrade taken up front (as
+    # every registry write).
+    from sqlalchemy.pool import StaticPool
+
+    engine = sa.create_engine("sqlite://", creator=lambda: conn, poolclass=StaticPool)
 
     @sa.event.listens_for(engine, "begin")
     def _begin(c: Any) -> None:
@@ -34,19 +37,24 @@ def _sqlalchemy_engine(conn: Any, where: str) -> Any:
     return engine
 
 
-def _config(connection: Any) -> Any:
-    from alembic.config import Config
+_SCRIPT: Any = None
 
-    cfg = Config()
-    cfg.set_main_option("script_location", os.path.dirname(os.path.abspath(__file__)))
-    cfg.attributes["connection"] = connection
-    return cfg
+
+def _script() -> Any:
+    """The revisions, read once per process (Alembic's ScriptDirectory)."""
+    global _SCRIPT
+    if _SCRIPT is None:
+        from alembic.script import ScriptDirectory
+
+        _SCRIPT = ScriptDirectory(os.path.dirname(os.path.abspath(__file__)))
+    return _SCRIPT
 
 
 def upgrade(conn: Any, where: str) -> bool:
     """Bring the database ``conn`` is open on to head, in one transaction that
     excludes other migrating processes; True when it was empty before."""
-    from alembic import command
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
 
     engine = _sqlalchemy_engine(conn, where)
     try:
@@ -56,10 +64,14 @@ def upgrade(conn: Any, where: str) -> bool:
             rev, legacy = _revision(sa_conn, conn.dialect)
             _db._check_not_newer(rev, legacy, _db._public(where))
             created = rev is None and legacy == 0
-            cfg = _config(sa_conn)
-            if rev is None and legacy:
-                command.stamp(cfg, f"{legacy:04d}")     # written by vhdkit before Alembic
-            command.upgrade(cfg, "head")
+            script = _script()
+            if rev is None and legacy:                   # written by vhdkit before Alembic
+                MigrationContext.configure(sa_conn).stamp(script, f"{legacy:04d}")
+            # what `alembic upgrade head` runs, on this connection and its transaction
+            ctx = MigrationContext.configure(sa_conn, opts={
+                "script": script, "fn": lambda current, _ctx: script._upgrade_revs("head", current)})
+            with Operations.context(ctx):
+                ctx.run_migrations()
             if conn.dialect is _db.SQLITE:
                 sa_conn.exec_driver_sql(f"PRAGMA user_version = {_db.HEAD}")
     except Exception as exc:
@@ -71,7 +83,8 @@ def upgrade(conn: Any, where: str) -> bool:
         raise _db.StorageError(f"registry database {_db._public(where)}: schema upgrade failed: "
                                f"{str(orig).strip().splitlines()[0] if str(orig) else type(orig).__name__}") from exc
     finally:
-        engine.dispose()
+        if conn.dialect is _db.POSTGRESQL:
+            engine.dispose()          # (a SQLite engine's one connection is the caller's)
     return created
 
 
