@@ -52,9 +52,12 @@ class Hosts:
         env.update(self.env, PYTHONPATH=str(ROOT), **extra)
         return env
 
-    def worker(self, name: str, *args: str, **extra: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "vhdkit", "worker", "--data", str(self.data_for(name)),
-                                 "--json", *args], env=self.run_env(**extra), cwd=ROOT,
+    def worker(self, name: str, *args: str, kill_at_stage: str = "", **extra: str) -> subprocess.Popen:
+        """`vhdkit worker` as host ``name``; ``kill_at_stage``: the test hook (tests/hooked.py)."""
+        from hooked import vhdkit_cmd
+
+        return subprocess.Popen([*vhdkit_cmd(kill_at_stage=kill_at_stage), "worker", "--data",
+                                 str(self.data_for(name)), "--json", *args], env=self.run_env(**extra), cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def cli(self, name: str, *args: str, timeout: float = 180, **extra: str) -> subprocess.CompletedProcess:

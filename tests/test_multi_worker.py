@@ -36,8 +36,8 @@ def customer(hosts, tmp_path):
     return acct, st
 
 
-def _run(hosts, name, *args, timeout=240, **extra) -> subprocess.CompletedProcess:
-    p = hosts.worker(name, *args, **extra)
+def _run(hosts, name, *args, timeout=240, kill_at_stage="", **extra) -> subprocess.CompletedProcess:
+    p = hosts.worker(name, *args, kill_at_stage=kill_at_stage, **extra)
     out, err = p.communicate(timeout=timeout)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_task_loses_its_lease_and_the_task_is_retried(hosts,
     acct, _ = customer
     tid = _create(api, acct, {"type": "import", "input": {"import_from": "images/d.vhd",
                                                           "image_properties": {"name": "k"}}})
-    r = _run(hosts, "wa", "--once", VHDKIT_TEST_KILL_AT_STAGE="store", **FAST)
+    r = _run(hosts, "wa", "--once", kill_at_stage="store", **FAST)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
     assert _task(api, acct, tid)["status"] == "processing"
     time.sleep(1.5)  # the dead worker's lease runs out
@@ -113,7 +113,7 @@ def test_a_worker_paused_past_its_lease_then_resumed_leaves_the_newer_attempts_i
     acct, _ = customer
     tid = _create(api, acct, {"type": "import", "input": {"import_from": "images/d.vhd",
                                                           "image_properties": {"name": "paused"}}})
-    a = hosts.worker("pa", "--once", VHDKIT_TEST_KILL_AT_STAGE="store:stop", **FAST)
+    a = hosts.worker("pa", "--once", kill_at_stage="store:stop", **FAST)
     try:
         deadline = time.monotonic() + 120
         while Path(f"/proc/{a.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
