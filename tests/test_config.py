@@ -88,6 +88,10 @@ def test_the_file_is_parsed_only_when_there_is_one(tmp_path):
             "try:\n    main(sys.argv[1:], prog_name='vhdkit')\nexcept SystemExit as e:\n    code = e.code\n"
             "print('tomllib' in sys.modules, file=sys.stderr)\nsys.exit(code)\n")
     env = _clean_env(VHDKIT_HOME=str(tmp_path / "h"), VHDKIT_ACCOUNT="a", VHDKIT_ROLES="admin")
+    # an existing registry: creating one runs the schema migrations, whose tool
+    # (Alembic) imports tomllib for its own configuration format
+    subprocess.run([sys.executable, "-c", code, "image", "list", "--json"], env=env, capture_output=True,
+                   check=True, cwd=ROOT)
     r = subprocess.run([sys.executable, "-c", code, "image", "list", "--json"], env=env, capture_output=True,
                        text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stderr.strip().splitlines()[-1] == "False", r.stderr

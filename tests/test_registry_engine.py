@@ -228,3 +228,16 @@ def test_postgresql_list_plan_walks_indexes(plan_db, tmp_path, params):
         assert len(page.images) == 25 and page.next_marker
     finally:
         r.close()
+
+
+def test_cli_database_url_flag_chooses_postgresql(pg_url, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VHDKIT_ACCOUNT="acct-a", VHDKIT_ROLES="cloudImages:admin")
+    env.pop("VHDKIT_DATABASE_URL", None)
+    data = tmp_path / "data"
+    r = subprocess.run([sys.executable, "-m", "vhdkit", "image", "create", "--name", "via-flag", "--data", str(data),
+                        "--database-url", pg_url, "--json"], env=env, capture_output=True, text=True, cwd=ROOT,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not (data / "registry.db").exists()
+    with Registry(str(data), database_url=pg_url) as reg:
+        assert [i.name for i in reg.list_images(admin("acct-a")).images] == ["via-flag"]
