@@ -163,12 +163,18 @@ class StorageError(VhdkitError, OSError):
         self.strerror = self.message
 
 
-class DatabaseUnavailableError(StorageError):
-    """The registry's database cannot be reached (PostgreSQL down, network):
-    the server's side, and transient.  ``message`` says why (for the operator
-    and the log); a customer is shown only :attr:`PUBLIC`."""
+class UnavailableError(StorageError):
+    """A service vhdkit depends on (the registry's database, the Swift of
+    image data and containers) did not answer or failed: the server's side,
+    and transient.  ``message`` says why (for the operator and the log); a
+    customer is shown only :attr:`PUBLIC`, which names no host or path."""
     code = "unavailable"
     http_status = 503
+    PUBLIC = "the service's storage is unavailable; try again later"
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """The registry's database cannot be reached (PostgreSQL down, network)."""
     PUBLIC = "the image registry is unavailable; try again later"
 
 

@@ -21,7 +21,7 @@ from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, 
                      MAX_PROPERTY_VALUE, MAX_TAG, PATCH_OPS, READONLY_FIELDS, RESERVED_FIELDS,
                      RESERVED_NAMESPACE, TRANSITIONS,
                      VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text, property_name_problem, tag_problem)
-from .data import SET_PROPERTY, DataMixin, ImageData, UploadWriter  # noqa: F401 (re-exported)
+from .data import SET_PROPERTY, DataMixin, ImageData, UploadWriter, check_upload_lease  # noqa: F401 (re-exported)
 from .rbac import Caller, require_role, require_scope
 from .sharing import MembersMixin
 from .tasks import TasksMixin
@@ -163,6 +163,8 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self.quotas: Dict[str, int] = dict(DEFAULT_QUOTAS)
         self.quotas.update(quotas or {})
         self.size_cap = size_cap
+        #: seconds of an upload's lease on its image (see :meth:`open_upload`)
+        self.upload_lease = check_upload_lease(cfg.upload_lease)
         self._clock = clock
         self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
         self._local = threading.local()

@@ -202,7 +202,7 @@ def _begin(conn: Any, stmt: str) -> None:
     except conn.Error as exc:
         if is_full(exc):
             raise OutOfSpaceError() from None
-        raise StorageError(f"registry database busy or unavailable: {exc}") from None
+        raise DatabaseUnavailableError(f"registry database busy or unavailable: {exc}") from None
 
 
 class _PgRow(tuple):
@@ -346,7 +346,7 @@ def _connect_sqlite(path: str) -> SqliteConnection:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False, factory=SqliteConnection)
     except sqlite3.Error as exc:
-        raise StorageError(f"cannot open registry database {path}: {exc}") from None
+        raise DatabaseUnavailableError(f"cannot open registry database {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")

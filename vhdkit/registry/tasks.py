@@ -60,13 +60,6 @@ class Lease(NamedTuple):
     def of(cls, task: Task) -> "Lease":
         return cls(task.id, task.worker_id or "", int(task.attempts))
 
-    @classmethod
-    def parse(cls, v: Any) -> "Lease":
-        if (not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, str) and x for x in v[:2])
-                or isinstance(v[2], bool) or not isinstance(v[2], int)):
-            raise InvalidInputError("lease must be [task_id, worker_id, attempt]")
-        return cls(v[0], v[1], v[2])
-
 
 def _task(r: Any) -> Task:
     import json
