@@ -50,10 +50,11 @@ def sample(samples_dir, tmp_path_factory):
     return get
 
 
-# The Swift all-in-one fixtures (tests/helpers_swift.py) are registered once for
+# The Swift all-in-one and PostgreSQL fixtures (tests/helpers_swift.py,
+# tests/helpers_pg.py) are registered once for
 # the whole session here: imported into several test modules instead, each
 # module would get its own "session" fixture and start another Swift.
-pytest_plugins = ["helpers_swift", "helpers_keystone"]
+pytest_plugins = ["helpers_swift", "helpers_keystone", "helpers_pg"]
 
 
 @pytest.fixture

@@ -64,8 +64,8 @@ def test_no_other_module_maps_errno_values():
     found = []
     for p in sorted((ROOT / "vhdkit").rglob("*.py")):
         rel = p.relative_to(ROOT).as_posix()
-        if rel in ("vhdkit/errors.py", "vhdkit/remote.py", "vhdkit/api/internal.py"):
-            continue   # remote.py and internal.py go with the home-made RPC (issue 21)
+        if rel == "vhdkit/errors.py":
+            continue
         for m in re.finditer(r"errno\.(E[A-Z]+)", p.read_text()):
             found.append((rel, m.group(1)))
     assert {f for f in found if f[1] not in ("EXDEV", "EINVAL", "ENOSYS", "EOPNOTSUPP")} == set(), found

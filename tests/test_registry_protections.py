@@ -10,6 +10,9 @@ from vhdkit.registry import READONLY_FIELDS, Caller, PropertyProtections, Regist
 
 from helpers_registry import OWNER, admin, make_image, reg, service, who  # noqa: F401
 
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
+
 PROTECTED = "com.rackspace__1__options"
 
 

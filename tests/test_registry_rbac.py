@@ -13,6 +13,9 @@ from vhdkit.registry import ALL_ROLES, MATRIX, SERVICE, Caller, Registry
 
 from helpers_registry import MEMBER, OWNER, STRANGER, admin, make_image, reg, who  # noqa: F401
 
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
+
 RELATIONS = {"owner": OWNER, "member": MEMBER, "stranger": STRANGER}
 ROLES = sorted(ALL_ROLES) + [None]   # None: a caller with no role at all
 

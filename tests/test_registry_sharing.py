@@ -11,6 +11,9 @@ from vhdkit.registry import Caller
 
 from helpers_registry import MEMBER, OWNER, STRANGER, admin, make_image, reg, who  # noqa: F401
 
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
+
 
 def listed(reg, account, **params):
     return [i.id for i in reg.list_images(who(account, "observer"), params).images]

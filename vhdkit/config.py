@@ -131,10 +131,8 @@ class Config:
     upload_rate_grace: float = _s(60.0, "VHDKIT_API_UPLOAD_RATE_GRACE", "... once it has run this many seconds",
                                   group=_API)
     chunk_size: int = _s(1 << 20, "VHDKIT_API_CHUNK_SIZE", "bytes per streamed download chunk", group=_API)
-    registry_url: Optional[str] = _s(None, "VHDKIT_REGISTRY_URL", "forward registry calls to this registry "
-                                     "host (serve --registry)", group=_API)
-    upload_lease: float = _s(60.0, "VHDKIT_API_UPLOAD_LEASE", "seconds of a forwarded upload's lease",
-                             group=_API)
+    upload_lease: float = _s(60.0, "VHDKIT_UPLOAD_LEASE_SECONDS", "seconds of an upload's lease on its image "
+                             "(renewed every third; 1..3600): how long a dead host's upload blocks it", group=_API)
     # ---- interoperable import: the methods offered and the web-download URL
     # filter (api/webdownload.py); comma lists, an allow list (when set)
     # replaces the deny list beside it
@@ -275,10 +273,7 @@ class Config:
         return elapsed > self.upload_rate_grace and received < self.upload_min_rate * elapsed
 
     def enabled_import_methods(self) -> list:
-        """The import methods offered (none on a forwarding host: the
-        registry host runs imports)."""
-        if self.registry_url:
-            return []
+        """The import methods offered."""
         return [m for m in (x.strip() for x in self.import_methods.split(",")) if m in IMPORT_METHODS]
 
 

@@ -164,6 +164,21 @@ class StorageError(VhdkitError, OSError):
         self.strerror = self.message
 
 
+class UnavailableError(StorageError):
+    """A service vhdkit depends on (the registry's database, the Swift of
+    image data and containers) did not answer or failed: the server's side,
+    and transient.  ``message`` says why (for the operator and the log); a
+    customer is shown only :attr:`PUBLIC`, which names no host or path."""
+    code = "unavailable"
+    http_status = 503
+    PUBLIC = "the service's storage is unavailable; try again later"
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """The registry's database cannot be reached (PostgreSQL down, network)."""
+    PUBLIC = "the image registry is unavailable; try again later"
+
+
 class NoSpaceError(StorageError):
     """A file system is full (ENOSPC) or a disk quota is used up (EDQUOT).
     Behind the API that is always the service's own storage: 507."""

@@ -52,7 +52,6 @@ import hashlib
 import logging
 import os
 import re
-import contextlib
 import shutil
 import signal
 import socket
@@ -208,14 +207,9 @@ class _Context:
                            bytes_done=self.done, bytes_total=self.total, attempt=self.lease.attempt)
 
     def holding(self):
-        """A block during which no newer attempt can take the task: the local
-        registry's write lock held with the lease checked; over the network
-        (a remote worker) the lease checked just before."""
-        holding = getattr(self.reg, "holding", None)
-        if holding is not None:
-            return holding(self.lease)
-        self.check_lease()
-        return contextlib.nullcontext()
+        """A block during which no newer attempt can take the task: the
+        registry's write lock held with the lease checked."""
+        return self.reg.holding(self.lease)
 
     def elapsed(self) -> Dict[str, float]:
         """Seconds per stage, summed over every time it was entered (so never negative)."""

@@ -62,7 +62,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                     UnauthorizedError)
+                     UnauthorizedError, UnavailableError)
 from .store import (ObjectInfo, ObjectReader, ObjectStore, validate_container_name, validate_metadata,
                     validate_object_name)
 from .store import open_configured_store  # noqa: F401  (the factory, named here too as before)
@@ -130,11 +130,13 @@ def _err(e: Exception, what: str):
             return UnauthorizedError(f"{what}: Swift refused the credentials ({st})")
         if st == 422:
             return IntegrityError(f"{what}: Swift says the data does not match its ETag")
-        if st is None:
-            return StorageError(f"{what}: {e.msg}")
+        if st is None or st >= 500:   # no answer, or Swift failed: transient, the caller may retry
+            return UnavailableError(f"{what}: Swift: {e.msg} {st or ''} {e.http_reason or ''}".strip())
         return StorageError(f"{what}: Swift answered {st} {e.http_reason or ''}".strip())
     if isinstance(e, OSError) and e.errno is not None:  # a local spool file, or the connection
         return from_oserror(e, what, service=True)
+    if isinstance(e, OSError):        # the connection (requests' errors are OSErrors without errno)
+        return UnavailableError(f"{what}: Swift: {type(e).__name__}: {e}")
     return StorageError(f"{what}: {type(e).__name__}: {e}")
 
 

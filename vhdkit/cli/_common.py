@@ -108,6 +108,7 @@ SIZE = SizeType()
 # configuration file are read by vhdkit.config, once per command (settings()).
 
 _SETTINGS_KEY = "vhdkit.settings"
+_FLAGS_KEY = "vhdkit.flags"        # flags no command takes as an argument (see _flag)
 
 
 def settings(**flags: Any):
@@ -124,14 +125,28 @@ def settings(**flags: Any):
             raise click.UsageError(str(exc)) from None
         if ctx is not None:
             ctx.meta[_SETTINGS_KEY] = base
-    return base.with_flags(**flags)
+    extra = ctx.meta.get(_FLAGS_KEY, {}) if ctx is not None else {}
+    return base.with_flags(**{**extra, **flags})
 
 
 def data_option(help_text: str = "Data directory (registry, object store, task work).") -> Callable:
-    """--data DIR [env VHDKIT_HOME]; the command receives ``data_dir`` (None: not given)."""
-    return click.option("--data", "data_dir", metavar="DIR", default=None,
-                        help=f"{help_text} [env VHDKIT_HOME; default $XDG_DATA_HOME/vhdkit, "
-                             "i.e. ~/.local/share/vhdkit].")
+    """--data DIR [env VHDKIT_HOME]; the command receives ``data_dir`` (None: not given).
+    With it, --database-url URL [env VHDKIT_DATABASE_URL], the registry's
+    database: a flag :func:`settings` adds to every command's settings."""
+    def deco(f: Callable) -> Callable:
+        f = click.option("--database-url", metavar="URL", default=None, expose_value=False, callback=_flag,
+                         help="The registry's database, postgresql://USER@HOST:PORT/DB "
+                              "[env VHDKIT_DATABASE_URL; default: SQLite in the data directory].")(f)
+        return click.option("--data", "data_dir", metavar="DIR", default=None,
+                            help=f"{help_text} [env VHDKIT_HOME; default $XDG_DATA_HOME/vhdkit, "
+                                 "i.e. ~/.local/share/vhdkit].")(f)
+    return deco
+
+
+def _flag(ctx: Any, param: Any, value: Any) -> None:
+    """Keep a flag the command does not take as an argument for :func:`settings`."""
+    if value is not None:
+        ctx.meta.setdefault(_FLAGS_KEY, {})[param.name] = value
 
 
 def identity_options(f: Callable) -> Callable:

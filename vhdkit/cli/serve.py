@@ -12,13 +12,10 @@ from ._common import data_option, emit, json_option
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9292, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
-@data_option("Registry data directory.")
+@data_option("Data directory: the SQLite registry and image data, or with VHDKIT_DATABASE_URL and Swift "
+             "blobs only this host's scratch files.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (they share the registry's data directory).")
-@click.option("--registry", "registry_url", default=None, metavar="URL",
-              help="Forward every registry call to the registry host at URL (another `vhdkit serve`) instead "
-                   "of opening a registry here; needs VHDKIT_SERVICE_TOKEN and VHDKIT_BLOB_STORE=swift "
-                   "(default: $VHDKIT_REGISTRY_URL).")
 @click.option("--auth", type=click.Choice(["headers", "keystone"]), default=None,
               help="Where the caller's identity comes from: 'headers' (X-Auth-Token ACCOUNT:ROLES or "
                    "X-Tenant-Id/X-Roles; only for a trusted host or behind an authenticating proxy) or "
@@ -42,7 +39,7 @@ from ._common import data_option, emit, json_option
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @json_option
-def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level: str, as_json: bool,
+def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json: bool,
           **identity) -> None:
     """Serve the registry over HTTP as an OpenStack Images v2 API.
 
@@ -58,11 +55,10 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     A browser opening http://HOST:PORT/ gets the web control panel (README
     "Control panel"); the API stays where it is.
 
-    With --registry URL this host keeps no registry: it answers the same API
-    by forwarding each call to the registry host's internal routes, and
-    streams image data to and from Swift itself, so several API hosts can
-    serve one registry (see docs/deployment.md); --data then holds only
-    scratch files.
+    Several hosts may serve one registry: each `vhdkit serve` and `vhdkit
+    worker` opens the same database (VHDKIT_DATABASE_URL=postgresql://...)
+    and the same blob store in Swift (VHDKIT_BLOB_STORE=swift) itself; see
+    docs/deployment.md.
 
     \b
     Example:
@@ -73,11 +69,9 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     """
     from ..api.protocol import ServeConfig, run
 
-    settings = _settings(data_dir, registry_url, identity)
-    where = {"url": f"http://{host}:{port}", "data": settings.data_dir,
-             "workers": workers, "registry": settings.registry_url or "local"}
-    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))"
-         + (f", forwarding to the registry host {w['registry']}" if settings.registry_url else ""))
+    settings = _settings(data_dir, identity)
+    where = {"url": f"http://{host}:{port}", "data": settings.data_dir, "workers": workers}
+    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))")
     # every worker process receives these settings with uvicorn's configuration
     run(ServeConfig(
         settings,
@@ -93,15 +87,15 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     ))
 
 
-def _settings(data_dir, registry_url, identity: dict):
+def _settings(data_dir, identity: dict):
     """The server's settings (flags over environment over file), checked
-    before it starts: identity, the web-download URL filter, forwarding."""
+    before it starts: identity, the web-download URL filter, the upload lease."""
     from ..api.auth import provider_for
     from ..api.webdownload import ImportFilter
     from ..config import load
     from ..errors import InvalidInputError
 
-    settings = load(flags=dict(identity, data_dir=data_dir, registry_url=registry_url))
+    settings = load(flags=dict(identity, data_dir=data_dir))
     settings = settings.with_flags(data_dir=os.path.abspath(settings.data_dir))
     try:
         provider_for(settings)
@@ -111,26 +105,7 @@ def _settings(data_dir, registry_url, identity: dict):
         ImportFilter.from_settings(settings)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
-    if settings.registry_url:
-        _check_forwarding(settings)
+    from ..registry.data import check_upload_lease
+
+    check_upload_lease(settings.upload_lease)   # a lease out of bounds: refused before the server starts
     return settings
-
-
-def _check_forwarding(settings) -> None:
-    """What an API host that forwards to a registry host needs, checked before it starts."""
-    from ..errors import InvalidInputError
-
-    url = settings.registry_url
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInputError(f"--registry {url!r} is not an http(s):// URL")
-    if not os.environ.get("VHDKIT_SERVICE_TOKEN"):
-        raise InvalidInputError("--registry needs the registry host's service token in VHDKIT_SERVICE_TOKEN")
-    from ..registry.data import MAX_LEASE_S, MIN_LEASE_S
-
-    lease = settings.upload_lease
-    if not MIN_LEASE_S <= lease <= MAX_LEASE_S:
-        raise InvalidInputError(f"VHDKIT_API_UPLOAD_LEASE {lease!r}: expected seconds from {MIN_LEASE_S:g} "
-                                f"to {MAX_LEASE_S:g}")
-    if not settings.blobs_in_swift():
-        raise InvalidInputError("--registry needs VHDKIT_BLOB_STORE=swift (the registry host's settings): image "
-                                "data must be in Swift for several API hosts to share it")

@@ -40,7 +40,7 @@ TYPE_CHECKING = False   # typing and dataclasses are not imported at run time (s
 if TYPE_CHECKING:
     from typing import BinaryIO, Callable, Iterator, Optional
 
-from ..errors import IntegrityError, QuotaError, StorageError, from_oserror
+from ..errors import IntegrityError, QuotaError, StorageError, VhdkitError, from_oserror
 
 CHUNK = 4 << 20
 
@@ -118,10 +118,16 @@ def older_than(path: str, seconds: float) -> bool:
 
 def is_locked(path: str) -> bool:
     """True when a live process holds the upload lock on ``path``."""
+    return bool(lock_state(path))
+
+
+def lock_state(path: str) -> Optional[bool]:
+    """True: a live process holds the upload lock on ``path``; False: the file
+    is there and nobody holds it (its process died); None: no such file."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -461,13 +467,20 @@ class SwiftUpload(Upload):
             self._thread.start()
         while True:
             if self._error is not None:
-                raise StorageError(f"storing image data in Swift: {self._error}")
+                raise self._failure()
             try:
                 self._q.put(item, timeout=0.5)
                 return
             except queue.Full:
                 if not self._thread.is_alive():
-                    raise StorageError(f"storing image data in Swift: uploader stopped ({self._error})")
+                    raise self._failure()
+
+    def _failure(self) -> BaseException:
+        """The uploading thread's error: a vhdkit error as it is (a Swift that
+        does not answer stays UnavailableError), anything else a StorageError."""
+        if isinstance(self._error, VhdkitError):
+            return self._error
+        return StorageError(f"storing image data in Swift: uploader stopped ({self._error})")
 
     def _emit(self, b: bytes) -> None:
         assert self._md5 is not None and self._sha is not None
@@ -481,7 +494,7 @@ class SwiftUpload(Upload):
         assert self._thread is not None
         self._thread.join()
         if self._error is not None:
-            raise StorageError(f"storing image data in Swift: {self._error}")
+            raise self._failure()
         if self._man is None or self._man.size != self.size:
             raise IntegrityError(f"blob {self.rel}: Swift holds {getattr(self._man, 'size', None)} bytes, "
                                  f"{self.size} were written")
