@@ -26,10 +26,10 @@ FLAG, VALUE, MULTI, CHOICE, INT = "flag", "value", "multi", "choice", "int"
 _JSON = {"--json": ("as_json", FLAG, True)}
 #: --json and qemu-img's spelling of it (vhdkit.cli._common.qemu_json_option)
 _QEMU_JSON = {**_JSON, "--output": ("output_format_", CHOICE, ("human", "json"))}
-#: --data, --account, --roles (vhdkit.cli._common.data_option, identity_options); unset, the
-#: settings (vhdkit.config: the environment, the configuration file) say
-_REGISTRY = {"--data": ("data_dir", VALUE, None), "--account": ("account", VALUE, None),
-             "--roles": ("roles", VALUE, None)}
+#: --data, --database-url, --account, --roles (vhdkit.cli._common.data_option, identity_options);
+#: unset, the settings (vhdkit.config: the environment, the configuration file) say
+_REGISTRY = {"--data": ("data_dir", VALUE, None), "--database-url": ("database_url", VALUE, None),
+             "--account": ("account", VALUE, None), "--roles": ("roles", VALUE, None)}
 _PARENT = {"--parent": ("parents", MULTI, None)}
 
 
@@ -156,7 +156,8 @@ def _call(words: tuple, o: dict):
 
     try:
         base = load()
-        ident = base.with_flags(account=o["account"], roles=o["roles"])     # as _common.caller_of
+        db = {"database_url": o["database_url"]}      # a flag on every settings() (_common._flag)
+        ident = base.with_flags(**db, account=o["account"], roles=o["roles"])     # as _common.caller_of
     except ValueError:
         return None                       # a malformed setting or flag: click's to say
     if not ident.account:
@@ -176,7 +177,7 @@ def _call(words: tuple, o: dict):
         from ..registry import Caller
 
         who = Caller.parse(ident.account, ident.roles or "")
-        _reads.in_registry(base.with_flags(data_dir=o["data_dir"]), who, work, as_json=as_json, **kw)
+        _reads.in_registry(base.with_flags(**db, data_dir=o["data_dir"]), who, work, as_json=as_json, **kw)
 
     return registry_work
 
