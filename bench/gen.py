@@ -11,7 +11,7 @@ Block classes are assigned in exact proportions (``mix``) and shuffled by the
 seed, so two runs with the same spec produce byte-identical files.  Each file is
 written next to a ``.ok`` marker holding its spec; a file without its marker is
 regenerated.  Nothing here imports vhdkit: inputs are made independently of the
-code under test (VHDs by :mod:`bench.vhdfile`).
+code under test (VHDs by fixtures/vhdref.py).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import vhdfile
+import vhdref
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -195,14 +195,14 @@ class Inputs:
         def build(tmp: Path) -> None:
             shutil.copyfile(self.raw(spec), tmp)  # copy_file_range keeps it cheap
             with open(tmp, "ab") as f:
-                f.write(vhdfile.footer(spec.size, vhdfile.FIXED, _uuid(spec, "fixed"), None))
+                f.write(vhdref.footer(spec.size, vhdref.FIXED, _uuid(spec, "fixed"), None))
         return self._cached(self.dir / f"{spec.key()}.fixed.vhd", spec, build)
 
     def dynamic(self, spec: DiskSpec) -> Path:
         def build(tmp: Path) -> None:
             cls = spec.classes()
             alloc = [int(i) for i in np.flatnonzero(cls)]
-            lay = vhdfile.Layout(spec.size, spec.block_size, alloc, uid=_uuid(spec, "dynamic"))
+            lay = vhdref.Layout(spec.size, spec.block_size, alloc, uid=_uuid(spec, "dynamic"))
             with open(tmp, "wb") as f:
                 offs = lay.write_metadata(f, str(tmp))
                 bitmap = b"\xff" * lay.bitmap_bytes
@@ -231,10 +231,10 @@ class Inputs:
                 cls = spec.layer_classes(k)
                 alloc = [int(i) for i in np.flatnonzero(cls)]
                 uid = uuidlib.UUID(bytes=hashlib.md5(f"{spec.key()}/{k}".encode()).digest())
-                lay = vhdfile.Layout(spec.size, bs, alloc, parent=parent, uid=uid)
+                lay = vhdref.Layout(spec.size, bs, alloc, parent=parent, uid=uid)
                 f = open(tmp / names[k], "wb")
                 layers.append((lay, f, cls, lay.write_metadata(f, str(tmp / names[k]))))
-                parent = vhdfile.Parent(str(tmp / names[k]), uid)
+                parent = vhdref.Parent(str(tmp / names[k]), uid)
             for i in range(spec.n_blocks):
                 content: Optional[np.ndarray] = None
                 for k, (lay, f, cls, offs) in enumerate(layers):

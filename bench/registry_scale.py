@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vhdkit.registry import Caller, Registry  # noqa: E402
+from vhdkit.registry import db as _db  # noqa: E402
 from vhdkit.registry.models import now_text  # noqa: E402
 
 TAGS = "abcdefgh"
@@ -78,19 +79,23 @@ def populate(reg: Registry, n_images: int, per_account: int, seed: int = 1) -> l
                     st = "accepted" if rnd.random() < 0.6 else rnd.choice(["pending", "rejected"])
                     members.append((iid, m, st, ts, ts))
         ids.append(iid)
-    conn.execute("BEGIN IMMEDIATE")
+    with _db.immediate(conn):
+        _insert(conn, images, tags, props, members)
+    conn.execute("ANALYZE")
+    if conn.dialect is _db.SQLITE:
+        # steady state: the bulk insert's pages moved from the WAL into the database
+        # (a query right after it would read them through a 300 MB WAL)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return accounts, ids
+
+
+def _insert(conn, images, tags, props, members) -> None:
     conn.executemany("INSERT INTO images (id, name, status, visibility, protected, owner, created_at, "
                      "updated_at, size, disk_format, container_format) VALUES (?,?,?,?,?,?,?,?,?,?,?)", images)
     conn.executemany("INSERT INTO image_tags (image_id, tag) VALUES (?,?)", tags)
     conn.executemany("INSERT INTO image_properties (image_id, name, value) VALUES (?,?,?)", props)
     conn.executemany("INSERT INTO image_members (image_id, member, status, created_at, updated_at) "
                      "VALUES (?,?,?,?,?)", members)
-    conn.execute("COMMIT")
-    conn.execute("ANALYZE")
-    # steady state: the bulk insert's pages moved from the WAL into the database
-    # (a query right after it would read them through a 300 MB WAL)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return accounts, ids
 
 
 def timeit(fn, reps: int) -> float:

@@ -39,6 +39,70 @@ typedef struct vk_err {
 int vk_abi_version(void);
 const char *vk_code_name(int code);
 
+/* ---- the VHD format's numbers: each one defined here, once ---------------
+ * C uses them through csrc/vk_format.h, Python as lib.VK_* (cffi). */
+typedef enum {
+    VK_DISK_FIXED   = 2,
+    VK_DISK_DYNAMIC = 3,
+    VK_DISK_DIFF    = 4     /* differencing */
+} vk_disk_type;
+
+typedef enum {
+    VK_SECTOR_BYTES    = 512,
+    VK_FOOTER_BYTES    = 512,
+    VK_DYNHDR_BYTES    = 1024,
+    VK_VHD_EPOCH       = 946684800,   /* Unix time of 2000-01-01 00:00 UTC, where
+                                         VHD timestamps count from          */
+    VK_MAX_VIRTUAL_GIB = 2040,        /* the largest virtual size, in GiB    */
+    /* The block sizes a file may have (open, check, modify, repair, chains,
+     * conversion from it): a power of two from MIN to MAX.  The spec asks a
+     * power of two of sectors and sets no maximum; qemu takes any up to
+     * 2 GiB, libvhdi any multiple of 512.  1 GiB bounds what one block
+     * costs a reader of untrusted files (a 256 KiB bitmap). */
+    VK_BLOCK_SIZE_MIN  = 512,
+    VK_BLOCK_SIZE_MAX  = 1073741824,
+    /* Policy for the images vhdkit creates (create, convert), stricter than
+     * the format: a block from 512 KiB (the converter's unit of work) to
+     * 256 MiB (the converter buffers whole blocks); 2 MiB unless asked. */
+    VK_NEW_BLOCK_MIN     = 524288,
+    VK_NEW_BLOCK_MAX     = 268435456,
+    VK_NEW_BLOCK_DEFAULT = 2097152
+} vk_format_limit;
+
+/* A footer, decoded and validated (vk_footer_peek). */
+typedef struct vk_footer_fields {
+    uint32_t disk_type;
+    uint64_t data_offset;
+    uint64_t current_size;
+    uint32_t timestamp;          /* seconds since 2000-01-01 UTC             */
+    uint8_t  uuid[16];
+} vk_footer_fields;
+
+/* A dynamic disk header, decoded and validated (vk_dynhdr_peek). */
+typedef struct vk_dynhdr_fields {
+    uint64_t table_offset;
+    uint32_t max_table_entries;
+    uint32_t block_size;
+    uint32_t bitmap_bytes;       /* a block's sector bitmap, whole sectors   */
+    int      n_locators;         /* entries with a non-zero code             */
+} vk_dynhdr_fields;
+
+/* The footer in buf[0..len) (len must be 512): VK_OK when its cookie,
+ * checksum and disk type are right (out filled), else VK_E_FORMAT or
+ * VK_E_CHECKSUM with err filled. */
+int vk_footer_peek(const uint8_t *buf, size_t len, vk_footer_fields *out, vk_err *err);
+/* The same footer with a new unique id and timestamp and its checksum
+ * recomputed, into out (512 bytes); buf must pass vk_footer_peek. */
+int vk_footer_renew(const uint8_t *buf, size_t len, const uint8_t uuid[16], uint32_t timestamp,
+                    uint8_t *out, vk_err *err);
+/* The dynamic header in buf[0..len) (len must be 1024), validated as the
+ * opener validates it (cookie, checksum, version, block size). */
+int vk_dynhdr_peek(const uint8_t *buf, size_t len, vk_dynhdr_fields *out, vk_err *err);
+/* The allocated entries of a BAT (n_entries big-endian entries in buf): the
+ * file offsets (bytes) of their blocks into out[0..n_entries), in entry
+ * order.  Returns how many. */
+size_t vk_bat_blocks(const uint8_t *buf, size_t n_entries, uint64_t *out);
+
 /* ==== reading and checking (vk_image.c, vk_check.c, ...) ================= */
 
 /* How the virtual size is chosen (vk_open_opts.size_rule, vk_info.size_rule).
@@ -73,7 +137,7 @@ typedef struct vk_image vk_image;   /* an opened VHD with its parent chain */
 
 /* Decoded, validated facts about one layer of an opened image. */
 typedef struct vk_info {
-    uint32_t disk_type;          /* 2 fixed, 3 dynamic, 4 differencing       */
+    uint32_t disk_type;          /* a vk_disk_type                           */
     uint64_t virtual_size;       /* chosen by size_rule                      */
     int      size_rule;          /* the rule that was applied (not AUTO)     */
     uint64_t current_size;
@@ -167,6 +231,17 @@ int vk_check(const char *path, const vk_open_opts *opts, int check_parents,
              vk_problem *out, size_t cap, size_t *n_found, vk_err *err);
 
 /* ---- VHDX (vkx_*.c): read-only, through the same vk_image ------------- */
+/* VHDX payload block states (a BAT entry's low three bits), the index of
+ * vk_vhdx_info.blocks_by_state. */
+typedef enum {
+    VKX_PAYLOAD_NOT_PRESENT   = 0,
+    VKX_PAYLOAD_UNDEFINED     = 1,
+    VKX_PAYLOAD_ZERO          = 2,
+    VKX_PAYLOAD_UNMAPPED      = 3,
+    VKX_PAYLOAD_FULLY_PRESENT = 6,
+    VKX_PAYLOAD_PARTIALLY     = 7
+} vk_vhdx_block_state;
+
 typedef struct vk_vhdx_info {
     char     creator[512];          /* UTF-8 of the file identifier's creator */
     int      current_header;        /* 1 or 2                                 */
@@ -199,7 +274,7 @@ typedef struct vk_vhdx_info {
     uint64_t chunk_ratio;
     uint64_t bat_entries;
     uint64_t payload_blocks;
-    uint64_t blocks_by_state[8];    /* payload blocks by BAT state 0..7      */
+    uint64_t blocks_by_state[8];    /* payload blocks by vk_vhdx_block_state */
     uint64_t sector_bitmaps_present;
     uint32_t n_locator_entries;
     char     parent_linkage[64];
@@ -247,7 +322,7 @@ int vk_size_plan_make(uint64_t requested, int rule, vk_size_plan *out, vk_err *e
 
 typedef struct vk_write_opts {
     int       kind;            /* vk_out_kind                                 */
-    uint32_t  block_size;      /* dynamic: power of two, 512 KiB..256 MiB; 0 = 2 MiB */
+    uint32_t  block_size;      /* dynamic: power of two, VK_NEW_BLOCK_MIN..MAX; 0 = the default */
     int       size_rule;       /* vk_write_rule                                */
     int       has_uuid;        /* 1: use uuid below, else a random v4 one     */
     uint8_t   uuid[16];
@@ -322,7 +397,7 @@ typedef struct vk_modify_result {
 /* Rewrite footer (both copies), header and BAT as needed.  Every step leaves
  * an image that vk_repair (or check) can bring back: the end footer is
  * written last for dynamic images.  The test hook
- * VHDKIT_TEST_ABORT_AFTER_WRITES=N stops with VK_E_INTERRUPTED after N writes. */
+ * vk_options.abort_after_writes=N stops with VK_E_INTERRUPTED after N writes. */
 int vk_modify(const char *path, const vk_modify_opts *opts, vk_modify_result *res, vk_err *err);
 
 /* A block whose data lay past the end of a cut-short dynamic image: after
@@ -333,12 +408,19 @@ typedef struct vk_lost_range {
     uint32_t block;
 } vk_lost_range;
 
+typedef enum {
+    VK_REPAIR_NONE         = 0,   /* nothing to do                            */
+    VK_REPAIR_END_RESTORED = 1,   /* end footer rewritten from the copy at 0  */
+    VK_REPAIR_COPY_RESTORED = 2,  /* copy at 0 rewritten from the end footer  */
+    VK_REPAIR_END_APPENDED = 3,   /* footer appended (end footer missing or
+                                     truncated)                              */
+    VK_REPAIR_FIXED_CUT    = 4    /* fixed image cut back to its size (an
+                                     interrupted grow left zeros or footer
+                                     copies after the data)                  */
+} vk_repair_action;
+
 typedef struct vk_repair_result {
-    int action;             /* 0 nothing to do, 1 end footer rewritten from copy at 0,
-                               2 copy at 0 rewritten from end footer,
-                               3 footer appended (end footer was missing/truncated),
-                               4 fixed image cut back to its size (an interrupted grow
-                                 left zeros/footer copies after the data) */
+    int action;             /* a vk_repair_action                            */
     uint32_t disk_type;
     uint64_t footer_offset; /* where the end footer now is                  */
     uint64_t lost_count;    /* blocks that read differently after the repair */
@@ -356,6 +438,21 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err);
 
 /* Zero detection (word-wise): 1 if len bytes at p are all zero. */
 int vk_is_zero(const uint8_t *p, size_t len);
+
+/* Process-wide options (vk_common.c).  The core reads no environment: the
+ * caller sets these (vhdkit.native.set_options), before the calls they are
+ * meant for. */
+typedef struct vk_options {
+    int  io_threads;          /* threads of a conversion between seekable files,
+                                 1..8; 0 = one per CPU, 2..4                  */
+    long abort_after_writes;  /* test hook: modify, repair, coalesce into the
+                                 parent and writes through an image opened
+                                 read-write stop with VK_E_INTERRUPTED after
+                                 this many writes; -1 = never                 */
+} vk_options;
+
+void vk_set_options(const vk_options *opts);
+void vk_get_options(vk_options *opts);
 
 /* ==== chains: snapshot, coalesce, reparent (vk_chain.c, ...) ============= */
 /*
@@ -416,7 +513,7 @@ typedef struct vk_merge_result {
 /* Merge the leaf of `child` (a differencing disk with its chain opened)
  * into its parent, in place.  journal_path: the intent journal (created
  * before the first write to the parent, removed after the final fsync).
- * The test hook VHDKIT_TEST_ABORT_AFTER_WRITES=N stops after N writes. */
+ * The test hook vk_options.abort_after_writes=N stops after N writes. */
 int vk_coalesce_into_parent(vk_image *child, const char *journal_path, vk_merge_result *res, vk_err *err);
 
 /* Point the differencing disk at child_path to the (opened) new parent:

@@ -81,9 +81,12 @@ int vk_snapshot(vk_image *parent, int out_fd, uint64_t size, uint32_t block_size
                        "(convert it to a VHD first)", P->path);
     if (size == 0) size = P->virtual_size;
     if ((rc = vk_size_plan_make(size, VK_RULE_EXACT, &plan, err))) return rc;
-    uint32_t bs = block_size ? block_size : (P->footer.disk_type == VK_DISK_FIXED ? VK_DEFAULT_BLOCK : P->block_size);
-    if (bs < VK_SECTOR || (bs & (bs - 1)) || bs > VK_MAX_BLOCK)
-        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "block size %u is not a power of two from 512 bytes to 256 MiB", bs);
+    /* Any block size the format allows: a snapshot buffers no block, and its
+     * parent's (the default) must stay possible whatever the parent has. */
+    uint32_t bs = block_size ? block_size : (P->footer.disk_type == VK_DISK_FIXED ? VK_NEW_BLOCK_DEFAULT : P->block_size);
+    if (!vk_block_size_ok(bs))
+        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "block size %u is not a power of two from %u bytes to %u MiB",
+                       bs, (unsigned)VK_BLOCK_SIZE_MIN, (unsigned)(VK_BLOCK_SIZE_MAX >> 20));
     uint64_t entries = (plan.size + bs - 1) / bs;
     if (entries > (VK_MAX_VIRTUAL_SIZE / VK_SECTOR))
         return vk_fail(err, VK_E_RANGE, UINT64_MAX, "too many blocks (%llu) for a block size of %u",

@@ -45,8 +45,6 @@ static int cmp_region(const void *a, const void *b)
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
-static int is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
-
 static const char *name_base(const char *p)
 {
     const char *a = strrchr(p, '/'), *b = strrchr(p, '\\');
@@ -65,55 +63,10 @@ static int same_name(const char *a, const char *b)
     return *a == *b;
 }
 
-static void check_footer(probs *P, const uint8_t *raw, const vk_footer *f, uint64_t foff, uint64_t file_size)
+/* Each finding of a format validator is one problem, under its stable code. */
+static void finding(void *ctx, int code, const char *id, uint64_t off, const char *msg)
 {
-    uint32_t now = vk_time_now();
-    if (vk_footer_checksum_of(raw) != f->checksum)
-        add(P, "FOOTER_CHECKSUM", foff + 64, "footer checksum 0x%08x, computed 0x%08x", f->checksum,
-            vk_footer_checksum_of(raw));
-    if (!(f->features & VK_FEATURE_RESERVED))
-        add(P, "FOOTER_FEATURES", foff + 8, "footer features 0x%08x lack the always-set bit 0x2", f->features);
-    if (f->features & ~(VK_FEATURE_RESERVED | VK_FEATURE_TEMPORARY))
-        add(P, "FOOTER_FEATURES", foff + 8, "footer features 0x%08x have unknown bits", f->features);
-    if (f->version != VK_VERSION_1_0)
-        add(P, "FOOTER_VERSION", foff + 12, "footer file format version 0x%08x, expected 0x00010000", f->version);
-    if (f->timestamp > now + 24u * 3600u)
-        add(P, "FOOTER_TIMESTAMP", foff + 24, "footer timestamp %u lies in the future", f->timestamp);
-    if (f->saved_state != 0 && f->saved_state != 1)
-        add(P, "FOOTER_SAVED_STATE", foff + 84, "saved state byte is %u (must be 0 or 1)", f->saved_state);
-    else if (f->saved_state)
-        add(P, "FOOTER_SAVED_STATE", foff + 84, "the disk is in a saved state (a suspended VM owns it)");
-    if (f->current_size % VK_SECTOR)
-        add(P, "FOOTER_SIZE", foff + 48, "current size %llu is not a multiple of 512",
-            (unsigned long long)f->current_size);
-    uint64_t chs = vk_chs_size(f->cylinders, f->heads, f->sectors);
-    if (f->cylinders == 0 || f->heads == 0 || f->sectors == 0)
-        add(P, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u has a zero field", f->cylinders, f->heads,
-            f->sectors);
-    /* 65535/16/255 is the marker qemu (force_size) and others use for
-     * "size is not CHS-derived": not a problem. */
-    else if (chs > f->current_size && !(f->cylinders == 65535 && f->heads == 16 && f->sectors == 255))
-        add(P, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u (%llu bytes) exceeds the current size %llu",
-            f->cylinders, f->heads, f->sectors, (unsigned long long)chs, (unsigned long long)f->current_size);
-    switch (f->disk_type) {
-    case VK_DISK_FIXED:
-        if (f->data_offset != UINT64_MAX)
-            add(P, "FOOTER_DATA_OFFSET", foff + 16, "fixed disk with data offset %llu (must be all ones)",
-                (unsigned long long)f->data_offset);
-        break;
-    case VK_DISK_DYNAMIC:
-    case VK_DISK_DIFF:
-        if (f->data_offset == UINT64_MAX || f->data_offset % VK_SECTOR || f->data_offset > file_size ||
-            file_size - f->data_offset < 1024)
-            add(P, "FOOTER_DATA_OFFSET", foff + 16, "dynamic header offset %llu is invalid or outside the file",
-                (unsigned long long)f->data_offset);
-        if (f->current_size > VK_MAX_VIRTUAL_SIZE)
-            add(P, "FOOTER_SIZE", foff + 48, "virtual size %llu exceeds 2040 GiB",
-                (unsigned long long)f->current_size);
-        break;
-    default:
-        add(P, "FOOTER_DISK_TYPE", foff + 60, "unknown disk type %u", f->disk_type);
-    }
+    add(ctx, id, off, "%s", msg);
 }
 
 /* The checks of one file.  Returns 0; fills *opened with an open layer when
@@ -140,32 +93,16 @@ static void check_dynamic(probs *P, int fd, uint64_t file_size, const vk_footer 
         return;
     }
     uint64_t ho = f->data_offset;
-    if (memcmp(hb, "cxsparse", 8) != 0) {
-        add(P, "HEADER_COOKIE", ho, "no 'cxsparse' cookie in the dynamic header");
-        return;
-    }
-    vk_dynhdr_decode(hb, h);
-    if (vk_checksum(hb, 1024, 36) != h->checksum)
-        add(P, "HEADER_CHECKSUM", ho + 36, "dynamic header checksum 0x%08x, computed 0x%08x", h->checksum,
-            vk_checksum(hb, 1024, 36));
-    if (h->version != VK_VERSION_1_0)
-        add(P, "HEADER_VERSION", ho + 24, "dynamic header version 0x%08x, expected 0x00010000", h->version);
-    if (h->data_offset != UINT64_MAX)
-        add(P, "HEADER_DATA_OFFSET", ho + 8, "dynamic header data offset is not all ones");
-    if (h->table_offset % VK_SECTOR)
-        add(P, "HEADER_TABLE_OFFSET", ho + 16, "BAT offset %llu is not sector-aligned",
-            (unsigned long long)h->table_offset);
+    /* a wrong checksum or version is reported; the rest can still be examined */
+    vk_dynhdr_validate(hb, h, ho, finding, P, NULL);
+    if (memcmp(hb, "cxsparse", 8) != 0) return;
     if (h->table_offset >= file_size) {
         add(P, "HEADER_TABLE_OFFSET", ho + 16, "BAT offset %llu is past the end of the file",
             (unsigned long long)h->table_offset);
         return;
     }
-    if (!is_pow2(h->block_size) || h->block_size < VK_MIN_BLOCK_SIZE || h->block_size > VK_MAX_BLOCK_SIZE) {
-        add(P, "HEADER_BLOCK_SIZE", ho + 32, "block size %u is not a power of two from 512 bytes to 1 GiB",
-            h->block_size);
-        return;
-    }
-    uint64_t need = f->current_size / h->block_size + (f->current_size % h->block_size ? 1 : 0);
+    if (!vk_block_size_ok(h->block_size)) return;
+    uint64_t need = vk_bat_entries_for(f->current_size, h->block_size);
     if (h->max_table_entries < need)
         add(P, "HEADER_MAX_ENTRIES", ho + 28, "%u BAT entries cannot cover %llu bytes in %u-byte blocks",
             h->max_table_entries, (unsigned long long)f->current_size, h->block_size);
@@ -181,7 +118,7 @@ static void check_dynamic(probs *P, int fd, uint64_t file_size, const vk_footer 
 static void check_bat_and_locators(probs *P, int fd, uint64_t file_size, const vk_footer *f, int fsize,
                                    const vk_dynhdr *h)
 {
-    uint32_t bitmap = (uint32_t)(((h->block_size / VK_SECTOR + 7) / 8 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR);
+    uint32_t bitmap = vk_bitmap_bytes(h->block_size);
     uint64_t n = h->max_table_entries;
     uint64_t bat_bytes = n * 4;
     uint64_t footer_at = file_size - (uint64_t)fsize;
@@ -425,7 +362,7 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
         }
     }
     vk_footer_decode(raw, &f);
-    check_footer(P, raw, &f, foff, file_size);
+    vk_footer_validate(raw, &f, foff, file_size, finding, P, NULL);
     if (f.disk_type == VK_DISK_FIXED) {
         if (file_size - (uint64_t)fsize < f.current_size)
             add(P, "FILE_TRUNCATED", foff, "fixed disk of %llu bytes but the file holds %llu bytes of data",

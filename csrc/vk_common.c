@@ -10,6 +10,11 @@
 
 int vk_abi_version(void) { return VK_ABI_VERSION; }
 
+static vk_options vk_opts = {0, -1};
+
+void vk_set_options(const vk_options *opts) { vk_opts = *opts; }
+void vk_get_options(vk_options *opts) { *opts = vk_opts; }
+
 const char *vk_code_name(int code)
 {
     switch (code) {
@@ -230,4 +235,21 @@ long vk_utf8_to_utf16(const char *in, size_t in_len, int big_endian,
         }
     }
     return (long)o;
+}
+
+typedef uint64_t __attribute__((may_alias)) vk_u64a;
+
+int vk_is_zero(const uint8_t *p, size_t len)
+{
+    size_t i = 0;
+    /* Unaligned head, then 64 bytes per step (the compiler vectorises the
+     * OR-reduction), then the tail. */
+    while (i < len && ((uintptr_t)(p + i) & 7u)) if (p[i++]) return 0;
+    if (len - i >= 8 && *(const vk_u64a *)(p + i)) return 0;   /* data exits here */
+    for (; i + 64 <= len; i += 64) {
+        const vk_u64a *w = (const vk_u64a *)(p + i);
+        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) return 0;
+    }
+    for (; i < len; i++) if (p[i]) return 0;
+    return 1;
 }

@@ -29,24 +29,8 @@
 #define VK_WORKERS      8
 #define VK_SEGS         32
 
-typedef uint64_t __attribute__((may_alias)) vk_u64a;
-
 static int vk_raw_read(vk_src *s, uint8_t *buf, size_t len, uint64_t off, size_t *got, vk_err *err);
 
-int vk_is_zero(const uint8_t *p, size_t len)
-{
-    size_t i = 0;
-    /* Unaligned head, then 64 bytes per step (the compiler vectorises the
-     * OR-reduction), then the tail. */
-    while (i < len && ((uintptr_t)(p + i) & 7u)) if (p[i++]) return 0;
-    if (len - i >= 8 && *(const vk_u64a *)(p + i)) return 0;   /* data exits here */
-    for (; i + 64 <= len; i += 64) {
-        const vk_u64a *w = (const vk_u64a *)(p + i);
-        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) return 0;
-    }
-    for (; i < len; i++) if (p[i]) return 0;
-    return 1;
-}
 
 /* ---- the ring between reader thread and writer ------------------------ */
 typedef struct vk_slot {
@@ -194,10 +178,10 @@ static int vk_out_write(vk_out *o, const uint8_t *buf, size_t len, uint64_t off,
     return VK_OK;
 }
 
-/* pwrite in pieces of VK_WRITE_PIECE.  One 2 MiB pwrite into the page
- * cache was measured at anything from 0.6 to 7 s of system time per GiB on
- * ext4 (large-folio copies in a VM); 256 KiB pieces stay at 0.55-0.6 s, as
- * cp's 128 KiB writes do. */
+/* pwrite in pieces of VK_WRITE_PIECE.  A single large pwrite into the page
+ * cache can cost the kernel many times the system time of the same bytes in
+ * pieces (large-folio copies on ext4); pieces of the order cp writes keep a
+ * write at the cost of copying its pages. */
 static int vk_out_pwrite(vk_out *o, const uint8_t *buf, size_t len, uint64_t off, vk_err *err)
 {
     int rc = VK_OK;
@@ -236,9 +220,9 @@ static int vk_out_slot_runs(vk_out *o, const vk_slot *s, size_t from, size_t to,
         size_t j = i;
         while (j < to && !s->gz[j / VK_GRANULE]) j = (j / VK_GRANULE + 1) * VK_GRANULE;
         if (j > to) j = to;
-        /* From the buffer: the bytes were read anyway for the zero map, and a
-         * pwrite of them costs less system time than copy_file_range (which
-         * reads the page cache a second time; measured on ext4). */
+        /* From the buffer: the bytes were read anyway for the zero map, so a
+         * pwrite of them costs less than copy_file_range, which would read
+         * the page cache a second time. */
         int rc = vk_out_pwrite(o, s->buf + i, j - i, file_off + (i - from), err);
         if (rc) return rc;
         __atomic_fetch_add(&o->data_bytes, j - i, __ATOMIC_RELAXED);
@@ -365,7 +349,7 @@ typedef struct vk_worker {
 } vk_worker;
 
 /* Parallel path (seekable input and output): each worker (one per CPU, 2..4;
- * VHDKIT_WORKERS=N overrides, 1..8) reads a chunk,
+ * vk_options.io_threads overrides, 1..8) reads a chunk,
  * maps its zeros and writes it at its own offset, so reads and writes of
  * different chunks overlap without a hand-off between threads. */
 static void *vk_worker_main(void *arg)
@@ -408,8 +392,8 @@ static void *vk_worker_main(void *arg)
         }
         /* Reads and zero maps run in parallel; writes take turns.  Two
          * threads writing one file contend for its inode lock, and the
-         * kernel spins the waiter on it: measured on ext4 in a VM, up to
-         * 7 s of system time for 1 GiB written instead of 0.6 s. */
+         * kernel spins the waiter on it, which costs far more system time
+         * than the writes themselves. */
         pthread_mutex_lock(&j->wmu);
         rc = vk_chunk_out(j, s, &err);
         pthread_mutex_unlock(&j->wmu);
@@ -515,10 +499,10 @@ static int vk_opts_check(const vk_write_opts *o, vk_err *err)
     if (o->kind != VK_OUT_RAW && o->kind != VK_OUT_FIXED && o->kind != VK_OUT_DYNAMIC)
         return vk_fail(err, VK_E_INVALID, UINT64_MAX, "unknown output kind %d", o->kind);
     if (o->kind == VK_OUT_DYNAMIC) {
-        uint32_t bs = o->block_size ? o->block_size : VK_DEFAULT_BLOCK;
-        if (bs < VK_MIN_BLOCK || bs > VK_MAX_BLOCK || (bs & (bs - 1)))
-            return vk_fail(err, VK_E_INVALID, UINT64_MAX,
-                           "block size %u is not a power of two between 512 KiB and 256 MiB", bs);
+        uint32_t bs = o->block_size ? o->block_size : VK_NEW_BLOCK_DEFAULT;
+        if (!vk_new_block_size_ok(bs))
+            return vk_fail(err, VK_E_INVALID, UINT64_MAX, "block size %u is not a power of two between %u KiB and %u MiB",
+                           bs, (unsigned)(VK_NEW_BLOCK_MIN >> 10), (unsigned)(VK_NEW_BLOCK_MAX >> 20));
         if (o->stream_out)
             return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX,
                            "a dynamic VHD cannot be written to a stream (its BAT is written last); write to a file");
@@ -575,7 +559,7 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
     memset(&dyn, 0, sizeof dyn);
     size_t chunk = VK_CHUNK;
     if (o->kind == VK_OUT_DYNAMIC) {
-        dyn.bs = o->block_size ? o->block_size : VK_DEFAULT_BLOCK;
+        dyn.bs = o->block_size ? o->block_size : VK_NEW_BLOCK_DEFAULT;
         dyn.bm = vk_bitmap_bytes(dyn.bs);
         uint64_t span = known ? res->plan.size : (o->size_hint ? o->size_hint : VK_MAX_VIRTUAL_SIZE);
         if (!known && span > VK_MAX_VIRTUAL_SIZE) span = VK_MAX_VIRTUAL_SIZE;
@@ -607,9 +591,10 @@ int vk_convert_src(vk_src *src, int out_fd, const vk_write_opts *o, vk_write_res
     pthread_mutex_init(&dyn.mu, NULL);
     uint64_t vend = 0;
     if (!src->stream && !out.stream) {
-        const char *w = getenv("VHDKIT_WORKERS");
+        vk_options opts;
+        vk_get_options(&opts);
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        int nw = w && *w ? atoi(w) : (int)(cpus < 2 ? 2 : cpus > 4 ? 4 : cpus);
+        int nw = opts.io_threads ? opts.io_threads : (int)(cpus < 2 ? 2 : cpus > 4 ? 4 : cpus);
         if (nw < 1 || nw > VK_WORKERS) nw = VK_WORKERS;
         rc = vk_run_parallel(&job, nw, err);
         vend = src->size;

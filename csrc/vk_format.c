@@ -1,7 +1,9 @@
-/* vk_format.c -- encode/decode of the footer and the dynamic disk header,
- * the checksum, and CHS geometry, as the VHD specification describes them.
- * Decoding never validates: the checker and the opener decide what to do
- * with the decoded fields. */
+/* vk_format.c -- the VHD structures as the specification describes them:
+ * decode/encode of the footer and the dynamic disk header, the checksum,
+ * CHS geometry, and the one validator of each structure (vk_format.h),
+ * plus the entry points that let Python read a footer or header. */
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "vk_internal.h"
@@ -129,4 +131,208 @@ void vk_chs_from_sectors(uint64_t total, uint16_t *cyl, uint8_t *heads, uint8_t 
     *cyl = (uint16_t)(cth / h);
     *heads = (uint8_t)h;
     *spt = (uint8_t)s;
+}
+
+/* ---- validation ----------------------------------------------------------- */
+int vk_block_size_ok(uint32_t bs)
+{
+    return bs >= VK_BLOCK_SIZE_MIN && bs <= VK_BLOCK_SIZE_MAX && !(bs & (bs - 1));
+}
+
+int vk_new_block_size_ok(uint32_t bs)
+{
+    return vk_block_size_ok(bs) && bs >= VK_NEW_BLOCK_MIN && bs <= VK_NEW_BLOCK_MAX;
+}
+
+typedef struct {
+    vk_finding_fn fn;
+    void *ctx;
+    vk_err *err;
+    int first;          /* the first fatal code, 0 while none */
+} findings;
+
+__attribute__((format(printf, 5, 6)))
+static void found(findings *F, int code, const char *id, uint64_t off, const char *fmt, ...)
+{
+    char msg[sizeof ((vk_err *)0)->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (F->fn) F->fn(F->ctx, code, id, off, msg);
+    if (code < 0 && !F->first) {
+        F->first = code;
+        vk_fail(F->err, code, off, "%s", msg);
+    }
+}
+
+int vk_footer_validate(const uint8_t b[512], const vk_footer *f, uint64_t foff, uint64_t file_size,
+                       vk_finding_fn fn, void *ctx, vk_err *err)
+{
+    findings F = { fn, ctx, err, 0 };
+    if (memcmp(f->cookie, "conectix", 8) != 0) {
+        found(&F, VK_E_FORMAT, "FOOTER_COOKIE", foff, "no 'conectix' footer cookie");
+        return F.first;
+    }
+    uint32_t sum = vk_footer_checksum_of(b);
+    if (sum != f->checksum)
+        found(&F, VK_E_CHECKSUM, "FOOTER_CHECKSUM", foff + 64, "footer checksum 0x%08x, computed 0x%08x",
+              f->checksum, sum);
+    if (!(f->features & VK_FEATURE_RESERVED))
+        found(&F, 0, "FOOTER_FEATURES", foff + 8, "footer features 0x%08x lack the always-set bit 0x2", f->features);
+    if (f->features & ~(VK_FEATURE_RESERVED | VK_FEATURE_TEMPORARY))
+        found(&F, 0, "FOOTER_FEATURES", foff + 8, "footer features 0x%08x have unknown bits", f->features);
+    if ((f->version >> 16) != 1)
+        found(&F, VK_E_UNSUPPORTED, "FOOTER_VERSION", foff + 12, "unsupported VHD format version 0x%08x",
+              f->version);
+    else if (f->version != VK_VERSION_1_0)
+        found(&F, 0, "FOOTER_VERSION", foff + 12, "footer file format version 0x%08x, expected 0x00010000",
+              f->version);
+    if (f->timestamp > vk_time_now() + 24u * 3600u)
+        found(&F, 0, "FOOTER_TIMESTAMP", foff + 24, "footer timestamp %u lies in the future", f->timestamp);
+    if (f->saved_state != 0 && f->saved_state != 1)
+        found(&F, 0, "FOOTER_SAVED_STATE", foff + 84, "saved state byte is %u (must be 0 or 1)", f->saved_state);
+    else if (f->saved_state)
+        found(&F, 0, "FOOTER_SAVED_STATE", foff + 84, "the disk is in a saved state (a suspended VM owns it)");
+    if (f->current_size % VK_SECTOR)
+        found(&F, 0, "FOOTER_SIZE", foff + 48, "current size %llu is not a multiple of 512",
+              (unsigned long long)f->current_size);
+    uint64_t chs = vk_chs_size(f->cylinders, f->heads, f->sectors);
+    if (f->cylinders == 0 || f->heads == 0 || f->sectors == 0)
+        found(&F, 0, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u has a zero field", f->cylinders, f->heads,
+              f->sectors);
+    /* 65535/16/255 is the marker qemu (force_size) and others use for
+     * "size is not CHS-derived": not a problem. */
+    else if (chs > f->current_size && !(f->cylinders == 65535 && f->heads == 16 && f->sectors == 255))
+        found(&F, 0, "FOOTER_GEOMETRY", foff + 56, "geometry %u/%u/%u (%llu bytes) exceeds the current size %llu",
+              f->cylinders, f->heads, f->sectors, (unsigned long long)chs, (unsigned long long)f->current_size);
+    switch (f->disk_type) {
+    case VK_DISK_FIXED:
+        if (f->data_offset != UINT64_MAX)
+            found(&F, 0, "FOOTER_DATA_OFFSET", foff + 16, "fixed disk with data offset %llu (must be all ones)",
+                  (unsigned long long)f->data_offset);
+        break;
+    case VK_DISK_DYNAMIC:
+    case VK_DISK_DIFF:
+        if (f->data_offset == UINT64_MAX || f->data_offset % VK_SECTOR || f->data_offset > file_size ||
+            file_size - f->data_offset < VK_DYNHDR_SIZE)
+            found(&F, 0, "FOOTER_DATA_OFFSET", foff + 16, "dynamic header offset %llu is invalid or outside the file",
+                  (unsigned long long)f->data_offset);
+        if (f->current_size > VK_MAX_VIRTUAL_SIZE)
+            found(&F, 0, "FOOTER_SIZE", foff + 48, "virtual size %llu exceeds %u GiB",
+                  (unsigned long long)f->current_size, (unsigned)VK_MAX_VIRTUAL_GIB);
+        break;
+    default:
+        found(&F, VK_E_FORMAT, "FOOTER_DISK_TYPE", foff + 60, "unknown disk type %u", f->disk_type);
+    }
+    return F.first;
+}
+
+int vk_dynhdr_validate(const uint8_t b[1024], vk_dynhdr *h, uint64_t ho, vk_finding_fn fn, void *ctx, vk_err *err)
+{
+    findings F = { fn, ctx, err, 0 };
+    if (memcmp(b, "cxsparse", 8) != 0) {
+        found(&F, VK_E_FORMAT, "HEADER_COOKIE", ho, "no 'cxsparse' dynamic header at offset %llu",
+              (unsigned long long)ho);
+        return F.first;
+    }
+    vk_dynhdr_decode(b, h);
+    uint32_t sum = vk_checksum(b, VK_DYNHDR_SIZE, 36);
+    if (sum != h->checksum)
+        found(&F, VK_E_CHECKSUM, "HEADER_CHECKSUM", ho + 36,
+              "dynamic header checksum 0x%08x, computed 0x%08x", h->checksum, sum);
+    if ((h->version >> 16) != 1)
+        found(&F, VK_E_UNSUPPORTED, "HEADER_VERSION", ho + 24, "unsupported dynamic header version 0x%08x",
+              h->version);
+    else if (h->version != VK_VERSION_1_0)
+        found(&F, 0, "HEADER_VERSION", ho + 24, "dynamic header version 0x%08x, expected 0x00010000", h->version);
+    if (h->data_offset != UINT64_MAX)
+        found(&F, 0, "HEADER_DATA_OFFSET", ho + 8, "dynamic header data offset is not all ones");
+    if (h->table_offset % VK_SECTOR)
+        found(&F, 0, "HEADER_TABLE_OFFSET", ho + 16, "BAT offset %llu is not sector-aligned",
+              (unsigned long long)h->table_offset);
+    if (!vk_block_size_ok(h->block_size))
+        found(&F, VK_E_FORMAT, "HEADER_BLOCK_SIZE", ho + 32,
+              "block size %u is not a power of two from %u bytes to %u MiB", h->block_size,
+              (unsigned)VK_BLOCK_SIZE_MIN, (unsigned)(VK_BLOCK_SIZE_MAX >> 20));
+    return F.first;
+}
+
+typedef struct { vk_err *err; int first; } intact_ctx;
+
+static void intact_note(void *ctx, int code, const char *id, uint64_t off, const char *msg)
+{
+    intact_ctx *c = ctx;
+    if ((code == VK_E_FORMAT || code == VK_E_CHECKSUM) && !c->first) {
+        c->first = code;
+        vk_fail(c->err, code, off, "%s", msg);
+    }
+}
+
+int vk_footer_intact(const uint8_t b[512], vk_footer *f, vk_err *err)
+{
+    intact_ctx c = { err, 0 };
+    vk_footer_decode(b, f);
+    vk_footer_validate(b, f, 0, UINT64_MAX, intact_note, &c, NULL);
+    return c.first;
+}
+
+/* ---- the entry points Python reads structures through ---------------------- */
+int vk_footer_peek(const uint8_t *buf, size_t len, vk_footer_fields *out, vk_err *err)
+{
+    vk_footer f;
+    vk_err_clear(err);
+    memset(out, 0, sizeof *out);
+    if (len != VK_FOOTER_SIZE)
+        return vk_fail(err, VK_E_FORMAT, 0, "a VHD footer is %u bytes, not %zu", VK_FOOTER_SIZE, len);
+    int rc = vk_footer_intact(buf, &f, err);
+    if (rc) return rc;
+    out->disk_type = f.disk_type;
+    out->data_offset = f.data_offset;
+    out->current_size = f.current_size;
+    out->timestamp = f.timestamp;
+    memcpy(out->uuid, f.uuid, 16);
+    return VK_OK;
+}
+
+int vk_footer_renew(const uint8_t *buf, size_t len, const uint8_t uuid[16], uint32_t timestamp, uint8_t *out,
+                    vk_err *err)
+{
+    vk_footer_fields ff;
+    int rc = vk_footer_peek(buf, len, &ff, err);
+    if (rc) return rc;
+    /* the bytes as they are (reserved ones too), three fields replaced */
+    memcpy(out, buf, VK_FOOTER_SIZE);
+    vk_put32(out + 24, timestamp);
+    memcpy(out + 68, uuid, 16);
+    vk_put32(out + 64, vk_footer_checksum_of(out));
+    return VK_OK;
+}
+
+int vk_dynhdr_peek(const uint8_t *buf, size_t len, vk_dynhdr_fields *out, vk_err *err)
+{
+    vk_dynhdr h;
+    vk_err_clear(err);
+    memset(out, 0, sizeof *out);
+    if (len != VK_DYNHDR_SIZE)
+        return vk_fail(err, VK_E_FORMAT, 0, "a dynamic header is %u bytes, not %zu", VK_DYNHDR_SIZE, len);
+    int rc = vk_dynhdr_validate(buf, &h, 0, NULL, NULL, err);
+    if (rc) return rc;
+    out->table_offset = h.table_offset;
+    out->max_table_entries = h.max_table_entries;
+    out->block_size = h.block_size;
+    out->bitmap_bytes = vk_bitmap_bytes(h.block_size);
+    for (int i = 0; i < 8; i++)
+        if (h.loc[i].code) out->n_locators++;
+    return VK_OK;
+}
+
+size_t vk_bat_blocks(const uint8_t *buf, size_t n_entries, uint64_t *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < n_entries; i++) {
+        uint32_t e = vk_be32(buf + 4 * i);
+        if (e != VK_BAT_UNUSED) out[n++] = (uint64_t)e * VK_SECTOR;
+    }
+    return n;
 }

@@ -8,14 +8,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "vkx.h"
-
-static int is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
 
 static int footer_cookie_ok(const uint8_t *b) { return memcmp(b, "conectix", 8) == 0; }
 
@@ -106,28 +105,13 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
                        "dynamic header offset %llu is outside the file (%llu bytes)",
                        (unsigned long long)f->data_offset, (unsigned long long)L->file_size);
     if ((rc = vk_pread_full(L->fd, hb, 1024, f->data_offset, err))) return rc;
-    if (memcmp(hb, "cxsparse", 8) != 0)
-        return vk_fail(err, VK_E_FORMAT, f->data_offset, "no 'cxsparse' dynamic header at offset %llu",
-                       (unsigned long long)f->data_offset);
-    vk_dynhdr_decode(hb, h);
-    if (vk_checksum(hb, 1024, 36) != h->checksum)
-        return vk_fail(err, VK_E_CHECKSUM, f->data_offset + 36,
-                       "dynamic header checksum mismatch (stored 0x%08x, computed 0x%08x)",
-                       h->checksum, vk_checksum(hb, 1024, 36));
-    if ((h->version >> 16) != 1)
-        return vk_fail(err, VK_E_UNSUPPORTED, f->data_offset + 24,
-                       "unsupported dynamic header version 0x%08x", h->version);
-    if (!is_pow2(h->block_size) || h->block_size < VK_MIN_BLOCK_SIZE || h->block_size > VK_MAX_BLOCK_SIZE)
-        return vk_fail(err, VK_E_FORMAT, f->data_offset + 32,
-                       "invalid block size %u (must be a power of two from 512 bytes to 1 GiB)",
-                       h->block_size);
+    if ((rc = vk_dynhdr_validate(hb, h, f->data_offset, NULL, NULL, err))) return rc;
     L->block_size = h->block_size;
-    /* One bit per sector, rounded up to a whole sector. */
-    L->bitmap_size = (uint32_t)(((h->block_size / VK_SECTOR + 7) / 8 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR);
+    L->bitmap_size = vk_bitmap_bytes(h->block_size);
 
     /* Entries needed by the virtual size; never more than the header says,
      * and the table must lie inside the file (bounds the allocation). */
-    need = L->virtual_size / h->block_size + (L->virtual_size % h->block_size ? 1 : 0);
+    need = vk_bat_entries_for(L->virtual_size, h->block_size);
     n = h->max_table_entries < need ? h->max_table_entries : need;
     bytes = n * 4;
     if (vk_add_ovf(h->table_offset, bytes, &end) || end > L->file_size)
@@ -202,9 +186,8 @@ int vk_layer_open_noted(vk_layer *L, const char *path, int size_rule, vkx_note_f
     if ((rc = vk_read_footer(L->fd, L->file_size, &L->footer, &L->footer_size, &L->footer_source, raw, err)))
         return rc;
     vk_footer *f = &L->footer;
-    if ((f->version >> 16) != 1)
-        return vk_fail(err, VK_E_UNSUPPORTED, L->file_size - 512 + 12,
-                       "unsupported VHD format version 0x%08x", f->version);
+    uint64_t foff = L->footer_source ? 0 : L->file_size - (uint64_t)L->footer_size;
+    if ((rc = vk_footer_validate(raw, f, foff, L->file_size, NULL, NULL, err))) return rc;
     L->virtual_size = vk_size_by_rule(f, size_rule, &L->size_rule);
     switch (f->disk_type) {
     case VK_DISK_FIXED:
@@ -218,12 +201,138 @@ int vk_layer_open_noted(vk_layer *L, const char *path, int size_rule, vkx_note_f
     case VK_DISK_DIFF:
         if (L->virtual_size > VK_MAX_VIRTUAL_SIZE)
             return vk_fail(err, VK_E_UNSUPPORTED, L->file_size - 512 + 48,
-                           "virtual size %llu exceeds the VHD maximum of 2040 GiB",
-                           (unsigned long long)L->virtual_size);
+                           "virtual size %llu exceeds the VHD maximum of %u GiB",
+                           (unsigned long long)L->virtual_size, (unsigned)VK_MAX_VIRTUAL_GIB);
         return layer_load_dynamic(L, err);
-    default:
-        return vk_fail(err, VK_E_FORMAT, L->file_size - 512 + 60, "unknown disk type %u", f->disk_type);
+    default:   /* refused by vk_footer_validate */
+        return vk_fail(err, VK_E_FORMAT, foff + 60, "unknown disk type %u", f->disk_type);
     }
+}
+
+/* ---- parent resolution -----------------------------------------------------
+ * Parents given by the caller; else relative locators (next to the child),
+ * then absolute ones, then the header's parent name in the child's
+ * directory.  The parent must be a regular file, inside allowed_root if one
+ * is given, and carry the UUID the child names.  With no_locators (server
+ * code) only the caller's parent is tried; the message of that refusal names
+ * no path, since it may reach a customer. */
+static int inside_root(const char *real, const char *root_real)
+{
+    size_t n = strlen(root_real);
+    if (n == 1 && root_real[0] == '/') return 1;
+    return strncmp(real, root_real, n) == 0 && (real[n] == '/' || real[n] == '\0');
+}
+
+/* Try one candidate.  0 = opened and matches; otherwise *reason says why. */
+static int try_candidate(const vk_layer *child, const char *cand, const char *root_real, int size_rule,
+                         vk_layer *parent, int *reason, vk_err *err)
+{
+    struct stat st;
+    char *real;
+    int rc;
+
+    if (stat(cand, &st) < 0) {
+        *reason = VK_PARENT_MISSING;
+        return vk_fail(err, VK_E_CHAIN, UINT64_MAX, "parent %s of %s not found", cand, child->path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        *reason = VK_PARENT_INVALID;
+        return vk_fail(err, VK_E_CHAIN, UINT64_MAX, "parent %s of %s is not a regular file", cand, child->path);
+    }
+    real = realpath(cand, NULL);
+    if (!real) return vk_fail_errno(err, errno, UINT64_MAX, "cannot resolve %s", cand);
+    if (root_real && !inside_root(real, root_real)) {
+        *reason = VK_PARENT_OUTSIDE;
+        rc = vk_fail(err, VK_E_CHAIN, UINT64_MAX, "parent %s of %s is outside the allowed root %s", real,
+                     child->path, root_real);
+        free(real);
+        return rc;
+    }
+    rc = vk_layer_open(parent, real, size_rule, err);
+    free(real);
+    if (rc) {
+        *reason = VK_PARENT_INVALID;
+        vk_layer_close(parent);
+        size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n, " (parent of %s)", child->path);
+        err->code = VK_E_CHAIN;
+        return VK_E_CHAIN;
+    }
+    if (child->vx || parent->vx) {
+        if ((rc = vkx_parent_matches(child, parent, reason, err))) vk_layer_close(parent);
+        return rc;
+    }
+    if (memcmp(parent->footer.uuid, child->hdr.parent_uuid, 16) != 0) {
+        *reason = VK_PARENT_UUID;
+        rc = vk_fail(err, VK_E_CHAIN, UINT64_MAX, "parent %s has a different UUID than %s expects", parent->path,
+                     child->path);
+        vk_layer_close(parent);
+        return rc;
+    }
+    *reason = VK_PARENT_OK;
+    return VK_OK;
+}
+
+int vk_parent_open(const vk_layer *child, const char *explicit_path, int no_locators, const char *allowed_root,
+                   int *reason, int size_rule, vk_layer *parent, vk_err *err)
+{
+    char dir[VK_PATH_MAX], cand[VK_PATH_MAX], dec[1024];
+    char *root_real = NULL;
+    int rc, best_reason = VK_PARENT_MISSING, have_err = 0;
+    vk_err first;
+
+    memset(parent, 0, sizeof *parent);
+    parent->fd = -1;
+    *reason = VK_PARENT_MISSING;
+    if (!explicit_path && no_locators)
+        return vk_fail(err, VK_E_CHAIN, UINT64_MAX,
+                       "the differencing disk's parent was not given (its locators are not followed)");
+    if (allowed_root) {
+        root_real = realpath(allowed_root, NULL);
+        if (!root_real) return vk_fail_errno(err, errno, UINT64_MAX, "cannot resolve allowed root %s", allowed_root);
+    }
+    if (explicit_path) {
+        rc = try_candidate(child, explicit_path, root_real, size_rule, parent, reason, err);
+        free(root_real);
+        return rc;
+    }
+    vk_dirname(child->path, dir, sizeof dir);
+    /* pass 1: relative locators, pass 2: absolute ones, pass 3: the name */
+    for (int pass = 1; pass <= 3; pass++) {
+        for (int i = 0; i < (pass == 3 ? 1 : 8); i++) {
+            vk_err tmp;
+            if (child->vx) {
+                if (vkx_parent_candidate(child, pass, i, dir, cand, sizeof cand)) continue;
+            } else if (pass < 3) {
+                const vk_locator *l = &child->hdr.loc[i];
+                if (!l->code || vk_locator_decode(child->fd, child->file_size, l, dec, sizeof dec, &tmp))
+                    continue;
+                if (vk_locator_candidate(l->code, dec, dir, cand, sizeof cand) != pass) continue;
+            } else {
+                char name[1024];
+                if (vk_utf16_to_utf8(child->hdr.parent_name, sizeof child->hdr.parent_name, 1, name,
+                                     sizeof name) <= 0)
+                    continue;
+                for (char *c = name; *c; c++) if (*c == '\\') *c = '/';
+                const char *base = strrchr(name, '/');
+                base = base ? base + 1 : name;
+                if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) continue;
+                if ((size_t)snprintf(cand, sizeof cand, "%s/%s", dir, base) >= sizeof cand) continue;
+            }
+            int why;
+            rc = try_candidate(child, cand, root_real, size_rule, parent, &why, &tmp);
+            if (rc == 0) { free(root_real); *reason = VK_PARENT_OK; return VK_OK; }
+            /* keep the most telling failure: anything beats "missing" */
+            if (!have_err || (best_reason == VK_PARENT_MISSING && why != VK_PARENT_MISSING)) {
+                first = tmp; best_reason = why; have_err = 1;
+            }
+        }
+    }
+    free(root_real);
+    *reason = best_reason;
+    if (have_err && best_reason != VK_PARENT_MISSING) { *err = first; return first.code; }
+    return vk_fail(err, VK_E_CHAIN, UINT64_MAX,
+                   "parent of %s not found (tried its locators and the parent name next to it)", child->path);
 }
 
 void vk_image_close(vk_image *img)

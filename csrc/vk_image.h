@@ -8,12 +8,7 @@
 #include <sys/types.h>
 #include "vk_internal.h"
 
-/* Sane limits for values read from files. */
-#define VK_MIN_BLOCK_SIZE   512u
-#define VK_MAX_BLOCK_SIZE   (1u << 30)
 #define VK_PATH_MAX         4096
-/* BAT entries we hold in memory: 2040 GiB in 64 KiB blocks (128 MiB). */
-#define VK_MAX_BAT_ENTRIES  (1u << 25)
 
 struct vkx_disk;
 
@@ -50,7 +45,7 @@ struct vk_image {
      * and the state of a leaf opened for writing (rw = 1). */
     uint64_t  bytes_read;
     int       rw;
-    long      abort_after;      /* test hook VHDKIT_TEST_ABORT_AFTER_WRITES, or -1 */
+    long      abort_after;      /* test hook vk_options.abort_after_writes, or -1 */
     uint32_t  writes;
     uint64_t  alloc_next;       /* end of everything the leaf references */
 };

@@ -84,8 +84,9 @@ int vk_image_make_writable(vk_image *img, vk_err *err)
     }
     close(L->fd);
     L->fd = fd;
-    const char *hook = getenv("VHDKIT_TEST_ABORT_AFTER_WRITES");
-    img->abort_after = hook && *hook ? strtol(hook, NULL, 10) : -1;
+    vk_options opts;
+    vk_get_options(&opts);
+    img->abort_after = opts.abort_after_writes;
     img->writes = 0;
     img->alloc_next = L->footer.disk_type == VK_DISK_FIXED ? 0 : used_end(L);
     img->rw = 1;
@@ -95,7 +96,7 @@ int vk_image_make_writable(vk_image *img, vk_err *err)
 int vk_rw_pwrite(vk_image *img, const void *buf, size_t len, uint64_t off, vk_err *err)
 {
     if (img->abort_after >= 0 && img->writes >= (uint32_t)img->abort_after)
-        return vk_fail(err, VK_E_INTERRUPTED, off, "stopped by VHDKIT_TEST_ABORT_AFTER_WRITES after %u writes",
+        return vk_fail(err, VK_E_INTERRUPTED, off, "stopped by the abort_after_writes test hook after %u writes",
                        img->writes);
     int rc = vk_pwrite_full(img->layer[0].fd, buf, len, off, err);
     if (!rc) img->writes++;

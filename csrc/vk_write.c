@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "vk_write.h"
+#include "vkx.h"
 
 /* ---- sizes ------------------------------------------------------------- */
 int vk_size_plan_make(uint64_t requested, int rule, vk_size_plan *p, vk_err *err)
@@ -22,7 +23,8 @@ int vk_size_plan_make(uint64_t requested, int rule, vk_size_plan *p, vk_err *err
     if (requested == 0) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "size must be greater than 0");
     if (requested > VK_MAX_VIRTUAL_SIZE)
         return vk_fail(err, VK_E_RANGE, UINT64_MAX,
-                       "size %llu bytes is over the VHD limit of 2040 GiB", (unsigned long long)requested);
+                       "size %llu bytes is over the VHD limit of %u GiB", (unsigned long long)requested,
+                       (unsigned)VK_MAX_VIRTUAL_GIB);
     uint64_t size = (requested + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
     if (rule == VK_RULE_AZURE) {
         const uint64_t mib = 1024u * 1024u;
@@ -49,8 +51,8 @@ int vk_size_plan_make(uint64_t requested, int rule, vk_size_plan *p, vk_err *err
     }
     if (size > VK_MAX_VIRTUAL_SIZE)
         return vk_fail(err, VK_E_RANGE, UINT64_MAX,
-                       "size %llu bytes (after rounding) is over the VHD limit of 2040 GiB",
-                       (unsigned long long)size);
+                       "size %llu bytes (after rounding) is over the VHD limit of %u GiB",
+                       (unsigned long long)size, (unsigned)VK_MAX_VIRTUAL_GIB);
     p->size = size;
     p->adjusted = size != requested;
     vk_chs_from_sectors(size / VK_SECTOR, &p->cylinders, &p->heads, &p->sectors);
@@ -108,16 +110,10 @@ typedef struct vk_rw {
     uint32_t  writes;
 } vk_rw;
 
-static int vk_footer_valid(const uint8_t b[VK_FOOTER_SIZE], const vk_footer *f)
-{
-    return memcmp(f->cookie, "conectix", 8) == 0 && vk_footer_checksum_of(b) == f->checksum &&
-           (f->disk_type == VK_DISK_FIXED || f->disk_type == VK_DISK_DYNAMIC || f->disk_type == VK_DISK_DIFF);
-}
-
 static int vk_rw_step(vk_rw *rw, const void *buf, size_t len, uint64_t off, vk_err *err)
 {
     if (rw->abort_after >= 0 && rw->writes >= (uint32_t)rw->abort_after)
-        return vk_fail(err, VK_E_INTERRUPTED, off, "stopped by VHDKIT_TEST_ABORT_AFTER_WRITES after %u writes",
+        return vk_fail(err, VK_E_INTERRUPTED, off, "stopped by the abort_after_writes test hook after %u writes",
                        rw->writes);
     int rc = vk_pwrite_full(rw->fd, buf, len, off, err);
     if (!rc) rw->writes++;
@@ -127,7 +123,7 @@ static int vk_rw_step(vk_rw *rw, const void *buf, size_t len, uint64_t off, vk_e
 static int vk_rw_truncate(vk_rw *rw, uint64_t size, vk_err *err)
 {
     if (rw->abort_after >= 0 && rw->writes >= (uint32_t)rw->abort_after)
-        return vk_fail(err, VK_E_INTERRUPTED, size, "stopped by VHDKIT_TEST_ABORT_AFTER_WRITES after %u writes",
+        return vk_fail(err, VK_E_INTERRUPTED, size, "stopped by the abort_after_writes test hook after %u writes",
                        rw->writes);
     if (ftruncate(rw->fd, (off_t)size) != 0) return vk_fail_errno(err, errno, size, "cannot resize the image");
     rw->writes++;
@@ -143,15 +139,7 @@ static int vk_rw_load_header(vk_rw *rw, const vk_footer *f, vk_err *err)
                        (unsigned long long)f->data_offset);
     int rc = vk_pread_full(rw->fd, rw->hb, sizeof rw->hb, f->data_offset, err);
     if (rc) return rc;
-    vk_dynhdr_decode(rw->hb, &rw->hdr);
-    if (memcmp(rw->hdr.cookie, "cxsparse", 8) != 0)
-        return vk_fail(err, VK_E_FORMAT, f->data_offset, "no dynamic header (cookie cxsparse) at offset %llu",
-                       (unsigned long long)f->data_offset);
-    if (vk_checksum(rw->hb, VK_DYNHDR_SIZE, 36) != rw->hdr.checksum)
-        return vk_fail(err, VK_E_CHECKSUM, f->data_offset, "dynamic header checksum does not verify");
-    uint32_t bs = rw->hdr.block_size;
-    if (bs < VK_SECTOR || (bs & (bs - 1)) || bs > VK_MAX_BLOCK)
-        return vk_fail(err, VK_E_FORMAT, f->data_offset + 32, "block size %u is not a power of two in 512 B..256 MiB", bs);
+    if ((rc = vk_dynhdr_validate(rw->hb, &rw->hdr, f->data_offset, NULL, NULL, err))) return rc;
     uint64_t n = rw->hdr.max_table_entries, bat_end;
     if (n == 0 || n > (VK_MAX_VIRTUAL_SIZE / VK_SECTOR) || n * 4 > rw->file_size ||
         vk_add_ovf(rw->hdr.table_offset, n * 4, &bat_end) || bat_end > rw->file_size)
@@ -215,12 +203,12 @@ static int vk_rw_open(vk_rw *rw, const char *path, int writable, vk_err *err)
     int rc = vk_pread_full(rw->fd, rw->endb, VK_FOOTER_SIZE, rw->file_size - VK_FOOTER_SIZE, err);
     if (!rc) rc = vk_pread_full(rw->fd, rw->c0b, VK_FOOTER_SIZE, 0, err);
     if (rc) return rc;
-    vk_footer_decode(rw->endb, &rw->end);
-    vk_footer_decode(rw->c0b, &rw->c0);
-    rw->end_ok = vk_footer_valid(rw->endb, &rw->end);
-    rw->c0_ok = vk_footer_valid(rw->c0b, &rw->c0) && rw->c0.disk_type != VK_DISK_FIXED;
-    const char *hook = getenv("VHDKIT_TEST_ABORT_AFTER_WRITES");
-    rw->abort_after = hook && *hook ? strtol(hook, NULL, 10) : -1;
+    /* footers repair can trust: cookie, checksum and disk type intact */
+    rw->end_ok = vk_footer_intact(rw->endb, &rw->end, NULL) == VK_OK;
+    rw->c0_ok = vk_footer_intact(rw->c0b, &rw->c0, NULL) == VK_OK && rw->c0.disk_type != VK_DISK_FIXED;
+    vk_options opts;
+    vk_get_options(&opts);
+    rw->abort_after = opts.abort_after_writes;
     return VK_OK;
 }
 
@@ -463,7 +451,7 @@ static int vk_same_structure(const vk_footer *a, const vk_footer *b)
 /* A fixed image whose file is longer than its disk plus footer, where the
  * extra bytes are zeros or copies of the end footer, is what an interrupted
  * grow (vk_modify_fixed) leaves: roll it back to the old disk by putting the
- * footer right after the data and cutting the rest (action 4).  Extra bytes
+ * footer right after the data and cutting the rest (VK_REPAIR_FIXED_CUT).  Extra bytes
  * holding anything else are left alone. */
 static int vk_repair_fixed_tail(vk_rw *rw, int dry_run, vk_repair_result *res, vk_err *err)
 {
@@ -476,7 +464,7 @@ static int vk_repair_fixed_tail(vk_rw *rw, int dry_run, vk_repair_result *res, v
         if (rc) return rc;
         if (memcmp(b, z, VK_SECTOR) != 0 && memcmp(b, rw->endb, VK_SECTOR) != 0) return VK_OK;
     }
-    res->action = 4;
+    res->action = VK_REPAIR_FIXED_CUT;
     res->footer_offset = size;
     if (dry_run) return VK_OK;
     int rc = vk_pwrite_full(rw->fd, rw->endb, VK_FOOTER_SIZE, size, err);
@@ -548,8 +536,8 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
                          "refusing to guess which is right", path);
             goto out;
         }
-        if (vk_fits_header(&rw, &rw.end)) { src = rw.endb; where = 0; res->action = 2; }
-        else if (vk_fits_header(&rw, &rw.c0)) { src = rw.c0b; where = rw.file_size - VK_FOOTER_SIZE; res->action = 1; }
+        if (vk_fits_header(&rw, &rw.end)) { src = rw.endb; where = 0; res->action = VK_REPAIR_COPY_RESTORED; }
+        else if (vk_fits_header(&rw, &rw.c0)) { src = rw.c0b; where = rw.file_size - VK_FOOTER_SIZE; res->action = VK_REPAIR_END_RESTORED; }
         else {
             rc = vk_fail(err, VK_E_FORMAT, 0, "neither footer copy of %s fits its dynamic header; refusing", path);
             goto out;
@@ -559,7 +547,7 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
             rc = vk_fail(err, VK_E_FORMAT, 0, "the end footer of %s does not fit its dynamic header", path);
             goto out;
         }
-        src = rw.endb; where = 0; res->action = 2;
+        src = rw.endb; where = 0; res->action = VK_REPAIR_COPY_RESTORED;
     } else {
         if (!vk_fits_header(&rw, &rw.c0)) {
             rc = vk_fail(err, VK_E_FORMAT, 0, "the footer copy at 0 of %s does not fit its dynamic header", path);
@@ -571,8 +559,8 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
         uint64_t last = (rw.file_size - VK_FOOTER_SIZE) / VK_SECTOR * VK_SECTOR;
         where = last >= used ? last : used;
         src = rw.c0b;
-        res->action = where == rw.file_size - VK_FOOTER_SIZE ? 1 : 3;
-        if (res->action == 3) vk_rw_lost(&rw, res);
+        res->action = where == rw.file_size - VK_FOOTER_SIZE ? VK_REPAIR_END_RESTORED : VK_REPAIR_END_APPENDED;
+        if (res->action == VK_REPAIR_END_APPENDED) vk_rw_lost(&rw, res);
     }
     res->disk_type = rw.c0.disk_type;
     res->footer_offset = where == 0 ? rw.file_size - VK_FOOTER_SIZE : where;
@@ -589,5 +577,48 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
     if (!rc && fsync(rw.fd) != 0) rc = vk_fail_errno(err, errno, UINT64_MAX, "fsync of %s failed", path);
 out:
     vk_rw_close(&rw);
+    return rc;
+}
+
+/* ---- VHDX repair ------------------------------------------------------------ */
+/* The log is replayed into the file the way the spec makes crash-safe:
+ * every write of the replay is idempotent and the log stays active (the
+ * header's LogGuid set) until the replayed data is fsynced; only then are
+ * both headers rewritten, one after the other, each with a higher sequence
+ * number and LogGuid zero.  A crash at any point leaves either the old
+ * file with its log (replayed again on the next open) or the new one. */
+int vk_vhdx_repair(const char *path, int dry_run, vk_vhdx_repair_result *res, vk_err *err)
+{
+    vk_layer L;
+    int rc;
+    vk_err_clear(err);
+    memset(res, 0, sizeof *res);
+    if ((rc = vk_layer_open(&L, path, VK_SIZE_AUTO, err))) goto out;
+    vkx_disk *D = L.vx;
+    if (!D) { rc = vk_fail(err, VK_E_INVALID, UINT64_MAX, "%s is not a VHDX", path); goto out; }
+    res->log_entries = D->log_entries;
+    res->writes = D->n_ops;
+    if (!D->log_pending || dry_run) { res->replayed = D->log_pending && !dry_run; goto out; }
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) { rc = vk_fail_errno(err, errno, UINT64_MAX, "cannot open %s for writing", path); goto out; }
+    rc = vkx_log_apply(D, fd, err);
+    uint8_t b[VKX_HEADER_SIZE];
+    const uint64_t at[2] = { VKX_HEADER1_OFFSET, VKX_HEADER2_OFFSET };
+    uint64_t seq = D->hdr[D->current].seq;
+    for (int k = 1; k <= 2 && !rc; k++) {
+        int slot = (D->current + k) % 2;   /* the other one first */
+        if ((rc = vk_pread_full(fd, b, sizeof b, at[D->current], err))) break;
+        vkx_put64(b + 8, seq + (uint64_t)k);
+        memset(b + 48, 0, 16);             /* LogGuid: nothing left to replay */
+        if ((rc = vk_uuid_generate(b + 16, err))) break;   /* FileWriteGuid: the file changed */
+        vkx_put32(b + 4, 0);
+        vkx_put32(b + 4, vk_crc32c(b, sizeof b, 4));
+        if ((rc = vk_pwrite_full(fd, b, sizeof b, at[slot], err))) break;
+        if (fsync(fd) != 0) rc = vk_fail_errno(err, errno, UINT64_MAX, "fsync of %s failed", path);
+    }
+    close(fd);
+    if (!rc) res->replayed = 1;
+out:
+    vk_layer_close(&L);
     return rc;
 }

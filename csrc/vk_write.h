@@ -7,12 +7,6 @@
 
 #include "vk_internal.h"
 
-#define VK_DEFAULT_BLOCK   (2u * 1024u * 1024u)
-#define VK_MIN_BLOCK       (512u * 1024u)
-#define VK_MAX_BLOCK       (256u * 1024u * 1024u)
-#define VK_BAT_OFFSET      1536u
-#define VK_ALIGN_DATA      4096u   /* block data starts on a 4 KiB boundary */
-
 /* A source of virtual-disk bytes for the conversion engine. */
 typedef struct vk_src vk_src;
 struct vk_src {
@@ -43,11 +37,6 @@ void vk_footer_new(vk_footer *f, uint32_t disk_type, const vk_size_plan *plan,
                    const uint8_t uuid[16], uint32_t timestamp, const uint8_t creator[4]);
 /* A fresh dynamic header: BAT at VK_BAT_OFFSET, no parent. */
 void vk_dynhdr_new(vk_dynhdr *h, uint32_t max_entries, uint32_t block_size);
-/* Bytes of a block's sector bitmap, rounded up to a sector. */
-static inline uint32_t vk_bitmap_bytes(uint32_t block_size) {
-    uint32_t bits = block_size / VK_SECTOR;
-    return ((bits + 7u) / 8u + VK_SECTOR - 1u) / VK_SECTOR * VK_SECTOR;
-}
 /* The file offset where a block's bitmap goes so that its data starts on a
  * VK_ALIGN_DATA boundary, at or after `next`. */
 static inline uint64_t vk_block_place(uint64_t next, uint32_t bitmap_bytes) {

@@ -34,13 +34,8 @@
 /* The largest log we replay in memory (Hyper-V writes 1 MiB logs). */
 #define VKX_MAX_LOG_REPLAY      (64u << 20)
 
-/* BAT entry states (low three bits). */
-#define VKX_PAYLOAD_NOT_PRESENT   0u
-#define VKX_PAYLOAD_UNDEFINED     1u
-#define VKX_PAYLOAD_ZERO          2u
-#define VKX_PAYLOAD_UNMAPPED      3u
-#define VKX_PAYLOAD_FULLY_PRESENT 6u
-#define VKX_PAYLOAD_PARTIALLY     7u
+/* BAT entry states (low three bits): payload blocks in vhdkit.h
+ * (vk_vhdx_block_state), sector bitmap blocks here. */
 #define VKX_SB_NOT_PRESENT        0u
 #define VKX_SB_PRESENT            6u
 

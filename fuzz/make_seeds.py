@@ -2,7 +2,7 @@
 """Generate the seed corpora of the fuzz targets (fuzz/corpus/<target>/).
 
 Seeds are made at run time, never committed: small VHDs from the pure-Python
-reference writer (tests/vhdref.py: fixed, dynamic and differencing, block
+reference writer (fixtures/vhdref.py: fixed, dynamic and differencing, block
 sizes 512 B .. 64 KiB so several blocks fit in a few KiB), images made by
 qemu-img and by vhdkit itself (when available), the real samples in
 ../shared/samples cut down to their metadata (footer copy, header, BAT
@@ -23,7 +23,6 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "fixtures"))
 sys.path.insert(0, ROOT)
 import vhdref  # noqa: E402

@@ -47,8 +47,9 @@ REGION = "RegionOne"
 SERVICE_USER, SERVICE_PROJECT = "vhdkit", "service"
 
 # password_hash_rounds: bcrypt's minimum.  The tests create and authenticate
-# hundreds of users (Tempest's dynamic credentials) on a shared 2-core machine;
-# the default 12 rounds cost ~0.3 s of CPU per password check.
+# hundreds of users (Tempest's dynamic credentials); at the default 12 rounds
+# every password check is a noticeable slice of CPU, which a shared test
+# machine cannot afford hundreds of times over.
 _CONF = """[DEFAULT]
 log_file = {dir}/log/keystone.log
 debug = false
@@ -189,8 +190,8 @@ def start(d: Path, expiration: int = 3600) -> Path:
     # One request at a time: Keystone's SQLite transactions read, then write
     # (each password check records the user's last activity), and two such
     # transactions at once fail "database is locked" at once, whatever the busy
-    # timeout (WAL refuses to upgrade a stale read snapshot).  Keystone answers
-    # in milliseconds; a queue costs less than Tempest's 500s.
+    # timeout (WAL refuses to upgrade a stale read snapshot).  Each request is
+    # short, so making them wait in line costs little and none of them fails.
     proc = subprocess.Popen([str(VENV / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
                              "--threads", "1", "--timeout", "120", "--no-control-socket", "--chdir", str(d),
                              "keystone_wsgi:application"],

@@ -50,7 +50,18 @@ def sample(samples_dir, tmp_path_factory):
     return get
 
 
-# The Swift all-in-one fixtures (tests/helpers_swift.py) are registered once for
+# The Swift all-in-one and PostgreSQL fixtures (tests/helpers_swift.py,
+# tests/helpers_pg.py) are registered once for
 # the whole session here: imported into several test modules instead, each
 # module would get its own "session" fixture and start another Swift.
-pytest_plugins = ["helpers_swift", "helpers_keystone"]
+pytest_plugins = ["helpers_swift", "helpers_keystone", "helpers_pg"]
+
+
+@pytest.fixture
+def abort_after_writes():
+    """Set the native writers' test hook (vhdkit/testhooks.py): ``abort_after_writes(n)``
+    stops them after n writes, ``abort_after_writes(None)`` never; reset after the test."""
+    from vhdkit import testhooks
+
+    yield testhooks.abort_after_writes
+    testhooks.abort_after_writes(None)

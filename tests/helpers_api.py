@@ -155,8 +155,9 @@ def glance_executable() -> str:
 
 
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory):
-    """One server per test module, on its own data directory."""
+def api_server(tmp_path_factory, api_engine):
+    """One server per test module, on its own data directory and the database
+    ``api_engine`` names (tests/helpers_pg.py)."""
     with ApiServer(tmp_path_factory.mktemp("api")) as server:
         yield server
 

@@ -5,7 +5,7 @@ consistent state (never a torn one), with nothing orphaned.
 Three ways to choose the point:
 
 - ``run_native_hook(code, n)``: the native writers' test hook
-  ``VHDKIT_TEST_ABORT_AFTER_WRITES=n`` (csrc/vk_write.c) stops vk_modify /
+  (``vhdkit.testhooks.abort_after_writes(n)``, csrc/vk_write.c) stops vk_modify /
   vk_repair after exactly n writes; the child then SIGKILLs itself at once
   (no cleanup of any kind runs, as in a real kill).
 - ``run_event_kill(code, n)``: Python-level events -- every ``os.write``,
@@ -71,6 +71,8 @@ if _N or _LOG:
 '''
 
 _HOOK_TAIL = r'''
+from vhdkit import testhooks as _testhooks
+_testhooks.abort_after_writes(int(os.environ["VHDKIT_CRASH_ABORT_AFTER"]))
 try:
     _main()
 except Exception as _e:
@@ -91,7 +93,7 @@ def _script(code: str, hook: bool = False) -> str:
 
 def _env(extra: Dict[str, str]) -> Dict[str, str]:
     env = dict(os.environ)
-    env.pop("VHDKIT_TEST_ABORT_AFTER_WRITES", None)
+    env.pop("VHDKIT_CRASH_ABORT_AFTER", None)
     env.pop("VHDKIT_CRASH_AT", None)
     env.pop("VHDKIT_CRASH_LOG", None)
     env.update(extra)
@@ -100,7 +102,7 @@ def _env(extra: Dict[str, str]) -> Dict[str, str]:
 
 def run_native_hook(code: str, n: int, timeout: float = 60) -> int:
     p = subprocess.run([sys.executable, "-c", _script(code, hook=True)], capture_output=True,
-                       env=_env({"VHDKIT_TEST_ABORT_AFTER_WRITES": str(n)}), timeout=timeout)
+                       env=_env({"VHDKIT_CRASH_ABORT_AFTER": str(n)}), timeout=timeout)
     if p.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(f"writer failed (rc {p.returncode}): {p.stderr.decode()[-2000:]}")
     return p.returncode

@@ -1,6 +1,6 @@
 """Helpers of the hostile-input and crash tests (tests/test_hostile_*.py,
 tests/test_crash_*.py): patch fields of a VHD written by the reference writer
-(tests/vhdref.py) with checksums recomputed, so each test damages exactly one
+(fixtures/vhdref.py) with checksums recomputed, so each test damages exactly one
 thing, and snapshot a directory tree to prove nothing was written outside the
 target.
 

@@ -11,12 +11,19 @@ from pathlib import Path
 import pytest
 
 from helpers_api import api_server  # noqa: F401
+from helpers_pg import ENGINES, engine_env
 
 OWNER = "acct-owner:admin"
 OWNER_OBSERVER = "acct-owner:observer"
 OWNER_CREATOR = "acct-owner:cloudImages:creator"
 MEMBER = "acct-member:cloudImages:admin"
 STRANGER = "acct-stranger:admin"
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def api_engine(request):
+    """Every test here on a server on SQLite, then on PostgreSQL."""
+    yield from engine_env(request)
 
 
 def table(stdout: str) -> dict:

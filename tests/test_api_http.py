@@ -10,10 +10,28 @@ import os
 import pytest
 
 from helpers_api import api_server  # noqa: F401
+from helpers_pg import ENGINES, engine_env
 
 ADMIN = "acct-a:admin"
 UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def api_engine(request):
+    """Every test here on a server on SQLite, then on PostgreSQL."""
+    yield from engine_env(request)
+
+
+def test_server_runs_on_the_engine_of_its_database_url(api_server, api_engine):
+    with api_server.http() as c:
+        assert c.get("/v2/images", headers={"X-Auth-Token": ADMIN}).status_code == 200
+    assert (api_server.data / "registry.db").exists() == (api_engine is None)
+    if api_engine is not None:
+        import psycopg
+
+        with psycopg.connect(api_engine) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0006"
 
 
 def assert_json_error(resp, status):

@@ -24,8 +24,6 @@ from vhdref import RefVhd
 # Reaches the native core: runs again in scripts/test's sanitizer pass.
 pytestmark = pytest.mark.native
 
-HOOK = "VHDKIT_TEST_ABORT_AFTER_WRITES"
-
 
 def _build(tmp, parent_kind):
     """A chain whose leaf has data in blocks the parent has and lacks, with
@@ -47,7 +45,7 @@ def _sectors(b: bytes):
 
 
 @pytest.mark.parametrize("parent_kind", ["dynamic", "differencing"])
-def test_merge_interrupted_after_every_write_count_is_recoverable(tmp_path, monkeypatch, parent_kind):
+def test_merge_interrupted_after_every_write_count_is_recoverable(tmp_path, abort_after_writes, parent_kind):
     src = tmp_path / "src"
     src.mkdir()
     m = _build(src, parent_kind)
@@ -65,14 +63,14 @@ def test_merge_interrupted_after_every_write_count_is_recoverable(tmp_path, monk
         d = tmp_path / f"n{n}"
         shutil.copytree(src, d)
         child, parent = d / names[-1], d / names[-2]
-        monkeypatch.setenv(HOOK, str(n))
+        abort_after_writes(n)
         if n < total:
             with pytest.raises(errors.OperationInterrupted):
                 chain.coalesce_into_parent(child)
             assert os.path.exists(chain.journal_path(parent))
         else:
             chain.coalesce_into_parent(child)
-        monkeypatch.delenv(HOOK)
+        abort_after_writes(None)
         rep = read.check(parent)
         assert rep.ok, (n, rep.to_dict())
         assert read.check(child).ok, n
@@ -90,12 +88,12 @@ def test_merge_interrupted_after_every_write_count_is_recoverable(tmp_path, monk
         shutil.rmtree(d)
 
 
-def test_merge_journal_of_another_child_is_refused(tmp_path, monkeypatch):
+def test_merge_journal_of_another_child_is_refused(tmp_path, abort_after_writes):
     m = _build(tmp_path, "dynamic")
-    monkeypatch.setenv(HOOK, "2")
+    abort_after_writes(2)
     with pytest.raises(errors.OperationInterrupted):
         chain.coalesce_into_parent(m.leaf)
-    monkeypatch.delenv(HOOK)
+    abort_after_writes(None)
     other = tmp_path / "other.vhd"
     chain.snapshot(m.paths[0], other)
     with vhdkit.open(other, "r+") as f:

@@ -2,7 +2,7 @@
 new image and into the parent, reparent, chain listing, bad input.
 
 Every chain is read back through vhdkit and the spec-literal reference
-reader (tests/vhdref.py); coalesced outputs through qemu-img and vhdiinfo;
+reader (fixtures/vhdref.py); coalesced outputs through qemu-img and vhdiinfo;
 chains with whole-byte bitmaps through libvhdi (pyvhdi)."""
 from __future__ import annotations
 

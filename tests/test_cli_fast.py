@@ -86,7 +86,9 @@ REGISTRY_CASES = [
     ["image", "list", "--visibility", "all", "--member-status", "all"], ["image", "list", "--visibility", "nope"],
     ["image", "list", "--property", "bad"], ["image", "list", "--property", "=v"], ["image", "list", "--filter", "bad"],
     ["image", "list", "--filter", "size_min=1", "--property", "k=v"], ["image", "list", "--filter", "bogus_key=1"],
-    ["image", "list", "--data", "{home}/elsewhere"], ["image"], ["image", "--help"], ["image", "nope"],
+    ["image", "list", "--data", "{home}/elsewhere"], ["image", "list", "--database-url", "sqlite:///nope"],
+    ["image", "list", "--database-url", "postgresql://nobody@127.0.0.1:1/x"], ["image"], ["image", "--help"],
+    ["image", "nope"],
 ]
 
 

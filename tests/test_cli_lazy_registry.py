@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_NEEDED = ("vhdkit.registry.query", "vhdkit.registry.protections", "configparser", "csv", "hashlib",
               "vhdkit.vhd", "vhdkit.native", "vhdkit._native", "vhdkit.api", "vhdkit.swiftstore",
               "vhdkit.segments", "vhdkit.pipeline", "vhdkit.remote", "swiftclient", "starlette", "httpx",
-              "vhdkit.cli.packaging", "vhdkit.cli.convert", "vhdkit.cli.tasks", "vhdkit.cli.serve")
+              "vhdkit.cli.packaging", "vhdkit.cli.convert", "vhdkit.cli.tasks", "vhdkit.cli.serve",
+              "psycopg", "sqlalchemy", "alembic")
 
 _RUN = ("import sys\nfrom vhdkit.cli import main\n"
         "try:\n    main(sys.argv[1:], prog_name='vhdkit')\nexcept SystemExit as e:\n    code = e.code\n"

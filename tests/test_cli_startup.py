@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("numpy", "xxhash", "zstandard", "isal", "defusedxml", "starlette", "uvicorn", "httptools", "httpx",
          "swiftclient", "hashlib", "concurrent.futures", "vhdkit.api", "vhdkit.pipeline", "vhdkit.remote",
          "vhdkit.swiftstore", "vhdkit.segments", "vhdkit.ova", "vhdkit.streams", "vhdkit.store",
-         "vhdkit.exportstream", "vhdkit.maintenance")
-FORMAT_ONLY = ("vhdkit.registry", "vhdkit.home", "sqlite3")
+         "vhdkit.exportstream", "vhdkit.maintenance", "psycopg", "sqlalchemy", "alembic")
+FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3")
 REGISTRY_ONLY = ("vhdkit.vhd", "vhdkit.native", "vhdkit._native", "_cffi_backend")
 
 _RUN = ("import sys\nfrom vhdkit.cli import main\n"

@@ -1,7 +1,7 @@
 """Fault injection as an operator's bad day goes, with real processes: a
 ``vhdkit serve`` on loopback, ``vhdkit worker`` subprocesses stopped
 (SIGSTOP, resumed with SIGCONT) or killed (SIGKILL) at a chosen stage through
-the pipeline's test hook ``VHDKIT_TEST_KILL_AT_STAGE=STAGE[:stop]``, and small
+the pipeline's test hook ``kill_at_stage=STAGE[:stop]`` (tests/hooked.py), and small
 tmpfs file systems mounted under the data directory and filled.
 
 - paused past its lease, the task taken over and finished by another worker,
@@ -34,6 +34,7 @@ import pytest
 
 from conftest import require_tool
 from helpers_api import ROOT, ApiServer
+from hooked import vhdkit_cmd
 from vhdkit import segments
 from vhdkit.pipeline import PipelineConfig, _image_id_for
 
@@ -71,15 +72,15 @@ def _qemu_raw_sha256(path: Path) -> str:
 
 def _env(extra=None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), **LEASE, **(extra or {}))
-    for k in ("VHDKIT_STORE", "VHDKIT_BLOB_STORE", "VHDKIT_TEST_KILL_AT_STAGE"):
+    for k in ("VHDKIT_STORE", "VHDKIT_BLOB_STORE"):
         if k not in (extra or {}):
             env.pop(k, None)
     return env
 
 
 def _worker(data: Path, *args: str, hook: str = "", wait: bool = True):
-    cmd = [sys.executable, "-m", "vhdkit", "worker", "--data", str(data), "--json", *args]
-    env = _env({"VHDKIT_TEST_KILL_AT_STAGE": hook} if hook else None)
+    cmd = [*vhdkit_cmd(kill_at_stage=hook), "worker", "--data", str(data), "--json", *args]
+    env = _env()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
         p.communicate(timeout=120)

@@ -3,7 +3,7 @@ boundary values, BAT loops and overlaps, bitmaps larger than the file,
 locators that lie, and parents that are devices, FIFOs, directories, the
 image itself, a cycle, or outside the allowed root.
 
-Each case is built with the independent reference writer (tests/vhdref.py)
+Each case is built with the independent reference writer (fixtures/vhdref.py)
 and damaged in exactly one place (tests/helpers_hostile.py recomputes the
 checksums, so the damaged field itself is what the reader meets).  The
 expectation comes from the VHD specification: a typed VhdkitError from

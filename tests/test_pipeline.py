@@ -1,7 +1,7 @@
 """Import and export tasks end to end, on the embedded file-based default.
 
 Peers: qemu-img (content of what we export), vhdiinfo (the export is a
-standalone dynamic VHD), the spec-literal reference reader in tests/vhdref.py
+standalone dynamic VHD), the spec-literal reference reader in fixtures/vhdref.py
 (content of snapshot chains)."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, require_tool
+from hooked import vhdkit_cmd
 from vhdkit import ova, segments
 from vhdkit.errors import ForbiddenError
 from vhdkit.pipeline import PipelineConfig, Worker
@@ -301,10 +302,10 @@ def test_export_refuses_public_and_licensed_images(imported):
 
 
 # ------------------------------------------------------------ worker crashes
-def _worker(home, *extra, env_extra=None, check=True):
+def _worker(home, *extra, env_extra=None, check=True, hook=""):
     env = dict(os.environ, VHDKIT_LEASE_SECONDS="1", VHDKIT_HEARTBEAT_SECONDS="0.2", **(env_extra or {}))
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "vhdkit", "worker", "--data", str(home), *extra, "--json"],
+    return subprocess.run([*vhdkit_cmd(kill_at_stage=hook), "worker", "--data", str(home), *extra, "--json"],
                           env=env, capture_output=True, text=True, check=False, timeout=300)
 
 
@@ -316,8 +317,7 @@ def test_worker_killed_mid_stage_is_retried_without_debris(imported, tmp_path, k
         t = reg.create_task(A, "import", {"import_from": "images/d.vhd", "image_properties": {"name": "again"}})
     else:
         t = reg.create_task(A, "export", {"image_uuid": image_id, "receiving_swift_container": "exports"})
-    r = _worker(cfg.home, "--once", env_extra={"VHDKIT_TEST_KILL_AT_STAGE": stage,
-                                               "VHDKIT_SEGMENT_SIZE": str(1 * MiB)})
+    r = _worker(cfg.home, "--once", hook=stage, env_extra={"VHDKIT_SEGMENT_SIZE": str(1 * MiB)})
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
     assert reg.show_task(A, t.id).status == "processing"
     time.sleep(1.2)  # the dead worker's lease runs out

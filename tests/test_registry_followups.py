@@ -15,6 +15,9 @@ from vhdkit.errors import InvalidInputError
 from vhdkit.registry import Caller, Registry
 from vhdkit.registry import db as _db
 
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
+
 A = Caller.parse("acct-a", "cloudImages:admin")
 TOKEN = "acct-a:cloudImages:admin"
 

@@ -17,6 +17,9 @@ from vhdkit.registry import Registry
 
 from helpers_registry import MEMBER, OWNER, STRANGER, admin, make_image, reg, service, who  # noqa: F401
 
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
+
 
 def blob_files(r: Registry):
     out = []
@@ -256,16 +259,23 @@ def test_set_status_is_service_only_and_follows_transitions(reg):
     assert out.status == "active"
 
 
-def test_schema_version_and_newer_database_refused(tmp_path):
+def test_schema_version_and_newer_database_refused(tmp_path, registry_url):
     r = Registry(str(tmp_path))
     make_image(r)
     r.close()
-    conn = sqlite3.connect(tmp_path / "registry.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.execute("PRAGMA user_version = 999")
-    conn.close()
-    with pytest.raises(UnsupportedError):
+    if registry_url is None:
+        conn = sqlite3.connect(tmp_path / "registry.db")
+        assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.execute("PRAGMA user_version = 999")
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(registry_url, autocommit=True) as conn:
+            assert int(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]) >= 1
+            conn.execute("UPDATE alembic_version SET version_num = '0999'")
+    with pytest.raises(UnsupportedError, match="schema version 999; this vhdkit knows up to"):
         Registry(str(tmp_path))
 
 

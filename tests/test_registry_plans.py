@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import test_registry_query as tq
 from vhdkit.registry import Caller, Registry, db as regdb
+from vhdkit.registry.migrations.versions import r0001_initial
 from vhdkit.registry.models import SORT_KEYS, VISIBILITIES
 
 from helpers_registry import admin, make_image, service, who
@@ -169,7 +170,7 @@ def test_version_1_database_upgrades_in_place(tmp_path):
     home.mkdir()
     conn = sqlite3.connect(home / "registry.db")
     conn.execute("PRAGMA journal_mode = WAL")
-    for stmt in regdb._split(regdb.MIGRATIONS[0]):
+    for stmt in regdb._split(r0001_initial.SQL):     # what vhdkit before Alembic wrote
         conn.execute(stmt)
     conn.execute("PRAGMA user_version = 1")
     t = "2030-01-01T00:00:00.000000Z"
@@ -190,7 +191,8 @@ def test_version_1_database_upgrades_in_place(tmp_path):
     r = Registry(str(home))
     try:
         c = r._conn()
-        assert c.execute("PRAGMA user_version").fetchone()[0] == regdb.SCHEMA_VERSION == 6
+        assert c.execute("PRAGMA user_version").fetchone()[0] == regdb.HEAD == 6
+        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0006"   # stamped at 1, upgraded
         # 2 -> 3: the lease column of forwarded uploads, empty for every old row
         assert [r[0] for r in c.execute("SELECT upload_lease_until FROM images")] == [None] * 3
         # 3 -> 4: hidden images (Images API 2.7); no old image is hidden

@@ -1,4 +1,4 @@
-"""Property rules of shared/RBAC.md: name vs other properties, the com.rackspace
+"""Property rules of docs/rbac.md: name vs other properties, the com.rackspace
 prefix, read-only base fields, and rules files in Glance's property-protections
 roles format."""
 from __future__ import annotations
@@ -9,6 +9,9 @@ from vhdkit.errors import ConflictError, ForbiddenError, InvalidInputError
 from vhdkit.registry import READONLY_FIELDS, Caller, PropertyProtections, Registry
 
 from helpers_registry import OWNER, admin, make_image, reg, service, who  # noqa: F401
+
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
 
 PROTECTED = "com.rackspace__1__options"
 

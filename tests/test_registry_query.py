@@ -12,9 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vhdkit.errors import InvalidInputError
+from helpers_pg import empty_registry
 from vhdkit.registry import Caller, Registry
 
 from helpers_registry import admin, make_image, reg  # noqa: F401
+
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
 
 ACCOUNTS = ["a1", "a2", "a3"]
 NAMES = ["x", "y", "Z", "é", None]
@@ -37,6 +41,8 @@ image_spec = st.fixed_dictionaries({
 
 def build(specs):
     home = tempfile.mkdtemp(prefix="vkq-")
+    if os.environ.get("VHDKIT_DATABASE_URL"):     # one database per test: a fresh registry per example
+        empty_registry(os.environ["VHDKIT_DATABASE_URL"])
     clock = {"t": T0}
     r = Registry(home, clock=lambda: clock["t"])
     model = []

@@ -1,4 +1,4 @@
-"""The RBAC matrix (shared/RBAC.md), generated from vhdkit.registry.MATRIX:
+"""The RBAC matrix (docs/rbac.md), generated from vhdkit.registry.MATRIX:
 every operation x every role x owner/member/stranger is *performed*, and must
 succeed or fail exactly as the table and the ownership rules say.  A few rows
 are also spelled out literally from RBAC.md, so that a wrong table fails too."""
@@ -12,6 +12,9 @@ from vhdkit.errors import ForbiddenError, NotFoundError
 from vhdkit.registry import ALL_ROLES, MATRIX, SERVICE, Caller, Registry
 
 from helpers_registry import MEMBER, OWNER, STRANGER, admin, make_image, reg, who  # noqa: F401
+
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
 
 RELATIONS = {"owner": OWNER, "member": MEMBER, "stranger": STRANGER}
 ROLES = sorted(ALL_ROLES) + [None]   # None: a caller with no role at all

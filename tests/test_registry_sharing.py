@@ -1,5 +1,5 @@
 """Sharing scenarios of the Rackspace Cloud Images FAQ and the member rules of
-shared/RBAC.md."""
+docs/rbac.md."""
 from __future__ import annotations
 
 import io
@@ -10,6 +10,9 @@ from vhdkit.errors import ConflictError, ForbiddenError, InvalidInputError, NotF
 from vhdkit.registry import Caller
 
 from helpers_registry import MEMBER, OWNER, STRANGER, admin, make_image, reg, who  # noqa: F401
+
+# every test on both engines (tests/helpers_pg.py)
+pytestmark = pytest.mark.usefixtures("registry_url")
 
 
 def listed(reg, account, **params):

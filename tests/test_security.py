@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from helpers_api import ROOT, api_server, raw_request  # noqa: F401
-from test_multi_api import front_a, reghost  # noqa: F401 - a registry host and a forwarding host on Swift
+from test_multi_api import host_a, hosts  # noqa: F401 - one of several hosts, image data in Swift
 from test_pipeline_http import _worker
 
 from vhdkit import ova
@@ -248,20 +248,18 @@ def test_upload_of_an_ova_with_dotdot_members_is_refused(api_server, tmp_path):
     assert not list(api_server.workdir.rglob("escape.txt"))
 
 
-def test_a_forwarding_host_inspects_uploads_too(reghost, front_a, tmp_path):  # noqa: F811
-    """``vhdkit serve --registry``: the bytes go from the forwarding host to
-    Swift; the same inspection refuses them there, and Swift keeps nothing."""
-    from test_multi_api import _blob_objects
-
+def test_uploads_into_swift_are_inspected_too(hosts, host_a, tmp_path):  # noqa: F811
+    """A host of several (image data in Swift): the bytes go from the host to
+    Swift; the same inspection refuses them, and Swift keeps nothing."""
     child = snapshot(tmp_path, make_disk(tmp_path, "base.vhd"), "child.vhd")
     good = make_disk(tmp_path, "good.vhd", data=os.urandom(MiB))
-    with front_a.http(ATTACKER) as c:
+    with host_a.http(ATTACKER) as c:
         iid = new_image(c)
         r = put_data(c, iid, child.read_bytes())
         assert r.status_code == 400 and "differencing" in r.json()["error"]["message"], r.text
-        assert_no_server_detail(front_a, r.text)
+        assert_no_server_detail(host_a, r.text)
         assert c.get(f"/v2/images/{iid}").json()["status"] == "queued"
-        assert _blob_objects(reghost, iid) == []
+        assert hosts.blob_objects(iid) == []
         assert put_data(c, iid, good.read_bytes()).status_code == 204
         assert c.get(f"/v2/images/{iid}").json()["status"] == "active"
 

@@ -11,7 +11,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ import swiftclient.client as swc
 
 from conftest import ROOT
 from helpers_swift import make_test_vhd, swift_cli
+from hooked import vhdkit_cmd
 from vhdkit import segments
 from vhdkit.errors import StorageError
 from vhdkit.pipeline import PipelineConfig, Worker
@@ -237,10 +237,10 @@ def test_persistent_failure_gives_up_and_removes_the_segments(st, monkeypatch):
     assert st.list("exports") == []
 
 
-def _worker(home, *extra, env_extra=None):
+def _worker(home, *extra, env_extra=None, hook=""):
     env = dict(os.environ, VHDKIT_LEASE_SECONDS="1", VHDKIT_HEARTBEAT_SECONDS="0.2", **(env_extra or {}))
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "vhdkit", "worker", "--data", str(home), *extra, "--json"],
+    return subprocess.run([*vhdkit_cmd(kill_at_stage=hook), "worker", "--data", str(home), *extra, "--json"],
                           env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -262,7 +262,7 @@ def test_worker_killed_mid_split_on_swift_leaves_no_orphan_segments(swift_store_
     image_id = t.result["image_id"]
     t = reg.create_task(a, "export", {"image_uuid": image_id, "receiving_swift_container": "exports"})
     seg_env = {"VHDKIT_SEGMENT_SIZE": str(1 * MiB), "VHDKIT_SWIFT_PARALLEL": parallel}
-    r = _worker(home, "--once", env_extra={"VHDKIT_TEST_KILL_AT_STAGE": "split", **seg_env})
+    r = _worker(home, "--once", hook="split", env_extra=seg_env)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
     debris = [o.name for o in st.list("exports")]
     assert f"{image_id}.vhd" not in debris  # half an upload, no manifest yet

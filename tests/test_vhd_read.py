@@ -1,6 +1,6 @@
 """Reading VHDs: real samples, qemu-made images, and differencing chains,
 checked against peers (qemu-img, vhdiinfo, libvhdi-python) and against the
-spec-literal reference reader in tests/vhdref.py."""
+spec-literal reference reader in fixtures/vhdref.py."""
 from __future__ import annotations
 
 import hashlib

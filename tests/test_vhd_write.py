@@ -357,16 +357,16 @@ def test_modify_fixed_grow_and_shrink(tmp_path):
     {"size": 4 * MiB},
     {"size": 2 * MiB, "force": True},
 ])
-def test_interrupted_modify_is_recovered_without_data_loss(tmp_path, monkeypatch, change):
+def test_interrupted_modify_is_recovered_without_data_loss(tmp_path, abort_after_writes, change):
     v0, data = _filled_dynamic(tmp_path)
     steps = vhdkit.modify(shutil.copy(v0, tmp_path / "probe.vhd"), **change).writes
     assert steps >= 2
     for n in range(steps):
         v = Path(shutil.copy(v0, tmp_path / f"cut{n}.vhd"))
-        monkeypatch.setenv("VHDKIT_TEST_ABORT_AFTER_WRITES", str(n))
+        abort_after_writes(n)
         with pytest.raises(errors.OperationInterrupted):
             vhdkit.modify(v, **change)
-        monkeypatch.delenv("VHDKIT_TEST_ABORT_AFTER_WRITES")
+        abort_after_writes(None)
         vhdkit.repair(v)
         rep = vhdkit.check(v)
         assert rep.ok, (n, rep.to_dict())

@@ -120,7 +120,7 @@ def run(data: Path, image: Path | None, keep: bool) -> int:
 
     reg = Registry(data)
     # small segments, so the sample export shows a real multi-segment large object
-    cfg = PipelineConfig.from_env(data, segment_size=8 * MiB)
+    cfg = PipelineConfig.from_config(reg.config, data, segment_size=8 * MiB)
     a = Caller.parse("account-a", "cloudImages:admin")
     b = Caller.parse("account-b", "cloudImages:admin")
 

@@ -1,5 +1,6 @@
 """The vhdkit exception hierarchy, and the one place where native error codes
-become exceptions (:func:`from_native`).
+(:func:`from_native`) and failed system calls (:func:`from_oserror`) become
+exceptions.
 
 Every exception carries a message a user can act on, a stable ``code`` string
 for scripts and task messages, and the HTTP status the API layer answers with.
@@ -51,6 +52,11 @@ class FormatError(VhdkitError):
     """An image, archive or manifest is malformed."""
     code = "format"
     http_status = 400
+
+
+class ValidationFailed(FormatError):
+    """A disk that opens failed ``check``; the message names the first problem."""
+    code = "validation"
 
 
 class ChecksumError(FormatError):
@@ -158,9 +164,26 @@ class StorageError(VhdkitError, OSError):
         self.strerror = self.message
 
 
+class UnavailableError(StorageError):
+    """A service vhdkit depends on (the registry's database, the Swift of
+    image data and containers) did not answer or failed: the server's side,
+    and transient.  ``message`` says why (for the operator and the log); a
+    customer is shown only :attr:`PUBLIC`, which names no host or path."""
+    code = "unavailable"
+    http_status = 503
+    PUBLIC = "the service's storage is unavailable; try again later"
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """The registry's database cannot be reached (PostgreSQL down, network)."""
+    PUBLIC = "the image registry is unavailable; try again later"
+
+
 class NoSpaceError(StorageError):
+    """A file system is full (ENOSPC) or a disk quota is used up (EDQUOT).
+    Behind the API that is always the service's own storage: 507."""
     code = "no_space"
-    http_status = 413
+    http_status = 507
 
 
 class OutOfSpaceError(NoSpaceError):
@@ -175,26 +198,27 @@ class OutOfSpaceError(NoSpaceError):
         super().__init__(message, **kw)
 
 
-# ---- native codes (csrc/vhdkit.h vk_code) -> exceptions: the one mapping ----
+# ---- native codes (csrc/vhdkit.h vk_code, by name) -> exceptions: the one mapping ----
 NATIVE_CODES = {
-    -1: StorageError,
-    -2: ResourceLimitError,
-    -3: InvalidInputError,
-    -4: FormatError,
-    -5: ChecksumError,
-    -6: UnsupportedError,
-    -7: OutOfRangeError,
-    -8: ChainError,
-    -9: NotFoundError,
-    -10: ConflictError,
-    -11: OperationInterrupted,
-    -12: ReadOnlyError,
-    -13: NoSpaceError,
+    "VK_E_IO": StorageError,
+    "VK_E_NOMEM": ResourceLimitError,
+    "VK_E_INVALID": InvalidInputError,
+    "VK_E_FORMAT": FormatError,
+    "VK_E_CHECKSUM": ChecksumError,
+    "VK_E_UNSUPPORTED": UnsupportedError,
+    "VK_E_RANGE": OutOfRangeError,
+    "VK_E_CHAIN": ChainError,
+    "VK_E_NOTFOUND": NotFoundError,
+    "VK_E_EXISTS": ConflictError,
+    "VK_E_INTERRUPTED": OperationInterrupted,
+    "VK_E_READONLY": ReadOnlyError,
+    "VK_E_NOSPACE": NoSpaceError,
 }
 
 
-def from_native(code: int, message: str, *, offset: Optional[int] = None, sys_errno: int = 0) -> VhdkitError:
-    """Build the exception for a native ``vk_code`` (negative int)."""
+def from_native(code: str, message: str, *, offset: Optional[int] = None, sys_errno: int = 0) -> VhdkitError:
+    """Build the exception for a native ``vk_code``, named as the core names it
+    (``vk_code_name``: "VK_E_FORMAT", ...)."""
     if offset is not None and offset >= 2**64 - 1:
         offset = None
     cls = NATIVE_CODES.get(code, VhdkitError)
@@ -203,6 +227,33 @@ def from_native(code: int, message: str, *, offset: Optional[int] = None, sys_er
     if issubclass(cls, StorageError):
         return cls(message, offset=offset, sys_errno=sys_errno)
     return cls(message, offset=offset)
+
+
+# ---- failed system calls -> exceptions: the one errno mapping ---------------
+_FULL = (_errno.ENOSPC, _errno.EDQUOT)
+
+
+def from_oserror(exc: OSError, what: str, *, service: bool = False) -> VhdkitError:
+    """The exception for ``exc``, a failed system call on ``what`` (the caller's
+    description of the file or operation, which starts the message).
+
+    - ENOSPC and EDQUOT: no space.  On the service's own files (``service``:
+      the blob store, the database directory, spool and work files) that is
+      :class:`OutOfSpaceError` (507, its message names no path); else
+      :class:`NoSpaceError`.
+    - ENOENT: :class:`NotFoundError` for what a caller names (an object, a
+      container, a file); on the service's own files it is the server's fault,
+      a :class:`StorageError`.
+    - anything else: :class:`StorageError` with the system's text.
+    """
+    e = exc.errno
+    if e in _FULL:
+        if service:
+            return OutOfSpaceError(sys_errno=e)
+        return NoSpaceError(f"{what}: no space left on device", sys_errno=e)
+    if e == _errno.ENOENT and not service:
+        return NotFoundError(f"{what}: not found")
+    return StorageError(f"{what}: {exc.strerror or exc}", sys_errno=e or 0)
 
 
 # ---- what a customer may read -------------------------------------------------

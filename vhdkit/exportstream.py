@@ -32,19 +32,18 @@ import hashlib
 import io
 import os
 import queue
-import struct
 import threading
 import time
 import uuid as _uuid
 from typing import List, Optional, Tuple
 
-from .errors import ArchiveError, IntegrityError, OutputLimitError, VhdkitError
+from .errors import ArchiveError, IntegrityError, OutputLimitError, ValidationFailed, VhdkitError
 from .ova import DiskOutputGuard
+from .vhd import layout
+from .vhd.layout import SECTOR, renew_footer
 
-__all__ = ["NotStreamable", "RenewedVhdStream", "renew_footer", "VHD_EPOCH"]
+__all__ = ["NotStreamable", "RenewedVhdStream", "renew_footer"]
 
-VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z, the VHD timestamp origin
-SECTOR = 512
 _CHUNK = 4 << 20
 _MAX_BAT = 16 << 20  # bytes of BAT this pass keeps in memory
 _MAX_META_OFFSET = 64 << 20  # the dynamic header must start before this
@@ -54,23 +53,10 @@ class NotStreamable(Exception):
     """The disk is valid input for the general path, but not for this pass."""
 
 
-def _checksum(block: bytes, at: int) -> int:
-    """The VHD checksum: one's complement of the byte sum, the field itself as zero."""
-    return ~(sum(block) - sum(block[at:at + 4])) & 0xFFFFFFFF
-
-
-def _footer_ok(b: bytes) -> bool:
-    return len(b) == SECTOR and b[:8] == b"conectix" and struct.unpack_from(">I", b, 64)[0] == _checksum(b, 64)
-
-
-def renew_footer(footer: bytes, new_uuid: _uuid.UUID, timestamp: int) -> bytes:
-    """``footer`` with ``new_uuid``, ``timestamp`` (seconds since 2000-01-01) and its checksum."""
-    f = bytearray(footer)
-    struct.pack_into(">I", f, 24, timestamp & 0xFFFFFFFF)
-    f[68:84] = new_uuid.bytes
-    struct.pack_into(">I", f, 64, 0)
-    struct.pack_into(">I", f, 64, _checksum(bytes(f), 64))
-    return bytes(f)
+def _dynamic_footer(b: bytes) -> Optional[layout.Footer]:
+    """The footer in ``b`` if it is a valid one of a dynamic disk."""
+    f = layout.footer(b) if len(b) == SECTOR else None
+    return f if f is not None and f.disk_type == layout.lib.VK_DISK_DYNAMIC else None
 
 
 class _HashedSlice(io.RawIOBase):
@@ -227,7 +213,7 @@ class RenewedVhdStream(io.RawIOBase):
         self.raw = _HashedSlice(f, size, algo, pool)
         self.src = _Inflater(self.raw, gz, bound, f"its disk {name!r}")
         self.uuid = uuid or _uuid.uuid4()
-        self.timestamp = int(time.time()) - VHD_EPOCH if timestamp is None else timestamp
+        self.timestamp = int(time.time()) - layout.lib.VK_VHD_EPOCH if timestamp is None else timestamp
         self.skeleton = os.fspath(skeleton)
         self._skel = os.open(self.skeleton, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._pos = 0  # bytes of the stored VHD read from the decompressor
@@ -240,7 +226,7 @@ class RenewedVhdStream(io.RawIOBase):
         self._ri = 0  # ranges before this index are copied
         self._state = 0  # 0 need footer, 1 need header, 2 need BAT, 3 all known
         self._hdr_off = self._bat_off = self._bat_len = 0
-        self._block = self._entries = 0
+        self._block = self._entries = self._bitmap = 0
         self.copy_footer = b""
         self.end_footer = b""
         self.size: Optional[int] = None  # the VHD's file size, known at the end
@@ -292,7 +278,7 @@ class RenewedVhdStream(io.RawIOBase):
                 if not more:
                     break
                 data += more
-            if len(data) < SECTOR or not _footer_ok(data[:SECTOR]) or struct.unpack_from(">I", data, 60)[0] != 3:
+            if len(data) < SECTOR or _dynamic_footer(data[:SECTOR]) is None:
                 raise NotStreamable("no dynamic VHD footer copy at offset 0")
             self._started = True
         if not data:
@@ -344,35 +330,32 @@ class RenewedVhdStream(io.RawIOBase):
         """Parse the next metadata structure if it is complete below ``pos``
         (and so captured); True if it was."""
         if self._state == 0 and pos >= SECTOR:
-            f = os.pread(self._skel, SECTOR, 0)
-            (data_offset,) = struct.unpack_from(">Q", f, 16)
+            data_offset = _dynamic_footer(os.pread(self._skel, SECTOR, 0)).data_offset  # checked at the start
             if data_offset % SECTOR or not SECTOR <= data_offset <= _MAX_META_OFFSET:
                 raise NotStreamable("dynamic header offset out of the streamable range")
             self._hdr_off = data_offset
-            self._add([(data_offset, data_offset + 1024)])
+            self._add([(data_offset, data_offset + layout.DYNHDR_BYTES)])
             self._state = 1
             return True
-        if self._state == 1 and pos >= self._hdr_off + 1024:
-            h = os.pread(self._skel, 1024, self._hdr_off)
-            if len(h) != 1024 or h[:8] != b"cxsparse" or struct.unpack_from(">I", h, 36)[0] != _checksum(h, 36):
+        if self._state == 1 and pos >= self._hdr_off + layout.DYNHDR_BYTES:
+            h = layout.dynamic_header(os.pread(self._skel, layout.DYNHDR_BYTES, self._hdr_off))
+            if h is None:
                 raise NotStreamable("dynamic header not recognised")
-            table_offset, _, max_entries, block_size = struct.unpack_from(">QIII", h, 16)
-            if any(struct.unpack_from(">I", h, 576 + 24 * i)[0] for i in range(8)):
+            if h.n_locators:
                 raise NotStreamable("parent locators in a dynamic header")
-            if (block_size < SECTOR or block_size & (block_size - 1) or block_size > (1 << 30)
-                    or table_offset % SECTOR or max_entries * 4 > _MAX_BAT):
+            if h.table_offset % SECTOR or h.max_table_entries * 4 > _MAX_BAT:
                 raise NotStreamable("dynamic header fields out of the streamable range")
-            self._block, self._entries = block_size, max_entries
-            self._bat_off, self._bat_len = table_offset, -(-max_entries * 4 // SECTOR) * SECTOR
-            self._add([(table_offset, table_offset + self._bat_len)])
+            self._block, self._entries, self._bitmap = h.block_size, h.max_table_entries, h.bitmap_bytes
+            self._bat_off, self._bat_len = h.table_offset, -(-h.max_table_entries * 4 // SECTOR) * SECTOR
+            self._add([(h.table_offset, h.table_offset + self._bat_len)])
             self._state = 2
             return True
         if self._state == 2 and pos >= self._bat_off + self._bat_len:
             bat = os.pread(self._skel, self._entries * 4, self._bat_off)
             if len(bat) != self._entries * 4:
                 raise NotStreamable("BAT not captured")
-            bitmap = -(-(-(-(self._block // SECTOR) // 8)) // SECTOR) * SECTOR  # bits -> bytes -> sectors
-            blocks = [e * SECTOR for (e,) in struct.iter_unpack(">I", bat) if e != 0xFFFFFFFF]
+            bitmap = self._bitmap
+            blocks = layout.bat_blocks(bat)
             self._add([(b, b + bitmap) for b in blocks])
             # the usual layout ends with the last block, then the footer (progress only)
             self.expected_size = max([self._bat_off + self._bat_len] + [b + bitmap + self._block for b in blocks]) \
@@ -397,35 +380,27 @@ class RenewedVhdStream(io.RawIOBase):
             raise NotStreamable("the VHD ended before its metadata")
         self.size = self._pos
         self.end_footer = bytes(tail)
-        if not _footer_ok(tail) or struct.unpack_from(">I", tail, 60)[0] != 3:
+        if _dynamic_footer(tail) is None:
             # the end footer decides the type: e.g. a fixed disk whose first
             # sector happens to look like a dynamic footer
             raise NotStreamable("the end footer is not a dynamic VHD footer")
         os.pwrite(self._skel, tail, self._pos - SECTOR)
         os.ftruncate(self._skel, self._pos)
         # ranges still uncopied lie past the end of the file: check reports that (BAT_PAST_EOF)
-        self._check("the stored VHD failed validation", 397)
+        self._check("the stored VHD failed validation", ValidationFailed)
         renewed = renew_footer(tail, self.uuid, self.timestamp)
         os.pwrite(self._skel, renew_footer(self.copy_footer, self.uuid, self.timestamp), 0)
         os.pwrite(self._skel, renewed, self._pos - SECTOR)
-        self._check("the exported VHD's renewed metadata failed validation", 500)
+        # the stored disk checked clean, so a problem now is in what this pass wrote
+        self._check("the exported VHD's renewed metadata failed validation", VhdkitError)
         return renewed
 
-    def _check(self, what: str, number: int) -> None:
+    def _check(self, what: str, error: type) -> None:
+        """Raise ``error`` naming the first problem ``check`` finds, if any."""
         from .vhd import check
 
         rep = check(self.skeleton, parents=False)
         if not rep.ok:
             p = rep.problems[0]
             more = f" (and {len(rep.problems) - 1} more problems)" if len(rep.problems) > 1 else ""
-            raise StreamCheckFailed(number, f"{what}: {p.code}: {p.message}{more}")
-
-
-class StreamCheckFailed(VhdkitError):
-    """The pass's final ``check`` found a problem; ``number`` is the task code."""
-
-    code = "check_failed"
-
-    def __init__(self, number: int, message: str):
-        super().__init__(message)
-        self.number = number
+            raise error(f"{what}: {p.code}: {p.message}{more}")

@@ -1,7 +1,7 @@
 """Small file helpers shared by the packaging modules and the CLI.
 
 Imported by every writing command, so it keeps to os and fcntl (tempfile,
-glob and pathlib cost ~20 ms of start-up)."""
+glob and pathlib would add to every command's start-up)."""
 from __future__ import annotations
 
 import fcntl

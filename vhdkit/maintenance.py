@@ -183,7 +183,7 @@ def _failed_tasks(reg, home: str, dry_run: bool, rep: CleanupReport) -> None:
 
     if not dry_run:
         reg.expire_leases()
-    rep.failed_tasks = sweep_failed(reg, PipelineConfig.from_env(home), dry_run=dry_run)
+    rep.failed_tasks = sweep_failed(reg, PipelineConfig.from_config(reg.config, home), dry_run=dry_run)
 
 
 def _ts(v) -> float:

@@ -529,20 +529,18 @@ class _HashReader(io.RawIOBase):
         return n
 
 
-#: VHD specification: a dynamic or differencing disk starts with a copy of its
-#: footer, whose "Disk Type" (big-endian, offset 60) is 4 for a differencing disk.
-_VHD_COOKIE, _VHD_DISK_TYPE_AT, _VHD_DIFFERENCING = b"conectix", 60, 4
-
-
 def _is_differencing(head: bytes) -> bool:
-    """Whether a disk member (its first stored bytes, gzip or not) is a differencing VHD."""
+    """Whether a disk member (its first stored bytes, gzip or not) is a
+    differencing VHD: such a disk starts with a copy of its footer."""
+    from .vhd import layout
+
     if head[:2] == streams.GZIP_MAGIC:
         try:
-            head = zlib.decompressobj(31).decompress(bytes(head), 512)
+            head = zlib.decompressobj(31).decompress(bytes(head), layout.FOOTER_BYTES)
         except zlib.error:
             return False
-    return (head[:8] == _VHD_COOKIE and len(head) >= 64
-            and int.from_bytes(head[_VHD_DISK_TYPE_AT:_VHD_DISK_TYPE_AT + 4], "big") == _VHD_DIFFERENCING)
+    f = layout.footer(head[:layout.FOOTER_BYTES]) if len(head) >= layout.FOOTER_BYTES else None
+    return f is not None and f.disk_type == layout.lib.VK_DISK_DIFF
 
 
 def _kind(name: str) -> str:
@@ -720,7 +718,7 @@ class DiskOutputGuard:
     from ``f`` itself (so memory stays small).  A fixed disk keeps ``bound``.
     Exceeding it raises :class:`~vhdkit.errors.OutputLimitError`."""
 
-    _SECTOR = 512
+    _SECTOR = 512   # the VHD sector (layout.SECTOR; this module loads the core only for a VHD)
     _MAX_META = 64 << 20   # where a dynamic VHD's header and BAT must start
     _MAX_BAT = 16 << 20
     #: room past the last block (creators align the footer: Windows to 4 KiB)
@@ -747,34 +745,31 @@ class DiskOutputGuard:
         return os.pread(self.f.fileno(), n, at)
 
     def _parse(self) -> None:
-        import struct
+        from .vhd import layout
 
         if self._step == 0:
-            foot = self._pread(self._SECTOR, 0)
-            data_offset = struct.unpack_from(">Q", foot, 16)[0]
-            if (foot[:8] != b"conectix" or struct.unpack_from(">I", foot, 60)[0] not in (3, 4)
-                    or data_offset % self._SECTOR or not self._SECTOR <= data_offset <= self._MAX_META):
+            foot = layout.footer(self._pread(self._SECTOR, 0))
+            if (foot is None or foot.disk_type not in (layout.lib.VK_DISK_DYNAMIC, layout.lib.VK_DISK_DIFF)
+                    or foot.data_offset % self._SECTOR or not self._SECTOR <= foot.data_offset <= self._MAX_META):
                 self._next = None     # not a dynamic disk (a fixed one): the bound stays
                 return
-            self._hdr, self._step, self._next = data_offset, 1, data_offset + 1024
+            self._hdr, self._step = foot.data_offset, 1
+            self._next = foot.data_offset + layout.DYNHDR_BYTES
         elif self._step == 1:
-            h = self._pread(1024, self._hdr)
-            table, _, entries, block = struct.unpack_from(">QIII", h, 16)
-            if (h[:8] != b"cxsparse" or table % self._SECTOR or table > self._MAX_META
-                    or entries * 4 > self._MAX_BAT or block < self._SECTOR or block & (block - 1)):
+            h = layout.dynamic_header(self._pread(layout.DYNHDR_BYTES, self._hdr))
+            if (h is None or h.table_offset % self._SECTOR or h.table_offset > self._MAX_META
+                    or h.max_table_entries * 4 > self._MAX_BAT):
                 self._next = None
                 return
-            self._table, self._entries, self._block = table, entries, block
-            self._step, self._next = 2, table + entries * 4
+            self._table, self._entries, self._block = h.table_offset, h.max_table_entries, h.block_size
+            self._bitmap = h.bitmap_bytes
+            self._step, self._next = 2, h.table_offset + h.max_table_entries * 4
         else:
             self._next = None
-            bitmap = -(-(self._block // self._SECTOR) // 8)           # one bit per sector, in bytes
-            bitmap = -(-bitmap // self._SECTOR) * self._SECTOR        # rounded up to whole sectors
             end = self._table + -(-self._entries * 4 // self._SECTOR) * self._SECTOR
-            bat = self._pread(self._entries * 4, self._table)
-            for (e,) in struct.iter_unpack(">I", bat):
-                if e != 0xFFFFFFFF:
-                    end = max(end, e * self._SECTOR + bitmap + self._block)
+            blocks = layout.bat_blocks(self._pread(self._entries * 4, self._table))
+            if blocks:
+                end = max(end, max(blocks) + self._bitmap + self._block)
             self.bound = min(self.bound, end + self._SECTOR + self.TAIL_SLACK)
 
 

@@ -48,12 +48,10 @@ attempt not counted) after removing what the attempt made.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
 import re
-import contextlib
 import shutil
 import signal
 import socket
@@ -62,14 +60,15 @@ import threading
 import time
 import uuid as _uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import exportstream, ova, segments, streams
+from . import exportstream, ova, segments, streams, testhooks
+from .config import Config, data_home, load as load_config
 from .errors import (ArchiveError, ChainError, ConflictError, FormatError, IntegrityError, InvalidInputError,
-                     NoSpaceError, NotFoundError, OutOfSpaceError, OutputLimitError, VhdkitError,
-                     public_message)
+                     NoSpaceError, NotFoundError, OutOfSpaceError, OutputLimitError, ValidationFailed,
+                     VhdkitError, from_oserror, public_message)
 from .interrupts import deferred
 from .registry import Caller, Registry
 from .registry.models import Task
@@ -81,7 +80,6 @@ __all__ = ["PipelineConfig", "TaskFailed", "Worker", "run_task", "validate_task_
 
 log = logging.getLogger("vhdkit.pipeline")
 
-GB = 10 ** 9
 MiB = 1 << 20
 EXPORT_OPTIONS_PROPERTY = "com.rackspace__1__options"
 
@@ -114,57 +112,58 @@ class TaskFailed(VhdkitError):
 class PipelineConfig:
     """Where a worker keeps its data and what it accepts.
 
-    ``home`` is the data directory (:func:`vhdkit.home.data_home`); the registry lives there,
-    the embedded object store in ``home/objects`` (one directory per account),
-    and task directories in ``home/work`` (removed on success, failure and restart).
+    ``home`` is the data directory; the registry lives there, the embedded
+    object store in ``home/objects`` (one directory per account), and task
+    directories in ``home/work`` (removed on success, failure and restart).
+    The limits' defaults and the customer store (``settings``, a
+    :class:`vhdkit.config.Config`) come from the one configuration.
     """
 
     home: Path
-    max_virtual_size: int = 40 * GB
-    max_file_size: int = 40 * GB
-    segment_size: int = 200 * MiB
+    max_virtual_size: int = Config.max_virtual_size
+    max_file_size: int = Config.max_file_size
+    segment_size: int = Config.segment_size
     gzip_level: Optional[int] = None
     threads: Optional[int] = None
-    lease_seconds: float = 60.0
-    heartbeat_seconds: float = 5.0
+    lease_seconds: float = Config.lease_seconds
+    heartbeat_seconds: float = Config.heartbeat_seconds
+    #: the settings the customer store comes from (None: this process's environment and file)
+    settings: Optional[Config] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)  # a str or any os.PathLike works too
 
     @classmethod
-    def from_env(cls, home: Optional[os.PathLike | str] = None, **kw: Any) -> "PipelineConfig":
-        from .home import data_home
+    def from_config(cls, cfg: Config, home: Optional[os.PathLike | str] = None, **kw: Any) -> "PipelineConfig":
+        """The worker's configuration from ``cfg``; ``kw`` overrides."""
+        for name in ("max_virtual_size", "max_file_size", "segment_size", "lease_seconds", "heartbeat_seconds"):
+            kw.setdefault(name, getattr(cfg, name))
+        return cls(home=Path(data_home(home, cfg)), settings=cfg, **kw)
 
-        h = Path(data_home(home))
-        env = {"max_virtual_size": ("VHDKIT_MAX_VIRTUAL_SIZE", int),
-               "max_file_size": ("VHDKIT_MAX_FILE_SIZE", int),
-               "segment_size": ("VHDKIT_SEGMENT_SIZE", int),
-               "lease_seconds": ("VHDKIT_LEASE_SECONDS", float),
-               "heartbeat_seconds": ("VHDKIT_HEARTBEAT_SECONDS", float)}
-        for key, (var, conv) in env.items():
-            if var in os.environ and key not in kw:
-                kw[key] = conv(os.environ[var])
-        return cls(home=h, **kw)
+    @classmethod
+    def from_env(cls, home: Optional[os.PathLike | str] = None, **kw: Any) -> "PipelineConfig":
+        """:meth:`from_config` of this process's environment and configuration file."""
+        return cls.from_config(load_config(), home, **kw)
 
     @property
     def work_root(self) -> Path:
         return self.home / "work"
 
     def store(self, account: str) -> ObjectStore:
-        """The account's object store: Swift when ``VHDKIT_STORE`` names one, else ``home/objects``."""
-        from .swiftstore import open_configured_store
+        """The account's object store: Swift when the ``store`` setting names one, else ``home/objects``."""
+        from .store import open_configured_store
 
-        return open_configured_store(account, self.home)
+        return open_configured_store(account, self.home, config=self.settings)
 
 
 # ------------------------------------------------------------------ helpers
-#: Test hook for the crash tests: a worker whose environment names a stage in
-#: VHDKIT_TEST_KILL_AT_STAGE kills itself (SIGKILL) at the first progress
-#: report inside that stage, i.e. with that stage's output half written.
-#: ``STAGE:stop`` stops it instead (SIGSTOP: a worker paused past its lease
-#: until someone sends SIGCONT), once.
-_KILL_AT, _, _KILL_HOW = (os.environ.get("VHDKIT_TEST_KILL_AT_STAGE") or "").partition(":")
-_KILL_SIG = signal.SIGSTOP if _KILL_HOW == "stop" else signal.SIGKILL
+def _test_kill(stage: str) -> None:
+    """The crash tests' hook (:data:`vhdkit.testhooks.kill_at_stage`)."""
+    at, _, how = testhooks.kill_at_stage.partition(":")
+    if at == stage:
+        if how == "stop":
+            testhooks.kill_at_stage = ""
+        os.kill(os.getpid(), signal.SIGSTOP if how == "stop" else signal.SIGKILL)
 
 
 class _Context:
@@ -193,11 +192,8 @@ class _Context:
             self.timings.append((stage, time.monotonic()))
 
     def progress(self, done: int, total: Optional[int] = None) -> None:
-        global _KILL_AT
-        if _KILL_AT and _KILL_AT == self.stage:  # crash-test hook, see _KILL_AT
-            if _KILL_SIG == signal.SIGSTOP:
-                _KILL_AT = ""
-            os.kill(os.getpid(), _KILL_SIG)
+        if testhooks.kill_at_stage:
+            _test_kill(self.stage)
         if self.lost.is_set():
             raise ConflictError(f"task {self.task.id}: lease lost, stopping")
         self.done = done
@@ -211,14 +207,9 @@ class _Context:
                            bytes_done=self.done, bytes_total=self.total, attempt=self.lease.attempt)
 
     def holding(self):
-        """A block during which no newer attempt can take the task: the local
-        registry's write lock held with the lease checked; over the network
-        (a remote worker) the lease checked just before."""
-        holding = getattr(self.reg, "holding", None)
-        if holding is not None:
-            return holding(self.lease)
-        self.check_lease()
-        return contextlib.nullcontext()
+        """A block during which no newer attempt can take the task: the
+        registry's write lock held with the lease checked."""
+        return self.reg.holding(self.lease)
 
     def elapsed(self) -> Dict[str, float]:
         """Seconds per stage, summed over every time it was entered (so never negative)."""
@@ -650,8 +641,6 @@ def _export_streamed(ctx: _Context, sd: _StoredDisk, ova_path: str, store: Objec
     except exportstream.NotStreamable:
         out.unlink(missing_ok=True)
         return None
-    except exportstream.StreamCheckFailed as e:
-        raise TaskFailed(e.number, e.message) from None
     except BaseException:
         out.unlink(missing_ok=True)
         raise
@@ -683,6 +672,8 @@ def task_failure_message(task: Task, stage: str, exc: BaseException) -> str:
     says no more than the stage.  No message carries a server path or host
     name (:func:`vhdkit.errors.public_message`); the full text goes to the
     log."""
+    if isinstance(exc, OSError) and not isinstance(exc, VhdkitError):
+        exc = from_oserror(exc, stage, service=True)   # what the server's own files failed with
     if isinstance(exc, TaskFailed):
         number, reason = exc.number, exc.message.split("] ", 1)[-1]
     elif isinstance(exc, OutputLimitError):
@@ -691,11 +682,13 @@ def task_failure_message(task: Task, stage: str, exc: BaseException) -> str:
         number, reason = 721, "a disk's parent is missing from the image or does not match it"
     elif isinstance(exc, ArchiveError):
         number, reason = 400, f"the image's package is unsafe or malformed: {exc.message}"
+    elif isinstance(exc, ValidationFailed):
+        number, reason = 397, exc.message
     elif isinstance(exc, (FormatError, IntegrityError)):
         number, reason = 397, f"the stored image failed validation: {exc.message}"
     elif isinstance(exc, InvalidInputError):
         number, reason = 400, exc.message
-    elif isinstance(exc, NoSpaceError) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+    elif isinstance(exc, NoSpaceError):
         number, reason = 500, f"{task.type} failed in stage {stage}: {OutOfSpaceError.MESSAGE}"
     else:
         number, reason = 500, f"{task.type} failed in stage {stage}: internal error (see the server's log)"

@@ -39,10 +39,10 @@ import urllib.parse
 from .interrupts import deferred
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence
+from typing import BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                     VhdkitError)
+                     VhdkitError, from_oserror)
 
 __all__ = [
     "ObjectInfo",
@@ -50,6 +50,7 @@ __all__ = [
     "ObjectStore",
     "LocalStore",
     "open_store",
+    "open_configured_store",
     "default_root",
     "validate_container_name",
     "validate_object_name",
@@ -216,8 +217,8 @@ class ObjectStore(abc.ABC):
 
 # ----------------------------------------------------------- local backend
 def default_root() -> Path:
-    """``objects`` in the data directory (:func:`vhdkit.home.data_home`)."""
-    from .home import data_home
+    """``objects`` in the configured data directory (:func:`vhdkit.config.data_home`)."""
+    from .config import data_home
 
     return Path(data_home()) / "objects"
 
@@ -237,18 +238,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _oserror(e: OSError, what: str) -> VhdkitError:
-    import errno
-
-    if e.errno == errno.ENOENT:
-        return NotFoundError(f"{what}: not found")
-    if e.errno == errno.ENOSPC:
-        from .errors import NoSpaceError
-
-        return NoSpaceError(f"{what}: no space left on device", sys_errno=e.errno)
-    return StorageError(f"{what}: {e.strerror or e}", sys_errno=e.errno or 0)
 
 
 def _locked(path: str) -> int:
@@ -321,7 +310,7 @@ class LocalStore(ObjectStore):
             (d / "objects").mkdir(parents=True, exist_ok=True)
             (d / "meta").mkdir(exist_ok=True)
         except OSError as e:
-            raise _oserror(e, f"create container {container!r}") from None
+            raise from_oserror(e, f"create container {container!r}") from None
 
     def delete_container(self, container: str) -> None:
         d = self._cdir(container)
@@ -343,9 +332,9 @@ class LocalStore(ObjectStore):
             with open(mpath, "rb") as f:
                 raw = f.read(64 << 10)
         except OSError as e:
-            if isinstance(_oserror(e, ""), NotFoundError):
+            if isinstance(from_oserror(e, ""), NotFoundError):
                 raise NotFoundError(f"object {container}/{name} not found") from None
-            raise _oserror(e, f"object {container}/{name}") from None
+            raise from_oserror(e, f"object {container}/{name}") from None
         try:
             d = json.loads(raw)
             info = ObjectInfo(container=container, name=d["name"], size=int(d["size"]), etag=str(d["etag"]),
@@ -370,7 +359,7 @@ class LocalStore(ObjectStore):
             try:
                 f = open(dpath, "rb")
             except OSError as e:
-                raise _oserror(e, f"object {container}/{name}") from None
+                raise from_oserror(e, f"object {container}/{name}") from None
             if os.fstat(f.fileno()).st_size == info.size:
                 return _LocalReader(f, info)
             f.close()  # raced with an overwrite: metadata and data disagree, look again
@@ -441,7 +430,7 @@ class LocalStore(ObjectStore):
         except OSError as e:
             if isinstance(e, VhdkitError):
                 raise
-            raise _oserror(e, f"put {container}/{name}") from None
+            raise from_oserror(e, f"put {container}/{name}") from None
         finally:
             for t in (tmp_data, tmp_meta):
                 if t is not None:
@@ -459,7 +448,7 @@ class LocalStore(ObjectStore):
                 try:
                     fd = os.open(path, os.O_RDONLY)
                 except OSError as e:
-                    raise _oserror(e, f"sync {container}/{name}") from None
+                    raise from_oserror(e, f"sync {container}/{name}") from None
                 try:
                     os.fsync(fd)
                 finally:
@@ -475,7 +464,7 @@ class LocalStore(ObjectStore):
             os.unlink(mpath)
             os.unlink(dpath)
         except OSError as e:
-            raise _oserror(e, f"delete {container}/{name}") from None
+            raise from_oserror(e, f"delete {container}/{name}") from None
 
     def remove_dead_temps(self, container: str) -> List[str]:
         """Remove the temporary files of puts into ``container`` whose process
@@ -530,3 +519,23 @@ class LocalStore(ObjectStore):
 def open_store(root: Optional[os.PathLike | str] = None, account: str = "default") -> LocalStore:
     """The local store under ``root`` (default :func:`default_root`) for ``account``."""
     return LocalStore(root if root is not None else default_root(), account)
+
+
+def open_configured_store(account: str, home: Optional[os.PathLike | str] = None,
+                          env: Optional[Mapping[str, str]] = None, config=None) -> ObjectStore:
+    """The one factory of object stores: the store the configuration names for
+    ``account``.  Swift when the ``store`` setting is a ``swift+http(s)://``
+    URL (:mod:`vhdkit.swiftstore`, imported only then), a directory for
+    ``dir:PATH``, else ``objects`` in the data directory (``home``, default the
+    configured one).  ``config`` is a :class:`vhdkit.config.Config` (default:
+    the settings of ``env``, itself defaulting to this process's)."""
+    from .config import data_home, load
+
+    cfg = config if config is not None else load(env=env)
+    kind, where = cfg.object_store_kind()
+    if kind == "swift":
+        from .swiftstore import SwiftConfig, SwiftStore
+
+        return SwiftStore(SwiftConfig.from_config(cfg), account)
+    root = Path(where) if kind == "dir" else Path(data_home(home, cfg)) / "objects"
+    return LocalStore(root, account)

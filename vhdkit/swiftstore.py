@@ -1,6 +1,6 @@
 """An OpenStack Swift backend for :class:`vhdkit.store.ObjectStore` (python-swiftclient).
 
-Selected by configuration (see :func:`open_configured_store`)::
+Selected by configuration (see :func:`vhdkit.store.open_configured_store`)::
 
     VHDKIT_STORE=swift+http://127.0.0.1:8080     # the proxy
     VHDKIT_SWIFT_AUTH_URL=http://127.0.0.1:8080/auth/v1.0
@@ -30,10 +30,10 @@ acknowledged).  Connections are per thread.
 
 Parallel segment uploads.  ``put(..., durable=False)`` (what
 :func:`vhdkit.segments.split` uses for each segment) runs in the background
-when ``parallel`` > 1 (``VHDKIT_SWIFT_PARALLEL``, default 3): the caller's
+when ``parallel`` > 1 (the ``swift_parallel`` setting): the caller's
 thread reads the segment once, computing its md5, into a spool file (an
-unnamed temporary file in ``spool_dir``/``VHDKIT_SWIFT_SPOOL_DIR``, default
-the system temp dir: it vanishes when closed or when the process dies; the
+unnamed temporary file in ``spool_dir`` (``swift_spool_dir``, default the
+system temp dir): it vanishes when closed or when the process dies; the
 first 4 MiB stay in memory), and a pool of ``parallel`` threads sends the
 spools, each retried from its first byte on transient errors whatever the
 input was (the spool can always seek; Swift is also handed the md5 as the
@@ -55,19 +55,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from pathlib import Path
-from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                     UnauthorizedError)
-from .store import (LocalStore, ObjectInfo, ObjectReader, ObjectStore, validate_container_name,
-                    validate_metadata, validate_object_name)
+                     UnauthorizedError, UnavailableError)
+from .store import (ObjectInfo, ObjectReader, ObjectStore, validate_container_name, validate_metadata,
+                    validate_object_name)
+from .store import open_configured_store  # noqa: F401  (the factory, named here too as before)
 
 __all__ = ["SwiftStore", "SwiftConfig", "open_configured_store"]
 
@@ -90,23 +88,23 @@ class SwiftConfig:
         self.parallel, self.spool_dir = parallel, spool_dir
 
     @classmethod
-    def from_env(cls, env: Optional[Dict[str, str]] = None) -> "SwiftConfig":
-        env = dict(os.environ if env is None else env)
-        store = env.get("VHDKIT_STORE", "")
-        auth = env.get("VHDKIT_SWIFT_AUTH_URL")
-        if not auth:
-            if not store.startswith("swift+"):
-                raise InvalidInputError("VHDKIT_STORE is not a swift+http(s):// URL and "
-                                        "VHDKIT_SWIFT_AUTH_URL is not set")
-            auth = store[len("swift+"):].rstrip("/") + "/auth/v1.0"
-        user, key = env.get("VHDKIT_SWIFT_USER"), env.get("VHDKIT_SWIFT_KEY")
-        if not user or not key:
+    def from_config(cls, cfg, blobs: bool = False) -> "SwiftConfig":
+        """The connection ``cfg`` (a :class:`vhdkit.config.Config`) names: for
+        customer containers (``store``), or for image data (``blob_store``,
+        whose ``swift+`` URL, if any, names the proxy)."""
+        proxy = cfg.blob_store[len("swift+"):] if blobs and cfg.blob_store.startswith("swift+") else None
+        auth = cfg.swift_auth(proxy)
+        if not cfg.swift_user or not cfg.swift_key:
             raise InvalidInputError("set VHDKIT_SWIFT_USER and VHDKIT_SWIFT_KEY for the Swift store")
-        try:
-            parallel = int(env.get("VHDKIT_SWIFT_PARALLEL") or 3)
-        except ValueError:
-            raise InvalidInputError("VHDKIT_SWIFT_PARALLEL must be a whole number") from None
-        return cls(auth, user, key, parallel=parallel, spool_dir=env.get("VHDKIT_SWIFT_SPOOL_DIR") or None)
+        return cls(auth, cfg.swift_user, cfg.swift_key, parallel=cfg.swift_parallel,
+                   spool_dir=cfg.swift_spool_dir)
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "SwiftConfig":
+        """:meth:`from_config` of the settings of ``env`` (default: this process's)."""
+        from .config import load
+
+        return cls.from_config(load(env=env))
 
 
 _token_cache: Dict[tuple, tuple] = {}
@@ -132,9 +130,13 @@ def _err(e: Exception, what: str):
             return UnauthorizedError(f"{what}: Swift refused the credentials ({st})")
         if st == 422:
             return IntegrityError(f"{what}: Swift says the data does not match its ETag")
-        if st is None:
-            return StorageError(f"{what}: {e.msg}")
+        if st is None or st >= 500:   # no answer, or Swift failed: transient, the caller may retry
+            return UnavailableError(f"{what}: Swift: {e.msg} {st or ''} {e.http_reason or ''}".strip())
         return StorageError(f"{what}: Swift answered {st} {e.http_reason or ''}".strip())
+    if isinstance(e, OSError) and e.errno is not None:  # a local spool file, or the connection
+        return from_oserror(e, what, service=True)
+    if isinstance(e, OSError):        # the connection (requests' errors are OSErrors without errno)
+        return UnavailableError(f"{what}: Swift: {type(e).__name__}: {e}")
     return StorageError(f"{what}: {type(e).__name__}: {e}")
 
 
@@ -517,22 +519,3 @@ class _Counting:
         if self._expect is not None and (self.n > self._expect or (not data and self.n != self._expect)):
             raise _SizeMismatch(f"got {'more than ' if data else ''}{self.n} bytes, expected {self._expect}")
         return data
-
-
-def open_configured_store(account: str, home: Optional[os.PathLike | str] = None,
-                          env: Optional[Dict[str, str]] = None) -> ObjectStore:
-    """The store the configuration names: Swift when ``VHDKIT_STORE`` is a
-    ``swift+http(s)://`` URL, else the directory store under ``home/objects``."""
-    e = os.environ if env is None else env
-    spec = e.get("VHDKIT_STORE", "")
-    if spec.startswith("swift+"):
-        u = urlsplit(spec[len("swift+"):])
-        if u.scheme not in ("http", "https") or not u.netloc:
-            raise InvalidInputError(f"VHDKIT_STORE {spec!r} is not swift+http(s)://HOST[:PORT]")
-        return SwiftStore(SwiftConfig.from_env(dict(e)), account)
-    if spec and not spec.startswith(("dir:", "file:")):
-        raise InvalidInputError(f"VHDKIT_STORE {spec!r}: expected swift+http(s)://… or dir:PATH")
-    from .home import data_home
-
-    root = Path(spec.split(":", 1)[1]) if spec else Path(data_home(home)) / "objects"
-    return LocalStore(root, account)

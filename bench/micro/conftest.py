@@ -1,12 +1,13 @@
 """Inputs for the native micro-benchmarks, written with the harness's own
-independent VHD writer (bench/vhdfile.py), once per session."""
+independent VHD writer (fixtures/vhdref.py), once per session."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from bench import vhdfile
+import bench  # noqa: F401  (puts fixtures/ on the path)
+import vhdref
 from bench.gen import ChainSpec, Inputs, MiB
 
 
@@ -24,7 +25,7 @@ def big_bat(tmp_path_factory):
     n = 1 << 20
     alloc = list(range(0, n, 100))
     path = tmp_path_factory.mktemp("micro") / "bat1m.vhd"
-    lay = vhdfile.Layout(n * bs, bs, alloc)
+    lay = vhdref.Layout(n * bs, bs, alloc)
     with open(path, "wb") as f:
         offs = lay.write_metadata(f, str(path))
         bitmap = b"\xff" * lay.bitmap_bytes

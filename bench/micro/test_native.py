@@ -13,7 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from bench import vhdfile
+import bench  # noqa: F401  (puts fixtures/ on the path)
+import vhdref
 
 pytest.importorskip("pytest_benchmark")
 
@@ -52,7 +53,7 @@ def test_footer_parse_and_checksum(benchmark, native, tmp_path):
     with open(path, "wb") as f:
         f.truncate(8 << 20)
         f.seek(8 << 20)
-        f.write(vhdfile.footer(8 << 20, vhdfile.FIXED, __import__("uuid").uuid4(), None))
+        f.write(vhdref.footer(8 << 20, vhdref.FIXED, __import__("uuid").uuid4(), None))
     lib = native.lib
     t = native.ffi.new("uint32_t *")
     err = native.new_err()
@@ -61,7 +62,7 @@ def test_footer_parse_and_checksum(benchmark, native, tmp_path):
     def probe():
         native.check(lib.vk_probe(p, t, err), err)
         return t[0]
-    assert benchmark(probe) == vhdfile.FIXED
+    assert benchmark(probe) == vhdref.FIXED
 
 
 def test_bat_load_1m_entries(benchmark, native, big_bat):

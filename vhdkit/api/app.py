@@ -14,7 +14,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from . import images, imports, internal, members, objects, panel, schemas, tasks, versions
+from . import images, imports, members, objects, panel, schemas, tasks, versions
 from .auth import IdentityMiddleware, provider_for
 from .config import Settings
 from .errors import EXCEPTION_HANDLERS
@@ -25,7 +25,8 @@ UPLOAD_SLOTS = 16
 
 
 def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
-    """The app over ``registry`` (default: a Registry opened on ``settings.data_dir``)."""
+    """The app over ``registry`` (default: a Registry opened on ``settings.data_dir``).
+    Without ``settings``, those of this process's environment and configuration file."""
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
@@ -49,7 +50,7 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
 
     app = Starlette(
         routes=(versions.ROUTES + schemas.ROUTES + images.ROUTES + imports.ROUTES + members.ROUTES + tasks.ROUTES
-                + internal.ROUTES + objects.ROUTES + panel.ROUTES),
+                + objects.ROUTES + panel.ROUTES),
         middleware=[Middleware(panel.PanelMiddleware), Middleware(NegotiationMiddleware), Middleware(IdentityMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
@@ -65,23 +66,14 @@ def create_app(settings: Optional[Settings] = None, registry=None) -> Starlette:
 
 
 def _open_registry(settings: Settings):
-    """The registry in ``settings.data_dir``; or, with ``registry_url``, the
-    registry host it names, reached over its internal routes (this host keeps
-    only scratch files: the lock files of uploads it streams into Swift)."""
-    if settings.registry_url:
-        import os
-
-        from ..home import data_home
-        from ..remote import RemoteRegistry
-
-        scratch = os.path.abspath(data_home(settings.data_dir))
-        reg = RemoteRegistry(settings.registry_url, scratch=scratch, upload_lease=settings.upload_lease)
-        reg.upload_store()   # image data must be in Swift: fail at start, not at the first upload
-        return reg
+    """The registry this host serves: every API host and worker opens the same
+    database and blob store itself (docs/deployment.md)."""
     from ..registry import Registry
-    return Registry(settings.data_dir, size_cap=settings.max_image_size)
+    return Registry(settings.data_dir, size_cap=settings.max_image_size, config=settings)
 
 
 def app_factory() -> Starlette:
-    """Entry point for ``uvicorn --factory`` (each worker process builds its own)."""
+    """Entry point for ``uvicorn --factory`` run by hand: the settings of the
+    environment and configuration file (``vhdkit serve`` hands its workers
+    theirs, vhdkit/api/protocol.py)."""
     return create_app(Settings.from_env())

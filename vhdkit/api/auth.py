@@ -345,7 +345,7 @@ class IdentityMiddleware:
     """Resolves a blocking provider's identity (a Keystone call) in a worker
     thread before the handler runs, so :func:`caller` never blocks the event
     loop.  Requests without an ``X-Auth-Token`` pass untouched: routes that
-    need no identity (version discovery, internal routes) stay open, and
+    need no identity (version discovery) stay open, and
     :func:`caller` answers 401 for the others."""
 
     def __init__(self, app: ASGIApp) -> None:

@@ -13,7 +13,6 @@ body does not leak internals.
 """
 from __future__ import annotations
 
-import errno
 import logging
 from http import HTTPStatus
 from typing import Mapping, Optional
@@ -22,7 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import OutOfSpaceError, VhdkitError, public_message
+from ..errors import (DatabaseUnavailableError, NoSpaceError, OutOfSpaceError, UnavailableError, VhdkitError,
+                      from_oserror, public_message)
 
 log = logging.getLogger("vhdkit.api")
 
@@ -61,7 +61,11 @@ async def _vhdkit_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
     if status == 500:  # an unexpected fault of the server: its details (paths, errno texts) stay in the log
         return error_response(status, "The server failed to complete the request; see its log.")
-    return error_response(status, public_message(exc.message))
+    if isinstance(exc, UnavailableError):  # which host or file did not answer stays in the log
+        return error_response(status, exc.PUBLIC, {"Retry-After": "5"})
+    if isinstance(exc, NoSpaceError):  # behind the API a full file system is always the service's own
+        return error_response(status, OutOfSpaceError.MESSAGE)
+    return error_response(status, getattr(exc, "PUBLIC", None) or public_message(exc.message))
 
 
 async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
@@ -74,8 +78,24 @@ async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, detail, exc.headers)
 
 
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` is the registry database's driver failing to reach or
+    use its database (a connection refused or lost, a file that cannot be
+    opened): the call did not happen, a later one may succeed."""
+    import sqlite3
+
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    return any(c.__name__ in ("OperationalError", "InterfaceError") and c.__module__.split(".")[0]
+               in ("sqlalchemy", "psycopg", "psycopg2") for c in type(exc).__mro__)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if database_unreachable(exc):
+        log.error("%s %s: registry database unavailable", request.method, request.url.path, exc_info=exc)
+        return error_response(DatabaseUnavailableError.http_status, DatabaseUnavailableError.PUBLIC,
+                              {"Retry-After": "5"})
+    if isinstance(exc, OSError) and isinstance(from_oserror(exc, "", service=True), NoSpaceError):
         log.error("%s %s: out of space", request.method, request.url.path, exc_info=exc)
         return error_response(OutOfSpaceError.http_status, OutOfSpaceError.MESSAGE)
     log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)

@@ -11,16 +11,15 @@ checks, hashing and atomic publication as ``PUT /v2/images/{id}/file``):
   :mod:`.webdownload`), opens the upload (the image turns ``importing``,
   with ``os_glance_import_task``) and answers 202; a thread of this server
   streams the URL's body into the upload.  It ends ``active``, or back in
-  ``queued`` when the fetch or the checks fail.  The upload holds a lock on
-  its temporary file: if the server dies meanwhile, ``vhdkit cleanup`` or the
-  next server start (the registry's cleanup when it opens) finds the lock
-  gone and returns the image to ``queued``, removing the partial data.  On a
-  graceful stop the running downloads are aborted the same way.
+  ``queued`` when the fetch or the checks fail.  The upload holds the image
+  with a lease this server renews: if the server dies meanwhile, ``vhdkit
+  cleanup``, the next upload to the image or a registry opened after the
+  lease ran out returns the image to ``queued``, removing the partial data.
+  On a graceful stop the running downloads are aborted the same way.
 
 Only one store exists, so ``all_stores_must_succeed`` may not be false and
 ``stores``/``all_stores`` change nothing, as in a Glance without
-``enabled_backends``.  An API host that forwards to a registry host
-(``vhdkit serve --registry``) offers no import method.
+``enabled_backends``.
 """
 from __future__ import annotations
 

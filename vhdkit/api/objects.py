@@ -51,13 +51,14 @@ MANIFEST_KEY = "x-object-manifest"
 
 def _store(request: Request, op: str):
     """The object store of the caller's own account, after the role check."""
-    from ..swiftstore import open_configured_store
+    from ..store import open_configured_store
 
     who = caller(request)
     if not who.has_any(STORE_ROLES[op]):
         raise ApiError(403, f"account {who.account} with roles [{', '.join(sorted(who.roles)) or 'none'}] "
                             f"may not {op.replace('_', ' ')}")
-    return open_configured_store(who.account, settings(request).data_dir)   # None: the registry's own home
+    cfg = settings(request)
+    return open_configured_store(who.account, cfg.data_dir, config=cfg)   # data_dir None: the configured one
 
 
 def _names(request: Request, *, obj: bool) -> tuple:

@@ -167,7 +167,7 @@ def read_only_image_fields() -> frozenset:
 
 async def show_schema(request: Request) -> JSONResponse:
     from ..registry.rbac import require_role
-    require_role("schemas", caller(request))   # RBAC.md: Observer, Creator or Admin
+    require_role("schemas", caller(request))   # docs/rbac.md: Observer, Creator or Admin
     name = request.path_params["name"]
     if name not in SCHEMAS:
         raise ApiError(404, f"No schema named {name!r}; there are {', '.join(sorted(SCHEMAS))}")

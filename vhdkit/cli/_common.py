@@ -7,8 +7,9 @@ from typing import Any, Callable, Optional
 
 import click
 
+from . import _plain
 from ._plain import (FORCE, FORMAT_NAMES, INPUT_FORMAT_NAMES, cli_message, emit, failure,  # noqa: F401
-                     image_format, open_registry, os_error_message, sized)
+                     image_format, os_error_message, sized)
 
 
 class VhdkitGroup(click.Group):
@@ -103,30 +104,76 @@ SIZE = SizeType()
 # Every command that touches the registry, the object store or a worker's data
 # takes these options from here, so `--data`/VHDKIT_HOME and
 # `--account`/`--roles`/VHDKIT_ACCOUNT/VHDKIT_ROLES mean the same everywhere.
+# The options carry only what the command line says; the environment and the
+# configuration file are read by vhdkit.config, once per command (settings()).
+
+_SETTINGS_KEY = "vhdkit.settings"
+_FLAGS_KEY = "vhdkit.flags"        # flags no command takes as an argument (see _flag)
+
+
+def settings(**flags: Any):
+    """The command's settings (:func:`vhdkit.config.load`, built once per
+    command) with the flags given (None: not given) on top."""
+    from ..config import load
+
+    ctx = click.get_current_context(silent=True)
+    base = ctx.meta.get(_SETTINGS_KEY) if ctx is not None else None
+    if base is None:
+        try:
+            base = load()
+        except ValueError as exc:  # a malformed setting: a usage error naming it
+            raise click.UsageError(str(exc)) from None
+        if ctx is not None:
+            ctx.meta[_SETTINGS_KEY] = base
+    extra = ctx.meta.get(_FLAGS_KEY, {}) if ctx is not None else {}
+    return base.with_flags(**{**extra, **flags})
+
 
 def data_option(help_text: str = "Data directory (registry, object store, task work).") -> Callable:
-    """--data DIR [env VHDKIT_HOME]; the command receives ``data_dir`` (None: the default)."""
-    return click.option("--data", "data_dir", envvar="VHDKIT_HOME", metavar="DIR", default=None,
-                        help=f"{help_text} [env VHDKIT_HOME; default $XDG_DATA_HOME/vhdkit, "
-                             "i.e. ~/.local/share/vhdkit].")
+    """--data DIR [env VHDKIT_HOME]; the command receives ``data_dir`` (None: not given).
+    With it, --database-url URL [env VHDKIT_DATABASE_URL], the registry's
+    database: a flag :func:`settings` adds to every command's settings."""
+    def deco(f: Callable) -> Callable:
+        f = click.option("--database-url", metavar="URL", default=None, expose_value=False, callback=_flag,
+                         help="The registry's database, postgresql://USER@HOST:PORT/DB "
+                              "[env VHDKIT_DATABASE_URL; default: SQLite in the data directory].")(f)
+        return click.option("--data", "data_dir", metavar="DIR", default=None,
+                            help=f"{help_text} [env VHDKIT_HOME; default $XDG_DATA_HOME/vhdkit, "
+                                 "i.e. ~/.local/share/vhdkit].")(f)
+    return deco
+
+
+def _flag(ctx: Any, param: Any, value: Any) -> None:
+    """Keep a flag the command does not take as an argument for :func:`settings`."""
+    if value is not None:
+        ctx.meta.setdefault(_FLAGS_KEY, {})[param.name] = value
 
 
 def identity_options(f: Callable) -> Callable:
     """--account ID and --roles R1,R2 [env VHDKIT_ACCOUNT, VHDKIT_ROLES]."""
-    f = click.option("--roles", envvar="VHDKIT_ROLES", metavar="R1,R2", default=None,
+    f = click.option("--roles", metavar="R1,R2", default=None,
                      help="Your roles, comma-separated, e.g. cloudImages:admin [env VHDKIT_ROLES].")(f)
-    return click.option("--account", envvar="VHDKIT_ACCOUNT", metavar="ID", default=None,
+    return click.option("--account", metavar="ID", default=None,
                         help="Your account (tenant) id [env VHDKIT_ACCOUNT].")(f)
 
 
 def caller_of(account: Optional[str], roles: Optional[str]):
-    """The registry identity the options name; a usage error (exit 2) without an account."""
+    """The registry identity the options (or the settings) name; a usage
+    error (exit 2) without an account."""
     from ..registry import Caller
 
+    cfg = settings(account=account, roles=roles)
+    account, roles = cfg.account, cfg.roles
     if not account:
         raise click.UsageError("no identity: give --account ID (or set VHDKIT_ACCOUNT), "
                                "and your roles with --roles (or VHDKIT_ROLES)")
     return Caller.parse(account, roles or "")
+
+
+def open_registry(data_dir: Optional[str], **kw: Any):
+    """The registry in ``data_dir`` (default: the configured data directory),
+    as :func:`vhdkit.cli._plain.open_registry` opens it."""
+    return _plain.open_registry(settings(data_dir=data_dir), **kw)
 
 
 # ------------------------------------------------------------ formats

@@ -7,8 +7,8 @@ options spelled as click accepts them, valid choices and values -- and runs
 the command through the same functions as the click commands
 (:mod:`vhdkit.cli._reads`, :mod:`vhdkit.cli._plain`).  Anything else -- help,
 ``--version``, another command, a usage error of any kind, an option
-spelling it does not know, a stream click would re-encode, shell completion
--- returns None before any work, and the click command line handles it.
+spelling it does not know, a stream click would re-encode -- returns None
+before any work, and the click command line handles it.
 So ``--help`` texts and usage errors are click's own, and output and exit
 status are those of the same code.  :data:`COMMANDS` mirrors the click
 commands' parameters; tests/test_cli_fast.py checks that it does.
@@ -16,7 +16,6 @@ commands' parameters; tests/test_cli_fast.py checks that it does.
 from __future__ import annotations
 
 import codecs
-import os
 import sys
 
 from ._plain import INPUT_FORMAT_NAMES
@@ -27,16 +26,18 @@ FLAG, VALUE, MULTI, CHOICE, INT = "flag", "value", "multi", "choice", "int"
 _JSON = {"--json": ("as_json", FLAG, True)}
 #: --json and qemu-img's spelling of it (vhdkit.cli._common.qemu_json_option)
 _QEMU_JSON = {**_JSON, "--output": ("output_format_", CHOICE, ("human", "json"))}
-#: --data, --account, --roles (vhdkit.cli._common.data_option, identity_options) and their variables
-_REGISTRY = {"--data": ("data_dir", VALUE, "VHDKIT_HOME"), "--account": ("account", VALUE, "VHDKIT_ACCOUNT"),
-             "--roles": ("roles", VALUE, "VHDKIT_ROLES")}
+#: --data, --database-url, --account, --roles (vhdkit.cli._common.data_option, identity_options);
+#: unset, the settings (vhdkit.config: the environment, the configuration file) say
+_REGISTRY = {"--data": ("data_dir", VALUE, None), "--database-url": ("database_url", VALUE, None),
+             "--account": ("account", VALUE, None), "--roles": ("roles", VALUE, None)}
 _PARENT = {"--parent": ("parents", MULTI, None)}
 
 
 class Spec:
     """A command's parameters: positional names (``"images+"``: one or more)
     and options ``{spelling: (destination, kind, extra)}``; ``extra`` is a
-    flag's value, a choice's values or a value option's environment variable."""
+    flag's value or a choice's values (None for the others: no option reads
+    the environment itself; vhdkit.config does)."""
 
     def __init__(self, args: tuple, options: dict, defaults: dict):
         self.args, self.options, self.defaults = args, options, defaults
@@ -80,7 +81,6 @@ def parse(argv: list):
         else:
             opts[dest] = None
     opts.update(spec.defaults)
-    given: set = set()
     positional: list = []
     rest = argv[len(words):]
     i = 0
@@ -121,7 +121,6 @@ def parse(argv: list):
             opts[dest].append(value)
         else:
             opts[dest] = value
-        given.add(dest)
     if spec.args[:1] == ("images+",):
         if not positional:
             return None
@@ -133,8 +132,6 @@ def parse(argv: list):
     for dest, kind, extra in spec.options.values():
         if kind == MULTI:
             opts[dest] = tuple(opts[dest])
-        elif kind == VALUE and extra and dest not in given:
-            opts[dest] = os.environ.get(extra) or None   # as click: an empty variable is unset
     return words, opts
 
 
@@ -155,7 +152,15 @@ def _call(words: tuple, o: dict):
         return lambda: _reads.chain(o["leaf"], o["parents"], as_json)
     if cmd == "compare":
         return lambda: _reads.compare(o["a"], o["b"], o["a_format"], o["b_format"], as_json)
-    if not o["account"]:
+    from ..config import load
+
+    try:
+        base = load()
+        db = {"database_url": o["database_url"]}      # a flag on every settings() (_common._flag)
+        ident = base.with_flags(**db, account=o["account"], roles=o["roles"])     # as _common.caller_of
+    except ValueError:
+        return None                       # a malformed setting or flag: click's to say
+    if not ident.account:
         return None                       # click's "no identity" usage error
     if cmd == "show":
         work, kw = _reads.image_show, {"image_id": o["image_id"]}
@@ -171,8 +176,8 @@ def _call(words: tuple, o: dict):
     def registry_work():
         from ..registry import Caller
 
-        _reads.in_registry(o["data_dir"], Caller.parse(o["account"], o["roles"] or ""), work, as_json=as_json,
-                           **kw)
+        who = Caller.parse(ident.account, ident.roles or "")
+        _reads.in_registry(base.with_flags(**db, data_dir=o["data_dir"]), who, work, as_json=as_json, **kw)
 
     return registry_work
 
@@ -189,11 +194,10 @@ def streams_plain() -> bool:
     return True
 
 
-def run(argv: list, prog_name: str = "vhdkit"):
+def run(argv: list):
     """Run ``argv`` on the fast path and return the exit status, or None
-    (nothing done) when click must take it."""
-    if os.environ.get(f"_{prog_name.replace('-', '_').replace('.', '_')}_COMPLETE".upper()):
-        return None                       # shell completion: click's
+    (nothing done) when click must take it.  Shell completion is click's:
+    its scripts run the program without arguments, which this never takes."""
     parsed = parse(argv)
     if parsed is None or not streams_plain():
         return None

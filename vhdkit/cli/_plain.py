@@ -116,13 +116,13 @@ def image_format(name):
     return None if name is None else INPUT_FORMAT_NAMES[name]
 
 
-def open_registry(data_dir, **kw):
-    """The registry in ``data_dir`` (default :func:`vhdkit.home.data_home`);
+def open_registry(cfg, **kw):
+    """The registry the settings ``cfg`` (:class:`vhdkit.config.Config`) name;
     says on stderr where a registry was created, so a wrong --data or
     VHDKIT_HOME shows at once instead of as an empty list."""
     from ..registry import Registry
 
-    reg = Registry(data_dir, **kw)
+    reg = Registry(cfg.data_dir, config=cfg, **kw)
     if reg.created:
         echo(f"vhdkit: created a new registry in {reg.home}", err=True)
     return reg

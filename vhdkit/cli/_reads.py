@@ -223,11 +223,11 @@ def compare(a: str, b: str, a_format, b_format, as_json: bool) -> None:
 
 # ---------------------------------------------------------------- registry
 
-def in_registry(data_dir, who, f, **kw):
-    """Run ``f(reg=..., caller=who, **kw)`` on the registry in ``data_dir``,
-    an ``image_id`` (or ``image_ids``) in ``kw`` resolved from a name or a
-    unique id prefix first (see :func:`resolve_image`)."""
-    with open_registry(data_dir) as reg:
+def in_registry(cfg, who, f, **kw):
+    """Run ``f(reg=..., caller=who, **kw)`` on the registry the settings
+    ``cfg`` name, an ``image_id`` (or ``image_ids``) in ``kw`` resolved from a
+    name or a unique id prefix first (see :func:`resolve_image`)."""
+    with open_registry(cfg) as reg:
         if kw.get("image_id") is not None:
             kw["image_id"] = resolve_image(reg, who, kw["image_id"])
         if kw.get("image_ids"):

@@ -10,7 +10,7 @@ import click
 
 from . import _reads, main
 from ._common import (FORMAT, INPUT_FORMAT, SIZE, emit, fail, force_option, image_format, json_option,
-                      output_format, refuse_terminal, sized)
+                      output_format, refuse_terminal, settings, sized)
 from ..progress import Progress
 
 def _qemu_options(text: Optional[str]) -> dict:
@@ -122,7 +122,10 @@ def convert_cmd(src, dst, src_format, out_format, qemu_opts, disk_type, block_si
       vhdkit convert disk.raw disk.vhd --type dynamic
       vhdkit convert -p -O vpc -o subformat=fixed disk.raw disk.vhd
     """
+    from .. import native
     from ..vhd.write import convert
+
+    native.set_options(io_threads=settings().io_threads)
     out_format = output_format(dst, out_format)
     qo = _qemu_options(qemu_opts)
     if qo and out_format != "vhd":

@@ -15,7 +15,8 @@ from typing import Iterator, Optional
 import click
 
 from . import main
-from ._common import SIZE, data_option, emit, force_option, identity_options, json_option, refuse_terminal, sized
+from ._common import (SIZE, data_option, emit, force_option, identity_options, json_option, refuse_terminal,
+                      settings, sized)
 from ..errors import InvalidInputError
 from ..fileutil import atomic_file, refuse_existing
 from ..progress import Progress
@@ -270,7 +271,7 @@ _DEFAULT_ACCOUNT = "default"
 def _store_options(f):
     """--store plus the data directory and identity every command takes (see
     :func:`vhdkit.cli._common.identity_options`); the store checks no roles."""
-    f = click.option("--store", "store_dir", envvar="VHDKIT_STORE",
+    f = click.option("--store", "store_dir",
                      help="Store directory (default DATA/objects), or swift+http(s)://PROXY "
                           "with VHDKIT_SWIFT_AUTH_URL/USER/KEY set [env VHDKIT_STORE].")(f)
     return data_option()(identity_options(f))
@@ -278,18 +279,12 @@ def _store_options(f):
 
 def _open_store(store_dir: Optional[str], data_dir: Optional[str], account: Optional[str]):
     """The object store of ``account`` (default: account ``default``)."""
-    from ..store import open_store
+    from ..store import open_configured_store
 
-    account = account or _DEFAULT_ACCOUNT
-    if store_dir and store_dir.startswith(("swift+", "dir:")):
-        from ..swiftstore import open_configured_store
-
-        return open_configured_store(account, env={**os.environ, "VHDKIT_STORE": store_dir})
-    if not store_dir:
-        from ..home import data_home
-
-        store_dir = os.path.join(data_home(data_dir), "objects")
-    return open_store(store_dir, account)
+    if store_dir and not store_dir.startswith(("swift+", "dir:", "file:")):
+        store_dir = f"dir:{store_dir}"   # --store DIR: a directory
+    cfg = settings(store=store_dir, data_dir=data_dir, account=account)
+    return open_configured_store(cfg.account or _DEFAULT_ACCOUNT, config=cfg)
 
 
 @main.group("object")

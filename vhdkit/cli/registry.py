@@ -18,7 +18,7 @@ import click
 from ..fileutil import atomic_fd, refuse_existing
 from ..progress import Progress
 from . import _reads, main
-from ._common import (SIZE, caller_of, data_option, emit, force_option, identity_options, json_option,
+from ._common import (SIZE, caller_of, data_option, settings, emit, force_option, identity_options, json_option,
                       refuse_terminal, sized)
 
 
@@ -31,7 +31,8 @@ def _registry_options(f: Callable) -> Callable:
     @identity_options
     @functools.wraps(f)
     def wrapper(data_dir, account, roles, **kw):
-        return _reads.in_registry(data_dir, caller_of(account, roles), f, **kw)
+        who = caller_of(account, roles)
+        return _reads.in_registry(settings(data_dir=data_dir), who, f, **kw)
 
     return wrapper
 

@@ -12,13 +12,10 @@ from ._common import data_option, emit, json_option
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9292, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
-@data_option("Registry data directory.")
+@data_option("Data directory: the SQLite registry and image data, or with VHDKIT_DATABASE_URL and Swift "
+             "blobs only this host's scratch files.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (they share the registry's data directory).")
-@click.option("--registry", "registry_url", default=None, metavar="URL",
-              help="Forward every registry call to the registry host at URL (another `vhdkit serve`) instead "
-                   "of opening a registry here; needs VHDKIT_SERVICE_TOKEN and VHDKIT_BLOB_STORE=swift "
-                   "(default: $VHDKIT_REGISTRY_URL).")
 @click.option("--auth", type=click.Choice(["headers", "keystone"]), default=None,
               help="Where the caller's identity comes from: 'headers' (X-Auth-Token ACCOUNT:ROLES or "
                    "X-Tenant-Id/X-Roles; only for a trusted host or behind an authenticating proxy) or "
@@ -42,7 +39,7 @@ from ._common import data_option, emit, json_option
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @json_option
-def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level: str, as_json: bool,
+def serve(host: str, port: int, data_dir, workers: int, log_level: str, as_json: bool,
           **identity) -> None:
     """Serve the registry over HTTP as an OpenStack Images v2 API.
 
@@ -51,18 +48,17 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
     anyone who reaches the port can claim any account, so use it only on a
     trusted host or behind an authenticating proxy that sets these headers.
     With --auth keystone every request needs a Keystone token, validated
-    against --keystone-url (README "Identity").  Limits and timeouts come from the
-    VHDKIT_API_* environment variables (see vhdkit/api/config.py; the request
-    line plus headers are capped by VHDKIT_API_MAX_REQUEST_HEAD, 64 KiB).
+    against --keystone-url (README "Identity").  Every other setting (limits,
+    timeouts, the import filter) comes from the environment or the
+    configuration file: docs/configuration.md, `vhdkit config show`.
 
     A browser opening http://HOST:PORT/ gets the web control panel (README
     "Control panel"); the API stays where it is.
 
-    With --registry URL this host keeps no registry: it answers the same API
-    by forwarding each call to the registry host's internal routes, and
-    streams image data to and from Swift itself, so several API hosts can
-    serve one registry (see docs/deployment.md); --data then holds only
-    scratch files.
+    Several hosts may serve one registry: each `vhdkit serve` and `vhdkit
+    worker` opens the same database (VHDKIT_DATABASE_URL=postgresql://...)
+    and the same blob store in Swift (VHDKIT_BLOB_STORE=swift) itself; see
+    docs/deployment.md.
 
     \b
     Example:
@@ -71,26 +67,14 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
       VHDKIT_KEYSTONE_PASSWORD=... vhdkit serve --auth keystone \\
           --keystone-url http://keystone:5000/v3 --keystone-user glance
     """
-    import uvicorn
+    from ..api.protocol import ServeConfig, run
 
-    _identity_settings(identity)
-
-    from ..home import data_home
-
-    # every uvicorn worker process finds the data directory through VHDKIT_HOME
-    os.environ["VHDKIT_HOME"] = os.path.abspath(data_home(data_dir))
-    registry_url = registry_url or os.environ.get("VHDKIT_REGISTRY_URL") or None
-    if registry_url:
-        _check_forwarding(registry_url)
-        os.environ["VHDKIT_REGISTRY_URL"] = registry_url
-    _check_import_filter()
-    where = {"url": f"http://{host}:{port}", "data": os.environ["VHDKIT_HOME"],
-             "workers": workers, "registry": registry_url or "local"}
-    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))"
-         + (f", forwarding to the registry host {w['registry']}" if registry_url else ""))
-    uvicorn.run(
-        "vhdkit.api.app:app_factory",
-        factory=True,
+    settings = _settings(data_dir, identity)
+    where = {"url": f"http://{host}:{port}", "data": settings.data_dir, "workers": workers}
+    emit(where, as_json, lambda w: f"vhdkit: serving {w['data']} at {w['url']} ({w['workers']} worker(s))")
+    # every worker process receives these settings with uvicorn's configuration
+    run(ServeConfig(
+        settings,
         host=host,
         port=port,
         workers=workers,
@@ -100,57 +84,28 @@ def serve(host: str, port: int, data_dir, workers: int, registry_url, log_level:
         timeout_graceful_shutdown=10,
         server_header=False,
         proxy_headers=False,
-        http="vhdkit.api.protocol:BoundedHttpToolsProtocol",
-    )
+    ))
 
 
-def _identity_settings(flags: dict) -> None:
-    """Put the identity flags given into the environment (every uvicorn worker
-    reads its settings there, vhdkit/api/config.py) and check the result."""
+def _settings(data_dir, identity: dict):
+    """The server's settings (flags over environment over file), checked
+    before it starts: identity, the web-download URL filter, the upload lease."""
     from ..api.auth import provider_for
-    from ..api.config import Settings
+    from ..api.webdownload import ImportFilter
+    from ..config import load
     from ..errors import InvalidInputError
 
-    for name, value in flags.items():
-        if value is not None:
-            os.environ[Settings.ENV[name]] = str(value)
+    settings = load(flags=dict(identity, data_dir=data_dir))
+    settings = settings.with_flags(data_dir=os.path.abspath(settings.data_dir))
     try:
-        provider_for(Settings.from_env())
+        provider_for(settings)
     except (ValueError, ImportError) as exc:
         raise InvalidInputError(f"identity settings: {exc}") from None
-
-
-def _check_import_filter() -> None:
-    """The web-download URL filter (VHDKIT_IMPORT_*), checked before the server starts."""
-    from ..api.config import Settings
-    from ..api.webdownload import ImportFilter
-    from ..errors import InvalidInputError
-
     try:
-        ImportFilter.from_settings(Settings.from_env())
+        ImportFilter.from_settings(settings)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
+    from ..registry.data import check_upload_lease
 
-
-def _check_forwarding(url: str) -> None:
-    """What an API host that forwards to a registry host needs, checked before it starts."""
-    from ..errors import InvalidInputError
-
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInputError(f"--registry {url!r} is not an http(s):// URL")
-    if not os.environ.get("VHDKIT_SERVICE_TOKEN"):
-        raise InvalidInputError("--registry needs the registry host's service token in VHDKIT_SERVICE_TOKEN")
-    from ..registry.data import MAX_LEASE_S, MIN_LEASE_S
-
-    lease = os.environ.get("VHDKIT_API_UPLOAD_LEASE") or "60"
-    try:
-        ok = MIN_LEASE_S <= float(lease) <= MAX_LEASE_S
-    except ValueError:
-        ok = False
-    if not ok:
-        raise InvalidInputError(f"VHDKIT_API_UPLOAD_LEASE {lease!r}: expected seconds from {MIN_LEASE_S:g} "
-                                f"to {MAX_LEASE_S:g}")
-    spec = os.environ.get("VHDKIT_BLOB_STORE", "")
-    if not (spec == "swift" or spec.startswith("swift+")):
-        raise InvalidInputError("--registry needs VHDKIT_BLOB_STORE=swift (the registry host's settings): image "
-                                "data must be in Swift for several API hosts to share it")
+    check_upload_lease(settings.upload_lease)   # a lease out of bounds: refused before the server starts
+    return settings

@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from . import main
-from ._common import caller_of, data_option, emit, identity_options, json_option, open_registry
+from ._common import caller_of, data_option, emit, identity_options, json_option, open_registry, settings
 
 _TERMINAL = ("success", "failure")
 
@@ -157,59 +157,38 @@ def task_wait(task_id, timeout, data_dir, account, roles, as_json):
 
 
 @main.command("worker")
-@data_option("Data directory shared with the API server and other workers.")
+@data_option("Data directory: the SQLite registry shared with the API server and other workers on this "
+             "host, or with VHDKIT_DATABASE_URL only this worker's scratch space.")
 @click.option("--once", is_flag=True, help="Run one pending task (if any) and exit.")
 @click.option("--until-idle", is_flag=True, help="Run tasks until none is pending, then exit.")
 @click.option("--poll", type=float, default=1.0, show_default=True, help="Seconds between polls when idle.")
 @click.option("--id", "worker_id", help="Worker id (default: host:pid:random).")
-@click.option("--api", "api_url", envvar="VHDKIT_API_URL", default=None,
-              help="Run on another host: reach the registry through this API server's internal routes "
-                   "(needs VHDKIT_SERVICE_TOKEN, Swift for customer containers and image data); "
-                   "DATA is then only local scratch space.")
 @json_option
-def worker(data_dir, once, until_idle, poll, worker_id, api_url, as_json):
-    """Run import/export tasks from the registry in DATA (or behind --api).
+def worker(data_dir, once, until_idle, poll, worker_id, as_json):
+    """Run import/export tasks from the registry in DATA.
 
-    Any number of workers may share one data directory; each task runs once.
-    A worker that dies loses its lease and the task is retried once; one
-    stopped by SIGINT or SIGTERM gives its task back (claimable at once) and
-    exits 130 or 143.  With
-    --api the worker may run on any host: it claims tasks, heartbeats and
-    registers image data through the API host, and reads and writes the
-    bytes in Swift directly.
+    Any number of workers, on any hosts that reach the registry's database
+    and the blob store, may run at once; each task runs once.  A worker that
+    dies loses its lease and the task is retried once; one stopped by SIGINT
+    or SIGTERM gives its task back (claimable at once) and exits 130 or 143.
 
     \b
     Examples:
       vhdkit worker --data /srv/vhdkit --until-idle
-      VHDKIT_SERVICE_TOKEN=... vhdkit worker --api http://registry:9292 --data /scratch
     """
-    import os
-
+    from .. import native
     from ..pipeline import PipelineConfig, Worker
 
-    closer = None
-    if api_url:
-        from ..remote import RemoteRegistry, RemoteWorker
-
-        from ..home import data_home
-
-        data_dir = data_home(data_dir)
-        rw = RemoteWorker(RemoteRegistry(api_url, scratch=os.path.join(data_dir, "remote-data")),
-                          PipelineConfig.from_env(data_dir), worker_id)
-        w, closer = rw, rw.close
-    else:
-        reg = open_registry(data_dir)
-        w = Worker(reg, PipelineConfig.from_env(reg.home), worker_id)
-    try:
-        if once:
-            t = w.run_once()
-            out = {"worker": w.id, "task": _task_dict(t) if t else None}
-            emit(out, as_json, lambda d: _task_line(d["task"]) if d["task"] else "no pending task")
-            return
-        n = w.run(until_idle=until_idle, poll=poll)  # SIGINT/SIGTERM: the task goes back, exit 130/143
-    finally:
-        if closer is not None:
-            closer()
+    cfg = settings(data_dir=data_dir)
+    native.set_options(io_threads=cfg.io_threads)
+    reg = open_registry(data_dir)
+    w = Worker(reg, PipelineConfig.from_config(reg.config, reg.home), worker_id)
+    if once:
+        t = w.run_once()
+        out = {"worker": w.id, "task": _task_dict(t) if t else None}
+        emit(out, as_json, lambda d: _task_line(d["task"]) if d["task"] else "no pending task")
+        return
+    n = w.run(until_idle=until_idle, poll=poll)  # SIGINT/SIGTERM: the task goes back, exit 130/143
     emit({"worker": w.id, "tasks_run": n}, as_json, lambda d: f"worker {d['worker']}: ran {d['tasks_run']} task(s)")
 
 

@@ -2,7 +2,7 @@
 protected properties (OpenStack Images v2 semantics).
 
     from vhdkit.registry import Registry, Caller
-    reg = Registry("/data")                       # or None: vhdkit.home.data_home()
+    reg = Registry("/data")                       # or None: the configured data directory
     me = Caller.parse("acct-a", "cloudImages:admin")
     img = reg.create_image(me, name="web", disk_format="vhd", container_format="bare")
     reg.upload_file(me, img.id, "disk.vhd")

@@ -1,15 +1,14 @@
 """The blob store: image data files under ``<data>/blobs``, or in Swift.
 
-Backends, chosen by ``VHDKIT_BLOB_STORE`` when the registry opens:
+Backends, chosen by the ``blob_store`` setting (:mod:`vhdkit.config`,
+``VHDKIT_BLOB_STORE``) when the registry opens:
 
 - unset or ``local``: files under ``<data>/blobs`` (below);
 - ``swift`` (or ``swift+http(s)://PROXY``): objects in the container
-  ``VHDKIT_BLOB_CONTAINER`` (default ``images``) of the Swift account
-  ``VHDKIT_BLOB_ACCOUNT`` (default ``vhdkit-service``), with the Swift
-  credentials of :mod:`vhdkit.swiftstore` (``VHDKIT_SWIFT_AUTH_URL/USER/KEY``).
+  ``blob_container`` of the Swift account ``blob_account``, with the Swift
+  credentials of :mod:`vhdkit.swiftstore` (``swift_auth_url/user/key``).
   An image's data is a large object written by :func:`vhdkit.segments.split`:
-  segments ``<id>.<token>-00001`` … of ``VHDKIT_BLOB_SEGMENT_SIZE`` bytes
-  (default 200 MiB), the sidecar of checksums and the zero-byte DLO manifest
+  segments ``<id>.<token>-00001`` … of ``blob_segment_size`` bytes, the sidecar of checksums and the zero-byte DLO manifest
   ``<id>.<token>``; the registry records it as ``swift/<id>.<token>``.  The
   upload streams (bounded memory: a few chunks queued to the uploading
   thread), is hashed in the same single pass, and the image turns active only
@@ -41,7 +40,7 @@ TYPE_CHECKING = False   # typing and dataclasses are not imported at run time (s
 if TYPE_CHECKING:
     from typing import BinaryIO, Callable, Iterator, Optional
 
-from ..errors import IntegrityError, InvalidInputError, OutOfSpaceError, QuotaError, StorageError
+from ..errors import IntegrityError, QuotaError, StorageError, VhdkitError, from_oserror
 
 CHUNK = 4 << 20
 
@@ -96,16 +95,10 @@ def file_digest(path: "str | int") -> Digest:
                 sha.q.put(b)
                 size += len(b)
     except OSError as exc:
-        raise _os_error(exc, f"reading {path}") from None
+        raise from_oserror(exc, f"reading {path}") from None
     finally:
         m, s = md5.finish(), sha.finish()
     return Digest(size, m, s)
-
-
-def _os_error(exc: OSError, what: str) -> StorageError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the service's disk: its fault, no path told
-        return OutOfSpaceError(sys_errno=exc.errno)
-    return StorageError(f"{what}: {exc.strerror or exc}", sys_errno=exc.errno or 0)
 
 
 def fsync_dir(path: str) -> None:
@@ -125,10 +118,16 @@ def older_than(path: str, seconds: float) -> bool:
 
 def is_locked(path: str) -> bool:
     """True when a live process holds the upload lock on ``path``."""
+    return bool(lock_state(path))
+
+
+def lock_state(path: str) -> Optional[bool]:
+    """True: a live process holds the upload lock on ``path``; False: the file
+    is there and nobody holds it (its process died); None: no such file."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -149,18 +148,12 @@ class SwiftBlobs:
         self._made = False
 
     @classmethod
-    def from_env(cls, spec: str, env=None) -> "SwiftBlobs":
+    def from_config(cls, cfg) -> "SwiftBlobs":
+        """The image-data container that ``cfg`` (a :class:`vhdkit.config.Config`) names."""
         from ..swiftstore import SwiftConfig, SwiftStore
 
-        e = dict(os.environ if env is None else env)
-        if spec.startswith("swift+"):
-            e["VHDKIT_STORE"] = spec
-        try:
-            seg = int(e.get("VHDKIT_BLOB_SEGMENT_SIZE", str(200 << 20)))
-        except ValueError:
-            raise InvalidInputError("VHDKIT_BLOB_SEGMENT_SIZE must be a number of bytes") from None
-        store = SwiftStore(SwiftConfig.from_env(e), e.get("VHDKIT_BLOB_ACCOUNT", "vhdkit-service"))
-        return cls(store, e.get("VHDKIT_BLOB_CONTAINER", "images"), seg)
+        store = SwiftStore(SwiftConfig.from_config(cfg, blobs=True), cfg.blob_account)
+        return cls(store, cfg.blob_container, cfg.blob_segment_size)
 
     def ensure_container(self) -> None:
         if not self._made:
@@ -226,21 +219,17 @@ class SwiftBlobs:
         segments.join(self.store, self.container, self.name(rel), path)
 
 
-def _remote_from_env() -> Optional[SwiftBlobs]:
-    spec = os.environ.get("VHDKIT_BLOB_STORE", "")
-    if spec in ("", "local", "dir"):
-        return None
-    if spec == "swift" or spec.startswith("swift+"):
-        return SwiftBlobs.from_env(spec)
-    raise InvalidInputError(f"VHDKIT_BLOB_STORE {spec!r}: expected 'local', 'swift' or swift+http(s)://PROXY")
+def remote_blobs(cfg) -> Optional[SwiftBlobs]:
+    """The Swift backend of image data when ``cfg`` puts it in Swift, else None."""
+    return SwiftBlobs.from_config(cfg) if cfg.blobs_in_swift() else None
 
 
 class BlobStore:
-    def __init__(self, root: str):
+    def __init__(self, root: str, remote: Optional[SwiftBlobs] = None):
         self.root = root
         self.tmp = os.path.join(root, "tmp")
         os.makedirs(self.tmp, exist_ok=True)
-        self.remote = _remote_from_env()
+        self.remote = remote
 
     def final_rel(self, image_id: str, token: str) -> str:
         if self.remote is not None:
@@ -322,7 +311,7 @@ class Upload:
                 os.close(self.fd)
                 self.fd = -1
                 self.store.unlink(new)
-            raise _os_error(exc, f"cannot create {self.part}") from None
+            raise from_oserror(exc, f"cannot create {self.part}", service=True) from None
         return self
 
     def feed(self, b: "bytes | bytearray | memoryview") -> None:
@@ -355,7 +344,7 @@ class Upload:
             try:
                 n = os.write(self.fd, mv)
             except OSError as exc:
-                raise _os_error(exc, f"writing {self.part}") from None
+                raise from_oserror(exc, f"writing {self.part}", service=True) from None
             mv = mv[n:]
 
     def digest(self) -> Digest:
@@ -396,7 +385,7 @@ class Upload:
             fsync_dir(os.path.dirname(final))
             fsync_dir(self.store.tmp)
         except OSError as exc:
-            raise _os_error(exc, f"storing blob {self.rel}") from None
+            raise from_oserror(exc, f"storing blob {self.rel}", service=True) from None
         self.published = True
         return self.rel
 
@@ -478,13 +467,20 @@ class SwiftUpload(Upload):
             self._thread.start()
         while True:
             if self._error is not None:
-                raise StorageError(f"storing image data in Swift: {self._error}")
+                raise self._failure()
             try:
                 self._q.put(item, timeout=0.5)
                 return
             except queue.Full:
                 if not self._thread.is_alive():
-                    raise StorageError(f"storing image data in Swift: uploader stopped ({self._error})")
+                    raise self._failure()
+
+    def _failure(self) -> BaseException:
+        """The uploading thread's error: a vhdkit error as it is (a Swift that
+        does not answer stays UnavailableError), anything else a StorageError."""
+        if isinstance(self._error, VhdkitError):
+            return self._error
+        return StorageError(f"storing image data in Swift: uploader stopped ({self._error})")
 
     def _emit(self, b: bytes) -> None:
         assert self._md5 is not None and self._sha is not None
@@ -498,7 +494,7 @@ class SwiftUpload(Upload):
         assert self._thread is not None
         self._thread.join()
         if self._error is not None:
-            raise StorageError(f"storing image data in Swift: {self._error}")
+            raise self._failure()
         if self._man is None or self._man.size != self.size:
             raise IntegrityError(f"blob {self.rel}: Swift holds {getattr(self._man, 'size', None)} bytes, "
                                  f"{self.size} were written")
@@ -523,13 +519,11 @@ class SwiftUpload(Upload):
 
 def footer_virtual_size(tail: bytes) -> Optional[int]:
     """``current_size`` of a VHD footer in the last 512 bytes (None if they are no
-    valid footer: cookie and one's-complement checksum are checked)."""
-    if len(tail) != 512 or tail[:8] != b"conectix":
-        return None
-    stored = int.from_bytes(tail[64:68], "big")
-    if (~(sum(tail[:64]) + sum(tail[68:])) & 0xFFFFFFFF) != stored:
-        return None
-    return int.from_bytes(tail[48:56], "big")
+    valid footer: the native core checks cookie, checksum and disk type)."""
+    from ..vhd import layout
+
+    f = layout.footer(tail) if len(tail) == layout.FOOTER_BYTES else None
+    return None if f is None else f.current_size
 
 
 def iter_file(f: BinaryIO, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -580,7 +574,7 @@ def copy_range(path: str, out: BinaryIO, start: int, end: int,
                     if use_cfr and exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                         use_cfr = False
                         continue
-                    raise _os_error(exc, "copying image data") from None
+                    raise from_oserror(exc, "copying image data") from None   # into the caller's file
                 if w == 0:
                     raise StorageError(f"blob {path} is shorter than recorded")
                 off += w

@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import sqlite3
 import contextlib
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError, StorageError
+from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError,
+                      from_oserror)
 from . import blobs as _blobs
 from . import db as _db
 from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, MAX_PROPERTY_NAME,
                      MAX_PROPERTY_VALUE, MAX_TAG, PATCH_OPS, READONLY_FIELDS, RESERVED_FIELDS,
                      RESERVED_NAMESPACE, TRANSITIONS,
                      VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text, property_name_problem, tag_problem)
-from .data import DataMixin, ImageData, UploadWriter  # noqa: F401 (re-exported)
+from .data import SET_PROPERTY, DataMixin, ImageData, UploadWriter, check_upload_lease  # noqa: F401 (re-exported)
 from .rbac import Caller, require_role, require_scope
 from .sharing import MembersMixin
 from .tasks import TasksMixin
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
     from .protections import PropertyProtections
     from .query import Params
 # .protections (a rules file's parser) and .query (list filters and sorting)
@@ -121,28 +122,35 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     """A file-based image registry on a data directory.
 
     ``Registry(home=None)`` opens (creating if needed) ``home`` -- default
-    :func:`vhdkit.home.data_home` -- and runs a quick :meth:`cleanup`.
+    the data directory of ``config`` -- and runs a quick :meth:`cleanup`.
+    ``config`` (a :class:`vhdkit.config.Config`; default: the settings of
+    this process's environment and configuration file) also chooses where
+    image data lives and the property protection rules.
     Safe to share between threads; several processes may open the same
     directory at once.
     """
 
     def __init__(self, home: Optional[str] = None, *, protections: "PropertyProtections | str | None" = None,
                  quotas: Optional[Mapping[str, int]] = None, size_cap: int = DEFAULT_SIZE_CAP,
-                 clock: Optional[Callable[[], _dt.datetime]] = None, cleanup: bool = True):
-        from ..home import data_home
+                 clock: Optional[Callable[[], _dt.datetime]] = None, cleanup: bool = True,
+                 config: "Optional[Config]" = None, database_url: Optional[str] = None):
+        from ..config import data_home, load
 
-        home = data_home(home)
-        self.home = os.path.abspath(home)
+        #: the settings this registry was opened with
+        self.config = cfg = config if config is not None else load()
+        self.home = os.path.abspath(data_home(home, cfg))
         try:
             os.makedirs(self.home, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create data directory {self.home}: {exc.strerror}") from None
+            raise from_oserror(exc, f"cannot create data directory {self.home}", service=True) from None
+        #: the database URL (None: the SQLite file :attr:`db_path`); see db.check_url
+        self.database_url = _db.check_url(database_url or cfg.database_url)
         self.db_path = os.path.join(self.home, "registry.db")
         #: True when this open made a new, empty registry (the CLI says where)
-        self.created = not os.path.exists(self.db_path)
-        self.blobs = _blobs.BlobStore(os.path.join(self.home, "blobs"))
+        self.created = not os.path.exists(self.db_path) if self.database_url is None else False
+        self.blobs = _blobs.BlobStore(os.path.join(self.home, "blobs"), _blobs.remote_blobs(cfg))
         if protections is None:
-            protections = os.environ.get("VHDKIT_PROPERTY_PROTECTIONS")
+            protections = cfg.property_protections
             if not protections:
                 p = os.path.join(self.home, "property-protections.conf")
                 protections = p if os.path.exists(p) else None
@@ -155,13 +163,15 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self.quotas: Dict[str, int] = dict(DEFAULT_QUOTAS)
         self.quotas.update(quotas or {})
         self.size_cap = size_cap
+        #: seconds of an upload's lease on its image (see :meth:`open_upload`)
+        self.upload_lease = check_upload_lease(cfg.upload_lease)
         self._clock = clock
         self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
         self._local = threading.local()
-        self._all_conns: List[Tuple[int, sqlite3.Connection]] = []
+        self._all_conns: List[Tuple[int, _db.Connection]] = []
         self._writer = threading.RLock()
         self._writer_pid = os.getpid()
-        self._conn()
+        self._conn(first=True)
         if cleanup:
             self.cleanup()
 
@@ -182,26 +192,28 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self._can_cache.clear()
 
     # ---- plumbing ----
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, first: bool = False) -> _db.Connection:
         loc = self._local
         conn = getattr(loc, "conn", None)
         if conn is None or loc.pid != os.getpid():
-            conn = _db.connect(self.db_path)
+            conn = _db.connect(self.database_url or self.db_path)
+            if first and self.database_url is not None:
+                self.created = bool(getattr(conn, "created", False))
             loc.conn, loc.pid = conn, os.getpid()
             self._all_conns.append((os.getpid(), conn))
         return conn
+
+    @property
+    def dialect(self) -> Any:
+        """The SQL that differs between the engines (see db.py)."""
+        return self._conn().dialect
 
     def close(self) -> None:
         for pid, c in self._all_conns:
             if pid != os.getpid():
                 continue  # inherited over fork: the parent's to close
-            try:
-                # keep the planner's statistics fresh, bounded work (SQLite's advice)
-                c.execute("PRAGMA analysis_limit = 400")
-                c.execute("PRAGMA optimize")
-                c.close()
-            except sqlite3.Error:
-                pass
+            with contextlib.suppress(Exception):
+                c.close_optimized()
         self._all_conns.clear()
         self._local = threading.local()
 
@@ -237,11 +249,11 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         return _db.snapshot(self._conn())
 
     def integrity_check(self) -> str:
-        """``PRAGMA integrity_check`` ('ok' when healthy)."""
-        return "; ".join(r[0] for r in self._conn().execute("PRAGMA integrity_check"))
+        """The database's own consistency check ('ok' when healthy)."""
+        return self._conn().integrity_check()
 
     # ---- loading and visibility ----
-    def _load_many(self, conn: sqlite3.Connection, ids: Sequence[str]) -> List[Image]:
+    def _load_many(self, conn: _db.Connection, ids: Sequence[str]) -> List[Image]:
         if not ids:
             return []
         out: Dict[str, Image] = {}
@@ -264,11 +276,11 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                 out[r[0]].properties[r[1]] = r[2]
         return [out[i] for i in ids if i in out]
 
-    def _load(self, conn: sqlite3.Connection, image_id: str) -> Optional[Image]:
+    def _load(self, conn: _db.Connection, image_id: str) -> Optional[Image]:
         imgs = self._load_many(conn, [image_id])
         return imgs[0] if imgs else None
 
-    def _visible(self, conn: sqlite3.Connection, caller: Caller, img: Image) -> bool:
+    def _visible(self, conn: _db.Connection, caller: Caller, img: Image) -> bool:
         if caller.is_service or img.owner == caller.account or img.visibility in ("public", "community"):
             return True
         if img.visibility == "shared":
@@ -276,7 +288,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                                 (img.id, caller.account)).fetchone() is not None
         return False
 
-    def _get_for(self, op: str, caller: Caller, image_id: str, conn: Optional[sqlite3.Connection] = None,
+    def _get_for(self, op: str, caller: Caller, image_id: str, conn: Optional[_db.Connection] = None,
                  *, member: Optional[str] = None) -> Image:
         """Load an image for ``op``: 404 unless visible, then role (403), then scope (403)."""
         conn = conn or self._conn()
@@ -398,7 +410,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                     f"SELECT {', '.join('i.' + k for k, _ in q.sort)} FROM images i WHERE i.id = ?",
                     (m.id,)).fetchone()
                 marker_values = tuple(row)
-            sql, params_ = build_list_sql(q, account, marker_values)
+            sql, params_ = build_list_sql(q, account, marker_values, conn.dialect)
             ids = [r[0] for r in conn.execute(sql, params_)]
             more = len(ids) > q.limit
             ids = ids[:q.limit]
@@ -482,8 +494,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                     conn.execute("DELETE FROM image_properties WHERE image_id = ? AND name = ?", (img.id, k))
             for k, v in props.items():
                 if img.properties.get(k) != v:
-                    conn.execute("INSERT OR REPLACE INTO image_properties (image_id, name, value) "
-                                 "VALUES (?, ?, ?)", (img.id, k, v))
+                    conn.execute(SET_PROPERTY, (img.id, k, v))
             out = self._load(conn, img.id)
         assert out is not None
         return self._present(caller, out)
@@ -508,7 +519,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
             self._trash(conn, trash)
             conn.execute("DELETE FROM images WHERE id = ?", (img.id,))
             if not caller.is_service:
-                conn.execute("INSERT OR IGNORE INTO retired_image_ids (id, deleted_at) VALUES (?, ?)",
+                conn.execute("INSERT INTO retired_image_ids (id, deleted_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
                              (img.id, self._now()))
         self._empty_trash()
 

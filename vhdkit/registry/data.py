@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import uuid
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ..errors import (ConflictError, ForbiddenError, IntegrityError, InvalidInputError, NotFoundError, QuotaError,
+from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError,
                       VhdkitError)
 from . import blobs as _blobs
 from .models import IMPORT_STORE_PROPERTIES, IMPORT_TASK_PROPERTY, Image
@@ -26,15 +27,20 @@ _UPLOADING = ("SELECT id, upload_token, upload_lease_until FROM images WHERE sta
 #: ``uploading``: data staged for an interoperable import (``glance-direct``);
 #: ``importing``: an interoperable import fetching the data (``web-download``).
 _UPLOAD_FROM = {"saving": ("queued", "importing"), "uploading": ("queued",), "importing": ("queued",)}
-#: bounds of a forwarded upload's lease, seconds
+#: bounds of an upload's lease on its image, seconds (the setting: Config.upload_lease)
 MIN_LEASE_S, MAX_LEASE_S = 1.0, 3600.0
 
 
-def _lease(seconds: Any) -> float:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-            or not MIN_LEASE_S <= seconds <= MAX_LEASE_S:
-        raise InvalidInputError(f"lease_seconds must be a number from {MIN_LEASE_S:g} to {MAX_LEASE_S:g}")
+def check_upload_lease(seconds: float) -> float:
+    if not MIN_LEASE_S <= seconds <= MAX_LEASE_S:
+        raise InvalidInputError(f"VHDKIT_UPLOAD_LEASE_SECONDS {seconds:g}: expected seconds from {MIN_LEASE_S:g} "
+                                f"to {MAX_LEASE_S:g}")
     return float(seconds)
+
+
+#: set one property (an upsert both engines know, SQLite >= 3.24)
+SET_PROPERTY = ("INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (image_id, name) DO UPDATE SET value = excluded.value")
 
 
 class ImageData:
@@ -62,23 +68,29 @@ class DataMixin:
         manager it aborts unless committed.  For producers that write (a tar or
         gzip writer): no second pass over the data.  ``into``: the status the
         image holds meanwhile (see ``_UPLOAD_FROM``); ``importing`` also sets
-        the image's ``os_glance_import_task``, removed when the status changes."""
+        the image's ``os_glance_import_task``, removed when the status changes.
+
+        The upload holds the image under a new token with a lease in the
+        database, renewed by a thread of this process while the upload is
+        open.  Whoever finds the lease run out (:meth:`cleanup`, the next upload
+        to the image, on any host) resets the image and removes the data; the
+        token is the fence: a process that wakes after that (its token is no
+        longer the image's) cannot commit, and removes only its own data."""
         token = uuid.uuid4().hex
         up = self.blobs.new_upload(str(image_id), token).open()
         up.limit = self.size_cap
         try:
-            img = self._start_upload(caller, image_id, token, lease_until=None, into=into)
+            img = self._start_upload(caller, image_id, token, into=into)
         except BaseException:
             up.discard()
             up.release()
             raise
         return UploadWriter(self, caller, img, up)
 
-    def _start_upload(self: "Registry", caller: Caller, image_id: str, token: str,
-                      lease_until: Optional[str], into: str = "saving") -> Image:
+    def _start_upload(self: "Registry", caller: Caller, image_id: str, token: str, into: str = "saving") -> Image:
         """Mark the image ``into`` (``saving``: ``importing`` stays) under
-        ``token``.  A lapsed forwarded upload (its lease ran out: the API host
-        that made it died) is reset first, so the image does not stay stuck
+        ``token`` with a fresh lease.  A dead upload (see
+        :meth:`_upload_alive`) is reset first, so the image does not stay stuck
         until a cleanup."""
         allowed = _UPLOAD_FROM[into]
         reaped = False
@@ -86,10 +98,10 @@ class DataMixin:
             img = self._get_for("upload_data", caller, image_id, conn)
             row = conn.execute("SELECT upload_token, upload_lease_until FROM images WHERE id = ?",
                                (img.id,)).fetchone()
-            if img.status == "saving" and row[1] is not None and not self._upload_alive(img.id, row[0], row[1]):
-                self._trash(conn, [self.blobs.final_rel(img.id, row[0])])
+            if row[0] is not None and not self._upload_alive(img.id, row[0], row[1]):
+                self._reclaim(conn, img.id, row[0])
                 img.status, reaped = "queued", True
-            if img.status == "importing" and row[0] is not None and self._upload_alive(img.id, row[0], row[1]):
+            if img.status == "importing" and row[0] is not None and not reaped:
                 raise ConflictError(f"image {img.id} is being imported: it takes no other data meanwhile")
             if img.status not in allowed:
                 raise ConflictError(f"image {img.id} is '{img.status}': data can be "
@@ -101,69 +113,35 @@ class DataMixin:
                 raise ConflictError("set disk_format and container_format before staging or importing data")
             img.status = "importing" if img.status == "importing" else into
             conn.execute("UPDATE images SET status = ?, upload_token = ?, upload_lease_until = ?, "
-                         "updated_at = ? WHERE id = ?", (img.status, token, lease_until, self._now(), img.id))
+                         "updated_at = ? WHERE id = ?",
+                         (img.status, token, self._lease_until(self.upload_lease), self._now(), img.id))
             if into == "importing":  # Glance's import lock, shown while the import runs (db.py's trigger ends it)
                 self._mark_import(conn, img.id, {IMPORT_TASK_PROPERTY: str(uuid.uuid4())})
         if reaped:
             self._empty_trash()
         return img
 
-    # ---- uploads forwarded by another API host (``vhdkit serve --registry``) ----
-    def begin_remote_upload(self: "Registry", caller: Caller, image_id: str, *,
-                            lease_seconds: float) -> Tuple[str, Image]:
-        """Reserve the image for an upload that another API host streams into
-        Swift itself: the image turns ``saving`` under a new token with a lease
-        of ``lease_seconds``, which that host renews (:meth:`renew_remote_upload`)
-        while data flows.  Returns the token; the data goes to
-        ``swift/<image id>.<token>``.  A lease that runs out counts as a dead
-        upload: :meth:`cleanup`, or the next upload to the image, resets it and
-        removes its data.  Internal (service route ``/internal/v1``)."""
-        if self.blobs.remote is None:
-            raise InvalidInputError("this registry does not keep image data in Swift (VHDKIT_BLOB_STORE): "
-                                    "an API host that forwards to it cannot store uploads")
-        token = uuid.uuid4().hex
-        img = self._start_upload(caller, image_id, token, lease_until=self._lease_until(_lease(lease_seconds)))
-        return token, self._present(caller, img)
-
-    def renew_remote_upload(self: "Registry", image_id: str, token: str, *, lease_seconds: float) -> None:
-        """Extend the lease of a forwarded upload; ConflictError (code
-        ``upload_lost``) when the upload is no longer the image's current one
-        (deleted, reset by a cleanup after its lease ran out, or replaced)."""
+    def renew_upload(self: "Registry", image_id: str, token: str) -> None:
+        """Extend an upload's lease; ConflictError (code ``upload_lost``) when
+        the upload is no longer the image's current one (deleted, reset after
+        its lease ran out, or replaced)."""
         with self._write() as conn:
-            n = conn.execute("UPDATE images SET upload_lease_until = ? WHERE id = ? AND upload_token = ? "
-                             "AND upload_lease_until IS NOT NULL",
-                             (self._lease_until(_lease(lease_seconds)), str(image_id), str(token))).rowcount
+            n = conn.execute("UPDATE images SET upload_lease_until = ? WHERE id = ? AND upload_token = ?",
+                             (self._lease_until(self.upload_lease), str(image_id), str(token))).rowcount
         if n != 1:
             raise ConflictError(f"image {image_id}: the upload is no longer current (deleted, reset or "
                                 "replaced)", code="upload_lost")
 
-    def commit_remote_upload(self: "Registry", caller: Caller, image_id: str, token: str, *, size: int,
-                             md5: str, sha512: str, virtual_size: Optional[int] = None) -> Image:
-        """Make the image active with the data of a forwarded upload (stored in
-        Swift as ``swift/<image id>.<token>``, whose sidecar must record ``size``)."""
-        if not (isinstance(token, str) and len(token) == 32 and all(c in "0123456789abcdef" for c in token)):
-            raise InvalidInputError("an upload token is 32 hex digits")
-        blob = self.blobs.final_rel(str(image_id), token)
-        self._check_remote_blob(image_id, blob, size, md5, sha512)
-        with self._write() as conn:
-            img = self._get_for("upload_data", caller, image_id, conn)
-            row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
-            if row[0] != token:
-                raise ConflictError(f"image {img.id} was deleted or reset during the upload", code="upload_lost")
-            out = self._activate(conn, img.id, size, md5, sha512, virtual_size, blob)
-        return self._present(caller, out)
-
-    def abort_remote_upload(self: "Registry", image_id: str, token: str) -> None:
-        """Give up a forwarded upload: the image returns to ``queued`` and what
-        was stored of its data is removed (a no-op if it is no longer current)."""
-        with self._write() as conn:
-            n = conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, "
-                             "updated_at = ? WHERE id = ? AND upload_token = ? AND upload_lease_until IS NOT NULL",
-                             (self._now(), str(image_id), str(token))).rowcount
-            if n:
-                self._trash(conn, [self.blobs.final_rel(str(image_id), str(token))])
-        if n:
-            self._empty_trash()
+    def _reclaim(self: "Registry", conn, image_id: str, token: str) -> None:
+        """Reset the dead upload ``token`` (in the caller's write transaction):
+        the image returns to ``queued`` and its data goes to the trash; the
+        part file too when it is on this host."""
+        conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, "
+                     "updated_at = ? WHERE id = ? AND upload_token = ?", (self._now(), image_id, token))
+        self._trash(conn, [self.blobs.final_rel(image_id, token)])
+        part = self.blobs.part_path(token)
+        if not _blobs.is_locked(part):
+            self.blobs.unlink(part)
 
     def upload(self: "Registry", caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
                virtual_size: Optional[int] = None, progress: Progress = None, stage: bool = False,
@@ -206,54 +184,11 @@ class DataMixin:
             kw.setdefault("size", os.fstat(f.fileno()).st_size)
             return self.upload(caller, image_id, f, **kw)
 
-    def register_blob(self: "Registry", caller: Caller, image_id: str, *, blob: str, size: int, md5: str,
-                      sha512: str, virtual_size: Optional[int] = None) -> Image:
-        """Make a queued image active with data a remote worker already stored in
-        Swift (``blob`` = ``swift/<image id>.<32 hex token>``, the name of its
-        large object; its sidecar must record ``size``).  Internal (service
-        route ``/internal/v1``): the hashes are the worker's."""
-        import re as _re
-
-        m = _re.fullmatch(r"swift/([0-9a-f-]{36})\.([0-9a-f]{32})", blob or "")
-        if m is None or m.group(1) != str(image_id):
-            raise InvalidInputError(f"blob {blob!r} is not swift/{image_id}.<token>")
-        self._check_remote_blob(image_id, blob, size, md5, sha512)
-        with self._write() as conn:
-            img = self._get_for("upload_data", caller, image_id, conn)
-            if img.status != "queued":
-                raise ConflictError(f"image {img.id} is '{img.status}': data can be registered only for a "
-                                    "queued image")
-            if not img.disk_format or not img.container_format:
-                raise InvalidInputError("set disk_format and container_format before registering data")
-            out = self._activate(conn, img.id, size, md5, sha512, virtual_size, blob)
-        return self._present(caller, out)
-
-    def _check_remote_blob(self: "Registry", image_id: str, blob: str, size: Any, md5: Any, sha512: Any) -> None:
-        """Checks of data another host stored in Swift: the registry keeps data in
-        Swift, the digests are hex of the right length, the size is within the
-        cap and Swift's sidecar records exactly ``size`` bytes."""
-        import re as _re
-
-        if self.blobs.remote is None:
-            raise InvalidInputError("this registry does not keep image data in Swift (VHDKIT_BLOB_STORE)")
-        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0
-                and isinstance(md5, str) and _re.fullmatch(r"[0-9a-f]{32}", md5)
-                and isinstance(sha512, str) and _re.fullmatch(r"[0-9a-f]{128}", sha512)):
-            raise InvalidInputError("registering image data needs size, md5 and sha512 hex digests")
-        if self.size_cap is not None and size > self.size_cap:
-            raise QuotaError(f"image data of {size} bytes exceeds the size limit of {self.size_cap} bytes")
-        from .. import segments
-
-        man = segments.load_manifest(self.blobs.remote.store, self.blobs.remote.container,
-                                     self.blobs.remote.name(blob))
-        if man.size != size:
-            raise IntegrityError(f"blob {blob}: Swift's sidecar records {man.size} bytes, not {size}")
-
     def _mark_import(self: "Registry", conn, image_id: str, extra: Dict[str, str]) -> None:
         """The properties an interoperable import shows on its image, as Glance."""
         props = dict.fromkeys(IMPORT_STORE_PROPERTIES, "")
         props.update(extra)
-        conn.executemany("INSERT OR REPLACE INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
+        conn.executemany(SET_PROPERTY,
                          [(image_id, k, v) for k, v in props.items()])
 
     def _activate(self: "Registry", conn, image_id: str, size: int, md5: str, sha512: str,
@@ -335,7 +270,8 @@ class DataMixin:
     def _trash(self: "Registry", conn, rels: List[str]) -> None:
         """Record blobs (and upload files) to remove once nothing holds them (see :meth:`_empty_trash`)."""
         now = self._now()
-        conn.executemany("INSERT OR IGNORE INTO trash (path, created_at) VALUES (?, ?)", [(p, now) for p in rels])
+        conn.executemany("INSERT INTO trash (path, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                         [(p, now) for p in rels])
 
     def _empty_trash(self: "Registry") -> int:
         conn = self._conn()
@@ -355,12 +291,19 @@ class DataMixin:
         return self.blobs.part_path(tok), self.blobs.path(self.blobs.final_rel(image_id, tok))
 
     def _upload_alive(self: "Registry", image_id: str, tok: str, lease: Optional[str]) -> bool:
-        """A local upload holds a lock on its part (or final) file; a forwarded
-        one (another API host streams it into Swift) holds a lease it renews."""
-        if lease is not None:
-            return lease >= self._now()
+        """Whether upload ``tok`` still holds its image: its lease has not run
+        out.  An upload of this host also holds a lock on its part (or final)
+        file; found unlocked, the process died and the upload is dead at once
+        (on another host the file is not there, and the lease decides; a lease
+        of NULL is an upload begun before leases, which has only the lock)."""
         part, final = self._upload_files(image_id, tok)
-        return _blobs.is_locked(part) or _blobs.is_locked(final)
+        states = (_blobs.lock_state(part), _blobs.lock_state(final))
+        held = True if True in states else (False if False in states else None)
+        if held is False:
+            return False
+        if lease is None:
+            return bool(held)
+        return lease >= self._now()
 
     def _dead_parts(self: "Registry", live_tokens: set) -> List[str]:
         """Names in the blob tmp directory that no live upload holds."""
@@ -410,11 +353,7 @@ class DataMixin:
                 if self._upload_alive(image_id, tok, row[1]):
                     live_tokens.add(tok)
                     continue
-                part, final = self._upload_files(image_id, tok)
-                self.blobs.unlink(part)
-                self.blobs.unlink(final)
-                c.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, updated_at = ? "
-                          "WHERE id = ?", (self._now(), image_id))
+                self._reclaim(c, image_id, tok)
                 report["reset_uploads"] += 1
         for name in self._dead_parts(live_tokens):
             self.blobs.unlink(os.path.join(self.blobs.tmp, name))
@@ -463,6 +402,39 @@ def _vhd_virtual_size(path: str) -> Optional[int]:
         return None
 
 
+class _LeaseKeeper:
+    """Renews an upload's lease every third of its length, in a thread, until
+    stopped; remembers why it could not (``check()`` raises it).  A database
+    that does not answer is retried at the next turn: if it stays away past
+    the lease, the upload may be reclaimed, and the token fences the commit."""
+
+    def __init__(self, reg: "Registry", image_id: str, token: str) -> None:
+        self.reg, self.image_id, self.token = reg, image_id, token
+        self.error: Optional[BaseException] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"upload-lease-{image_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.reg.upload_lease / 3):
+            try:
+                self.reg.renew_upload(self.image_id, self.token)
+            except ConflictError as e:   # deleted, reset or replaced: stop streaming
+                self.error = e
+                return
+            except Exception:  # noqa: BLE001 - the database did not answer: retry within the lease
+                continue
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+
 class UploadWriter(io.RawIOBase):
     """A writable upload in progress (see :meth:`Registry.open_upload`)."""
 
@@ -471,6 +443,7 @@ class UploadWriter(io.RawIOBase):
         self._reg, self._caller, self._img, self._up = reg, caller, img, up
         self._done = False
         self.image_id = img.id
+        self._lease = _LeaseKeeper(reg, img.id, up.token)
 
     def writable(self) -> bool:
         return True
@@ -478,6 +451,7 @@ class UploadWriter(io.RawIOBase):
     def write(self, b) -> int:  # type: ignore[override]
         if self._done:
             raise ValueError("upload already committed or aborted")
+        self._lease.check()
         n = len(memoryview(b).cast("B")) if not isinstance(b, (bytes, bytearray)) else len(b)
         self._up.feed(b if isinstance(b, (bytes, bytearray)) else memoryview(b).cast("B"))
         return n
@@ -499,13 +473,23 @@ class UploadWriter(io.RawIOBase):
         src = stream
         try:
             if inspect:
-                from .inspect import inspect_upload
+                from .inspect import InspectLimits, inspect_upload
 
                 src = inspect_upload(stream, disk_format=self._img.disk_format,
-                                     container_format=self._img.container_format, tmp_dir=self._reg.blobs.root)
-            self._up.write_from(src, progress=progress, total=size)
-        except BaseException:
+                                     container_format=self._img.container_format, tmp_dir=self._reg.blobs.root,
+                                     limits=InspectLimits.from_config(self._reg.config))
+
+            def step(done: int, total: Optional[int]) -> None:
+                self._lease.check()
+                if progress is not None:
+                    progress(done, total)
+
+            self._up.write_from(src, progress=step, total=size)
+        except BaseException as exc:
+            lost = self._lost(exc)
             self.abort()
+            if lost is not None:
+                raise lost from None
             raise
         finally:
             if src is not stream:
@@ -519,6 +503,7 @@ class UploadWriter(io.RawIOBase):
             raise ValueError("upload already committed or aborted")
         reg, up, img = self._reg, self._up, self._img
         try:
+            self._lease.check()
             digest = up.digest()
             if size is not None and digest.size != size:
                 raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
@@ -530,32 +515,59 @@ class UploadWriter(io.RawIOBase):
                     virtual_size = _vhd_virtual_size(reg.blobs.path(rel))
             with reg._write() as conn:
                 row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
-                if row is None or row[0] != up.token:
-                    raise ConflictError(f"image {img.id} was deleted or reset during the upload")
+                if row is None or row[0] != up.token:   # the fence: reclaimed (or deleted) meanwhile
+                    raise ConflictError(f"image {img.id} was deleted or reset during the upload",
+                                        code="upload_lost")
                 out = reg._activate(conn, img.id, digest.size, digest.md5, digest.sha512, virtual_size, rel,
                                     status="uploading" if img.status == "uploading" else "active")
-        except BaseException:
+        except BaseException as exc:
+            lost = self._lost(exc)
             self.abort()
+            if lost is not None:
+                raise lost from None
             raise
         self._done = True
+        self._lease.stop()
         up.release()
         assert out is not None
         return reg._present(self._caller, out)
+
+    def _lost(self, exc: BaseException) -> Optional[ConflictError]:
+        """When the upload failed because it lost the image (reclaimed after its
+        lease ran out, or the image deleted: another process may have removed
+        its data under it), the error that says so; else None."""
+        if not isinstance(exc, VhdkitError) or isinstance(exc, ConflictError):
+            return None     # the caller's own reason (a conflict says what it is)
+        if self._lease.error is None:
+            try:
+                row = self._reg._conn().execute("SELECT upload_token FROM images WHERE id = ?",
+                                                (self._img.id,)).fetchone()
+            except VhdkitError:
+                return None
+            if row is not None and row[0] == self._up.token:
+                return None
+        return ConflictError(f"image {self._img.id} was deleted or reset during the upload", code="upload_lost")
 
     def abort(self) -> None:
         """Drop the data; the image returns to ``queued``."""
         if self._done:
             return
         self._done = True
+        self._lease.stop()
         up = self._up
         up.release()
-        up.discard()
+        try:
+            up.discard()
+            left: List[str] = []
+        except VhdkitError:    # the blob store did not answer: its data goes to the trash, emptied later
+            left = [up.rel]
         try:
             with self._reg._write() as conn:
                 conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, updated_at = ? "
                              "WHERE id = ? AND upload_token = ?", (self._reg._now(), self._img.id, up.token))
+                self._reg._trash(conn, left)
         except VhdkitError:
-            pass  # cleanup() resets it later
+            pass  # cleanup() resets it once the lease has run out
 
     def close(self) -> None:
         if not self._done:

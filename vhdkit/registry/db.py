@@ -1,24 +1,50 @@
-"""The registry database: connection settings, the versioned schema and its
-migrations, and transaction helpers.
+"""The registry database: which engine (one URL), connections with one
+interface on SQLite and PostgreSQL, transactions, and everything in SQL that
+differs between the two.  The registry modules write portable SQL with ``?``
+placeholders and ask :attr:`Connection.dialect` for the rest.
 
-Several processes may share one data directory: WAL journal (readers never
-block the writer), a busy timeout, short transactions, and ``BEGIN IMMEDIATE``
-for every read-modify-write so that no update is lost.
+- No URL (the setting ``database_url``, ``VHDKIT_DATABASE_URL``, unset): the embedded SQLite file
+  ``registry.db`` in the data directory.  Several processes may share it: WAL
+  journal (readers never block the writer), a busy timeout, short
+  transactions, ``BEGIN IMMEDIATE`` for every read-modify-write.
+- ``postgresql://user@host:port/db``: PostgreSQL through psycopg 3, imported
+  only then.  Several hosts may share it; :meth:`PgConnection.immediate`
+  gives the same single-writer guarantee as ``BEGIN IMMEDIATE``.
+
+The schema's versions are Alembic revisions (vhdkit/registry/migrations);
+opening a database at the newest revision costs one SELECT and imports
+neither Alembic nor SQLAlchemy.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
-from typing import Iterator, List, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import OutOfSpaceError, StorageError, UnsupportedError
-from .models import IMPORT_TASK_PROPERTY
+from ..errors import DatabaseUnavailableError, OutOfSpaceError, StorageError, UnsupportedError
 
 BUSY_TIMEOUT_S = 30.0
+#: the newest schema revision (migrations/versions/r00NN_*.py; a test checks Alembic's head)
+HEAD = 6
+#: PostgreSQL advisory lock keys: the registry's one writer, and schema migrations
+_WRITE_LOCK = 0x76686B01
+_MIGRATE_LOCK = 0x76686B02
 
 #: images columns a list may be sorted by (models.SORT_KEYS; checked by a test)
 _SORTABLE = ("name", "status", "container_format", "disk_format", "size", "id", "created_at",
              "updated_at", "virtual_size", "min_disk", "min_ram", "owner", "visibility")
+
+
+def check_url(url: Optional[str]) -> Optional[str]:
+    """The registry's database URL (the setting ``database_url``,
+    vhdkit/config.py) checked: None means the embedded SQLite file; only
+    ``postgresql://`` URLs are known."""
+    url = url or None
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise UnsupportedError(f"database URL must start with postgresql:// (or be unset for SQLite), "
+                               f"not {url.split(':', 1)[0]}:")
+    return url
 
 
 def _list_indexes() -> List[Tuple[str, str]]:
@@ -38,162 +64,8 @@ def _list_indexes() -> List[Tuple[str, str]]:
     return out
 
 
-# Migration N brings the schema from version N to N+1 (PRAGMA user_version).
-MIGRATIONS: List[str] = [
-    # 0 -> 1
-    """
-    CREATE TABLE images (
-        id TEXT PRIMARY KEY,
-        name TEXT,
-        status TEXT NOT NULL,
-        visibility TEXT NOT NULL,
-        protected INTEGER NOT NULL DEFAULT 0,
-        owner TEXT NOT NULL,
-        checksum TEXT,
-        os_hash_algo TEXT,
-        os_hash_value TEXT,
-        size INTEGER,
-        virtual_size INTEGER,
-        disk_format TEXT,
-        container_format TEXT,
-        min_disk INTEGER NOT NULL DEFAULT 0,
-        min_ram INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        blob TEXT,
-        upload_token TEXT
-    );
-    CREATE INDEX ix_images_owner_name ON images(owner, name, id);
-    CREATE INDEX ix_images_owner_created ON images(owner, created_at, id);
-    CREATE INDEX ix_images_vis_name ON images(visibility, name, id);
-    CREATE INDEX ix_images_vis_created ON images(visibility, created_at, id);
-    CREATE INDEX ix_images_status ON images(status);
-
-    CREATE TABLE image_tags (
-        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-        tag TEXT NOT NULL,
-        PRIMARY KEY (image_id, tag)
-    ) WITHOUT ROWID;
-    CREATE INDEX ix_tags_tag ON image_tags(tag, image_id);
-
-    CREATE TABLE image_properties (
-        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        value TEXT NOT NULL,
-        PRIMARY KEY (image_id, name)
-    ) WITHOUT ROWID;
-    CREATE INDEX ix_props_name_value ON image_properties(name, value, image_id);
-
-    CREATE TABLE image_members (
-        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-        member TEXT NOT NULL,
-        status TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (image_id, member)
-    ) WITHOUT ROWID;
-    CREATE INDEX ix_members_member ON image_members(member, status, image_id);
-
-    -- blobs to remove once no upload holds them (deleted images, failed uploads)
-    CREATE TABLE trash (
-        path TEXT PRIMARY KEY,
-        created_at TEXT NOT NULL
-    );
-
-    CREATE TABLE tasks (
-        id TEXT PRIMARY KEY,
-        type TEXT NOT NULL,
-        status TEXT NOT NULL,
-        input TEXT NOT NULL,
-        result TEXT,
-        message TEXT NOT NULL DEFAULT '',
-        owner TEXT NOT NULL,
-        owner_roles TEXT NOT NULL DEFAULT '',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        expires_at TEXT,
-        worker_id TEXT,
-        lease_expires_at TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        stage TEXT,
-        bytes_done INTEGER,
-        bytes_total INTEGER
-    );
-    CREATE INDEX ix_tasks_owner_created ON tasks(owner, created_at, id);
-    CREATE INDEX ix_tasks_status_created ON tasks(status, created_at);
-    """,
-    # 1 -> 2: one index per (owner | visibility, sort key) ending in the sort's
-    # tie-breakers (created_at, id), so every branch of a list walks an index in
-    # the requested order and stops after a page (see query.py).
-    "\n".join(["DROP INDEX ix_images_owner_name;", "DROP INDEX ix_images_owner_created;",
-               "DROP INDEX ix_images_vis_name;", "DROP INDEX ix_images_vis_created;"]
-              + [f"CREATE INDEX {name} ON images({cols});" for name, cols in _list_indexes()]),
-    # 2 -> 3: uploads made by an API host that forwards to this registry
-    # (``vhdkit serve --registry URL``) hold a lease instead of a local lock:
-    # the time (stored text form) until which the upload counts as alive.
-    "ALTER TABLE images ADD COLUMN upload_lease_until TEXT;",
-    # 3 -> 4: Images API 2.7 hidden images (left out of lists unless asked for;
-    # checked on the walked rows, see query.py)
-    f"""
-    ALTER TABLE images ADD COLUMN os_hidden INTEGER NOT NULL DEFAULT 0;
-    -- an interoperable import's os_glance_import_task lives exactly as long as
-    -- the image is importing: whatever ends it (success, failure, a reset by
-    -- cleanup after a crash, deletion) drops the property in the same transaction
-    CREATE TRIGGER tr_images_import_ended AFTER UPDATE OF status ON images
-    WHEN NEW.status != 'importing'
-    BEGIN
-        DELETE FROM image_properties WHERE image_id = NEW.id AND name = '{IMPORT_TASK_PROPERTY}';
-    END;
-    """,
-    # 4 -> 5: ids of deleted images, never handed out again (OpenStack
-    # OSSN-0075: a new image under an old id would be taken for the old one).
-    "CREATE TABLE retired_image_ids (id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);",
-    # 5 -> 6: a failed task's remains (its image, segments, work directory)
-    # are removed once; 1 when that was done (see tasks.py, fencing).
-    "ALTER TABLE tasks ADD COLUMN swept INTEGER NOT NULL DEFAULT 0;",
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def connect(path: str) -> sqlite3.Connection:
-    """A connection in autocommit mode (we issue BEGIN ourselves)."""
-    try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot open registry database {path}: {exc}") from None
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    # Memory-mapped reads and a larger page cache: a page of a big registry costs
-    # about what it costs on a small one (no read() per B-tree page).
-    conn.execute("PRAGMA mmap_size = 1073741824")
-    conn.execute("PRAGMA cache_size = -65536")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode.lower() != "wal":
-        raise StorageError(f"registry database {path}: cannot switch to WAL (got {mode})")
-    migrate(conn, path)
-    return conn
-
-
-def migrate(conn: sqlite3.Connection, path: str = "") -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
-        return
-    if version > SCHEMA_VERSION:
-        raise UnsupportedError(
-            f"registry database {path} has schema version {version}; this vhdkit knows "
-            f"up to {SCHEMA_VERSION} (upgrade vhdkit)")
-    with immediate(conn):
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for n in range(version, SCHEMA_VERSION):
-            for stmt in _split(MIGRATIONS[n]):
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
 def _split(script: str) -> Iterator[str]:
+    """The statements of a SQL script (comment lines dropped)."""
     buf = ""
     for line in script.splitlines(keepends=True):
         if line.strip().startswith("--"):
@@ -207,20 +79,324 @@ def _split(script: str) -> Iterator[str]:
         yield buf.strip()
 
 
+# ---- dialects: the SQL that differs ----
+
+class SqliteDialect:
+    name = "sqlite"
+    #: a task claim needs no row lock: BEGIN IMMEDIATE already excludes other writers
+    claim_lock = ""
+
+    def ddl(self, script: str) -> List[str]:
+        return list(_split(script))
+
+    def index_columns(self, cols: str) -> str:
+        return cols
+
+    def noindex(self, col: str) -> str:
+        """``col`` such that the planner does not drive the query by an index on it."""
+        return "+" + col
+
+    def order(self, expr: str, direction: str) -> str:
+        """An ORDER BY term; NULLs sort first ascending, last descending (SQLite's rule)."""
+        return f"{expr} {direction.upper()}"
+
+    def members_join(self) -> str:
+        """The list's membership branch: members first, each image by primary key."""
+        return ("image_members m INDEXED BY ix_members_member "
+                "CROSS JOIN images i INDEXED BY sqlite_autoindex_images_1 ON i.id = m.image_id")
+
+    def import_ended_trigger(self, prop: str) -> List[str]:
+        return [f"""CREATE TRIGGER tr_images_import_ended AFTER UPDATE OF status ON images
+    WHEN NEW.status != 'importing'
+    BEGIN
+        DELETE FROM image_properties WHERE image_id = NEW.id AND name = '{prop}';
+    END"""]
+
+
+class PostgresDialect(SqliteDialect):
+    name = "postgresql"
+    #: two workers never claim one task: a row another transaction holds is skipped
+    claim_lock = " FOR UPDATE SKIP LOCKED"
+
+    def ddl(self, script: str) -> List[str]:
+        # SQLite's INTEGER is 64-bit; WITHOUT ROWID is SQLite's storage choice;
+        # text compares byte by byte as in SQLite (the list order, markers)
+        return [s.replace("INTEGER", "BIGINT").replace(") WITHOUT ROWID", ")").replace(" TEXT", ' TEXT COLLATE "C"')
+                for s in _split(script)]
+
+    def index_columns(self, cols: str) -> str:
+        # NULLS FIRST ascending (and so last descending, scanned backwards) is
+        # SQLite's order; the list's ORDER BY asks for it (see order())
+        first, *rest = [c.strip() for c in cols.split(",")]
+        return ", ".join([first] + [f"{c} NULLS FIRST" for c in rest])
+
+    def noindex(self, col: str) -> str:
+        return col
+
+    def order(self, expr: str, direction: str) -> str:
+        return f"{expr} ASC NULLS FIRST" if direction == "asc" else f"{expr} DESC NULLS LAST"
+
+    def members_join(self) -> str:
+        return "image_members m JOIN images i ON i.id = m.image_id"
+
+    def import_ended_trigger(self, prop: str) -> List[str]:
+        return [f"""CREATE FUNCTION tr_images_import_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM image_properties WHERE image_id = NEW.id AND name = '{prop}';
+        RETURN NULL;
+    END $$""",
+                """CREATE TRIGGER tr_images_import_ended AFTER UPDATE OF status ON images
+    FOR EACH ROW WHEN (NEW.status <> 'importing') EXECUTE FUNCTION tr_images_import_ended()"""]
+
+
+SQLITE = SqliteDialect()
+POSTGRESQL = PostgresDialect()
+DIALECTS = {d.name: d for d in (SQLITE, POSTGRESQL)}
+
+
+# ---- connections ----
+
 def is_full(exc: BaseException) -> bool:
-    """Whether a SQLite error means the database's file system is full."""
-    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                                               or "disk is full" in str(exc))
+    """Whether a database error means the database's file system is full."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return getattr(exc, "sqlstate", None) == "53100"      # PostgreSQL disk_full
+
+
+class SqliteConnection(sqlite3.Connection):
+    """sqlite3's connection (autocommit; we issue BEGIN ourselves) with the
+    interface the registry uses on both engines."""
+    dialect = SQLITE
+    Error = sqlite3.Error
+
+    def immediate(self) -> None:
+        """Begin a write transaction taken up front (no lost update, no upgrade deadlock)."""
+        _begin(self, "BEGIN IMMEDIATE")
+
+    def snapshot(self) -> None:
+        """Begin a read transaction: one consistent view across several SELECTs."""
+        _begin(self, "BEGIN")
+
+    def schema_revision(self) -> Tuple[Optional[int], int]:
+        """(Alembic revision or None, PRAGMA user_version: the pre-Alembic schema version)."""
+        legacy = self.execute("PRAGMA user_version").fetchone()[0]
+        if self.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is None:
+            return None, legacy
+        row = self.execute("SELECT version_num FROM alembic_version").fetchone()
+        return (int(row[0]) if row else None), legacy
+
+    def integrity_check(self) -> str:
+        return "; ".join(r[0] for r in self.execute("PRAGMA integrity_check"))
+
+    def close_optimized(self) -> None:
+        # keep the planner's statistics fresh, bounded work (SQLite's advice)
+        with contextlib.suppress(sqlite3.Error):
+            self.execute("PRAGMA analysis_limit = 400")
+            self.execute("PRAGMA optimize")
+        self.close()
+
+
+def _begin(conn: Any, stmt: str) -> None:
+    try:
+        conn.execute(stmt)
+    except conn.Error as exc:
+        if is_full(exc):
+            raise OutOfSpaceError() from None
+        raise DatabaseUnavailableError(f"registry database busy or unavailable: {exc}") from None
+
+
+class _PgRow(tuple):
+    """A row read by index or by column name (as sqlite3.Row)."""
+
+    def __new__(cls, values: Sequence[Any], names: dict) -> "_PgRow":
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> List[str]:
+        return list(self._names)
+
+
+def _row_factory(cursor: Any) -> Any:
+    desc = cursor.description
+    names = {c.name: n for n, c in enumerate(desc or ())}
+    return lambda values: _PgRow(values, names)
+
+
+class PgConnection:
+    """A psycopg 3 connection (autocommit; we issue BEGIN ourselves) with the
+    interface of :class:`SqliteConnection`.  ``?`` placeholders become ``%s``."""
+    dialect = POSTGRESQL
+
+    def __init__(self, url: str):
+        import psycopg
+
+        self.url = url
+        self._psycopg = psycopg
+        self.Error = psycopg.Error
+        self._sql: dict = {}
+        self._in_txn = False
+        self._c = self._connect()
+
+    def _connect(self) -> Any:
+        try:
+            return self._psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
+                                         connect_timeout=10)
+        except self._psycopg.Error as exc:
+            raise _storage_error(exc) from None
+
+    def _translate(self, sql: str) -> str:
+        out = self._sql.get(sql)
+        if out is None:
+            out = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return out
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if sql == "BEGIN" or sql.startswith("BEGIN "):
+            if self._c.broken:
+                self._c = self._connect()      # the server went away between transactions
+            self._in_txn = True
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self._in_txn = False
+        elif self._c.broken and not self._in_txn:
+            self._c = self._connect()          # (never inside a transaction: its work is lost)
+        try:
+            return self._c.execute(self._translate(sql), tuple(params))
+        except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
+            raise _storage_error(exc) from None
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        seq = [tuple(p) for p in seq]
+        if not seq:
+            return
+        try:
+            with self._c.cursor() as cur:
+                cur.executemany(self._translate(sql), seq)
+        except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
+            raise _storage_error(exc) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self._c.info.transaction_status != TransactionStatus.IDLE
+
+    def immediate(self) -> None:
+        """Begin a write transaction that first takes the registry's one
+        transaction-scoped advisory lock: writers run one at a time, each
+        seeing every earlier commit (READ COMMITTED, the lock taken before any
+        read), as under SQLite's BEGIN IMMEDIATE -- no lost update."""
+        self.execute("BEGIN")
+        self.execute(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
+
+    def snapshot(self) -> None:
+        """Begin a read transaction: one consistent view (REPEATABLE READ)."""
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+
+    def schema_revision(self) -> Tuple[Optional[int], int]:
+        if self.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+            return None, 0
+        row = self.execute("SELECT version_num FROM alembic_version").fetchone()
+        return (int(row[0]) if row else None), 0
+
+    def integrity_check(self) -> str:
+        """PostgreSQL checks its pages itself (checksums, amcheck is an extension): 'ok' when reachable."""
+        self.execute("SELECT 1")
+        return "ok"
+
+    def close(self) -> None:
+        self._c.close()
+
+    close_optimized = close      # autovacuum keeps PostgreSQL's statistics
+
+
+def _storage_error(exc: BaseException) -> Exception:
+    if is_full(exc):
+        return OutOfSpaceError()
+    why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseUnavailableError(f"registry database unavailable: {why}")
+
+
+Connection = Any   # SqliteConnection | PgConnection
+
+
+def connect(target: str) -> Connection:
+    """Open the registry database: a ``postgresql://`` URL, else a SQLite file
+    path; the schema is brought to :data:`HEAD` first if needed."""
+    if target.startswith(("postgresql://", "postgres://")):
+        conn: Connection = PgConnection(target)
+    else:
+        conn = _connect_sqlite(target)
+    try:
+        #: True when this open created the schema
+        conn.created = migrate(conn, target)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_sqlite(path: str) -> SqliteConnection:
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False, factory=SqliteConnection)
+    except sqlite3.Error as exc:
+        raise DatabaseUnavailableError(f"cannot open registry database {path}: {exc}") from None
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    # Memory-mapped reads and a larger page cache: a page of a big registry costs
+    # about what it costs on a small one (no read() per B-tree page).
+    conn.execute("PRAGMA mmap_size = 1073741824")
+    conn.execute("PRAGMA cache_size = -65536")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise StorageError(f"registry database {path}: cannot switch to WAL (got {mode})")
+    return conn
+
+
+def _check_not_newer(rev: Optional[int], legacy: int, where: str) -> None:
+    newest = max(rev or 0, legacy)
+    if newest > HEAD:
+        raise UnsupportedError(f"registry database {where} has schema version {newest}; this vhdkit "
+                               f"knows up to {HEAD} (upgrade vhdkit)")
+
+
+def migrate(conn: Connection, where: str = "") -> bool:
+    """Bring the schema to :data:`HEAD` (True when it was created here).  At
+    head this is one or two SELECTs; otherwise Alembic runs (see migrations/)."""
+    rev, legacy = conn.schema_revision()
+    _check_not_newer(rev, legacy, _public(where))
+    if rev == HEAD:
+        return False
+    from .migrations import upgrade
+
+    return upgrade(conn, where)
+
+
+def _public(where: str) -> str:
+    """A database named in a message: a file path, or a URL without its password."""
+    if "://" in where and "@" in where:
+        scheme, rest = where.split("://", 1)
+        user, host = rest.rsplit("@", 1)
+        return f"{scheme}://{user.split(':', 1)[0]}@{host}"
+    return where
 
 
 @contextlib.contextmanager
-def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction taken up front (no lost updates, no upgrade deadlock).
-    A full file system is :class:`OutOfSpaceError` (nothing of the transaction stays)."""
-    _begin(conn, "BEGIN IMMEDIATE")
+def immediate(conn: Connection) -> Iterator[Connection]:
+    """A write transaction (see the connections' ``immediate``).  A full file
+    system is :class:`OutOfSpaceError` (nothing of the transaction stays)."""
+    conn.immediate()
     try:
         yield conn
-    except sqlite3.Error as exc:
+    except conn.Error as exc:
         _rollback(conn)
         if is_full(exc):
             raise OutOfSpaceError() from None
@@ -230,32 +406,25 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
     try:
         conn.execute("COMMIT")
-    except sqlite3.Error as exc:
+    except conn.Error as exc:
         _rollback(conn)
         if is_full(exc):
             raise OutOfSpaceError() from None
         raise
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
+def _rollback(conn: Connection) -> None:
+    with contextlib.suppress(conn.Error, StorageError):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 @contextlib.contextmanager
-def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def snapshot(conn: Connection) -> Iterator[Connection]:
     """A read transaction: one consistent view across several SELECTs."""
-    _begin(conn, "BEGIN")
+    conn.snapshot()
     try:
         yield conn
     finally:
-        conn.execute("COMMIT")
-
-
-def _begin(conn: sqlite3.Connection, stmt: str) -> None:
-    try:
-        conn.execute(stmt)
-    except sqlite3.OperationalError as exc:
-        if is_full(exc):
-            raise OutOfSpaceError() from None
-        raise StorageError(f"registry database busy or unavailable: {exc}") from None
+        if conn.in_transaction:
+            conn.execute("COMMIT")

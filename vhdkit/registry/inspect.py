@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,17 +50,20 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class InspectLimits:
-    """What an uploaded disk may be: the pipeline's own limits
-    (``VHDKIT_MAX_VIRTUAL_SIZE``, ``VHDKIT_MAX_FILE_SIZE``), one home for both."""
+    """What an uploaded disk may be: the pipeline's own limits (the
+    ``max_virtual_size`` and ``max_file_size`` settings), one home for both."""
 
     max_virtual_size: int
     max_file_size: int
 
     @classmethod
-    def from_env(cls) -> "InspectLimits":
-        from ..pipeline import PipelineConfig
+    def from_config(cls, cfg=None) -> "InspectLimits":
+        """The limits of ``cfg`` (a :class:`vhdkit.config.Config`; default: this
+        process's environment and configuration file)."""
+        if cfg is None:
+            from ..config import load
 
-        cfg = PipelineConfig.from_env(home=".")
+            cfg = load()
         return cls(cfg.max_virtual_size, cfg.max_file_size)
 
 
@@ -92,7 +94,7 @@ def inspect_upload(stream: BinaryIO, *, disk_format: Optional[str], container_fo
     if not needs_inspection(disk_format, container_format):
         return stream
     kind = "vhd" if container_format != "ova" else "ova" if disk_format == "vhd" else "ova-other"
-    return _InspectingReader(stream, kind, limits or InspectLimits.from_env(), tmp_dir)
+    return _InspectingReader(stream, kind, limits or InspectLimits.from_config(), tmp_dir)
 
 
 def _refuse(message: str) -> InvalidInputError:
@@ -145,13 +147,15 @@ class _InspectingReader(io.RawIOBase):
     # -- while streaming
     def _early(self, head: bytes) -> None:
         if self.kind == "vhd":
-            if head[:8] == b"conectix":   # a footer copy: a dynamic or differencing disk
-                dtype = struct.unpack_from(">I", head, 60)[0]
-                size = struct.unpack_from(">Q", head, 48)[0]
-                if dtype == 4:
+            from ..vhd import layout
+
+            # a footer copy: a dynamic or differencing disk
+            f = layout.footer(head[:layout.FOOTER_BYTES]) if len(head) >= layout.FOOTER_BYTES else None
+            if f is not None:
+                if f.disk_type == layout.lib.VK_DISK_DIFF:
                     raise _refuse(_has_parent(_UPLOADED).message)
-                if size > self.limits.max_virtual_size:
-                    raise _refuse(_too_big(_UPLOADED, size, self.limits).message)
+                if f.current_size > self.limits.max_virtual_size:
+                    raise _refuse(_too_big(_UPLOADED, f.current_size, self.limits).message)
         else:
             from ..ova import _safe_name  # one rule for member names
             from ..errors import ArchiveError

@@ -35,7 +35,7 @@ MEMBER_STATUSES = ("pending", "accepted", "rejected")
 TASK_TYPES = ("import", "export")
 TASK_STATUSES = ("pending", "processing", "success", "failure")
 
-#: Base fields a caller can never set (RBAC.md): 403.
+#: Base fields a caller can never set (docs/rbac.md): 403.
 READONLY_FIELDS = ("id", "status", "checksum", "size", "virtual_size", "created_at",
                    "updated_at", "self", "file", "schema", "os_hash_algo", "os_hash_value")
 #: Base fields a caller may set (create / PATCH) subject to update permission.

@@ -27,7 +27,7 @@ _ADMINS = ",".join(sorted(ADMINS) + [SERVICE])
 
 #: The default rules: ``com.rackspace*`` properties are readable by everyone and
 #: writable only by the service identity; every other extra property may be
-#: created/updated/deleted by customer admins only (RBAC.md "Properties").
+#: created/updated/deleted by customer admins only (docs/rbac.md "Properties").
 DEFAULT_RULES = f"""\
 [^com\\.rackspace]
 create = {SERVICE}

@@ -26,6 +26,7 @@ from .._record import factory, record
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidInputError
+from .db import SQLITE
 from .models import (BASE_FIELDS, CONTAINER_FORMATS, DISK_FORMATS,
                      MEMBER_STATUSES, RESERVED_FIELDS, SORT_KEYS, STATUSES, VISIBILITIES,
                      now_text, property_name_problem)
@@ -271,7 +272,7 @@ MAX_WALKS = 48
 MAX_PARAMS = 30000
 
 
-def _after_marker(sort: List[Tuple[str, str]], values: Sequence[Any]
+def _after_marker(sort: List[Tuple[str, str]], values: Sequence[Any], dialect: Any = SQLITE
                   ) -> List[Tuple[List[str], List[Any]]]:
     """Rows strictly after the marker row in the (total) sort order, as disjoint
     *levels*, each a list of conditions an index on the sort columns can seek
@@ -281,12 +282,12 @@ def _after_marker(sort: List[Tuple[str, str]], values: Sequence[Any]
     # The walk's index is the first key's (P, key, created_at, id): a later
     # key outside it gets a unary + so that SQLite does not seek another
     # index on it (an equality on a low-cardinality column would look cheap).
-    cols = [SORT_COLUMNS[k] if n == 0 or k in ("created_at", "id") else "+" + SORT_COLUMNS[k]
+    cols = [SORT_COLUMNS[k] if n == 0 or k in ("created_at", "id") else dialect.noindex(SORT_COLUMNS[k])
             for n, (k, _) in enumerate(sort)]
     out: List[Tuple[List[str], List[Any]]] = []
     for j, (key, d) in enumerate(sort):
-        eq = [f"{cols[i]} IS ?" for i in range(j)]
-        ps = list(values[:j])
+        eq = [f"{cols[i]} IS NULL" if values[i] is None else f"{cols[i]} = ?" for i in range(j)]
+        ps = [v for v in values[:j] if v is not None]
         col, v = cols[j], values[j]
         if d == "asc":
             if v is None:
@@ -303,14 +304,15 @@ def _after_marker(sort: List[Tuple[str, str]], values: Sequence[Any]
 def _after_marker_or(levels: List[Tuple[List[str], List[Any]]]) -> Tuple[str, List[Any]]:
     """The levels as one condition (for a query too wide to split)."""
     if not levels:
-        return "0", []
+        return "1 = 0", []
     params: List[Any] = []
     for _, ps in levels:
         params.extend(ps)
     return "(" + " OR ".join("(" + " AND ".join(w) + ")" for w, _ in levels) + ")", params
 
 
-def _branches(q: ListQuery, account: Optional[str]) -> List[Tuple[str, List[str], List[Any]]]:
+def _branches(q: ListQuery, account: Optional[str], dialect: Any = SQLITE
+              ) -> List[Tuple[str, List[str], List[Any]]]:
     """The disjoint sets whose union is what ``account`` may see (with the
     visibility filter applied), as (FROM, conditions, params).  Each one is
     a range of an index: ``(owner, ...)``, ``(visibility, ...)`` or
@@ -319,6 +321,7 @@ def _branches(q: ListQuery, account: Optional[str]) -> List[Tuple[str, List[str]
     ``i.visibility = 'shared'`` made SQLite walk every shared image of the
     registry)."""
     vis = q.visibility
+    vis_ = dialect.noindex("i.visibility")
     out: List[Tuple[str, List[str], List[Any]]] = []
     if account is None:
         # everything (the service identity): one walk per visibility
@@ -330,10 +333,10 @@ def _branches(q: ListQuery, account: Optional[str]) -> List[Tuple[str, List[str]
     # read per index entry); the own branch then leaves those visibilities out.
     wide = {"public"} if vis is None else {"public", "community"} if vis == "all" else set()
     if vis in (None, "all"):
-        out.append(("images i", ["i.owner = ?"] + [f"+i.visibility != '{v}'" for v in sorted(wide)],
+        out.append(("images i", ["i.owner = ?"] + [f"{vis_} != '{v}'" for v in sorted(wide)],
                     [account]))
     elif vis in ("private", "shared"):
-        out.append(("images i", ["i.owner = ?", "+i.visibility = ?"], [account, vis]))
+        out.append(("images i", ["i.owner = ?", f"{vis_} = ?"], [account, vis]))
     if vis in (None, "all", "public"):
         out.append(("images i", ["i.visibility = 'public'"], []))
     if vis in (None, "all", "shared"):
@@ -341,20 +344,19 @@ def _branches(q: ListQuery, account: Optional[str]) -> List[Tuple[str, List[str]
         # member), each image looked up by its primary key -- never by a sort or
         # filter index, nor a marker condition moved onto m.image_id (which
         # planner statistics otherwise make SQLite do)
-        w = ["m.member = ?", "+i.visibility = 'shared'", "+i.owner != ?"]
+        w = ["m.member = ?", f"{vis_} = 'shared'", f"{dialect.noindex('i.owner')} != ?"]
         p: List[Any] = [account, account]
         if q.member_status != "all":
             w.insert(1, "m.status = ?")
             p.insert(1, q.member_status)
-        out.append(("image_members m INDEXED BY ix_members_member "
-                    "CROSS JOIN images i INDEXED BY sqlite_autoindex_images_1 ON i.id = m.image_id", w, p))
+        out.append((dialect.members_join(), w, p))
     if vis in ("all", "community"):
         out.append(("images i", ["i.visibility = 'community'"], []))
     return out
 
 
-def list_walks(q: ListQuery, account: Optional[str], marker_values: Optional[Sequence[Any]]
-               ) -> Tuple[List[Tuple[str, List[Any]]], str]:
+def list_walks(q: ListQuery, account: Optional[str], marker_values: Optional[Sequence[Any]],
+               dialect: Any = SQLITE) -> Tuple[List[Tuple[str, List[Any]]], str]:
     """The index walks of a list: (SELECT, params) each returning up to
     ``limit + 1`` rows ``id, s0, s1, ...`` in order, and the ORDER BY that merges
     them.  One walk per branch and marker level; each is sorted and cut on its
@@ -374,10 +376,10 @@ def list_walks(q: ListQuery, account: Optional[str], marker_values: Optional[Seq
                       "AND p.name = ? AND p.value = ?)")
         cparams.extend([name, value])
 
-    branches = _branches(q, account)
+    branches = _branches(q, account, dialect)
     levels: List[Tuple[List[str], List[Any]]] = [([], [])]
     if marker_values is not None:
-        levels = _after_marker(q.sort, marker_values) or [(["0"], [])]
+        levels = _after_marker(q.sort, marker_values, dialect) or [(["1 = 0"], [])]
         width = len(levels) * len(branches)
         nparams = width * len(cparams) + len(branches) * sum(len(ps) for _, ps in levels)
         if width > MAX_WALKS or nparams > MAX_PARAMS:
@@ -385,24 +387,24 @@ def list_walks(q: ListQuery, account: Optional[str], marker_values: Optional[Seq
             levels = [([cond], ps)]
 
     cols = ", ".join(f"{SORT_COLUMNS[k]} AS s{n}" for n, (k, _) in enumerate(q.sort))
-    order = ", ".join(f"s{n} {d.upper()}" for n, (_, d) in enumerate(q.sort))
+    order = ", ".join(dialect.order(f"s{n}", d) for n, (_, d) in enumerate(q.sort))
     walks: List[Tuple[str, List[Any]]] = []
     for frm, w, p in branches:
         for lw, lp in levels:
-            where = " AND ".join(w + lw + common) or "1"
+            where = " AND ".join(w + lw + common) or "1 = 1"
             walks.append((f"SELECT i.id AS id, {cols} FROM {frm} WHERE {where} "
                           f"ORDER BY {order} LIMIT {q.limit + 1}", p + lp + cparams))
     return walks, order
 
 
-def build_list_sql(q: ListQuery, account: Optional[str], marker_values: Optional[Sequence[Any]]
-                   ) -> Tuple[str, List[Any]]:
+def build_list_sql(q: ListQuery, account: Optional[str], marker_values: Optional[Sequence[Any]],
+                   dialect: Any = SQLITE) -> Tuple[str, List[Any]]:
     """SQL returning ``id`` of up to ``limit + 1`` visible images in order (the
     walks of :func:`list_walks`, merged).  ``account`` None means "sees
     everything" (the service identity)."""
-    walks, order = list_walks(q, account, marker_values)
+    walks, order = list_walks(q, account, marker_values, dialect)
     params: List[Any] = []
     for _, ps in walks:
         params.extend(ps)
-    sql = " UNION ALL ".join(f"SELECT * FROM ({w})" for w, _ in walks)
+    sql = " UNION ALL ".join(f"SELECT * FROM ({w}) AS w{n}" for n, (w, _) in enumerate(walks))
     return sql + f" ORDER BY {order} LIMIT {q.limit + 1}", params

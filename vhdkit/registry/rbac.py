@@ -1,4 +1,4 @@
-"""Who may do what: the roles and the operation matrix of ``shared/RBAC.md``.
+"""Who may do what: the roles and the operation matrix of docs/rbac.md.
 
 :data:`MATRIX` is the one table.  :meth:`vhdkit.registry.Registry` enforces it
 through :func:`require`, and the tests are generated from it (and then check
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 from ..errors import ForbiddenError, InvalidInputError
 
-# ---- roles (RBAC.md "Roles") ----
+# ---- roles (docs/rbac.md "Roles") ----
 USER_ADMIN = "identity:user-admin"
 ADMIN = "admin"
 OBSERVER = "observer"
@@ -56,7 +56,7 @@ class Rule(namedtuple("Rule", ["roles", "scope", "api"])):
     __slots__ = ()
 
 
-#: THE operation matrix (RBAC.md "Operations", plus the operations RBAC.md does
+#: THE operation matrix (docs/rbac.md "Operations": the upstream table plus the operations it does
 #: not list, marked "ext": create/upload follow the role descriptions
 #: "create, read, update", download/read follow "read").
 MATRIX: Dict[str, Rule] = {
@@ -75,7 +75,7 @@ MATRIX: Dict[str, Rule] = {
     "create_task":    Rule(_A, None, "POST /v2/tasks"),
     "list_tasks":     Rule(_R, None, "GET /v2/tasks"),
     "show_task":      Rule(_R, None, "GET /v2/tasks/{id}"),
-    # ext: not in RBAC.md's table
+    # ext: not in the upstream table
     "create_image":   Rule(_C, None, "POST /v2/images (ext)"),
     "upload_data":    Rule(_C, "owner", "PUT /v2/images/{id}/file (ext)"),
     "download_data":  Rule(_R, "visible", "GET /v2/images/{id}/file (ext)"),

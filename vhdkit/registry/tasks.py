@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import sqlite3
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
@@ -61,15 +60,8 @@ class Lease(NamedTuple):
     def of(cls, task: Task) -> "Lease":
         return cls(task.id, task.worker_id or "", int(task.attempts))
 
-    @classmethod
-    def parse(cls, v: Any) -> "Lease":
-        if (not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, str) and x for x in v[:2])
-                or isinstance(v[2], bool) or not isinstance(v[2], int)):
-            raise InvalidInputError("lease must be [task_id, worker_id, attempt]")
-        return cls(v[0], v[1], v[2])
 
-
-def _task(r: sqlite3.Row) -> Task:
+def _task(r: Any) -> Task:
     import json
 
     return Task(
@@ -193,7 +185,9 @@ class TasksMixin:
             if types:
                 sql += f" AND type IN ({','.join('?' * len(types))})"
                 args += list(types)
-            row = conn.execute(sql + " ORDER BY created_at, id LIMIT 1", args).fetchone()
+            # the oldest pending task; on PostgreSQL a row another claim holds is skipped
+            # (FOR UPDATE SKIP LOCKED) -- belt and braces under the one-writer lock
+            row = conn.execute(sql + " ORDER BY created_at, id LIMIT 1" + conn.dialect.claim_lock, args).fetchone()
             if row is None:
                 return None
             conn.execute("UPDATE tasks SET status = 'processing', worker_id = ?, lease_expires_at = ?, "
@@ -203,7 +197,7 @@ class TasksMixin:
             out = conn.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone()
         return _task(out)
 
-    def _expire_leases(self: "Registry", conn: sqlite3.Connection) -> None:  # type: ignore[misc]
+    def _expire_leases(self: "Registry", conn: Any) -> None:  # type: ignore[misc]
         """Tasks whose lease ran out go back to pending, or fail after their last attempt."""
         now = self._now()
         for r in conn.execute("SELECT id, attempts FROM tasks WHERE status = 'processing' "
@@ -223,8 +217,8 @@ class TasksMixin:
         with self._write() as conn:
             self._expire_leases(conn)
 
-    def _held(self: "Registry", conn: sqlite3.Connection, task_id: str, worker_id: str,  # type: ignore[misc]
-              attempt: Optional[int] = None) -> sqlite3.Row:
+    def _held(self: "Registry", conn: Any, task_id: str, worker_id: str,  # type: ignore[misc]
+              attempt: Optional[int] = None) -> Any:
         row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"task {task_id} not found")
@@ -240,7 +234,7 @@ class TasksMixin:
         transaction; see the module doc).  None: no fence."""
         return thread_lease(self._local, lease)
 
-    def _check_fence(self: "Registry", conn: sqlite3.Connection) -> None:  # type: ignore[misc]
+    def _check_fence(self: "Registry", conn: Any) -> None:  # type: ignore[misc]
         lease = getattr(self._local, "lease", None)
         if lease is not None:
             self._held(conn, lease.task_id, lease.worker_id, lease.attempt)
@@ -295,7 +289,7 @@ class TasksMixin:
             except (ConflictError, NotFoundError):
                 return
             conn.execute("UPDATE tasks SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, "
-                         "attempts = MAX(attempts - 1, 0), stage = NULL, bytes_done = NULL, bytes_total = NULL, "
+                         "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, stage = NULL, bytes_done = NULL, bytes_total = NULL, "
                          "updated_at = ? WHERE id = ?", (self._now(), task_id))
 
     def finish(self: "Registry", task_id: str, worker_id: str, *, status: str,  # type: ignore[misc]

@@ -14,6 +14,7 @@ from .. import errors
 from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
 from ..progress import Progress
+from . import layout
 from . import read as _read
 from . import write as _write
 
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 from .._record import factory, plain_dict, record
-from .read import _time
 
 TYPE_CHECKING = False   # typing, dataclasses, uuid, datetime, urllib are imported where used (start-up)
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 def _b(p: PathLike) -> bytes:
     return os.fsencode(os.fspath(p))
+
+
+_time = layout.to_datetime
 
 
 def _u(cbuf) -> _uuid.UUID:

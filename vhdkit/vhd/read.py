@@ -23,6 +23,8 @@ from _thread import allocate_lock as _lock
 from .. import native
 from .._record import asdict, factory, record
 from ..errors import InvalidInputError
+from . import layout
+from .layout import DISK_TYPES
 
 __all__ = [
     "open", "info", "check", "probe", "probe_format", "map",
@@ -39,12 +41,9 @@ if TYPE_CHECKING:
     PathLike = Union[str, "os.PathLike[str]"]
 
 #: size_rule names -> vk_size_rule
-SIZE_RULES = {"auto": 0, "current": 1, "chs": 2, "original": 3}
+SIZE_RULES = {"auto": native.lib.VK_SIZE_AUTO, "current": native.lib.VK_SIZE_CURRENT,
+              "chs": native.lib.VK_SIZE_CHS, "original": native.lib.VK_SIZE_ORIGINAL}
 _RULE_NAMES = {v: k for k, v in SIZE_RULES.items()}
-#: footer disk type -> name
-DISK_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
-#: The VHD epoch, 2000-01-01T00:00:00Z, in seconds of the Unix epoch.
-_VHD_EPOCH_UNIX = 946684800
 _MAX_READ = 1 << 30     # one native call reads at most this much
 
 
@@ -186,17 +185,14 @@ def _str(cbuf) -> str:
     return native.ffi.string(cbuf).decode("utf-8", "replace")
 
 
-def _time(ts: int) -> _dt.datetime:
-    import datetime as _dt   # here: `vhdkit info` and `check` print times without datetime objects
-
-    return _dt.datetime.fromtimestamp(_VHD_EPOCH_UNIX + int(ts), _dt.timezone.utc)
+_time = layout.to_datetime
 
 
 def _iso(ts: int) -> str:
-    """``_time(ts).isoformat()``."""
+    """``_time(ts).isoformat()``, without datetime objects."""
     import time
 
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(_VHD_EPOCH_UNIX + int(ts)))
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(native.lib.VK_VHD_EPOCH + int(ts)))
 
 
 def _uuid_bytes(b, little_endian: bool = False) -> bytes:
@@ -218,8 +214,10 @@ def _guid(b) -> str:
 
 
 #: VHDX payload block states (BAT entry bits 0-2) by number
-VHDX_BLOCK_STATES = {0: "not_present", 1: "undefined", 2: "zero", 3: "unmapped", 6: "fully_present",
-                     7: "partially_present"}
+VHDX_BLOCK_STATES = {native.lib.VKX_PAYLOAD_NOT_PRESENT: "not_present", native.lib.VKX_PAYLOAD_UNDEFINED: "undefined",
+                     native.lib.VKX_PAYLOAD_ZERO: "zero", native.lib.VKX_PAYLOAD_UNMAPPED: "unmapped",
+                     native.lib.VKX_PAYLOAD_FULLY_PRESENT: "fully_present",
+                     native.lib.VKX_PAYLOAD_PARTIALLY: "partially_present"}
 
 
 def _vhdx_info(img, layer: int) -> Dict[str, Any]:
@@ -270,8 +268,8 @@ def _layer_fields(img, layer: int) -> Dict[str, Any]:
     ci = ffi.new("vk_info *")
     native.check(lib.vk_image_info(img, layer, ci, err), err)
     vhdx = _vhdx_info(img, layer) if ci.format == 1 else None
-    dynamic = ci.disk_type in (3, 4) or vhdx is not None
-    diff = ci.disk_type == 4 and vhdx is None
+    dynamic = ci.disk_type in (lib.VK_DISK_DYNAMIC, lib.VK_DISK_DIFF) or vhdx is not None
+    diff = ci.disk_type == lib.VK_DISK_DIFF and vhdx is None
     locs: List[Locator] = []
     if dynamic and vhdx is None:
         cl = ffi.new("vk_locator_info *")

@@ -22,6 +22,7 @@ from .. import errors
 from ..fileutil import atomic_fd, refuse_existing
 from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
+from . import layout
 
 __all__ = [
     "create", "convert", "modify", "repair", "compare", "size_plan",
@@ -29,7 +30,6 @@ __all__ = [
 ]
 
 from .._record import factory, plain_dict, record
-from .read import _VHD_EPOCH_UNIX, _time as _vhd_to_ts
 
 TYPE_CHECKING = False   # typing, dataclasses, uuid and datetime are imported where used (start-up)
 if TYPE_CHECKING:
@@ -40,11 +40,11 @@ if TYPE_CHECKING:
     PathLike = Union[str, "os.PathLike[str]"]
     Progress = Callable[[int, Optional[int]], None]
 
-_RULES = {"exact": 0, "chs": 1, "azure": 2}
-_KINDS = {"raw": 0, "fixed": 2, "dynamic": 3}
+_RULES = {"exact": lib.VK_RULE_EXACT, "chs": lib.VK_RULE_CHS, "azure": lib.VK_RULE_AZURE}
+_KINDS = {"raw": lib.VK_OUT_RAW, "fixed": lib.VK_OUT_FIXED, "dynamic": lib.VK_OUT_DYNAMIC}
 _KIND_NAMES = {v: k for k, v in _KINDS.items()}
-_DISK_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
-_MAX_SIZE = 2040 << 30
+_DISK_TYPES = layout.DISK_TYPES
+_MAX_SIZE = layout.MAX_VIRTUAL_SIZE
 
 
 # ---- result objects -------------------------------------------------------
@@ -146,10 +146,13 @@ def _ts_to_vhd(ts: Union[None, str, int, float, _dt.datetime]) -> Optional[int]:
         ts = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=_dt.timezone.utc)
-    secs = int(ts.timestamp() - _VHD_EPOCH_UNIX)
+    secs = layout.from_datetime(ts)
     if not 0 <= secs <= 0xFFFFFFFF:
         raise errors.InvalidInputError(f"timestamp {ts.isoformat()} is outside what a VHD stores (2000..2136)")
     return secs
+
+
+_vhd_to_ts = layout.to_datetime
 
 
 def _creator_bytes(creator: Optional[str]) -> Optional[bytes]:
@@ -294,7 +297,7 @@ def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterato
         raise errors.StorageError(f"cannot create a file in {d}: this directory does not accept new files "
                                   f"({e.strerror})", sys_errno=e.errno or 0) from None
     except OSError as e:
-        raise errors.StorageError(f"cannot create a file in {d}: {e.strerror}", sys_errno=e.errno or 0) from None
+        raise errors.from_oserror(e, f"cannot create a file in {d}") from None
     with stack:
         yield _Output(fd, False, sync)
 
@@ -485,8 +488,9 @@ def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None,
         bat_relocated=bool(res.bat_relocated), writes=int(res.writes))
 
 
-_ACTIONS = {0: "none", 1: "end-footer-restored", 2: "backup-footer-restored", 3: "end-footer-appended",
-            4: "fixed-tail-cut"}
+_ACTIONS = {lib.VK_REPAIR_NONE: "none", lib.VK_REPAIR_END_RESTORED: "end-footer-restored",
+            lib.VK_REPAIR_COPY_RESTORED: "backup-footer-restored", lib.VK_REPAIR_END_APPENDED: "end-footer-appended",
+            lib.VK_REPAIR_FIXED_CUT: "fixed-tail-cut"}
 
 
 def repair(path: PathLike, *, dry_run: bool = False, force: bool = False) -> RepairResult:

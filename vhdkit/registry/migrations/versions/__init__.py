@@ -1,0 +1,1 @@
+"""The registry schema revisions 0001..: one file each."""
