@@ -6,12 +6,10 @@ Every public method takes the caller's identity (:class:`~.rbac.Caller`)
 first; see :mod:`.rbac` for the order of checks (404 before 403)."""
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import contextlib
 import threading
-import uuid
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping
 
 from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError,
                       from_oserror)
@@ -19,14 +17,18 @@ from . import blobs as _blobs
 from . import db as _db
 from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, MAX_PROPERTY_NAME,
                      MAX_PROPERTY_VALUE, MAX_TAG, PATCH_OPS, READONLY_FIELDS, RESERVED_FIELDS,
-                     RESERVED_NAMESPACE, TRANSITIONS,
-                     VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, now_text, property_name_problem, tag_problem)
+                     RESERVED_NAMESPACE, TRANSITIONS, VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, new_uuid,
+                     now_text, property_name_problem, tag_problem)
 from .data import SET_PROPERTY, DataMixin, ImageData, UploadWriter, check_upload_lease  # noqa: F401 (re-exported)
 from .rbac import Caller, require_role, require_scope
 from .sharing import MembersMixin
 from .tasks import TasksMixin
 
+TYPE_CHECKING = False   # typing, datetime and uuid are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
+    import datetime as _dt
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
     from ..config import Config
     from .protections import PropertyProtections
     from .query import Params
@@ -43,6 +45,8 @@ _IMAGE_COLS = ("id, name, status, visibility, protected, owner, created_at, upda
 
 
 def _validate_uuid(image_id: str) -> str:
+    import uuid
+
     try:
         return str(uuid.UUID(str(image_id)))
     except ValueError:
@@ -224,7 +228,11 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         self.close()
 
     def _now_dt(self) -> _dt.datetime:
-        return self._clock() if self._clock else _dt.datetime.now(_dt.timezone.utc)
+        if self._clock:
+            return self._clock()
+        import datetime as _dt
+
+        return _dt.datetime.now(_dt.timezone.utc)
 
     def _now(self) -> str:
         return now_text(self._now_dt())
@@ -332,7 +340,7 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
         body = dict(data or {})
         body.update(fields)
         require_role("create_image", caller)
-        image_id = _validate_uuid(body.pop("id")) if body.get("id") is not None else str(uuid.uuid4())
+        image_id = _validate_uuid(body.pop("id")) if body.get("id") is not None else new_uuid()
         body.pop("id", None)
         owner = body.pop("owner", None)
         if owner is not None and owner != caller.account:

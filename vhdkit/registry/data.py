@@ -7,19 +7,20 @@ from __future__ import annotations
 import io
 import os
 import threading
-import uuid
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError,
                       VhdkitError)
 from . import blobs as _blobs
-from .models import IMPORT_STORE_PROPERTIES, IMPORT_TASK_PROPERTY, Image
+from .models import IMPORT_STORE_PROPERTIES, IMPORT_TASK_PROPERTY, Image, new_uuid
 from .rbac import Caller
 
+TYPE_CHECKING = False   # typing and uuid are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
+
     from .core import Registry  # noqa: F401
 
-Progress = Optional[Callable[[int, Optional[int]], None]]
+    Progress = Optional[Callable[[int, Optional[int]], None]]
 _UPLOADING = ("SELECT id, upload_token, upload_lease_until FROM images WHERE status IN "
               "('saving', 'uploading', 'importing') AND upload_token IS NOT NULL")
 #: the status an upload holds the image in -> the statuses it may start from.
@@ -76,6 +77,8 @@ class DataMixin:
         to the image, on any host) resets the image and removes the data; the
         token is the fence: a process that wakes after that (its token is no
         longer the image's) cannot commit, and removes only its own data."""
+        import uuid
+
         token = uuid.uuid4().hex
         up = self.blobs.new_upload(str(image_id), token).open()
         up.limit = self.size_cap
@@ -116,7 +119,7 @@ class DataMixin:
                          "updated_at = ? WHERE id = ?",
                          (img.status, token, self._lease_until(self.upload_lease), self._now(), img.id))
             if into == "importing":  # Glance's import lock, shown while the import runs (db.py's trigger ends it)
-                self._mark_import(conn, img.id, {IMPORT_TASK_PROPERTY: str(uuid.uuid4())})
+                self._mark_import(conn, img.id, {IMPORT_TASK_PROPERTY: new_uuid()})
         if reaped:
             self._empty_trash()
         return img

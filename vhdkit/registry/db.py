@@ -20,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+TYPE_CHECKING = False   # typing is not imported at run time (start-up of `vhdkit image show`)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DatabaseUnavailableError, OutOfSpaceError, StorageError, UnsupportedError
 
@@ -322,7 +325,8 @@ def _storage_error(exc: BaseException) -> Exception:
     return DatabaseUnavailableError(f"registry database unavailable: {why}")
 
 
-Connection = Any   # SqliteConnection | PgConnection
+if TYPE_CHECKING:  # pragma: no cover
+    Connection = Any   # SqliteConnection | PgConnection
 
 
 def connect(target: str) -> Connection:

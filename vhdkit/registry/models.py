@@ -3,13 +3,13 @@
 Images v2 JSON shapes."""
 from __future__ import annotations
 
-import datetime as _dt
 import re
 
 from .._record import factory, record
 
-TYPE_CHECKING = False   # typing and dataclasses are not imported at run time (start-up of `vhdkit image show`)
+TYPE_CHECKING = False   # typing, dataclasses, datetime and uuid are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:
+    import datetime as _dt
     from typing import Any, Dict, List, Optional
 
 # ---- vocabulary ----
@@ -100,8 +100,17 @@ def property_name_problem(name: Any) -> Optional[str]:
 DEFAULT_QUOTAS = {"tags": 128, "properties": 128, "members": 128}
 
 
+def new_uuid() -> str:
+    """A new random id (uuid4, canonical text)."""
+    import uuid
+
+    return str(uuid.uuid4())
+
+
 def now_text(ts: Optional[_dt.datetime] = None) -> str:
     """Stored timestamp text: fixed width, so text order is time order."""
+    import datetime as _dt
+
     ts = ts or _dt.datetime.now(_dt.timezone.utc)
     return ts.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

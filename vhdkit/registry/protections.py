@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, FrozenSet, List, Optional, Tuple
-
 from ..errors import ForbiddenError, InvalidInputError
 from .rbac import ADMINS, SERVICE, Caller
+
+TYPE_CHECKING = False   # typing is not imported at run time (start-up of `vhdkit image show`)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, FrozenSet, List, Optional, Tuple
 
 OPERATIONS = ("create", "read", "update", "delete")
 

@@ -20,12 +20,16 @@ plans with EXPLAIN QUERY PLAN.
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 from .._record import factory, record
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from collections.abc import Mapping
 
 from ..errors import InvalidInputError
+
+TYPE_CHECKING = False   # typing is not imported at run time (start-up of `vhdkit image list`)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from .db import SQLITE
 from .models import (BASE_FIELDS, CONTAINER_FORMATS, DISK_FORMATS,
                      MEMBER_STATUSES, RESERVED_FIELDS, SORT_KEYS, STATUSES, VISIBILITIES,
@@ -54,7 +58,8 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 KNOWN_FILTERS = tuple(IN_FILTERS) + EXACT_FILTERS + INT_FILTERS + BOOL_FILTERS + TIME_FILTERS + (
     "visibility", "member_status", "size_min", "size_max", "tag")
 
-Params = Union[Mapping[str, Union[str, Sequence[str]]], Iterable[Tuple[str, str]]]
+if TYPE_CHECKING:  # pragma: no cover
+    Params = Union[Mapping[str, Union[str, Sequence[str]]], Iterable[Tuple[str, str]]]
 
 
 @record
@@ -95,6 +100,8 @@ def param_pairs(params: Optional[Params], extra: Optional[Mapping[str, Any]] = N
 
 def _in_values(key: str, value: str) -> List[str]:
     if value.startswith("in:"):
+        import csv  # only an in: filter's value list needs it
+
         try:
             vals = next(csv.reader([value[3:]], skipinitialspace=False, strict=True))
         except (csv.Error, StopIteration):

@@ -5,13 +5,14 @@ owner adds or removes members; only the member changes its own status.  The
 owner sees every member of its image, a member sees only its own entry."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List
-
 from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from .models import MEMBER_STATUSES, Member
 from .rbac import Caller
 
+TYPE_CHECKING = False   # typing is not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import List
+
     from .core import Registry  # noqa: F401
 
 

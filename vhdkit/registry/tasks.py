@@ -20,41 +20,45 @@ what it made (see :func:`vhdkit.pipeline.sweep_failed`)."""
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import uuid
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence
+from collections import namedtuple
+from collections.abc import Mapping
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
-from .models import TASK_STATUSES, TASK_TYPES, Task, TaskList, now_text
+from .models import TASK_STATUSES, TASK_TYPES, Task, TaskList, new_uuid, now_text
 from .rbac import Caller, require_role
 
+TYPE_CHECKING = False   # typing, datetime and uuid are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Iterator, List, Optional, Sequence
+
     from .core import Registry  # noqa: F401
     from .query import Params
 # json and .query are imported where used: a Registry opened to read or
 # download one image never touches tasks (start-up of `vhdkit image download`).
 
-TASK_TTL = _dt.timedelta(hours=48)
+#: seconds a finished task is kept
+TASK_TTL_S = 48 * 3600
 DEFAULT_LEASE_S = 60.0
 MAX_ATTEMPTS = 2
 MAX_INPUT_BYTES = 64 << 10
 TASK_SORT_KEYS = ("created_at", "updated_at", "id", "status", "type")
 #: Namespace of the image ids an import task creates: uuid5(NS, task id), so a
 #: retried task finds (and replaces) what an earlier attempt left.
-_IMAGE_NS = uuid.UUID("6f1a3c9e-2d7b-4c55-9a0e-5b8d7e1f0c42")
+_IMAGE_NS = "6f1a3c9e-2d7b-4c55-9a0e-5b8d7e1f0c42"
 
 
 def task_image_id(task_id: str) -> str:
     """The id of the image an import task creates."""
-    return str(uuid.uuid5(_IMAGE_NS, task_id))
+    import uuid
+
+    return str(uuid.uuid5(uuid.UUID(_IMAGE_NS), task_id))
 
 
-class Lease(NamedTuple):
-    """The fencing token of one attempt at a task."""
+class Lease(namedtuple("Lease", "task_id worker_id attempt")):
+    """The fencing token of one attempt at a task: ``task_id`` (str),
+    ``worker_id`` (str), ``attempt`` (int)."""
 
-    task_id: str
-    worker_id: str
-    attempt: int
+    __slots__ = ()
 
     @classmethod
     def of(cls, task: Task) -> "Lease":
@@ -102,7 +106,7 @@ class TasksMixin:
             raise InvalidInputError("task input must be JSON-serialisable") from None
         if len(text) > MAX_INPUT_BYTES:
             raise InvalidInputError(f"task input is larger than {MAX_INPUT_BYTES} bytes")
-        tid = str(uuid.uuid4())
+        tid = new_uuid()
         now = self._now()
         with self._write() as conn:
             conn.execute("INSERT INTO tasks (id, type, status, input, owner, owner_roles, created_at, updated_at) "
@@ -169,6 +173,8 @@ class TasksMixin:
 
     # ---- worker protocol ----
     def _lease_until(self: "Registry", seconds: float) -> str:  # type: ignore[misc]
+        import datetime as _dt
+
         return now_text(self._now_dt() + _dt.timedelta(seconds=seconds))
 
     def claim_task(self: "Registry", worker_id: str, lease_seconds: float = DEFAULT_LEASE_S,  # type: ignore[misc]
@@ -207,7 +213,7 @@ class TasksMixin:
                     "UPDATE tasks SET status = 'failure', message = ?, worker_id = NULL, "
                     "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",
                     (f"[500] the worker running this task stopped responding (after {r['attempts']} attempts)",
-                     now, now_text(self._now_dt() + TASK_TTL), r["id"]))
+                     now, self._lease_until(TASK_TTL_S), r["id"]))
             else:
                 conn.execute("UPDATE tasks SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, "
                              "updated_at = ? WHERE id = ?", (now, r["id"]))
@@ -305,7 +311,7 @@ class TasksMixin:
             now = self._now()
             conn.execute("UPDATE tasks SET status = ?, result = ?, message = ?, worker_id = NULL, "
                          "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",
-                         (status, res, message or "", now, now_text(self._now_dt() + TASK_TTL), task_id))
+                         (status, res, message or "", now, self._lease_until(TASK_TTL_S), task_id))
             out = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return _task(out)
 
