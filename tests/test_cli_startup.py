@@ -27,8 +27,9 @@ HEAVY = ("numpy", "xxhash", "zstandard", "isal", "defusedxml", "starlette", "uvi
          "vhdkit.exportstream", "vhdkit.maintenance", "psycopg", "sqlalchemy", "alembic")
 FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3")
 REGISTRY_ONLY = ("vhdkit.vhd", "vhdkit.native", "vhdkit._native", "_cffi_backend")
-#: not needed by a registry read on the fast path (click itself loads typing): annotations, new ids, in: filters
-FAST_REGISTRY_READ = ("typing", "uuid", "platform", "csv")
+#: not needed by a registry read on the fast path (click itself loads typing): annotations,
+#: new ids, in: filters, a rules file's parser (the default rules need none)
+FAST_REGISTRY_READ = ("typing", "uuid", "platform", "csv", "configparser")
 
 _RUN = ("import sys\nfrom vhdkit.cli import main\n"
         "try:\n    main(sys.argv[1:], prog_name='vhdkit')\nexcept SystemExit as e:\n    code = e.code\n"

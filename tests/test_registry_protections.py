@@ -159,3 +159,14 @@ def test_rules_file_found_in_data_dir_or_env(tmp_path, monkeypatch):
     r = Registry(str(home))
     assert r.create_image(who(OWNER, "cloudImages:creator"), **{"com.rackspace.x": "1"}).properties
     r.close()
+
+
+def test_default_rules_read_as_configparser_reads_them():
+    """The default rules are split without configparser (start-up); the same
+    text given as a file's (a copy, so it goes through configparser) gives the
+    same rules."""
+    from vhdkit.registry import DEFAULT_RULES
+    copy = "".join(list(DEFAULT_RULES))
+    assert copy is not DEFAULT_RULES
+    rules = lambda p: [(rx.pattern, perms) for rx, perms in p.rules]  # noqa: E731
+    assert rules(PropertyProtections()) == rules(PropertyProtections(copy, source="x.conf"))

@@ -49,18 +49,50 @@ EVERYONE = "@"
 NOBODY = "!"
 
 
+class _Sections(dict):
+    """``{section: {key: value}}`` read as the parts of RawConfigParser that
+    :class:`PropertyProtections` uses."""
+
+    def sections(self) -> List[str]:
+        return list(self)
+
+    def options(self, section: str) -> List[str]:
+        return list(self[section])
+
+    def get(self, section: str, key: str, fallback=None):  # type: ignore[override]
+        return self[section].get(key, fallback)
+
+
+def _parse(text: str, source: str):
+    """The rules text's sections.  :data:`DEFAULT_RULES` (our own text: one
+    ``[section]`` or ``key = value`` per line) is split without configparser,
+    which costs a registry command more start-up than the rest of its rules;
+    any other text goes through configparser."""
+    if text is DEFAULT_RULES:
+        out = _Sections()
+        for line in filter(None, text.splitlines()):
+            if line.startswith("["):
+                cur = out[line[1:-1]] = {}
+            else:
+                k, _, v = line.partition("=")
+                cur[k.strip()] = v.strip()
+        return out
+    import configparser  # only here: a Registry parses rules on first use (see Registry.protections)
+
+    cp = configparser.RawConfigParser(delimiters=("=",), interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment]
+    try:
+        cp.read_string(text, source=source)
+    except configparser.Error as exc:
+        raise InvalidInputError(f"property protections file {source}: {exc}") from None
+    return cp
+
+
 class PropertyProtections:
     """Parsed rules; ``allowed(caller, name, op)`` and ``check(...)``."""
 
     def __init__(self, text: str = DEFAULT_RULES, *, source: str = "<default>"):
-        import configparser  # only here: a Registry parses rules on first use (see Registry.protections)
-
-        cp = configparser.RawConfigParser(delimiters=("=",), interpolation=None)
-        cp.optionxform = str  # type: ignore[assignment]
-        try:
-            cp.read_string(text, source=source)
-        except configparser.Error as exc:
-            raise InvalidInputError(f"property protections file {source}: {exc}") from None
+        cp = _parse(text, source)
         self.source = source
         self.rules: List[Tuple[re.Pattern, Dict[str, Optional[FrozenSet[str]]]]] = []
         for section in cp.sections():
