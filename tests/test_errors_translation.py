@@ -1,6 +1,6 @@
 """One translation per error source (issue 22): native codes in
 ``errors.from_native``, failed system calls in ``errors.from_oserror``, Swift
-answers in ``swiftstore._err``; the packaging layer raises typed errors and
+answers in ``vhdkit.store.swift._err``; the packaging layer raises typed errors and
 only the pipeline turns them into task codes.
 
 Where the copies disagreed, the decision and its test:
@@ -31,7 +31,7 @@ from starlette.testclient import TestClient
 from helpers_registry import OWNER, make_image
 from vhdkit import errors
 from vhdkit.api.errors import EXCEPTION_HANDLERS
-from vhdkit.pipeline import task_failure_message
+from vhdkit.tasks.pipeline import task_failure_message
 from vhdkit.registry import Registry
 from vhdkit.registry.models import Task
 
