@@ -131,3 +131,17 @@ def test_a_download_onto_a_full_disk_says_the_disk_is_full(tmp_path):
         assert list(small.iterdir()) == [], "a failed download leaves nothing"
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_swift_spool_oserror_goes_through_the_one_errno_map():
+    """A local OSError met while talking to Swift (its spool file on a full
+    disk) is translated by the one errno map, not raised as a NameError."""
+    import errno
+
+    from vhdkit.errors import from_oserror
+    from vhdkit.store.swift import _err
+
+    e = OSError(errno.ENOSPC, "No space left on device")
+    got = _err(e, "spooling a segment")
+    want = from_oserror(e, "spooling a segment", service=True)
+    assert type(got) is type(want)
