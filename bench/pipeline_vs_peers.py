@@ -92,7 +92,7 @@ def _finished(reg, caller, task_id: str):
 
 def run(size_gib: float = 2.0, runs: int = 3, keep: bool = False, export_runs: Optional[int] = None) -> dict:
     sys.path.insert(0, str(ROOT))
-    from vhdkit.pipeline import PipelineConfig
+    from vhdkit.tasks.pipeline import PipelineConfig
     from vhdkit.registry import Caller, Registry
 
     for tool in ("qemu-img", "pigz", "split", "/usr/bin/time"):

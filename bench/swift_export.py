@@ -11,7 +11,7 @@ the same Swift, measures side by side:
 - ``export``: the whole export task (``Worker.run_once``): coalesce the image
   into a fresh dynamic VHD, then stream it as 200 MiB DLO segments + manifest
   + sidecar into Swift;
-- ``split``: only the upload part, ``vhdkit.segments.split`` of the VHD file
+- ``split``: only the upload part, ``vhdkit.pack.segments.split`` of the VHD file
   into Swift (200 MiB segments), what the task's last stage does, with the
   configured parallel segment uploads (``VHDKIT_SWIFT_PARALLEL``, default 3);
 - ``split 1x``: the same with one segment at a time (``parallel=1``, the
@@ -102,10 +102,10 @@ def main() -> None:
 
 
 def _bench(a, size: int, work: Path) -> None:
-    from vhdkit import segments
-    from vhdkit.pipeline import PipelineConfig, Worker
+    from vhdkit.pack import segments
+    from vhdkit.tasks.pipeline import PipelineConfig, Worker
     from vhdkit.registry import Caller, Registry
-    from vhdkit.swiftstore import SwiftConfig, SwiftStore
+    from vhdkit.store.swift import SwiftConfig, SwiftStore
 
     vhd = work / "disk.vhd"
     t0 = time.monotonic()

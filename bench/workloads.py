@@ -353,7 +353,7 @@ def ova_pack(ctx: Ctx) -> Workload:
 def ova_unpack(ctx: Ctx) -> Workload:
     spec = mixed(ctx)
     src = ctx.inputs.dynamic(spec)
-    ova = src.with_name(src.name + ".vhdkit.ova")
+    ova = src.with_name(src.name + ".vhdkit.pack.ova")
     if not ova.exists():
         tmp = ova.with_name(ova.name + ".tmp.ova")
         r = ctx.run_quiet(ctx.vk("ova", "pack", str(src), "-o", str(tmp), "--force"))

@@ -72,7 +72,7 @@ class Hosts:
     def customer(self, acct: str, tmp: Path):
         """A customer account in Swift with a VHD at `images/d.vhd` and an empty `exports`."""
         from helpers_swift import make_test_vhd
-        from vhdkit.swiftstore import SwiftConfig, SwiftStore
+        from vhdkit.store.swift import SwiftConfig, SwiftStore
 
         st = SwiftStore(SwiftConfig.from_env(self.env), acct)
         st.create_container("images")
@@ -83,7 +83,7 @@ class Hosts:
         return st
 
     def blob_store(self):
-        from vhdkit.swiftstore import SwiftConfig, SwiftStore
+        from vhdkit.store.swift import SwiftConfig, SwiftStore
 
         return SwiftStore(SwiftConfig.from_env(self.env), self.env["VHDKIT_BLOB_ACCOUNT"])
 

@@ -53,7 +53,7 @@ def swift_store_env(swift_env, monkeypatch):
 
 def swift_cli(env: dict, *args: str, cwd=None) -> subprocess.CompletedProcess:
     """python-swiftclient's own `swift` command, as a customer would run it."""
-    from vhdkit.swiftstore import SwiftConfig, SwiftStore
+    from vhdkit.store.swift import SwiftConfig, SwiftStore
 
     st = SwiftStore(SwiftConfig.from_env(env), args[0])
     url, token = st.storage_url, st._connection().token
@@ -69,7 +69,7 @@ def store_factory(request, tmp_path):
     import uuid
 
     from vhdkit.store import LocalStore
-    from vhdkit.swiftstore import SwiftConfig, SwiftStore
+    from vhdkit.store.swift import SwiftConfig, SwiftStore
 
     if request.param == "local":
         return lambda account="acct": LocalStore(tmp_path / "objects", account)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT
 from helpers_registry import admin, make_image
-from vhdkit import segments
+from vhdkit.pack import segments
 from vhdkit.registry import Registry
 from vhdkit.registry.blobs import SwiftBlobs
 

@@ -181,7 +181,7 @@ def test_ova_verify_flags_a_package_of_a_lone_differencing_disk(tmp_path, chain,
     """A package as today's `ova pack` made it: the leaf alone."""
     import tarfile
 
-    from vhdkit import ova
+    from vhdkit.pack import ova
 
     leaf, base = chain
     # what pack wrote before it refused: a valid archive of the leaf alone

@@ -31,5 +31,5 @@ def test_running_convert_does_not_import_the_registry_or_api():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     mods = r.stdout.strip().splitlines()[-1]
     assert "vhdkit.cli.convert" in mods
-    for heavy in ("vhdkit.registry", "vhdkit.api", "vhdkit.cli.packaging", "vhdkit.pipeline"):
+    for heavy in ("vhdkit.registry", "vhdkit.api", "vhdkit.cli.packaging", "vhdkit.tasks.pipeline"):
         assert heavy not in mods, heavy

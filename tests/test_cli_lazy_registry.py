@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: never needed to show or download one image (a local blob, default rules)
 NOT_NEEDED = ("vhdkit.registry.query", "vhdkit.registry.protections", "configparser", "csv", "hashlib",
-              "vhdkit.vhd", "vhdkit.native", "vhdkit._native", "vhdkit.api", "vhdkit.swiftstore",
-              "vhdkit.segments", "vhdkit.pipeline", "vhdkit.remote", "swiftclient", "starlette", "httpx",
+              "vhdkit.vhd", "vhdkit.native", "vhdkit._native", "vhdkit.api", "vhdkit.store.swift",
+              "vhdkit.pack.segments", "vhdkit.tasks.pipeline", "vhdkit.remote", "swiftclient", "starlette", "httpx",
               "vhdkit.cli.packaging", "vhdkit.cli.convert", "vhdkit.cli.tasks", "vhdkit.cli.serve",
               "psycopg", "sqlalchemy", "alembic")
 

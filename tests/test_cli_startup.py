@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: never needed by a command that only reads images or the registry
 HEAVY = ("numpy", "xxhash", "zstandard", "isal", "defusedxml", "starlette", "uvicorn", "httptools", "httpx",
-         "swiftclient", "hashlib", "concurrent.futures", "vhdkit.api", "vhdkit.pipeline", "vhdkit.remote",
-         "vhdkit.swiftstore", "vhdkit.segments", "vhdkit.ova", "vhdkit.streams", "vhdkit.store",
-         "vhdkit.exportstream", "vhdkit.maintenance", "psycopg", "sqlalchemy", "alembic")
+         "swiftclient", "hashlib", "concurrent.futures", "vhdkit.api", "vhdkit.tasks.pipeline",
+         "vhdkit.store.swift", "vhdkit.pack.segments", "vhdkit.pack.ova", "vhdkit.pack.streams", "vhdkit.store",
+         "vhdkit.pack.exportstream", "vhdkit.tasks.maintenance", "psycopg", "sqlalchemy", "alembic")
 FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3")
 REGISTRY_ONLY = ("vhdkit.vhd", "vhdkit.native", "vhdkit._native", "_cffi_backend")
 #: not needed by a registry read on the fast path (click itself loads typing): annotations,

@@ -19,9 +19,9 @@ import pytest
 
 import vhdkit
 import vhdref
-from vhdkit import ova
+from vhdkit.pack import ova
 from helpers_crash import count_events, record, run_event_kill
-from vhdkit.pipeline import PipelineConfig, Worker
+from vhdkit.tasks.pipeline import PipelineConfig, Worker
 from vhdkit.registry import Caller, Registry
 
 A = Caller.parse("acct-a", "cloudImages:admin")
@@ -49,7 +49,7 @@ def pristine(tmp_path):
 
 
 def _code(home):
-    return (f"from pathlib import Path\nfrom vhdkit.pipeline import PipelineConfig, Worker\n"
+    return (f"from pathlib import Path\nfrom vhdkit.tasks.pipeline import PipelineConfig, Worker\n"
             f"from vhdkit.registry import Registry\n"
             f"reg = Registry({str(home)!r})\n"
             f"cfg = PipelineConfig(home=Path({str(home)!r}))\n"

@@ -1,6 +1,6 @@
 """One translation per error source (issue 22): native codes in
 ``errors.from_native``, failed system calls in ``errors.from_oserror``, Swift
-answers in ``swiftstore._err``; the packaging layer raises typed errors and
+answers in ``vhdkit.store.swift._err``; the packaging layer raises typed errors and
 only the pipeline turns them into task codes.
 
 Where the copies disagreed, the decision and its test:
@@ -31,7 +31,7 @@ from starlette.testclient import TestClient
 from helpers_registry import OWNER, make_image
 from vhdkit import errors
 from vhdkit.api.errors import EXCEPTION_HANDLERS
-from vhdkit.pipeline import task_failure_message
+from vhdkit.tasks.pipeline import task_failure_message
 from vhdkit.registry import Registry
 from vhdkit.registry.models import Task
 
@@ -131,3 +131,17 @@ def test_a_download_onto_a_full_disk_says_the_disk_is_full(tmp_path):
         assert list(small.iterdir()) == [], "a failed download leaves nothing"
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_swift_spool_oserror_goes_through_the_one_errno_map():
+    """A local OSError met while talking to Swift (its spool file on a full
+    disk) is translated by the one errno map, not raised as a NameError."""
+    import errno
+
+    from vhdkit.errors import from_oserror
+    from vhdkit.store.swift import _err
+
+    e = OSError(errno.ENOSPC, "No space left on device")
+    got = _err(e, "spooling a segment")
+    want = from_oserror(e, "spooling a segment", service=True)
+    assert type(got) is type(want)

@@ -35,8 +35,8 @@ import pytest
 from conftest import require_tool
 from helpers_api import ROOT, ApiServer
 from hooked import vhdkit_cmd
-from vhdkit import segments
-from vhdkit.pipeline import PipelineConfig, _image_id_for
+from vhdkit.pack import segments
+from vhdkit.tasks.pipeline import PipelineConfig, _image_id_for
 
 import vhdref
 

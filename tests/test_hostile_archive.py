@@ -18,9 +18,9 @@ import zlib
 
 import pytest
 
-import vhdkit.ova as ova
-import vhdkit.segments as seg
-import vhdkit.streams as streams
+import vhdkit.pack.ova as ova
+import vhdkit.pack.segments as seg
+import vhdkit.pack.streams as streams
 from helpers_hostile import tree_state
 from vhdkit.errors import (ArchiveError, IntegrityError, InvalidInputError, NotFoundError, ResourceLimitError,
                            VhdkitError)

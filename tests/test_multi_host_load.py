@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from helpers_hosts import LEASE, MiB, Hosts, database_env
-from vhdkit.swiftstore import SwiftConfig, SwiftStore
+from vhdkit.store.swift import SwiftConfig, SwiftStore
 
 pytestmark = pytest.mark.slow
 

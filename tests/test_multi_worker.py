@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers_hosts import MiB, hosts  # noqa: F401 - the fixture
-from vhdkit import segments
+from vhdkit.pack import segments
 
 FAST = {"VHDKIT_LEASE_SECONDS": "1", "VHDKIT_HEARTBEAT_SECONDS": "0.2"}
 

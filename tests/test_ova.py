@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import vhdkit
-import vhdkit.ova as ova
+import vhdkit.pack.ova as ova
 from vhdkit.errors import ArchiveError, ChainError, ConflictError, IntegrityError
 from conftest import require_tool
 from helpers_packaging import differencing_child, hand_ovf, make_tar, qemu_vhd, run_cli

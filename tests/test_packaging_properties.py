@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import vhdkit.segments as seg
-import vhdkit.streams as streams
+import vhdkit.pack.segments as seg
+import vhdkit.pack.streams as streams
 from vhdkit.errors import ArchiveError, IntegrityError
 from vhdkit.store import LocalStore
 import pytest

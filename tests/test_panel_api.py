@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from helpers_api import LOOPBACK, ApiServer, api_server, raw_request  # noqa: F401
-from vhdkit import segments
+from vhdkit.pack import segments
 from vhdkit.store import LocalStore
 
 A, B = "acct-a", "acct-b"

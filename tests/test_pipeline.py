@@ -18,9 +18,9 @@ import pytest
 
 from conftest import ROOT, require_tool
 from hooked import vhdkit_cmd
-from vhdkit import ova, segments
+from vhdkit.pack import ova, segments
 from vhdkit.errors import ForbiddenError
-from vhdkit.pipeline import PipelineConfig, Worker
+from vhdkit.tasks.pipeline import PipelineConfig, Worker
 from vhdkit.registry import Caller, Registry
 
 import vhdref

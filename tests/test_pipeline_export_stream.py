@@ -1,4 +1,4 @@
-"""The export's one-pass path for a stored single dynamic VHD (vhdkit/exportstream.py).
+"""The export's one-pass path for a stored single dynamic VHD (vhdkit/pack/exportstream.py).
 
 The streamed export must give what the general path gives (unpack, check,
 rewrite both footers): the same file except the footer's UUID, timestamp and
@@ -22,7 +22,8 @@ import pytest
 
 from conftest import require_tool
 from test_pipeline import A, MiB, assert_no_debris, env, make_dynamic, put, run_export, run_import  # noqa: F401
-from vhdkit import ova, segments, vhd
+from vhdkit.pack import ova, segments
+from vhdkit import vhd
 
 import vhdref
 
@@ -218,7 +219,7 @@ def test_stored_vhd_that_fails_check_fails_the_export_and_leaves_nothing(env, tm
 def _inflate(blob: bytes, bound: int = 1 << 40) -> bytes:
     from concurrent.futures import ThreadPoolExecutor
 
-    from vhdkit.exportstream import _HashedSlice, _Inflater
+    from vhdkit.pack.exportstream import _HashedSlice, _Inflater
 
     with ThreadPoolExecutor(1) as pool:
         inf = _Inflater(_HashedSlice(io.BytesIO(blob), len(blob), "sha256", pool), True, bound, "m")

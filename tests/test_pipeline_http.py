@@ -15,8 +15,8 @@ from conftest import require_tool
 from helpers_api import ROOT, api_server  # noqa: F401
 from test_api_glance import table
 
-from vhdkit import segments
-from vhdkit.pipeline import PipelineConfig
+from vhdkit.pack import segments
+from vhdkit.tasks.pipeline import PipelineConfig
 from vhdkit.store import LocalStore
 
 ADMIN = "acct-http:cloudImages:admin"

@@ -26,8 +26,8 @@ from helpers_api import ROOT, api_server, raw_request  # noqa: F401
 from test_multi_api import host_a, hosts  # noqa: F401 - one of several hosts, image data in Swift
 from test_pipeline_http import _worker
 
-from vhdkit import ova
-from vhdkit.pipeline import PipelineConfig
+from vhdkit.pack import ova
+from vhdkit.tasks.pipeline import PipelineConfig
 from vhdkit.registry import Caller, Registry
 
 pytestmark = pytest.mark.native   # hostile images and packages reach the core: the sanitizer pass runs these too

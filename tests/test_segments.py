@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-import vhdkit.segments as seg
+import vhdkit.pack.segments as seg
 from vhdkit.errors import IntegrityError, InvalidInputError, NotFoundError, ResourceLimitError
 from vhdkit.store import ObjectStore
 from helpers_packaging import run_cli

@@ -10,7 +10,7 @@ import zlib
 import pytest
 import zstandard
 
-import vhdkit.streams as streams
+import vhdkit.pack.streams as streams
 from vhdkit.errors import ArchiveError, InvalidInputError
 from conftest import require_tool
 from helpers_packaging import run_cli, vhd_like

@@ -14,11 +14,12 @@ import pytest
 
 from conftest import require_tool
 from helpers_swift import swift_cli
-from vhdkit import segments
+from vhdkit.pack import segments
 from vhdkit.errors import IntegrityError, NotFoundError
-from vhdkit.pipeline import PipelineConfig, Worker
+from vhdkit.tasks.pipeline import PipelineConfig, Worker
 from vhdkit.registry import Caller, Registry
-from vhdkit.swiftstore import SwiftStore, open_configured_store
+from vhdkit.store import open_configured_store
+from vhdkit.store.swift import SwiftStore
 
 MiB = 1 << 20
 

@@ -167,8 +167,8 @@ def test_killed_upload_leaves_no_active_image_and_cleanup_removes_its_segments(r
 def test_import_and_export_with_everything_in_swift(reg, blob_env, tmp_path):
     """Customer containers and image data both in Swift: the worker imports into
     a Swift blob and exports from it (through a verified local copy)."""
-    from vhdkit import segments
-    from vhdkit.pipeline import PipelineConfig, Worker
+    from vhdkit.pack import segments
+    from vhdkit.tasks.pipeline import PipelineConfig, Worker
     from vhdkit.registry import Caller
 
     cfg = PipelineConfig(home=Path(reg.home), segment_size=1 * MiB)

@@ -21,11 +21,12 @@ import swiftclient.client as swc
 from conftest import ROOT
 from helpers_swift import make_test_vhd, swift_cli
 from hooked import vhdkit_cmd
-from vhdkit import segments
+from vhdkit.pack import segments
 from vhdkit.errors import StorageError
-from vhdkit.pipeline import PipelineConfig, Worker
+from vhdkit.tasks.pipeline import PipelineConfig, Worker
 from vhdkit.registry import Caller, Registry
-from vhdkit.swiftstore import SwiftStore, open_configured_store
+from vhdkit.store import open_configured_store
+from vhdkit.store.swift import SwiftStore
 
 MiB = 1 << 20
 
@@ -151,7 +152,7 @@ def test_unseekable_input_is_retried_only_from_a_spool(st, monkeypatch):
 def test_parallel_uploads_overlap_and_stay_bounded(st, monkeypatch):
     """Several segments are really in flight at once, never more than ``parallel``,
     and the spools of a thread never exceed ``parallel + 1``."""
-    import vhdkit.swiftstore as ss
+    import vhdkit.store.swift as ss
 
     real_put, real_spool = swc.put_object, ss.tempfile.SpooledTemporaryFile
     lock = threading.Lock()

@@ -14,8 +14,8 @@ import pytest
 from conftest import ROOT, require_tool
 from helpers_vhd import random_raw, run_peer
 from test_pipeline import A, _failed, assert_no_debris, env, put, run_export  # noqa: F401 (env: fixture)
-from vhdkit import segments
-from vhdkit.pipeline import Worker
+from vhdkit.pack import segments
+from vhdkit.tasks.pipeline import Worker
 
 import vhdref
 import vhdxref

@@ -7,9 +7,9 @@ The format API is here at the top level (``vhdkit.__all__`` lists it):
 ``reparent``, ``chain_info`` and their result types; errors derive from
 ``VhdkitError`` (:mod:`vhdkit.errors`).
 
-Packaging: :mod:`vhdkit.streams`, :mod:`vhdkit.ova`, :mod:`vhdkit.segments`,
+Packaging: :mod:`vhdkit.pack.streams`, :mod:`vhdkit.pack.ova`, :mod:`vhdkit.pack.segments`,
 :mod:`vhdkit.store`.  Registry: :mod:`vhdkit.registry`.  Pipeline:
-:mod:`vhdkit.pipeline`.  HTTP API: :mod:`vhdkit.api`.
+:mod:`vhdkit.tasks.pipeline`.  HTTP API: :mod:`vhdkit.api`.
 """
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import segments
-from .pipeline import PipelineConfig, Worker
+from .pack import segments
+from .tasks.pipeline import PipelineConfig, Worker
 from .registry import Caller, Registry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -66,6 +66,28 @@ def remove_dead_temps(directory: Union[str, os.PathLike], name: str, suffix: str
     return gone
 
 
+def is_locked(path: str) -> bool:
+    """True when a live process holds an flock on ``path`` (an upload's lock
+    file, a writer's temporary file)."""
+    return bool(lock_state(path))
+
+
+def lock_state(path: str) -> "bool | None":
+    """True: a live process holds the lock on ``path``; False: the file
+    is there and nobody holds it (its process died); None: no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where Linux shows it
     (/proc/self/status): setting it to read it would, for an instant, give

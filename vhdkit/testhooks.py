@@ -6,7 +6,7 @@ child through ``tests/hooked.py``, which sets them before running the
 
 - :data:`kill_at_stage` (``STAGE`` or ``STAGE:stop``): a pipeline worker kills
   itself with SIGKILL at the first progress report inside that stage, i.e.
-  with that stage's output half written (vhdkit/pipeline.py); ``:stop`` sends
+  with that stage's output half written (vhdkit/tasks/pipeline.py); ``:stop`` sends
   SIGSTOP instead, once (a worker paused past its lease until someone sends
   SIGCONT).
 - :func:`abort_after_writes` (N): the native writers (modify, repair,

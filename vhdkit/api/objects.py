@@ -14,7 +14,7 @@ large objects (segments + sidecar manifest) that exports write.
 
 Every route acts on the store of the caller's own account (the account of
 the identity, never one named in the request); container and object names
-are checked by the store's own rules (:mod:`vhdkit.store`) before anything is
+are checked by the store's own rules (:mod:`vhdkit.store.base`) before anything is
 opened, and the store maps names to its own encoded file names, so no name is
 ever followed as a path.  Errors name the container/object the caller gave,
 never a server path.
@@ -133,7 +133,7 @@ async def download_object(request: Request) -> Response:
     """The object's bytes; for a large-object manifest the joined image,
     checked segment by segment (a bad segment ends the transfer early, so the
     client sees a failed download, never a silently short file)."""
-    from .. import segments
+    from ..pack import segments
 
     store = _store(request, "read_object")
     container, name = _names(request, obj=True)
@@ -170,7 +170,7 @@ async def verify(request: Request) -> JSONResponse:
     """Join every segment of a large object against its sidecar manifest
     without keeping the data; names the first missing, extra or altered
     segment (answered 200: the check ran, its result is in the body)."""
-    from .. import segments
+    from ..pack import segments
 
     store = _store(request, "read_object")
     container, name = _names(request, obj=True)

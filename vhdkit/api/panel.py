@@ -179,7 +179,7 @@ def auth_mode(request: Request) -> str:
 
 async def config(request: Request) -> JSONResponse:
     """What the sign-in page needs before anyone signs in (no identity required)."""
-    from ..pipeline import EXPORT_OPTIONS_PROPERTY
+    from ..tasks.pipeline import EXPORT_OPTIONS_PROPERTY
     from ..registry.rbac import CUSTOMER_ROLES
     return JSONResponse({"auth": auth_mode(request), "csrf_header": CSRF_HEADER,
                          "roles": sorted(CUSTOMER_ROLES), "export_options_property": EXPORT_OPTIONS_PROPERTY})

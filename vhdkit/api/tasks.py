@@ -31,7 +31,7 @@ async def create_task(request: Request) -> JSONResponse:
     kind, task_input = body.get("type"), body.get("input")
     if kind not in TASK_TYPES or not isinstance(task_input, dict) or set(body) - {"type", "input"}:
         raise ApiError(400, f'The body must be {{"type": {"|".join(TASK_TYPES)}, "input": {{...}}}}')
-    from ..pipeline import validate_task_input  # the worker's own checks, at the door
+    from ..tasks.pipeline import validate_task_input  # the worker's own checks, at the door
 
     validate_task_input(kind, task_input)
     task = (await write_call(request, registry(request).create_task, who, kind, task_input)).to_dict()

@@ -54,7 +54,7 @@ def cleanup(data_dir, grace, dry_run, as_json):
     Example:
       vhdkit cleanup --data /srv/vhdkit --dry-run --json
     """
-    from ..maintenance import cleanup as run
+    from ..tasks.maintenance import cleanup as run
 
     # cleanup=False: opening must not clean already (a dry run changes nothing; the report counts all)
     reg = open_registry(data_dir, cleanup=False)

@@ -1,6 +1,6 @@
 """CLI commands: packaging — compress, decompress, ova, segments, object.
 
-Kept thin: every command parses its arguments, calls vhdkit.streams / ova /
+Kept thin: every command parses its arguments, calls vhdkit.pack.streams / ova /
 store / segments, and prints a result (``--json`` for scripts).  When the
 payload itself goes to stdout (``-o -``), the ``--json`` summary goes to stderr.
 """
@@ -78,7 +78,7 @@ def compress_cmd(input: str, output: Optional[str], fmt: str, level: Optional[in
     Example:
       vhdkit compress disk.vhd -o disk.vhd.gz --level 1
     """
-    from .. import streams
+    from ..pack import streams
 
     out = output or ("-" if input == "-" else input + _SUFFIX[fmt])
     refuse_terminal(out, "compressed data")
@@ -113,7 +113,7 @@ def decompress_cmd(input: str, output: Optional[str], fmt: str, max_size: Option
     Example:
       vhdkit decompress disk.vhd.gz -o disk.vhd --max-size 100G
     """
-    from .. import streams
+    from ..pack import streams
 
     out = output
     if out is None:
@@ -190,7 +190,7 @@ def ova_pack(disks, output, compression, name, level, threads, force, as_json) -
     Example:
       vhdkit ova pack leaf.vhd base.vhd -o snapshot.ova --name snap
     """
-    from .. import ova
+    from ..pack import ova
 
     refuse_existing(output, force)
     with _progress("pack", None) as prog:
@@ -210,7 +210,7 @@ def ova_info(ova_path, as_json) -> None:
     Example:
       vhdkit ova info disk.ova --json
     """
-    from .. import ova
+    from ..pack import ova
 
     rep = ova.info(ova_path)
     emit(rep.to_dict(), as_json, lambda _d: _ova_human(rep))
@@ -226,7 +226,7 @@ def ova_verify(ova_path, as_json) -> None:
     Example:
       vhdkit ova verify disk.ova
     """
-    from .. import ova
+    from ..pack import ova
 
     with _progress("verify", None) as prog:
         rep = ova.verify(ova_path, progress=prog)
@@ -254,7 +254,7 @@ def ova_unpack(ova_path, dest, no_decompress, max_size, no_verify, as_json) -> N
       vhdkit ova unpack disk.ova -d ./disk
       vhdkit ova unpack snap.ova -d ./snap && vhdkit chain ./snap/0.vhd
     """
-    from .. import ova
+    from ..pack import ova
 
     with _progress("unpack", None) as prog:
         rep = ova.unpack(ova_path, dest, decompress=not no_decompress, max_output=max_size,
@@ -365,7 +365,7 @@ def object_get(container, name, output, force, store_dir, data_dir, account, rol
     Example:
       vhdkit object get images disk.vhd -o disk.vhd
     """
-    from ..streams import copy_stream
+    from ..pack.streams import copy_stream
 
     refuse_terminal(output, "object data")
     refuse_existing(output, force)
@@ -474,7 +474,7 @@ def segments_split(input, name, container, segment_size, digits, store_dir, data
     Example:
       vhdkit segments split disk.vhd --name disk.vhd --segment-size 200M --container images
     """
-    from .. import segments
+    from ..pack import segments
 
     st = _open_store(store_dir, data_dir, account)
     total = _size_of(input)
@@ -499,7 +499,7 @@ def segments_join(container, name, output, force, store_dir, data_dir, account, 
     Example:
       vhdkit segments join images disk.vhd -o disk.vhd
     """
-    from .. import segments
+    from ..pack import segments
 
     refuse_terminal(output, "the joined object")
     refuse_existing(output, force)

@@ -177,7 +177,7 @@ def worker(data_dir, once, until_idle, poll, worker_id, as_json):
       vhdkit worker --data /srv/vhdkit --until-idle
     """
     from .. import native
-    from ..pipeline import PipelineConfig, Worker
+    from ..tasks.pipeline import PipelineConfig, Worker
 
     cfg = settings(data_dir=data_dir)
     native.set_options(io_threads=cfg.io_threads)

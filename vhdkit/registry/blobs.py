@@ -6,8 +6,8 @@ Backends, chosen by the ``blob_store`` setting (:mod:`vhdkit.config`,
 - unset or ``local``: files under ``<data>/blobs`` (below);
 - ``swift`` (or ``swift+http(s)://PROXY``): objects in the container
   ``blob_container`` of the Swift account ``blob_account``, with the Swift
-  credentials of :mod:`vhdkit.swiftstore` (``swift_auth_url/user/key``).
-  An image's data is a large object written by :func:`vhdkit.segments.split`:
+  credentials of :mod:`vhdkit.store.swift` (``swift_auth_url/user/key``).
+  An image's data is a large object written by :func:`vhdkit.pack.segments.split`:
   segments ``<id>.<token>-00001`` … of ``blob_segment_size`` bytes, the sidecar of checksums and the zero-byte DLO manifest
   ``<id>.<token>``; the registry records it as ``swift/<id>.<token>``.  The
   upload streams (bounded memory: a few chunks queued to the uploading
@@ -116,27 +116,6 @@ def older_than(path: str, seconds: float) -> bool:
         return False
 
 
-def is_locked(path: str) -> bool:
-    """True when a live process holds the upload lock on ``path``."""
-    return bool(lock_state(path))
-
-
-def lock_state(path: str) -> Optional[bool]:
-    """True: a live process holds the upload lock on ``path``; False: the file
-    is there and nobody holds it (its process died); None: no such file."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 SWIFT_REL = "swift/"
 
 
@@ -150,7 +129,7 @@ class SwiftBlobs:
     @classmethod
     def from_config(cls, cfg) -> "SwiftBlobs":
         """The image-data container that ``cfg`` (a :class:`vhdkit.config.Config`) names."""
-        from ..swiftstore import SwiftConfig, SwiftStore
+        from ..store.swift import SwiftConfig, SwiftStore
 
         store = SwiftStore(SwiftConfig.from_config(cfg, blobs=True), cfg.blob_account)
         return cls(store, cfg.blob_container, cfg.blob_segment_size)
@@ -184,7 +163,7 @@ class SwiftBlobs:
     def iter_range(self, rel: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
         """Bytes [start, end) of the large object, fetched segment by segment with
         Range requests; a segment answering short is an IntegrityError."""
-        from .. import segments
+        from ..pack import segments
 
         man = segments.load_manifest(self.store, self.container, self.name(rel))
         conn = self.store._connection()
@@ -196,7 +175,7 @@ class SwiftBlobs:
                     _, body = conn.get_object(self.container, seg.name, resp_chunk_size=chunk,
                                               headers={"Range": f"bytes={a - off}-{b - off - 1}"})
                 except Exception as e:  # noqa: BLE001
-                    from ..swiftstore import _err
+                    from ..store.swift import _err
 
                     raise _err(e, f"image data segment {seg.name}") from None
                 got = 0
@@ -213,7 +192,7 @@ class SwiftBlobs:
 
     def fetch(self, rel: str, path: str) -> None:
         """A verified local copy (every segment's md5 and the whole sha256), written atomically."""
-        from .. import segments
+        from ..pack import segments
 
         os.makedirs(os.path.dirname(path), exist_ok=True)
         segments.join(self.store, self.container, self.name(rel), path)
@@ -432,7 +411,7 @@ class _QueueReader:
 
 class SwiftUpload(Upload):
     """An upload into Swift: ``feed`` hashes as the local upload does and hands the
-    chunks to a thread that streams them with :func:`vhdkit.segments.split`;
+    chunks to a thread that streams them with :func:`vhdkit.pack.segments.split`;
     ``publish`` waits for the manifest.  The empty ``tmp/<token>.part`` stays
     locked meanwhile (liveness for cleanup)."""
 
@@ -447,7 +426,7 @@ class SwiftUpload(Upload):
         self._man = None
 
     def _run(self) -> None:
-        from .. import segments
+        from ..pack import segments
 
         try:
             self.remote.ensure_container()

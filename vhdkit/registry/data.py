@@ -10,6 +10,7 @@ import threading
 
 from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError,
                       VhdkitError)
+from ..fileutil import is_locked, lock_state
 from . import blobs as _blobs
 from .models import IMPORT_STORE_PROPERTIES, IMPORT_TASK_PROPERTY, Image, new_uuid
 from .rbac import Caller
@@ -143,7 +144,7 @@ class DataMixin:
                      "updated_at = ? WHERE id = ? AND upload_token = ?", (self._now(), image_id, token))
         self._trash(conn, [self.blobs.final_rel(image_id, token)])
         part = self.blobs.part_path(token)
-        if not _blobs.is_locked(part):
+        if not is_locked(part):
             self.blobs.unlink(part)
 
     def upload(self: "Registry", caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
@@ -281,7 +282,7 @@ class DataMixin:
         removed = 0
         for (p,) in conn.execute("SELECT path FROM trash").fetchall():
             full = self.blobs.path(p)
-            if _blobs.is_locked(full):
+            if is_locked(full):
                 continue
             self.blobs.unlink(full)
             with self._write() as c:
@@ -300,7 +301,7 @@ class DataMixin:
         (on another host the file is not there, and the lease decides; a lease
         of NULL is an upload begun before leases, which has only the lock)."""
         part, final = self._upload_files(image_id, tok)
-        states = (_blobs.lock_state(part), _blobs.lock_state(final))
+        states = (lock_state(part), lock_state(final))
         held = True if True in states else (False if False in states else None)
         if held is False:
             return False
@@ -321,7 +322,7 @@ class DataMixin:
                 continue
             if name.endswith(".new") and not _blobs.older_than(p, 60):
                 continue  # being created and locked right now (see Upload.open)
-            if not _blobs.is_locked(p):
+            if not is_locked(p):
                 dead.append(name)
         return dead
 
@@ -336,7 +337,7 @@ class DataMixin:
             else:
                 resets.append(image_id)
         trash = [p for (p,) in conn.execute("SELECT path FROM trash").fetchall()
-                 if not _blobs.is_locked(self.blobs.path(p))]
+                 if not is_locked(self.blobs.path(p))]
         return {"reset_uploads": resets, "removed_parts": self._dead_parts(live), "trash": trash}
 
     def cleanup(self: "Registry", deep: bool = False) -> Dict[str, int]:
@@ -380,7 +381,7 @@ class DataMixin:
                 if row is not None and (row[0] == rel or row[1] == tok):
                     continue
                 full = os.path.join(d, name)
-                if _blobs.is_locked(full):
+                if is_locked(full):
                     continue
                 # re-check under the write lock (an upload may have committed meanwhile)
                 with self._write() as c:

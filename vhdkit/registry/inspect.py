@@ -157,7 +157,7 @@ class _InspectingReader(io.RawIOBase):
                 if f.current_size > self.limits.max_virtual_size:
                     raise _refuse(_too_big(_UPLOADED, f.current_size, self.limits).message)
         else:
-            from ..ova import _safe_name  # one rule for member names
+            from ..pack.ova import _safe_name  # one rule for member names
             from ..errors import ArchiveError
 
             if head[257:262] == b"ustar":
@@ -229,7 +229,7 @@ def check_package(path: str, limits: InspectLimits, tmp_dir: Optional[str], *, v
     """A safe OVA whose disks are one standalone VHD or a chain ``0.vhd`` … ``N.vhd``
     (``vhd``); for another disk format, a safe package (names, links, bounded
     decompression) whose disks are stored as given."""
-    from .. import ova
+    from ..pack import ova
 
     work = Path(tempfile.mkdtemp(prefix=".vhdkit-inspect.", dir=tmp_dir))
     try:

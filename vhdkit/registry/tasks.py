@@ -16,7 +16,7 @@ is still the task's current one, and refuses (ConflictError ``lease_lost``)
 otherwise: a worker that was paused past its lease and resumes cannot change
 anything a newer attempt owns.  A task that ends ``failure`` is *swept*
 once (:meth:`unswept_failures`, :meth:`mark_swept`): the pipeline removes
-what it made (see :func:`vhdkit.pipeline.sweep_failed`)."""
+what it made (see :func:`vhdkit.tasks.pipeline.sweep_failed`)."""
 from __future__ import annotations
 
 import contextlib

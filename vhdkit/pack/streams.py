@@ -32,7 +32,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Callable, Optional
 
-from .errors import ArchiveError, InvalidInputError, OutputLimitError, VhdkitError
+from ..errors import ArchiveError, InvalidInputError, OutputLimitError, VhdkitError
 
 __all__ = [
     "FORMATS",
@@ -156,7 +156,7 @@ def _gzip_writer_class():
     if _GZIP_WRITER is None:
         from isal import igzip_threaded
 
-        from .interrupts import deferred
+        from ..interrupts import deferred
 
         class _GzipWriter(igzip_threaded._ThreadedGzipWriter):
             def write(self, b) -> int:
@@ -177,7 +177,7 @@ def _gzip_writer_class():
                 thread ends after at most the block it is compressing."""
                 import queue
 
-                from .errors import OperationInterrupted
+                from ..errors import OperationInterrupted
 
                 with deferred():
                     with self.lock:

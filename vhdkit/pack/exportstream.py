@@ -18,7 +18,7 @@ its offset in the archive, and yields the bytes of the exported VHD:
 Only a stream that passed every check ends normally: a damaged member
 (corrupt or truncated gzip, a manifest mismatch, a VHD that fails ``check``)
 raises from the final ``read``, so a consumer such as
-:func:`vhdkit.segments.split` deletes what it wrote and publishes nothing.
+:func:`vhdkit.pack.segments.split` deletes what it wrote and publishes nothing.
 
 A disk this pass cannot judge on its own -- not a dynamic VHD (a fixed disk
 has no footer copy at offset 0), metadata placed after the block data it
@@ -37,10 +37,10 @@ import time
 import uuid as _uuid
 from typing import List, Optional, Tuple
 
-from .errors import ArchiveError, IntegrityError, OutputLimitError, ValidationFailed, VhdkitError
+from ..errors import ArchiveError, IntegrityError, OutputLimitError, ValidationFailed, VhdkitError
 from .ova import DiskOutputGuard
-from .vhd import layout
-from .vhd.layout import SECTOR, renew_footer
+from ..vhd import layout
+from ..vhd.layout import SECTOR, renew_footer
 
 __all__ = ["NotStreamable", "RenewedVhdStream", "renew_footer"]
 
@@ -397,7 +397,7 @@ class RenewedVhdStream(io.RawIOBase):
 
     def _check(self, what: str, error: type) -> None:
         """Raise ``error`` naming the first problem ``check`` finds, if any."""
-        from .vhd import check
+        from ..vhd import check
 
         rep = check(self.skeleton, parents=False)
         if not rep.ok:

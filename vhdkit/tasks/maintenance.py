@@ -4,7 +4,7 @@
 
 - tasks whose worker died for the last time (lease ran out after the last
   attempt) are failed, and the remains of every failed task not swept yet
-  are removed (:func:`vhdkit.pipeline.sweep_failed`: an import's image, an
+  are removed (:func:`vhdkit.tasks.pipeline.sweep_failed`: an import's image, an
   export's unpublished segments and sidecar, the task's work directory),
   whatever their age: a failed task runs no more;
 
@@ -42,7 +42,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .errors import NotFoundError
+from ..errors import NotFoundError
+from ..fileutil import is_locked
 
 __all__ = ["CleanupReport", "cleanup", "plan", "DEFAULT_GRACE"]
 
@@ -80,7 +81,7 @@ def _swift_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
     remote = reg.blobs.remote
     if remote is None:
         return
-    from .registry.blobs import SWIFT_REL
+    from ..registry.blobs import SWIFT_REL
 
     try:
         rows = remote.store.listing(remote.container)
@@ -116,7 +117,7 @@ def _swift_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
 
 
 def _local_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
-    from .registry import blobs as _blobs
+    from ..registry import blobs as _blobs
 
     root, now = reg.blobs.root, time.time()
     try:
@@ -132,7 +133,7 @@ def _local_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
             if not m:
                 continue
             rel, full = f"{sub}/{name}", os.path.join(d, name)
-            if reg.refers_to_blob(m.group(1), m.group(2), rel) or _blobs.is_locked(full):
+            if reg.refers_to_blob(m.group(1), m.group(2), rel) or is_locked(full):
                 continue
             if _age(full, now) < grace:
                 rep.kept_young += 1
@@ -150,7 +151,7 @@ def _local_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
 
 
 def _work_dirs(reg, home: str, grace: float, dry_run: bool, rep: CleanupReport) -> None:
-    from .registry import Caller
+    from ..registry import Caller
 
     root, now = os.path.join(home, "work"), time.time()
     try:
@@ -198,8 +199,6 @@ def _ts(v) -> float:
 
 
 def _temp_files(home: str, grace: float, dry_run: bool, rep: CleanupReport) -> None:
-    from .registry.blobs import is_locked
-
     now = time.time()
     skip = os.path.join(home, "blobs", "tmp")
     for dirpath, dirnames, filenames in os.walk(home):

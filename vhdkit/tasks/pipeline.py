@@ -9,7 +9,7 @@ Import (``{"type": "import", "input": {"import_from": "CONTAINER/OBJECT",
             differencing disk has a parent: 721), virtual size and file size
             within limits (413, 609), ``check`` clean (397); a VHDX
             (``"import_from_format": "vhdx"``) is validated alike and
-            converted to a dynamic VHD first (:mod:`vhdkit.vhdx_import`)
+            converted to a dynamic VHD first (:mod:`vhdkit.tasks.vhdx_import`)
   package   gzip-compress and pack as an OVA (``0.vhd`` + descriptor + manifest)
   store     upload the OVA as the image's data (disk_format vhd, container_format
             ova, virtual_size from the VHD) -- the image turns active only now
@@ -64,21 +64,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import exportstream, ova, segments, streams, testhooks
-from .config import Config, data_home, load as load_config
-from .errors import (ArchiveError, ChainError, ConflictError, FormatError, IntegrityError, InvalidInputError,
-                     NoSpaceError, NotFoundError, OutOfSpaceError, OutputLimitError, ValidationFailed,
-                     VhdkitError, from_oserror, public_message)
-from .interrupts import deferred
-from .registry import Caller, Registry
-from .registry.models import Task
-from .registry.tasks import Lease, task_image_id
-from .store import LocalStore, ObjectStore, validate_container_name
+from ..pack import exportstream, ova, segments, streams
+from .. import testhooks
+from ..config import Config, data_home, load as load_config
+from ..errors import (ArchiveError, ChainError, ConflictError, FormatError, IntegrityError, InvalidInputError,
+                      NoSpaceError, NotFoundError, OutOfSpaceError, OutputLimitError, ValidationFailed,
+                      VhdkitError, from_oserror, public_message)
+from ..interrupts import deferred
+from ..registry import Caller, Registry
+from ..registry.models import Task
+from ..registry.tasks import Lease, task_image_id
+from ..store import LocalStore, ObjectStore, validate_container_name
 
 __all__ = ["PipelineConfig", "TaskFailed", "Worker", "run_task", "validate_task_input", "task_failure_message",
            "EXPORT_OPTIONS_PROPERTY", "CODES"]
 
-log = logging.getLogger("vhdkit.pipeline")
+log = logging.getLogger("vhdkit.tasks.pipeline")
 
 MiB = 1 << 20
 EXPORT_OPTIONS_PROPERTY = "com.rackspace__1__options"
@@ -151,7 +152,7 @@ class PipelineConfig:
 
     def store(self, account: str) -> ObjectStore:
         """The account's object store: Swift when the ``store`` setting names one, else ``home/objects``."""
-        from .store import open_configured_store
+        from ..store import open_configured_store
 
         return open_configured_store(account, self.home, config=self.settings)
 
@@ -274,7 +275,7 @@ def _parse_import(inp: Dict[str, Any]) -> tuple:
 def _validate_vhd(path: Path, cfg: PipelineConfig):
     """The object as a disk the service takes (:func:`vhdkit.registry.inspect.check_disk`,
     the same judgement as an uploaded VHD's), its info; else TaskFailed with the code."""
-    from .registry.inspect import DiskRefused, InspectLimits, check_disk
+    from ..registry.inspect import DiskRefused, InspectLimits, check_disk
 
     try:
         return check_disk(str(path), InspectLimits(cfg.max_virtual_size, cfg.max_file_size), what="the object")
@@ -449,7 +450,7 @@ def _run_export(ctx: _Context) -> Dict[str, Any]:
 def _unpack_and_coalesce(ctx: _Context, img, data, stored: Optional["_StoredDisk"], out: Path) -> None:
     """The general path: unpack the stored OVA (a chain ``0.vhd`` … ``N.vhd``, a
     fixed disk, another layout) and coalesce it into the new dynamic VHD ``out``."""
-    from .vhd import check, coalesce, modify, probe
+    from ..vhd import check, coalesce, modify, probe
 
     disks_dir = ctx.dir / "disks"
     own_copy = False  # is chain[0] a private copy we may rewrite in place?
@@ -527,7 +528,7 @@ def _check_stored_chain(chain: List[Path]) -> None:
     """Refuse stored disks that are not VHDs (396) or whose chain is not closed
     inside the package (721): the last disk must have no parent, since the
     server never looks for one outside the image's own data."""
-    from .vhd import probe
+    from ..vhd import probe
 
     kinds = [probe(p) for p in chain]
     if any(k is None for k in kinds):
@@ -605,7 +606,7 @@ def _unpack_single(ctx: _Context, sd: _StoredDisk, ova_path: str, dest: Path) ->
 
 def _export_streamed(ctx: _Context, sd: _StoredDisk, ova_path: str, store: ObjectStore, container: str,
                      name: str, out: Path) -> Optional[Dict[str, Any]]:
-    """Export a stored single dynamic VHD in one pass (:mod:`vhdkit.exportstream`):
+    """Export a stored single dynamic VHD in one pass (:mod:`vhdkit.pack.exportstream`):
     decompressed, hashed, its footers renewed and its metadata checked as it
     passes.  On the embedded store the bytes go straight into the segments
     (stage ``split``; a damaged disk fails the last read, and ``segments.split``

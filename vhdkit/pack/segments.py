@@ -19,7 +19,7 @@ output path, nothing is left behind on failure (temp file + rename).
 Each segment is handed to ``store.put`` as a stream of exactly its bytes;
 when the input can seek, so can that stream (positions relative to the
 segment's start), so a store may retry a failed put from the segment's first
-byte (:class:`vhdkit.swiftstore.SwiftStore` does on transient errors).
+byte (:class:`vhdkit.store.swift.SwiftStore` does on transient errors).
 Segment names are fixed by position: a retried or re-run upload overwrites,
 it never duplicates, and a re-run that ends with fewer segments deletes the
 stale ones.  If ``split`` fails it deletes the segments it wrote.
@@ -38,9 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO, Callable, Iterator, List, Optional, Union
 
-from .errors import IntegrityError, InvalidInputError, NotFoundError, ResourceLimitError
-from .fileutil import atomic_file
-from .store import MAX_OBJECT_NAME, ObjectStore, validate_container_name, validate_object_name
+from ..errors import IntegrityError, InvalidInputError, NotFoundError, ResourceLimitError
+from ..fileutil import atomic_file
+from ..store import MAX_OBJECT_NAME, ObjectStore, validate_container_name, validate_object_name
 
 __all__ = [
     "Segment",

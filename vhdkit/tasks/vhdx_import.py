@@ -1,4 +1,4 @@
-"""Import of a VHDX (``"import_from_format": "vhdx"``, :mod:`vhdkit.pipeline`).
+"""Import of a VHDX (``"import_from_format": "vhdx"``, :mod:`vhdkit.tasks.pipeline`).
 
 The VHDX is validated with the rigour of a VHD import -- a VHDX at all
 (else 396, saying what the file is), not differencing (721), virtual and
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import VhdkitError
+from ..errors import VhdkitError
 
 #: check's code for a pending log replay, which the conversion replays
 LOG_PENDING = "VHDX_LOG_REPLAY_PENDING"
@@ -24,7 +24,7 @@ LOG_PENDING = "VHDX_LOG_REPLAY_PENDING"
 def to_vhd(src: Path, dst: Path, cfg) -> Path:
     """Validate the VHDX at ``src`` and convert it into the dynamic VHD ``dst``."""
     from .pipeline import TaskFailed
-    from .vhd import check, convert, info, probe_format
+    from ..vhd import check, convert, info, probe_format
 
     size = src.stat().st_size
     if size > cfg.max_file_size:

@@ -1,4 +1,4 @@
-"""An OpenStack Swift backend for :class:`vhdkit.store.ObjectStore` (python-swiftclient).
+"""An OpenStack Swift backend for :class:`vhdkit.store.base.ObjectStore` (python-swiftclient).
 
 Selected by configuration (see :func:`vhdkit.store.open_configured_store`)::
 
@@ -29,7 +29,7 @@ the older object.  ``sync`` HEADs the objects (a Swift put is durable once
 acknowledged).  Connections are per thread.
 
 Parallel segment uploads.  ``put(..., durable=False)`` (what
-:func:`vhdkit.segments.split` uses for each segment) runs in the background
+:func:`vhdkit.pack.segments.split` uses for each segment) runs in the background
 when ``parallel`` > 1 (the ``swift_parallel`` setting): the caller's
 thread reads the segment once, computing its md5, into a spool file (an
 unnamed temporary file in ``spool_dir`` (``swift_spool_dir``, default the
@@ -61,13 +61,12 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                     UnauthorizedError, UnavailableError)
-from .store import (ObjectInfo, ObjectReader, ObjectStore, validate_container_name, validate_metadata,
-                    validate_object_name)
-from .store import open_configured_store  # noqa: F401  (the factory, named here too as before)
+from ..errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
+                      UnauthorizedError, UnavailableError, from_oserror)
+from .base import (ObjectInfo, ObjectReader, ObjectStore, validate_container_name, validate_metadata,
+                   validate_object_name)
 
-__all__ = ["SwiftStore", "SwiftConfig", "open_configured_store"]
+__all__ = ["SwiftStore", "SwiftConfig"]
 
 _CHUNK = 1 << 20
 _SPOOL_MEM = 4 << 20  # a spool's first bytes stay in memory; the rest goes to its temporary file
@@ -102,7 +101,7 @@ class SwiftConfig:
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "SwiftConfig":
         """:meth:`from_config` of the settings of ``env`` (default: this process's)."""
-        from .config import load
+        from ..config import load
 
         return cls.from_config(load(env=env))
 

@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Union
 
 from . import streams
-from .fileutil import atomic_file
-from .errors import ArchiveError, ChainError, ConflictError, IntegrityError, InvalidInputError, NotFoundError, OutputLimitError
-from .interrupts import deferred
+from ..fileutil import atomic_file
+from ..errors import ArchiveError, ChainError, ConflictError, IntegrityError, InvalidInputError, NotFoundError, OutputLimitError
+from ..interrupts import deferred
 
 __all__ = [
     "OVF_NS",
@@ -312,7 +312,7 @@ def _sha256_file(path: Path, progress=None) -> str:
 
 def _disk_infos(paths: Sequence[Path]) -> list:
     """VhdInfo of each disk; a chain must link leaf -> ... -> base by parent UUID."""
-    from .vhd.read import info as vhd_info  # lazy: the format layer needs the native build
+    from ..vhd.read import info as vhd_info  # lazy: the format layer needs the native build
 
     infos = [vhd_info(str(p)) for p in paths]
     for i, (p, inf) in enumerate(zip(paths, infos)):
@@ -332,7 +332,7 @@ def _disk_infos(paths: Sequence[Path]) -> list:
 def _chain_hint(paths: Sequence[Path]) -> str:
     """The chain ``vhdkit chain`` resolves from ``paths[0]``, as a hint, or how to find it."""
     try:
-        from .vhd.chain import chain_info
+        from ..vhd.chain import chain_info
 
         return "here: " + " ".join(x.path for x in chain_info(str(paths[0])))
     except Exception:  # noqa: BLE001 - only a hint; the refusal stands
@@ -532,7 +532,7 @@ class _HashReader(io.RawIOBase):
 def _is_differencing(head: bytes) -> bool:
     """Whether a disk member (its first stored bytes, gzip or not) is a
     differencing VHD: such a disk starts with a copy of its footer."""
-    from .vhd import layout
+    from ..vhd import layout
 
     if head[:2] == streams.GZIP_MAGIC:
         try:
@@ -745,7 +745,7 @@ class DiskOutputGuard:
         return os.pread(self.f.fileno(), n, at)
 
     def _parse(self) -> None:
-        from .vhd import layout
+        from ..vhd import layout
 
         if self._step == 0:
             foot = layout.footer(self._pread(self._SECTOR, 0))
@@ -924,8 +924,8 @@ def _relink_chain(dst: Path, rep: OvaReport) -> None:
     want = [f"{i}.vhd" for i in range(len(names))]
     if len(names) < 2 or names != sorted(want):
         return
-    from .vhd.chain import reparent
-    from .vhd.read import probe
+    from ..vhd.chain import reparent
+    from ..vhd.read import probe
 
     chain = [dst / n for n in want]
     for i in range(len(chain) - 1):

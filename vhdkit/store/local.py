@@ -1,8 +1,6 @@
 """An object store: accounts hold containers, containers hold named objects.
 
-:class:`ObjectStore` is the interface (shaped after OpenStack Swift so that a
-Swift backend can stand behind it later); :class:`LocalStore` is the embedded
-default, one directory per account with one directory per container::
+:class:`LocalStore`, the embedded object store (:class:`vhdkit.store.base.ObjectStore`): one directory per account with one directory per container::
 
     ROOT/<account>/<container>/objects/<encoded name>    the bytes, a plain file
     ROOT/<account>/<container>/meta/<encoded name>       JSON: name, size, etag, metadata
@@ -17,208 +15,31 @@ directory is fsynced (``put(..., durable=False)`` skips the fsyncs and only
 starts writeback; :meth:`ObjectStore.sync` completes it: segment uploads use
 this to overlap disk writes with reading the next segment).  A reader checks that the data it opened has the size
 its metadata records and retries if it raced with a concurrent overwrite.
-
-Names: a container name is 1–256 bytes of UTF-8 without ``/`` or NUL (Swift's
-rule), not ``.`` or ``..``; an object name is 1–1024 bytes of UTF-8 without
-NUL, not starting with ``/`` and without a ``..`` path segment.  Metadata
-keys are 1–128 characters of ``[A-Za-z0-9_.-]`` (case-insensitive, stored
-lower-case), values up to 256 characters, at most 90 items (Swift's limits).
 """
+
 from __future__ import annotations
 
-import abc
 import hashlib
-import io
 import json
 import os
-import re
 import tempfile
 import time
 import urllib.parse
-
-from .interrupts import deferred
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence
 
-from .errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                     VhdkitError, from_oserror)
+from ..errors import ConflictError, IntegrityError, NotFoundError, StorageError, VhdkitError, from_oserror
+from ..interrupts import deferred
+from .base import (_CHUNK, ObjectInfo, ObjectReader, ObjectStore, validate_container_name, validate_metadata,
+                   validate_object_name)
 
-__all__ = [
-    "ObjectInfo",
-    "ObjectReader",
-    "ObjectStore",
-    "LocalStore",
-    "open_store",
-    "open_configured_store",
-    "default_root",
-    "validate_container_name",
-    "validate_object_name",
-    "validate_metadata",
-    "MAX_CONTAINER_NAME",
-    "MAX_OBJECT_NAME",
-]
-
-MAX_CONTAINER_NAME = 256
-MAX_OBJECT_NAME = 1024
-MAX_META_KEY = 128
-MAX_META_VALUE = 256
-MAX_META_ITEMS = 90
-_META_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-_CHUNK = 1 << 20
-
-
-@dataclass
-class ObjectInfo:
-    """What ``head`` returns: Swift's object headers, more or less."""
-
-    container: str
-    name: str
-    size: int
-    etag: str  # md5 hex of the bytes, as Swift's ETag
-    last_modified: float  # seconds since the epoch
-    content_type: str = "application/octet-stream"
-    metadata: Dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ------------------------------------------------------------------ names
-def _utf8(name: str, what: str) -> bytes:
-    if not isinstance(name, str):
-        raise InvalidInputError(f"{what} must be a string")
-    try:
-        return name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInputError(f"{what} {name!r} is not valid UTF-8") from None
-
-
-def validate_container_name(name: str, what: str = "container name") -> str:
-    """Return ``name`` or raise InvalidInputError (Swift's container rules)."""
-    raw = _utf8(name, what)
-    if not raw:
-        raise InvalidInputError(f"{what} is empty")
-    if len(raw) > MAX_CONTAINER_NAME:
-        raise InvalidInputError(f"{what} is longer than {MAX_CONTAINER_NAME} bytes")
-    if "\0" in name or "/" in name:
-        raise InvalidInputError(f"{what} {name!r} contains '/' or NUL")
-    if name in (".", ".."):
-        raise InvalidInputError(f"{what} may not be {name!r}")
-    return name
-
-
-def validate_object_name(name: str) -> str:
-    """Return ``name`` or raise InvalidInputError."""
-    raw = _utf8(name, "object name")
-    if not raw:
-        raise InvalidInputError("object name is empty")
-    if len(raw) > MAX_OBJECT_NAME:
-        raise InvalidInputError(f"object name is longer than {MAX_OBJECT_NAME} bytes")
-    if "\0" in name:
-        raise InvalidInputError(f"object name {name!r} contains NUL")
-    if name.startswith("/"):
-        raise InvalidInputError(f"object name {name!r} starts with '/'")
-    if any(part in ("..", ".") for part in name.split("/")):
-        raise InvalidInputError(f"object name {name!r} has a '.' or '..' path segment")
-    return name
-
-
-def validate_metadata(metadata: Optional[Dict[str, str]]) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    for k, v in (metadata or {}).items():
-        if not isinstance(k, str) or not _META_KEY.match(k):
-            raise InvalidInputError(f"metadata key {k!r} must be 1-{MAX_META_KEY} characters of A-Z a-z 0-9 _ . -")
-        if not isinstance(v, str) or len(v) > MAX_META_VALUE or "\0" in v:
-            raise InvalidInputError(f"metadata value for {k!r} must be a string of at most {MAX_META_VALUE} characters")
-        out[k.lower()] = v
-    if len(out) > MAX_META_ITEMS:
-        raise InvalidInputError(f"at most {MAX_META_ITEMS} metadata items")
-    return out
-
-
-# -------------------------------------------------------------- interface
-class ObjectReader(io.RawIOBase):
-    """A readable stream of one object's bytes; ``.info`` is its ObjectInfo."""
-
-    info: ObjectInfo
-
-
-class ObjectStore(abc.ABC):
-    """Containers of objects for one account.
-
-    Every method validates names and raises NotFoundError for a missing
-    container or object.  ``put`` reads ``stream`` to its end (streaming, in
-    bounded memory) and replaces any object of that name atomically.
-    """
-
-    account: str
-
-    @abc.abstractmethod
-    def create_container(self, container: str) -> None:
-        """Create ``container`` (no error if it exists)."""
-
-    @abc.abstractmethod
-    def delete_container(self, container: str) -> None:
-        """Delete an empty container (ConflictError if it holds objects)."""
-
-    @abc.abstractmethod
-    def list_containers(self) -> List[str]:
-        """Container names, sorted."""
-
-    @abc.abstractmethod
-    def put(self, container: str, name: str, stream: BinaryIO, *, metadata: Optional[Dict[str, str]] = None,
-            content_type: Optional[str] = None, etag: Optional[str] = None,
-            size: Optional[int] = None, durable: bool = True) -> ObjectInfo:
-        """Store ``stream`` as ``container/name``.  ``etag``/``size``, when
-        given, are verified (IntegrityError, nothing stored on mismatch).
-        ``durable=False`` lets the store return before the bytes are on
-        stable storage (still atomic); call :meth:`sync` before relying on them."""
-
-    def sync(self, container: str, names: Sequence[str]) -> None:
-        """Make objects put with ``durable=False`` durable (no-op for stores
-        whose puts are durable when acknowledged, such as Swift)."""
-
-    @abc.abstractmethod
-    def get(self, container: str, name: str) -> ObjectReader:
-        """Open ``container/name`` for streaming reads (use as a context manager)."""
-
-    @abc.abstractmethod
-    def head(self, container: str, name: str) -> ObjectInfo:
-        """Size, etag and metadata of ``container/name``."""
-
-    @abc.abstractmethod
-    def list(self, container: str, prefix: str = "", *, marker: Optional[str] = None,
-             limit: Optional[int] = None) -> List[ObjectInfo]:
-        """Objects whose name starts with ``prefix`` and sorts after ``marker``,
-        in byte order of their UTF-8 names (Swift's order)."""
-
-    @abc.abstractmethod
-    def delete(self, container: str, name: str) -> None:
-        """Delete ``container/name``."""
-
-    def exists(self, container: str, name: str) -> bool:
-        try:
-            self.head(container, name)
-            return True
-        except NotFoundError:
-            return False
-
-    def put_bytes(self, container: str, name: str, data: bytes, **kw) -> ObjectInfo:
-        return self.put(container, name, io.BytesIO(data), **kw)
-
-    def get_bytes(self, container: str, name: str, *, limit: int = 64 << 20) -> bytes:
-        """A small object's bytes (ResourceLimit-style guard: refuses more than ``limit``)."""
-        with self.get(container, name) as r:
-            if r.info.size > limit:
-                raise InvalidInputError(f"object {container}/{name} is {r.info.size} bytes, more than {limit}")
-            return r.read(limit + 1)[:limit]
+__all__ = ["LocalStore", "open_store", "default_root"]
 
 
 # ----------------------------------------------------------- local backend
 def default_root() -> Path:
     """``objects`` in the configured data directory (:func:`vhdkit.config.data_home`)."""
-    from .config import data_home
+    from ..config import data_home
 
     return Path(data_home()) / "objects"
 
@@ -469,7 +290,7 @@ class LocalStore(ObjectStore):
     def remove_dead_temps(self, container: str) -> List[str]:
         """Remove the temporary files of puts into ``container`` whose process
         died (a live put holds a flock on its own); returns their names."""
-        from .registry.blobs import is_locked
+        from ..fileutil import is_locked
 
         out = []
         for sub in ("objects", "meta"):
@@ -519,23 +340,3 @@ class LocalStore(ObjectStore):
 def open_store(root: Optional[os.PathLike | str] = None, account: str = "default") -> LocalStore:
     """The local store under ``root`` (default :func:`default_root`) for ``account``."""
     return LocalStore(root if root is not None else default_root(), account)
-
-
-def open_configured_store(account: str, home: Optional[os.PathLike | str] = None,
-                          env: Optional[Mapping[str, str]] = None, config=None) -> ObjectStore:
-    """The one factory of object stores: the store the configuration names for
-    ``account``.  Swift when the ``store`` setting is a ``swift+http(s)://``
-    URL (:mod:`vhdkit.swiftstore`, imported only then), a directory for
-    ``dir:PATH``, else ``objects`` in the data directory (``home``, default the
-    configured one).  ``config`` is a :class:`vhdkit.config.Config` (default:
-    the settings of ``env``, itself defaulting to this process's)."""
-    from .config import data_home, load
-
-    cfg = config if config is not None else load(env=env)
-    kind, where = cfg.object_store_kind()
-    if kind == "swift":
-        from .swiftstore import SwiftConfig, SwiftStore
-
-        return SwiftStore(SwiftConfig.from_config(cfg), account)
-    root = Path(where) if kind == "dir" else Path(data_home(home, cfg)) / "objects"
-    return LocalStore(root, account)

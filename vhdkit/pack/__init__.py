@@ -1,0 +1,2 @@
+"""The packaging layer: gzip streams, OVA packages, large objects as
+verified segments, and the export stream built from them."""
