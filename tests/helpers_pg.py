@@ -109,7 +109,11 @@ class PgServer:
         os.chmod(self.dir, 0o700)
         os.chown(self.dir, uid, gid)
         data = os.path.join(self.dir, "data")
-        env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8", HOME=self.dir, PGTZ="UTC")
+        from helpers_vhd import peer_env   # not at the top: conftest loads this module as a plugin
+
+        # a peer's environment: without the sanitizer runtime the ASan pass
+        # preloads into this process (initdb does not finish under it)
+        env = dict(peer_env(), LC_ALL="C.UTF-8", LANG="C.UTF-8", HOME=self.dir, PGTZ="UTC")
         r = subprocess.run([os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "-A", "trust",
                             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
                            cwd=self.dir, env=env, capture_output=True, text=True, timeout=120,
