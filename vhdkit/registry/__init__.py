@@ -10,7 +10,8 @@ protected properties (OpenStack Images v2 semantics).
 """
 from __future__ import annotations
 
-from .core import DEFAULT_SIZE_CAP, ImageData, Registry
+from .core import Registry
+from .data import DEFAULT_SIZE_CAP, ImageData
 from .models import (BASE_FIELDS, CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MEMBER_STATUSES,
                      READONLY_FIELDS, RESERVED_FIELDS, SORT_KEYS, STATUSES, TASK_STATUSES, TASK_TYPES,
                      TRANSITIONS, VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, Member,

@@ -1,128 +1,59 @@
-"""The :class:`Registry`: opening, visibility, images and tags.  Data
-(upload/download/cleanup) lives in :mod:`.data`, members in :mod:`.sharing`,
-tasks in :mod:`.tasks` (mixins of the same class).
+"""The :class:`Registry`: the one interface to an open registry.  It opens
+the data directory (:class:`~.context.Context`: database, blob store,
+settings, clock, the write transaction and its fence) and hands each call
+to the service of its concern, each given what it needs:
+
+- :class:`~.images.ImageService` (images, tags, and loading an image for a
+  caller: visibility, roles, property protections),
+- :class:`~.data.DataService` (uploads, downloads, cleanup; on the images),
+- :class:`~.sharing.MemberService` (members; on the images),
+- :class:`~.tasks.TaskService` (tasks and the worker lease protocol).
 
 Every public method takes the caller's identity (:class:`~.rbac.Caller`)
 first; see :mod:`.rbac` for the order of checks (404 before 403)."""
 from __future__ import annotations
 
 import os
-import contextlib
-import threading
 from collections.abc import Mapping
+from functools import cached_property
 
-from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError, QuotaError,
-                      from_oserror)
-from . import blobs as _blobs
-from . import db as _db
-from .models import (CONTAINER_FORMATS, DEFAULT_QUOTAS, DISK_FORMATS, MAX_NAME, MAX_PROPERTY_NAME,
-                     MAX_PROPERTY_VALUE, MAX_TAG, PATCH_OPS, READONLY_FIELDS, RESERVED_FIELDS,
-                     RESERVED_NAMESPACE, TRANSITIONS, VISIBILITIES, WRITABLE_FIELDS, Image, ImageList, new_uuid,
-                     now_text, property_name_problem, tag_problem)
-from .data import SET_PROPERTY, DataMixin, ImageData, UploadWriter, check_upload_lease  # noqa: F401 (re-exported)
-from .rbac import Caller, require_role, require_scope
-from .sharing import MembersMixin
-from .tasks import TasksMixin
+from .context import DEFAULT_LEASE_S, Context
+from .data import DEFAULT_SIZE_CAP, DataService, ImageData, UploadWriter
+from .images import ImageService
+from .models import Image, ImageList, Member, Task, TaskList
+from .rbac import Caller
 
-TYPE_CHECKING = False   # typing, datetime and uuid are not imported at run time (start-up of `vhdkit image show`)
+TYPE_CHECKING = False   # typing and datetime are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
     import datetime as _dt
-    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+    from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
     from ..config import Config
+    from . import db as _db
+    from .context import Lease
+    from .data import Progress
     from .protections import PropertyProtections
     from .query import Params
-# .protections (a rules file's parser) and .query (list filters and sorting)
-# are imported where they are used: opening a registry and reading or
-# downloading one image need neither (start-up time of `vhdkit image show`).
-
-#: Glance's default image_size_cap (1 TiB)
-DEFAULT_SIZE_CAP = 1 << 40
-
-_IMAGE_COLS = ("id, name, status, visibility, protected, owner, created_at, updated_at, checksum, "
-               "os_hash_algo, os_hash_value, size, virtual_size, disk_format, container_format, "
-               "min_disk, min_ram, os_hidden")
+    from .sharing import MemberService
+    from .tasks import TaskService
+# .sharing and .tasks are imported on first use, like .protections (a rules
+# file's parser) and .query (list filters and sorting): opening a registry
+# and reading one image need none of them (start-up of `vhdkit image show`).
 
 
-def _validate_uuid(image_id: str) -> str:
-    import uuid
+def _attribute(part: str, name: str, doc: str, settable: bool = False) -> Any:
+    """An attribute of the :class:`Registry` that is attribute ``name`` of its
+    ``part`` (the context ``_ctx`` or a service)."""
+    def get(reg: Registry) -> Any:
+        return getattr(getattr(reg, part), name)
 
-    try:
-        return str(uuid.UUID(str(image_id)))
-    except ValueError:
-        raise InvalidInputError(f"invalid image id {image_id!r}: expected a UUID") from None
+    def set_(reg: Registry, value: Any) -> None:
+        setattr(getattr(reg, part), name, value)
 
-
-def _check_tag(tag: Any) -> str:
-    problem = tag_problem(tag)
-    if problem is not None:
-        raise InvalidInputError(problem)
-    return tag
+    return property(get, set_ if settable else None, doc=doc)
 
 
-def _check_prop_name(name: str) -> str:
-    problem = property_name_problem(name)
-    if problem is not None:
-        raise InvalidInputError(problem)
-    return name
-
-
-def _check_field(name: str, value: Any, caller: Caller) -> Any:
-    """Validate a writable base field's value; returns the stored value."""
-    if name == "name":
-        if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME or "\x00" in value):
-            raise InvalidInputError(f"name must be a string of at most {MAX_NAME} characters, or null")
-        return value
-    if name == "visibility":
-        if value not in VISIBILITIES:
-            raise InvalidInputError(f"invalid visibility {value!r}: expected one of {', '.join(VISIBILITIES)}")
-        if value == "public" and not caller.is_service:
-            raise ForbiddenError("only the service may make an image public")
-        return value
-    if name in ("protected", "os_hidden"):
-        if not isinstance(value, bool):
-            raise InvalidInputError(f"{name} must be true or false")
-        return int(value)
-    if name in ("disk_format", "container_format"):
-        allowed = DISK_FORMATS if name == "disk_format" else CONTAINER_FORMATS
-        if value is not None and value not in allowed:
-            raise InvalidInputError(f"invalid {name} {value!r}: expected one of {', '.join(allowed)}")
-        return value
-    if name in ("min_disk", "min_ram"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**63:
-            raise InvalidInputError(f"{name} must be a non-negative integer")
-        return value
-    if name == "tags":
-        if not isinstance(value, list):
-            raise InvalidInputError("tags must be a list of strings")
-        out: List[str] = []
-        for t in value:
-            if _check_tag(t) not in out:
-                out.append(t)
-        return out
-    raise InvalidInputError(f"unknown field {name!r}")  # pragma: no cover
-
-
-def _check_not_reserved(name: str) -> None:
-    """403 for a property in Glance's reserved namespace (Glance's wording)."""
-    if name.startswith(RESERVED_NAMESPACE):
-        raise ForbiddenError(f"Attribute '{name}' is reserved.")
-
-
-def _patch_path(path: Any) -> str:
-    if isinstance(path, list) and len(path) == 1 and isinstance(path[0], str):
-        return path[0]
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise InvalidInputError(f"invalid JSON-patch path {path!r}: expected '/name'")
-    token = path[1:]
-    if "/" in token or not token:
-        raise InvalidInputError(f"invalid JSON-patch path {path!r}: only one-level paths are supported")
-    if "~" in token.replace("~0", "").replace("~1", ""):
-        raise InvalidInputError(f"invalid JSON-patch path {path!r}: bad '~' escape")
-    return token.replace("~1", "/").replace("~0", "~")
-
-
-class Registry(DataMixin, MembersMixin, TasksMixin):
+class Registry:
     """A file-based image registry on a data directory.
 
     ``Registry(home=None)`` opens (creating if needed) ``home`` -- default
@@ -140,86 +71,67 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
                  config: "Optional[Config]" = None, database_url: Optional[str] = None):
         from ..config import data_home, load
 
-        #: the settings this registry was opened with
-        self.config = cfg = config if config is not None else load()
-        self.home = os.path.abspath(data_home(home, cfg))
-        try:
-            os.makedirs(self.home, exist_ok=True)
-        except OSError as exc:
-            raise from_oserror(exc, f"cannot create data directory {self.home}", service=True) from None
-        #: the database URL (None: the SQLite file :attr:`db_path`); see db.check_url
-        self.database_url = _db.check_url(database_url or cfg.database_url)
-        self.db_path = os.path.join(self.home, "registry.db")
-        #: True when this open made a new, empty registry (the CLI says where)
-        self.created = not os.path.exists(self.db_path) if self.database_url is None else False
-        self.blobs = _blobs.BlobStore(os.path.join(self.home, "blobs"), _blobs.remote_blobs(cfg))
+        cfg = config if config is not None else load()
+        self._ctx = ctx = Context(os.path.abspath(data_home(home, cfg)), cfg, database_url=database_url,
+                                  quotas=quotas, clock=clock)
         if protections is None:
             protections = cfg.property_protections
             if not protections:
-                p = os.path.join(self.home, "property-protections.conf")
+                p = os.path.join(ctx.home, "property-protections.conf")
                 protections = p if os.path.exists(p) else None
         if isinstance(protections, (str, os.PathLike)):
             from .protections import PropertyProtections
 
             protections = PropertyProtections.from_file(protections)
-        #: None: the default rules, parsed on first use (see :attr:`protections`)
-        self._protections: Optional[PropertyProtections] = protections or None
-        self.quotas: Dict[str, int] = dict(DEFAULT_QUOTAS)
-        self.quotas.update(quotas or {})
-        self.size_cap = size_cap
-        #: seconds of an upload's lease on its image (see :meth:`open_upload`)
-        self.upload_lease = check_upload_lease(cfg.upload_lease)
-        self._clock = clock
-        self._can_cache: Dict[Tuple[frozenset, str, str], bool] = {}
-        self._local = threading.local()
-        self._all_conns: List[Tuple[int, _db.Connection]] = []
-        self._writer = threading.RLock()
-        self._writer_pid = os.getpid()
-        self._conn(first=True)
+        self._images = ImageService(ctx, protections or None)
+        self._data = DataService(ctx, self._images, size_cap)
+        ctx.conn(first=True)
         if cleanup:
             self.cleanup()
 
-    @property
-    def protections(self) -> "PropertyProtections":
-        """The property protection rules: those given or found at open, else the
-        defaults (parsed on first use: a registry that never meets an extra
-        property never needs them)."""
-        if self._protections is None:
-            from .protections import PropertyProtections
+    @cached_property
+    def _members(self) -> MemberService:
+        from .sharing import MemberService
 
-            self._protections = PropertyProtections()
-        return self._protections
+        return MemberService(self._ctx, self._images)
 
-    @protections.setter
-    def protections(self, value: "PropertyProtections") -> None:
-        self._protections = value
-        self._can_cache.clear()
+    @cached_property
+    def _tasks(self) -> TaskService:
+        from .tasks import TaskService
 
-    # ---- plumbing ----
-    def _conn(self, first: bool = False) -> _db.Connection:
-        loc = self._local
-        conn = getattr(loc, "conn", None)
-        if conn is None or loc.pid != os.getpid():
-            conn = _db.connect(self.database_url or self.db_path)
-            if first and self.database_url is not None:
-                self.created = bool(getattr(conn, "created", False))
-            loc.conn, loc.pid = conn, os.getpid()
-            self._all_conns.append((os.getpid(), conn))
-        return conn
+        return TaskService(self._ctx)
+
+    # ---- the open registry ----
+    config = _attribute("_ctx", "config", "The settings this registry was opened with.")
+    home = _attribute("_ctx", "home", "The data directory.")
+    database_url = _attribute("_ctx", "database_url", "The database URL (None: the SQLite file :attr:`db_path`).")
+    db_path = _attribute("_ctx", "db_path", "The SQLite file (when :attr:`database_url` is None).")
+    created = _attribute("_ctx", "created", "True when this open made a new, empty registry (the CLI says where).")
+    blobs = _attribute("_ctx", "blobs", "The blob store (:class:`~.blobs.BlobStore`).")
+    quotas = _attribute("_ctx", "quotas", "Per-image limits: tags, properties, members.")
+
+    size_cap = _attribute("_data", "size_cap", "The largest upload, bytes.", settable=True)
+    upload_lease = _attribute("_data", "upload_lease", "Seconds of an upload's lease on its image.")
+    max_task_attempts = _attribute("_tasks", "max_attempts", "How many times a task is claimed at most.",
+                                   settable=True)
+    protections = _attribute("_images", "protections", "The property protection rules: those given or found at "
+                             "open, else the defaults (parsed on first use).", settable=True)
 
     @property
     def dialect(self) -> Any:
         """The SQL that differs between the engines (see db.py)."""
-        return self._conn().dialect
+        return self._ctx.conn().dialect
+
+    def _conn(self) -> _db.Connection:
+        """This thread's database connection (for tests and bench to inspect)."""
+        return self._ctx.conn()
+
+    def integrity_check(self) -> str:
+        """The database's own consistency check ('ok' when healthy)."""
+        return self._ctx.conn().integrity_check()
 
     def close(self) -> None:
-        for pid, c in self._all_conns:
-            if pid != os.getpid():
-                continue  # inherited over fork: the parent's to close
-            with contextlib.suppress(Exception):
-                c.close_optimized()
-        self._all_conns.clear()
-        self._local = threading.local()
+        self._ctx.close()
 
     def __enter__(self) -> "Registry":
         return self
@@ -227,356 +139,175 @@ class Registry(DataMixin, MembersMixin, TasksMixin):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _now_dt(self) -> _dt.datetime:
-        if self._clock:
-            return self._clock()
-        import datetime as _dt
-
-        return _dt.datetime.now(_dt.timezone.utc)
-
-    def _now(self) -> str:
-        return now_text(self._now_dt())
-
-    @contextlib.contextmanager
-    def _write(self):
-        """A write transaction; writers of this process take turns here first.
-
-        SQLite admits one writer; threads of one process that raced for its
-        lock would fall into its busy handler's sleeps (up to 100 ms each),
-        which under many concurrent writers cost far more than waiting in line
-        on a lock.  Other processes (workers, CLI, servers) still meet at
-        SQLite's lock and busy timeout.
-        """
-        if self._writer_pid != os.getpid():  # forked: a lock held by a thread of the parent stays held
-            self._writer, self._writer_pid = threading.RLock(), os.getpid()
-        with self._writer, _db.immediate(self._conn()) as conn:
-            self._check_fence(conn)  # type: ignore[attr-defined]  (tasks.py: a worker's lease)
-            yield conn
-
-    def _read(self):
-        return _db.snapshot(self._conn())
-
-    def integrity_check(self) -> str:
-        """The database's own consistency check ('ok' when healthy)."""
-        return self._conn().integrity_check()
-
-    # ---- loading and visibility ----
-    def _load_many(self, conn: _db.Connection, ids: Sequence[str]) -> List[Image]:
-        if not ids:
-            return []
-        out: Dict[str, Image] = {}
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start:start + 500])
-            qs = ",".join("?" * len(chunk))
-            for r in conn.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE id IN ({qs})", chunk):
-                out[r["id"]] = Image(
-                    id=r["id"], name=r["name"], status=r["status"], visibility=r["visibility"],
-                    protected=bool(r["protected"]), owner=r["owner"], created_at=r["created_at"],
-                    updated_at=r["updated_at"], checksum=r["checksum"], os_hash_algo=r["os_hash_algo"],
-                    os_hash_value=r["os_hash_value"], size=r["size"], virtual_size=r["virtual_size"],
-                    disk_format=r["disk_format"], container_format=r["container_format"],
-                    min_disk=r["min_disk"], min_ram=r["min_ram"], os_hidden=bool(r["os_hidden"]))
-            for r in conn.execute(f"SELECT image_id, tag FROM image_tags WHERE image_id IN ({qs}) "
-                                  f"ORDER BY image_id, tag", chunk):
-                out[r[0]].tags.append(r[1])
-            for r in conn.execute(f"SELECT image_id, name, value FROM image_properties "
-                                  f"WHERE image_id IN ({qs}) ORDER BY image_id, name", chunk):
-                out[r[0]].properties[r[1]] = r[2]
-        return [out[i] for i in ids if i in out]
-
-    def _load(self, conn: _db.Connection, image_id: str) -> Optional[Image]:
-        imgs = self._load_many(conn, [image_id])
-        return imgs[0] if imgs else None
-
-    def _visible(self, conn: _db.Connection, caller: Caller, img: Image) -> bool:
-        if caller.is_service or img.owner == caller.account or img.visibility in ("public", "community"):
-            return True
-        if img.visibility == "shared":
-            return conn.execute("SELECT 1 FROM image_members WHERE image_id = ? AND member = ?",
-                                (img.id, caller.account)).fetchone() is not None
-        return False
-
-    def _get_for(self, op: str, caller: Caller, image_id: str, conn: Optional[_db.Connection] = None,
-                 *, member: Optional[str] = None) -> Image:
-        """Load an image for ``op``: 404 unless visible, then role (403), then scope (403)."""
-        conn = conn or self._conn()
-        img = self._load(conn, str(image_id))
-        if img is None or not self._visible(conn, caller, img):
-            raise NotFoundError(f"image {image_id} not found")
-        require_role(op, caller)
-        require_scope(op, caller, owner=img.owner, member=member)
-        return img
-
-    def _can(self, roles: frozenset, name: str, op: str) -> bool:
-        key = (roles, name, op)
-        hit = self._can_cache.get(key)
-        if hit is None:
-            if len(self._can_cache) > 10000:
-                self._can_cache.clear()
-            hit = self._can_cache[key] = self.protections.allowed(Caller("x", roles), name, op)
-        return hit
-
-    def _present(self, caller: Caller, img: Image) -> Image:
-        """Hide the properties the caller's roles may not read."""
-        hidden = [k for k in img.properties if not self._can(caller.roles, k, "read")]
-        for k in hidden:
-            del img.properties[k]
-        return img
-
-    def _check_prop(self, caller: Caller, name: str, op: str) -> None:
-        if not self._can(caller.roles, name, op):
-            raise ForbiddenError(f"property '{name}' is protected: your roles may not {op} it")
-
+    # ---- images and tags: ImageService ----
     def get_schema(self, caller: Caller, name: str) -> Dict[str, Any]:
         """``GET /v2/schemas/{name}``: image, images, member, members, task, tasks."""
-        require_role("schemas", caller)
-        from .schemas import schema
-        return schema(name)
+        return self._images.get_schema(caller, name)
 
-    # ---- images ----
     def create_image(self, caller: Caller, data: Optional[Mapping[str, Any]] = None, /, **fields: Any) -> Image:
         """Create a queued image from a v2 body (``name``, ``visibility``, ``tags``,
         ``disk_format``, ..., extra string properties at top level; ``id`` optional)."""
-        body = dict(data or {})
-        body.update(fields)
-        require_role("create_image", caller)
-        image_id = _validate_uuid(body.pop("id")) if body.get("id") is not None else new_uuid()
-        body.pop("id", None)
-        owner = body.pop("owner", None)
-        if owner is not None and owner != caller.account:
-            if not caller.is_service:
-                raise ForbiddenError("attribute 'owner' may be set only by the service")
-            Caller(owner)  # validates the id
-        owner = owner or caller.account
-        cols: Dict[str, Any] = {"name": None, "visibility": "shared", "protected": 0, "disk_format": None,
-                                "container_format": None, "min_disk": 0, "min_ram": 0, "os_hidden": 0}
-        tags: List[str] = []
-        props: Dict[str, str] = {}
-        for k, v in body.items():
-            if k in READONLY_FIELDS:
-                raise ForbiddenError(f"attribute '{k}' is read-only")
-            if k in RESERVED_FIELDS:
-                raise ForbiddenError(f"attribute '{k}' is reserved")
-            if k == "tags":
-                tags = _check_field(k, v, caller)
-            elif k in WRITABLE_FIELDS:
-                cols[k] = _check_field(k, v, caller)
-            else:
-                _check_prop_name(k)
-                _check_not_reserved(k)
-                if not isinstance(v, str) or len(v) > MAX_PROPERTY_VALUE:
-                    raise InvalidInputError(f"property '{k}' must be a string (at most {MAX_PROPERTY_VALUE} characters)")
-                self._check_prop(caller, k, "create")
-                props[k] = v
-        self._quota("tags", len(tags))
-        self._quota("properties", len(props))
-        now = self._now()
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM images WHERE id = ? UNION ALL SELECT 1 FROM retired_image_ids "
-                            "WHERE id = ?", (image_id, image_id)).fetchone():
-                raise ConflictError(f"image {image_id} already exists")
-            conn.execute(
-                "INSERT INTO images (id, name, status, visibility, protected, owner, disk_format, "
-                "container_format, min_disk, min_ram, os_hidden, created_at, updated_at) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (image_id, cols["name"], cols["visibility"], cols["protected"], owner, cols["disk_format"],
-                 cols["container_format"], cols["min_disk"], cols["min_ram"], cols["os_hidden"], now, now))
-            conn.executemany("INSERT INTO image_tags (image_id, tag) VALUES (?, ?)", [(image_id, t) for t in tags])
-            conn.executemany("INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?)",
-                             [(image_id, k, v) for k, v in props.items()])
-            img = self._load(conn, image_id)
-        assert img is not None
-        return self._present(caller, img)
-
-    def _quota(self, what: str, n: int) -> None:
-        limit = self.quotas[what]
-        if n > limit:
-            raise QuotaError(f"too many {what}: {n} exceeds the quota of {limit} per image")
+        return self._images.create_image(caller, data, **fields)
 
     def show_image(self, caller: Caller, image_id: str) -> Image:
-        with self._read() as conn:
-            return self._present(caller, self._get_for("show_image", caller, image_id, conn))
+        return self._images.show_image(caller, image_id)
 
     def list_images(self, caller: Caller, params: Optional[Params] = None, **kw: Any) -> ImageList:
-        """List what ``caller`` may see.  ``params``: v2 query parameters as a
-        mapping (values str or list) or (key, value) pairs -- filters, ``tag``
-        (repeatable), ``visibility``, ``member_status``, ``sort`` or
-        ``sort_key``/``sort_dir``, ``marker``, ``limit``.  Keyword arguments are
-        added to ``params``."""
-        require_role("list_images", caller)
-        from .query import build_list_sql, param_pairs, parse_list_params
-
-        q = parse_list_params(param_pairs(params, kw))
-        account = None if caller.is_service else caller.account
-        with self._read() as conn:
-            marker_values = None
-            if q.marker is not None:
-                m = self._load(conn, q.marker) if q.marker else None
-                if m is None or not self._visible(conn, caller, m):
-                    raise InvalidInputError(f"marker {q.marker!r} not found")
-                row = conn.execute(
-                    f"SELECT {', '.join('i.' + k for k, _ in q.sort)} FROM images i WHERE i.id = ?",
-                    (m.id,)).fetchone()
-                marker_values = tuple(row)
-            sql, params_ = build_list_sql(q, account, marker_values, conn.dialect)
-            ids = [r[0] for r in conn.execute(sql, params_)]
-            more = len(ids) > q.limit
-            ids = ids[:q.limit]
-            images = self._load_many(conn, ids)
-        return ImageList([self._present(caller, i) for i in images],
-                         ids[-1] if more and ids else None)
+        """List what ``caller`` may see (see :meth:`.ImageService.list_images`)."""
+        return self._images.list_images(caller, params, **kw)
 
     def update_image(self, caller: Caller, image_id: str, changes: Sequence[Mapping[str, Any]]) -> Image:
         """Apply JSON-patch operations (``add``/``replace``/``remove`` on
         ``/field`` paths) atomically."""
-        if not isinstance(changes, (list, tuple)):
-            raise InvalidInputError("a JSON patch is a list of operations")
-        ops: List[Tuple[str, str, Any]] = []
-        for ch in changes:
-            if not isinstance(ch, Mapping):
-                raise InvalidInputError("each JSON-patch operation must be an object")
-            op = ch.get("op")
-            if op not in PATCH_OPS:
-                raise InvalidInputError(f"unsupported JSON-patch op {op!r}: use {', '.join(PATCH_OPS)}")
-            path = _patch_path(ch.get("path"))
-            if op != "remove" and "value" not in ch:
-                raise InvalidInputError(f"JSON-patch op {op} {path!r} needs a value")
-            ops.append((op, path, ch.get("value")))
-        with self._write() as conn:
-            img = self._get_for("update_image", caller, image_id, conn)
-            readable = {k for k in img.properties if self._can(caller.roles, k, "read")}
-            cols: Dict[str, Any] = {}
-            tags = list(img.tags)
-            props = dict(img.properties)
-            for op, path, value in ops:
-                if path in READONLY_FIELDS:
-                    raise ForbiddenError(f"attribute '{path}' is read-only")
-                if path == "owner" and caller.is_service and op != "remove":   # the operator moves an image
-                    if not isinstance(value, str):
-                        raise InvalidInputError("owner must be an account id")
-                    cols["owner"] = Caller(value).account   # validates the id
-                    continue
-                if path in RESERVED_FIELDS:
-                    raise ForbiddenError(f"attribute '{path}' is reserved")
-                if path in WRITABLE_FIELDS:
-                    if op == "remove":
-                        raise ForbiddenError(f"attribute '{path}' is a base attribute and cannot be removed")
-                    if path in ("disk_format", "container_format") and img.status != "queued" \
-                            and value != getattr(img, path):
-                        raise ForbiddenError(f"attribute '{path}' can be changed only while the image is queued")
-                    v = _check_field(path, value, caller)
-                    if path == "tags":
-                        tags = v
-                    else:
-                        cols[path] = v
-                    continue
-                _check_prop_name(path)
-                _check_not_reserved(path)
-                exists = path in props and (path in readable or path not in img.properties)
-                if op == "remove":
-                    if not exists:
-                        raise ConflictError(f"property '{path}' does not exist")
-                    self._check_prop(caller, path, "delete")
-                    del props[path]
-                    continue
-                if not isinstance(value, str) or len(value) > MAX_PROPERTY_VALUE:
-                    raise InvalidInputError(f"property '{path}' must be a string "
-                                            f"(at most {MAX_PROPERTY_VALUE} characters)")
-                if op == "replace" and not exists:
-                    raise ConflictError(f"property '{path}' does not exist")
-                self._check_prop(caller, path, "update" if exists else "create")
-                props[path] = value
-            self._quota("tags", len(tags))
-            if len(props) > len(img.properties):
-                self._quota("properties", len(props))
-            now = self._now()
-            sets = ", ".join(f"{k} = ?" for k in cols)
-            conn.execute(f"UPDATE images SET {sets}{', ' if sets else ''}updated_at = ? WHERE id = ?",
-                         (*cols.values(), now, img.id))
-            if tags != img.tags:
-                conn.execute("DELETE FROM image_tags WHERE image_id = ?", (img.id,))
-                conn.executemany("INSERT INTO image_tags (image_id, tag) VALUES (?, ?)",
-                                 [(img.id, t) for t in tags])
-            for k in img.properties:
-                if k not in props:
-                    conn.execute("DELETE FROM image_properties WHERE image_id = ? AND name = ?", (img.id, k))
-            for k, v in props.items():
-                if img.properties.get(k) != v:
-                    conn.execute(SET_PROPERTY, (img.id, k, v))
-            out = self._load(conn, img.id)
-        assert out is not None
-        return self._present(caller, out)
+        return self._images.update_image(caller, image_id, changes)
 
     def delete_image(self, caller: Caller, image_id: str) -> None:
-        """Delete the image and its data.  Its id is retired: creating an image
-        with it again is 409 for everyone (OSSN-0075) -- except when the
-        service identity deletes (the pipeline undoing its own attempt, whose
-        retry re-creates the image under the id its task derives)."""
-        with self._write() as conn:
-            img = self._get_for("delete_image", caller, image_id, conn)
-            if img.protected:
-                raise ForbiddenError(f"image {img.id} is protected and cannot be deleted")
-            row = conn.execute("SELECT blob, upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
-            trash = []
-            if row["blob"]:
-                trash.append(row["blob"])
-            if row["upload_token"]:
-                tok = row["upload_token"]
-                trash += [os.path.relpath(self.blobs.part_path(tok), self.blobs.root),
-                          self.blobs.final_rel(img.id, tok)]
-            self._trash(conn, trash)
-            conn.execute("DELETE FROM images WHERE id = ?", (img.id,))
-            if not caller.is_service:
-                conn.execute("INSERT INTO retired_image_ids (id, deleted_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                             (img.id, self._now()))
-        self._empty_trash()
-
-    def _transition(self, caller: Caller, op: str, image_id: str, frm: Iterable[str], to: str) -> Image:
-        with self._write() as conn:
-            img = self._get_for(op, caller, image_id, conn)
-            if img.status not in frm:
-                raise InvalidInputError(f"cannot {op} image {img.id} in status '{img.status}'")
-            conn.execute("UPDATE images SET status = ?, updated_at = ? WHERE id = ?", (to, self._now(), img.id))
-            out = self._load(conn, img.id)
-        assert out is not None
-        return self._present(caller, out)
+        """Delete the image and its data; its id is retired (see :meth:`.ImageService.delete_image`)."""
+        self._images.delete_image(caller, image_id)
 
     def deactivate_image(self, caller: Caller, image_id: str) -> Image:
-        return self._transition(caller, "deactivate", image_id, ("active", "deactivated"), "deactivated")
+        return self._images.deactivate_image(caller, image_id)
 
     def reactivate_image(self, caller: Caller, image_id: str) -> Image:
-        return self._transition(caller, "reactivate", image_id, ("active", "deactivated"), "active")
+        return self._images.reactivate_image(caller, image_id)
 
     def set_status(self, caller: Caller, image_id: str, status: str) -> Image:
-        """Service only: move an image along the state machine (e.g. queued ->
-        importing for the pipeline, or -> killed)."""
-        if not caller.is_service:
-            raise ForbiddenError("only the service may set an image's status")
-        with self._write() as conn:
-            img = self._get_for("update_image", caller, image_id, conn)
-            if status != img.status and status not in TRANSITIONS.get(img.status, ()):
-                raise ConflictError(f"image {img.id}: no transition from '{img.status}' to '{status}'")
-            conn.execute("UPDATE images SET status = ?, updated_at = ? WHERE id = ?", (status, self._now(), img.id))
-            out = self._load(conn, img.id)
-        assert out is not None
-        return out
+        """Service only: move an image along the state machine."""
+        return self._images.set_status(caller, image_id, status)
 
-    # ---- tags ----
     def add_tag(self, caller: Caller, image_id: str, tag: str) -> None:
         """Add a tag (adding an existing tag is a no-op)."""
-        _check_tag(tag)
-        with self._write() as conn:
-            img = self._get_for("add_tag", caller, image_id, conn)
-            if tag in img.tags:
-                return
-            self._quota("tags", len(img.tags) + 1)
-            conn.execute("INSERT INTO image_tags (image_id, tag) VALUES (?, ?)", (img.id, tag))
-            conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (self._now(), img.id))
+        self._images.add_tag(caller, image_id, tag)
 
     def delete_tag(self, caller: Caller, image_id: str, tag: str) -> None:
-        with self._write() as conn:
-            img = self._get_for("delete_tag", caller, image_id, conn)
-            if tag not in img.tags:
-                raise NotFoundError(f"image {img.id} has no tag {tag!r}")
-            conn.execute("DELETE FROM image_tags WHERE image_id = ? AND tag = ?", (img.id, tag))
-            conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (self._now(), img.id))
+        self._images.delete_tag(caller, image_id, tag)
+
+    # ---- image data: DataService ----
+    def open_upload(self, caller: Caller, image_id: str, *, into: str = "saving") -> UploadWriter:
+        """Start an upload and return a writable file object (see :meth:`.DataService.open_upload`)."""
+        return self._data.open_upload(caller, image_id, into=into)
+
+    def renew_upload(self, image_id: str, token: str) -> None:
+        self._data.renew_upload(image_id, token)
+
+    def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
+               virtual_size: Optional[int] = None, progress: Progress = None, stage: bool = False,
+               inspect: bool = False) -> Image:
+        """Store ``stream`` as the image's data and make it active (see :meth:`.DataService.upload`)."""
+        return self._data.upload(caller, image_id, stream, size=size, virtual_size=virtual_size,
+                                 progress=progress, stage=stage, inspect=inspect)
+
+    def import_staged(self, caller: Caller, image_id: str) -> Image:
+        """Glance's ``glance-direct`` import of data staged by :meth:`upload` with ``stage``."""
+        return self._data.import_staged(caller, image_id)
+
+    def upload_file(self, caller: Caller, image_id: str, path: str, **kw: Any) -> Image:
+        """:meth:`upload` from a file (``size`` checked against the file's size)."""
+        return self._data.upload_file(caller, image_id, path, **kw)
+
+    def open_data(self, caller: Caller, image_id: str) -> ImageData:
+        """The data of an active image."""
+        return self._data.open_data(caller, image_id)
+
+    def iter_data(self, caller: Caller, image_id: str, *, offset: int = 0, length: Optional[int] = None,
+                  chunk: int = 1 << 20) -> Tuple[ImageData, Iterator[bytes]]:
+        """(handle, iterator over bytes [offset, offset+length)) -- for HTTP streaming."""
+        return self._data.iter_data(caller, image_id, offset=offset, length=length, chunk=chunk)
+
+    def download(self, caller: Caller, image_id: str, out: BinaryIO, *, offset: int = 0,
+                 length: Optional[int] = None, progress: Progress = None) -> int:
+        """Copy the data (or a byte range) into ``out``; returns bytes written."""
+        return self._data.download(caller, image_id, out, offset=offset, length=length, progress=progress)
+
+    def refers_to_blob(self, image_id: str, token: str, rel: str, *, locked: bool = False) -> bool:
+        return self._data.refers_to_blob(image_id, token, rel, locked=locked)
+
+    def cleanup_plan(self) -> Dict[str, list]:
+        """What :meth:`cleanup` would do now, read-only."""
+        return self._data.cleanup_plan()
+
+    def cleanup(self, deep: bool = False) -> Dict[str, int]:
+        """Undo what dead processes left (see :meth:`.DataService.cleanup`)."""
+        return self._data.cleanup(deep)
+
+    # ---- members: MemberService ----
+    def add_member(self, caller: Caller, image_id: str, member_id: str) -> Member:
+        return self._members.add_member(caller, image_id, member_id)
+
+    def list_members(self, caller: Caller, image_id: str) -> List[Member]:
+        return self._members.list_members(caller, image_id)
+
+    def show_member(self, caller: Caller, image_id: str, member_id: str) -> Member:
+        return self._members.show_member(caller, image_id, member_id)
+
+    def update_member(self, caller: Caller, image_id: str, member_id: str, status: str) -> Member:
+        """The member account accepts/rejects (or resets to pending) a share."""
+        return self._members.update_member(caller, image_id, member_id, status)
+
+    def delete_member(self, caller: Caller, image_id: str, member_id: str) -> None:
+        self._members.delete_member(caller, image_id, member_id)
+
+    # ---- tasks: TaskService (the fence: Context.fenced) ----
+    def create_task(self, caller: Caller, type: str, input: Mapping[str, Any]) -> Task:
+        """Record a pending task of ``type`` (import/export) owned by the caller's account."""
+        return self._tasks.create_task(caller, type, input)
+
+    def show_task(self, caller: Caller, task_id: str) -> Task:
+        return self._tasks.show_task(caller, task_id)
+
+    def list_tasks(self, caller: Caller, params: Optional[Params] = None) -> TaskList:
+        """The caller account's tasks (see :meth:`.TaskService.list_tasks`)."""
+        return self._tasks.list_tasks(caller, params)
+
+    def claim_task(self, worker_id: str, lease_seconds: float = DEFAULT_LEASE_S,
+                   types: Optional[Sequence[str]] = None) -> Optional[Task]:
+        """Atomically take the oldest pending task (or one whose worker's lease
+        expired); None when there is nothing to do."""
+        return self._tasks.claim_task(worker_id, lease_seconds, types)
+
+    def expire_leases(self) -> None:
+        """Tasks whose lease ran out go back to pending, or fail after their last
+        attempt (what ``vhdkit cleanup`` runs first)."""
+        self._tasks.expire_leases()
+
+    def fenced(self, lease: Optional[Lease]):
+        """Within: every write transaction of this thread is refused unless
+        ``lease`` is still the task's current attempt.  None: no fence."""
+        return self._ctx.fenced(lease)
+
+    def check_lease(self, lease: Lease) -> None:
+        """ConflictError ``lease_lost`` unless ``lease`` is the task's current attempt."""
+        self._tasks.check_lease(lease)
+
+    def holding(self, lease: Lease):
+        """Run the block while holding the registry's write lock with ``lease``
+        checked (see :meth:`.TaskService.holding`)."""
+        return self._tasks.holding(lease)
+
+    def unswept_failures(self, limit: int = 50) -> List[Task]:
+        """Failed tasks whose remains were not swept yet (oldest first)."""
+        return self._tasks.unswept_failures(limit)
+
+    def mark_swept(self, task_id: str) -> None:
+        self._tasks.mark_swept(task_id)
+
+    def heartbeat(self, task_id: str, worker_id: str, *, lease_seconds: float = DEFAULT_LEASE_S,
+                  stage: Optional[str] = None, bytes_done: Optional[int] = None,
+                  bytes_total: Optional[int] = None, attempt: Optional[int] = None) -> Task:
+        """Renew the lease and record progress; ConflictError when the lease was lost."""
+        return self._tasks.heartbeat(task_id, worker_id, lease_seconds=lease_seconds, stage=stage,
+                                     bytes_done=bytes_done, bytes_total=bytes_total, attempt=attempt)
+
+    def release_task(self, task_id: str, worker_id: str, attempt: Optional[int] = None) -> None:
+        """Give a held task back (its worker is stopping): pending again, the attempt not counted."""
+        self._tasks.release_task(task_id, worker_id, attempt)
+
+    def finish(self, task_id: str, worker_id: str, *, status: str, result: Optional[Dict[str, Any]] = None,
+               message: str = "", attempt: Optional[int] = None) -> Task:
+        """End a held task with ``success`` or ``failure``."""
+        return self._tasks.finish(task_id, worker_id, status=status, result=result, message=message,
+                                  attempt=attempt)
+
+    def purge_expired_tasks(self) -> int:
+        """Delete finished tasks whose ``expires_at`` has passed; returns how many."""
+        return self._tasks.purge_expired_tasks()

@@ -1,9 +1,10 @@
-"""Image data, a mixin of :class:`~vhdkit.registry.Registry`: uploads (one
-pass: size, md5 and sha512 beside the write; temp file, fsync, rename, then
-active), downloads with byte ranges, and the cleanup of what dead processes
-left behind.  See :mod:`.blobs` for the file protocol."""
+"""Image data (:class:`DataService`): uploads (one pass: size, md5 and
+sha512 beside the write; temp file, fsync, rename, then active), downloads
+with byte ranges, and the cleanup of what dead processes left behind.  See
+:mod:`.blobs` for the file protocol."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -12,14 +13,14 @@ from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFound
                       VhdkitError)
 from ..fileutil import is_locked, lock_state
 from . import blobs as _blobs
+from .context import Context
+from .images import SET_PROPERTY, ImageService
 from .models import IMPORT_STORE_PROPERTIES, IMPORT_TASK_PROPERTY, Image, new_uuid
 from .rbac import Caller
 
 TYPE_CHECKING = False   # typing and uuid are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
-
-    from .core import Registry  # noqa: F401
 
     Progress = Optional[Callable[[int, Optional[int]], None]]
 _UPLOADING = ("SELECT id, upload_token, upload_lease_until FROM images WHERE status IN "
@@ -29,6 +30,8 @@ _UPLOADING = ("SELECT id, upload_token, upload_lease_until FROM images WHERE sta
 #: ``uploading``: data staged for an interoperable import (``glance-direct``);
 #: ``importing``: an interoperable import fetching the data (``web-download``).
 _UPLOAD_FROM = {"saving": ("queued", "importing"), "uploading": ("queued",), "importing": ("queued",)}
+#: Glance's default image_size_cap (1 TiB)
+DEFAULT_SIZE_CAP = 1 << 40
 #: bounds of an upload's lease on its image, seconds (the setting: Config.upload_lease)
 MIN_LEASE_S, MAX_LEASE_S = 1.0, 3600.0
 
@@ -38,11 +41,6 @@ def check_upload_lease(seconds: float) -> float:
         raise InvalidInputError(f"VHDKIT_UPLOAD_LEASE_SECONDS {seconds:g}: expected seconds from {MIN_LEASE_S:g} "
                                 f"to {MAX_LEASE_S:g}")
     return float(seconds)
-
-
-#: set one property (an upsert both engines know, SQLite >= 3.24)
-SET_PROPERTY = ("INSERT INTO image_properties (image_id, name, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (image_id, name) DO UPDATE SET value = excluded.value")
 
 
 class ImageData:
@@ -62,8 +60,16 @@ class ImageData:
         return self._blobs.iter_range(self.rel, start, self.size if end is None else end, chunk)
 
 
-class DataMixin:
-    def open_upload(self: "Registry", caller: Caller, image_id: str, *, into: str = "saving") -> "UploadWriter":
+class DataService:
+    """The data of the images of ``images`` (the registry open as ``ctx``):
+    an upload stops at ``size_cap`` bytes."""
+
+    def __init__(self, ctx: Context, images: ImageService, size_cap: int = DEFAULT_SIZE_CAP):
+        self.ctx, self.images, self.size_cap = ctx, images, size_cap
+        #: seconds of an upload's lease on its image (see :meth:`open_upload`)
+        self.upload_lease = check_upload_lease(ctx.config.upload_lease)
+
+    def open_upload(self, caller: Caller, image_id: str, *, into: str = "saving") -> "UploadWriter":
         """Start an upload to a ``queued`` (or ``importing``) image and return a
         writable file object; ``write()`` to it, then ``commit()`` (the image
         turns active) or ``abort()`` (it returns to queued).  Used as a context
@@ -81,7 +87,7 @@ class DataMixin:
         import uuid
 
         token = uuid.uuid4().hex
-        up = self.blobs.new_upload(str(image_id), token).open()
+        up = self.ctx.blobs.new_upload(str(image_id), token).open()
         up.limit = self.size_cap
         try:
             img = self._start_upload(caller, image_id, token, into=into)
@@ -91,15 +97,15 @@ class DataMixin:
             raise
         return UploadWriter(self, caller, img, up)
 
-    def _start_upload(self: "Registry", caller: Caller, image_id: str, token: str, into: str = "saving") -> Image:
+    def _start_upload(self, caller: Caller, image_id: str, token: str, into: str = "saving") -> Image:
         """Mark the image ``into`` (``saving``: ``importing`` stays) under
         ``token`` with a fresh lease.  A dead upload (see
         :meth:`_upload_alive`) is reset first, so the image does not stay stuck
         until a cleanup."""
         allowed = _UPLOAD_FROM[into]
         reaped = False
-        with self._write() as conn:
-            img = self._get_for("upload_data", caller, image_id, conn)
+        with self.ctx.write() as conn:
+            img = self.images.get_for("upload_data", caller, image_id, conn)
             row = conn.execute("SELECT upload_token, upload_lease_until FROM images WHERE id = ?",
                                (img.id,)).fetchone()
             if row[0] is not None and not self._upload_alive(img.id, row[0], row[1]):
@@ -118,36 +124,36 @@ class DataMixin:
             img.status = "importing" if img.status == "importing" else into
             conn.execute("UPDATE images SET status = ?, upload_token = ?, upload_lease_until = ?, "
                          "updated_at = ? WHERE id = ?",
-                         (img.status, token, self._lease_until(self.upload_lease), self._now(), img.id))
+                         (img.status, token, self.ctx.later(self.upload_lease), self.ctx.now(), img.id))
             if into == "importing":  # Glance's import lock, shown while the import runs (db.py's trigger ends it)
                 self._mark_import(conn, img.id, {IMPORT_TASK_PROPERTY: new_uuid()})
         if reaped:
-            self._empty_trash()
+            self.ctx.empty_trash()
         return img
 
-    def renew_upload(self: "Registry", image_id: str, token: str) -> None:
+    def renew_upload(self, image_id: str, token: str) -> None:
         """Extend an upload's lease; ConflictError (code ``upload_lost``) when
         the upload is no longer the image's current one (deleted, reset after
         its lease ran out, or replaced)."""
-        with self._write() as conn:
+        with self.ctx.write() as conn:
             n = conn.execute("UPDATE images SET upload_lease_until = ? WHERE id = ? AND upload_token = ?",
-                             (self._lease_until(self.upload_lease), str(image_id), str(token))).rowcount
+                             (self.ctx.later(self.upload_lease), str(image_id), str(token))).rowcount
         if n != 1:
             raise ConflictError(f"image {image_id}: the upload is no longer current (deleted, reset or "
                                 "replaced)", code="upload_lost")
 
-    def _reclaim(self: "Registry", conn, image_id: str, token: str) -> None:
+    def _reclaim(self, conn, image_id: str, token: str) -> None:
         """Reset the dead upload ``token`` (in the caller's write transaction):
         the image returns to ``queued`` and its data goes to the trash; the
         part file too when it is on this host."""
         conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, "
-                     "updated_at = ? WHERE id = ? AND upload_token = ?", (self._now(), image_id, token))
-        self._trash(conn, [self.blobs.final_rel(image_id, token)])
-        part = self.blobs.part_path(token)
+                     "updated_at = ? WHERE id = ? AND upload_token = ?", (self.ctx.now(), image_id, token))
+        self.ctx.trash(conn, [self.ctx.blobs.final_rel(image_id, token)])
+        part = self.ctx.blobs.part_path(token)
         if not is_locked(part):
-            self.blobs.unlink(part)
+            self.ctx.blobs.unlink(part)
 
-    def upload(self: "Registry", caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
+    def upload(self, caller: Caller, image_id: str, stream: BinaryIO, *, size: Optional[int] = None,
                virtual_size: Optional[int] = None, progress: Progress = None, stage: bool = False,
                inspect: bool = False) -> Image:
         """Store ``stream`` as the image's data and make it active.
@@ -166,36 +172,36 @@ class DataMixin:
         with self.open_upload(caller, image_id, into="uploading" if stage else "saving") as w:
             return w.fill(stream, size=size, virtual_size=virtual_size, progress=progress, inspect=inspect)
 
-    def import_staged(self: "Registry", caller: Caller, image_id: str) -> Image:
+    def import_staged(self, caller: Caller, image_id: str) -> Image:
         """Glance's ``glance-direct`` import: an ``uploading`` image whose data
         was staged (and checked) by :meth:`upload` with ``stage`` turns active.
         Conflict unless the image is staged."""
-        with self._write() as conn:
-            img = self._get_for("upload_data", caller, image_id, conn)
+        with self.ctx.write() as conn:
+            img = self.images.get_for("upload_data", caller, image_id, conn)
             row = conn.execute("SELECT blob, upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
             if img.status != "uploading" or not row["blob"] or row["upload_token"]:
                 raise ConflictError(f"image {img.id} is '{img.status}': its data must be staged "
                                     "before the 'glance-direct' method can be used")
-            conn.execute("UPDATE images SET status = 'active', updated_at = ? WHERE id = ?", (self._now(), img.id))
+            conn.execute("UPDATE images SET status = 'active', updated_at = ? WHERE id = ?", (self.ctx.now(), img.id))
             self._mark_import(conn, img.id, {})
-            out = self._load(conn, img.id)
+            out = self.images.load(conn, img.id)
         assert out is not None
-        return self._present(caller, out)
+        return self.images.present(caller, out)
 
-    def upload_file(self: "Registry", caller: Caller, image_id: str, path: str, **kw: Any) -> Image:
+    def upload_file(self, caller: Caller, image_id: str, path: str, **kw: Any) -> Image:
         """:meth:`upload` from a file (``size`` checked against the file's size)."""
         with open(path, "rb") as f:
             kw.setdefault("size", os.fstat(f.fileno()).st_size)
             return self.upload(caller, image_id, f, **kw)
 
-    def _mark_import(self: "Registry", conn, image_id: str, extra: Dict[str, str]) -> None:
+    def _mark_import(self, conn, image_id: str, extra: Dict[str, str]) -> None:
         """The properties an interoperable import shows on its image, as Glance."""
         props = dict.fromkeys(IMPORT_STORE_PROPERTIES, "")
         props.update(extra)
         conn.executemany(SET_PROPERTY,
                          [(image_id, k, v) for k, v in props.items()])
 
-    def _activate(self: "Registry", conn, image_id: str, size: int, md5: str, sha512: str,
+    def activate(self, conn, image_id: str, size: int, md5: str, sha512: str,
                   virtual_size: Optional[int], blob: str, status: str = "active") -> Image:
         """Record the data and its checksums; the image turns ``status``
         (``active``, or ``uploading`` for staged data)."""
@@ -205,24 +211,24 @@ class DataMixin:
         conn.execute(
             "UPDATE images SET status = ?, size = ?, checksum = ?, os_hash_algo = 'sha512', "
             "os_hash_value = ?, virtual_size = ?, blob = ?, upload_token = NULL, upload_lease_until = NULL, "
-            "updated_at = ? WHERE id = ?", (status, size, md5, sha512, virtual_size, blob, self._now(), image_id))
-        out = self._load(conn, image_id)
+            "updated_at = ? WHERE id = ?", (status, size, md5, sha512, virtual_size, blob, self.ctx.now(), image_id))
+        out = self.images.load(conn, image_id)
         assert out is not None
         return out
 
-    def open_data(self: "Registry", caller: Caller, image_id: str) -> ImageData:
+    def open_data(self, caller: Caller, image_id: str) -> ImageData:
         """The data of an active image (the file is opened lazily by the iterators;
         a concurrent delete may make it vanish: NotFoundError then)."""
-        with self._read() as conn:
-            img = self._get_for("download_data", caller, image_id, conn)
+        with self.ctx.read() as conn:
+            img = self.images.get_for("download_data", caller, image_id, conn)
             if img.status == "deactivated" and not caller.is_service:
                 raise ForbiddenError(f"image {img.id} is deactivated: its data cannot be downloaded")
             row = conn.execute("SELECT blob FROM images WHERE id = ?", (img.id,)).fetchone()
             if img.status != "active" or not row["blob"]:
                 raise ConflictError(f"image {img.id} has no data (status '{img.status}')", code="no_data")
-        return ImageData(self._present(caller, img), row["blob"], img.size or 0, img.checksum, self.blobs)
+        return ImageData(self.images.present(caller, img), row["blob"], img.size or 0, img.checksum, self.ctx.blobs)
 
-    def _range(self: "Registry", size: int, offset: int, length: Optional[int]) -> Tuple[int, int]:
+    def _range(self, size: int, offset: int, length: Optional[int]) -> Tuple[int, int]:
         if offset < 0 or (length is not None and length < 0) or (offset >= size and size > 0) \
                 or (size == 0 and offset > 0):
             raise InvalidInputError(f"range starting at {offset} is outside the data (size {size})",
@@ -230,7 +236,7 @@ class DataMixin:
         end = size if length is None else min(size, offset + length)
         return offset, end
 
-    def iter_data(self: "Registry", caller: Caller, image_id: str, *, offset: int = 0, length: Optional[int] = None,
+    def iter_data(self, caller: Caller, image_id: str, *, offset: int = 0, length: Optional[int] = None,
                   chunk: int = 1 << 20) -> Tuple[ImageData, Iterator[bytes]]:
         """(handle, iterator over bytes [offset, offset+length)) -- for HTTP streaming."""
         h = self.open_data(caller, image_id)
@@ -240,12 +246,12 @@ class DataMixin:
         except FileNotFoundError:
             raise NotFoundError(f"image {image_id} not found") from None
 
-    def download(self: "Registry", caller: Caller, image_id: str, out: BinaryIO, *, offset: int = 0,
+    def download(self, caller: Caller, image_id: str, out: BinaryIO, *, offset: int = 0,
                  length: Optional[int] = None, progress: Progress = None) -> int:
         """Copy the data (or a byte range) into ``out``; returns bytes written."""
         h = self.open_data(caller, image_id)
         start, end = self._range(h.size, offset, length)
-        if self.blobs.is_remote(h.rel):
+        if self.ctx.blobs.is_remote(h.rel):
             done = 0
             for b in h.iter(start, end):
                 out.write(b)
@@ -259,42 +265,23 @@ class DataMixin:
             raise NotFoundError(f"image {image_id} not found") from None
 
     # ---- cleanup ----
-    def refers_to_blob(self: "Registry", image_id: str, token: str, rel: str, *, locked: bool = False) -> bool:
+    def refers_to_blob(self, image_id: str, token: str, rel: str, *, locked: bool = False) -> bool:
         """Whether a registry row refers to blob ``rel`` (as an image's data) or
         to the upload ``token`` of ``image_id`` (in progress).  ``locked``: ask
         under the registry's write lock, so that no upload commits meanwhile
         (for a caller about to remove the blob when the answer is no)."""
         if not locked:
-            row = self._conn().execute("SELECT blob, upload_token FROM images WHERE id = ?",
-                                       (image_id,)).fetchone()
+            row = self.ctx.conn().execute("SELECT blob, upload_token FROM images WHERE id = ?",
+                                          (image_id,)).fetchone()
             return row is not None and (row[0] == rel or row[1] == token)
-        with self._write():
+        with self.ctx.write():
             return self.refers_to_blob(image_id, token, rel)
 
-    def _trash(self: "Registry", conn, rels: List[str]) -> None:
-        """Record blobs (and upload files) to remove once nothing holds them (see :meth:`_empty_trash`)."""
-        now = self._now()
-        conn.executemany("INSERT INTO trash (path, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                         [(p, now) for p in rels])
-
-    def _empty_trash(self: "Registry") -> int:
-        conn = self._conn()
-        removed = 0
-        for (p,) in conn.execute("SELECT path FROM trash").fetchall():
-            full = self.blobs.path(p)
-            if is_locked(full):
-                continue
-            self.blobs.unlink(full)
-            with self._write() as c:
-                c.execute("DELETE FROM trash WHERE path = ?", (p,))
-            removed += 1
-        return removed
-
-    def _upload_files(self: "Registry", image_id: str, tok: str) -> Tuple[str, str]:
+    def _upload_files(self, image_id: str, tok: str) -> Tuple[str, str]:
         """The part file and the final blob file of an upload."""
-        return self.blobs.part_path(tok), self.blobs.path(self.blobs.final_rel(image_id, tok))
+        return self.ctx.blobs.part_path(tok), self.ctx.blobs.path(self.ctx.blobs.final_rel(image_id, tok))
 
-    def _upload_alive(self: "Registry", image_id: str, tok: str, lease: Optional[str]) -> bool:
+    def _upload_alive(self, image_id: str, tok: str, lease: Optional[str]) -> bool:
         """Whether upload ``tok`` still holds its image: its lease has not run
         out.  An upload of this host also holds a lock on its part (or final)
         file; found unlocked, the process died and the upload is dead at once
@@ -307,17 +294,17 @@ class DataMixin:
             return False
         if lease is None:
             return bool(held)
-        return lease >= self._now()
+        return lease >= self.ctx.now()
 
-    def _dead_parts(self: "Registry", live_tokens: set) -> List[str]:
+    def _dead_parts(self, live_tokens: set) -> List[str]:
         """Names in the blob tmp directory that no live upload holds."""
         try:
-            names = sorted(os.listdir(self.blobs.tmp))
+            names = sorted(os.listdir(self.ctx.blobs.tmp))
         except FileNotFoundError:
             return []
         dead = []
         for name in names:
-            p = os.path.join(self.blobs.tmp, name)
+            p = os.path.join(self.ctx.blobs.tmp, name)
             if name.endswith(".part") and name[:-5] in live_tokens:
                 continue
             if name.endswith(".new") and not _blobs.older_than(p, 60):
@@ -326,10 +313,10 @@ class DataMixin:
                 dead.append(name)
         return dead
 
-    def cleanup_plan(self: "Registry") -> Dict[str, list]:
+    def cleanup_plan(self) -> Dict[str, list]:
         """What :meth:`cleanup` would do now, read-only: the uploads it would
         reset, the tmp files it would remove, the trash it would empty."""
-        conn = self._conn()
+        conn = self.ctx.conn()
         resets, live = [], set()
         for image_id, tok, lease in conn.execute(_UPLOADING).fetchall():
             if self._upload_alive(image_id, tok, lease):
@@ -337,19 +324,19 @@ class DataMixin:
             else:
                 resets.append(image_id)
         trash = [p for (p,) in conn.execute("SELECT path FROM trash").fetchall()
-                 if not is_locked(self.blobs.path(p))]
+                 if not is_locked(self.ctx.blobs.path(p))]
         return {"reset_uploads": resets, "removed_parts": self._dead_parts(live), "trash": trash}
 
-    def cleanup(self: "Registry", deep: bool = False) -> Dict[str, int]:
+    def cleanup(self, deep: bool = False) -> Dict[str, int]:
         """Undo what dead processes left: uploads whose process died go back to
         ``queued`` and lose their partial data; deleted images' blobs are
         removed.  ``deep`` also removes blob files no image refers to (a scan of
         the whole blob directory)."""
         report = {"reset_uploads": 0, "removed_parts": 0, "removed_blobs": 0}
-        conn = self._conn()
+        conn = self.ctx.conn()
         live_tokens = set()
         for image_id, tok, _lease in conn.execute(_UPLOADING).fetchall():
-            with self._write() as c:
+            with self.ctx.write() as c:
                 row = c.execute("SELECT upload_token, upload_lease_until FROM images WHERE id = ?",
                                 (image_id,)).fetchone()
                 if row is None or row[0] != tok:
@@ -360,18 +347,18 @@ class DataMixin:
                 self._reclaim(c, image_id, tok)
                 report["reset_uploads"] += 1
         for name in self._dead_parts(live_tokens):
-            self.blobs.unlink(os.path.join(self.blobs.tmp, name))
+            self.ctx.blobs.unlink(os.path.join(self.ctx.blobs.tmp, name))
             report["removed_parts"] += 1
-        report["removed_blobs"] += self._empty_trash()
+        report["removed_blobs"] += self.ctx.empty_trash()
         if deep:
             report["removed_blobs"] += self._remove_unreferenced()
         return report
 
-    def _remove_unreferenced(self: "Registry") -> int:
+    def _remove_unreferenced(self) -> int:
         removed = 0
-        conn = self._conn()
-        for sub in os.listdir(self.blobs.root):
-            d = os.path.join(self.blobs.root, sub)
+        conn = self.ctx.conn()
+        for sub in os.listdir(self.ctx.blobs.root):
+            d = os.path.join(self.ctx.blobs.root, sub)
             if sub == "tmp" or not os.path.isdir(d):
                 continue
             for name in os.listdir(d):
@@ -384,11 +371,11 @@ class DataMixin:
                 if is_locked(full):
                     continue
                 # re-check under the write lock (an upload may have committed meanwhile)
-                with self._write() as c:
+                with self.ctx.write() as c:
                     row = c.execute("SELECT blob FROM images WHERE id = ?", (image_id,)).fetchone()
                     if row is not None and row[0] == rel:
                         continue
-                    self.blobs.unlink(full)
+                    self.ctx.blobs.unlink(full)
                 removed += 1
         return removed
 
@@ -412,17 +399,17 @@ class _LeaseKeeper:
     that does not answer is retried at the next turn: if it stays away past
     the lease, the upload may be reclaimed, and the token fences the commit."""
 
-    def __init__(self, reg: "Registry", image_id: str, token: str) -> None:
-        self.reg, self.image_id, self.token = reg, image_id, token
+    def __init__(self, data: DataService, image_id: str, token: str) -> None:
+        self.data, self.image_id, self.token = data, image_id, token
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"upload-lease-{image_id}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.reg.upload_lease / 3):
+        while not self._stop.wait(self.data.upload_lease / 3):
             try:
-                self.reg.renew_upload(self.image_id, self.token)
+                self.data.renew_upload(self.image_id, self.token)
             except ConflictError as e:   # deleted, reset or replaced: stop streaming
                 self.error = e
                 return
@@ -442,12 +429,12 @@ class _LeaseKeeper:
 class UploadWriter(io.RawIOBase):
     """A writable upload in progress (see :meth:`Registry.open_upload`)."""
 
-    def __init__(self, reg: "Registry", caller: Caller, img: Image, up: _blobs.Upload):
+    def __init__(self, data: DataService, caller: Caller, img: Image, up: _blobs.Upload):
         super().__init__()
-        self._reg, self._caller, self._img, self._up = reg, caller, img, up
+        self._data, self._caller, self._img, self._up = data, caller, img, up
         self._done = False
         self.image_id = img.id
-        self._lease = _LeaseKeeper(reg, img.id, up.token)
+        self._lease = _LeaseKeeper(data, img.id, up.token)
 
     def writable(self) -> bool:
         return True
@@ -476,25 +463,21 @@ class UploadWriter(io.RawIOBase):
         data that is not what its disk and container formats claim."""
         src = stream
         try:
-            if inspect:
-                from .inspect import InspectLimits, inspect_upload
+            with self._aborting():
+                if inspect:
+                    from .inspect import InspectLimits, inspect_upload
 
-                src = inspect_upload(stream, disk_format=self._img.disk_format,
-                                     container_format=self._img.container_format, tmp_dir=self._reg.blobs.root,
-                                     limits=InspectLimits.from_config(self._reg.config))
+                    src = inspect_upload(stream, disk_format=self._img.disk_format,
+                                         container_format=self._img.container_format,
+                                         tmp_dir=self._data.ctx.blobs.root,
+                                         limits=InspectLimits.from_config(self._data.ctx.config))
 
-            def step(done: int, total: Optional[int]) -> None:
-                self._lease.check()
-                if progress is not None:
-                    progress(done, total)
+                def step(done: int, total: Optional[int]) -> None:
+                    self._lease.check()
+                    if progress is not None:
+                        progress(done, total)
 
-            self._up.write_from(src, progress=step, total=size)
-        except BaseException as exc:
-            lost = self._lost(exc)
-            self.abort()
-            if lost is not None:
-                raise lost from None
-            raise
+                self._up.write_from(src, progress=step, total=size)
         finally:
             if src is not stream:
                 src.close()
@@ -505,36 +488,43 @@ class UploadWriter(io.RawIOBase):
         make the image active (``uploading`` when the upload stages data)."""
         if self._done:
             raise ValueError("upload already committed or aborted")
-        reg, up, img = self._reg, self._up, self._img
-        try:
+        data, ctx, up, img = self._data, self._data.ctx, self._up, self._img
+        with self._aborting():
             self._lease.check()
             digest = up.digest()
             if size is not None and digest.size != size:
                 raise InvalidInputError(f"upload ended after {digest.size} bytes; {size} were announced")
             rel = up.publish()
             if virtual_size is None and img.disk_format == "vhd":
-                if reg.blobs.is_remote(rel):  # the footer, kept from the stream (no read back)
+                if ctx.blobs.is_remote(rel):  # the footer, kept from the stream (no read back)
                     virtual_size = _blobs.footer_virtual_size(getattr(up, "tail", b""))
                 else:
-                    virtual_size = _vhd_virtual_size(reg.blobs.path(rel))
-            with reg._write() as conn:
+                    virtual_size = _vhd_virtual_size(ctx.blobs.path(rel))
+            with ctx.write() as conn:
                 row = conn.execute("SELECT upload_token FROM images WHERE id = ?", (img.id,)).fetchone()
                 if row is None or row[0] != up.token:   # the fence: reclaimed (or deleted) meanwhile
                     raise ConflictError(f"image {img.id} was deleted or reset during the upload",
                                         code="upload_lost")
-                out = reg._activate(conn, img.id, digest.size, digest.md5, digest.sha512, virtual_size, rel,
+                out = data.activate(conn, img.id, digest.size, digest.md5, digest.sha512, virtual_size, rel,
                                     status="uploading" if img.status == "uploading" else "active")
+        self._done = True
+        self._lease.stop()
+        up.release()
+        assert out is not None
+        return data.images.present(self._caller, out)
+
+    @contextlib.contextmanager
+    def _aborting(self) -> Iterator[None]:
+        """Run the block; on any failure :meth:`abort` and re-raise -- as
+        ``upload_lost`` when the upload lost its image (see :meth:`_lost`)."""
+        try:
+            yield
         except BaseException as exc:
             lost = self._lost(exc)
             self.abort()
             if lost is not None:
                 raise lost from None
             raise
-        self._done = True
-        self._lease.stop()
-        up.release()
-        assert out is not None
-        return reg._present(self._caller, out)
 
     def _lost(self, exc: BaseException) -> Optional[ConflictError]:
         """When the upload failed because it lost the image (reclaimed after its
@@ -544,7 +534,7 @@ class UploadWriter(io.RawIOBase):
             return None     # the caller's own reason (a conflict says what it is)
         if self._lease.error is None:
             try:
-                row = self._reg._conn().execute("SELECT upload_token FROM images WHERE id = ?",
+                row = self._data.ctx.conn().execute("SELECT upload_token FROM images WHERE id = ?",
                                                 (self._img.id,)).fetchone()
             except VhdkitError:
                 return None
@@ -566,10 +556,11 @@ class UploadWriter(io.RawIOBase):
         except VhdkitError:    # the blob store did not answer: its data goes to the trash, emptied later
             left = [up.rel]
         try:
-            with self._reg._write() as conn:
+            ctx = self._data.ctx
+            with ctx.write() as conn:
                 conn.execute("UPDATE images SET status = 'queued', upload_token = NULL, upload_lease_until = NULL, updated_at = ? "
-                             "WHERE id = ? AND upload_token = ?", (self._reg._now(), self._img.id, up.token))
-                self._reg._trash(conn, left)
+                             "WHERE id = ? AND upload_token = ?", (ctx.now(), self._img.id, up.token))
+                ctx.trash(conn, left)
         except VhdkitError:
             pass  # cleanup() resets it once the lease has run out
 

@@ -1,5 +1,5 @@
-"""Tasks (import/export), a mixin of :class:`Registry`: the v2 task records
-plus the lease protocol workers use.
+"""Tasks (import/export): :class:`TaskService`, the v2 task records plus
+the lease protocol workers use.
 
 Statuses pending -> processing -> success | failure.  A worker takes a task
 with :meth:`claim_task` (atomic: ``BEGIN IMMEDIATE``), renews its lease with
@@ -10,35 +10,35 @@ stopped).  A task whose lease expires is handed to the next claimer
 fails with a message.  A task expires 48 h after it ends.
 
 Fencing: each claim is one attempt, named by its :class:`Lease` (task id,
-worker id, attempt number).  Inside :meth:`fenced` every write transaction
-of the calling thread first checks, in that same transaction, that the lease
-is still the task's current one, and refuses (ConflictError ``lease_lost``)
-otherwise: a worker that was paused past its lease and resumes cannot change
-anything a newer attempt owns.  A task that ends ``failure`` is *swept*
+worker id, attempt number).  Inside :meth:`~.context.Context.fenced` every
+write transaction of the calling thread, whichever service makes it, first
+checks, in that same transaction, that the lease is still the task's current
+one, and refuses (ConflictError ``lease_lost``) otherwise: a worker that was
+paused past its lease and resumes cannot change anything a newer attempt
+owns.  A task that ends ``failure`` is *swept*
 once (:meth:`unswept_failures`, :meth:`mark_swept`): the pipeline removes
 what it made (see :func:`vhdkit.tasks.pipeline.sweep_failed`)."""
 from __future__ import annotations
 
 import contextlib
-from collections import namedtuple
 from collections.abc import Mapping
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
-from .models import TASK_STATUSES, TASK_TYPES, Task, TaskList, new_uuid, now_text
+from .context import DEFAULT_LEASE_S, Lease, held
+from .models import TASK_STATUSES, TASK_TYPES, Task, TaskList, new_uuid
 from .rbac import Caller, require_role
 
-TYPE_CHECKING = False   # typing, datetime and uuid are not imported at run time (start-up of `vhdkit image show`)
+TYPE_CHECKING = False   # typing and uuid are not imported at run time
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-    from .core import Registry  # noqa: F401
+    from .context import Context
     from .query import Params
-# json and .query are imported where used: a Registry opened to read or
-# download one image never touches tasks (start-up of `vhdkit image download`).
+# json and .query are imported where used (a Registry imports this module on
+# the first task call).
 
 #: seconds a finished task is kept
 TASK_TTL_S = 48 * 3600
-DEFAULT_LEASE_S = 60.0
 MAX_ATTEMPTS = 2
 MAX_INPUT_BYTES = 64 << 10
 TASK_SORT_KEYS = ("created_at", "updated_at", "id", "status", "type")
@@ -54,17 +54,6 @@ def task_image_id(task_id: str) -> str:
     return str(uuid.uuid5(uuid.UUID(_IMAGE_NS), task_id))
 
 
-class Lease(namedtuple("Lease", "task_id worker_id attempt")):
-    """The fencing token of one attempt at a task: ``task_id`` (str),
-    ``worker_id`` (str), ``attempt`` (int)."""
-
-    __slots__ = ()
-
-    @classmethod
-    def of(cls, task: Task) -> "Lease":
-        return cls(task.id, task.worker_id or "", int(task.attempts))
-
-
 def _task(r: Any) -> Task:
     import json
 
@@ -77,21 +66,14 @@ def _task(r: Any) -> Task:
         owner_roles=[x for x in r["owner_roles"].split(",") if x])
 
 
-@contextlib.contextmanager
-def thread_lease(local, lease: Optional[Lease]) -> Iterator[None]:
-    """Set ``local.lease`` (a ``threading.local``) for the block."""
-    prev = getattr(local, "lease", None)
-    local.lease = lease
-    try:
-        yield
-    finally:
-        local.lease = prev
+class TaskService:
+    """The tasks of the registry open as ``ctx``; a task is claimed at most
+    ``max_attempts`` times."""
 
+    def __init__(self, ctx: Context, max_attempts: int = MAX_ATTEMPTS):
+        self.ctx, self.max_attempts = ctx, max_attempts
 
-class TasksMixin:
-    max_task_attempts = MAX_ATTEMPTS
-
-    def create_task(self: "Registry", caller: Caller, type: str, input: Mapping[str, Any]) -> Task:  # type: ignore[misc]
+    def create_task(self, caller: Caller, type: str, input: Mapping[str, Any]) -> Task:
         """Record a pending task of ``type`` (import/export) owned by the caller's account."""
         require_role("create_task", caller)
         if type not in TASK_TYPES:
@@ -107,22 +89,22 @@ class TasksMixin:
         if len(text) > MAX_INPUT_BYTES:
             raise InvalidInputError(f"task input is larger than {MAX_INPUT_BYTES} bytes")
         tid = new_uuid()
-        now = self._now()
-        with self._write() as conn:
+        now = self.ctx.now()
+        with self.ctx.write() as conn:
             conn.execute("INSERT INTO tasks (id, type, status, input, owner, owner_roles, created_at, updated_at) "
                          "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
                          (tid, type, text, caller.account, ",".join(sorted(caller.roles)), now, now))
             row = conn.execute("SELECT * FROM tasks WHERE id = ?", (tid,)).fetchone()
         return _task(row)
 
-    def show_task(self: "Registry", caller: Caller, task_id: str) -> Task:  # type: ignore[misc]
+    def show_task(self, caller: Caller, task_id: str) -> Task:
         require_role("show_task", caller)
-        row = self._conn().execute("SELECT * FROM tasks WHERE id = ?", (str(task_id),)).fetchone()
+        row = self.ctx.conn().execute("SELECT * FROM tasks WHERE id = ?", (str(task_id),)).fetchone()
         if row is None or (row["owner"] != caller.account and not caller.is_service):
             raise NotFoundError(f"task {task_id} not found")
         return _task(row)
 
-    def list_tasks(self: "Registry", caller: Caller, params: Optional[Params] = None) -> TaskList:  # type: ignore[misc]
+    def list_tasks(self, caller: Caller, params: Optional[Params] = None) -> TaskList:
         """The caller account's tasks; params: ``type``, ``status``, ``sort_key``
         (created_at, updated_at, id, status, type), ``sort_dir``, ``marker``, ``limit``."""
         from .query import DEFAULT_LIMIT, MAX_LIMIT, _int, param_pairs
@@ -155,8 +137,8 @@ class TasksMixin:
                 d = v
             else:
                 raise InvalidInputError(f"unknown task filter {k!r}")
-        conn = self._conn()
-        with self._read():
+        conn = self.ctx.conn()
+        with self.ctx.read():
             if marker is not None:
                 m = conn.execute(f"SELECT {key}, id FROM tasks WHERE id = ? AND owner = ?",
                                  (marker, caller.account)).fetchone()
@@ -172,19 +154,14 @@ class TasksMixin:
         return TaskList(tasks, tasks[-1].id if more and tasks else None)
 
     # ---- worker protocol ----
-    def _lease_until(self: "Registry", seconds: float) -> str:  # type: ignore[misc]
-        import datetime as _dt
-
-        return now_text(self._now_dt() + _dt.timedelta(seconds=seconds))
-
-    def claim_task(self: "Registry", worker_id: str, lease_seconds: float = DEFAULT_LEASE_S,  # type: ignore[misc]
+    def claim_task(self, worker_id: str, lease_seconds: float = DEFAULT_LEASE_S,
                    types: Optional[Sequence[str]] = None) -> Optional[Task]:
         """Atomically take the oldest pending task (or one whose worker's lease
         expired); None when there is nothing to do."""
         if not worker_id:
             raise InvalidInputError("worker_id is required")
-        now = self._now()
-        with self._write() as conn:
+        now = self.ctx.now()
+        with self.ctx.write() as conn:
             self._expire_leases(conn)
             sql = "SELECT id FROM tasks WHERE status = 'pending'"
             args: list = []
@@ -199,106 +176,84 @@ class TasksMixin:
             conn.execute("UPDATE tasks SET status = 'processing', worker_id = ?, lease_expires_at = ?, "
                          "attempts = attempts + 1, stage = NULL, bytes_done = NULL, bytes_total = NULL, "
                          "updated_at = ? WHERE id = ?",
-                         (worker_id, self._lease_until(lease_seconds), now, row["id"]))
+                         (worker_id, self.ctx.later(lease_seconds), now, row["id"]))
             out = conn.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone()
         return _task(out)
 
-    def _expire_leases(self: "Registry", conn: Any) -> None:  # type: ignore[misc]
+    def _expire_leases(self, conn: Any) -> None:
         """Tasks whose lease ran out go back to pending, or fail after their last attempt."""
-        now = self._now()
+        now = self.ctx.now()
         for r in conn.execute("SELECT id, attempts FROM tasks WHERE status = 'processing' "
                               "AND lease_expires_at < ?", (now,)).fetchall():
-            if r["attempts"] >= self.max_task_attempts:
+            if r["attempts"] >= self.max_attempts:
                 conn.execute(
                     "UPDATE tasks SET status = 'failure', message = ?, worker_id = NULL, "
                     "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",
                     (f"[500] the worker running this task stopped responding (after {r['attempts']} attempts)",
-                     now, self._lease_until(TASK_TTL_S), r["id"]))
+                     now, self.ctx.later(TASK_TTL_S), r["id"]))
             else:
                 conn.execute("UPDATE tasks SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, "
                              "updated_at = ? WHERE id = ?", (now, r["id"]))
 
-    def expire_leases(self: "Registry") -> None:  # type: ignore[misc]
+    def expire_leases(self) -> None:
         """:meth:`_expire_leases` in its own transaction (what ``vhdkit cleanup`` runs first)."""
-        with self._write() as conn:
+        with self.ctx.write() as conn:
             self._expire_leases(conn)
 
-    def _held(self: "Registry", conn: Any, task_id: str, worker_id: str,  # type: ignore[misc]
-              attempt: Optional[int] = None) -> Any:
-        row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"task {task_id} not found")
-        if (row["status"] != "processing" or row["worker_id"] != worker_id
-                or (attempt is not None and row["attempts"] != attempt)):
-            raise ConflictError(f"worker {worker_id} no longer holds task {task_id} (lease lost)",
-                                code="lease_lost")
-        return row
-
-    def fenced(self: "Registry", lease: Optional[Lease]):  # type: ignore[misc]
-        """Within: every write transaction of this thread is refused unless
-        ``lease`` is still the task's current attempt (checked in that
-        transaction; see the module doc).  None: no fence."""
-        return thread_lease(self._local, lease)
-
-    def _check_fence(self: "Registry", conn: Any) -> None:  # type: ignore[misc]
-        lease = getattr(self._local, "lease", None)
-        if lease is not None:
-            self._held(conn, lease.task_id, lease.worker_id, lease.attempt)
-
-    def check_lease(self: "Registry", lease: Lease) -> None:  # type: ignore[misc]
+    def check_lease(self, lease: Lease) -> None:
         """ConflictError ``lease_lost`` unless ``lease`` is the task's current attempt."""
-        with self._write() as conn:
-            self._held(conn, lease.task_id, lease.worker_id, lease.attempt)
+        with self.ctx.write() as conn:
+            held(conn, lease.task_id, lease.worker_id, lease.attempt)
 
     @contextlib.contextmanager
-    def holding(self: "Registry", lease: Lease) -> Iterator[None]:  # type: ignore[misc]
+    def holding(self, lease: Lease) -> Iterator[None]:
         """Run the block while holding the registry's write lock with ``lease``
         checked: no newer attempt can claim the task until the block ends (for
         a short outside write, such as publishing an export's manifest)."""
-        with self._write() as conn:
-            self._held(conn, lease.task_id, lease.worker_id, lease.attempt)
+        with self.ctx.write() as conn:
+            held(conn, lease.task_id, lease.worker_id, lease.attempt)
             yield
 
-    def unswept_failures(self: "Registry", limit: int = 50) -> List[Task]:  # type: ignore[misc]
+    def unswept_failures(self, limit: int = 50) -> List[Task]:
         """Failed tasks whose remains were not swept yet (oldest first)."""
-        rows = self._conn().execute("SELECT * FROM tasks WHERE status = 'failure' AND swept = 0 "
-                                    "ORDER BY updated_at, id LIMIT ?", (int(limit),)).fetchall()
+        rows = self.ctx.conn().execute("SELECT * FROM tasks WHERE status = 'failure' AND swept = 0 "
+                                       "ORDER BY updated_at, id LIMIT ?", (int(limit),)).fetchall()
         return [_task(r) for r in rows]
 
-    def mark_swept(self: "Registry", task_id: str) -> None:  # type: ignore[misc]
-        with self._write() as conn:
+    def mark_swept(self, task_id: str) -> None:
+        with self.ctx.write() as conn:
             conn.execute("UPDATE tasks SET swept = 1 WHERE id = ? AND status = 'failure'", (str(task_id),))
 
-    def heartbeat(self: "Registry", task_id: str, worker_id: str, *,  # type: ignore[misc]
+    def heartbeat(self, task_id: str, worker_id: str, *,
                   lease_seconds: float = DEFAULT_LEASE_S, stage: Optional[str] = None,
                   bytes_done: Optional[int] = None, bytes_total: Optional[int] = None,
                   attempt: Optional[int] = None) -> Task:
         """Renew the lease and record progress; ConflictError when the lease was lost."""
-        with self._write() as conn:
-            row = self._held(conn, task_id, worker_id, attempt)
+        with self.ctx.write() as conn:
+            row = held(conn, task_id, worker_id, attempt)
             conn.execute("UPDATE tasks SET lease_expires_at = ?, stage = ?, bytes_done = ?, bytes_total = ?, "
                          "updated_at = ? WHERE id = ?",
-                         (self._lease_until(lease_seconds), stage if stage is not None else row["stage"],
+                         (self.ctx.later(lease_seconds), stage if stage is not None else row["stage"],
                           bytes_done if bytes_done is not None else row["bytes_done"],
-                          bytes_total if bytes_total is not None else row["bytes_total"], self._now(), task_id))
+                          bytes_total if bytes_total is not None else row["bytes_total"], self.ctx.now(), task_id))
             out = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return _task(out)
 
-    def release_task(self: "Registry", task_id: str, worker_id: str,  # type: ignore[misc]
+    def release_task(self, task_id: str, worker_id: str,
                      attempt: Optional[int] = None) -> None:
         """Give a held task back (its worker is stopping): pending again and
         claimable at once, the attempt not counted.  Nothing happens when the
         worker (or, given ``attempt``, that attempt) no longer holds it."""
-        with self._write() as conn:
+        with self.ctx.write() as conn:
             try:
-                self._held(conn, task_id, worker_id, attempt)
+                held(conn, task_id, worker_id, attempt)
             except (ConflictError, NotFoundError):
                 return
             conn.execute("UPDATE tasks SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, "
                          "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, stage = NULL, bytes_done = NULL, bytes_total = NULL, "
-                         "updated_at = ? WHERE id = ?", (self._now(), task_id))
+                         "updated_at = ? WHERE id = ?", (self.ctx.now(), task_id))
 
-    def finish(self: "Registry", task_id: str, worker_id: str, *, status: str,  # type: ignore[misc]
+    def finish(self, task_id: str, worker_id: str, *, status: str,
                result: Optional[Dict[str, Any]] = None, message: str = "", attempt: Optional[int] = None) -> Task:
         """End a held task with ``success`` or ``failure``."""
         if status not in ("success", "failure"):
@@ -306,17 +261,17 @@ class TasksMixin:
         import json
 
         res = json.dumps(result) if result is not None else None
-        with self._write() as conn:
-            self._held(conn, task_id, worker_id, attempt)
-            now = self._now()
+        with self.ctx.write() as conn:
+            held(conn, task_id, worker_id, attempt)
+            now = self.ctx.now()
             conn.execute("UPDATE tasks SET status = ?, result = ?, message = ?, worker_id = NULL, "
                          "lease_expires_at = NULL, updated_at = ?, expires_at = ? WHERE id = ?",
-                         (status, res, message or "", now, self._lease_until(TASK_TTL_S), task_id))
+                         (status, res, message or "", now, self.ctx.later(TASK_TTL_S), task_id))
             out = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return _task(out)
 
-    def purge_expired_tasks(self: "Registry") -> int:  # type: ignore[misc]
+    def purge_expired_tasks(self) -> int:
         """Delete finished tasks whose ``expires_at`` has passed; returns how many."""
-        with self._write() as conn:
+        with self.ctx.write() as conn:
             return conn.execute("DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at < ?",
-                                (self._now(),)).rowcount
+                                (self.ctx.now(),)).rowcount
