@@ -277,7 +277,7 @@ async def write_call(request: Request, fn, *args, **kw):
     """:func:`call` for a short registry write.
 
     The registry itself makes the writers of a process take turns (see
-    ``Registry._write``); this limiter only keeps writes that wait for their
+    ``vhdkit.registry.context.Context.write``); this limiter only keeps writes that wait for their
     turn in the event loop rather than each parked in a worker thread, so a
     burst of writes cannot use up the thread pool that reads need.
     """

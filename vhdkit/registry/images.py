@@ -4,6 +4,7 @@ see it, then its role and scope (see :mod:`.rbac`), and hide the properties
 the caller's roles may not read (:mod:`.protections`)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
