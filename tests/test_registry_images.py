@@ -393,6 +393,20 @@ def test_open_upload_aborts_unless_committed(reg):
     assert reg.show_image(admin(), img.id).status == "queued" and blob_files(reg) == []
 
 
+def test_delete_during_an_upload_loses_the_upload_and_leaves_nothing(reg):
+    img = make_image(reg)
+    w = reg.open_upload(admin(), img.id)
+    w.write(b"z" * 4096)
+    reg.delete_image(admin(), img.id)          # the upload's files go to the trash
+    with pytest.raises(ConflictError) as e:
+        w.commit()
+    assert e.value.code == "upload_lost"
+    with pytest.raises(NotFoundError):
+        reg.show_image(admin(), img.id)
+    reg.cleanup()
+    assert blob_files(reg) == []
+
+
 def test_vhd_virtual_size_comes_from_the_reader(reg, sample):
     import vhdkit.vhd as vhd
     if not hasattr(vhd, "info"):
