@@ -287,6 +287,15 @@ def _open_store(store_dir: Optional[str], data_dir: Optional[str], account: Opti
     return open_configured_store(cfg.account or _DEFAULT_ACCOUNT, config=cfg)
 
 
+def _store_to_output(output: str, force: bool, what: str, store_dir: Optional[str], data_dir: Optional[str],
+                     account: Optional[str]):
+    """The store to copy ``what`` from, once ``output`` may be written: not a
+    terminal, not an existing file unless forced."""
+    refuse_terminal(output, what)
+    refuse_existing(output, force)
+    return _open_store(store_dir, data_dir, account)
+
+
 @main.group("object")
 def object_group() -> None:
     """Objects in your account's object store (containers of named objects).
@@ -367,9 +376,7 @@ def object_get(container, name, output, force, store_dir, data_dir, account, rol
     """
     from ..pack.streams import copy_stream
 
-    refuse_terminal(output, "object data")
-    refuse_existing(output, force)
-    st = _open_store(store_dir, data_dir, account)
+    st = _store_to_output(output, force, "object data", store_dir, data_dir, account)
     with st.get(container, name) as r:
         if output == "-":
             copy_stream(r, sys.stdout.buffer)
@@ -501,9 +508,7 @@ def segments_join(container, name, output, force, store_dir, data_dir, account, 
     """
     from ..pack import segments
 
-    refuse_terminal(output, "the joined object")
-    refuse_existing(output, force)
-    st = _open_store(store_dir, data_dir, account)
+    st = _store_to_output(output, force, "the joined object", store_dir, data_dir, account)
     with _progress("join", None) as prog:
         if output == "-":
             man = segments.join(st, container, name, sys.stdout.buffer, progress=prog)
