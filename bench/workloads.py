@@ -565,16 +565,23 @@ def _download_input(ctx: Ctx):
     return home, info["id"], info["blob"], src
 
 
-@workload("registry.download", "registry", "download an image from the registry into a file", issue=6,
-          target="≤ 1.2 × cp of the blob")
-def registry_download(ctx: Ctx) -> Workload:
+def _download_vs_cp(ctx: Ctx, vhdkit_cmd, notes: List[str]) -> Workload:
+    """vhdkit downloading the image of :func:`_download_input` (``vhdkit_cmd(home,
+    image_id, out)``) against cp of its blob."""
     home, image_id, blob, src = _download_input(ctx)
     a, b = ctx.outdir("vhdkit") / "out.img", ctx.outdir("cp") / "out.img"
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.tool("registry-download", str(home), image_id, str(a)))],
-                ours=True, setup=ctx.clean(a), verify=lambda: same_file(src, a)),
+        Variant("vhdkit", [vhdkit_cmd(home, image_id, a)], ours=True, setup=ctx.clean(a),
+                verify=lambda: same_file(src, a)),
         Variant("cp blob", [Cmd(["cp", blob, str(b)])], setup=ctx.clean(b)),
-    ], basis=os.path.getsize(src), params={"file_bytes": os.path.getsize(src)},
+    ], basis=os.path.getsize(src), params={"file_bytes": os.path.getsize(src)}, notes=notes)
+
+
+@workload("registry.download", "registry", "download an image from the registry into a file", issue=6,
+          target="≤ 1.2 × cp of the blob")
+def registry_download(ctx: Ctx) -> Workload:
+    return _download_vs_cp(
+        ctx, lambda home, image_id, out: Cmd(ctx.tool("registry-download", str(home), image_id, str(out))),
         notes=["vhdkit: Registry.download into a new file through the Python API, process start-up "
                "included (as registry.upload is measured); open the registry, check access, copy "
                "(copy_file_range), close.  registry.download-cli times the `vhdkit image download` command."])
@@ -582,15 +589,10 @@ def registry_download(ctx: Ctx) -> Workload:
 
 @workload("registry.download-cli", "registry", "`vhdkit image download` into a file", issue=6)
 def registry_download_cli(ctx: Ctx) -> Workload:
-    home, image_id, blob, src = _download_input(ctx)
-    a, b = ctx.outdir("vhdkit") / "out.img", ctx.outdir("cp") / "out.img"
-    who = {"VHDKIT_HOME": str(home), "VHDKIT_ACCOUNT": "acctup", "VHDKIT_ROLES": "admin"}
-    return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("image", "download", image_id, "-o", str(a), "--no-sync", json=False),
-                               env=who)],
-                ours=True, setup=ctx.clean(a), verify=lambda: same_file(src, a)),
-        Variant("cp blob", [Cmd(["cp", blob, str(b)])], setup=ctx.clean(b)),
-    ], basis=os.path.getsize(src), params={"file_bytes": os.path.getsize(src)},
+    who = {"VHDKIT_ACCOUNT": "acctup", "VHDKIT_ROLES": "admin"}
+    return _download_vs_cp(
+        ctx, lambda home, image_id, out: Cmd(ctx.vk("image", "download", image_id, "-o", str(out), "--no-sync",
+                                                    json=False), env=dict(who, VHDKIT_HOME=str(home))),
         notes=["vhdkit: `vhdkit image download ID -o FILE --no-sync` (the CLI: the interpreter and click "
                "start up first, ~80 ms before any work; temp file + rename, no fsync and no re-hash, as cp; "
                "bench/registry_scale.py also times the default, which fsyncs)."])

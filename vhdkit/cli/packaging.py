@@ -287,6 +287,17 @@ def _open_store(store_dir: Optional[str], data_dir: Optional[str], account: Opti
     return open_configured_store(cfg.account or _DEFAULT_ACCOUNT, config=cfg)
 
 
+def _copy_out_options(**output):
+    """CONTAINER NAME -o OUTPUT (``output``: its click.option settings) --force,
+    the store options and --json: a command that copies an object out."""
+    def decorate(f):
+        for d in (json_option, _store_options, force_option, click.option("-o", "--output", **output),
+                  click.argument("name"), click.argument("container")):
+            f = d(f)
+        return f
+    return decorate
+
+
 def _store_to_output(output: str, force: bool, what: str, store_dir: Optional[str], data_dir: Optional[str],
                      account: Optional[str]):
     """The store to copy ``what`` from, once ``output`` may be written: not a
@@ -360,13 +371,7 @@ def object_put(container, name, source, meta, store_dir, data_dir, account, role
 
 
 @object_group.command("get")
-@click.argument("container")
-@click.argument("name")
-@click.option("-o", "--output", default="-", show_default=True,
-              help="Output file or - for stdout (which must not be a terminal).")
-@force_option
-@_store_options
-@json_option
+@_copy_out_options(default="-", show_default=True, help="Output file or - for stdout (which must not be a terminal).")
 def object_get(container, name, output, force, store_dir, data_dir, account, roles, as_json) -> None:
     """Write CONTAINER/NAME to a file (atomically) or stdout.
 
@@ -493,12 +498,7 @@ def segments_split(input, name, container, segment_size, digits, store_dir, data
 
 
 @segments_group.command("join")
-@click.argument("container")
-@click.argument("name")
-@click.option("-o", "--output", required=True, help="Output file (written atomically) or - for stdout.")
-@force_option
-@_store_options
-@json_option
+@_copy_out_options(required=True, help="Output file (written atomically) or - for stdout.")
 def segments_join(container, name, output, force, store_dir, data_dir, account, roles, as_json) -> None:
     """Join and verify the segments of CONTAINER/NAME.
 
