@@ -33,7 +33,7 @@ def _say(step: str, text: str = "") -> None:
 
 
 def _virtual_sha256(path: Path) -> str:
-    from . import vhd
+    from .. import vhd
 
     h = hashlib.sha256()
     buf = bytearray(8 * MiB)
@@ -56,7 +56,7 @@ def _file_sha256(path: Path) -> str:
 
 def _make_sample(dest: Path) -> Path:
     """A 256 MiB dynamic VHD, a quarter of it written (deterministic)."""
-    from . import vhd
+    from .. import vhd
 
     raw = dest.with_suffix(".raw")
     block = 2 * MiB
@@ -123,7 +123,7 @@ def run(data: Path, image: Path | None, keep: bool) -> int:
     else:
         src = _make_sample(work / "sample.vhd")
         _say("sample", "made a 256 MiB dynamic VHD with vhdkit (shared samples not found)")
-    from . import vhd
+    from .. import vhd
 
     vi = vhd.info(src)
     src_virtual = _virtual_sha256(src)
