@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from conftest import SAMPLES as SAMPLES_DIR, require_tool
+from shared import file_digest, peer_env
 
 SAMPLES_README = SAMPLES_DIR / "README.md"
 
@@ -25,15 +25,6 @@ def sample_table(readme: Path) -> Dict[str, dict]:
         if m:
             out[m.group(1)] = {"type": m.group(2), "size": int(m.group(3)), "sha256": m.group(4)}
     return out
-
-
-def peer_env() -> dict:
-    """The environment for peer tools: without the sanitizer runtime that the
-    ASan pass preloads (qemu-img hangs under it)."""
-    env = dict(os.environ)
-    for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"):
-        env.pop(k, None)
-    return env
 
 
 def run_peer(args, **kw):
@@ -56,11 +47,7 @@ def stream_sha256(stream, bufsize: int = 8 << 20) -> str:
 
 
 def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def qemu_raw(path, out, fmt: str = "vpc") -> Path:

@@ -54,7 +54,9 @@ its own puts (several uploads may share one store).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
+import os
 import tempfile
 import threading
 import time
@@ -62,7 +64,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                      UnauthorizedError, UnavailableError, from_oserror)
+                      UnavailableError, from_oserror)
 from .base import (ObjectInfo, ObjectReader, ObjectStore, validate_container_name, validate_metadata,
                    validate_object_name)
 
@@ -106,7 +108,18 @@ class SwiftConfig:
         return cls.from_config(load(env=env))
 
 
-_token_cache: Dict[tuple, tuple] = {}
+# (auth URL, user, fingerprint of the key) -> (storage URL, token, monotonic expiry).
+# The key's fingerprint is part of the cache key, so a token is reused only by
+# the credentials that obtained it: a wrong or rotated key authenticates anew.
+# The fingerprint is an HMAC under a per-process random salt, so the cache does
+# not hold the key, nor an unsalted hash of it.
+_token_cache: Dict[Tuple[str, str, bytes], Tuple[str, str, float]] = {}
+_KEY_SALT = os.urandom(32)
+
+
+def _token_cache_key(config: "SwiftConfig") -> Tuple[str, str, bytes]:
+    fingerprint = hmac.new(_KEY_SALT, config.key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return config.auth_url, config.user, fingerprint
 
 
 def _client():
@@ -125,8 +138,9 @@ def _err(e: Exception, what: str):
             return NotFoundError(f"{what}: not found")
         if st == 409:
             return ConflictError(f"{what}: conflict ({e.http_reason})")
-        if st in (401, 403):
-            return UnauthorizedError(f"{what}: Swift refused the credentials ({st})")
+        if st in (401, 403):   # the service's own credentials: its configuration is wrong, not the customer's
+            return UnavailableError(f"{what}: Swift refused the service's credentials ({st}); "
+                                    f"check VHDKIT_SWIFT_USER and VHDKIT_SWIFT_KEY")
         if st == 422:
             return IntegrityError(f"{what}: Swift says the data does not match its ETag")
         if st is None or st >= 500:   # no answer, or Swift failed: transient, the caller may retry
@@ -202,7 +216,7 @@ class SwiftStore(ObjectStore):
     def _connection(self):
         if getattr(self._local, "conn", None) is None:
             sc = _client()
-            key = (self.config.auth_url, self.config.user)
+            key = _token_cache_key(self.config)
             cached = _token_cache.get(key)
             if cached is None or cached[2] < time.monotonic():
                 auth = sc.Connection(authurl=self.config.auth_url, user=self.config.user, key=self.config.key,
