@@ -205,13 +205,13 @@ class ImageService:
         if not self.can(caller.roles, name, op):
             raise ForbiddenError(f"property '{name}' is protected: your roles may not {op} it")
 
+    # ---- images ----
     def get_schema(self, caller: Caller, name: str) -> Dict[str, Any]:
         """``GET /v2/schemas/{name}``: image, images, member, members, task, tasks."""
         require_role("schemas", caller)
         from .schemas import schema
         return schema(name)
 
-    # ---- images ----
     def create_image(self, caller: Caller, data: Optional[Mapping[str, Any]] = None, /, **fields: Any) -> Image:
         """Create a queued image from a v2 body (``name``, ``visibility``, ``tags``,
         ``disk_format``, ..., extra string properties at top level; ``id`` optional)."""
