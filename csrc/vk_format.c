@@ -336,3 +336,113 @@ size_t vk_bat_blocks(const uint8_t *buf, size_t n_entries, uint64_t *out)
     }
     return n;
 }
+
+/* ---- BAT entries ------------------------------------------------------------ */
+void vk_bat_layout_of(vk_bat_layout *g, const vk_dynhdr *h, uint64_t header_offset, uint64_t file_size,
+                      uint64_t footer_at, uint64_t virtual_size)
+{
+    uint64_t need = vk_bat_entries_for(virtual_size, h->block_size);
+    g->file_size = file_size;
+    g->footer_at = footer_at;
+    g->header_offset = header_offset;
+    g->table_offset = h->table_offset;
+    g->table_bytes = ((uint64_t)h->max_table_entries * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
+    g->block_size = h->block_size;
+    g->bitmap_bytes = vk_bitmap_bytes(h->block_size);
+    g->disk_entries = h->max_table_entries < need ? h->max_table_entries : need;
+}
+
+static int overlaps(uint64_t a, uint64_t a_end, uint64_t b, uint64_t b_len)
+{
+    return a < b + b_len && b < a_end;
+}
+
+int vk_bat_entry_class(const vk_bat_layout *g, uint64_t i, uint32_t v)
+{
+    if (v == VK_BAT_UNUSED) return VK_BATE_UNUSED;
+    if (i >= g->disk_entries) return VK_BATE_BEYOND_DISK;
+    uint64_t start = (uint64_t)v * VK_SECTOR;   /* < 2^41: no overflow below */
+    uint64_t end = start + g->bitmap_bytes + g->block_size;
+    if (start + g->bitmap_bytes > g->file_size) return VK_BATE_PAST_EOF;
+    if (end > g->file_size) return VK_BATE_RUNS_PAST_EOF;
+    if (overlaps(start, end, 0, VK_FOOTER_SIZE) || overlaps(start, end, g->header_offset, VK_DYNHDR_SIZE) ||
+        overlaps(start, end, g->table_offset, g->table_bytes) ||
+        overlaps(start, end, g->footer_at, g->file_size - g->footer_at))
+        return VK_BATE_OVERLAP;
+    return VK_BATE_OK;
+}
+
+int vk_bat_entry_validate(const vk_bat_layout *g, uint64_t i, uint32_t v, vk_finding_fn fn, void *ctx, vk_err *err)
+{
+    findings F = { fn, ctx, err, 0 };
+    uint64_t eo = g->table_offset + 4 * i, start = (uint64_t)v * VK_SECTOR;
+    unsigned long long n = (unsigned long long)i;
+    switch (vk_bat_entry_class(g, i, v)) {
+    case VK_BATE_BEYOND_DISK:
+        found(&F, 0, "BAT_BEYOND_DISK", eo, "BAT entry %llu (sector %u) is allocated beyond the disk size", n, v);
+        break;
+    case VK_BATE_PAST_EOF:
+        found(&F, VK_E_RANGE, "BAT_PAST_EOF", eo, "BAT entry %llu points to sector %u, past the end of the file",
+              n, v);
+        break;
+    case VK_BATE_RUNS_PAST_EOF:
+        found(&F, VK_E_RANGE, "BAT_PAST_EOF", eo,
+              "block %llu at %llu runs past the end of the file (%llu bytes): the image is truncated", n,
+              (unsigned long long)start, (unsigned long long)g->file_size);
+        break;
+    case VK_BATE_OVERLAP:
+        found(&F, 0, "BAT_OVERLAP", start, "block %llu [%llu, %llu) overlaps the footer, the header or the BAT", n,
+              (unsigned long long)start, (unsigned long long)(start + g->bitmap_bytes + g->block_size));
+        break;
+    default:
+        break;
+    }
+    return F.first;
+}
+
+/* ---- parent locators --------------------------------------------------------- */
+int vk_locator_validate(const vk_locator *l, int i, uint64_t eo, uint64_t file_size, vk_finding_fn fn, void *ctx,
+                        vk_err *err)
+{
+    findings F = { fn, ctx, NULL, 0 };
+    if (l->code != VK_LOC_W2RU && l->code != VK_LOC_W2KU && l->code != VK_LOC_MACX && l->code != VK_LOC_WI2R &&
+        l->code != VK_LOC_WI2K) {
+        found(&F, 0, "LOCATOR_CODE", eo, "locator %d has unknown code 0x%08x", i, l->code);
+        return vk_fail(err, VK_E_UNSUPPORTED, eo, "locator code 0x%08x is not supported", l->code);
+    }
+    if (l->data_offset % VK_SECTOR)
+        found(&F, 0, "LOCATOR_OFFSET", eo + 16, "locator %d data offset %llu is not sector-aligned", i,
+              (unsigned long long)l->data_offset);
+    if (l->data_offset >= file_size || l->data_length > file_size - l->data_offset) {
+        found(&F, 0, "LOCATOR_RANGE", eo + 16, "locator %d data [%llu, +%u) is past the end of the file", i,
+              (unsigned long long)l->data_offset, l->data_length);
+        return vk_fail(err, VK_E_RANGE, l->data_offset, "locator data at offset %llu is past the end of the file",
+                       (unsigned long long)l->data_offset);
+    }
+    if (l->data_length > vk_locator_space(l))
+        found(&F, 0, "LOCATOR_SPACE", eo + 4, "locator %d data length %u exceeds its data space %u", i,
+              l->data_length, l->data_space);
+    return VK_OK;
+}
+
+uint64_t vk_dyn_used_end(const vk_dynhdr *h, uint64_t ho, const uint32_t *bat, uint64_t n, uint64_t limit)
+{
+    uint32_t bm = vk_bitmap_bytes(h->block_size);
+    uint64_t end = ho + VK_DYNHDR_SIZE, e;
+    uint64_t table = ((uint64_t)h->max_table_entries * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
+    if (!vk_add_ovf(h->table_offset, table, &e) && e > end && e <= limit) end = e;
+    for (uint64_t i = 0; i < n; i++) {
+        if (bat[i] == VK_BAT_UNUSED) continue;
+        e = (uint64_t)bat[i] * VK_SECTOR + bm + h->block_size;
+        if (e > end) end = e;
+    }
+    for (int i = 0; i < 8; i++) {
+        const vk_locator *l = &h->loc[i];
+        if (!l->code || !l->data_length) continue;
+        uint64_t space = vk_locator_space(l);
+        if (space < l->data_length) space = l->data_length;
+        e = l->data_offset + (space + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
+        if (e > l->data_offset && e > end && e <= limit) end = e;
+    }
+    return (end + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
+}

@@ -97,7 +97,7 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
     uint8_t hb[1024];
     vk_footer *f = &L->footer;
     vk_dynhdr *h = &L->hdr;
-    uint64_t end, need, n, bytes;
+    uint64_t end, n, bytes;
     int rc;
 
     if (f->data_offset > L->file_size || L->file_size - f->data_offset < 1024)
@@ -109,10 +109,11 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
     L->block_size = h->block_size;
     L->bitmap_size = vk_bitmap_bytes(h->block_size);
 
-    /* Entries needed by the virtual size; never more than the header says,
-     * and the table must lie inside the file (bounds the allocation). */
-    need = vk_bat_entries_for(L->virtual_size, h->block_size);
-    n = h->max_table_entries < need ? h->max_table_entries : need;
+    /* The entries the virtual size addresses (never more than the header
+     * says); the table must lie inside the file (bounds the allocation). */
+    vk_bat_layout g;
+    vk_bat_layout_of(&g, h, f->data_offset, L->file_size, L->file_size - (uint64_t)L->footer_size, L->virtual_size);
+    n = g.disk_entries;
     bytes = n * 4;
     if (vk_add_ovf(h->table_offset, bytes, &end) || end > L->file_size)
         return vk_fail(err, VK_E_RANGE, h->table_offset,
@@ -128,15 +129,14 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
     if (!L->bat || !L->bm) return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "out of memory for the BAT");
     L->bm_block = VK_BAT_UNUSED;
     if (bytes && (rc = vk_pread_full(L->fd, L->bat, bytes, h->table_offset, err))) return rc;
-    L->bat_used = 0;
+    L->bat_used = L->bat_overlaps = 0;
     for (uint32_t i = 0; i < L->n_bat; i++) {
         uint32_t e = vk_be32((const uint8_t *)&L->bat[i]);
         L->bat[i] = e;
-        if (e == VK_BAT_UNUSED) continue;
-        uint64_t start = (uint64_t)e * VK_SECTOR;
-        if (start + L->bitmap_size > L->file_size)
-            return vk_fail(err, VK_E_RANGE, h->table_offset + 4ull * i,
-                           "BAT entry %u points to sector %u, past the end of the file", i, e);
+        int c = vk_bat_entry_class(&g, i, e);
+        if (vk_bat_class_fatal(c)) return vk_bat_entry_validate(&g, i, e, NULL, NULL, err);
+        if (c == VK_BATE_UNUSED) continue;
+        L->bat_overlaps += c == VK_BATE_OVERLAP;
         L->bat_used++;
     }
     return VK_OK;

@@ -31,6 +31,7 @@ typedef struct vk_layer {
     uint32_t   n_bat;           /* entries held in bat[] */
     uint32_t  *bat;             /* host-order sector offsets */
     uint32_t   bat_used;
+    uint32_t   bat_overlaps;    /* entries whose block overlaps metadata (VK_BATE_OVERLAP) */
     uint64_t   fixed_data_end;  /* fixed: bytes of data in the file */
     /* one-entry bitmap cache */
     uint8_t   *bm;
