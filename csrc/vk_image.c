@@ -390,7 +390,7 @@ uint64_t vk_image_size(const vk_image *img) { return img->layer[0].virtual_size;
 
 int vk_image_depth(const vk_image *img) { return img->n; }
 
-static int layer_arg(const vk_image *img, int layer, vk_err *err)
+int vk_layer_arg(const vk_image *img, int layer, vk_err *err)
 {
     vk_err_clear(err);
     if (!img || layer < 0 || layer >= img->n)
@@ -401,7 +401,7 @@ static int layer_arg(const vk_image *img, int layer, vk_err *err)
 int vk_image_info(const vk_image *img, int layer, vk_info *o, vk_err *err)
 {
     int rc;
-    if ((rc = layer_arg(img, layer, err))) return rc;
+    if ((rc = vk_layer_arg(img, layer, err))) return rc;
     const vk_layer *L = &img->layer[layer];
     const vk_footer *f = &L->footer;
     memset(o, 0, sizeof *o);
@@ -459,7 +459,7 @@ int vk_image_locator(const vk_image *img, int layer, int index, vk_locator_info 
 {
     int rc, seen = 0;
     vk_err tmp;
-    if ((rc = layer_arg(img, layer, err))) return rc;
+    if ((rc = vk_layer_arg(img, layer, err))) return rc;
     const vk_layer *L = &img->layer[layer];
     memset(o, 0, sizeof *o);
     if (L->footer.disk_type == VK_DISK_FIXED || L->vx)
@@ -484,7 +484,7 @@ int vk_image_locator(const vk_image *img, int layer, int index, vk_locator_info 
 int vk_image_path(const vk_image *img, int layer, char *buf, size_t cap, vk_err *err)
 {
     int rc;
-    if ((rc = layer_arg(img, layer, err))) return rc;
+    if ((rc = vk_layer_arg(img, layer, err))) return rc;
     size_t n = strlen(img->layer[layer].path);
     if (n + 1 > cap) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "path buffer too small");
     memcpy(buf, img->layer[layer].path, n + 1);
