@@ -75,7 +75,7 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
                        dev_t *seen_dev, ino_t *seen_ino, int depth);
 
 static void check_dynamic(probs *P, int fd, uint64_t file_size, const vk_footer *f, int fsize,
-                          const uint8_t *raw, vk_dynhdr *h, int *hdr_ok)
+                          const uint8_t *raw, uint64_t virtual_size, vk_dynhdr *h, int *hdr_ok)
 {
     uint8_t hb[1024], copy[512];
     int rc;
@@ -96,22 +96,10 @@ static void check_dynamic(probs *P, int fd, uint64_t file_size, const vk_footer 
     /* a wrong checksum or version is reported; the rest can still be examined */
     vk_dynhdr_validate(hb, h, ho, finding, P, NULL);
     if (memcmp(hb, "cxsparse", 8) != 0) return;
-    if (h->table_offset >= file_size) {
-        add(P, "HEADER_TABLE_OFFSET", ho + 16, "BAT offset %llu is past the end of the file",
-            (unsigned long long)h->table_offset);
-        return;
-    }
     if (!vk_block_size_ok(h->block_size)) return;
-    uint64_t need = vk_bat_entries_for(f->current_size, h->block_size);
-    if (h->max_table_entries < need)
-        add(P, "HEADER_MAX_ENTRIES", ho + 28, "%u BAT entries cannot cover %llu bytes in %u-byte blocks",
-            h->max_table_entries, (unsigned long long)f->current_size, h->block_size);
-    uint64_t bat_bytes = (uint64_t)h->max_table_entries * 4;
-    if (h->table_offset + bat_bytes > file_size) {
-        add(P, "BAT_PAST_EOF", h->table_offset, "the BAT (%u entries) extends past the end of the file",
-            h->max_table_entries);
-        return;
-    }
+    vk_bat_layout g;
+    vk_bat_layout_of(&g, h, ho, file_size, file_size - (uint64_t)fsize, virtual_size);
+    if (vk_bat_table_validate(h, &g, virtual_size, finding, P, NULL)) return;
     *hdr_ok = 1;
 }
 
@@ -123,9 +111,10 @@ static void check_bat_and_locators(probs *P, int fd, uint64_t file_size, const v
                                    const vk_dynhdr *h, uint64_t virtual_size)
 {
     vk_bat_layout g;
-    uint64_t n = h->max_table_entries;
-    uint64_t bat_bytes = n * 4;
     uint64_t footer_at = file_size - (uint64_t)fsize;
+    vk_bat_layout_of(&g, h, f->data_offset, file_size, footer_at, virtual_size);
+    uint64_t n = g.table_entries;   /* all declared ones, if inside the file */
+    uint64_t bat_bytes = n * 4;
     uint8_t *bat = NULL;
     region *r = NULL;
     size_t nr = 0, n_alloc = 0;
@@ -136,7 +125,6 @@ static void check_bat_and_locators(probs *P, int fd, uint64_t file_size, const v
             (unsigned long long)n, VK_MAX_BAT_ENTRIES);
         return;
     }
-    vk_bat_layout_of(&g, h, f->data_offset, file_size, footer_at, virtual_size);
     bat = malloc(bat_bytes ? bat_bytes : 1);   /* bounded: inside the file, and by the limit */
     if (!bat) { add(P, "INTERNAL", UINT64_MAX, "out of memory checking the BAT"); goto out; }
     if (bat_bytes && vk_pread_full(fd, bat, bat_bytes, h->table_offset, &e)) {
@@ -351,10 +339,11 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
         goto out;
     }
     if (f.disk_type != VK_DISK_DYNAMIC && f.disk_type != VK_DISK_DIFF) goto out;
-    check_dynamic(P, fd, file_size, &f, fsize, raw, &h, &hdr_ok);
-    if (!hdr_ok) goto out;
     int applied;
-    check_bat_and_locators(P, fd, file_size, &f, fsize, &h, vk_size_by_rule(&f, opts->size_rule, &applied));
+    uint64_t vsize = vk_size_by_rule(&f, opts->size_rule, &applied);
+    check_dynamic(P, fd, file_size, &f, fsize, raw, vsize, &h, &hdr_ok);
+    if (!hdr_ok) goto out;
+    check_bat_and_locators(P, fd, file_size, &f, fsize, &h, vsize);
     check_locators(P, fd, file_size, &f, f.data_offset, &h);
 
     if (f.disk_type == VK_DISK_DIFF && check_parents) {

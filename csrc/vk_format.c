@@ -361,15 +361,51 @@ void vk_bat_layout_of(vk_bat_layout *g, const vk_dynhdr *h, uint64_t header_offs
     g->footer_at = footer_at;
     g->header_offset = header_offset;
     g->table_offset = h->table_offset;
-    g->table_bytes = ((uint64_t)h->max_table_entries * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
     g->block_size = h->block_size;
     g->bitmap_bytes = vk_bitmap_bytes(h->block_size);
     g->disk_entries = h->max_table_entries < need ? h->max_table_entries : need;
+    /* the declared table, or (when that runs past the end of the file) the
+     * part the disk uses: what readers and writers touch */
+    uint64_t n = h->table_offset < file_size && (uint64_t)h->max_table_entries * 4 <= file_size - h->table_offset
+                     ? h->max_table_entries : g->disk_entries;
+    g->table_entries = n;
+    g->table_bytes = (n * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
 }
 
 static int overlaps(uint64_t a, uint64_t a_end, uint64_t b, uint64_t b_len)
 {
     return a < b + b_len && b < a_end;
+}
+
+int vk_bat_table_validate(const vk_dynhdr *h, const vk_bat_layout *g, uint64_t virtual_size, vk_finding_fn fn,
+                          void *ctx, vk_err *err)
+{
+    findings F = { fn, ctx, err, 0 };
+    uint64_t to = h->table_offset, end, declared;
+    if (to >= g->file_size) {
+        found(&F, VK_E_RANGE, "HEADER_TABLE_OFFSET", g->header_offset + 16, "BAT offset %llu is past the end of the file",
+              (unsigned long long)to);
+        return F.first;
+    }
+    if (vk_add_ovf(to, g->disk_entries * 4, &end) || end > g->file_size) {
+        found(&F, VK_E_RANGE, "BAT_PAST_EOF", to,
+              "block allocation table (%llu entries at offset %llu) extends past the end of the file",
+              (unsigned long long)g->disk_entries, (unsigned long long)to);
+        return F.first;
+    }
+    if (g->disk_entries > VK_MAX_BAT_ENTRIES) {
+        found(&F, VK_E_NOMEM, "BAT_TOO_LARGE", to, "block allocation table of %llu entries exceeds the limit of %u",
+              (unsigned long long)g->disk_entries, VK_MAX_BAT_ENTRIES);
+        return F.first;
+    }
+    if (h->max_table_entries < vk_bat_entries_for(virtual_size, h->block_size))
+        found(&F, 0, "HEADER_MAX_ENTRIES", g->header_offset + 28,
+              "%u BAT entries cannot cover %llu bytes in %u-byte blocks", h->max_table_entries,
+              (unsigned long long)virtual_size, h->block_size);
+    declared = (uint64_t)h->max_table_entries * 4;
+    if (declared > g->file_size - to)
+        found(&F, 0, "BAT_PAST_EOF", to, "the BAT (%u entries) extends past the end of the file", h->max_table_entries);
+    return F.first;
 }
 
 int vk_bat_entry_class(const vk_bat_layout *g, uint64_t i, uint32_t v)

@@ -165,13 +165,23 @@ typedef struct vk_bat_layout {
     uint64_t footer_at;        /* start of the end footer (file size - 512 or 511) */
     uint64_t header_offset;    /* the dynamic header, 1024 bytes */
     uint64_t table_offset;
-    uint64_t table_bytes;      /* max_table_entries * 4, whole sectors */
+    uint64_t table_entries;    /* max_table_entries, or disk_entries if those run past the file */
+    uint64_t table_bytes;      /* table_entries * 4, whole sectors */
     uint32_t block_size, bitmap_bytes;
     uint64_t disk_entries;
 } vk_bat_layout;
 
 void vk_bat_layout_of(vk_bat_layout *g, const vk_dynhdr *h, uint64_t header_offset, uint64_t file_size,
                       uint64_t footer_at, uint64_t virtual_size);
+
+/* The table itself (h's BAT in layout g, virtual_size the disk's size):
+ * starting inside the file (HEADER_TABLE_OFFSET), the entries the disk
+ * uses inside the file (BAT_PAST_EOF) and within VK_MAX_BAT_ENTRIES
+ * (BAT_TOO_LARGE), all fatal; then enough entries for the size
+ * (HEADER_MAX_ENTRIES: the rest read as unallocated) and the declared table
+ * inside the file (BAT_PAST_EOF: entries past the disk's are never read). */
+int vk_bat_table_validate(const vk_dynhdr *h, const vk_bat_layout *g, uint64_t virtual_size, vk_finding_fn fn,
+                          void *ctx, vk_err *err);
 
 /* What one entry is, by the first rule it breaks (one class per entry):
  *   UNUSED       0xFFFFFFFF, not allocated (reads as zeros / the parent)

@@ -97,7 +97,7 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
     uint8_t hb[1024];
     vk_footer *f = &L->footer;
     vk_dynhdr *h = &L->hdr;
-    uint64_t end, n, bytes;
+    uint64_t n, bytes;
     int rc;
 
     if (f->data_offset > L->file_size || L->file_size - f->data_offset < 1024)
@@ -110,19 +110,12 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
     L->bitmap_size = vk_bitmap_bytes(h->block_size);
 
     /* The entries the virtual size addresses (never more than the header
-     * says); the table must lie inside the file (bounds the allocation). */
+     * says), inside the file and the limit (this bounds the allocation). */
     vk_bat_layout g;
     vk_bat_layout_of(&g, h, f->data_offset, L->file_size, L->file_size - (uint64_t)L->footer_size, L->virtual_size);
+    if ((rc = vk_bat_table_validate(h, &g, L->virtual_size, NULL, NULL, err))) return rc;
     n = g.disk_entries;
     bytes = n * 4;
-    if (vk_add_ovf(h->table_offset, bytes, &end) || end > L->file_size)
-        return vk_fail(err, VK_E_RANGE, h->table_offset,
-                       "block allocation table (%llu entries at offset %llu) extends past the end of the file",
-                       (unsigned long long)n, (unsigned long long)h->table_offset);
-    if (n > VK_MAX_BAT_ENTRIES)
-        return vk_fail(err, VK_E_NOMEM, h->table_offset,
-                       "block allocation table of %llu entries exceeds the limit of %u",
-                       (unsigned long long)n, VK_MAX_BAT_ENTRIES);
     L->n_bat = (uint32_t)n;
     L->bat = malloc(bytes ? bytes : 4);
     L->bm = malloc(L->bitmap_size);

@@ -342,3 +342,18 @@ def test_locator_with_unknown_code_is_skipped_by_open_and_named_by_check(chain):
         assert s.depth == 2
     codes = _codes(child)
     assert {"LOCATOR_CODE", "LOCATOR_RANGE"} <= codes and "PARENT_MISSING" not in codes
+
+
+def test_declared_bat_past_eof_opens_and_is_named_once(dyn):
+    """A header declaring more entries than the file holds, the ones the disk
+    uses inside it: the opener reads those (as before), the checker names the
+    table and still checks the entries, without calling every block an
+    overlap of a table that is not there."""
+    b = load(dyn)
+    set_header_field(b, 28, ">I", 0xFFFFFFFF)
+    dyn.write_bytes(b)
+    assert _opens(dyn)
+    codes = [p.code for p in vhdkit.check(dyn).problems]
+    assert codes.count("BAT_PAST_EOF") == 1 and "BAT_OVERLAP" not in codes
+    with vhdkit.open(dyn, "r+") as s:      # writes touch only the entries the disk uses
+        s.write(b"w" * 512)
