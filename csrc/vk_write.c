@@ -131,7 +131,10 @@ static int vk_rw_truncate(vk_rw *rw, uint64_t size, vk_err *err)
     return VK_OK;
 }
 
-/* Read and validate the dynamic header at f->data_offset and the BAT. */
+/* Read and validate the dynamic header at f->data_offset and the BAT.  The
+ * table rule is the writer's policy, stricter than the reader's
+ * (vk_bat_table_validate): every declared entry inside the file, since
+ * modify rewrites and relocates the whole table. */
 static int vk_rw_load_header(vk_rw *rw, const vk_footer *f, vk_err *err)
 {
     uint64_t end;
