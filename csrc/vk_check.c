@@ -96,10 +96,9 @@ static void check_dynamic(probs *P, int fd, uint64_t file_size, const vk_footer 
     /* a wrong checksum or version is reported; the rest can still be examined */
     vk_dynhdr_validate(hb, h, ho, finding, P, NULL);
     if (memcmp(hb, "cxsparse", 8) != 0) return;
-    if (!vk_block_size_ok(h->block_size)) return;
     vk_bat_layout g;
     vk_bat_layout_of(&g, h, ho, file_size, file_size - (uint64_t)fsize, virtual_size);
-    if (vk_bat_table_validate(h, &g, virtual_size, finding, P, NULL)) return;
+    if (vk_bat_table_validate(h, &g, virtual_size, finding, P, NULL) || !vk_block_size_ok(h->block_size)) return;
     *hdr_ok = 1;
 }
 

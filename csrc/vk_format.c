@@ -356,7 +356,8 @@ size_t vk_bat_blocks(const uint8_t *buf, size_t n_entries, uint64_t *out)
 void vk_bat_layout_of(vk_bat_layout *g, const vk_dynhdr *h, uint64_t header_offset, uint64_t file_size,
                       uint64_t footer_at, uint64_t virtual_size)
 {
-    uint64_t need = vk_bat_entries_for(virtual_size, h->block_size);
+    /* no valid block size (vk_dynhdr_validate's finding): no entries */
+    uint64_t need = vk_block_size_ok(h->block_size) ? vk_bat_entries_for(virtual_size, h->block_size) : 0;
     g->file_size = file_size;
     g->footer_at = footer_at;
     g->header_offset = header_offset;
@@ -398,7 +399,7 @@ int vk_bat_table_validate(const vk_dynhdr *h, const vk_bat_layout *g, uint64_t v
               (unsigned long long)g->disk_entries, VK_MAX_BAT_ENTRIES);
         return F.first;
     }
-    if (h->max_table_entries < vk_bat_entries_for(virtual_size, h->block_size))
+    if (vk_block_size_ok(h->block_size) && h->max_table_entries < vk_bat_entries_for(virtual_size, h->block_size))
         found(&F, 0, "HEADER_MAX_ENTRIES", g->header_offset + 28,
               "%u BAT entries cannot cover %llu bytes in %u-byte blocks", h->max_table_entries,
               (unsigned long long)virtual_size, h->block_size);

@@ -357,3 +357,15 @@ def test_declared_bat_past_eof_opens_and_is_named_once(dyn):
     assert codes.count("BAT_PAST_EOF") == 1 and "BAT_OVERLAP" not in codes
     with vhdkit.open(dyn, "r+") as s:      # writes touch only the entries the disk uses
         s.write(b"w" * 512)
+
+
+def test_bad_block_size_and_table_offset_are_both_named(dyn):
+    b = load(dyn)
+    h = header_offset(b)
+    struct.pack_into(">I", b, h + 32, 3)            # block size
+    struct.pack_into(">Q", b, h + 16, 1 << 40)      # BAT offset
+    fix_header(b)
+    dyn.write_bytes(b)
+    assert {"HEADER_BLOCK_SIZE", "HEADER_TABLE_OFFSET"} <= _codes(dyn)
+    with pytest.raises(errors.FormatError, match="block size"):
+        vhdkit.open(dyn)
