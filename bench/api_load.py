@@ -222,22 +222,11 @@ def _data_throughput(srv, data_dir: Path, token: str, account: str, mib: int, re
     """MB/s of an upload and a download of ``mib`` MiB through HTTP and, side
     by side on the same data directory, through the registry in-process;
     plus the server's peak RSS growth during the HTTP transfers."""
-    import threading
     from vhdkit.registry import Caller, Registry
     block = os.urandom(1 << 20)
     me = Caller.parse(account, "admin")
     res: Dict[str, list] = {"http_upload": [], "http_download": [], "registry_upload": [], "registry_download": []}
-    base = srv.rss()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], srv.rss())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with srv.watch_rss() as rss:
         with srv.http(token, timeout=600.0) as c, Registry(str(data_dir), cleanup=False) as reg:
             for _ in range(repeat):
                 img = c.post("/v2/images", json={"name": "data", "disk_format": "raw",
@@ -260,12 +249,9 @@ def _data_throughput(srv, data_dir: Path, token: str, account: str, mib: int, re
                 _, it = reg.iter_data(me, img2.id)
                 n = sum(len(b) for b in it)
                 res["registry_download"].append(mib / (time.perf_counter() - t0))
-    finally:
-        done.set()
-        sampler.join()
     out = {k: round(statistics.median(v), 1) for k, v in res.items()}
     out["mib"] = mib
-    out["server_rss_growth_mib"] = round((peak[0] - base) / 2**20, 1)
+    out["server_rss_growth_mib"] = round(rss.growth / 2**20, 1)
     return out
 
 
@@ -293,8 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers_api import ApiServer
+    from apiserver import ApiServer
 
     token = "bench-acct:admin"
     rows = []

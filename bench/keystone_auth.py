@@ -30,10 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.api_load import _wrk  # noqa: E402
-from helpers_api import ApiServer  # noqa: E402
+from bench.api_load import _wrk  # noqa: E402  (importing bench puts fixtures/ on the path)
+from apiserver import ApiServer  # noqa: E402
 from keystone_aio import _call, _find_or_create, password_token, read_env  # noqa: E402
 
 

@@ -91,7 +91,8 @@ def _finished(reg, caller, task_id: str):
 
 
 def run(size_gib: float = 2.0, runs: int = 3, keep: bool = False, export_runs: Optional[int] = None) -> dict:
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "fixtures")]
+    from shared import put_file
     from vhdkit.tasks.pipeline import PipelineConfig
     from vhdkit.registry import Caller, Registry
 
@@ -109,10 +110,7 @@ def run(size_gib: float = 2.0, runs: int = 3, keep: bool = False, export_runs: O
         reg = Registry(str(home))
         caller = Caller.parse(ACCOUNT, ROLES)
         store = cfg.store(ACCOUNT)
-        store.create_container("images")
-        store.create_container("exports")
-        with open(vhd, "rb") as f:
-            store.put("images", "src.vhd", f)
+        put_file(store, "images", "src.vhd", vhd, also=["exports"])
         imp_inp = {"import_from": "images/src.vhd", "import_from_format": "vhd",
                    "image_properties": {"name": "bench"}}
         gz = top / "peer.gz"

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "fixtures")]
 
 MiB = 1 << 20
 SEG = 200 * MiB
@@ -102,6 +102,7 @@ def main() -> None:
 
 
 def _bench(a, size: int, work: Path) -> None:
+    from shared import put_file
     from vhdkit.pack import segments
     from vhdkit.tasks.pipeline import PipelineConfig, Worker
     from vhdkit.registry import Caller, Registry
@@ -118,10 +119,7 @@ def _bench(a, size: int, work: Path) -> None:
     caller = Caller.parse("bench", "cloudImages:admin")
     st = cfg.store(caller.account)
     assert isinstance(st, SwiftStore), "VHDKIT_STORE does not select Swift"
-    for c in ("images", "exports", "split", "peer"):
-        st.create_container(c)
-    with open(vhd, "rb") as f:
-        st.put("images", "disk.vhd", f)
+    put_file(st, "images", "disk.vhd", vhd, also=["exports", "split", "peer"])
     reg.create_task(caller, "import", {"import_from": "images/disk.vhd", "image_properties": {"name": "bench"}})
     t = Worker(reg, cfg).run_once()
     assert t.status == "success", t.message

@@ -12,9 +12,11 @@ import filecmp
 import os
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
-from .gen import GiB, MiB, ChainSpec, DiskSpec
+from shared import file_digest
+
+from .gen import MiB, ChainSpec, DiskSpec
 from .runner import Cmd, Variant
 from .suite import Ctx, Workload, workload
 
@@ -100,6 +102,18 @@ def startup_check(ctx: Ctx) -> Workload:
 # its output); bench/convert_vs_qemu.py also times vhdkit's durable default
 # against the peers followed by `sync FILE`.
 
+def _raw_to_vhd(ctx: Ctx, raw: Path, kind: str, a: Path, b: Path) -> List[Variant]:
+    """vhdkit (into ``a``) and qemu-img (into ``b``) converting ``raw`` to a ``kind`` VHD."""
+    return [
+        Variant("vhdkit", [Cmd(ctx.vk("convert", "-f", "raw", "-O", "vhd", "--type", kind, str(raw), str(a),
+                                      "--no-sync"))],
+                ours=True, setup=ctx.clean(a), output=str(a), verify=lambda: qemu_same("raw", raw, "vpc", a)),
+        Variant("qemu-img", [Cmd([QEMU, "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={kind},force_size=on",
+                                  str(raw), str(b)])], setup=ctx.clean(b), output=str(b), tools=[QEMU],
+                verify=lambda: qemu_same("raw", raw, "vpc", b)),
+    ]
+
+
 @workload("convert.raw-dynamic", "convert", "raw → dynamic VHD", needs=[("convert",)], issue=3,
           target="≤ 1.0 × qemu-img convert -O vpc -o subformat=dynamic; RSS < 64 MiB")
 def convert_raw_dynamic(ctx: Ctx, spec: Optional[DiskSpec] = None) -> Workload:
@@ -107,12 +121,7 @@ def convert_raw_dynamic(ctx: Ctx, spec: Optional[DiskSpec] = None) -> Workload:
     raw = ctx.inputs.raw(spec)
     a, b = ctx.outdir("vhdkit") / "out.vhd", ctx.outdir("qemu") / "out.vhd"
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("convert", "-f", "raw", "-O", "vhd", "--type", "dynamic", str(raw), str(a),
-                                      "--no-sync"))],
-                ours=True, setup=ctx.clean(a), output=str(a), verify=lambda: qemu_same("raw", raw, "vpc", a)),
-        Variant("qemu-img", [Cmd([QEMU, "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on",
-                                  str(raw), str(b)])], setup=ctx.clean(b), output=str(b), tools=[QEMU],
-                verify=lambda: qemu_same("raw", raw, "vpc", b)),
+        *_raw_to_vhd(ctx, raw, "dynamic", a, b),
     ], basis=spec.size, params=_disk_params(spec))
 
 
@@ -123,12 +132,7 @@ def convert_raw_fixed(ctx: Ctx) -> Workload:
     raw = ctx.inputs.raw(spec)
     a, b, c = (ctx.outdir(n) / "out.vhd" for n in ("vhdkit", "qemu", "cp"))
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("convert", "-f", "raw", "-O", "vhd", "--type", "fixed", str(raw), str(a),
-                                      "--no-sync"))],
-                ours=True, setup=ctx.clean(a), output=str(a), verify=lambda: qemu_same("raw", raw, "vpc", a)),
-        Variant("qemu-img", [Cmd([QEMU, "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on",
-                                  str(raw), str(b)])], setup=ctx.clean(b), output=str(b), tools=[QEMU],
-                verify=lambda: qemu_same("raw", raw, "vpc", b)),
+        *_raw_to_vhd(ctx, raw, "fixed", a, b),
         Variant("cp --sparse=always", [Cmd(["cp", "--sparse=always", str(raw), str(c)])],
                 setup=ctx.clean(c), output=str(c), verify=lambda: same_file(raw, c), floor=True),
     ], basis=spec.size, params=_disk_params(spec),
@@ -160,12 +164,12 @@ def chain_read(ctx: Ctx) -> Workload:
     layers_top_down = [str(p) for p in reversed(ch["layers"])]
 
     def verify() -> Optional[str]:
-        import hashlib
         r = ctx.run_quiet(ctx.tool("vhdkit-read", "--md5", leaf))
         if r.returncode:
             return f"vhdkit read failed: {r.stderr.strip()[-300:]}"
-        h = hashlib.md5(Path(ch["flat"]).read_bytes()).hexdigest() if spec.size <= GiB else _md5(ch["flat"])
-        return None if r.stdout.strip() == h else "vhdkit read of the chain differs from its content"
+        if r.stdout.strip() != file_digest(ch["flat"], "md5"):
+            return "vhdkit read of the chain differs from its content"
+        return None
     return Workload([
         Variant("vhdkit", [Cmd(ctx.tool("vhdkit-read", leaf))], ours=True, verify=verify),
         Variant("libvhdi-python", [Cmd(ctx.tool("pyvhdi-read", *layers_top_down))]),
@@ -468,15 +472,6 @@ def _nonzero_granule_bytes(path, granule: int = 64 * 1024) -> int:
     return total
 
 
-def _md5(path) -> str:
-    import hashlib
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(8 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
-
-
 # -- registry (issue 6) ------------------------------------------------------------------------
 
 POPULATION_VERSION = "2: probe is a member of 60 shared images at every size"
@@ -570,16 +565,23 @@ def _download_input(ctx: Ctx):
     return home, info["id"], info["blob"], src
 
 
-@workload("registry.download", "registry", "download an image from the registry into a file", issue=6,
-          target="≤ 1.2 × cp of the blob")
-def registry_download(ctx: Ctx) -> Workload:
+def _download_vs_cp(ctx: Ctx, vhdkit_cmd, notes: List[str]) -> Workload:
+    """vhdkit downloading the image of :func:`_download_input` (``vhdkit_cmd(home,
+    image_id, out)``) against cp of its blob."""
     home, image_id, blob, src = _download_input(ctx)
     a, b = ctx.outdir("vhdkit") / "out.img", ctx.outdir("cp") / "out.img"
     return Workload([
-        Variant("vhdkit", [Cmd(ctx.tool("registry-download", str(home), image_id, str(a)))],
-                ours=True, setup=ctx.clean(a), verify=lambda: same_file(src, a)),
+        Variant("vhdkit", [vhdkit_cmd(home, image_id, a)], ours=True, setup=ctx.clean(a),
+                verify=lambda: same_file(src, a)),
         Variant("cp blob", [Cmd(["cp", blob, str(b)])], setup=ctx.clean(b)),
-    ], basis=os.path.getsize(src), params={"file_bytes": os.path.getsize(src)},
+    ], basis=os.path.getsize(src), params={"file_bytes": os.path.getsize(src)}, notes=notes)
+
+
+@workload("registry.download", "registry", "download an image from the registry into a file", issue=6,
+          target="≤ 1.2 × cp of the blob")
+def registry_download(ctx: Ctx) -> Workload:
+    return _download_vs_cp(
+        ctx, lambda home, image_id, out: Cmd(ctx.tool("registry-download", str(home), image_id, str(out))),
         notes=["vhdkit: Registry.download into a new file through the Python API, process start-up "
                "included (as registry.upload is measured); open the registry, check access, copy "
                "(copy_file_range), close.  registry.download-cli times the `vhdkit image download` command."])
@@ -587,15 +589,10 @@ def registry_download(ctx: Ctx) -> Workload:
 
 @workload("registry.download-cli", "registry", "`vhdkit image download` into a file", issue=6)
 def registry_download_cli(ctx: Ctx) -> Workload:
-    home, image_id, blob, src = _download_input(ctx)
-    a, b = ctx.outdir("vhdkit") / "out.img", ctx.outdir("cp") / "out.img"
-    who = {"VHDKIT_HOME": str(home), "VHDKIT_ACCOUNT": "acctup", "VHDKIT_ROLES": "admin"}
-    return Workload([
-        Variant("vhdkit", [Cmd(ctx.vk("image", "download", image_id, "-o", str(a), "--no-sync", json=False),
-                               env=who)],
-                ours=True, setup=ctx.clean(a), verify=lambda: same_file(src, a)),
-        Variant("cp blob", [Cmd(["cp", blob, str(b)])], setup=ctx.clean(b)),
-    ], basis=os.path.getsize(src), params={"file_bytes": os.path.getsize(src)},
+    who = {"VHDKIT_ACCOUNT": "acctup", "VHDKIT_ROLES": "admin"}
+    return _download_vs_cp(
+        ctx, lambda home, image_id, out: Cmd(ctx.vk("image", "download", image_id, "-o", str(out), "--no-sync",
+                                                    json=False), env=dict(who, VHDKIT_HOME=str(home))),
         notes=["vhdkit: `vhdkit image download ID -o FILE --no-sync` (the CLI: the interpreter and click "
                "start up first, ~80 ms before any work; temp file + rename, no fsync and no re-hash, as cp; "
                "bench/registry_scale.py also times the default, which fsyncs)."])

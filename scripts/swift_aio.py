@@ -69,38 +69,20 @@ pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_forma
 use = egg:swift#proxy
 account_autocreate = true
 
-[filter:tempauth]
-use = egg:swift#tempauth
-user_admin_admin = admin .admin .reseller_admin
-user_test_tester = testing .admin
+{filters}"""
 
-[filter:cache]
-use = egg:swift#memcache
-memcache_servers = 127.0.0.1:{memcached}
-
-[filter:catch_errors]
-use = egg:swift#catch_errors
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-[filter:healthcheck]
-use = egg:swift#healthcheck
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-[filter:listing_formats]
-use = egg:swift#listing_formats
-[filter:bulk]
-use = egg:swift#bulk
-[filter:copy]
-use = egg:swift#copy
-[filter:slo]
-use = egg:swift#slo
-rate_limit_segments_per_sec = 0
-[filter:dlo]
-use = egg:swift#dlo
-rate_limit_segments_per_sec = 0
-[filter:versioned_writes]
-use = egg:swift#versioned_writes
-"""
+#: the proxy pipeline's filters: (section, egg, options)
+_FILTERS = (
+    ("tempauth", "tempauth", "user_admin_admin = admin .admin .reseller_admin\nuser_test_tester = testing .admin"),
+    ("cache", "memcache", "memcache_servers = 127.0.0.1:{memcached}"),
+    *((name, name.replace("-", "_"), "") for name in ("catch_errors", "gatekeeper", "healthcheck", "proxy-logging",
+                                                       "listing_formats", "bulk", "copy")),
+    *((name, name, "rate_limit_segments_per_sec = 0") for name in ("slo", "dlo")),
+    ("versioned_writes", "versioned_writes", ""),
+)
+_PROXY_CONF = _PROXY_CONF.replace("{filters}", "".join(
+    f"[filter:{name}]\nuse = egg:swift#{egg}\n" + (f"{options}\n" if options else "")
+    for name, egg, options in _FILTERS))
 
 _MIN_SWIFT_CONF = """[swift-hash]
 swift_hash_path_suffix = vhdkit-aio

@@ -11,91 +11,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Dict, Optional
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
+from apiserver import LOOPBACK, ROOT, free_port  # noqa: F401 - the tests import them from here
+from apiserver import ApiServer as _Server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-class ApiServer:
-    """``python -m vhdkit serve`` in a subprocess, waited for until it answers."""
-
-    def __init__(self, workdir: Path, env: Optional[Dict[str, str]] = None, workers: int = 1):
-        self.workdir = Path(workdir)
-        self.data = self.workdir / "data"
-        self.home = self.workdir / "home"   # HOME of the clients: glanceclient caches schemas there
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.extra_env = dict(env or {})
-        self.workers = workers
-        self.proc: Optional[subprocess.Popen] = None
-        self.port = 0
-        self.log = self.workdir / "server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> "ApiServer":
-        for _attempt in range(5):   # a port picked free may be taken before we bind it
-            self.port = free_port()
-            env = dict(os.environ, PYTHONPATH=str(ROOT), **self.extra_env)
-            with open(self.log, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "vhdkit", "serve", "--host", LOOPBACK, "--port", str(self.port),
-                     "--data", str(self.data), "--workers", str(self.workers)],
-                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            if self._wait(timeout):
-                return self
-            self.stop()
-        raise RuntimeError(f"vhdkit serve did not come up; log:\n{self.log.read_text()[-4000:]}")
-
-    def _wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if httpx.get(self.url + "/versions", timeout=1.0).status_code == 200:
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> "ApiServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # ---- clients ----------------------------------------------------------------------
-
-    def http(self, token: Optional[str] = None, **kw) -> httpx.Client:
-        """An httpx client; ``token`` is ``account:role[,role]``."""
-        headers = {"X-Auth-Token": token} if token else {}
-        headers.update(kw.pop("headers", {}))
-        return httpx.Client(base_url=self.url, headers=headers, timeout=kw.pop("timeout", 30.0), **kw)
+class ApiServer(_Server):
+    """``python -m vhdkit serve`` in a subprocess (fixtures/apiserver.py), with
+    the real OpenStack clients pointed at it."""
 
     def glance(self, token: str, *args: str, check: bool = True, stdin_file=None,
                timeout: float = 60.0) -> subprocess.CompletedProcess:
@@ -133,13 +59,6 @@ class ApiServer:
                                  load_yaml_config=False, load_envvars=False)
         conn.session.additional_headers.update({"X-Tenant-Id": account, "X-Roles": roles})
         return conn
-
-    def rss(self) -> int:
-        """Resident memory (bytes) of the server process and its children."""
-        import psutil
-        proc = psutil.Process(self.proc.pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-
 
 def _close_stdin() -> None:
     os.close(0)

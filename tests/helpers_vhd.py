@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from conftest import SAMPLES as SAMPLES_DIR, require_tool
+from shared import file_digest
 
 SAMPLES_README = SAMPLES_DIR / "README.md"
 
@@ -56,11 +57,7 @@ def stream_sha256(stream, bufsize: int = 8 << 20) -> str:
 
 
 def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def qemu_raw(path, out, fmt: str = "vpc") -> Path:

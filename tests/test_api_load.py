@@ -40,7 +40,6 @@ def test_large_upload_and_download_stream_in_bounded_memory(tmp_path):
     """512 MiB in and out: the server never holds more than a few MiB of it."""
     import hashlib
     import os
-    import threading
 
     block = os.urandom(1 << 20)
     blocks = 512
@@ -52,17 +51,7 @@ def test_large_upload_and_download_stream_in_bounded_memory(tmp_path):
         with srv.http(TOKEN, timeout=600.0) as c:
             img = c.post("/v2/images", json={"name": "big", "disk_format": "raw",
                                              "container_format": "bare"}).json()
-            base = srv.rss()
-            peak = [base]
-            done = threading.Event()
-
-            def sample():
-                while not done.wait(0.05):
-                    peak[0] = max(peak[0], srv.rss())
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            try:
+            with srv.watch_rss() as rss:
                 r = c.put(img["file"], content=(block for _ in range(blocks)),
                           headers={"Content-Type": "application/octet-stream"})
                 assert r.status_code == 204, r.text
@@ -72,11 +61,8 @@ def test_large_upload_and_download_stream_in_bounded_memory(tmp_path):
                     assert resp.headers["content-md5"] == want.hexdigest()
                     for chunk in resp.iter_raw():
                         got.update(chunk)
-            finally:
-                done.set()
-                sampler.join()
     assert got.hexdigest() == want.hexdigest()
-    assert peak[0] - base < 64 << 20, f"server RSS grew by {(peak[0] - base) >> 20} MiB"
+    assert rss.growth < 64 << 20, f"server RSS grew by {rss.growth >> 20} MiB"
 
 
 def test_two_workers_share_one_data_directory(tmp_path):

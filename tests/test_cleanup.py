@@ -18,12 +18,12 @@ import pytest
 
 from conftest import ROOT
 from helpers_registry import admin, make_image
+from hooked import vhdkit_cmd
 from vhdkit.pack import segments
 from vhdkit.registry import Registry
 from vhdkit.registry.blobs import SwiftBlobs
 
 MiB = 1 << 20
-GAP = 6.0  # seconds between the old and the young orphan
 
 
 @pytest.fixture
@@ -40,6 +40,12 @@ def _objects(reg) -> list:
     return sorted(o["name"] for o in r.store.listing(r.container))
 
 
+def _last_modified(reg, base: str) -> list:
+    """Swift's last_modified times of the objects of blob ``base``."""
+    r = reg.blobs.remote
+    return [o["last_modified"] for o in r.store.listing(r.container) if o["name"].startswith(base)]
+
+
 def _orphan(reg, size: int) -> str:
     """Image data as an upload of a dead process would leave it: a whole large
     object (segments, sidecar, manifest) under a name no row knows."""
@@ -50,14 +56,14 @@ def _orphan(reg, size: int) -> str:
     return base
 
 
-def _cli(env, home, t_old, *args):
-    """Run the CLI with a grace period half-way between the ages of the old and
-    the young orphan (Swift's timestamps cannot be set back), so neither side
-    depends on how long the command takes (up to GAP / 2)."""
+def _cli(env, home, now, cutoff, *args):
+    """Run the CLI with its clock fixed at ``now`` (vhdkit.testhooks.cleanup_now)
+    and the grace that makes ``cutoff`` the boundary: what was last modified
+    at or before it is old, what after it young, however long the command
+    takes (Swift's timestamps cannot be set back)."""
     e = dict(os.environ, **env)
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-    grace = time.time() - t_old - GAP / 2
-    r = subprocess.run([sys.executable, "-m", "vhdkit", "cleanup", "--data", str(home), "--grace", f"{grace:.3f}",
+    r = subprocess.run([*vhdkit_cmd(cleanup_now=now), "cleanup", "--data", str(home), "--grace", repr(now - cutoff),
                         "--json", *args], env=e, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
@@ -70,7 +76,6 @@ def test_cleanup_removes_old_orphans_keeps_referenced_and_young(blob_env, tmp_pa
     kept = make_image(reg, data=os.urandom(2 * MiB + 3))  # referenced: an active image
     assert kept.status == "active"
     old = _orphan(reg, 2 * MiB + 1)
-    t_old = time.time()
     work = home / "work"
     (work / "dead-task").mkdir(parents=True)
     (work / "dead-task" / "disk.vhd").write_bytes(b"x" * 100)
@@ -84,21 +89,25 @@ def test_cleanup_removes_old_orphans_keeps_referenced_and_young(blob_env, tmp_pa
     past = time.time() - 3600
     for p in (work / "dead-task", stale_tmp, live_tmp):
         os.utime(p, (past, past))
-    time.sleep(GAP)
     young = _orphan(reg, MiB + 7)
     young_tmp = home / ".other.vhd.def456.part"
     young_tmp.write_bytes(b"in flight")
+    # the boundary between the two orphans, as Swift dated them; the young temp file
+    # is dated at the fixed "now" of the runs below
+    cutoff = (max(_last_modified(reg, old)) + min(_last_modified(reg, young))) / 2
+    now = time.time()
+    os.utime(young_tmp, (now, now))
     before = _objects(reg)
     kept_objs = [n for n in before if n.startswith(kept.id)]
     assert len(kept_objs) == 5  # 3 segments, sidecar, manifest
     assert sum(n.startswith(old) for n in before) == 5 and sum(n.startswith(young) for n in before) == 4
 
-    plan = _cli(blob_env, home, t_old, "--dry-run")
+    plan = _cli(blob_env, home, now, cutoff, "--dry-run")
     assert plan["dry_run"] and plan["swift_blobs"] == [old] and plan["swift_objects"] == 5
     assert plan["work_dirs"] == ["work/dead-task"] and plan["temp_files"] == ["objects/.disk.vhd.abc123.part"]
     assert _objects(reg) == before and (work / "dead-task").exists() and stale_tmp.exists()  # nothing touched
 
-    rep = _cli(blob_env, home, t_old)
+    rep = _cli(blob_env, home, now, cutoff)
     assert rep["swift_blobs"] == [old] and rep["swift_objects"] == 5 and rep["errors"] == []
     assert rep["kept_young"] >= 2  # the young orphan and the young temp file
     after = _objects(reg)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from conftest import require_tool
 from helpers_api import ROOT, api_server  # noqa: F401
+from shared import put_file
 from test_api_glance import table
 
 from vhdkit.pack import segments
@@ -50,10 +51,7 @@ def test_import_then_export_through_the_http_api(api_server, tmp_path):
                     str(raw), str(vhd)], check=True)
     want = _raw_sha256(vhd, "vpc", tmp_path)
     store: LocalStore = PipelineConfig(home=api_server.data).store("acct-http")
-    store.create_container("incoming")
-    store.create_container("exports")
-    with open(vhd, "rb") as f:
-        store.put("incoming", "disk.vhd", f)
+    put_file(store, "incoming", "disk.vhd", vhd, also=["exports"])
 
     # import: created by the real glance client
     task_input = {"import_from": "incoming/disk.vhd", "import_from_format": "vhd",

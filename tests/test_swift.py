@@ -14,6 +14,7 @@ import pytest
 
 from conftest import require_tool
 from helpers_swift import swift_cli
+from shared import put_file
 from vhdkit.pack import segments
 from vhdkit.errors import IntegrityError, NotFoundError
 from vhdkit.tasks.pipeline import PipelineConfig, Worker
@@ -95,11 +96,7 @@ def test_import_share_export_story_on_swift(swift_store_env, sample, tmp_path):
     b = Caller.parse("story-b", "cloudImages:admin")
     st = cfg.store(a.account)
     assert isinstance(st, SwiftStore)
-    st.create_container("images")
-    st.create_container("exports")
-    src = sample("windows-dynamic-512M")
-    with open(src, "rb") as f:
-        st.put("images", "win.vhd", f)
+    put_file(st, "images", "win.vhd", sample("windows-dynamic-512M"), also=["exports"])
     reg.create_task(a, "import", {"import_from": "images/win.vhd", "image_properties": {"name": "w"}})
     t = Worker(reg, cfg).run_once()
     assert t.status == "success", t.message

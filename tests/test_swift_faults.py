@@ -280,3 +280,31 @@ def test_worker_killed_mid_split_on_swift_leaves_no_orphan_segments(swift_store_
     r = swift_cli(swift_store_env, a.account, "download", "exports", f"{image_id}.vhd", "-o", str(tmp_path / "dl"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "dl").read_bytes() == (tmp_path / "j.vhd").read_bytes()
+
+
+def test_swift_refusing_the_services_credentials_is_a_server_fault_naming_nothing(swift_env, tmp_path):
+    """Swift answering 401/403 to the service's own user is the server's
+    misconfiguration, not the customer's credentials: the API answers 503 with
+    its generic message (no host, port, path or setting), the log says why."""
+    from helpers_api import ApiServer
+
+    env = dict(swift_env, VHDKIT_SWIFT_KEY="not-the-key", VHDKIT_BLOB_STORE="swift",
+               VHDKIT_BLOB_ACCOUNT="svc" + uuid.uuid4().hex[:10])
+    auth_url = swift_env["VHDKIT_SWIFT_AUTH_URL"]
+    port = auth_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[-1]
+    with ApiServer(tmp_path / "api", env) as server, server.http("cust:admin") as c:
+        r = c.post("/v2/images", json={"name": "m", "disk_format": "raw", "container_format": "bare"})
+        assert r.status_code == 201, r.text
+        iid = r.json()["id"]
+        answers = [c.put(f"/v2/images/{iid}/file", content=os.urandom(MiB),
+                         headers={"Content-Type": "application/octet-stream"}),
+                   c.get("/store/v1/containers/images/objects/d.vhd")]
+        for r in answers:
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"].startswith("application/json")
+            msg = r.json()["error"]["message"]
+            assert "unavailable" in msg, msg
+            for secret in ("127.0.0.1", port, "auth", "VHDKIT", "credentials", "not-the-key", str(tmp_path)):
+                assert secret not in msg, (secret, msg)
+        assert c.get(f"/v2/images/{iid}").json()["status"] == "queued"   # nothing changed, nothing stuck
+    assert "refused the service's credentials (401)" in server.log.read_text()

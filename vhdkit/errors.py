@@ -20,6 +20,15 @@ class VhdkitError(Exception):
     code = "error"
     http_status = 500
 
+    def __init_subclass__(cls, *, code: Optional[str] = None, http_status: Optional[int] = None, **kw):
+        """``class XError(Base, code="x", http_status=N)``: the subclass's ``code``
+        and ``http_status`` (each inherited from ``Base`` when not given)."""
+        super().__init_subclass__(**kw)
+        if code is not None:
+            cls.code = code
+        if http_status is not None:
+            cls.http_status = http_status
+
     def __init__(self, message: str, *, offset: Optional[int] = None, code: Optional[str] = None,
                  override: Optional[Tuple[str, str]] = None):
         #: A refusal the caller may override: ``(keyword, what it does)``, e.g.
@@ -42,80 +51,61 @@ class VhdkitError(Exception):
         return d
 
 
-class InvalidInputError(VhdkitError, ValueError):
+class InvalidInputError(VhdkitError, ValueError, code="invalid", http_status=400):
     """The caller asked for something malformed (bad argument, bad request)."""
-    code = "invalid"
-    http_status = 400
 
 
-class FormatError(VhdkitError):
+class FormatError(VhdkitError, code="format", http_status=400):
     """An image, archive or manifest is malformed."""
-    code = "format"
-    http_status = 400
 
 
-class ValidationFailed(FormatError):
+class ValidationFailed(FormatError, code="validation"):
     """A disk that opens failed ``check``; the message names the first problem."""
-    code = "validation"
 
 
-class ChecksumError(FormatError):
+class ChecksumError(FormatError, code="checksum"):
     """A structure's checksum or a content hash does not verify."""
-    code = "checksum"
 
 
-class OutOfRangeError(FormatError):
+class OutOfRangeError(FormatError, code="range"):
     """An offset or length read from a file points outside it (truncated or corrupt)."""
-    code = "range"
 
 
-class UnsupportedError(FormatError):
+class UnsupportedError(FormatError, code="unsupported"):
     """Well-formed but not supported (an unknown version, a VHDX, ...)."""
-    code = "unsupported"
 
 
-class ArchiveError(FormatError):
+class ArchiveError(FormatError, code="archive"):
     """A gzip stream, tar archive or OVA is malformed or unsafe."""
-    code = "archive"
 
 
-class IntegrityError(VhdkitError):
+class IntegrityError(VhdkitError, code="integrity", http_status=409):
     """Stored data does not match its manifest (a missing, short or altered segment, ...)."""
-    code = "integrity"
-    http_status = 409
 
 
-class ChainError(VhdkitError):
+class ChainError(VhdkitError, code="chain", http_status=400):
     """A differencing chain cannot be assembled: parent missing, mismatched, cycle, too deep."""
-    code = "chain"
-    http_status = 400
 
 
-class NotFoundError(VhdkitError):
-    code = "not_found"
-    http_status = 404
+class NotFoundError(VhdkitError, code="not_found", http_status=404):
+    """What the caller names (an image, object, container, file) does not exist."""
 
 
-class UnauthorizedError(VhdkitError):
-    code = "unauthorized"
-    http_status = 401
+class UnauthorizedError(VhdkitError, code="unauthorized", http_status=401):
+    """The caller's credentials are missing or not valid."""
 
 
-class ForbiddenError(VhdkitError):
-    code = "forbidden"
-    http_status = 403
+class ForbiddenError(VhdkitError, code="forbidden", http_status=403):
+    """The caller is known but may not do this."""
 
 
-class ConflictError(VhdkitError):
+class ConflictError(VhdkitError, code="conflict", http_status=409):
     """The object exists already, or is in a state that forbids the operation."""
-    code = "conflict"
-    http_status = 409
 
 
-class DataLossError(ConflictError):
+class DataLossError(ConflictError, code="data_loss"):
     """The operation would lose data and was not forced; ``lost`` says what
     (for a repair: the blocks, as virtual byte ranges)."""
-    code = "data_loss"
 
     def __init__(self, message: str, *, lost: Optional[list] = None, **kw):
         super().__init__(message, **kw)
@@ -125,37 +115,28 @@ class DataLossError(ConflictError):
         return dict(super().to_dict(), lost=self.lost)
 
 
-class QuotaError(VhdkitError):
+class QuotaError(VhdkitError, code="quota", http_status=413):
     """A quota or size limit would be exceeded."""
-    code = "quota"
-    http_status = 413
 
 
-class ResourceLimitError(VhdkitError):
+class ResourceLimitError(VhdkitError, code="limit", http_status=413):
     """A structure would need more memory or work than the sane limits allow."""
-    code = "limit"
-    http_status = 413
 
 
-class OutputLimitError(ArchiveError):
+class OutputLimitError(ArchiveError, code="output_limit", http_status=413):
     """Decompressed (or unpacked) output went past the bound the server set for it."""
-    code = "output_limit"
-    http_status = 413
 
 
-class ReadOnlyError(VhdkitError):
-    code = "read_only"
-    http_status = 409
+class ReadOnlyError(VhdkitError, code="read_only", http_status=409):
+    """A write to something opened (or kept) read-only."""
 
 
-class OperationInterrupted(VhdkitError):
+class OperationInterrupted(VhdkitError, code="interrupted"):
     """Stopped on purpose: cancelled, or a test hook fired."""
-    code = "interrupted"
 
 
-class StorageError(VhdkitError, OSError):
+class StorageError(VhdkitError, OSError, code="io"):
     """A system call failed (I/O error, permission, ...)."""
-    code = "io"
 
     def __init__(self, message: str, *, offset: Optional[int] = None, sys_errno: int = 0, code=None,
                  override: Optional[Tuple[str, str]] = None):
@@ -164,13 +145,11 @@ class StorageError(VhdkitError, OSError):
         self.strerror = self.message
 
 
-class UnavailableError(StorageError):
+class UnavailableError(StorageError, code="unavailable", http_status=503):
     """A service vhdkit depends on (the registry's database, the Swift of
     image data and containers) did not answer or failed: the server's side,
     and transient.  ``message`` says why (for the operator and the log); a
     customer is shown only :attr:`PUBLIC`, which names no host or path."""
-    code = "unavailable"
-    http_status = 503
     PUBLIC = "the service's storage is unavailable; try again later"
 
 
@@ -179,19 +158,15 @@ class DatabaseUnavailableError(UnavailableError):
     PUBLIC = "the image registry is unavailable; try again later"
 
 
-class NoSpaceError(StorageError):
+class NoSpaceError(StorageError, code="no_space", http_status=507):
     """A file system is full (ENOSPC) or a disk quota is used up (EDQUOT).
     Behind the API that is always the service's own storage: 507."""
-    code = "no_space"
-    http_status = 507
 
 
-class OutOfSpaceError(NoSpaceError):
+class OutOfSpaceError(NoSpaceError, code="out_of_space", http_status=507):
     """The service's own storage (its database, blob store, work or object
     store file system) is full: the server's fault, not the customer's, and
     transient.  The message names no server path."""
-    code = "out_of_space"
-    http_status = 507
     MESSAGE = "the service is out of storage space; try again later"
 
     def __init__(self, message: str = MESSAGE, **kw):

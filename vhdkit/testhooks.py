@@ -13,6 +13,10 @@ child through ``tests/hooked.py``, which sets them before running the
   coalesce into parent, writes through an image opened read-write) stop with
   ``OperationInterrupted`` after exactly N writes (the native core's
   ``vk_options.abort_after_writes``).
+- :data:`cleanup_now` (seconds since the epoch): ``vhdkit cleanup`` judges
+  every age against this moment instead of the clock
+  (vhdkit/tasks/maintenance.py), so a test decides exactly which side of
+  the grace each item is on.
 """
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from typing import Optional
 
 #: "STAGE" or "STAGE:stop"; empty: no hook
 kill_at_stage: str = ""
+
+#: the moment `vhdkit cleanup` takes as now; None: the clock
+cleanup_now: Optional[float] = None
 
 
 def abort_after_writes(n: Optional[int]) -> None:

@@ -287,6 +287,26 @@ def _open_store(store_dir: Optional[str], data_dir: Optional[str], account: Opti
     return open_configured_store(cfg.account or _DEFAULT_ACCOUNT, config=cfg)
 
 
+def _copy_out_options(**output):
+    """CONTAINER NAME -o OUTPUT (``output``: its click.option settings) --force,
+    the store options and --json: a command that copies an object out."""
+    def decorate(f):
+        for d in (json_option, _store_options, force_option, click.option("-o", "--output", **output),
+                  click.argument("name"), click.argument("container")):
+            f = d(f)
+        return f
+    return decorate
+
+
+def _store_to_output(output: str, force: bool, what: str, store_dir: Optional[str], data_dir: Optional[str],
+                     account: Optional[str]):
+    """The store to copy ``what`` from, once ``output`` may be written: not a
+    terminal, not an existing file unless forced."""
+    refuse_terminal(output, what)
+    refuse_existing(output, force)
+    return _open_store(store_dir, data_dir, account)
+
+
 @main.group("object")
 def object_group() -> None:
     """Objects in your account's object store (containers of named objects).
@@ -351,13 +371,7 @@ def object_put(container, name, source, meta, store_dir, data_dir, account, role
 
 
 @object_group.command("get")
-@click.argument("container")
-@click.argument("name")
-@click.option("-o", "--output", default="-", show_default=True,
-              help="Output file or - for stdout (which must not be a terminal).")
-@force_option
-@_store_options
-@json_option
+@_copy_out_options(default="-", show_default=True, help="Output file or - for stdout (which must not be a terminal).")
 def object_get(container, name, output, force, store_dir, data_dir, account, roles, as_json) -> None:
     """Write CONTAINER/NAME to a file (atomically) or stdout.
 
@@ -367,9 +381,7 @@ def object_get(container, name, output, force, store_dir, data_dir, account, rol
     """
     from ..pack.streams import copy_stream
 
-    refuse_terminal(output, "object data")
-    refuse_existing(output, force)
-    st = _open_store(store_dir, data_dir, account)
+    st = _store_to_output(output, force, "object data", store_dir, data_dir, account)
     with st.get(container, name) as r:
         if output == "-":
             copy_stream(r, sys.stdout.buffer)
@@ -486,12 +498,7 @@ def segments_split(input, name, container, segment_size, digits, store_dir, data
 
 
 @segments_group.command("join")
-@click.argument("container")
-@click.argument("name")
-@click.option("-o", "--output", required=True, help="Output file (written atomically) or - for stdout.")
-@force_option
-@_store_options
-@json_option
+@_copy_out_options(required=True, help="Output file (written atomically) or - for stdout.")
 def segments_join(container, name, output, force, store_dir, data_dir, account, roles, as_json) -> None:
     """Join and verify the segments of CONTAINER/NAME.
 
@@ -501,9 +508,7 @@ def segments_join(container, name, output, force, store_dir, data_dir, account, 
     """
     from ..pack import segments
 
-    refuse_terminal(output, "the joined object")
-    refuse_existing(output, force)
-    st = _open_store(store_dir, data_dir, account)
+    st = _store_to_output(output, force, "the joined object", store_dir, data_dir, account)
     with _progress("join", None) as prog:
         if output == "-":
             man = segments.join(st, container, name, sys.stdout.buffer, progress=prog)

@@ -62,7 +62,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                      UnauthorizedError, UnavailableError, from_oserror)
+                      UnavailableError, from_oserror)
 from .base import (ObjectInfo, ObjectReader, ObjectStore, validate_container_name, validate_metadata,
                    validate_object_name)
 
@@ -125,8 +125,9 @@ def _err(e: Exception, what: str):
             return NotFoundError(f"{what}: not found")
         if st == 409:
             return ConflictError(f"{what}: conflict ({e.http_reason})")
-        if st in (401, 403):
-            return UnauthorizedError(f"{what}: Swift refused the credentials ({st})")
+        if st in (401, 403):   # the service's own credentials: its configuration is wrong, not the customer's
+            return UnavailableError(f"{what}: Swift refused the service's credentials ({st}); "
+                                    f"check VHDKIT_SWIFT_USER and VHDKIT_SWIFT_KEY")
         if st == 422:
             return IntegrityError(f"{what}: Swift says the data does not match its ETag")
         if st is None or st >= 500:   # no answer, or Swift failed: transient, the caller may retry

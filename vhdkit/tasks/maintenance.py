@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from .. import testhooks
 from ..errors import NotFoundError
 from ..fileutil import is_locked
 
@@ -70,6 +71,12 @@ class CleanupReport:
         return dict(self.__dict__)
 
 
+def clock() -> float:
+    """The moment a cleanup judges ages against: the system clock, or the
+    time a test fixed (:data:`vhdkit.testhooks.cleanup_now`)."""
+    return testhooks.cleanup_now if testhooks.cleanup_now is not None else time.time()
+
+
 def _age(path: str, now: float) -> float:
     try:
         return now - os.lstat(path).st_mtime
@@ -77,7 +84,7 @@ def _age(path: str, now: float) -> float:
         return -1.0
 
 
-def _swift_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
+def _swift_blobs(reg, grace: float, now: float, dry_run: bool, rep: CleanupReport) -> None:
     remote = reg.blobs.remote
     if remote is None:
         return
@@ -92,7 +99,6 @@ def _swift_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
         m = _BLOB_OBJ.match(r["name"])
         if m:
             groups.setdefault(f"{m.group(1)}.{m.group(2)}", []).append(r)
-    now = time.time()
     for base, objs in sorted(groups.items()):
         image_id, token = base.split(".")
         if reg.refers_to_blob(image_id, token, SWIFT_REL + base):
@@ -116,10 +122,10 @@ def _swift_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
                 pass
 
 
-def _local_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
+def _local_blobs(reg, grace: float, now: float, dry_run: bool, rep: CleanupReport) -> None:
     from ..registry import blobs as _blobs
 
-    root, now = reg.blobs.root, time.time()
+    root = reg.blobs.root
     try:
         subs = sorted(os.listdir(root))
     except FileNotFoundError:
@@ -150,10 +156,10 @@ def _local_blobs(reg, grace: float, dry_run: bool, rep: CleanupReport) -> None:
                 pass
 
 
-def _work_dirs(reg, home: str, grace: float, dry_run: bool, rep: CleanupReport) -> None:
+def _work_dirs(reg, home: str, grace: float, now: float, dry_run: bool, rep: CleanupReport) -> None:
     from ..registry import Caller
 
-    root, now = os.path.join(home, "work"), time.time()
+    root = os.path.join(home, "work")
     try:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
@@ -198,8 +204,7 @@ def _ts(v) -> float:
         return 0.0
 
 
-def _temp_files(home: str, grace: float, dry_run: bool, rep: CleanupReport) -> None:
-    now = time.time()
+def _temp_files(home: str, grace: float, now: float, dry_run: bool, rep: CleanupReport) -> None:
     skip = os.path.join(home, "blobs", "tmp")
     for dirpath, dirnames, filenames in os.walk(home):
         if dirpath == skip:
@@ -228,9 +233,12 @@ def cleanup(reg, home: Optional[str] = None, *, grace: float = DEFAULT_GRACE, dr
     home = str(home if home is not None else reg.home)
     rep = CleanupReport(dry_run=dry_run, grace_seconds=grace)
     rep.registry = reg.cleanup_plan() if dry_run else reg.cleanup()
+    now = clock()   # one reading: every part of a run judges ages against the same moment
     for step in (lambda: _failed_tasks(reg, home, dry_run, rep),
-                 lambda: _swift_blobs(reg, grace, dry_run, rep), lambda: _local_blobs(reg, grace, dry_run, rep),
-                 lambda: _work_dirs(reg, home, grace, dry_run, rep), lambda: _temp_files(home, grace, dry_run, rep)):
+                 lambda: _swift_blobs(reg, grace, now, dry_run, rep),
+                 lambda: _local_blobs(reg, grace, now, dry_run, rep),
+                 lambda: _work_dirs(reg, home, grace, now, dry_run, rep),
+                 lambda: _temp_files(home, grace, now, dry_run, rep)):
         try:
             step()
         except Exception as e:  # noqa: BLE001 - one failing part must not stop the others; reported

@@ -1,6 +1,6 @@
 """The README's main job: import → share → export on the embedded file-based default.
 
-    python -m vhdkit.demo [--data DIR] [--image VHD] [--keep]
+    python -m vhdkit.tasks.demo [--data DIR] [--image VHD] [--keep]
 
 Uses ``../shared/samples/windows-dynamic-512M.vhd.gz`` when present (a real
 Windows-made dynamic VHD), else makes a sample dynamic VHD with vhdkit.  Every
@@ -17,12 +17,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
-from .pack import segments
-from .tasks.pipeline import PipelineConfig, Worker
-from .registry import Caller, Registry
+from ..pack import segments
+from ..registry import Caller, Registry
+from .pipeline import PipelineConfig, Worker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the repository
 SAMPLE = ROOT.parent / "shared" / "samples" / "windows-dynamic-512M.vhd.gz"
 MiB = 1 << 20
 
@@ -32,7 +33,7 @@ def _say(step: str, text: str = "") -> None:
 
 
 def _virtual_sha256(path: Path) -> str:
-    from . import vhd
+    from .. import vhd
 
     h = hashlib.sha256()
     buf = bytearray(8 * MiB)
@@ -55,7 +56,7 @@ def _file_sha256(path: Path) -> str:
 
 def _make_sample(dest: Path) -> Path:
     """A 256 MiB dynamic VHD, a quarter of it written (deterministic)."""
-    from . import vhd
+    from .. import vhd
 
     raw = dest.with_suffix(".raw")
     block = 2 * MiB
@@ -69,6 +70,18 @@ def _make_sample(dest: Path) -> Path:
     vhd.convert(raw, dest, type="dynamic")
     raw.unlink()
     return dest
+
+
+def _run_task(reg: Registry, caller: Caller, kind: str, task_input: dict) -> Optional[dict]:
+    """Create a ``kind`` task as ``caller`` and wait for it: the finished task,
+    or None (said) if it failed."""
+    task = reg.create_task(caller, kind, task_input)
+    _say(kind, f"task {task.id} created by {caller.account}")
+    t = _wait(reg, caller, task.id, kind)
+    if t["status"] != "success":
+        _say(kind, f"FAILED: {t['message']}")
+        return None
+    return t
 
 
 def _wait(reg: Registry, caller: Caller, task_id: str, label: str) -> dict:
@@ -110,7 +123,7 @@ def run(data: Path, image: Path | None, keep: bool) -> int:
     else:
         src = _make_sample(work / "sample.vhd")
         _say("sample", "made a 256 MiB dynamic VHD with vhdkit (shared samples not found)")
-    from . import vhd
+    from .. import vhd
 
     vi = vhd.info(src)
     src_virtual = _virtual_sha256(src)
@@ -141,12 +154,9 @@ def run(data: Path, image: Path | None, keep: bool) -> int:
     try:
         # 3. import
         t0 = time.monotonic()
-        task = reg.create_task(a, "import", {"import_from": f"images/{src.name}", "import_from_format": "vhd",
-                                             "image_properties": {"name": "demo-web-server"}})
-        _say("import", f"task {task.id} created by account-a")
-        t = _wait(reg, a, task.id, "import")
-        if t["status"] != "success":
-            _say("import", f"FAILED: {t['message']}")
+        t = _run_task(reg, a, "import", {"import_from": f"images/{src.name}", "import_from_format": "vhd",
+                                         "image_properties": {"name": "demo-web-server"}})
+        if t is None:
             return 1
         image_id = t["result"]["image_id"]
         img = reg.show_image(a, image_id)
@@ -168,11 +178,8 @@ def run(data: Path, image: Path | None, keep: bool) -> int:
 
         # 5. export by the owner
         t0 = time.monotonic()
-        task = reg.create_task(a, "export", {"image_uuid": image_id, "receiving_swift_container": "exports"})
-        _say("export", f"task {task.id} created by account-a")
-        t = _wait(reg, a, task.id, "export")
-        if t["status"] != "success":
-            _say("export", f"FAILED: {t['message']}")
+        t = _run_task(reg, a, "export", {"image_uuid": image_id, "receiving_swift_container": "exports"})
+        if t is None:
             return 1
         loc = t["result"]["export_location"]
         segs = [o.name for o in store_a.list("exports")]
@@ -211,7 +218,7 @@ def run(data: Path, image: Path | None, keep: bool) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vhdkit.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m vhdkit.tasks.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(".vhdkit-demo"), help="data directory (recreated)")
     ap.add_argument("--image", type=Path, help="use this VHD instead of the sample")
     ap.add_argument("--keep", action="store_true", help="keep the sample and joined files")
