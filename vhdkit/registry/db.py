@@ -19,7 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
+
+try:  # sqlite3's own C module: the package around it adds DB-API aliases and date/datetime
+    # adapters the registry never uses (it stores times as text), and imports datetime for
+    # them (start-up of every registry command)
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover - an interpreter without CPython's module
+    import sqlite3
 
 TYPE_CHECKING = False   # typing is not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
