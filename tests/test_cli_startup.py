@@ -25,12 +25,14 @@ HEAVY = ("numpy", "xxhash", "zstandard", "isal", "defusedxml", "starlette", "uvi
          "swiftclient", "hashlib", "concurrent.futures", "vhdkit.api", "vhdkit.tasks.pipeline",
          "vhdkit.store.swift", "vhdkit.pack.segments", "vhdkit.pack.ova", "vhdkit.pack.streams", "vhdkit.store",
          "vhdkit.pack.exportstream", "vhdkit.tasks.maintenance", "psycopg", "sqlalchemy", "alembic")
-FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3")
+FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3", "_sqlite3")
 REGISTRY_ONLY = ("vhdkit.vhd", "vhdkit.native", "vhdkit._native", "_cffi_backend")
 #: not needed by a registry read on the fast path (click itself loads typing): annotations,
 #: new ids, in: filters, a rules file's parser (the default rules need none), regular
-#: expressions and the json package (vhdkit.cli._jsontext writes the output), the hashers' queues
-FAST_REGISTRY_READ = ("typing", "uuid", "platform", "csv", "configparser", "re", "enum", "json", "queue")
+#: expressions and the json package (vhdkit.cli._jsontext writes the output), the hashers' queues,
+#: sqlite3's date adapters (the registry stores times as text)
+FAST_REGISTRY_READ = ("typing", "uuid", "platform", "csv", "configparser", "re", "enum", "json", "queue",
+                      "datetime")
 
 _RUN = ("import sys\nfrom vhdkit.cli import main\n"
         "try:\n    main(sys.argv[1:], prog_name='vhdkit')\nexcept SystemExit as e:\n    code = e.code\n"
