@@ -5,8 +5,8 @@ through three, all opening the same registry database.
     python bench/multi_host.py [--seconds 10] [--rounds 2] [--engine postgresql|sqlite] [--database-url URL]
 
 Starts three `vhdkit serve` processes on loopback (one uvicorn worker each)
-on one registry: by default a PostgreSQL server of its own (the tests'
-helpers_pg: Debian's postgresql, initdb in a temporary directory), or the
+on one registry: by default a PostgreSQL server of its own (the tests' one,
+fixtures/pgserver.py: Debian's postgresql, initdb in a temporary directory), or the
 database at ``--database-url``, each host with its own data directory; with
 ``--engine sqlite`` the embedded SQLite registry in one shared data
 directory.  Creates one image, then alternates, ``--rounds`` times:
@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,21 +32,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "fixtures"))
+
+from pgserver import PgServer  # noqa: E402
+from shared import LOOPBACK, free_port  # noqa: E402
+
 WHO = "bench:admin"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     def __init__(self, data: Path, log: Path, env: dict) -> None:
         import httpx
 
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
         self.log = open(log, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "vhdkit", "serve", "--port", str(self.port), "--data",
                                       str(data)], env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
@@ -93,9 +91,6 @@ def main() -> None:
     servers = []
     pg = None
     if a.engine == "postgresql" and not a.database_url:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from helpers_pg import PgServer
-
         pg = PgServer()
         a.database_url = pg.new_database()
     try:

@@ -6,7 +6,7 @@ images as at 1,000 on either engine).
   python bench/registry_engines.py [--small 1000] [--large 100000] [--reps 200]
 
 PostgreSQL is a throw-away server started here as in the tests
-(tests/helpers_pg.py: initdb in a temporary directory, a free loopback port;
+(fixtures/pgserver.py: initdb in a temporary directory, a free loopback port;
 fsync off, as there).  The registries are populated in bulk with SQL
 (registry_scale.populate: 100 images per account, 10 % shared, 5 % public,
 2 % community, tags, members) and ANALYZEd.  Timed, interleaved across the
@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "fixtures"), str(ROOT / "bench")]
 
+from pgserver import PgServer  # noqa: E402
 from registry_scale import populate  # noqa: E402
 from vhdkit.registry import Caller, Registry  # noqa: E402
 
@@ -41,8 +42,6 @@ def main() -> int:
     ap.add_argument("--large", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=200)
     a = ap.parse_args()
-    from helpers_pg import PgServer
-
     pg = PgServer()
     work = Path(tempfile.mkdtemp(prefix="vhdkit-bench-engines-"))
     regs = {}

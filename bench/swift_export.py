@@ -102,7 +102,7 @@ def main() -> None:
 
 
 def _bench(a, size: int, work: Path) -> None:
-    from shared import put_file
+    from shared import peer_env, put_file
     from vhdkit.pack import segments
     from vhdkit.tasks.pipeline import PipelineConfig, Worker
     from vhdkit.registry import Caller, Registry
@@ -131,7 +131,6 @@ def _bench(a, size: int, work: Path) -> None:
     seq_cfg.parallel = 1
     seq = SwiftStore(seq_cfg, caller.account)
     url, token = sc.storage_url, sc._connection().token
-    peer_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
 
     runs = []
     for i in range(a.runs):
@@ -158,7 +157,7 @@ def _bench(a, size: int, work: Path) -> None:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "swiftclient.shell", "--os-storage-url", url, "--os-auth-token",
                             token, "upload", "--segment-size", "200M", "--object-name", "disk.vhd", "peer",
-                            str(vhd)], capture_output=True, text=True, env=peer_env, cwd=str(work))
+                            str(vhd)], capture_output=True, text=True, env=peer_env(), cwd=str(work))
         row["swift_upload_s"] = time.monotonic() - t0
         assert r.returncode == 0, r.stderr
         runs.append(row)

@@ -104,7 +104,7 @@ def database_env(pg_server) -> Dict[str, str]:
 
 
 def pg_stop(pg) -> list:
-    """Stop helpers_pg's server ``pg`` (fast shutdown) keeping its data;
+    """Stop fixtures/pgserver.py's server ``pg`` (fast shutdown) keeping its data;
     returns what :func:`pg_start` needs to start it again as it was."""
     args = open(f"/proc/{pg.proc.pid}/cmdline").read().split("\0")[:-1]
     pg.proc.send_signal(signal.SIGINT)
@@ -116,12 +116,12 @@ def pg_start(pg, args: list) -> None:
     """Start ``pg`` again (same data, port and settings) and wait until it answers."""
     import time
 
-    from helpers_pg import _as_user
+    from pgserver import as_user
 
     st = os.stat(pg.dir)
     pg.proc = subprocess.Popen(args, cwd=pg.dir, env=dict(os.environ, LC_ALL="C.UTF-8", HOME=pg.dir),
                                stdin=subprocess.DEVNULL, stdout=pg.log, stderr=subprocess.STDOUT,
-                               preexec_fn=_as_user(st.st_uid, st.st_gid, signal.SIGQUIT))
+                               preexec_fn=as_user(st.st_uid, st.st_gid, signal.SIGQUIT))
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from conftest import SAMPLES as SAMPLES_DIR, require_tool
-from shared import file_digest
+from shared import file_digest, peer_env
 
 SAMPLES_README = SAMPLES_DIR / "README.md"
 
@@ -26,15 +25,6 @@ def sample_table(readme: Path) -> Dict[str, dict]:
         if m:
             out[m.group(1)] = {"type": m.group(2), "size": int(m.group(3)), "sha256": m.group(4)}
     return out
-
-
-def peer_env() -> dict:
-    """The environment for peer tools: without the sanitizer runtime that the
-    ASan pass preloads (qemu-img hangs under it)."""
-    env = dict(os.environ)
-    for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"):
-        env.pop(k, None)
-    return env
 
 
 def run_peer(args, **kw):

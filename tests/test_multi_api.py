@@ -264,7 +264,7 @@ def test_an_unreachable_database_is_503_json_and_loses_nothing(swift_env, tmp_pa
     still answers; started again, the host serves the same data, and the calls
     refused meanwhile changed nothing."""
     from helpers_hosts import Hosts, pg_start, pg_stop
-    from helpers_pg import PgServer
+    from pgserver import PgServer
 
     pg = PgServer()
     own = Hosts(tmp_path, swift_env, {"VHDKIT_DATABASE_URL": pg.new_database()})

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vhdkit.errors import InvalidInputError
-from helpers_pg import empty_registry
 from vhdkit.registry import Caller, Registry
 
 from helpers_registry import admin, make_image, reg  # noqa: F401
+from pgserver import empty_registry
 
 # every test on both engines (tests/helpers_pg.py)
 pytestmark = pytest.mark.usefixtures("registry_url")

@@ -22,7 +22,7 @@ from conftest import ROOT
 from helpers_swift import make_test_vhd, swift_cli
 from hooked import vhdkit_cmd
 from vhdkit.pack import segments
-from vhdkit.errors import StorageError
+from vhdkit.errors import StorageError, UnavailableError
 from vhdkit.tasks.pipeline import PipelineConfig, Worker
 from vhdkit.registry import Caller, Registry
 from vhdkit.store import open_configured_store
@@ -280,6 +280,23 @@ def test_worker_killed_mid_split_on_swift_leaves_no_orphan_segments(swift_store_
     r = swift_cli(swift_store_env, a.account, "download", "exports", f"{image_id}.vhd", "-o", str(tmp_path / "dl"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "dl").read_bytes() == (tmp_path / "j.vhd").read_bytes()
+
+
+def test_a_wrong_key_never_rides_on_the_token_of_the_right_one(swift_env):
+    """Within one process, the token the right key obtained serves only that
+    key: a store opened afterwards with the same auth URL and user but another
+    key (a typo, a rotated-away key) authenticates itself and is refused; the
+    right key's stores keep working, before and after."""
+    acct = "tk" + uuid.uuid4().hex[:10]
+    right = open_configured_store(acct, env=swift_env)
+    right.create_container("c")
+    right.put_bytes("c", "o", b"data")
+    wrong = open_configured_store(acct, env=dict(swift_env, VHDKIT_SWIFT_KEY="not-the-key"))
+    for call in (lambda: wrong.list("c"), lambda: wrong.get_bytes("c", "o"), wrong.list_containers):
+        with pytest.raises(UnavailableError, match=r"refused the service's credentials \(401\)"):
+            call()
+    assert open_configured_store(acct, env=swift_env).get_bytes("c", "o") == b"data"
+    assert [o.name for o in right.list("c")] == ["o"]
 
 
 def test_swift_refusing_the_services_credentials_is_a_server_fault_naming_nothing(swift_env, tmp_path):

@@ -54,7 +54,9 @@ its own puts (several uploads may share one store).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
+import os
 import tempfile
 import threading
 import time
@@ -106,7 +108,18 @@ class SwiftConfig:
         return cls.from_config(load(env=env))
 
 
-_token_cache: Dict[tuple, tuple] = {}
+# (auth URL, user, fingerprint of the key) -> (storage URL, token, monotonic expiry).
+# The key's fingerprint is part of the cache key, so a token is reused only by
+# the credentials that obtained it: a wrong or rotated key authenticates anew.
+# The fingerprint is an HMAC under a per-process random salt, so the cache does
+# not hold the key, nor an unsalted hash of it.
+_token_cache: Dict[Tuple[str, str, bytes], Tuple[str, str, float]] = {}
+_KEY_SALT = os.urandom(32)
+
+
+def _token_cache_key(config: "SwiftConfig") -> Tuple[str, str, bytes]:
+    fingerprint = hmac.new(_KEY_SALT, config.key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return config.auth_url, config.user, fingerprint
 
 
 def _client():
@@ -203,7 +216,7 @@ class SwiftStore(ObjectStore):
     def _connection(self):
         if getattr(self._local, "conn", None) is None:
             sc = _client()
-            key = (self.config.auth_url, self.config.user)
+            key = _token_cache_key(self.config)
             cached = _token_cache.get(key)
             if cached is None or cached[2] < time.monotonic():
                 auth = sc.Connection(authurl=self.config.auth_url, user=self.config.user, key=self.config.key,
