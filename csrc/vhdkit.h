@@ -429,8 +429,11 @@ typedef struct vk_repair_result {
     uint64_t lost_cap;      /* in                                            */
 } vk_repair_result;
 
-#define VK_REPAIR_DRY_RUN 1 /* only report what would be done               */
-#define VK_REPAIR_FORCE   2 /* repair even when blocks are lost (lost_count)  */
+/* vk_repair's flags (bits). */
+enum {
+    VK_REPAIR_DRY_RUN = 1,  /* only report what would be done                */
+    VK_REPAIR_FORCE   = 2   /* repair even when blocks are lost (lost_count)  */
+};
 
 /* Repairs only what loses nothing unless VK_REPAIR_FORCE: a repair that
  * would lose blocks fails VK_E_EXISTS (lost_count and lost filled in). */

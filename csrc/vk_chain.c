@@ -16,13 +16,12 @@
 #include "vk_chain.h"
 #include "vk_write.h"
 
-#define VK_LOC_BYTES   8192u                 /* the reader's limit */
 #define VK_MERGE_CHUNK (4u * 1024u * 1024u)  /* merge copy buffer */
 
 typedef struct enc_loc {
     uint32_t code;
     size_t   len;
-    uint8_t  data[VK_LOC_BYTES];
+    uint8_t  data[VK_LOCATOR_MAX_BYTES];
 } enc_loc;
 
 /* Encode a parent reference: the UTF-16BE name and up to three locators. */
@@ -42,14 +41,14 @@ static int encode_ref(const vk_parent_ref *ref, uint8_t name16[512], enc_loc *lo
         size_t tl = strlen(text[i]);
         long got;
         if (code[i] == VK_LOC_MACX) {
-            got = tl <= VK_LOC_BYTES ? (long)tl : -1;
+            got = tl <= VK_LOCATOR_MAX_BYTES ? (long)tl : -1;
             if (got >= 0) memcpy(l->data, text[i], tl);
         } else {
-            got = vk_utf8_to_utf16(text[i], tl, 0, l->data, VK_LOC_BYTES);
+            got = vk_utf8_to_utf16(text[i], tl, 0, l->data, VK_LOCATOR_MAX_BYTES);
         }
         if (got <= 0)
             return vk_fail(err, VK_E_INVALID, UINT64_MAX, "parent locator text is invalid or longer than %u bytes",
-                           VK_LOC_BYTES);
+                           VK_LOCATOR_MAX_BYTES);
         l->code = code[i];
         l->len = (size_t)got;
         (*n)++;
@@ -125,7 +124,7 @@ int vk_snapshot(vk_image *parent, int out_fd, uint64_t size, uint32_t block_size
         rc = vk_pwrite_full(out_fd, bat, n, VK_BAT_OFFSET + done, err);
     }
     for (int i = 0; i < nloc && !rc; i++) {
-        uint8_t pad[VK_LOC_BYTES + VK_SECTOR];
+        uint8_t pad[VK_LOCATOR_MAX_BYTES + VK_SECTOR];
         size_t space = (size_t)round_sector(loc[i].len);
         memset(pad, 0, space);
         memcpy(pad, loc[i].data, loc[i].len);
@@ -208,8 +207,6 @@ static int journal_begin(const char *jpath, const vk_layer *child, const vk_laye
     return rc;
 }
 
-static inline int bit_at(const uint8_t *bm, uint64_t s) { return (bm[s >> 3] >> (7 - (s & 7))) & 1; }
-
 /* The end (virtual byte offset) of the last sector the child holds itself. */
 static int child_data_end(vk_layer *L, uint64_t *end, vk_err *err)
 {
@@ -221,7 +218,7 @@ static int child_data_end(vk_layer *L, uint64_t *end, vk_err *err)
         int rc = vk_layer_bitmap(L, b, &bm, err);
         if (rc) return rc;
         for (uint64_t s = spb; s > 0; s--) {
-            if (!bit_at(bm, s - 1)) continue;
+            if (!vk_bitmap_bit(bm, s - 1)) continue;
             uint64_t e = (uint64_t)b * L->block_size + s * VK_SECTOR;
             if (e > L->virtual_size) e = L->virtual_size;
             if (e > *end) *end = e;
@@ -291,9 +288,9 @@ int vk_coalesce_into_parent(vk_image *C, const char *journal_path, vk_merge_resu
         uint64_t data = (uint64_t)L->bat[b] * VK_SECTOR + L->bitmap_size;
         uint64_t vbase = (uint64_t)b * L->block_size;
         for (uint64_t s = 0; s < spb;) {
-            if (!bit_at(bm, s)) { s++; continue; }
+            if (!vk_bitmap_bit(bm, s)) { s++; continue; }
             uint64_t e = s + 1;
-            while (e < spb && bit_at(bm, e)) e++;
+            while (e < spb && vk_bitmap_bit(bm, e)) e++;
             uint64_t from = vbase + s * VK_SECTOR, to = vbase + e * VK_SECTOR;
             if (to > L->virtual_size) to = L->virtual_size;
             for (uint64_t p = from; p < to;) {
@@ -374,8 +371,7 @@ int vk_reparent(const char *child_path, vk_image *NP, const vk_parent_ref *ref, 
     for (int i = 0; i < 8; i++) {
         const vk_locator *l = &L->hdr.loc[i];
         if (!l->code || !l->data_length || l->data_offset % VK_SECTOR) continue;
-        uint64_t space = l->data_space < l->data_length ? (uint64_t)l->data_space * VK_SECTOR : l->data_space;
-        space = space / VK_SECTOR * VK_SECTOR;
+        uint64_t space = vk_locator_space(l) / VK_SECTOR * VK_SECTOR;
         if (space == 0 || l->data_offset < VK_BAT_OFFSET || l->data_offset + space > foot) continue;
         slot_off[nslot] = l->data_offset;
         slot_space[nslot++] = space;
@@ -394,7 +390,7 @@ int vk_reparent(const char *child_path, vk_image *NP, const vk_parent_ref *ref, 
             if ((rc = vk_rw_grow(C, at + need, err))) goto out;
             C->alloc_next = at + need;
         }
-        uint8_t pad[VK_LOC_BYTES + VK_SECTOR];
+        uint8_t pad[VK_LOCATOR_MAX_BYTES + VK_SECTOR];
         memset(pad, 0, (size_t)need);
         memcpy(pad, loc[i].data, loc[i].len);
         if ((rc = vk_rw_pwrite(C, pad, (size_t)need, at, err))) goto out;

@@ -75,7 +75,7 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
                        dev_t *seen_dev, ino_t *seen_ino, int depth);
 
 static void check_dynamic(probs *P, int fd, uint64_t file_size, const vk_footer *f, int fsize,
-                          const uint8_t *raw, vk_dynhdr *h, int *hdr_ok)
+                          const uint8_t *raw, uint64_t virtual_size, vk_dynhdr *h, int *hdr_ok)
 {
     uint8_t hb[1024], copy[512];
     int rc;
@@ -96,32 +96,24 @@ static void check_dynamic(probs *P, int fd, uint64_t file_size, const vk_footer 
     /* a wrong checksum or version is reported; the rest can still be examined */
     vk_dynhdr_validate(hb, h, ho, finding, P, NULL);
     if (memcmp(hb, "cxsparse", 8) != 0) return;
-    if (h->table_offset >= file_size) {
-        add(P, "HEADER_TABLE_OFFSET", ho + 16, "BAT offset %llu is past the end of the file",
-            (unsigned long long)h->table_offset);
-        return;
-    }
-    if (!vk_block_size_ok(h->block_size)) return;
-    uint64_t need = vk_bat_entries_for(f->current_size, h->block_size);
-    if (h->max_table_entries < need)
-        add(P, "HEADER_MAX_ENTRIES", ho + 28, "%u BAT entries cannot cover %llu bytes in %u-byte blocks",
-            h->max_table_entries, (unsigned long long)f->current_size, h->block_size);
-    uint64_t bat_bytes = (uint64_t)h->max_table_entries * 4;
-    if (h->table_offset + bat_bytes > file_size) {
-        add(P, "BAT_PAST_EOF", h->table_offset, "the BAT (%u entries) extends past the end of the file",
-            h->max_table_entries);
-        return;
-    }
+    vk_bat_layout g;
+    vk_bat_layout_of(&g, h, ho, file_size, file_size - (uint64_t)fsize, virtual_size);
+    if (vk_bat_table_validate(h, &g, virtual_size, finding, P, NULL) || !vk_block_size_ok(h->block_size)) return;
     *hdr_ok = 1;
 }
 
+/* The BAT's entries (vk_bat_entry_validate, as the opener judges them, the
+ * disk size by the caller's size rule), then overlaps between blocks, the
+ * locators' data and the metadata (blocks over metadata are the
+ * validator's finding already). */
 static void check_bat_and_locators(probs *P, int fd, uint64_t file_size, const vk_footer *f, int fsize,
-                                   const vk_dynhdr *h)
+                                   const vk_dynhdr *h, uint64_t virtual_size)
 {
-    uint32_t bitmap = vk_bitmap_bytes(h->block_size);
-    uint64_t n = h->max_table_entries;
-    uint64_t bat_bytes = n * 4;
+    vk_bat_layout g;
     uint64_t footer_at = file_size - (uint64_t)fsize;
+    vk_bat_layout_of(&g, h, f->data_offset, file_size, footer_at, virtual_size);
+    uint64_t n = g.table_entries;   /* all declared ones, if inside the file */
+    uint64_t bat_bytes = n * 4;
     uint8_t *bat = NULL;
     region *r = NULL;
     size_t nr = 0, n_alloc = 0;
@@ -138,47 +130,37 @@ static void check_bat_and_locators(probs *P, int fd, uint64_t file_size, const v
         add(P, "BAT_READ", h->table_offset, "%s", e.msg);
         goto out;
     }
-    for (uint64_t i = 0; i < n; i++) {
-        uint32_t v = vk_be32(bat + 4 * i);
-        if (v != VK_BAT_UNUSED && (uint64_t)v * 512 < file_size) n_alloc++;
-    }
+    for (uint64_t i = 0; i < n; i++) n_alloc += vk_be32(bat + 4 * i) != VK_BAT_UNUSED;
     r = malloc((n_alloc + 12) * sizeof *r);
     if (!r) { add(P, "INTERNAL", UINT64_MAX, "out of memory checking the BAT"); goto out; }
     r[nr++] = (region){0, 512, "footer copy", 0};
     r[nr++] = (region){f->data_offset, f->data_offset + 1024, "dynamic header", 0};
-    r[nr++] = (region){h->table_offset, h->table_offset + (bat_bytes + 511) / 512 * 512, "BAT", 0};
+    r[nr++] = (region){h->table_offset, h->table_offset + g.table_bytes, "BAT", 0};
     r[nr++] = (region){footer_at, file_size, "footer", 0};
     for (int i = 0; i < 8; i++) {
         const vk_locator *l = &h->loc[i];
         if (!l->code) continue;
-        uint64_t space = l->data_space < l->data_length ? (uint64_t)l->data_space * 512 : l->data_space;
+        uint64_t space = vk_locator_space(l);
         if (l->data_offset < file_size && l->data_offset + l->data_length <= file_size && l->data_length)
             r[nr++] = (region){l->data_offset, l->data_offset + (space > l->data_length ? l->data_length : space),
                                "parent locator", (uint32_t)i};
     }
     for (uint64_t i = 0; i < n; i++) {
         uint32_t v = vk_be32(bat + 4 * i);
-        if (v == VK_BAT_UNUSED) continue;
-        uint64_t start = (uint64_t)v * 512, end = start + bitmap + h->block_size;
-        if (start >= file_size) {
-            add(P, "BAT_PAST_EOF", h->table_offset + 4 * i, "BAT entry %llu points to sector %u, past the end of the file",
-                (unsigned long long)i, v);
-            continue;
-        }
-        if (i * (uint64_t)h->block_size >= f->current_size)
-            add(P, "BAT_BEYOND_DISK", h->table_offset + 4 * i, "BAT entry %llu is allocated beyond the disk size",
-                (unsigned long long)i);
-        if (end > footer_at && start < footer_at && end > file_size)
-            add(P, "BAT_PAST_EOF", h->table_offset + 4 * i, "block %llu at %llu runs past the end of the file",
-                (unsigned long long)i, (unsigned long long)start);
-        r[nr++] = (region){start, end, "block", (uint32_t)i};
+        vk_bat_entry_validate(&g, i, v, finding, P, NULL);
+        int c = vk_bat_entry_class(&g, i, v);
+        uint64_t start = (uint64_t)v * 512;
+        if (c == VK_BATE_UNUSED || start >= file_size) continue;
+        r[nr++] = (region){start, start + g.bitmap_bytes + h->block_size, "block", (uint32_t)i};
     }
     qsort(r, nr, sizeof *r, cmp_region);
     for (size_t i = 1, last = 0; i < nr; i++) {
-        if (r[i].start < r[last].end) {
-            const region *a = &r[last], *b = &r[i];
-            const char *code = (!strcmp(a->what, "block") || !strcmp(b->what, "block")) ? "BAT_OVERLAP" : "LAYOUT_OVERLAP";
-            if (!strcmp(a->what, "parent locator") && !strcmp(b->what, "parent locator")) code = "LOCATOR_OVERLAP";
+        const region *a = &r[last], *b = &r[i];
+        int blocks = !strcmp(a->what, "block") + !strcmp(b->what, "block");
+        int locs = !strcmp(a->what, "parent locator") + !strcmp(b->what, "parent locator");
+        /* a block over metadata is the validator's BAT_OVERLAP (reported above) */
+        if (b->start < a->end && (blocks != 1 || locs == 1)) {
+            const char *code = blocks ? "BAT_OVERLAP" : locs == 2 ? "LOCATOR_OVERLAP" : "LAYOUT_OVERLAP";
             add(P, code, b->start, "%s %u [%llu, %llu) overlaps %s %u [%llu, %llu)", b->what, b->idx,
                 (unsigned long long)b->start, (unsigned long long)b->end, a->what, a->idx,
                 (unsigned long long)a->start, (unsigned long long)a->end);
@@ -212,27 +194,10 @@ static void check_locators(probs *P, int fd, uint64_t file_size, const vk_footer
     if (memcmp(h->parent_uuid, zero, 16) == 0) add(P, "PARENT_UUID", ho + 40, "the parent UUID is all zeros");
     for (int i = 0; i < 8; i++) {
         const vk_locator *l = &h->loc[i];
-        uint64_t eo = ho + 576 + 24 * i;
         vk_err e;
         if (!l->code) continue;
         any = 1;
-        if (l->code != VK_LOC_W2RU && l->code != VK_LOC_W2KU && l->code != VK_LOC_MACX &&
-            l->code != VK_LOC_WI2R && l->code != VK_LOC_WI2K) {
-            add(P, "LOCATOR_CODE", eo, "locator %d has unknown code 0x%08x", i, l->code);
-            continue;
-        }
-        if (l->data_offset % VK_SECTOR)
-            add(P, "LOCATOR_OFFSET", eo + 16, "locator %d data offset %llu is not sector-aligned", i,
-                (unsigned long long)l->data_offset);
-        if (l->data_offset >= file_size || l->data_length > file_size - l->data_offset) {
-            add(P, "LOCATOR_RANGE", eo + 16, "locator %d data [%llu, +%u) is past the end of the file", i,
-                (unsigned long long)l->data_offset, l->data_length);
-            continue;
-        }
-        uint64_t space = l->data_space < l->data_length ? (uint64_t)l->data_space * 512 : l->data_space;
-        if (l->data_length > space)
-            add(P, "LOCATOR_SPACE", eo + 4, "locator %d data length %u exceeds its data space %u", i,
-                l->data_length, l->data_space);
+        if (vk_locator_validate(l, i, ho + 576 + 24 * i, file_size, finding, P, NULL)) continue;
         if (l->code == VK_LOC_WI2R || l->code == VK_LOC_WI2K) continue;   /* deprecated, not decoded */
         if (vk_locator_decode(fd, file_size, l, dec, sizeof dec, &e)) {
             add(P, "LOCATOR_DECODE", l->data_offset, "locator %d: %s", i, e.msg);
@@ -373,9 +338,11 @@ static void check_file(probs *P, const char *path, const vk_open_opts *opts, int
         goto out;
     }
     if (f.disk_type != VK_DISK_DYNAMIC && f.disk_type != VK_DISK_DIFF) goto out;
-    check_dynamic(P, fd, file_size, &f, fsize, raw, &h, &hdr_ok);
+    int applied;
+    uint64_t vsize = vk_size_by_rule(&f, opts->size_rule, &applied);
+    check_dynamic(P, fd, file_size, &f, fsize, raw, vsize, &h, &hdr_ok);
     if (!hdr_ok) goto out;
-    check_bat_and_locators(P, fd, file_size, &f, fsize, &h);
+    check_bat_and_locators(P, fd, file_size, &f, fsize, &h, vsize);
     check_locators(P, fd, file_size, &f, f.data_offset, &h);
 
     if (f.disk_type == VK_DISK_DIFF && check_parents) {

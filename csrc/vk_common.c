@@ -79,37 +79,35 @@ int vk_fail_errno(vk_err *err, int saved_errno, uint64_t offset, const char *fmt
     return rc;
 }
 
-int vk_pread_full(int fd, void *buf, size_t len, uint64_t off, vk_err *err)
+/* The one loop behind vk_pread_full and vk_pwrite_full: EINTR retried,
+ * short transfers continued; a read that meets the end of the file is a
+ * range error, as is a write that makes no progress. */
+static int io_full(int fd, uint8_t *p, size_t len, uint64_t off, int writing, vk_err *err)
 {
-    uint8_t *p = buf;
+    const char *what = writing ? "write" : "read";
     while (len > 0) {
-        ssize_t n = pread(fd, p, len, (off_t)off);
+        ssize_t n = writing ? pwrite(fd, p, len, (off_t)off) : pread(fd, p, len, (off_t)off);
         if (n < 0) {
             if (errno == EINTR) continue;
-            return vk_fail_errno(err, errno, off, "read of %zu bytes at offset %llu failed",
-                                 len, (unsigned long long)off);
+            return vk_fail_errno(err, errno, off, "%s of %zu bytes at offset %llu failed", what, len,
+                                 (unsigned long long)off);
         }
         if (n == 0)
-            return vk_fail(err, VK_E_RANGE, off, "unexpected end of file reading %zu bytes at offset %llu",
-                           len, (unsigned long long)off);
+            return vk_fail(err, VK_E_RANGE, off, "unexpected end of file %s %zu bytes at offset %llu",
+                           writing ? "writing" : "reading", len, (unsigned long long)off);
         p += n; len -= (size_t)n; off += (uint64_t)n;
     }
     return VK_OK;
 }
 
+int vk_pread_full(int fd, void *buf, size_t len, uint64_t off, vk_err *err)
+{
+    return io_full(fd, buf, len, off, 0, err);
+}
+
 int vk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, vk_err *err)
 {
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = pwrite(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return vk_fail_errno(err, errno, off, "write of %zu bytes at offset %llu failed",
-                                 len, (unsigned long long)off);
-        }
-        p += n; len -= (size_t)n; off += (uint64_t)n;
-    }
-    return VK_OK;
+    return io_full(fd, (uint8_t *)(uintptr_t)buf, len, off, 1, err);
 }
 
 /* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum of

@@ -3,6 +3,7 @@
  * CHS geometry, and the one validator of each structure (vk_format.h),
  * plus the entry points that let Python read a footer or header. */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -20,26 +21,85 @@ uint32_t vk_checksum(const uint8_t *buf, size_t len, size_t cksum_off)
 
 uint32_t vk_footer_checksum_of(const uint8_t buf[512]) { return vk_checksum(buf, 512, 64); }
 
+/* ---- decode/encode -----------------------------------------------------------
+ * Each structure is one table of its fields (offset on disk, the struct
+ * member); integers are big-endian of the member's width, byte arrays are
+ * copied.  Decoding and encoding walk the same table, so a field's place is
+ * written down once. */
+enum { F_INT, F_RAW, F_INT_IN };   /* F_INT_IN: reserved, decoded but written as 0 */
+typedef struct { uint16_t at, len, member; uint8_t kind; } vk_field;
+
+#define F(type, kind, at, m) { at, (uint16_t)sizeof(((type *)0)->m), (uint16_t)offsetof(type, m), kind }
+
+static const vk_field footer_fields[] = {
+    F(vk_footer, F_RAW, 0, cookie),          F(vk_footer, F_INT, 8, features),
+    F(vk_footer, F_INT, 12, version),        F(vk_footer, F_INT, 16, data_offset),
+    F(vk_footer, F_INT, 24, timestamp),      F(vk_footer, F_RAW, 28, creator_app),
+    F(vk_footer, F_INT, 32, creator_version), F(vk_footer, F_RAW, 36, creator_os),
+    F(vk_footer, F_INT, 40, original_size),  F(vk_footer, F_INT, 48, current_size),
+    F(vk_footer, F_INT, 56, cylinders),      F(vk_footer, F_INT, 58, heads),
+    F(vk_footer, F_INT, 59, sectors),        F(vk_footer, F_INT, 60, disk_type),
+    F(vk_footer, F_RAW, 68, uuid),           F(vk_footer, F_INT, 84, saved_state),
+};
+
+static const vk_field dynhdr_fields[] = {
+    F(vk_dynhdr, F_RAW, 0, cookie),          F(vk_dynhdr, F_INT, 8, data_offset),
+    F(vk_dynhdr, F_INT, 16, table_offset),   F(vk_dynhdr, F_INT, 24, version),
+    F(vk_dynhdr, F_INT, 28, max_table_entries), F(vk_dynhdr, F_INT, 32, block_size),
+    F(vk_dynhdr, F_RAW, 40, parent_uuid),    F(vk_dynhdr, F_INT, 56, parent_timestamp),
+    F(vk_dynhdr, F_INT_IN, 60, reserved1),   F(vk_dynhdr, F_RAW, 64, parent_name),
+};
+
+/* One of the 8 parent locator entries, at 576 + 24 * i of the header. */
+static const vk_field locator_fields[] = {
+    F(vk_locator, F_INT, 0, code),           F(vk_locator, F_INT, 4, data_space),
+    F(vk_locator, F_INT, 8, data_length),    F(vk_locator, F_INT_IN, 12, reserved),
+    F(vk_locator, F_INT, 16, data_offset),
+};
+#undef F
+
+#define N_FIELDS(t) (sizeof t / sizeof t[0])
+
+static void fields_decode(const vk_field *t, size_t n, const uint8_t *b, void *s)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *m = (uint8_t *)s + t[i].member;
+        const uint8_t *p = b + t[i].at;
+        uint64_t v = 0;
+        if (t[i].kind == F_RAW) { memcpy(m, p, t[i].len); continue; }
+        for (unsigned k = 0; k < t[i].len; k++) v = v << 8 | p[k];
+        switch (t[i].len) {
+        case 1: *m = (uint8_t)v; break;
+        case 2: { uint16_t x = (uint16_t)v; memcpy(m, &x, 2); break; }
+        case 4: { uint32_t x = (uint32_t)v; memcpy(m, &x, 4); break; }
+        default: memcpy(m, &v, 8); break;
+        }
+    }
+}
+
+static void fields_encode(const vk_field *t, size_t n, const void *s, uint8_t *b)
+{
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *m = (const uint8_t *)s + t[i].member;
+        uint8_t *p = b + t[i].at;
+        uint64_t v;
+        if (t[i].kind == F_RAW) { memcpy(p, m, t[i].len); continue; }
+        if (t[i].kind == F_INT_IN) continue;
+        switch (t[i].len) {
+        case 1: v = *m; break;
+        case 2: { uint16_t x; memcpy(&x, m, 2); v = x; break; }
+        case 4: { uint32_t x; memcpy(&x, m, 4); v = x; break; }
+        default: memcpy(&v, m, 8); break;
+        }
+        for (unsigned k = t[i].len; k-- > 0; v >>= 8) p[k] = (uint8_t)v;
+    }
+}
+
 void vk_footer_decode(const uint8_t b[512], vk_footer *f)
 {
     memset(f, 0, sizeof *f);
-    memcpy(f->cookie, b, 8);
-    f->features = vk_be32(b + 8);
-    f->version = vk_be32(b + 12);
-    f->data_offset = vk_be64(b + 16);
-    f->timestamp = vk_be32(b + 24);
-    memcpy(f->creator_app, b + 28, 4);
-    f->creator_version = vk_be32(b + 32);
-    memcpy(f->creator_os, b + 36, 4);
-    f->original_size = vk_be64(b + 40);
-    f->current_size = vk_be64(b + 48);
-    f->cylinders = vk_be16(b + 56);
-    f->heads = b[58];
-    f->sectors = b[59];
-    f->disk_type = vk_be32(b + 60);
+    fields_decode(footer_fields, N_FIELDS(footer_fields), b, f);
     f->checksum = vk_be32(b + 64);
-    memcpy(f->uuid, b + 68, 16);
-    f->saved_state = b[84];
     for (size_t i = 85; i < 512; i++)
         if (b[i]) { f->reserved_nonzero = 1; break; }
 }
@@ -47,22 +107,7 @@ void vk_footer_decode(const uint8_t b[512], vk_footer *f)
 void vk_footer_encode(vk_footer *f, uint8_t b[512])
 {
     memset(b, 0, 512);
-    memcpy(b, f->cookie, 8);
-    vk_put32(b + 8, f->features);
-    vk_put32(b + 12, f->version);
-    vk_put64(b + 16, f->data_offset);
-    vk_put32(b + 24, f->timestamp);
-    memcpy(b + 28, f->creator_app, 4);
-    vk_put32(b + 32, f->creator_version);
-    memcpy(b + 36, f->creator_os, 4);
-    vk_put64(b + 40, f->original_size);
-    vk_put64(b + 48, f->current_size);
-    vk_put16(b + 56, f->cylinders);
-    b[58] = f->heads;
-    b[59] = f->sectors;
-    vk_put32(b + 60, f->disk_type);
-    memcpy(b + 68, f->uuid, 16);
-    b[84] = f->saved_state;
+    fields_encode(footer_fields, N_FIELDS(footer_fields), f, b);
     f->checksum = vk_checksum(b, 512, 64);
     vk_put32(b + 64, f->checksum);
 }
@@ -70,46 +115,16 @@ void vk_footer_encode(vk_footer *f, uint8_t b[512])
 void vk_dynhdr_decode(const uint8_t b[1024], vk_dynhdr *h)
 {
     memset(h, 0, sizeof *h);
-    memcpy(h->cookie, b, 8);
-    h->data_offset = vk_be64(b + 8);
-    h->table_offset = vk_be64(b + 16);
-    h->version = vk_be32(b + 24);
-    h->max_table_entries = vk_be32(b + 28);
-    h->block_size = vk_be32(b + 32);
+    fields_decode(dynhdr_fields, N_FIELDS(dynhdr_fields), b, h);
     h->checksum = vk_be32(b + 36);
-    memcpy(h->parent_uuid, b + 40, 16);
-    h->parent_timestamp = vk_be32(b + 56);
-    h->reserved1 = vk_be32(b + 60);
-    memcpy(h->parent_name, b + 64, 512);
-    for (int i = 0; i < 8; i++) {
-        const uint8_t *e = b + 576 + 24 * i;
-        h->loc[i].code = vk_be32(e);
-        h->loc[i].data_space = vk_be32(e + 4);
-        h->loc[i].data_length = vk_be32(e + 8);
-        h->loc[i].reserved = vk_be32(e + 12);
-        h->loc[i].data_offset = vk_be64(e + 16);
-    }
+    for (int i = 0; i < 8; i++) fields_decode(locator_fields, N_FIELDS(locator_fields), b + 576 + 24 * i, &h->loc[i]);
 }
 
 void vk_dynhdr_encode(vk_dynhdr *h, uint8_t b[1024])
 {
     memset(b, 0, 1024);
-    memcpy(b, h->cookie, 8);
-    vk_put64(b + 8, h->data_offset);
-    vk_put64(b + 16, h->table_offset);
-    vk_put32(b + 24, h->version);
-    vk_put32(b + 28, h->max_table_entries);
-    vk_put32(b + 32, h->block_size);
-    memcpy(b + 40, h->parent_uuid, 16);
-    vk_put32(b + 56, h->parent_timestamp);
-    memcpy(b + 64, h->parent_name, 512);
-    for (int i = 0; i < 8; i++) {
-        uint8_t *e = b + 576 + 24 * i;
-        vk_put32(e, h->loc[i].code);
-        vk_put32(e + 4, h->loc[i].data_space);
-        vk_put32(e + 8, h->loc[i].data_length);
-        vk_put64(e + 16, h->loc[i].data_offset);
-    }
+    fields_encode(dynhdr_fields, N_FIELDS(dynhdr_fields), h, b);
+    for (int i = 0; i < 8; i++) fields_encode(locator_fields, N_FIELDS(locator_fields), &h->loc[i], b + 576 + 24 * i);
     h->checksum = vk_checksum(b, 1024, 36);
     vk_put32(b + 36, h->checksum);
 }
@@ -335,4 +350,151 @@ size_t vk_bat_blocks(const uint8_t *buf, size_t n_entries, uint64_t *out)
         if (e != VK_BAT_UNUSED) out[n++] = (uint64_t)e * VK_SECTOR;
     }
     return n;
+}
+
+/* ---- BAT entries ------------------------------------------------------------ */
+void vk_bat_layout_of(vk_bat_layout *g, const vk_dynhdr *h, uint64_t header_offset, uint64_t file_size,
+                      uint64_t footer_at, uint64_t virtual_size)
+{
+    /* no valid block size (vk_dynhdr_validate's finding): no entries */
+    uint64_t need = vk_block_size_ok(h->block_size) ? vk_bat_entries_for(virtual_size, h->block_size) : 0;
+    g->file_size = file_size;
+    g->footer_at = footer_at;
+    g->header_offset = header_offset;
+    g->table_offset = h->table_offset;
+    g->block_size = h->block_size;
+    g->bitmap_bytes = vk_bitmap_bytes(h->block_size);
+    g->disk_entries = h->max_table_entries < need ? h->max_table_entries : need;
+    /* the declared table, or (when that runs past the end of the file) the
+     * part the disk uses: what readers and writers touch */
+    uint64_t n = h->table_offset < file_size && (uint64_t)h->max_table_entries * 4 <= file_size - h->table_offset
+                     ? h->max_table_entries : g->disk_entries;
+    g->table_entries = n;
+    g->table_bytes = (n * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
+}
+
+static int overlaps(uint64_t a, uint64_t a_end, uint64_t b, uint64_t b_len)
+{
+    return a < b + b_len && b < a_end;
+}
+
+int vk_bat_table_validate(const vk_dynhdr *h, const vk_bat_layout *g, uint64_t virtual_size, vk_finding_fn fn,
+                          void *ctx, vk_err *err)
+{
+    findings F = { fn, ctx, err, 0 };
+    uint64_t to = h->table_offset, end, declared;
+    if (to >= g->file_size) {
+        found(&F, VK_E_RANGE, "HEADER_TABLE_OFFSET", g->header_offset + 16, "BAT offset %llu is past the end of the file",
+              (unsigned long long)to);
+        return F.first;
+    }
+    if (vk_add_ovf(to, g->disk_entries * 4, &end) || end > g->file_size) {
+        found(&F, VK_E_RANGE, "BAT_PAST_EOF", to,
+              "block allocation table (%llu entries at offset %llu) extends past the end of the file",
+              (unsigned long long)g->disk_entries, (unsigned long long)to);
+        return F.first;
+    }
+    if (g->disk_entries > VK_MAX_BAT_ENTRIES) {
+        found(&F, VK_E_NOMEM, "BAT_TOO_LARGE", to, "block allocation table of %llu entries exceeds the limit of %u",
+              (unsigned long long)g->disk_entries, VK_MAX_BAT_ENTRIES);
+        return F.first;
+    }
+    if (vk_block_size_ok(h->block_size) && h->max_table_entries < vk_bat_entries_for(virtual_size, h->block_size))
+        found(&F, 0, "HEADER_MAX_ENTRIES", g->header_offset + 28,
+              "%u BAT entries cannot cover %llu bytes in %u-byte blocks", h->max_table_entries,
+              (unsigned long long)virtual_size, h->block_size);
+    declared = (uint64_t)h->max_table_entries * 4;
+    if (declared > g->file_size - to)
+        found(&F, 0, "BAT_PAST_EOF", to, "the BAT (%u entries) extends past the end of the file", h->max_table_entries);
+    return F.first;
+}
+
+int vk_bat_entry_class(const vk_bat_layout *g, uint64_t i, uint32_t v)
+{
+    if (v == VK_BAT_UNUSED) return VK_BATE_UNUSED;
+    if (i >= g->disk_entries) return VK_BATE_BEYOND_DISK;
+    uint64_t start = (uint64_t)v * VK_SECTOR;   /* < 2^41: no overflow below */
+    uint64_t end = start + g->bitmap_bytes + g->block_size;
+    if (start + g->bitmap_bytes > g->file_size) return VK_BATE_PAST_EOF;
+    if (end > g->file_size) return VK_BATE_RUNS_PAST_EOF;
+    if (overlaps(start, end, 0, VK_FOOTER_SIZE) || overlaps(start, end, g->header_offset, VK_DYNHDR_SIZE) ||
+        overlaps(start, end, g->table_offset, g->table_bytes) ||
+        overlaps(start, end, g->footer_at, g->file_size - g->footer_at))
+        return VK_BATE_OVERLAP;
+    return VK_BATE_OK;
+}
+
+int vk_bat_entry_validate(const vk_bat_layout *g, uint64_t i, uint32_t v, vk_finding_fn fn, void *ctx, vk_err *err)
+{
+    findings F = { fn, ctx, err, 0 };
+    uint64_t eo = g->table_offset + 4 * i, start = (uint64_t)v * VK_SECTOR;
+    unsigned long long n = (unsigned long long)i;
+    switch (vk_bat_entry_class(g, i, v)) {
+    case VK_BATE_BEYOND_DISK:
+        found(&F, 0, "BAT_BEYOND_DISK", eo, "BAT entry %llu (sector %u) is allocated beyond the disk size", n, v);
+        break;
+    case VK_BATE_PAST_EOF:
+        found(&F, VK_E_RANGE, "BAT_PAST_EOF", eo, "BAT entry %llu points to sector %u, past the end of the file",
+              n, v);
+        break;
+    case VK_BATE_RUNS_PAST_EOF:
+        found(&F, VK_E_RANGE, "BAT_PAST_EOF", eo,
+              "block %llu at %llu runs past the end of the file (%llu bytes): the image is truncated", n,
+              (unsigned long long)start, (unsigned long long)g->file_size);
+        break;
+    case VK_BATE_OVERLAP:
+        found(&F, 0, "BAT_OVERLAP", start, "block %llu [%llu, %llu) overlaps the footer, the header or the BAT", n,
+              (unsigned long long)start, (unsigned long long)(start + g->bitmap_bytes + g->block_size));
+        break;
+    default:
+        break;
+    }
+    return F.first;
+}
+
+/* ---- parent locators --------------------------------------------------------- */
+int vk_locator_validate(const vk_locator *l, int i, uint64_t eo, uint64_t file_size, vk_finding_fn fn, void *ctx,
+                        vk_err *err)
+{
+    findings F = { fn, ctx, NULL, 0 };
+    if (l->code != VK_LOC_W2RU && l->code != VK_LOC_W2KU && l->code != VK_LOC_MACX && l->code != VK_LOC_WI2R &&
+        l->code != VK_LOC_WI2K) {
+        found(&F, 0, "LOCATOR_CODE", eo, "locator %d has unknown code 0x%08x", i, l->code);
+        return vk_fail(err, VK_E_UNSUPPORTED, eo, "locator code 0x%08x is not supported", l->code);
+    }
+    if (l->data_offset % VK_SECTOR)
+        found(&F, 0, "LOCATOR_OFFSET", eo + 16, "locator %d data offset %llu is not sector-aligned", i,
+              (unsigned long long)l->data_offset);
+    if (l->data_offset >= file_size || l->data_length > file_size - l->data_offset) {
+        found(&F, 0, "LOCATOR_RANGE", eo + 16, "locator %d data [%llu, +%u) is past the end of the file", i,
+              (unsigned long long)l->data_offset, l->data_length);
+        return vk_fail(err, VK_E_RANGE, l->data_offset, "locator data at offset %llu is past the end of the file",
+                       (unsigned long long)l->data_offset);
+    }
+    if (l->data_length > vk_locator_space(l))
+        found(&F, 0, "LOCATOR_SPACE", eo + 4, "locator %d data length %u exceeds its data space %u", i,
+              l->data_length, l->data_space);
+    return VK_OK;
+}
+
+uint64_t vk_dyn_used_end(const vk_dynhdr *h, uint64_t ho, const uint32_t *bat, uint64_t n, uint64_t limit)
+{
+    uint32_t bm = vk_bitmap_bytes(h->block_size);
+    uint64_t end = ho + VK_DYNHDR_SIZE, e;
+    uint64_t table = ((uint64_t)h->max_table_entries * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
+    if (!vk_add_ovf(h->table_offset, table, &e) && e > end && e <= limit) end = e;
+    for (uint64_t i = 0; i < n; i++) {
+        if (bat[i] == VK_BAT_UNUSED) continue;
+        e = (uint64_t)bat[i] * VK_SECTOR + bm + h->block_size;
+        if (e > end) end = e;
+    }
+    for (int i = 0; i < 8; i++) {
+        const vk_locator *l = &h->loc[i];
+        if (!l->code || !l->data_length) continue;
+        uint64_t space = vk_locator_space(l);
+        if (space < l->data_length) space = l->data_length;
+        e = l->data_offset + (space + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
+        if (e > l->data_offset && e > end && e <= limit) end = e;
+    }
+    return (end + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
 }

@@ -92,6 +92,9 @@ typedef struct vk_locator {
 #define VK_LOC_MACX 0x4d616358u
 #define VK_LOC_WI2R 0x57693272u
 #define VK_LOC_WI2K 0x5769326bu
+/* The longest locator data read or written (bytes): a path of 4096 UTF-16
+ * units; it bounds the reader's buffer, so what vhdkit writes stays below. */
+#define VK_LOCATOR_MAX_BYTES 8192u
 
 typedef struct vk_dynhdr {
     uint8_t    cookie[8];
@@ -132,6 +135,11 @@ static inline uint64_t vk_bat_entries_for(uint64_t size, uint32_t block_size) {
     return size / block_size + (size % block_size ? 1 : 0);
 }
 
+/* Bit s of a sector bitmap ("an array of bits in big-endian order": bit 7
+ * of byte 0 is sector 0); set = the sector is in this file's block. */
+static inline int vk_bitmap_bit(const uint8_t *bm, uint64_t s) { return (bm[s >> 3] >> (7 - (s & 7))) & 1; }
+static inline void vk_bitmap_set(uint8_t *bm, uint64_t s) { bm[s >> 3] |= (uint8_t)(0x80u >> (s & 7)); }
+
 /* The footer b (decoded into f), at file offset off of a file of file_size
  * bytes: cookie, checksum, disk type (fatal), then features, version,
  * timestamp, saved state, size, geometry, data offset (findings). */
@@ -147,5 +155,79 @@ int vk_footer_intact(const uint8_t b[512], vk_footer *f, vk_err *err);
  * data offset, BAT offset alignment (findings). */
 int vk_dynhdr_validate(const uint8_t b[1024], vk_dynhdr *h, uint64_t off, vk_finding_fn fn, void *ctx,
                        vk_err *err);
+
+/* ---- BAT entries (and the sector bitmap each one places) --------------------
+ * Where the entries of one dynamic/differencing file may point.  disk_entries
+ * are the entries the virtual size addresses (at most max_table_entries):
+ * the ones a reader follows, and writes allocate. */
+typedef struct vk_bat_layout {
+    uint64_t file_size;
+    uint64_t footer_at;        /* start of the end footer (file size - 512 or 511) */
+    uint64_t header_offset;    /* the dynamic header, 1024 bytes */
+    uint64_t table_offset;
+    uint64_t table_entries;    /* max_table_entries, or disk_entries if those run past the file */
+    uint64_t table_bytes;      /* table_entries * 4, whole sectors */
+    uint32_t block_size, bitmap_bytes;
+    uint64_t disk_entries;
+} vk_bat_layout;
+
+void vk_bat_layout_of(vk_bat_layout *g, const vk_dynhdr *h, uint64_t header_offset, uint64_t file_size,
+                      uint64_t footer_at, uint64_t virtual_size);
+
+/* The table itself (h's BAT in layout g, virtual_size the disk's size):
+ * starting inside the file (HEADER_TABLE_OFFSET), the entries the disk
+ * uses inside the file (BAT_PAST_EOF) and within VK_MAX_BAT_ENTRIES
+ * (BAT_TOO_LARGE), all fatal; then enough entries for the size
+ * (HEADER_MAX_ENTRIES: the rest read as unallocated) and the declared table
+ * inside the file (BAT_PAST_EOF: entries past the disk's are never read). */
+int vk_bat_table_validate(const vk_dynhdr *h, const vk_bat_layout *g, uint64_t virtual_size, vk_finding_fn fn,
+                          void *ctx, vk_err *err);
+
+/* What one entry is, by the first rule it breaks (one class per entry):
+ *   UNUSED       0xFFFFFFFF, not allocated (reads as zeros / the parent)
+ *   BEYOND_DISK  allocated at an index the virtual size does not address:
+ *                never read (finding BAT_BEYOND_DISK)
+ *   PAST_EOF     its bitmap is not inside the file (fatal VK_E_RANGE,
+ *                finding BAT_PAST_EOF)
+ *   RUNS_PAST_EOF  its bitmap is, its data runs past the end of the file:
+ *                a truncated image (fatal VK_E_RANGE, BAT_PAST_EOF; qemu
+ *                refuses it as truncated too)
+ *   OVERLAP      it overlaps the footer copy, the header, the BAT or the end
+ *                footer: reads tolerate it, a write into it would damage
+ *                them (finding BAT_OVERLAP; the writer refuses the file)
+ *   OK           none of these.
+ * Overlaps between blocks need all entries: the checker finds those. */
+enum {
+    VK_BATE_OK = 0, VK_BATE_UNUSED, VK_BATE_BEYOND_DISK, VK_BATE_OVERLAP, VK_BATE_PAST_EOF, VK_BATE_RUNS_PAST_EOF
+};
+int vk_bat_entry_class(const vk_bat_layout *g, uint64_t i, uint32_t entry);
+static inline int vk_bat_class_fatal(int c) { return c >= VK_BATE_PAST_EOF; }
+/* The entry's finding (if any) to fn; its vk_code if fatal (err filled). */
+int vk_bat_entry_validate(const vk_bat_layout *g, uint64_t i, uint32_t entry, vk_finding_fn fn, void *ctx,
+                          vk_err *err);
+
+/* ---- parent locators --------------------------------------------------------
+ * Bytes reserved for a locator's data.  The spec gives data space in
+ * sectors; Microsoft (and qemu, VirtualBox) write bytes: a space smaller
+ * than the data length is taken as sectors, as blktap does. */
+static inline uint64_t vk_locator_space(const vk_locator *l) {
+    return l->data_space < l->data_length ? (uint64_t)l->data_space * VK_SECTOR : l->data_space;
+}
+/* Locator i (its entry at file offset eo) of a file of file_size bytes:
+ * code known (LOCATOR_CODE), data offset sector-aligned (LOCATOR_OFFSET),
+ * data inside the file (LOCATOR_RANGE), length within its space
+ * (LOCATOR_SPACE).  No finding is fatal to the file: the opener skips a
+ * locator it cannot read and tries the next.  Returns VK_OK when the data
+ * can be read (code known, data inside the file), else VK_E_UNSUPPORTED or
+ * VK_E_RANGE with err filled; vk_locator_decode then decodes the data. */
+int vk_locator_validate(const vk_locator *l, int i, uint64_t eo, uint64_t file_size, vk_finding_fn fn, void *ctx,
+                        vk_err *err);
+
+/* The end of everything a dynamic header references: itself, the BAT, the
+ * blocks of bat[0..n) and the locators' reserved space, rounded up to a
+ * sector.  The BAT and locators count only when they end at or before
+ * limit (where the footer is); blocks always count. */
+uint64_t vk_dyn_used_end(const vk_dynhdr *h, uint64_t header_offset, const uint32_t *bat, uint64_t n,
+                         uint64_t limit);
 
 #endif

@@ -97,7 +97,7 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
     uint8_t hb[1024];
     vk_footer *f = &L->footer;
     vk_dynhdr *h = &L->hdr;
-    uint64_t end, need, n, bytes;
+    uint64_t n, bytes;
     int rc;
 
     if (f->data_offset > L->file_size || L->file_size - f->data_offset < 1024)
@@ -109,34 +109,27 @@ static int layer_load_dynamic(vk_layer *L, vk_err *err)
     L->block_size = h->block_size;
     L->bitmap_size = vk_bitmap_bytes(h->block_size);
 
-    /* Entries needed by the virtual size; never more than the header says,
-     * and the table must lie inside the file (bounds the allocation). */
-    need = vk_bat_entries_for(L->virtual_size, h->block_size);
-    n = h->max_table_entries < need ? h->max_table_entries : need;
+    /* The entries the virtual size addresses (never more than the header
+     * says), inside the file and the limit (this bounds the allocation). */
+    vk_bat_layout g;
+    vk_bat_layout_of(&g, h, f->data_offset, L->file_size, L->file_size - (uint64_t)L->footer_size, L->virtual_size);
+    if ((rc = vk_bat_table_validate(h, &g, L->virtual_size, NULL, NULL, err))) return rc;
+    n = g.disk_entries;
     bytes = n * 4;
-    if (vk_add_ovf(h->table_offset, bytes, &end) || end > L->file_size)
-        return vk_fail(err, VK_E_RANGE, h->table_offset,
-                       "block allocation table (%llu entries at offset %llu) extends past the end of the file",
-                       (unsigned long long)n, (unsigned long long)h->table_offset);
-    if (n > VK_MAX_BAT_ENTRIES)
-        return vk_fail(err, VK_E_NOMEM, h->table_offset,
-                       "block allocation table of %llu entries exceeds the limit of %u",
-                       (unsigned long long)n, VK_MAX_BAT_ENTRIES);
     L->n_bat = (uint32_t)n;
     L->bat = malloc(bytes ? bytes : 4);
     L->bm = malloc(L->bitmap_size);
     if (!L->bat || !L->bm) return vk_fail(err, VK_E_NOMEM, UINT64_MAX, "out of memory for the BAT");
     L->bm_block = VK_BAT_UNUSED;
     if (bytes && (rc = vk_pread_full(L->fd, L->bat, bytes, h->table_offset, err))) return rc;
-    L->bat_used = 0;
+    L->bat_used = L->bat_overlaps = 0;
     for (uint32_t i = 0; i < L->n_bat; i++) {
         uint32_t e = vk_be32((const uint8_t *)&L->bat[i]);
         L->bat[i] = e;
-        if (e == VK_BAT_UNUSED) continue;
-        uint64_t start = (uint64_t)e * VK_SECTOR;
-        if (start + L->bitmap_size > L->file_size)
-            return vk_fail(err, VK_E_RANGE, h->table_offset + 4ull * i,
-                           "BAT entry %u points to sector %u, past the end of the file", i, e);
+        int c = vk_bat_entry_class(&g, i, e);
+        if (vk_bat_class_fatal(c)) return vk_bat_entry_validate(&g, i, e, NULL, NULL, err);
+        if (c == VK_BATE_UNUSED) continue;
+        L->bat_overlaps += c == VK_BATE_OVERLAP;
         L->bat_used++;
     }
     return VK_OK;
@@ -390,7 +383,7 @@ uint64_t vk_image_size(const vk_image *img) { return img->layer[0].virtual_size;
 
 int vk_image_depth(const vk_image *img) { return img->n; }
 
-static int layer_arg(const vk_image *img, int layer, vk_err *err)
+int vk_layer_arg(const vk_image *img, int layer, vk_err *err)
 {
     vk_err_clear(err);
     if (!img || layer < 0 || layer >= img->n)
@@ -401,7 +394,7 @@ static int layer_arg(const vk_image *img, int layer, vk_err *err)
 int vk_image_info(const vk_image *img, int layer, vk_info *o, vk_err *err)
 {
     int rc;
-    if ((rc = layer_arg(img, layer, err))) return rc;
+    if ((rc = vk_layer_arg(img, layer, err))) return rc;
     const vk_layer *L = &img->layer[layer];
     const vk_footer *f = &L->footer;
     memset(o, 0, sizeof *o);
@@ -459,7 +452,7 @@ int vk_image_locator(const vk_image *img, int layer, int index, vk_locator_info 
 {
     int rc, seen = 0;
     vk_err tmp;
-    if ((rc = layer_arg(img, layer, err))) return rc;
+    if ((rc = vk_layer_arg(img, layer, err))) return rc;
     const vk_layer *L = &img->layer[layer];
     memset(o, 0, sizeof *o);
     if (L->footer.disk_type == VK_DISK_FIXED || L->vx)
@@ -484,7 +477,7 @@ int vk_image_locator(const vk_image *img, int layer, int index, vk_locator_info 
 int vk_image_path(const vk_image *img, int layer, char *buf, size_t cap, vk_err *err)
 {
     int rc;
-    if ((rc = layer_arg(img, layer, err))) return rc;
+    if ((rc = vk_layer_arg(img, layer, err))) return rc;
     size_t n = strlen(img->layer[layer].path);
     if (n + 1 > cap) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "path buffer too small");
     memcpy(buf, img->layer[layer].path, n + 1);

@@ -31,6 +31,7 @@ typedef struct vk_layer {
     uint32_t   n_bat;           /* entries held in bat[] */
     uint32_t  *bat;             /* host-order sector offsets */
     uint32_t   bat_used;
+    uint32_t   bat_overlaps;    /* entries whose block overlaps metadata (VK_BATE_OVERLAP) */
     uint64_t   fixed_data_end;  /* fixed: bytes of data in the file */
     /* one-entry bitmap cache */
     uint8_t   *bm;
@@ -60,6 +61,8 @@ void vk_layer_close(vk_layer *L);
 int  vk_read_footer(int fd, uint64_t file_size, vk_footer *f, int *fsize, int *fsource,
                     uint8_t raw[512], vk_err *err);
 uint64_t vk_size_by_rule(const vk_footer *f, int rule, int *applied);
+/* err cleared; VK_E_INVALID unless img has that layer (the info calls). */
+int vk_layer_arg(const vk_image *img, int layer, vk_err *err);
 
 /* vk_read.c */
 int vk_layer_bitmap(vk_layer *L, uint32_t block, const uint8_t **bm, vk_err *err);

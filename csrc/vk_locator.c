@@ -14,8 +14,6 @@
 
 #include "vk_image.h"
 
-#define VK_LOCATOR_MAX 8192u   /* longest locator data we accept (bytes) */
-
 void vk_dirname(const char *path, char *out, size_t cap)
 {
     const char *slash = strrchr(path, '/');
@@ -30,16 +28,13 @@ void vk_dirname(const char *path, char *out, size_t cap)
 
 int vk_locator_decode(int fd, uint64_t file_size, const vk_locator *loc, char *out, size_t cap, vk_err *err)
 {
-    uint8_t raw[VK_LOCATOR_MAX];
-    uint64_t end;
+    uint8_t raw[VK_LOCATOR_MAX_BYTES];
     int rc;
 
     out[0] = '\0';
-    if (loc->data_length == 0 || loc->data_length > VK_LOCATOR_MAX)
+    if ((rc = vk_locator_validate(loc, -1, UINT64_MAX, file_size, NULL, NULL, err))) return rc;
+    if (loc->data_length == 0 || loc->data_length > VK_LOCATOR_MAX_BYTES)
         return vk_fail(err, VK_E_FORMAT, UINT64_MAX, "locator data length %u is not plausible", loc->data_length);
-    if (vk_add_ovf(loc->data_offset, loc->data_length, &end) || end > file_size)
-        return vk_fail(err, VK_E_RANGE, loc->data_offset, "locator data at offset %llu is past the end of the file",
-                       (unsigned long long)loc->data_offset);
     if ((rc = vk_pread_full(fd, raw, loc->data_length, loc->data_offset, err))) return rc;
     switch (loc->code) {
     case VK_LOC_W2RU:
@@ -53,7 +48,7 @@ int vk_locator_decode(int fd, uint64_t file_size, const vk_locator *loc, char *o
         if (n + 1 > cap || memchr(raw, 0, n))
             return vk_fail(err, VK_E_FORMAT, loc->data_offset, "MacX locator is not a plausible URL");
         /* validate UTF-8 by round-tripping through the UTF-16 encoder */
-        uint8_t tmp[2 * VK_LOCATOR_MAX];
+        uint8_t tmp[2 * VK_LOCATOR_MAX_BYTES];
         if (vk_utf8_to_utf16((const char *)raw, n, 1, tmp, sizeof tmp) < 0)
             return vk_fail(err, VK_E_FORMAT, loc->data_offset, "MacX locator is not valid UTF-8");
         memcpy(out, raw, n);

@@ -26,18 +26,16 @@ int vk_layer_bitmap(vk_layer *L, uint32_t block, const uint8_t **bm, vk_err *err
     return VK_OK;
 }
 
-static inline int bit_at(const uint8_t *bm, uint64_t s) { return (bm[s >> 3] >> (7 - (s & 7))) & 1; }
-
 /* Length in sectors of the run of equal bits starting at sector s, not past
  * sector `end` (exclusive).  Whole 0x00/0xFF bytes are skipped at once. */
 static uint64_t bit_run(const uint8_t *bm, uint64_t s, uint64_t end, int *bit)
 {
-    int b = bit_at(bm, s);
+    int b = vk_bitmap_bit(bm, s);
     uint8_t full = b ? 0xFF : 0x00;
     uint64_t i = s + 1;
     while (i < end) {
         if ((i & 7) == 0 && i + 8 <= end && bm[i >> 3] == full) { i += 8; continue; }
-        if (bit_at(bm, i) != b) break;
+        if (vk_bitmap_bit(bm, i) != b) break;
         i++;
     }
     *bit = b;

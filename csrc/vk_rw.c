@@ -28,30 +28,6 @@
 #include "vk_image.h"
 #include "vk_chain.h"
 
-/* The end of everything the header, BAT, blocks and locators of a
- * dynamic/differencing layer reference (never past the footer). */
-static uint64_t used_end(const vk_layer *L)
-{
-    uint64_t foot = L->file_size - VK_FOOTER_SIZE;
-    uint64_t end = L->footer.data_offset + VK_DYNHDR_SIZE, e;
-    e = L->hdr.table_offset + ((uint64_t)L->hdr.max_table_entries * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
-    if (e > end && e <= foot) end = e;
-    for (uint32_t i = 0; i < L->n_bat; i++) {
-        if (L->bat[i] == VK_BAT_UNUSED) continue;
-        e = (uint64_t)L->bat[i] * VK_SECTOR + L->bitmap_size + L->block_size;
-        if (e > end) end = e;
-    }
-    for (int i = 0; i < 8; i++) {
-        const vk_locator *l = &L->hdr.loc[i];
-        if (!l->code || !l->data_length) continue;
-        uint64_t space = l->data_space < l->data_length ? (uint64_t)l->data_space * VK_SECTOR : l->data_space;
-        if (space < l->data_length) space = l->data_length;
-        e = l->data_offset + (space + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
-        if (e > end && e <= foot) end = e;
-    }
-    return (end + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
-}
-
 int vk_image_make_writable(vk_image *img, vk_err *err)
 {
     vk_err_clear(err);
@@ -70,6 +46,9 @@ int vk_image_make_writable(vk_image *img, vk_err *err)
     if (L->footer.disk_type == VK_DISK_FIXED && L->fixed_data_end != L->virtual_size)
         return vk_fail(err, VK_E_UNSUPPORTED, UINT64_MAX, "%s: fixed disk whose data size differs from its virtual size",
                        L->path);
+    if (L->bat_overlaps)
+        return vk_fail(err, VK_E_FORMAT, UINT64_MAX, "%s: %u block(s) overlap its footer, header or BAT, which a write "
+                       "into them would damage ('vhdkit check' lists them)", L->path, L->bat_overlaps);
     int fd = open(L->path, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
@@ -88,7 +67,9 @@ int vk_image_make_writable(vk_image *img, vk_err *err)
     vk_get_options(&opts);
     img->abort_after = opts.abort_after_writes;
     img->writes = 0;
-    img->alloc_next = L->footer.disk_type == VK_DISK_FIXED ? 0 : used_end(L);
+    /* allocation starts after everything the leaf references (never past the footer) */
+    img->alloc_next = L->footer.disk_type == VK_DISK_FIXED ? 0 :
+        vk_dyn_used_end(&L->hdr, L->footer.data_offset, L->bat, L->n_bat, L->file_size - VK_FOOTER_SIZE);
     img->rw = 1;
     return VK_OK;
 }
@@ -118,8 +99,6 @@ int vk_rw_grow(vk_image *img, uint64_t end, vk_err *err)
     return VK_OK;
 }
 
-static inline void set_bit(uint8_t *bm, uint64_t s) { bm[s >> 3] |= (uint8_t)(0x80u >> (s & 7)); }
-static inline int get_bit(const uint8_t *bm, uint64_t s) { return (bm[s >> 3] >> (7 - (s & 7))) & 1; }
 
 /* Read-modify-write one sector of block data at file offset `at`: the
  * sector's current content (virtual offset voff) with len bytes at `skip`
@@ -196,8 +175,8 @@ static int write_block(vk_image *img, uint32_t blk, const uint8_t *buf, uint64_t
     uint64_t s0 = a / VK_SECTOR, s1 = (b + VK_SECTOR - 1) / VK_SECTOR;
     uint64_t lo = UINT64_MAX, hi = 0;
     for (uint64_t s = s0; s < s1; s++) {
-        if (get_bit(bm, s)) continue;
-        set_bit(bm, s);
+        if (vk_bitmap_bit(bm, s)) continue;
+        vk_bitmap_set(bm, s);
         if (lo == UINT64_MAX) lo = s;
         hi = s;
     }

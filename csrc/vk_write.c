@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -130,7 +131,10 @@ static int vk_rw_truncate(vk_rw *rw, uint64_t size, vk_err *err)
     return VK_OK;
 }
 
-/* Read and validate the dynamic header at f->data_offset and the BAT. */
+/* Read and validate the dynamic header at f->data_offset and the BAT.  The
+ * table rule is the writer's policy, stricter than the reader's
+ * (vk_bat_table_validate): every declared entry inside the file, since
+ * modify rewrites and relocates the whole table. */
 static int vk_rw_load_header(vk_rw *rw, const vk_footer *f, vk_err *err)
 {
     uint64_t end;
@@ -155,25 +159,16 @@ static int vk_rw_load_header(vk_rw *rw, const vk_footer *f, vk_err *err)
     return rc;
 }
 
-/* The end of everything the header and BAT reference. */
-static uint64_t vk_rw_used_end(const vk_rw *rw)
+/* The BAT entries the footer f's disk addresses, as the opener judges them
+ * (vk_bat_entry_class): the first it would refuse fails. */
+static int vk_rw_check_bat(const vk_rw *rw, const vk_footer *f, vk_err *err)
 {
-    uint64_t end = rw->c0.data_offset + VK_DYNHDR_SIZE, e;
-    uint64_t n = rw->hdr.max_table_entries;
-    e = rw->hdr.table_offset + (n * 4 + VK_SECTOR - 1) / VK_SECTOR * VK_SECTOR;
-    if (e > end) end = e;
-    uint64_t blk = vk_bitmap_bytes(rw->hdr.block_size) + (uint64_t)rw->hdr.block_size;
-    for (uint64_t i = 0; i < n; i++) {
-        if (rw->bat[i] == VK_BAT_UNUSED) continue;
-        e = (uint64_t)rw->bat[i] * VK_SECTOR + blk;
-        if (e > end) end = e;
-    }
-    for (int i = 0; i < 8; i++) {
-        if (!rw->hdr.loc[i].code || !rw->hdr.loc[i].data_length) continue;
-        e = rw->hdr.loc[i].data_offset + (rw->hdr.loc[i].data_length + VK_SECTOR - 1ull) / VK_SECTOR * VK_SECTOR;
-        if (e > end && e <= rw->file_size + VK_FOOTER_SIZE) end = e;
-    }
-    return end;
+    vk_bat_layout g;
+    vk_bat_layout_of(&g, &rw->hdr, f->data_offset, rw->file_size, rw->file_size - VK_FOOTER_SIZE, f->current_size);
+    for (uint64_t i = 0; i < g.disk_entries; i++)
+        if (vk_bat_class_fatal(vk_bat_entry_class(&g, i, rw->bat[i])))
+            return vk_bat_entry_validate(&g, i, rw->bat[i], NULL, NULL, err);
+    return VK_OK;
 }
 
 static void vk_rw_close(vk_rw *rw)
@@ -402,6 +397,7 @@ int vk_modify(const char *path, const vk_modify_opts *o, vk_modify_result *res, 
             goto out;
         }
         rc = vk_rw_load_header(&rw, &nf, err);
+        if (!rc) rc = vk_rw_check_bat(&rw, &nf, err);
         if (rc) goto out;
     }
     if (o->set_uuid) memcpy(nf.uuid, o->uuid, 16);
@@ -494,6 +490,16 @@ static void vk_rw_lost(const vk_rw *rw, vk_repair_result *res)
     }
 }
 
+/* A repair refused because of damage it cannot mend: the reason (err's
+ * message) and what repair does mend, in one line. */
+static int cannot_repair(const char *path, int rc, vk_err *err)
+{
+    char why[sizeof err->msg];
+    snprintf(why, sizeof why, "%s", err->msg);
+    return vk_fail(err, rc, err->offset, "cannot repair %s: %s; repair restores only the footer and its copy at "
+                   "offset 0 ('vhdkit check' lists every problem)", path, why);
+}
+
 int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
 {
     vk_rw rw;
@@ -520,13 +526,18 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
         goto out;
     }
     if (rw.end_ok && rw.c0_ok && memcmp(rw.endb, rw.c0b, VK_FOOTER_SIZE) == 0) {
+        /* Both copies agree: nothing for repair to do, unless what they
+         * point at is damaged, which restoring footers cannot fix. */
         res->disk_type = rw.end.disk_type;
-        goto out;   /* both copies agree */
+        if (rw.end.disk_type != VK_DISK_FIXED &&
+            ((rc = vk_rw_load_header(&rw, &rw.end, err)) || (rc = vk_rw_check_bat(&rw, &rw.end, err))))
+            rc = cannot_repair(path, rc, err);
+        goto out;
     }
     /* The header is found through whichever copy verifies (the copy at 0
      * when both do: it is the structural anchor of a dynamic image). */
     rc = vk_rw_load_header(&rw, rw.c0_ok ? &rw.c0 : &rw.end, err);
-    if (rc) goto out;
+    if (rc) { rc = cannot_repair(path, rc, err); goto out; }
     if (!rw.c0_ok) rw.c0 = rw.end;    /* vk_fits_header compares data_offset */
     const uint8_t *src = NULL;
     uint64_t where = 0;
@@ -555,7 +566,7 @@ int vk_repair(const char *path, int flags, vk_repair_result *res, vk_err *err)
         }
         /* Overwrite the damaged last sector, unless the file was cut short
          * into data: then the footer goes after everything referenced. */
-        uint64_t used = vk_rw_used_end(&rw);
+        uint64_t used = vk_dyn_used_end(&rw.hdr, rw.c0.data_offset, rw.bat, rw.hdr.max_table_entries, rw.file_size);
         uint64_t last = (rw.file_size - VK_FOOTER_SIZE) / VK_SECTOR * VK_SECTOR;
         where = last >= used ? last : used;
         src = rw.c0b;

@@ -97,9 +97,8 @@ int vkx_parent_matches(const vk_layer *child, const vk_layer *parent, int *reaso
 
 int vk_image_vhdx_info(const vk_image *img, int layer, vk_vhdx_info *o, vk_err *err)
 {
-    vk_err_clear(err);
-    if (!img || layer < 0 || layer >= img->n)
-        return vk_fail(err, VK_E_INVALID, UINT64_MAX, "no layer %d in this image", layer);
+    int rc = vk_layer_arg(img, layer, err);
+    if (rc) return rc;
     const vkx_disk *D = img->layer[layer].vx;
     if (!D) return vk_fail(err, VK_E_INVALID, UINT64_MAX, "layer %d is not a VHDX", layer);
     memset(o, 0, sizeof *o);

@@ -118,7 +118,8 @@ def test_creation_policy_is_separate_from_the_format(big, tmp_path):
 def test_outside_the_format_every_operation_refuses(tmp_path, bs):
     """A header block size outside the range: open, modify and snapshot
     refuse it alike, check names it, and repair (which restores footers, here
-    both intact) leaves the file as it is."""
+    both intact) says in one line that it cannot mend that, leaving the file
+    as it is (it used to answer "none", as if nothing were wrong)."""
     from helpers_hostile import patch_header
 
     p = tmp_path / "bad.vhd"
@@ -131,4 +132,9 @@ def test_outside_the_format_every_operation_refuses(tmp_path, bs):
     for args in (("modify", p, "--new-uuid"), ("snapshot", p, tmp_path / "c.vhd")):
         r = vhdkit_cli(*args)
         assert r.returncode != 0 and "block size" in r.stderr.decode(), (args, r.stderr)
-    assert vhdkit_cli("repair", p).returncode == 0 and p.read_bytes() == before
+    for extra in ((), ("--dry-run",), ("--json",)):
+        r = vhdkit_cli("repair", p, *extra)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and p.read_bytes() == before, (extra, err)
+        assert "cannot repair" in err and "block size" in err and "vhdkit check" in err, err
+        assert len(err.strip().splitlines()) == 1, err

@@ -257,3 +257,115 @@ def test_cli_info_and_map_json(chain):
                        "offset": rows[0]["offset"], "file": str(base.resolve())}
     assert rows[1]["start"] == 512 and rows[1]["depth"] == 0
     assert sum(r["length"] for r in rows) == 1 * MiB
+
+
+# ---- open and check judge BAT entries and locators by one validator --------
+# (csrc/vk_format.c: vk_bat_entry_class, vk_locator_validate).  Each case is
+# one where the opener and the checker used to disagree.
+
+def _opens(path) -> bool:
+    try:
+        with vhdkit.open(path) as s:
+            s.read(s.virtual_size)
+        return True
+    except errors.VhdkitError:
+        return False
+
+
+def test_block_running_past_eof_is_refused_by_open_and_check_alike(dyn):
+    """Bitmap inside the file, data past its end (a truncated image): the
+    opener used to accept it and fail on read; qemu refuses it at open as
+    truncated, blktap's check as clobbering the footer."""
+    b = load(dyn)
+    set_bat(b, 0, (len(b) - 1024) // 512)      # bitmap in the sector before the footer
+    dyn.write_bytes(b)
+    with pytest.raises(errors.OutOfRangeError, match="runs past the end of the file"):
+        vhdkit.open(dyn)
+    probs = [p for p in vhdkit.check(dyn).problems if p.code == "BAT_PAST_EOF"]
+    assert probs and "runs past the end" in probs[0].message
+
+
+def test_entry_beyond_the_disk_is_not_read_by_either(dyn):
+    """An allocated entry the virtual size does not address: the opener never
+    reads it (the file opens), and the checker reports it as beyond the disk,
+    not as the fatal BAT_PAST_EOF it used to."""
+    b = load(dyn)
+    assert bat_entries(b, 8) and struct.unpack(">I", b[header_offset(b) + 28:header_offset(b) + 32])[0] == 8
+    set_header_field(b, 28, ">I", 16)          # the BAT's sector has room for 128 entries
+    set_bat(b, 12, 0x00FFFFFF)                 # far past the end of the file
+    dyn.write_bytes(b)
+    assert _opens(dyn)
+    codes = _codes(dyn)
+    assert "BAT_BEYOND_DISK" in codes and "BAT_PAST_EOF" not in codes
+
+
+def test_entry_beyond_the_disk_by_the_size_rule(dyn):
+    """Which entries count follows the size rule the caller opens with: an
+    entry past the CHS size but inside the current size is beyond the disk
+    under size_rule='chs' for the checker as for the opener."""
+    b = load(dyn)
+    struct.pack_into(">HBB", b, len(b) - 512 + 56, 1, 4, 128)   # CHS: 1*4*128 sectors = 256 KiB, one block
+    fix_footers(b)
+    dyn.write_bytes(b)
+    with vhdkit.open(dyn, size_rule="chs") as s:
+        assert s.virtual_size == 256 << 10
+    assert "BAT_BEYOND_DISK" in _codes(dyn, size_rule="chs")
+    assert "BAT_BEYOND_DISK" not in _codes(dyn)
+
+
+def test_block_over_metadata_reads_but_is_not_written(dyn):
+    """A block on top of the dynamic header: reads tolerate it (qemu does),
+    the checker names it, and writing is refused since a write into that
+    block would overwrite the header."""
+    b = load(dyn)
+    set_bat(b, 7, 1)                           # block 7's bitmap at 512: the dynamic header
+    dyn.write_bytes(b)
+    assert _opens(dyn)
+    assert "BAT_OVERLAP" in _codes(dyn)
+    with pytest.raises(errors.FormatError, match="overlap its footer, header or BAT"):
+        with vhdkit.open(dyn, "r+") as s:
+            s.write(b"x" * 512)
+    assert dyn.read_bytes() == bytes(b)
+
+
+def test_locator_with_unknown_code_is_skipped_by_open_and_named_by_check(chain):
+    """A locator the validator rejects (unknown code, data past the end) is
+    one the opener skips for the next; the checker names it."""
+    child, base = chain
+    b = load(child)
+    h = header_offset(b)
+    struct.pack_into(">I", b, h + 576, 0x01020304)                 # locator 0: unknown code
+    struct.pack_into(">Q", b, h + 600 + 16, len(b) + 4096)         # locator 1: data past the end
+    fix_header(b)
+    child.write_bytes(b)
+    with vhdkit.open(child) as s:          # found through the next locator or the name
+        assert s.depth == 2
+    codes = _codes(child)
+    assert {"LOCATOR_CODE", "LOCATOR_RANGE"} <= codes and "PARENT_MISSING" not in codes
+
+
+def test_declared_bat_past_eof_opens_and_is_named_once(dyn):
+    """A header declaring more entries than the file holds, the ones the disk
+    uses inside it: the opener reads those (as before), the checker names the
+    table and still checks the entries, without calling every block an
+    overlap of a table that is not there."""
+    b = load(dyn)
+    set_header_field(b, 28, ">I", 0xFFFFFFFF)
+    dyn.write_bytes(b)
+    assert _opens(dyn)
+    codes = [p.code for p in vhdkit.check(dyn).problems]
+    assert codes.count("BAT_PAST_EOF") == 1 and "BAT_OVERLAP" not in codes
+    with vhdkit.open(dyn, "r+") as s:      # writes touch only the entries the disk uses
+        s.write(b"w" * 512)
+
+
+def test_bad_block_size_and_table_offset_are_both_named(dyn):
+    b = load(dyn)
+    h = header_offset(b)
+    struct.pack_into(">I", b, h + 32, 3)            # block size
+    struct.pack_into(">Q", b, h + 16, 1 << 40)      # BAT offset
+    fix_header(b)
+    dyn.write_bytes(b)
+    assert {"HEADER_BLOCK_SIZE", "HEADER_TABLE_OFFSET"} <= _codes(dyn)
+    with pytest.raises(errors.FormatError, match="block size"):
+        vhdkit.open(dyn)

@@ -186,7 +186,9 @@ def repair_cmd(image, dry_run, force, as_json):
     A dynamic VHD cut short inside its data gets a new end footer after its
     last block, but the blocks whose data lay past the cut then read as
     zeros: that repair is refused, naming those blocks (virtual byte
-    ranges), unless --force.  Exit 1 when refused.
+    ranges), unless --force.  Exit 1 when refused.  Damage other than the
+    footers (a dynamic header or BAT the reader refuses) is not repaired:
+    exit 1 saying what is wrong.
     For a VHDX: write a pending log replay into the file (crash-safe: the log
     stays active until the replayed data is on disk).
 

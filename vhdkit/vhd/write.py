@@ -496,7 +496,10 @@ _ACTIONS = {lib.VK_REPAIR_NONE: "none", lib.VK_REPAIR_END_RESTORED: "end-footer-
 def repair(path: PathLike, *, dry_run: bool = False, force: bool = False) -> RepairResult:
     """Restore a damaged end footer from the copy at offset 0, or the copy at
     0 from the end footer (like ``vhd-util repair``).  Refuses when both are
-    damaged or when they disagree in a way that cannot be decided.
+    damaged or when they disagree in a way that cannot be decided, and
+    (:class:`~vhdkit.errors.FormatError` and kin, "cannot repair ...") when
+    the footers are fine but the dynamic header or BAT is damaged, which
+    restoring footers cannot mend.
 
     A dynamic image cut short inside its data gets a new end footer after
     its last block, and the blocks whose data lay past the cut then read as
