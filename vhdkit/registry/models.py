@@ -75,6 +75,11 @@ _CONTROL = frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
 _TAG_FORBIDDEN = _CONTROL | {"/"}
 
 
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (C0, DEL or C1): the one rule for names, tags and query text."""
+    return not _CONTROL.isdisjoint(text)
+
+
 def tag_problem(tag: Any) -> Optional[str]:
     """Why ``tag`` is not a valid tag (None when it is).  The one rule for the registry and the API."""
     if not isinstance(tag, str) or not tag:
@@ -91,7 +96,7 @@ def property_name_problem(name: Any) -> Optional[str]:
     if not isinstance(name, str) or not name or len(name) > MAX_PROPERTY_NAME:
         shown = name[:40] if isinstance(name, str) else name
         return f"invalid property name {shown!r}: it must be 1..{MAX_PROPERTY_NAME} characters"
-    if not _CONTROL.isdisjoint(name) or name.startswith("."):
+    if has_control(name) or name.startswith("."):
         return f"invalid property name {name[:40]!r}: no control characters, and not starting with '.'"
     return None
 
