@@ -15,7 +15,7 @@ import pytest
 
 import vhdkit
 from vhdkit import errors
-from helpers_corrupt import fix_footers, load
+from helpers_corrupt import fix_footers, load, set_bat
 from helpers_vhd import SAMPLES_README, file_sha256, qemu_info, qemu_raw, sample_table, vhdiinfo
 from helpers_write import (block_pattern_raw, dynamic_layout, footer_fields, footer_ok, footers, vhdkit_cli)
 import vhdref
@@ -437,6 +437,31 @@ def test_grow_over_stale_bat_entries_reads_zeros(tmp_path, old_size, new_size):
     assert r.returncode == 0, r.stderr
     _qemu_reads(v, data[:cut] + bytes(new_size - cut), tmp_path)
 
+
+def test_shrink_is_not_refused_for_stale_entries_only(tmp_path):
+    """Entries past the disk were never its data: shrinking over an empty
+    block with only stale blocks past it needs no --force, and clears them."""
+    v, data = _stale_dynamic(tmp_path, 4 * MiB)
+    b = load(v)
+    set_bat(b, 1, vhdref.UNUSED)                       # block 1 empty: the disk past 2 MiB is zeros
+    v.write_bytes(b)
+    r = vhdkit_cli("modify", v, "--size", 2 * MiB, "--json")
+    assert r.returncode == 0, r.stderr
+    _qemu_reads(v, data[:2 * MiB], tmp_path)
+
+
+def test_grow_refuses_to_clear_a_tail_lying_on_metadata(tmp_path):
+    """A straddling block placed over the dynamic header cannot have its
+    tail zeroed without damaging the image: one actionable line, no change."""
+    v, _ = _stale_dynamic(tmp_path)
+    b = load(v)
+    set_bat(b, 1, 1)                                   # block 1's bitmap at 512: the dynamic header
+    v.write_bytes(b)
+    r = vhdkit_cli("modify", v, "--size", 8 * MiB)
+    assert r.returncode != 0
+    msg = r.stderr.decode().strip()
+    assert "\n" not in msg and "overlaps the image's metadata" in msg and "vhdkit check" in msg, msg
+    assert v.read_bytes() == bytes(b)
 
 def test_interrupted_grow_over_stale_entries_shows_old_or_new_disk(tmp_path, abort_after_writes):
     v0, data = _stale_dynamic(tmp_path)
