@@ -68,6 +68,8 @@ INJECTED_QUERIES = [
     "sort_key=(SELECT%201)",
     "name=%00",
     "name=a%00b",
+    "name=a%C2%85b",
+    "name=a%7Fb",
     "status=in:active,%27%20OR%201=1--",
     "status=%27%20OR%20%271%27=%271",
     "visibility=everything",

@@ -25,11 +25,14 @@ HEAVY = ("numpy", "xxhash", "zstandard", "isal", "defusedxml", "starlette", "uvi
          "swiftclient", "hashlib", "concurrent.futures", "vhdkit.api", "vhdkit.tasks.pipeline",
          "vhdkit.store.swift", "vhdkit.pack.segments", "vhdkit.pack.ova", "vhdkit.pack.streams", "vhdkit.store",
          "vhdkit.pack.exportstream", "vhdkit.tasks.maintenance", "psycopg", "sqlalchemy", "alembic")
-FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3")
+FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3", "_sqlite3")
 REGISTRY_ONLY = ("vhdkit.vhd", "vhdkit.native", "vhdkit._native", "_cffi_backend")
 #: not needed by a registry read on the fast path (click itself loads typing): annotations,
-#: new ids, in: filters, a rules file's parser (the default rules need none)
-FAST_REGISTRY_READ = ("typing", "uuid", "platform", "csv", "configparser")
+#: new ids, in: filters, a rules file's parser (the default rules need none), regular
+#: expressions and the json package (vhdkit.cli._jsontext writes the output), the hashers' queues,
+#: sqlite3's date adapters (the registry stores times as text)
+FAST_REGISTRY_READ = ("typing", "uuid", "platform", "csv", "configparser", "re", "enum", "json", "queue",
+                      "datetime")
 
 _RUN = ("import sys\nfrom vhdkit.cli import main\n"
         "try:\n    main(sys.argv[1:], prog_name='vhdkit')\nexcept SystemExit as e:\n    code = e.code\n"
@@ -141,9 +144,9 @@ def test_one_image_output_is_unchanged(images):
 
 # ---- the fast path: the same commands through the program's entry point, without click
 
-_ENTRY = ("import json, runpy, sys\nsys.argv = ['vhdkit', *sys.argv[1:]]\ncode = 0\n"
+_ENTRY = ("import runpy, sys\nsys.argv = ['vhdkit', *sys.argv[1:]]\ncode = 0\n"
           "try:\n    runpy.run_module('vhdkit', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-          "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\nsys.exit(code)\n")
+          "mods = sorted(sys.modules)\nimport json\nprint(json.dumps(mods), file=sys.stderr)\nsys.exit(code)\n")
 
 
 def _fast_commands():

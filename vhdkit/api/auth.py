@@ -45,7 +45,7 @@ import anyio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..registry.rbac import ACCOUNT_RE
+from ..registry.rbac import is_account_id
 from .config import Settings
 from .errors import ApiError
 
@@ -74,7 +74,7 @@ def _unauthorized(message: str, challenge: str = 'Token realm="vhdkit"') -> ApiE
 
 def check_account(account: str, unauthorized=_unauthorized) -> str:
     """``account`` unless it is not a valid account id (401)."""
-    if not ACCOUNT_RE.match(account):
+    if not is_account_id(account):
         raise unauthorized("an account id may hold only letters, digits and _ . @ : + - (at most 255), "
                            "and may not start with '.'")
     return account

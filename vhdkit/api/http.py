@@ -15,7 +15,7 @@ import anyio.from_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..registry.models import property_name_problem
+from ..registry.models import has_control, property_name_problem
 from .config import Settings
 from .errors import ApiError, error_response
 
@@ -284,14 +284,13 @@ async def write_call(request: Request, fn, *args, **kw):
     return await call(fn, *args, limiter=request.app.state.write_limiter, **kw)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_QUERY_PAIRS = 64
 MAX_QUERY_VALUE = 1024
 
 
 def clean_text(value: str, what: str, *, status: int = 400, max_len: int = MAX_QUERY_VALUE) -> str:
     """``value`` unless it holds control characters (``%00`` ...) or is too long."""
-    if _CONTROL.search(value):
+    if has_control(value):
         raise ApiError(status, f"{what} holds a control character")
     if len(value) > max_len:
         raise ApiError(status, f"{what} is longer than {max_len} characters")

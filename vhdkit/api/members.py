@@ -6,7 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .auth import ACCOUNT_RE, caller
+from ..registry.rbac import is_account_id
+from .auth import caller
 from .errors import ApiError
 from .http import call, json_object, read_json, registry, write_call
 from .images import image_id
@@ -18,7 +19,7 @@ from .schemas import MEMBER_STATUSES
 
 def _member_path(request: Request) -> str:
     member = request.path_params["member_id"]
-    if not ACCOUNT_RE.match(member):
+    if not is_account_id(member):
         raise ApiError(404, "No such member of this image")
     return member
 
@@ -28,7 +29,7 @@ async def create_member(request: Request) -> JSONResponse:
     iid = image_id(request)
     body = json_object(await read_json(request))
     member = body.get("member")
-    if not isinstance(member, str) or not ACCOUNT_RE.match(member):
+    if not is_account_id(member):
         raise ApiError(400, 'The body must be {"member": "<account id>"} with a valid account id')
     member = await write_call(request, registry(request).add_member, who, iid, member)
     return JSONResponse(member.to_dict())

@@ -43,7 +43,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import ACCOUNT_RE, caller, identity
+from ..registry.rbac import is_account_id
+from .auth import caller, identity
 from .errors import ApiError, error_response
 from .http import call, json_object, read_json, registry, settings
 
@@ -239,7 +240,7 @@ async def sign_in(request: Request) -> JSONResponse:
         if not isinstance(account, str) or not isinstance(roles, str):
             raise ApiError(400, 'The body must be {"account": "<account id>", "roles": "<role>[,<role>...]"}')
         account = account.strip()
-        if ":" in account or not ACCOUNT_RE.match(account):
+        if ":" in account or not is_account_id(account):
             raise ApiError(400, "An account id may hold only letters, digits and _ . @ + - (at most 255)")
         try:
             account, parsed = identity({"x-tenant-id": account, "x-roles": roles})

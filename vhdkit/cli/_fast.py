@@ -54,7 +54,7 @@ COMMANDS = {
     ("chain",): Spec(("leaf",), {**_PARENT, **_JSON}, {}),
     ("compare",): Spec(("a", "b"), {"-f": ("a_format", CHOICE, tuple(sorted(INPUT_FORMAT_NAMES))),
                                     "-F": ("b_format", CHOICE, tuple(sorted(INPUT_FORMAT_NAMES))), **_JSON}, {}),
-    ("image", "show"): Spec(("image_id",), {**_REGISTRY, **_JSON}, {}),
+    ("image", "show"): Spec(("image",), {**_REGISTRY, **_JSON}, {}),
     ("image", "list"): Spec((), {
         "--name": ("name", VALUE, None), "--status": ("status", VALUE, None),
         "--visibility": ("visibility", CHOICE, ("public", "private", "shared", "community", "all")),
@@ -163,7 +163,7 @@ def _call(words: tuple, o: dict):
     if not ident.account:
         return None                       # click's "no identity" usage error
     if cmd == "show":
-        work, kw = _reads.image_show, {"image_id": o["image_id"]}
+        work, kw = _reads.image_show, {"image": o["image"]}
     else:
         props, filters = [p.partition("=") for p in o["props"]], [f.partition("=") for f in o["filters"]]
         if any(not sep or not k for k, sep, _ in props) or any(not sep for _, sep, _ in filters):

@@ -38,9 +38,9 @@ def echo(message: str = "", err: bool = False) -> None:
 def emit(obj, as_json: bool, human=None) -> None:
     """Print ``obj`` as JSON (``--json``) or through ``human`` (default: JSON too)."""
     if as_json or human is None:
-        import json  # here: a command that prints no JSON (e.g. a download) need not load it
+        from ._jsontext import dumps  # here: a command that prints no JSON (e.g. a download) need not load it
 
-        echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+        echo(dumps(obj, indent=2, default=str))
     else:
         echo(human(obj))
 

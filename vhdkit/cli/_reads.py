@@ -64,7 +64,7 @@ def _each(images: tuple, as_json: bool, one, human) -> None:
         if not ok:
             sys.exit(1)
         return
-    import json
+    from ._jsontext import dumps
 
     failed = False
     for n, image in enumerate(images):
@@ -73,12 +73,12 @@ def _each(images: tuple, as_json: bool, one, human) -> None:
         except VhdkitError as exc:
             failed = True
             if as_json:
-                echo(json.dumps({"path": image, "error": exc.to_dict()}))
+                echo(dumps({"path": image, "error": exc.to_dict()}))
             else:
                 echo(f"vhdkit: error: {image}: {cli_message(exc)}", err=True)
             continue
         failed = failed or not ok
-        echo(json.dumps(d, default=str) if as_json else ("\n" if n else "") + human(d))
+        echo(dumps(d, default=str) if as_json else ("\n" if n else "") + human(d))
     if failed:
         sys.exit(1)
 
@@ -226,8 +226,11 @@ def compare(a: str, b: str, a_format, b_format, as_json: bool) -> None:
 def in_registry(cfg, who, f, **kw):
     """Run ``f(reg=..., caller=who, **kw)`` on the registry the settings
     ``cfg`` name, an ``image_id`` (or ``image_ids``) in ``kw`` resolved from a
-    name or a unique id prefix first (see :func:`resolve_image`)."""
+    name or a unique id prefix first (see :func:`resolve_image`), an ``image``
+    to the image itself (see :func:`find_image`)."""
     with open_registry(cfg) as reg:
+        if kw.get("image") is not None:
+            kw["image"] = find_image(reg, who, kw["image"])
         if kw.get("image_id") is not None:
             kw["image_id"] = resolve_image(reg, who, kw["image_id"])
         if kw.get("image_ids"):
@@ -246,12 +249,29 @@ def resolve_image(reg, who, ref: str) -> str:
     else a unique id prefix of at least 4 characters.  Several matches are an
     error listing them; no match is left to the command (its not-found
     message names ``ref``)."""
-    from ..errors import InvalidInputError, NotFoundError
+    from ..errors import NotFoundError
 
     try:
         return reg.show_image(who, ref).id
     except NotFoundError:
-        pass
+        return _by_name_or_prefix(reg, who, ref)
+
+
+def find_image(reg, who, ref: str):
+    """The image ``ref`` names (see :func:`resolve_image`) as ``reg.show_image``
+    returns it: read once when ``ref`` is its id."""
+    from ..errors import NotFoundError
+
+    try:
+        return reg.show_image(who, ref)
+    except NotFoundError:
+        return reg.show_image(who, _by_name_or_prefix(reg, who, ref))
+
+
+def _by_name_or_prefix(reg, who, ref: str) -> str:
+    """:func:`resolve_image` after no image has the id ``ref``."""
+    from ..errors import InvalidInputError
+
     found, what = list(_all_visible(reg, who, [("name", ref)])), "the name"
     prefix = ref.lower()
     if not found and len(prefix) >= _MIN_PREFIX and set(prefix) <= _HEX:
@@ -287,22 +307,22 @@ def table(rows, headers) -> str:
 
 
 def kv(d: dict) -> str:
-    import json  # json is imported where used: `image download` prints none
+    from ._jsontext import dumps  # imported where used: `image download` prints none
 
     w = max((len(k) for k in d), default=0)
     out = []
     for k, v in d.items():
         if isinstance(v, (list, dict)):
-            v = json.dumps(v, ensure_ascii=False)
+            v = dumps(v, ensure_ascii=False)
         elif k in ("size", "virtual_size") and isinstance(v, int):
             v = sized(v)
         out.append(f"{k.ljust(w)}  {'' if v is None else v}")
     return "\n".join(out)
 
 
-def image_show(reg, caller, image_id: str, as_json: bool) -> None:
-    """``vhdkit image show``."""
-    emit(reg.show_image(caller, image_id).to_dict(), as_json, kv)
+def image_show(reg, caller, image, as_json: bool) -> None:
+    """``vhdkit image show``: ``image`` as :func:`find_image` found it."""
+    emit(image.to_dict(), as_json, kv)
 
 
 def list_query(name, status, visibility, member_status, owner, sort, limit, marker, tags, props: dict,

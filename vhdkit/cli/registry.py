@@ -25,7 +25,8 @@ from ._common import (SIZE, caller_of, data_option, settings, emit, force_option
 def _registry_options(f: Callable) -> Callable:
     """--data/--account/--roles; the command receives ``reg`` and ``caller``,
     and an ``image_id`` (or ``image_ids``) argument resolved from a name or a
-    unique id prefix (see :func:`vhdkit.cli._reads.resolve_image`)."""
+    unique id prefix (see :func:`vhdkit.cli._reads.resolve_image`), an ``image``
+    argument to the image itself."""
 
     @data_option("Registry data directory.")
     @identity_options
@@ -152,17 +153,17 @@ def image_list(reg, caller, name, status, visibility, member_status, owner, tags
 
 
 @image.command("show")
-@click.argument("image_id")
+@click.argument("image", metavar="IMAGE_ID")
 @_registry_options
 @json_option
-def image_show(reg, caller, image_id, as_json):
+def image_show(reg, caller, image, as_json):
     """Show one image.
 
     \b
     Example:
       vhdkit image show 0b6d7a3e-9a83-4b3e-8a1c-0f7e0c9e2d11
     """
-    _reads.image_show(reg, caller, image_id, as_json)
+    _reads.image_show(reg, caller, image, as_json)
 
 
 @image.command("update")

@@ -19,7 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
+
+try:  # sqlite3's own C module: the package around it adds DB-API aliases and date/datetime
+    # adapters the registry never uses (it stores times as text), and imports datetime for
+    # them (start-up of every registry command)
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover - an interpreter without CPython's module
+    import sqlite3
 
 TYPE_CHECKING = False   # typing is not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,12 +187,17 @@ class SqliteConnection(sqlite3.Connection):
         _begin(self, "BEGIN")
 
     def schema_revision(self) -> Tuple[Optional[int], int]:
-        """(Alembic revision or None, PRAGMA user_version: the pre-Alembic schema version)."""
-        legacy = self.execute("PRAGMA user_version").fetchone()[0]
-        if self.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is None:
-            return None, legacy
-        row = self.execute("SELECT version_num FROM alembic_version").fetchone()
-        return (int(row[0]) if row else None), legacy
+        """(Alembic revision or None, PRAGMA user_version: the pre-Alembic schema
+        version): one SELECT when the Alembic table exists (every open but a
+        registry's first)."""
+        try:
+            rev, legacy = self.execute("SELECT (SELECT version_num FROM alembic_version), user_version "
+                                       "FROM pragma_user_version").fetchone()
+        except sqlite3.OperationalError:
+            if self.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is not None:
+                raise
+            return None, self.execute("PRAGMA user_version").fetchone()[0]
+        return (None if rev is None else int(rev)), legacy
 
     def integrity_check(self) -> str:
         return "; ".join(r[0] for r in self.execute("PRAGMA integrity_check"))

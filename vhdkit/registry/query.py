@@ -20,15 +20,15 @@ plans with EXPLAIN QUERY PLAN.
 """
 from __future__ import annotations
 
-import datetime as _dt
 from .._record import factory, record
 
 from collections.abc import Mapping
 
 from ..errors import InvalidInputError
 
-TYPE_CHECKING = False   # typing is not imported at run time (start-up of `vhdkit image list`)
+TYPE_CHECKING = False   # typing and datetime are not imported at run time (start-up of `vhdkit image list`)
 if TYPE_CHECKING:  # pragma: no cover
+    import datetime as _dt
     from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from .db import SQLITE
 from .models import (BASE_FIELDS, CONTAINER_FORMATS, DISK_FORMATS,
@@ -119,6 +119,8 @@ def _in_values(key: str, value: str) -> List[str]:
 
 
 def parse_time(text: str) -> _dt.datetime:
+    import datetime as _dt
+
     try:
         t = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -134,9 +136,11 @@ def time_condition(col: str, value: str) -> Tuple[str, List[Any]]:
     op, sep, rest = value.partition(":")
     if not sep or op not in TIME_OPS:
         raise InvalidInputError(f"bad time filter {value!r}: use OP:TIME with OP one of {', '.join(TIME_OPS)}")
+    from datetime import timedelta
+
     t = parse_time(rest)
     lo = now_text(t)
-    hi = now_text(t + _dt.timedelta(seconds=1))
+    hi = now_text(t + timedelta(seconds=1))
     return {
         "gt": (f"{col} >= ?", [hi]),
         "gte": (f"{col} >= ?", [lo]),

@@ -15,14 +15,13 @@ Order of checks for an operation on an existing image (so that nothing leaks):
 """
 from __future__ import annotations
 
-import re
 from collections import namedtuple
 
 from .._record import factory, record
 
 TYPE_CHECKING = False   # typing and dataclasses are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:
-    from typing import Dict, FrozenSet, Iterable, Optional, Union
+    from typing import Any, Dict, FrozenSet, Iterable, Optional, Union
 
 from ..errors import ForbiddenError, InvalidInputError
 
@@ -87,8 +86,17 @@ MATRIX: Dict[str, Rule] = {
 #: with ``.`` (so never ``.``, ``..`` or a hidden name: the object store and the
 #: data directory keep one directory per account, named by this id).  Every
 #: door an account id comes through (HTTP headers, member ids, the CLI, task
-#: owners) checks it with this one pattern.
-ACCOUNT_RE = re.compile(r"[A-Za-z0-9_@:+-][A-Za-z0-9_.@:+-]{0,254}\Z")
+#: owners) checks it with this one rule, :func:`is_account_id`.
+MAX_ACCOUNT = 255
+_ACCOUNT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@:+-")
+
+
+def is_account_id(account: Any) -> bool:
+    """Is ``account`` a valid account id (see above)?  A character set, not a
+    regular expression: every registry command checks its caller, and ``re``
+    is start-up cost of ``vhdkit image show|list``."""
+    return (isinstance(account, str) and 0 < len(account) <= MAX_ACCOUNT and account[0] != "."
+            and _ACCOUNT_CHARS.issuperset(account))
 
 
 @record(frozen=True)
@@ -99,7 +107,7 @@ class Caller:
     roles: FrozenSet[str] = factory(frozenset)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.account, str) or not ACCOUNT_RE.match(self.account):
+        if not is_account_id(self.account):
             raise InvalidInputError(f"invalid account id {self.account!r}")
         object.__setattr__(self, "roles", frozenset(r.strip() for r in self.roles if r.strip()))
 
