@@ -288,54 +288,87 @@ static int vk_write_header(vk_rw *rw, vk_err *err)
     return vk_rw_step(rw, rw->hb, sizeof rw->hb, rw->c0.data_offset, err);
 }
 
+/* Bytes [*from, *to) of the file: the data of the block straddling disk
+ * offset `size` past that offset, empty when they are all zeros (or the
+ * block is unallocated or `size` ends on a block boundary).  A block lying
+ * on the image's metadata (VK_BATE_OVERLAP) cannot be cleared there without
+ * damaging the metadata: refused. */
+static int vk_tail_past(vk_rw *rw, uint64_t size, uint64_t *from, uint64_t *to, vk_err *err)
+{
+    uint64_t bs = rw->hdr.block_size, b = size / bs;
+    *from = *to = 0;
+    if (size % bs == 0 || b >= rw->hdr.max_table_entries || rw->bat[b] == VK_BAT_UNUSED) return VK_OK;
+    uint64_t data = (uint64_t)rw->bat[b] * VK_SECTOR + vk_bitmap_bytes((uint32_t)bs);
+    uint64_t f = data + size % bs, t = data + bs < rw->file_size ? data + bs : rw->file_size;
+    int found = 0;
+    if (f < t) {
+        int rc = vk_nonzero_in(rw, f, t, &found, err);
+        if (rc) return rc;
+    }
+    if (!found) return VK_OK;
+    vk_bat_layout g;
+    vk_bat_layout_of(&g, &rw->hdr, rw->end.data_offset, rw->file_size, rw->file_size - VK_FOOTER_SIZE, size + bs);
+    if (vk_bat_entry_class(&g, b, rw->bat[b]) != VK_BATE_OK)
+        return vk_fail(err, VK_E_FORMAT, data, "block %llu overlaps the image's metadata, so its data past %llu bytes "
+                       "cannot be cleared; run `vhdkit check`, then convert the image", (unsigned long long)b,
+                       (unsigned long long)size);
+    *from = f;
+    *to = t;
+    return VK_OK;
+}
+
+/* Make everything past disk offset `keep` read as zeros before a size
+ * change commits: zero the straddling block's tail (vk_tail_past) and mark
+ * every BAT entry from the first block wholly past `keep` unused.  When
+ * growing, none of these bytes are part of the disk the current footer
+ * describes (stale entries, the tail past its size), so any prefix of these
+ * writes leaves that disk's content intact; when shrinking they are what
+ * `force` discards. */
+static int vk_forget_past(vk_rw *rw, uint64_t keep, uint64_t tail_from, uint64_t tail_to, vk_err *err)
+{
+    static const uint8_t z[64 * 1024], unused[4] = { 0xFF, 0xFF, 0xFF, 0xFF };
+    uint64_t bs = rw->hdr.block_size;
+    int rc = VK_OK;
+    for (uint64_t p = tail_from; !rc && p < tail_to;) {
+        size_t n = tail_to - p < sizeof z ? (size_t)(tail_to - p) : sizeof z;
+        rc = vk_rw_step(rw, z, n, p, err);
+        p += n;
+    }
+    for (uint64_t i = (keep + bs - 1) / bs; !rc && i < rw->hdr.max_table_entries; i++)
+        if (rw->bat[i] != VK_BAT_UNUSED) {
+            rc = vk_rw_step(rw, unused, sizeof unused, rw->hdr.table_offset + 4 * i, err);
+            if (!rc) rw->bat[i] = VK_BAT_UNUSED;
+        }
+    return rc;
+}
+
 static int vk_modify_dynamic(vk_rw *rw, const vk_modify_opts *o, vk_footer *nf, vk_modify_result *res, vk_err *err)
 {
     uint8_t fb[VK_FOOTER_SIZE], ob[VK_FOOTER_SIZE];
     uint64_t end_off = rw->file_size - VK_FOOTER_SIZE;
     uint64_t bs = rw->hdr.block_size, nsz = nf->current_size, osz = rw->end.current_size;
-    uint64_t need = (nsz + bs - 1) / bs;
+    uint64_t need = (nsz + bs - 1) / bs, had = (osz + bs - 1) / bs;
+    uint64_t keep = nsz < osz ? nsz : osz, tail_from = 0, tail_to = 0;
     int rc;
     memcpy(ob, rw->endb, sizeof ob);
     vk_footer_encode(nf, fb);
+    if (nsz != osz && (rc = vk_tail_past(rw, keep, &tail_from, &tail_to, err))) return rc;
     if (nsz < osz) {
-        /* Allocated blocks beyond the new size, and data past it in the
-         * block that straddles it, would be lost. */
-        int lose = 0;
-        for (uint64_t i = need; i < rw->hdr.max_table_entries; i++)
+        /* Allocated blocks of the disk beyond the new size, and data past it
+         * in the block that straddles it, would be lost.  Entries past the
+         * old disk (stale) were never its data. */
+        int lose = tail_from < tail_to;
+        for (uint64_t i = need; i < had && i < rw->hdr.max_table_entries; i++)
             if (rw->bat[i] != VK_BAT_UNUSED) lose = 1;
-        uint64_t tail_block = nsz / bs;
-        uint64_t tail_from = 0, tail_to = 0;
-        if (nsz % bs && tail_block < rw->hdr.max_table_entries && rw->bat[tail_block] != VK_BAT_UNUSED) {
-            uint64_t data = (uint64_t)rw->bat[tail_block] * VK_SECTOR + vk_bitmap_bytes((uint32_t)bs);
-            tail_from = data + nsz % bs;
-            tail_to = data + bs;
-            if (tail_to > rw->file_size) tail_to = rw->file_size;
-            int found = 0;
-            if (tail_from < tail_to) {
-                rc = vk_nonzero_in(rw, tail_from, tail_to, &found, err);
-                if (rc) return rc;
-            }
-            if (!found) tail_to = tail_from;
-            lose |= found;
-        }
         if (lose && !o->force)
             return vk_fail(err, VK_E_NOSPACE, nsz, "shrinking to %llu bytes would discard allocated data", (unsigned long long)nsz);
-        /* Forget what lies beyond first (so growing again reads zeros and
-         * no state has allocated blocks past the size), then commit. */
-        rc = VK_OK;
-        for (uint64_t p = tail_from; !rc && p < tail_to;) {
-            static const uint8_t z[64 * 1024];
-            size_t n = tail_to - p < sizeof z ? (size_t)(tail_to - p) : sizeof z;
-            rc = vk_rw_step(rw, z, n, p, err);
-            p += n;
-        }
-        for (uint64_t i = need; !rc && i < rw->hdr.max_table_entries; i++)
-            if (rw->bat[i] != VK_BAT_UNUSED) {
-                uint8_t e[4] = { 0xFF, 0xFF, 0xFF, 0xFF };
-                rc = vk_rw_step(rw, e, 4, rw->hdr.table_offset + 4 * i, err);
-                rw->bat[i] = VK_BAT_UNUSED;
-            }
-        if (!rc) rc = vk_rw_step(rw, fb, sizeof fb, end_off, err);
+    }
+    /* Forget what lies beyond the part that stays first (so a grown region
+     * reads zeros, not stale blocks or an old tail, and no state has
+     * allocated blocks past the size), then commit. */
+    if (nsz != osz && (rc = vk_forget_past(rw, keep, tail_from, tail_to, err))) return rc;
+    if (nsz < osz) {
+        rc = vk_rw_step(rw, fb, sizeof fb, end_off, err);
         if (!rc) rc = vk_rw_step(rw, fb, sizeof fb, 0, err);
         return rc;
     }

@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import struct
+import subprocess
 import uuid as _uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 import vhdkit
 from vhdkit import errors
+from helpers_corrupt import fix_footers, load, set_bat
 from helpers_vhd import SAMPLES_README, file_sha256, qemu_info, qemu_raw, sample_table, vhdiinfo
 from helpers_write import (block_pattern_raw, dynamic_layout, footer_fields, footer_ok, footers, vhdkit_cli)
 import vhdref
@@ -377,6 +379,106 @@ def test_interrupted_modify_is_recovered_without_data_loss(tmp_path, abort_after
         assert not any(got[len(data):]), n
         head, end = footers(v)
         assert head == end
+
+
+# ---- growing over stale BAT entries --------------------------------------------------
+def _stale_dynamic(tmp_path, size=3 * MiB, name="stale.vhd"):
+    """A dynamic disk of `size` (at most 4 MiB) whose 4-entry BAT (2 MiB
+    blocks) is larger than the disk: blocks 2 and 3 are allocated beyond the
+    disk (BAT_BEYOND_DISK) and, at 3 MiB, block 1 straddles the size with
+    non-zero bytes past it, all garbage the disk never showed.  Returns
+    (path, the disk's content)."""
+    rng = random.Random(22)
+    garbage = {s: rng.randbytes(512) for s in range(0, 8 * MiB // 512, 97)}
+    v = tmp_path / name
+    vhdref.write_vhd(v, 8 * MiB, garbage, creator=b"qem2")
+    b = load(v)
+    struct.pack_into(">Q", b, len(b) - 512 + 48, size)     # current size: the table now outgrows the disk
+    struct.pack_into(">HBB", b, len(b) - 512 + 56, *vhdref.chs(size // 512))
+    fix_footers(b)
+    v.write_bytes(b)
+    data = bytearray(size)
+    for s, d in garbage.items():
+        if s * 512 < size:
+            data[s * 512:s * 512 + 512] = d
+    assert qemu_raw(v, tmp_path / (name + ".before.raw")).read_bytes() == data
+    assert "BAT_BEYOND_DISK" in vhdkit.check(v).codes()
+    return v, bytes(data)
+
+
+def _qemu_reads(v: Path, expected: bytes, tmp_path: Path) -> None:
+    """qemu-img, the outside judge, reads exactly `expected`; check is clean."""
+    raw = tmp_path / (v.name + ".expected.raw")
+    raw.write_bytes(expected)
+    assert qemu_info(v)["virtual-size"] == len(expected)
+    r = subprocess.run(["qemu-img", "compare", "-f", "vpc", "-F", "raw", str(v), str(raw)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = vhdkit.check(v)
+    assert rep.ok, rep.to_dict()
+
+
+@pytest.mark.parametrize("old_size,new_size", [
+    (3 * MiB, 4 * MiB), (3 * MiB, 8 * MiB), (3 * MiB, 12 * MiB),   # old tail; within the BAT, all of it, relocated
+    (4 * MiB, 8 * MiB), (4 * MiB, 12 * MiB),                       # stale entries only
+])
+def test_grow_over_stale_bat_entries_reads_zeros(tmp_path, old_size, new_size):
+    v, data = _stale_dynamic(tmp_path, old_size)
+    r = vhdkit_cli("modify", v, "--size", new_size, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bat_relocated"] == (new_size > 8 * MiB)
+    _qemu_reads(v, data + bytes(new_size - len(data)), tmp_path)
+    # a forced shrink then a grow again: the discarded part reads zeros too
+    cut = MiB + 4096
+    r = vhdkit_cli("modify", v, "--size", cut, "--force", "--json")
+    assert r.returncode == 0, r.stderr
+    _qemu_reads(v, data[:cut], tmp_path)
+    r = vhdkit_cli("modify", v, "--size", new_size, "--json")
+    assert r.returncode == 0, r.stderr
+    _qemu_reads(v, data[:cut] + bytes(new_size - cut), tmp_path)
+
+
+def test_shrink_is_not_refused_for_stale_entries_only(tmp_path):
+    """Entries past the disk were never its data: shrinking over an empty
+    block with only stale blocks past it needs no --force, and clears them."""
+    v, data = _stale_dynamic(tmp_path, 4 * MiB)
+    b = load(v)
+    set_bat(b, 1, vhdref.UNUSED)                       # block 1 empty: the disk past 2 MiB is zeros
+    v.write_bytes(b)
+    r = vhdkit_cli("modify", v, "--size", 2 * MiB, "--json")
+    assert r.returncode == 0, r.stderr
+    _qemu_reads(v, data[:2 * MiB], tmp_path)
+
+
+def test_grow_refuses_to_clear_a_tail_lying_on_metadata(tmp_path):
+    """A straddling block placed over the dynamic header cannot have its
+    tail zeroed without damaging the image: one actionable line, no change."""
+    v, _ = _stale_dynamic(tmp_path)
+    b = load(v)
+    set_bat(b, 1, 1)                                   # block 1's bitmap at 512: the dynamic header
+    v.write_bytes(b)
+    r = vhdkit_cli("modify", v, "--size", 8 * MiB)
+    assert r.returncode != 0
+    msg = r.stderr.decode().strip()
+    assert "\n" not in msg and "overlaps the image's metadata" in msg and "vhdkit check" in msg, msg
+    assert v.read_bytes() == bytes(b)
+
+def test_interrupted_grow_over_stale_entries_shows_old_or_new_disk(tmp_path, abort_after_writes):
+    v0, data = _stale_dynamic(tmp_path)
+    steps = vhdkit.modify(shutil.copy(v0, tmp_path / "probe.vhd"), size=8 * MiB).writes
+    assert steps >= 4          # tail zeroed, two entries cleared, footer, copy
+    for n in range(steps):
+        v = Path(shutil.copy(v0, tmp_path / f"cut{n}.vhd"))
+        abort_after_writes(n)
+        with pytest.raises(errors.OperationInterrupted):
+            vhdkit.modify(v, size=8 * MiB)
+        abort_after_writes(None)
+        vhdkit.repair(v)
+        got = qemu_raw(v, tmp_path / f"cut{n}.raw").read_bytes()
+        assert len(got) in (3 * MiB, 8 * MiB), n
+        assert got[:3 * MiB] == data and not any(got[3 * MiB:]), n
+        # the old disk may keep some of its stale entries; nothing else is wrong
+        assert set(vhdkit.check(v).codes()) <= {"BAT_BEYOND_DISK"}, n
 
 
 # ---- repair -------------------------------------------------------------------------

@@ -449,8 +449,9 @@ def modify(path: PathLike, *, new_uuid: bool = False, uuid=None, timestamp=None,
     """Rewrite footer fields (both copies) and, for ``size``, the BAT in place.
 
     Growing a dynamic image uses spare BAT entries or relocates the BAT;
-    fixed images grow or shrink.  Shrinking below allocated (non-zero) data
-    needs ``force``.  Writes are ordered so that an interrupted run leaves an
+    the grown region reads zeros (stale BAT entries past the old size and
+    bytes past it in its last block are cleared first).  Fixed images grow
+    or shrink.  Shrinking below allocated (non-zero) data needs ``force``.  Writes are ordered so that an interrupted run leaves an
     image :func:`repair` restores.
     """
     if new_uuid and uuid is not None:
