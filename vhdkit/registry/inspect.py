@@ -211,17 +211,23 @@ def check_disk(path: str, limits: InspectLimits, *, what: str, parents: Optional
         raise DiskRefused(396, f"{what} is not a VHD (no valid VHD footer)")
     if kind == "differencing" and not parents:
         raise _has_parent(what)
+    def refuse_if_invalid() -> None:
+        rep = check(path, parents=parents if kind == "differencing" else False, follow_locators=False)
+        if not rep.ok:
+            p = rep.problems[0]
+            more = f" (and {len(rep.problems) - 1} more problems)" if len(rep.problems) > 1 else ""
+            raise DiskRefused(397, f"{what} failed validation: {p.code}: {p.message}{more}")
+
     try:
         vi = info(path)
     except VhdkitError as e:
-        raise DiskRefused(397, f"{what} cannot be opened: {e.message}") from None
+        # A disk the core will not open is named by the check's finding, as
+        # every other invalid disk is (code 397 means "failed validation").
+        refuse_if_invalid()
+        raise DiskRefused(397, f"{what} failed validation: it cannot be opened: {e.message}") from None
     if vi.virtual_size > limits.max_virtual_size:
         raise _too_big(what, vi.virtual_size, limits)
-    rep = check(path, parents=parents if kind == "differencing" else False, follow_locators=False)
-    if not rep.ok:
-        p = rep.problems[0]
-        more = f" (and {len(rep.problems) - 1} more problems)" if len(rep.problems) > 1 else ""
-        raise DiskRefused(397, f"{what} failed validation: {p.code}: {p.message}{more}")
+    refuse_if_invalid()
     return vi
 
 
