@@ -9,7 +9,9 @@ sizes by default: convert/chain/OVA/segments at S, gzip at S/2 (1 GiB).
 from __future__ import annotations
 
 import filecmp
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import List, Optional
@@ -74,27 +76,88 @@ def ok_run(argv: list[str], what: str) -> Optional[str]:
 
 # -- baseline -----------------------------------------------------------------------------
 
-def _startup(ctx: Ctx, command: str, peers: list) -> Workload:
-    img = small_images(ctx, 1) / "d00000.vhd"
+def _startup(ctx: Ctx, command: str, peers: list, args: Optional[list] = None,
+             argv: Optional[list] = None) -> Workload:
+    """``vhdkit COMMAND SMALL.vhd`` (or ``vhdkit ARGV``) against ``PEER SMALL.vhd`` and the bare interpreter."""
+    img = str(small_images(ctx, 1) / "d00000.vhd")
     return Workload([
-        Variant("vhdkit", [Cmd([*ctx.vk_script(), command, str(img)])], ours=True),
-        *[Variant(name, [Cmd([*argv, str(img)])], tools=[argv[0]]) for name, argv in peers],
+        Variant("vhdkit", [Cmd([*ctx.vk_script(), *(argv or [command, *(args or [img])])])], ours=True),
+        *[Variant(name, [Cmd([*peer, img])], tools=[peer[0]]) for name, peer in peers],
         Variant("python -c pass", [Cmd([ctx.py, "-c", "pass"])], floor=True),
     ], basis=None, params={"virtual_size": 8 << 20},
         notes=["vhdkit runs as the installed `vhdkit` script (its interpreter, the project venv's), as a user "
                "runs it; `python -c pass` is that interpreter alone (a floor: no work)."])
 
 
+STARTUP_TARGET = "≤ 40 ms and ≤ 2.5 × python -c pass"
+
+
 @workload("startup.info", "baseline", "start-up: `vhdkit info` of a small VHD, start to exit", needs=[("info",)],
-          issue=24, target="≤ 40 ms and ≤ 2.5 × python -c pass")
+          issue=24, target=STARTUP_TARGET)
 def startup_info(ctx: Ctx) -> Workload:
     return _startup(ctx, "info", [("qemu-img info", [QEMU, "info"])])
 
 
 @workload("startup.check", "baseline", "start-up: `vhdkit check` of a small VHD, start to exit", needs=[("check",)],
-          issue=24, target="≤ 40 ms and ≤ 2.5 × python -c pass")
+          issue=24, target=STARTUP_TARGET)
 def startup_check(ctx: Ctx) -> Workload:
     return _startup(ctx, "check", [("vhdiinfo", ["vhdiinfo"])])
+
+
+@workload("startup.map", "baseline", "start-up: `vhdkit map` of a small VHD, start to exit", needs=[("map",)],
+          issue=24, target=STARTUP_TARGET)
+def startup_map(ctx: Ctx) -> Workload:
+    return _startup(ctx, "map", [("qemu-img map", [QEMU, "map"])])
+
+
+@workload("startup.chain", "baseline", "start-up: `vhdkit chain` of a small VHD, start to exit", needs=[("chain",)],
+          issue=24, target=STARTUP_TARGET)
+def startup_chain(ctx: Ctx) -> Workload:
+    return _startup(ctx, "chain", [("qemu-img info --backing-chain", [QEMU, "info", "--backing-chain"])])
+
+
+@workload("startup.compare", "baseline", "start-up: `vhdkit compare` of a small VHD with itself, start to exit",
+          needs=[("compare",)], issue=24, target=STARTUP_TARGET)
+def startup_compare(ctx: Ctx) -> Workload:
+    img = str(small_images(ctx, 1) / "d00000.vhd")
+    return _startup(ctx, "compare", [("qemu-img compare", [QEMU, "compare", img])], args=[img, img])
+
+
+def one_image_registry(ctx: Ctx) -> tuple[Path, str]:
+    """A registry data directory holding one small active image of account
+    ``bench``, made once; (data dir, image id)."""
+    d = ctx.inputs.dir / "registry-one"
+    marker = d.with_name(d.name + ".id")
+    if not marker.exists():
+        shutil.rmtree(d, ignore_errors=True)
+        img = small_images(ctx, 1) / "d00000.vhd"
+        r = ctx.run_quiet(ctx.vk("image", "create", "--data", str(d), "--account", "bench",
+                                 "--roles", "cloudImages:creator", "--name", "small", "--disk-format", "vhd",
+                                 "--container-format", "bare", "--file", str(img)))
+        if r.returncode:
+            raise RuntimeError(f"making a one-image registry: {r.stderr.strip()[-300:]}")
+        marker.write_text(json.loads(r.stdout)["id"])
+    return d, marker.read_text()
+
+
+def _startup_registry(ctx: Ctx, command: str, *args: str) -> Workload:
+    """``vhdkit image COMMAND [ARGS] --json`` as the image's owner (no native peer: the floor only)."""
+    data, iid = one_image_registry(ctx)
+    argv = ["image", command, *[iid if a == "ID" else a for a in args], "--data", str(data),
+            "--account", "bench", "--roles", "cloudImages:observer", "--json"]
+    return _startup(ctx, command, [], argv=argv)
+
+
+@workload("startup.image-show", "baseline", "start-up: `vhdkit image show ID --json` on a one-image registry",
+          needs=[("image", "show")], issue=24, target=STARTUP_TARGET)
+def startup_image_show(ctx: Ctx) -> Workload:
+    return _startup_registry(ctx, "show", "ID")
+
+
+@workload("startup.image-list", "baseline", "start-up: `vhdkit image list --json` on a one-image registry",
+          needs=[("image", "list")], issue=24, target=STARTUP_TARGET)
+def startup_image_list(ctx: Ctx) -> Workload:
+    return _startup_registry(ctx, "list")
 
 
 # -- convert (issue 3) --------------------------------------------------------------------
@@ -244,7 +307,6 @@ def small_images(ctx: Ctx, n: int) -> Path:
     d = ctx.inputs.dir / f"small-{n}"
     ok = d.with_name(d.name + ".ok")
     if not ok.exists():
-        import shutil
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
         r = ctx.run_quiet([ctx.py, "-c", "import sys\nfrom vhdkit.vhd import create\n"
@@ -419,7 +481,6 @@ def segments_join(ctx: Ctx) -> Workload:
     src = ctx.inputs.fixed(spec)
     home = src.with_name(src.name + ".segments")
     if not (home / ".done").exists():
-        import shutil
         shutil.rmtree(home, ignore_errors=True)
         r = ctx.run_quiet(ctx.vk("segments", "split", str(src), "--name", "img.vhd", "--segment-size", SEG,
                                  "--container", "bench", "--store", str(home)))
@@ -487,7 +548,6 @@ def registry_home(ctx: Ctx, n: int) -> Path:
     ok = home.with_name(home.name + ".ok")
     if ok.exists() and ok.read_text() == POPULATION_VERSION and (home / "bench.json").exists():
         return home
-    import shutil
     shutil.rmtree(home, ignore_errors=True)
     ctx.log(f"  populating a registry with {n} images (once) ...")
     r = ctx.run_quiet(ctx.tool("registry-populate", str(home), str(n)))
@@ -544,13 +604,11 @@ def registry_upload(ctx: Ctx) -> Workload:
 
 def _download_input(ctx: Ctx):
     """The 1 GiB image of registry.upload, uploaded once into its own registry: (home, id, blob, src)."""
-    import json as _json
     spec = half(ctx, max(ctx.size, 4 * MiB))    # issue 6: a 1 GiB image at --size 1G
     src = ctx.inputs.fixed(spec)
     home = src.with_name(src.name + ".registry")
     meta = home / "uploaded.json"
     if not meta.exists():
-        import shutil
         shutil.rmtree(home, ignore_errors=True)
         r = ctx.run_quiet(ctx.tool("registry-upload", str(home), str(src)))
         if r.returncode:
@@ -560,8 +618,8 @@ def _download_input(ctx: Ctx):
         con = sqlite3.connect(home / "registry.db")
         image_id = con.execute("SELECT id FROM images WHERE name = 'bench-upload'").fetchone()[0]
         con.close()
-        meta.write_text(_json.dumps({"id": image_id, "blob": str(blobs[0])}))
-    info = _json.loads(meta.read_text())
+        meta.write_text(json.dumps({"id": image_id, "blob": str(blobs[0])}))
+    info = json.loads(meta.read_text())
     return home, info["id"], info["blob"], src
 
 
@@ -623,9 +681,8 @@ def _put_input(ctx: Ctx, home: Path, src: Path) -> None:
 
 
 def _task_ok(home: Path) -> Optional[str]:
-    import json as _json
     try:
-        t = _json.loads((home / "last-task.json").read_text())
+        t = json.loads((home / "last-task.json").read_text())
     except (OSError, ValueError) as e:
         return f"no task result: {e}"
     return None if t.get("status") == "success" else f"task ended {t.get('status')}: {t.get('message')}"
@@ -661,8 +718,6 @@ def pipeline_import(ctx: Ctx) -> Workload:
           needs=[("task", "create"), ("task", "wait"), ("worker",), ("object", "put")], issue=8,
           target="≤ 1.3 × (pigz -dc of the stored disk into a file, then split -b 200M)")
 def pipeline_export(ctx: Ctx) -> Workload:
-    import json as _json
-    import shutil
     spec = mixed(ctx)
     src = ctx.inputs.dynamic(spec)
     gz = src.with_name(src.name + ".pigz1.gz")   # made by the peers' setup (_pigz_made), vhdkit needs none
@@ -674,9 +729,9 @@ def pipeline_export(ctx: Ctx) -> Workload:
         r = ctx.run_quiet(["sh", "-c", _task_script(ctx, base, "import --from incoming/disk.vhd --name bench")])
         if r.returncode or _task_ok(base):
             raise RuntimeError(f"import (making the input): {_task_ok(base) or r.stderr.strip()[-300:]}")
-        task = _json.loads((base / "last-task.json").read_text())
-        (base / "image.json").write_text(_json.dumps({"id": task["result"]["image_id"]}))
-    image_id = _json.loads((base / "image.json").read_text())["id"]
+        task = json.loads((base / "last-task.json").read_text())
+        (base / "image.json").write_text(json.dumps({"id": task["result"]["image_id"]}))
+    image_id = json.loads((base / "image.json").read_text())["id"]
     home = ctx.outdir("vhdkit") / "home"
     pdir, qdir = ctx.outdir("peer"), ctx.outdir("peer+sums")
 
