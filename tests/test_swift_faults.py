@@ -325,3 +325,31 @@ def test_swift_refusing_the_services_credentials_is_a_server_fault_naming_nothin
                 assert secret not in msg, (secret, msg)
         assert c.get(f"/v2/images/{iid}").json()["status"] == "queued"   # nothing changed, nothing stuck
     assert "refused the service's credentials (401)" in server.log.read_text()
+
+
+def test_a_token_swift_stops_accepting_is_replaced_at_once(swift_env):
+    """A cached token Swift refuses (revoked, expired before our reuse limit,
+    the auth service restarted) costs one retry, not an outage until the
+    cache's expiry: the next request re-authenticates, every store of the
+    process then uses the new token, and a wrong key is still refused."""
+    from vhdkit.store import swift as swift_mod
+
+    acct = "tr" + uuid.uuid4().hex[:10]
+    st = open_configured_store(acct, env=swift_env)
+    st.create_container("c")
+    st.put_bytes("c", "o", b"data")
+    key = swift_mod._token_cache_key(st.config)
+    url, good, expiry = swift_mod._token_cache[key]
+    # What Swift sees from a revoked token: one it does not know (tempauth's prefix, unknown body).
+    forged = "AUTH_tk" + uuid.uuid4().hex
+    swift_mod._token_cache[key] = (url, forged, expiry)
+    later = open_configured_store(acct, env=swift_env)
+    assert later.get_bytes("c", "o") == b"data"
+    renewed = swift_mod._token_cache[key][1]
+    assert renewed != forged
+    assert [o.name for o in later.list("c")] == ["o"]
+    assert open_configured_store(acct, env=swift_env).get_bytes("c", "o") == b"data"
+    assert swift_mod._token_cache[key][1] == renewed     # one renewal serves the later stores
+    wrong = open_configured_store(acct, env=dict(swift_env, VHDKIT_SWIFT_KEY="not-the-key"))
+    with pytest.raises(UnavailableError, match=r"refused the service's credentials \(401\)"):
+        wrong.get_bytes("c", "o")

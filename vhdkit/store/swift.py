@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import os
 import tempfile
 import threading
@@ -64,7 +63,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import (ConflictError, IntegrityError, InvalidInputError, NotFoundError, StorageError,
-                      UnavailableError, from_oserror)
+                      UnavailableError, VhdkitError, from_oserror)
 from .base import (ObjectInfo, ObjectReader, ObjectStore, validate_container_name, validate_metadata,
                    validate_object_name)
 
@@ -113,8 +112,12 @@ class SwiftConfig:
 # the credentials that obtained it: a wrong or rotated key authenticates anew.
 # The fingerprint is an HMAC under a per-process random salt, so the cache does
 # not hold the key, nor an unsalted hash of it.
+# A token is reused for TOKEN_REUSE_SECONDS at most (below Keystone's default
+# lifetime of an hour); one Swift refuses earlier (revoked, expired, an auth
+# service restarted) is replaced at once: _connection's get_auth.
 _token_cache: Dict[Tuple[str, str, bytes], Tuple[str, str, float]] = {}
 _KEY_SALT = os.urandom(32)
+TOKEN_REUSE_SECONDS = 3000
 
 
 def _token_cache_key(config: "SwiftConfig") -> Tuple[str, str, bytes]:
@@ -131,6 +134,8 @@ def _client():
 
 
 def _err(e: Exception, what: str):
+    if isinstance(e, VhdkitError):    # already translated (re-authentication inside a request)
+        return e
     sc = _client()
     if isinstance(e, sc.ClientException):
         st = e.http_status
@@ -213,23 +218,43 @@ class SwiftStore(ObjectStore):
         self._open: Dict[int, set] = {}
 
     # -- connection
+    def _token(self, *, renew: bool = False) -> Tuple[str, str]:
+        """(this account's storage URL, a token): the process's cached token
+        for these credentials, or a new one when there is none, it is old, or
+        ``renew`` (Swift refused it)."""
+        sc = _client()
+        key = _token_cache_key(self.config)
+        cached = _token_cache.get(key)
+        if renew or cached is None or cached[2] < time.monotonic():
+            auth = sc.Connection(authurl=self.config.auth_url, user=self.config.user, key=self.config.key,
+                                 retries=self.config.retries, timeout=self.config.timeout)
+            try:
+                url, token = auth.get_auth()
+            except Exception as e:  # noqa: BLE001
+                raise _err(e, f"authenticate at {self.config.auth_url}") from None
+            cached = (url, token, time.monotonic() + TOKEN_REUSE_SECONDS)
+            _token_cache[key] = cached
+        return f"{cached[0].rsplit('/', 1)[0]}/AUTH_{self.account}", cached[1]
+
     def _connection(self):
         if getattr(self._local, "conn", None) is None:
-            sc = _client()
-            key = _token_cache_key(self.config)
-            cached = _token_cache.get(key)
-            if cached is None or cached[2] < time.monotonic():
-                auth = sc.Connection(authurl=self.config.auth_url, user=self.config.user, key=self.config.key,
-                                     retries=self.config.retries, timeout=self.config.timeout)
-                try:
-                    url, token = auth.get_auth()
-                except Exception as e:  # noqa: BLE001
-                    raise _err(e, f"authenticate at {self.config.auth_url}") from None
-                cached = (url, token, time.monotonic() + 3000)
-                _token_cache[key] = cached
-            base = cached[0].rsplit("/", 1)[0]
-            self._local.conn = sc.Connection(preauthurl=f"{base}/AUTH_{self.account}", preauthtoken=cached[1],
-                                             retries=self.config.retries, timeout=self.config.timeout)
+            store = self
+
+            class _Connection(_client().Connection):
+                # swiftclient answers a 401 by calling get_auth once and
+                # retrying the request: ours renews the process's token and
+                # keeps this account's storage URL.
+                def get_auth(self):
+                    self.url, self.token = store._token(renew=True)
+                    return self.url, self.token
+
+            url, token = self._token()
+            # The credentials are given only so swiftclient retries after a
+            # 401 (it re-authenticates when it holds them); get_auth above is
+            # the only place they are used.
+            self._local.conn = _Connection(preauthurl=url, preauthtoken=token, authurl=self.config.auth_url,
+                                           user=self.config.user, key=self.config.key,
+                                           retries=self.config.retries, timeout=self.config.timeout)
         return self._local.conn
 
     @property
