@@ -112,10 +112,27 @@ def verdicts(doc: dict) -> list[str]:
     return out
 
 
+_LOCAL_OPTIONS = ("--workdir", "--results")   # where files go on the measuring machine, not what was measured
+
+
+def command_line(argv: list[str]) -> str:
+    """The run's ``python -m bench …`` as a reader would retype it: the
+    options that only name local directories are left out."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _LOCAL_OPTIONS:
+            skip = True
+        elif not a.startswith(tuple(o + "=" for o in _LOCAL_OPTIONS)):
+            kept.append(a)
+    return " ".join(["python -m bench", *kept])
+
+
 def _readme_table(doc: dict) -> str:
     ran = [w for w in doc["workloads"] if not w.get("scaling") and w["status"] == "ok"]
     lines = [
-        f"`python -m bench {' '.join(doc['meta']['argv'])}`".replace("  ", " ").replace(" `", "`"),
+        f"`{command_line(doc['meta']['argv'])}`",
         "",
         "| workload | input | tool | median s | min–max s | MB/s | peak RSS MiB | vhdkit / peer (median, min–max) |",
         "|---|---|---|---:|---:|---:|---:|---|",

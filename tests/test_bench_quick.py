@@ -9,7 +9,8 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPECTED = {"startup.info", "startup.check", "convert.raw-dynamic", "convert.raw-fixed", "convert.dynamic-raw", "chain.read",
+EXPECTED = {"startup.info", "startup.check", "startup.map", "startup.chain", "startup.compare", "startup.image-show",
+            "startup.image-list", "convert.raw-dynamic", "convert.raw-fixed", "convert.dynamic-raw", "chain.read",
             "coalesce", "check.large", "info.large", "info.batch", "gzip.compress", "gzip.decompress", "ova.pack",
             "ova.unpack", "segments.split", "segments.join", "registry.list-10k", "registry.list-100k",
             "registry.show-10k", "registry.show-100k", "registry.upload", "registry.download", "registry.download-cli",
@@ -66,3 +67,13 @@ def test_floors_are_labelled_and_never_a_verdict():
     assert behind_list({"workloads": [w]}) == ["segments.join vs cat + hashes ×1.20"]
     assert any("cat (floor)" in r for r in _rows(w))
 
+
+
+def test_readme_command_line_leaves_out_local_directories():
+    """The current table's command is one a reader can retype: --workdir and
+    --results name directories of the measuring machine, not what was measured."""
+    sys.path.insert(0, str(ROOT))
+    from bench.report import command_line
+
+    argv = ["--repeat", "3", "--update-readme", "--workdir", "/srv/w", "--results=/srv/r", "--only", "convert"]
+    assert command_line(argv) == "python -m bench --repeat 3 --update-readme --only convert"
