@@ -735,7 +735,14 @@ def pipeline_export(ctx: Ctx) -> Workload:
     home = ctx.outdir("vhdkit") / "home"
     pdir, qdir = ctx.outdir("peer"), ctx.outdir("peer+sums")
 
+    def only(keep: Path) -> None:
+        """One contender's output on disk at a time (at 16 GiB each takes ~16 GB)."""
+        for d in (home, pdir, qdir):
+            if d != keep:
+                ctx.clean(d)()
+
     def setup() -> None:
+        only(home)
         shutil.rmtree(home, ignore_errors=True)
         shutil.copytree(base, home)
         r = ctx.run_quiet(ctx.vk("object", "put", "--account", ACCT, "--store", str(home / "objects"),
@@ -747,12 +754,12 @@ def pipeline_export(ctx: Ctx) -> Workload:
                 ours=True, setup=setup, verify=lambda: _task_ok(home)),
         Variant("pigz -dc > file; split -b 200M", [Cmd.sh(f"pigz -dc {gz} > {pdir}/disk.vhd && "
                                                          f"split -b 200M -a 5 -d {pdir}/disk.vhd {pdir}/seg-")],
-                setup=lambda: (_pigz_made(ctx, src), ctx.clean(pdir)()), tools=["pigz"], floor=True),
+                setup=lambda: (_pigz_made(ctx, src), only(pdir), ctx.clean(pdir)()), tools=["pigz"], floor=True),
         Variant("pigz -dc > file; split; md5sum+sha256sum; sync",
                 [Cmd.sh(f"pigz -dc {gz} > {qdir}/disk.vhd && split -b 200M -a 5 -d {qdir}/disk.vhd {qdir}/seg- && "
                         f"md5sum {qdir}/seg-* > /dev/null && sha256sum {qdir}/disk.vhd > /dev/null && "
                         f"sync {qdir}/seg-*")],
-                setup=lambda: (_pigz_made(ctx, src), ctx.clean(qdir)()), tools=["pigz"]),
+                setup=lambda: (_pigz_made(ctx, src), only(qdir), ctx.clean(qdir)()), tools=["pigz"]),
     ], basis=spec.size, params={**_disk_params(spec), "file_bytes": os.path.getsize(src)},
         notes=["the data dir holding the imported image is copied before each run (untimed).",
                "vhdkit hashes each segment (md5) and the stream (sha256) and fsyncs the segments; the same-work "
