@@ -76,13 +76,11 @@ def ok_run(argv: list[str], what: str) -> Optional[str]:
 
 # -- baseline -----------------------------------------------------------------------------
 
-def _startup(ctx: Ctx, command: str, peers: list, args: Optional[list] = None,
-             argv: Optional[list] = None) -> Workload:
-    """``vhdkit COMMAND SMALL.vhd`` (or ``vhdkit ARGV``) against ``PEER SMALL.vhd`` and the bare interpreter."""
-    img = str(small_images(ctx, 1) / "d00000.vhd")
+def _startup(ctx: Ctx, argv: list, peers: list) -> Workload:
+    """``vhdkit ARGV`` against each ``(name, PEER ARGV)`` and the bare interpreter."""
     return Workload([
-        Variant("vhdkit", [Cmd([*ctx.vk_script(), *(argv or [command, *(args or [img])])])], ours=True),
-        *[Variant(name, [Cmd([*peer, img])], tools=[peer[0]]) for name, peer in peers],
+        Variant("vhdkit", [Cmd([*ctx.vk_script(), *argv])], ours=True),
+        *[Variant(name, [Cmd(peer)], tools=[peer[0]]) for name, peer in peers],
         Variant("python -c pass", [Cmd([ctx.py, "-c", "pass"])], floor=True),
     ], basis=None, params={"virtual_size": 8 << 20},
         notes=["vhdkit runs as the installed `vhdkit` script (its interpreter, the project venv's), as a user "
@@ -91,36 +89,29 @@ def _startup(ctx: Ctx, command: str, peers: list, args: Optional[list] = None,
 
 STARTUP_TARGET = "≤ 40 ms and ≤ 2.5 × python -c pass"
 
-
-@workload("startup.info", "baseline", "start-up: `vhdkit info` of a small VHD, start to exit", needs=[("info",)],
-          issue=24, target=STARTUP_TARGET)
-def startup_info(ctx: Ctx) -> Workload:
-    return _startup(ctx, "info", [("qemu-img info", [QEMU, "info"])])
-
-
-@workload("startup.check", "baseline", "start-up: `vhdkit check` of a small VHD, start to exit", needs=[("check",)],
-          issue=24, target=STARTUP_TARGET)
-def startup_check(ctx: Ctx) -> Workload:
-    return _startup(ctx, "check", [("vhdiinfo", ["vhdiinfo"])])
+#: the format commands' start-up rows: (command, how many times it names the
+#: small VHD, its native peer's name and argv before the same image arguments)
+_FORMAT_STARTUP = [
+    ("info", 1, "qemu-img info", [QEMU, "info"]),
+    ("check", 1, "vhdiinfo", ["vhdiinfo"]),
+    ("map", 1, "qemu-img map", [QEMU, "map"]),
+    ("chain", 1, "qemu-img info --backing-chain", [QEMU, "info", "--backing-chain"]),
+    ("compare", 2, "qemu-img compare", [QEMU, "compare"]),
+]
 
 
-@workload("startup.map", "baseline", "start-up: `vhdkit map` of a small VHD, start to exit", needs=[("map",)],
-          issue=24, target=STARTUP_TARGET)
-def startup_map(ctx: Ctx) -> Workload:
-    return _startup(ctx, "map", [("qemu-img map", [QEMU, "map"])])
+def _format_startup(command: str, times: int, peer_name: str, peer: list) -> None:
+    what = "a small VHD with itself" if times == 2 else "a small VHD"
+
+    @workload(f"startup.{command}", "baseline", f"start-up: `vhdkit {command}` of {what}, start to exit",
+              needs=[(command,)], issue=24, target=STARTUP_TARGET)
+    def build(ctx: Ctx) -> Workload:
+        images = [str(small_images(ctx, 1) / "d00000.vhd")] * times
+        return _startup(ctx, [command, *images], [(peer_name, [*peer, *images])])
 
 
-@workload("startup.chain", "baseline", "start-up: `vhdkit chain` of a small VHD, start to exit", needs=[("chain",)],
-          issue=24, target=STARTUP_TARGET)
-def startup_chain(ctx: Ctx) -> Workload:
-    return _startup(ctx, "chain", [("qemu-img info --backing-chain", [QEMU, "info", "--backing-chain"])])
-
-
-@workload("startup.compare", "baseline", "start-up: `vhdkit compare` of a small VHD with itself, start to exit",
-          needs=[("compare",)], issue=24, target=STARTUP_TARGET)
-def startup_compare(ctx: Ctx) -> Workload:
-    img = str(small_images(ctx, 1) / "d00000.vhd")
-    return _startup(ctx, "compare", [("qemu-img compare", [QEMU, "compare", img])], args=[img, img])
+for _row in _FORMAT_STARTUP:
+    _format_startup(*_row)
 
 
 def one_image_registry(ctx: Ctx) -> tuple[Path, str]:
@@ -143,9 +134,8 @@ def one_image_registry(ctx: Ctx) -> tuple[Path, str]:
 def _startup_registry(ctx: Ctx, command: str, *args: str) -> Workload:
     """``vhdkit image COMMAND [ARGS] --json`` as the image's owner (no native peer: the floor only)."""
     data, iid = one_image_registry(ctx)
-    argv = ["image", command, *[iid if a == "ID" else a for a in args], "--data", str(data),
-            "--account", "bench", "--roles", "cloudImages:observer", "--json"]
-    return _startup(ctx, command, [], argv=argv)
+    return _startup(ctx, ["image", command, *[iid if a == "ID" else a for a in args], "--data", str(data),
+                          "--account", "bench", "--roles", "cloudImages:observer", "--json"], [])
 
 
 @workload("startup.image-show", "baseline", "start-up: `vhdkit image show ID --json` on a one-image registry",
@@ -735,14 +725,13 @@ def pipeline_export(ctx: Ctx) -> Workload:
     home = ctx.outdir("vhdkit") / "home"
     pdir, qdir = ctx.outdir("peer"), ctx.outdir("peer+sums")
 
-    def only(keep: Path) -> None:
-        """One contender's output on disk at a time (at 16 GiB each takes ~16 GB)."""
+    def no_outputs() -> None:
+        """Each run starts with no contender's output on disk (at 16 GiB each takes ~16 GB)."""
         for d in (home, pdir, qdir):
-            if d != keep:
-                ctx.clean(d)()
+            ctx.clean(d)()
 
     def setup() -> None:
-        only(home)
+        no_outputs()
         shutil.rmtree(home, ignore_errors=True)
         shutil.copytree(base, home)
         r = ctx.run_quiet(ctx.vk("object", "put", "--account", ACCT, "--store", str(home / "objects"),
@@ -754,12 +743,12 @@ def pipeline_export(ctx: Ctx) -> Workload:
                 ours=True, setup=setup, verify=lambda: _task_ok(home)),
         Variant("pigz -dc > file; split -b 200M", [Cmd.sh(f"pigz -dc {gz} > {pdir}/disk.vhd && "
                                                          f"split -b 200M -a 5 -d {pdir}/disk.vhd {pdir}/seg-")],
-                setup=lambda: (_pigz_made(ctx, src), only(pdir), ctx.clean(pdir)()), tools=["pigz"], floor=True),
+                setup=lambda: (_pigz_made(ctx, src), no_outputs()), tools=["pigz"], floor=True),
         Variant("pigz -dc > file; split; md5sum+sha256sum; sync",
                 [Cmd.sh(f"pigz -dc {gz} > {qdir}/disk.vhd && split -b 200M -a 5 -d {qdir}/disk.vhd {qdir}/seg- && "
                         f"md5sum {qdir}/seg-* > /dev/null && sha256sum {qdir}/disk.vhd > /dev/null && "
                         f"sync {qdir}/seg-*")],
-                setup=lambda: (_pigz_made(ctx, src), only(qdir), ctx.clean(qdir)()), tools=["pigz"]),
+                setup=lambda: (_pigz_made(ctx, src), no_outputs()), tools=["pigz"]),
     ], basis=spec.size, params={**_disk_params(spec), "file_bytes": os.path.getsize(src)},
         notes=["the data dir holding the imported image is copied before each run (untimed).",
                "vhdkit hashes each segment (md5) and the stream (sha256) and fsyncs the segments; the same-work "

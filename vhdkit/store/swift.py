@@ -53,6 +53,7 @@ its own puts (several uploads may share one store).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -131,6 +132,21 @@ def _client():
     except ImportError as e:  # pragma: no cover - dependency of the package
         raise StorageError("python-swiftclient is not installed") from e
     return swiftclient
+
+
+@functools.lru_cache(maxsize=None)
+def _account_connection_class():
+    """swiftclient's Connection, whose answer to a 401 (it calls get_auth
+    once, then retries the request) renews the process's token for its store
+    and keeps that store's account URL."""
+    class AccountConnection(_client().Connection):
+        store: "SwiftStore"
+
+        def get_auth(self):
+            self.url, self.token = self.store._token(renew=True)
+            return self.url, self.token
+
+    return AccountConnection
 
 
 def _err(e: Exception, what: str):
@@ -238,23 +254,15 @@ class SwiftStore(ObjectStore):
 
     def _connection(self):
         if getattr(self._local, "conn", None) is None:
-            store = self
-
-            class _Connection(_client().Connection):
-                # swiftclient answers a 401 by calling get_auth once and
-                # retrying the request: ours renews the process's token and
-                # keeps this account's storage URL.
-                def get_auth(self):
-                    self.url, self.token = store._token(renew=True)
-                    return self.url, self.token
-
             url, token = self._token()
             # The credentials are given only so swiftclient retries after a
-            # 401 (it re-authenticates when it holds them); get_auth above is
-            # the only place they are used.
-            self._local.conn = _Connection(preauthurl=url, preauthtoken=token, authurl=self.config.auth_url,
-                                           user=self.config.user, key=self.config.key,
-                                           retries=self.config.retries, timeout=self.config.timeout)
+            # 401 (it re-authenticates when it holds them); the connection's
+            # get_auth is the only place they are used.
+            conn = _account_connection_class()(preauthurl=url, preauthtoken=token, authurl=self.config.auth_url,
+                                               user=self.config.user, key=self.config.key,
+                                               retries=self.config.retries, timeout=self.config.timeout)
+            conn.store = self
+            self._local.conn = conn
         return self._local.conn
 
     @property
