@@ -27,12 +27,18 @@ HEAVY = ("numpy", "xxhash", "zstandard", "isal", "defusedxml", "starlette", "uvi
          "vhdkit.pack.exportstream", "vhdkit.tasks.maintenance", "psycopg", "sqlalchemy", "alembic")
 FORMAT_ONLY = ("vhdkit.registry", "vhdkit.config", "sqlite3", "_sqlite3")
 REGISTRY_ONLY = ("vhdkit.vhd", "vhdkit.native", "vhdkit._native", "_cffi_backend")
-#: not needed by a registry read on the fast path (click itself loads typing): annotations,
+#: not needed by a command on the fast path: context managers' and threads' machinery
+#: (vhdkit._lazy; an upload's lease thread imports threading when it starts)
+FAST = ("contextlib", "threading")
+#: nor by a format command: records are vhdkit._record's, not namedtuples
+FAST_FORMAT = FAST + ("collections", "functools")
+#: nor by a registry read (click itself loads typing; collections and functools come
+#: with _sqlite3, whose statement cache is functools.lru_cache): annotations,
 #: new ids, in: filters, a rules file's parser (the default rules need none), regular
 #: expressions and the json package (vhdkit.cli._jsontext writes the output), the hashers' queues,
 #: sqlite3's date adapters (the registry stores times as text)
-FAST_REGISTRY_READ = ("typing", "uuid", "platform", "csv", "configparser", "re", "enum", "json", "queue",
-                      "datetime")
+FAST_REGISTRY_READ = FAST + ("typing", "uuid", "platform", "csv", "configparser", "re", "enum", "json", "queue",
+                             "datetime")
 
 _RUN = ("import sys\nfrom vhdkit.cli import main\n"
         "try:\n    main(sys.argv[1:], prog_name='vhdkit')\nexcept SystemExit as e:\n    code = e.code\n"
@@ -144,8 +150,10 @@ def test_one_image_output_is_unchanged(images):
 
 # ---- the fast path: the same commands through the program's entry point, without click
 
-_ENTRY = ("import runpy, sys\nsys.argv = ['vhdkit', *sys.argv[1:]]\ncode = 0\n"
-          "try:\n    runpy.run_module('vhdkit', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+#: what the installed script runs (pip writes it from pyproject's [project.scripts]); runpy
+#: (``python -m vhdkit``) would load importlib.util and contextlib itself
+_ENTRY = ("import sys\nsys.argv = ['vhdkit', *sys.argv[1:]]\nfrom vhdkit.__main__ import run\ncode = 0\n"
+          "try:\n    code = run()\nexcept SystemExit as e:\n    code = e.code\n"
           "mods = sorted(sys.modules)\nimport json\nprint(json.dumps(mods), file=sys.stderr)\nsys.exit(code)\n")
 
 
@@ -170,7 +178,7 @@ def test_fast_commands_load_no_click_and_no_command_module(images, tmp_path, wor
         unneeded = set(HEAVY) | set(REGISTRY_ONLY) | set(FAST_REGISTRY_READ)
     else:
         args = [*words, *({"compare": paths[:2], "chain": [str(d / "child.vhd")]}.get(words[0], [paths[0]]))]
-        unneeded = set(HEAVY) | set(FORMAT_ONLY)
+        unneeded = set(HEAVY) | set(FORMAT_ONLY) | set(FAST_FORMAT)
     r = subprocess.run([sys.executable, "-c", _ENTRY, *args, "--json"], capture_output=True, text=True, cwd=ROOT,
                        env=env)
     *msgs, mods = r.stderr.strip().splitlines()

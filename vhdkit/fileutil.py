@@ -1,12 +1,14 @@
 """Small file helpers shared by the packaging modules and the CLI.
 
 Imported by every writing command, so it keeps to os and fcntl (tempfile,
-glob and pathlib would add to every command's start-up)."""
+glob and pathlib would add to every command's start-up; contextlib waits
+for the first atomic write, see vhdkit._lazy)."""
 from __future__ import annotations
 
 import fcntl
 import os
-from contextlib import contextmanager
+
+from ._lazy import contextmanager
 
 TYPE_CHECKING = False   # typing is not imported at run time (start-up)
 if TYPE_CHECKING:

@@ -4,16 +4,16 @@ the write transaction with its fence, and the trash.
 
 The fence: inside :meth:`Context.fenced` every write transaction of the
 calling thread first checks, in that same transaction, that the thread's
-:class:`Lease` is still its task's current attempt, and refuses
+:class:`~.tasks.Lease` is still its task's current attempt, and refuses
 (ConflictError ``lease_lost``) otherwise -- whatever service writes (see
 :mod:`.tasks` for the lease protocol)."""
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections import namedtuple
+from _thread import RLock
+from _thread import _local as local   # threading.local itself; threading is not imported (see vhdkit._lazy)
 
+from .._lazy import contextmanager
 from ..errors import ConflictError, NotFoundError, QuotaError, from_oserror
 from ..fileutil import is_locked
 from . import blobs as _blobs
@@ -26,21 +26,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
     from ..config import Config
-    from .models import Task
+    from .tasks import Lease
 
 #: seconds of a worker's lease on the task it runs, unless it asks for another
 DEFAULT_LEASE_S = 60.0
-
-
-class Lease(namedtuple("Lease", "task_id worker_id attempt")):
-    """The fencing token of one attempt at a task: ``task_id`` (str),
-    ``worker_id`` (str), ``attempt`` (int)."""
-
-    __slots__ = ()
-
-    @classmethod
-    def of(cls, task: Task) -> "Lease":
-        return cls(task.id, task.worker_id or "", int(task.attempts))
 
 
 def held(conn: _db.Connection, task_id: str, worker_id: str, attempt: Optional[int] = None) -> Any:
@@ -79,9 +68,9 @@ class Context:
         self.quotas: Dict[str, int] = dict(DEFAULT_QUOTAS)
         self.quotas.update(quotas or {})
         self.clock = clock
-        self._local = threading.local()
+        self._local = local()
         self._all_conns: List[Tuple[int, _db.Connection]] = []
-        self._writer = threading.RLock()
+        self._writer = RLock()
         self._writer_pid = os.getpid()
 
     # ---- the database ----
@@ -102,12 +91,14 @@ class Context:
         for pid, c in self._all_conns:
             if pid != os.getpid():
                 continue  # inherited over fork: the parent's to close
-            with contextlib.suppress(Exception):
+            try:
                 c.close_optimized()
+            except Exception:  # noqa: BLE001 - closing: nothing is left to do with it
+                pass
         self._all_conns.clear()
-        self._local = threading.local()
+        self._local = local()
 
-    @contextlib.contextmanager
+    @contextmanager
     def write(self) -> Iterator[_db.Connection]:
         """A write transaction; writers of this process take turns here first,
         and a fenced thread's lease is checked in it (see the module doc).
@@ -119,7 +110,7 @@ class Context:
         SQLite's lock and busy timeout.
         """
         if self._writer_pid != os.getpid():  # forked: a lock held by a thread of the parent stays held
-            self._writer, self._writer_pid = threading.RLock(), os.getpid()
+            self._writer, self._writer_pid = RLock(), os.getpid()
         with self._writer, _db.immediate(self.conn()) as conn:
             lease = getattr(self._local, "lease", None)
             if lease is not None:
@@ -130,7 +121,7 @@ class Context:
         """A read snapshot (see db.snapshot)."""
         return _db.snapshot(self.conn())
 
-    @contextlib.contextmanager
+    @contextmanager
     def fenced(self, lease: Optional[Lease]) -> Iterator[None]:
         """Within: every write transaction of this thread is refused unless
         ``lease`` is still the task's current attempt.  None: no fence."""

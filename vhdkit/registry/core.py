@@ -14,8 +14,6 @@ first; see :mod:`.rbac` for the order of checks (404 before 403)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from functools import cached_property
 
 from .context import DEFAULT_LEASE_S, Context
 from .data import DEFAULT_SIZE_CAP, DataService, ImageData, UploadWriter
@@ -26,16 +24,16 @@ from .rbac import Caller
 TYPE_CHECKING = False   # typing and datetime are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
     import datetime as _dt
+    from collections.abc import Mapping
     from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
     from ..config import Config
     from . import db as _db
-    from .context import Lease
     from .data import Progress
     from .protections import PropertyProtections
     from .query import Params
     from .sharing import MemberService
-    from .tasks import TaskService
+    from .tasks import Lease, TaskService
 # .sharing and .tasks are imported on first use, like .protections (a rules
 # file's parser) and .query (list filters and sorting): opening a registry
 # and reading one image need none of them (start-up of `vhdkit image show`).
@@ -85,21 +83,27 @@ class Registry:
             protections = PropertyProtections.from_file(protections)
         self._images = ImageService(ctx, protections or None)
         self._data = DataService(ctx, self._images, size_cap)
+        self._member_service: Optional[MemberService] = None
+        self._task_service: Optional[TaskService] = None
         ctx.conn(first=True)
         if cleanup:
             self.cleanup()
 
-    @cached_property
+    @property
     def _members(self) -> MemberService:
-        from .sharing import MemberService
+        if self._member_service is None:
+            from .sharing import MemberService
 
-        return MemberService(self._ctx, self._images)
+            self._member_service = MemberService(self._ctx, self._images)
+        return self._member_service
 
-    @cached_property
+    @property
     def _tasks(self) -> TaskService:
-        from .tasks import TaskService
+        if self._task_service is None:
+            from .tasks import TaskService
 
-        return TaskService(self._ctx)
+            self._task_service = TaskService(self._ctx)
+        return self._task_service
 
     # ---- the open registry ----
     config = _attribute("_ctx", "config", "The settings this registry was opened with.")

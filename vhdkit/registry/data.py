@@ -4,11 +4,11 @@ with byte ranges, and the cleanup of what dead processes left behind.  See
 :mod:`.blobs` for the file protocol."""
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import threading
+from _thread import get_ident
 
+from .._lazy import contextmanager
 from ..errors import (ConflictError, ForbiddenError, InvalidInputError, NotFoundError,
                       VhdkitError)
 from ..fileutil import is_locked, lock_state
@@ -401,6 +401,8 @@ class _LeaseKeeper:
 
     def __init__(self, data: DataService, image_id: str, token: str) -> None:
         self.data, self.image_id, self.token = data, image_id, token
+        import threading   # here: only an upload runs it (a read need not load threading)
+
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"upload-lease-{image_id}", daemon=True)
@@ -422,7 +424,7 @@ class _LeaseKeeper:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if self._thread.is_alive() and self._thread.ident != get_ident():
             self._thread.join()
 
 
@@ -513,7 +515,7 @@ class UploadWriter(io.RawIOBase):
         assert out is not None
         return data.images.present(self._caller, out)
 
-    @contextlib.contextmanager
+    @contextmanager
     def _aborting(self) -> Iterator[None]:
         """Run the block; on any failure :meth:`abort` and re-raise -- as
         ``upload_lost`` when the upload lost its image (see :meth:`_lost`)."""

@@ -17,7 +17,6 @@ neither Alembic nor SQLAlchemy.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 try:  # sqlite3's own C module: the package around it adds DB-API aliases and date/datetime
@@ -31,6 +30,7 @@ TYPE_CHECKING = False   # typing is not imported at run time (start-up of `vhdki
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+from .._lazy import contextmanager
 from ..errors import DatabaseUnavailableError, OutOfSpaceError, StorageError, UnsupportedError
 
 BUSY_TIMEOUT_S = 30.0
@@ -204,9 +204,11 @@ class SqliteConnection(sqlite3.Connection):
 
     def close_optimized(self) -> None:
         # keep the planner's statistics fresh, bounded work (SQLite's advice)
-        with contextlib.suppress(sqlite3.Error):
+        try:
             self.execute("PRAGMA analysis_limit = 400")
             self.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            pass
         self.close()
 
 
@@ -404,7 +406,7 @@ def _public(where: str) -> str:
     return where
 
 
-@contextlib.contextmanager
+@contextmanager
 def immediate(conn: Connection) -> Iterator[Connection]:
     """A write transaction (see the connections' ``immediate``).  A full file
     system is :class:`OutOfSpaceError` (nothing of the transaction stays)."""
@@ -429,17 +431,27 @@ def immediate(conn: Connection) -> Iterator[Connection]:
 
 
 def _rollback(conn: Connection) -> None:
-    with contextlib.suppress(conn.Error, StorageError):
+    try:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+    except (conn.Error, StorageError):
+        pass
 
 
-@contextlib.contextmanager
-def snapshot(conn: Connection) -> Iterator[Connection]:
-    """A read transaction: one consistent view across several SELECTs."""
-    conn.snapshot()
-    try:
-        yield conn
-    finally:
-        if conn.in_transaction:
-            conn.execute("COMMIT")
+class snapshot:
+    """A read transaction: one consistent view across several SELECTs
+    (``with snapshot(conn) as conn:``).  A class, not a generator, so that
+    a read does not load contextlib (see vhdkit._lazy)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        self.conn.snapshot()
+        return self.conn
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")

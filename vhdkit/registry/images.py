@@ -5,7 +5,6 @@ the caller's roles may not read (:mod:`.protections`)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from ..errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from . import db as _db
@@ -16,6 +15,7 @@ from .rbac import Caller, require_role, require_scope
 
 TYPE_CHECKING = False   # typing and uuid are not imported at run time (start-up of `vhdkit image show`)
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
     from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
     from .context import Context
@@ -302,6 +302,8 @@ class ImageService:
     def update_image(self, caller: Caller, image_id: str, changes: Sequence[Mapping[str, Any]]) -> Image:
         """Apply JSON-patch operations (``add``/``replace``/``remove`` on
         ``/field`` paths) atomically."""
+        from collections.abc import Mapping   # not at import: a read needs none of collections
+
         if not isinstance(changes, (list, tuple)):
             raise InvalidInputError("a JSON patch is a list of operations")
         ops: List[Tuple[str, str, Any]] = []

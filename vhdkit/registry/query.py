@@ -21,14 +21,12 @@ plans with EXPLAIN QUERY PLAN.
 from __future__ import annotations
 
 from .._record import factory, record
-
-from collections.abc import Mapping
-
 from ..errors import InvalidInputError
 
 TYPE_CHECKING = False   # typing and datetime are not imported at run time (start-up of `vhdkit image list`)
 if TYPE_CHECKING:  # pragma: no cover
     import datetime as _dt
+    from collections.abc import Mapping
     from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from .db import SQLITE
 from .models import (BASE_FIELDS, CONTAINER_FORMATS, DISK_FORMATS,
@@ -82,7 +80,9 @@ def param_pairs(params: Optional[Params], extra: Optional[Mapping[str, Any]] = N
     list of them (a repeated key), then ``extra`` -- as (key, string) pairs."""
     items: List[Tuple[Any, Any]] = []
     if params is not None:
-        items.extend(params.items() if isinstance(params, Mapping) else params)  # type: ignore[arg-type]
+        # a mapping is what has items() (as dict.update asks); collections.abc is
+        # not imported for an isinstance (start-up of `vhdkit image list`)
+        items.extend(params.items() if hasattr(params, "items") else params)  # type: ignore[union-attr]
     if extra:
         items.extend(extra.items())
     out: List[Tuple[Any, Any]] = []

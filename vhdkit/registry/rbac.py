@@ -15,8 +15,6 @@ Order of checks for an operation on an existing image (so that nothing leaks):
 """
 from __future__ import annotations
 
-from collections import namedtuple
-
 from .._record import factory, record
 
 TYPE_CHECKING = False   # typing and dataclasses are not imported at run time (start-up of `vhdkit image show`)
@@ -48,11 +46,15 @@ _C = CREATORS | ADMINS | {SERVICE}               # create
 _A = ADMINS | {SERVICE}                          # admin
 
 
-class Rule(namedtuple("Rule", ["roles", "scope", "api"])):
+@record(frozen=True)
+class Rule:
     """``roles`` (a frozenset) may do it; ``scope``: None: no image involved;
     "visible": any account that can see the image; "owner": the owner account
     only; "member": the member account itself only; ``api`` the v2 call."""
-    __slots__ = ()
+
+    roles: FrozenSet[str]
+    scope: Optional[str]
+    api: str
 
 
 #: THE operation matrix (docs/rbac.md "Operations": the upstream table plus the operations it does

@@ -21,10 +21,11 @@ what it made (see :func:`vhdkit.tasks.pipeline.sweep_failed`)."""
 from __future__ import annotations
 
 import contextlib
+from collections import namedtuple
 from collections.abc import Mapping
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
-from .context import DEFAULT_LEASE_S, Lease, held
+from .context import DEFAULT_LEASE_S, held
 from .models import TASK_STATUSES, TASK_TYPES, Task, TaskList, new_uuid
 from .rbac import Caller, require_role
 
@@ -45,6 +46,17 @@ TASK_SORT_KEYS = ("created_at", "updated_at", "id", "status", "type")
 #: Namespace of the image ids an import task creates: uuid5(NS, task id), so a
 #: retried task finds (and replaces) what an earlier attempt left.
 _IMAGE_NS = "6f1a3c9e-2d7b-4c55-9a0e-5b8d7e1f0c42"
+
+
+class Lease(namedtuple("Lease", "task_id worker_id attempt")):
+    """The fencing token of one attempt at a task: ``task_id`` (str),
+    ``worker_id`` (str), ``attempt`` (int)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, task: Task) -> "Lease":
+        return cls(task.id, task.worker_id or "", int(task.attempts))
 
 
 def task_image_id(task_id: str) -> str:

@@ -5,14 +5,13 @@ the dynamic disk header.  Python code that meets a VHD structure in a stream
 """
 from __future__ import annotations
 
-from collections import namedtuple
-
 TYPE_CHECKING = False   # typing, datetime and uuid are imported where used: `vhdkit info` reads this module
 if TYPE_CHECKING:
     import datetime as _dt
     import uuid as _uuid
     from typing import List, Optional
 
+from .._record import record
 from ..native import check, ffi, lib, new_err
 
 __all__ = ["SECTOR", "FOOTER_BYTES", "DYNHDR_BYTES", "MAX_VIRTUAL_SIZE", "EPOCH", "DISK_TYPES", "DISK_TYPE_CODES",
@@ -57,16 +56,27 @@ def from_datetime(when: _dt.datetime) -> int:
     return int((when - _epoch()).total_seconds())
 
 
-class Footer(namedtuple("Footer", ["disk_type", "data_offset", "current_size", "timestamp", "uuid"])):
+@record(frozen=True)
+class Footer:
     """``disk_type`` a key of :data:`DISK_TYPES`; ``timestamp`` seconds since
     :data:`EPOCH`; ``uuid`` a :class:`uuid.UUID`."""
-    __slots__ = ()
+
+    disk_type: int
+    data_offset: int
+    current_size: int
+    timestamp: int
+    uuid: _uuid.UUID
 
 
-class DynamicHeader(namedtuple("DynamicHeader", ["table_offset", "max_table_entries", "block_size", "bitmap_bytes",
-                                                 "n_locators"])):
+@record(frozen=True)
+class DynamicHeader:
     """``bitmap_bytes``: a block's sector bitmap, in whole sectors."""
-    __slots__ = ()
+
+    table_offset: int
+    max_table_entries: int
+    block_size: int
+    bitmap_bytes: int
+    n_locators: int
 
 
 def footer(buf: bytes) -> Optional[Footer]:

@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from contextlib import ExitStack, contextmanager
-
 from .. import errors
+from .._lazy import contextmanager
 from ..fileutil import atomic_fd, refuse_existing
 from ..interrupts import Background
 from ..native import check, ffi, lib, new_err
@@ -287,6 +286,8 @@ def _atomic_output(dst: PathLike, overwrite: bool, sync: bool = True) -> Iterato
     if os.path.isdir(dst):
         raise errors.InvalidInputError(f"{dst} is a directory")
     d = os.path.dirname(os.path.abspath(dst))
+    from contextlib import ExitStack   # loaded by this function's decorator already (see vhdkit._lazy)
+
     stack = ExitStack()
     try:
         fd = stack.enter_context(atomic_fd(dst, ".part", sync))
