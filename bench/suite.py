@@ -159,6 +159,9 @@ def run_workload(d: WorkloadDef, ctx: Ctx, repeat: int, warmup: bool = True) -> 
                 if v.ours:
                     res["status"] = "wrong-output"
                     res["reason"] = problem
+                else:   # a peer that did not do the work is no pair: not timed, no ratio
+                    vr["status"], vr["runs"] = f"wrong output: {problem}", []
+                    continue
         vr["status"] = "ok"
         active.append(v)
     for _ in range(repeat if warmup else repeat - 1):

@@ -37,6 +37,9 @@ def test_quick_run_writes_valid_results(tmp_path):
         if w["status"] == "unavailable":
             assert w["reason"].startswith("feature not available")
             assert not any(v.get("runs") for v in w["variants"]), "an unavailable feature must not carry numbers"
+        for v in w["variants"]:
+            if not v["ours"]:   # a peer does vhdkit's work: where its output is checked, it is right
+                assert v.get("verified", True), (w["name"], v["name"], v.get("verify_problem"))
         if w["status"] == "ok":
             ours = [v for v in w["variants"] if v["ours"]]
             assert ours and ours[0]["stats"]["median"] > 0 and ours[0]["stats"]["maxrss_mib"] > 0
