@@ -432,9 +432,9 @@ def ova_unpack(ctx: Ctx) -> Workload:
         Variant(f"tar -xO | tee >(sha256sum) | {dec}; sync",
                 [bash(f"tar -xOf {ova} {member} | tee >(sha256sum > {b}/sum) | {dec} > {b}/disk.vhd && "
                       f"sync {b}/disk.vhd")],
-                setup=ctx.clean(b), tools=["pigz"], verify=lambda: same_file(src, b / "disk.vhd")),
+                setup=ctx.clean(b), tools=dec.split()[:1], verify=lambda: same_file(src, b / "disk.vhd")),
         Variant(f"tar -xO | {dec}", [Cmd.sh(f"tar -xOf {ova} {member} | {dec} > {c}/disk.vhd")],
-                setup=ctx.clean(c), tools=["pigz"], floor=True, verify=lambda: same_file(src, c / "disk.vhd")),
+                setup=ctx.clean(c), tools=dec.split()[:1], floor=True, verify=lambda: same_file(src, c / "disk.vhd")),
     ], basis=os.path.getsize(src), params={**_disk_params(spec), "file_bytes": os.path.getsize(src)},
         notes=["vhdkit checks the member's sha256 against the manifest and fsyncs the disk; the same-work peer "
                "hashes the member on the way (`tee >(sha256sum)`) and syncs; the bare pipe is the floor."])
@@ -727,15 +727,12 @@ def pipeline_export(ctx: Ctx) -> Workload:
     home = ctx.outdir("vhdkit") / "home"
     pdir, qdir = ctx.outdir("peer"), ctx.outdir("peer+sums")
 
-    def no_outputs() -> None:
-        """Each run starts with no contender's output on disk (at 16 GiB each takes ~16 GB)."""
-        for d in (home, pdir, qdir):
-            ctx.clean(d)()
+    # each run starts with no contender's output on disk (at 16 GiB each takes ~16 GB)
+    no_outputs = ctx.clean(home, pdir, qdir)
 
     def setup() -> None:
         no_outputs()
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.copytree(base, home)
+        shutil.copytree(base, home, dirs_exist_ok=True)   # into the emptied directory
         r = ctx.run_quiet(ctx.vk("object", "put", "--account", ACCT, "--store", str(home / "objects"),
                                  "exports", "README", "/dev/null"))
         if r.returncode:

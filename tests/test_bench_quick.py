@@ -71,7 +71,6 @@ def test_floors_are_labelled_and_never_a_verdict():
     assert any("cat (floor)" in r for r in _rows(w))
 
 
-
 def test_readme_command_line_leaves_out_local_directories():
     """The current table's command is one a reader can retype: --workdir and
     --results name directories of the measuring machine, not what was measured."""

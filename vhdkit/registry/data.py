@@ -400,9 +400,9 @@ class _LeaseKeeper:
     the lease, the upload may be reclaimed, and the token fences the commit."""
 
     def __init__(self, data: DataService, image_id: str, token: str) -> None:
-        self.data, self.image_id, self.token = data, image_id, token
         import threading   # here: only an upload runs it (a read need not load threading)
 
+        self.data, self.image_id, self.token = data, image_id, token
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"upload-lease-{image_id}", daemon=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+
 from .. import errors
 from .._lazy import contextmanager
 from ..fileutil import atomic_fd, refuse_existing
